@@ -1,0 +1,319 @@
+//! One server connection: connect, authenticate to Postgres as a client, keep its parameters
+//! and cancel key; small helpers to run a maintenance query and drain to ReadyForQuery.
+
+use bytes::{BufMut, BytesMut};
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::frontend;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::protocol::{error_fields, split_frame, Frame, FrameError};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ConnectParams {
+    /// `host:port`.
+    pub addr: String,
+    /// User name on the server.
+    pub user: String,
+    /// Plaintext password, if the server asks for one.
+    pub password: Option<String>,
+    /// Database on the server.
+    pub database: String,
+    /// Time allowed for TCP connect plus authentication.
+    pub connect_timeout: Duration,
+}
+
+/// Why a server connection could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Socket error.
+    #[error("server {addr}: {source}")]
+    Io {
+        /// Server address.
+        addr: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Connect or login took too long.
+    #[error("server {0}: connection timed out")]
+    Timeout(String),
+    /// The server sent an ErrorResponse.
+    #[error("server {addr}: {code} {message}")]
+    Server {
+        /// Server address.
+        addr: String,
+        /// SQLSTATE.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The server sent something we did not expect.
+    #[error("server {addr}: protocol error: {what}")]
+    Protocol {
+        /// Server address.
+        addr: String,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// An authenticated server connection, idle at ReadyForQuery.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// Read half of the socket.
+    pub rd: OwnedReadHalf,
+    /// Write half of the socket.
+    pub wr: OwnedWriteHalf,
+    /// Bytes read from the server not yet handled.
+    pub inbuf: BytesMut,
+    /// Server address (`host:port`).
+    pub addr: String,
+    /// Backend process id (for cancel).
+    pub pid: i32,
+    /// Backend secret key (for cancel).
+    pub secret: Vec<u8>,
+    /// ParameterStatus values reported at login.
+    pub params: Vec<(String, String)>,
+    /// Set when the connection is in an unknown state; the pool then drops it.
+    pub broken: bool,
+    /// When the connection was opened.
+    pub created: Instant,
+}
+
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+impl ServerConn {
+    /// Connects, authenticates and waits for the first ReadyForQuery.
+    pub async fn connect(p: &ConnectParams) -> Result<ServerConn, BackendError> {
+        match tokio::time::timeout(p.connect_timeout, Self::connect_inner(p)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::Timeout(p.addr.clone())),
+        }
+    }
+
+    async fn connect_inner(p: &ConnectParams) -> Result<ServerConn, BackendError> {
+        let io = |source| BackendError::Io {
+            addr: p.addr.clone(),
+            source,
+        };
+        let stream = TcpStream::connect(&p.addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let (rd, wr) = stream.into_split();
+        let mut conn = ServerConn {
+            rd,
+            wr,
+            inbuf: BytesMut::with_capacity(16 * 1024),
+            addr: p.addr.clone(),
+            pid: 0,
+            secret: Vec::new(),
+            params: Vec::new(),
+            broken: false,
+            created: Instant::now(),
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", p.user.as_str()),
+            ("database", p.database.as_str()),
+            ("application_name", "shardgate"),
+            ("client_encoding", "UTF8"),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut out).map_err(io)?;
+        conn.send(&out).await?;
+        conn.authenticate(p).await?;
+        loop {
+            let f = conn.read_frame().await?;
+            match f.tag {
+                b'S' => {
+                    let mut body = f.body();
+                    let name = crate::protocol::cstr(&mut body).unwrap_or_default();
+                    let value = crate::protocol::cstr(&mut body).unwrap_or_default();
+                    conn.params.push((name.to_string(), value.to_string()));
+                }
+                b'K' if f.body().len() >= 8 => {
+                    let b = f.body();
+                    conn.pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    conn.secret = b[4..].to_vec();
+                }
+                b'Z' => return Ok(conn),
+                b'E' => return Err(conn.server_error(&f)),
+                b'N' => {}
+                _ => return Err(conn.protocol(format!("unexpected message '{}'", f.tag as char))),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, p: &ConnectParams) -> Result<(), BackendError> {
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let f = self.read_frame().await?;
+            if f.tag == b'E' {
+                return Err(self.server_error(&f));
+            }
+            if f.tag != b'R' || f.body().len() < 4 {
+                return Err(self.protocol("expected an authentication request".into()));
+            }
+            let body = f.body();
+            let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let data = &body[4..];
+            let mut out = BytesMut::new();
+            let need_password = || {
+                p.password.clone().ok_or_else(|| BackendError::Protocol {
+                    addr: p.addr.clone(),
+                    what: format!(
+                        "server asks user \"{}\" for a password but none is configured \
+                         (set server_password)",
+                        p.user
+                    ),
+                })
+            };
+            match code {
+                0 => return Ok(()),
+                3 => {
+                    let pw = need_password()?;
+                    frontend::password_message(pw.as_bytes(), &mut out).map_err(|e| self.io(e))?;
+                }
+                5 if data.len() >= 4 => {
+                    let pw = need_password()?;
+                    let salt = [data[0], data[1], data[2], data[3]];
+                    let h = md5_hash(p.user.as_bytes(), pw.as_bytes(), salt);
+                    frontend::password_message(h.as_bytes(), &mut out).map_err(|e| self.io(e))?;
+                }
+                10 => {
+                    let offers_scram = data
+                        .split(|&b| b == 0)
+                        .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
+                    if !offers_scram {
+                        return Err(self.protocol("server offers no SASL mechanism we support".into()));
+                    }
+                    let pw = need_password()?;
+                    let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)
+                        .map_err(|e| self.io(e))?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("SASLContinue without SASL".into()))?;
+                    s.update(data).map_err(|e| self.protocol(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut out).map_err(|e| self.io(e))?;
+                }
+                12 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("SASLFinal without SASL".into()))?;
+                    s.finish(data).map_err(|e| self.protocol(e.to_string()))?;
+                    continue;
+                }
+                c => return Err(self.protocol(format!("unsupported authentication request {c}"))),
+            }
+            self.send(&out).await?;
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn protocol(&self, what: String) -> BackendError {
+        BackendError::Protocol {
+            addr: self.addr.clone(),
+            what,
+        }
+    }
+
+    fn server_error(&self, f: &Frame) -> BackendError {
+        let (code, message) = error_fields(f.body());
+        BackendError::Server {
+            addr: self.addr.clone(),
+            code,
+            message,
+        }
+    }
+
+    /// Writes all of `bytes` to the server.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        let r = self.wr.write_all(bytes).await;
+        r.map_err(|e| {
+            self.broken = true;
+            self.io(e)
+        })
+    }
+
+    /// Reads one whole message from the server.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match split_frame(&mut self.inbuf, MAX_SERVER_MESSAGE) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e @ (FrameError::BadLength(_) | FrameError::TooLarge { .. })) => {
+                    self.broken = true;
+                    return Err(self.protocol(e.to_string()));
+                }
+            }
+            let n = self.rd.read_buf(&mut self.inbuf).await.map_err(|e| {
+                self.broken = true;
+                self.io(e)
+            })?;
+            if n == 0 {
+                self.broken = true;
+                return Err(self.io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Runs a simple query and reads up to ReadyForQuery, discarding the output. Returns the
+    /// transaction status, or the first error the server reported.
+    pub async fn run(&mut self, sql: &str) -> Result<u8, BackendError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.send(&out).await?;
+        self.drain_to_ready().await
+    }
+
+    /// Reads and discards messages up to ReadyForQuery; returns its status or the first error.
+    pub async fn drain_to_ready(&mut self) -> Result<u8, BackendError> {
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'Z' => {
+                    let status = f.body().first().copied().unwrap_or(b'I');
+                    return match err {
+                        Some(e) => Err(e),
+                        None => Ok(status),
+                    };
+                }
+                b'E' if err.is_none() => err = Some(self.server_error(&f)),
+                b'G' => {
+                    // COPY FROM STDIN during maintenance: refuse it.
+                    let mut out = BytesMut::new();
+                    let _ = frontend::copy_fail("shardgate: COPY not expected", &mut out);
+                    self.send(&out).await?;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends a CancelRequest for this connection's running query.
+    pub async fn cancel(addr: &str, pid: i32, secret: &[u8]) -> std::io::Result<()> {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut out = BytesMut::new();
+        out.put_i32(12 + secret.len() as i32);
+        out.put_i32(80877102);
+        out.put_i32(pid);
+        out.put_slice(secret);
+        s.write_all(&out).await?;
+        // The server closes the connection when done; wait briefly so the request is processed.
+        let mut sink = [0u8; 16];
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! Configuration: serde types for `shard-config/*.toml`, defaults, loading and validation.
+//!
+//! Every key is documented here and in the README's configuration reference. `validate` returns
+//! every problem with the key path it concerns, so `shardgate check` can print them all at once.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+mod validate;
+
+pub use validate::Problem;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener, limits and pool mode.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// Server connection pool sizes and timeouts.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Read/write split and health checking (used from the replica issue on).
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Users allowed to log in through the proxy.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Logical databases clients can connect to.
+    #[serde(default)]
+    pub databases: Vec<DatabaseConfig>,
+}
+
+/// How server connections are shared between clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A client keeps one server connection for its whole session.
+    Session,
+    /// The server connection returns to the pool when a transaction ends.
+    #[default]
+    Transaction,
+    /// The server connection returns after every statement; transactions are refused.
+    Statement,
+}
+
+/// `[proxy]`: the listening side.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address to listen on for Postgres clients.
+    pub listen: String,
+    /// Address of the Prometheus `/metrics` endpoint; empty disables it.
+    pub metrics_listen: String,
+    /// Tokio worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Maximum concurrent client connections; further clients get SQLSTATE 53300.
+    pub max_client_connections: usize,
+    /// session | transaction | statement.
+    pub pool_mode: PoolMode,
+    /// Admin console user (database "shardgate").
+    pub admin_user: String,
+    /// Admin console password.
+    pub admin_password: String,
+    /// Largest protocol message accepted from a client, in bytes; larger ones get an error and
+    /// the connection is closed.
+    pub max_message_size: usize,
+    /// Query run on a server connection when a session-mode client leaves; empty disables it.
+    pub server_reset_query: String,
+    /// On SIGTERM/SIGINT, how long open transactions may run before connections are closed.
+    pub shutdown_timeout_ms: u64,
+    /// Seconds a client may take to send its startup packet and authenticate.
+    pub client_login_timeout_ms: u64,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            metrics_listen: String::new(),
+            workers: 0,
+            max_client_connections: 10_000,
+            pool_mode: PoolMode::Transaction,
+            admin_user: "admin".into(),
+            admin_password: String::new(),
+            max_message_size: 64 * 1024 * 1024,
+            server_reset_query: "DISCARD ALL".into(),
+            shutdown_timeout_ms: 10_000,
+            client_login_timeout_ms: 15_000,
+        }
+    }
+}
+
+/// `[pool]`: server connection pools, one per (user, database, server).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Server connections per (user, database, server).
+    pub size: u32,
+    /// Idle connections kept open.
+    pub min_idle: u32,
+    /// Time allowed to open and authenticate a server connection.
+    pub connect_timeout_ms: u64,
+    /// Time a client waits for a server connection before it gets an error.
+    pub checkout_timeout_ms: u64,
+    /// Idle server connections older than this are closed.
+    pub idle_timeout_ms: u64,
+    /// Server connections are closed after this lifetime.
+    pub max_lifetime_ms: u64,
+    /// Hand server connections to waiting clients in arrival order (a FIFO gate in front of bb8).
+    pub fifo_checkout: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            size: 20,
+            min_idle: 0,
+            connect_timeout_ms: 3_000,
+            checkout_timeout_ms: 5_000,
+            idle_timeout_ms: 600_000,
+            max_lifetime_ms: 3_600_000,
+            fifo_checkout: true,
+        }
+    }
+}
+
+/// `[routing]`: read/write split and health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Send reads to replicas.
+    pub read_write_split: bool,
+    /// round_robin | random | least_connections.
+    pub load_balancing: String,
+    /// Replicas further behind than this get no reads.
+    pub max_replica_lag_ms: u64,
+    /// Interval of the background health check.
+    pub healthcheck_interval_ms: u64,
+    /// How long a failing server is kept out of rotation.
+    pub ban_time_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            read_write_split: true,
+            load_balancing: "round_robin".into(),
+            max_replica_lag_ms: 1_000,
+            healthcheck_interval_ms: 1_000,
+            ban_time_ms: 30_000,
+        }
+    }
+}
+
+/// How a client proves who it is to the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256 (the default).
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// md5 challenge/response; needs a plaintext or md5-hashed password.
+    #[serde(rename = "md5")]
+    Md5,
+    /// No password asked.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[[users]]`: one user that may log in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name clients use.
+    pub name: String,
+    /// Plaintext password, a SCRAM-SHA-256 verifier or an md5 hash (`md5` + 32 hex digits).
+    #[serde(default)]
+    pub password: String,
+    /// scram-sha-256 (default) | md5 | trust.
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+    /// User towards Postgres; default: `name`.
+    pub server_user: Option<String>,
+    /// Plaintext password towards Postgres; default: `password` (when it is plaintext).
+    pub server_password: Option<String>,
+    /// Overrides `[pool] size` for this user.
+    pub pool_size: Option<u32>,
+}
+
+impl UserConfig {
+    /// The user name sent to Postgres.
+    pub fn server_user(&self) -> &str {
+        self.server_user.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The plaintext password sent to Postgres, if any.
+    pub fn server_password(&self) -> Option<&str> {
+        match &self.server_password {
+            Some(p) => Some(p),
+            None if is_hashed(&self.password) => None,
+            None => Some(&self.password),
+        }
+    }
+}
+
+/// True for a SCRAM verifier or md5 hash (not usable as a plaintext password).
+pub fn is_hashed(password: &str) -> bool {
+    password.starts_with("SCRAM-SHA-256$")
+        || (password.len() == 35
+            && password.starts_with("md5")
+            && password[3..].bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `[[databases]]`: a logical database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Name clients use in their connection string.
+    pub name: String,
+    /// Database name on the servers; default: `name`.
+    pub server_database: Option<String>,
+    /// Overrides `[proxy] pool_mode` for this database.
+    pub pool_mode: Option<PoolMode>,
+    /// One entry per shard; a database with one shard is plain pooling (plus replicas).
+    #[serde(default)]
+    pub shards: Vec<ShardConfig>,
+}
+
+impl DatabaseConfig {
+    /// The database name sent to Postgres.
+    pub fn server_database(&self) -> &str {
+        self.server_database.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// `[[databases.shards]]`: one primary and its replicas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// Shard name; the hash ring uses it, so renaming a shard moves its keys.
+    pub name: String,
+    /// `host:port` of the primary.
+    pub primary: String,
+    /// `host:port` of each streaming replica.
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}
+
+/// Errors loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML could not be parsed into the config types.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// What is wrong, with the key path where known.
+        message: String,
+    },
+    /// The config parsed but is inconsistent.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl Config {
+    /// Parses TOML text without validating it.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = Config::parse(&text, &path.display().to_string())?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The pool mode in force for a database.
+    pub fn pool_mode_for(&self, db: &DatabaseConfig) -> PoolMode {
+        db.pool_mode.unwrap_or(self.proxy.pool_mode)
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.proxy.listen.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests;

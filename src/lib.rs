@@ -1,0 +1,26 @@
+//! Shardgate: a SQL-aware PostgreSQL proxy with connection pooling.
+//!
+//! Module map (dependencies point downwards; config, protocol and auth do no I/O):
+//! - [`config`]: serde types for `shard-config/*.toml`, loading and validation.
+//! - [`protocol`]: wire framing and the few messages the proxy decodes or writes itself.
+//! - [`auth`]: SCRAM-SHA-256 and md5 verification of clients.
+
+//! - [`backend`]: one server connection: connect, authenticate as a client, parameters.
+//! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
+//! - [`session`]: one client: handshake, authentication, the query loop, cancel.
+//! - [`state`]: proxy-wide shared state (config, users, pools, cancel keys).
+//! - [`server`]: accept loop, client limit, graceful shutdown.
+//! - [`cluster`]: throw-away local Postgres clusters for `shardgate demo` and tests.
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_debug_implementations)]
+
+pub mod auth;
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod state;

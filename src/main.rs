@@ -1,0 +1,96 @@
+//! The `shardgate` binary: parses flags, sets up tracing, loads the config and calls the library.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use shardgate::config::{Config, ConfigError};
+
+#[derive(Parser)]
+#[command(name = "shardgate", version, about = "SQL-aware PostgreSQL proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (for the default `run` command).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate a config file and print each problem with its key path.
+    Check,
+    /// Start a throw-away local Postgres and the proxy in front of it.
+    Demo {
+        /// Proxy listen address.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, String> {
+    let path = path.ok_or("--config FILE is required")?;
+    Config::load(&path).map_err(|e| match e {
+        ConfigError::Invalid(problems) => problems
+            .iter()
+            .map(|p| format!("{}: {p}", path.display()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => other.to_string(),
+    })
+}
+
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Check => load(cli.config).map(|c| {
+            println!(
+                "config OK: {} user(s), {} database(s)",
+                c.users.len(),
+                c.databases.len()
+            )
+        }),
+        Command::Run => load(cli.config).and_then(|config| {
+            let rt = runtime(config.proxy.workers).map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
+                    .await
+                    .map_err(|e| format!("cannot listen on {}: {e}", config.proxy.listen))?;
+                tracing::info!(listen = %config.proxy.listen, mode = ?config.proxy.pool_mode, "shardgate started");
+                let state = shardgate::state::ProxyState::new(config);
+                shardgate::server::run(listener, state, shardgate::server::shutdown_signal()).await;
+                Ok(())
+            })
+        }),
+        Command::Demo { listen } => runtime(0)
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(shardgate::demo::run(shardgate::demo::DemoOptions { listen }))
+                    .map_err(|e| e.to_string())
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

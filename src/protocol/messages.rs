@@ -1,0 +1,250 @@
+//! Messages the proxy writes itself (auth, errors, ReadyForQuery, ...), encoded with pgwire, and
+//! the small decoders it needs (password messages, error fields).
+
+use bytes::BytesMut;
+use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, ParameterStatus, PasswordMessageFamily, SecretKey,
+};
+use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
+
+use super::frame::cstr;
+
+/// SQLSTATE codes the proxy itself reports.
+pub mod sqlstate {
+    /// Protocol violation.
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    /// Connection failure (server unreachable or lost).
+    pub const CONNECTION_FAILURE: &str = "08006";
+    /// Could not establish a server connection.
+    pub const CANNOT_CONNECT: &str = "08001";
+    /// Wrong password or unknown user.
+    pub const INVALID_PASSWORD: &str = "28P01";
+    /// Unknown database.
+    pub const INVALID_CATALOG: &str = "3D000";
+    /// Too many connections.
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    /// Feature not supported (e.g. a transaction in statement mode).
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// Administrator shutdown.
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    /// Query canceled / timeout waiting.
+    pub const QUERY_CANCELED: &str = "57014";
+    /// Program limit exceeded (message too large).
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    /// Internal error.
+    pub const INTERNAL_ERROR: &str = "XX000";
+}
+
+fn put<M: Message>(buf: &mut BytesMut, m: M) {
+    // Encoding our own well-formed messages into a growable buffer cannot fail.
+    let _ = m.encode(buf);
+}
+
+/// A client-visible error: SQLSTATE, message and optional hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgError {
+    /// ERROR or FATAL.
+    pub severity: &'static str,
+    /// Five-character SQLSTATE.
+    pub code: &'static str,
+    /// Primary message.
+    pub message: String,
+    /// Optional hint.
+    pub hint: Option<String>,
+}
+
+impl PgError {
+    /// An ERROR: the client keeps its connection.
+    pub fn error(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: "ERROR",
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// A FATAL: the connection is closed after it.
+    pub fn fatal(code: &'static str, message: impl Into<String>) -> PgError {
+        PgError {
+            severity: "FATAL",
+            code,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> PgError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Appends the ErrorResponse to `buf`.
+    pub fn encode(&self, buf: &mut BytesMut) {
+        let mut fields = vec![
+            (b'S', self.severity.to_string()),
+            (b'V', self.severity.to_string()),
+            (b'C', self.code.to_string()),
+            (b'M', self.message.clone()),
+        ];
+        if let Some(h) = &self.hint {
+            fields.push((b'H', h.clone()));
+        }
+        put(buf, ErrorResponse::new(fields));
+    }
+}
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)
+    }
+}
+
+/// Appends ReadyForQuery with the given status byte.
+pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+    let status = match status {
+        b'T' => TransactionStatus::Transaction,
+        b'E' => TransactionStatus::Error,
+        _ => TransactionStatus::Idle,
+    };
+    put(buf, ReadyForQuery::new(status));
+}
+
+/// Appends AuthenticationOk.
+pub fn auth_ok(buf: &mut BytesMut) {
+    put(buf, Authentication::Ok);
+}
+
+/// Appends AuthenticationMD5Password with a salt.
+pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    put(buf, Authentication::MD5Password(salt.to_vec()));
+}
+
+/// Appends AuthenticationSASL offering the given mechanisms.
+pub fn auth_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    put(
+        buf,
+        Authentication::SASL(mechanisms.iter().map(|s| s.to_string()).collect()),
+    );
+}
+
+/// Appends AuthenticationSASLContinue.
+pub fn auth_sasl_continue(buf: &mut BytesMut, data: Vec<u8>) {
+    put(buf, Authentication::SASLContinue(data.into()));
+}
+
+/// Appends AuthenticationSASLFinal.
+pub fn auth_sasl_final(buf: &mut BytesMut, data: Vec<u8>) {
+    put(buf, Authentication::SASLFinal(data.into()));
+}
+
+/// Appends ParameterStatus.
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    put(buf, ParameterStatus::new(name.into(), value.into()));
+}
+
+/// Appends BackendKeyData (protocol 3.0 form: a 4-byte secret).
+pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
+    put(buf, BackendKeyData::new(pid, SecretKey::I32(secret)));
+}
+
+/// A decoded client 'p' message; which kind it is depends on the authentication state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordMessage {
+    /// PasswordMessage (cleartext or md5 response).
+    Password(String),
+    /// SASLInitialResponse: mechanism and client-first-message.
+    SaslInitial(String, Vec<u8>),
+    /// SASLResponse: client-final-message.
+    Sasl(Vec<u8>),
+}
+
+/// What kind of 'p' message the authentication state expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordKind {
+    /// After AuthenticationMD5Password / CleartextPassword.
+    Password,
+    /// After AuthenticationSASL.
+    SaslInitial,
+    /// After AuthenticationSASLContinue.
+    Sasl,
+}
+
+/// Decodes a whole 'p' frame (tag and length included).
+pub fn decode_password(frame: &[u8], kind: PasswordKind) -> Option<PasswordMessage> {
+    let mut buf = BytesMut::from(frame);
+    let ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+    let family = PasswordMessageFamily::decode(&mut buf, &ctx).ok()??;
+    match kind {
+        PasswordKind::Password => {
+            let p = family.into_password().ok()?;
+            Some(PasswordMessage::Password(p.password))
+        }
+        PasswordKind::SaslInitial => {
+            let r = family.into_sasl_initial_response().ok()?;
+            Some(PasswordMessage::SaslInitial(
+                r.auth_method,
+                r.data.map(|d| d.to_vec()).unwrap_or_default(),
+            ))
+        }
+        PasswordKind::Sasl => {
+            let r = family.into_sasl_response().ok()?;
+            Some(PasswordMessage::Sasl(r.data.to_vec()))
+        }
+    }
+}
+
+/// Fields of a server ErrorResponse/NoticeResponse body: (code, message).
+pub fn error_fields(body: &[u8]) -> (String, String) {
+    let mut code = String::new();
+    let mut message = String::new();
+    let mut rest = body;
+    while let Some((&t, tail)) = rest.split_first() {
+        if t == 0 {
+            break;
+        }
+        rest = tail;
+        let Some(v) = cstr(&mut rest) else { break };
+        match t {
+            b'C' => code = v.to_string(),
+            b'M' => message = v.to_string(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+/// Extracts the SQL text of a Query ('Q') body.
+pub fn query_text(body: &[u8]) -> &str {
+    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    std::str::from_utf8(&body[..end]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_round_trips_through_field_decoder() {
+        let mut b = BytesMut::new();
+        PgError::error(sqlstate::INVALID_CATALOG, "database \"x\" does not exist").encode(&mut b);
+        assert_eq!(b[0], b'E');
+        let (code, msg) = error_fields(&b[5..]);
+        assert_eq!(code, "3D000");
+        assert_eq!(msg, "database \"x\" does not exist");
+    }
+
+    #[test]
+    fn decodes_password_messages() {
+        let mut f = vec![b'p'];
+        f.extend_from_slice(&(4 + 7i32).to_be_bytes());
+        f.extend_from_slice(b"secret\0");
+        assert_eq!(
+            decode_password(&f, PasswordKind::Password),
+            Some(PasswordMessage::Password("secret".into()))
+        );
+        assert_eq!(decode_password(&f[..3], PasswordKind::Password), None);
+    }
+}

@@ -1,0 +1,12 @@
+//! Wire protocol v3: framing and the few messages the proxy decodes or writes itself.
+//!
+//! No I/O here. Framing works on a `BytesMut` and returns `Ok(None)` when more bytes are needed;
+//! messages the proxy forwards are never re-encoded, only their tag and length are read.
+
+mod frame;
+mod messages;
+mod startup;
+
+pub use frame::{cstr, split_frame, Frame, FrameError, ScanEvent, Scanner};
+pub use messages::*;
+pub use startup::{split_startup, StartupPacket, MAX_STARTUP_LEN};

@@ -1,0 +1,304 @@
+//! Connection start: refuse TLS/GSS (for now), serve CancelRequest, read the StartupMessage,
+//! authenticate the client (SCRAM-SHA-256, md5 or trust) and greet it like a Postgres server.
+
+use bytes::BytesMut;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::auth::{md5_verify, ScramServer, ScramVerifier, SCRAM_MECHANISM};
+use crate::backend::ServerConn;
+use crate::config::{AuthMethod, PoolMode};
+use crate::pool::ShardPools;
+use crate::protocol::{
+    self, decode_password, split_frame, split_startup, sqlstate, PasswordKind, PasswordMessage,
+    PgError, StartupPacket,
+};
+use crate::state::{CancelSlot, ProxyState};
+
+/// A logged-in client.
+#[derive(Debug)]
+pub struct Login {
+    /// User name.
+    pub user: String,
+    /// Logical database.
+    pub database: String,
+    /// The database's shards and their pools for this user.
+    pub shards: Arc<Vec<ShardPools>>,
+    /// Pool mode in force.
+    pub pool_mode: PoolMode,
+    /// Proxy-issued BackendKeyData pid.
+    pub cancel_pid: i32,
+    /// Where CancelRequests for this client go.
+    pub cancel_slot: CancelSlot,
+}
+
+/// The first meaningful packet.
+pub(super) enum First {
+    Startup(BTreeMap<String, String>),
+    Cancel { pid: i32, secret: Vec<u8> },
+}
+
+fn protocol_violation(msg: impl Into<String>) -> PgError {
+    PgError::fatal(sqlstate::PROTOCOL_VIOLATION, msg)
+}
+
+async fn fill(rd: &mut OwnedReadHalf, inbuf: &mut BytesMut) -> Result<(), PgError> {
+    match rd.read_buf(inbuf).await {
+        Ok(0) | Err(_) => Err(protocol_violation("connection closed during startup")),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Reads packets until a StartupMessage or CancelRequest, answering SSL/GSS requests with 'N'.
+pub(super) async fn read_until_startup(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    inbuf: &mut BytesMut,
+) -> Result<First, PgError> {
+    loop {
+        let packet = split_startup(inbuf)
+            .map_err(|e| protocol_violation(format!("invalid startup packet: {e}")))?;
+        match packet {
+            None => fill(rd, inbuf).await?,
+            Some(StartupPacket::Ssl | StartupPacket::GssEnc) => {
+                wr.write_all(b"N")
+                    .await
+                    .map_err(|_| protocol_violation("connection closed during startup"))?;
+            }
+            Some(StartupPacket::Cancel { pid, secret }) => return Ok(First::Cancel { pid, secret }),
+            Some(StartupPacket::Startup { params, .. }) => return Ok(First::Startup(params)),
+            Some(StartupPacket::Unsupported(code)) => {
+                return Err(PgError::fatal(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "unsupported frontend protocol {}.{}: server supports 3.0",
+                        code >> 16,
+                        code & 0xffff
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+async fn read_password(
+    rd: &mut OwnedReadHalf,
+    inbuf: &mut BytesMut,
+    kind: PasswordKind,
+) -> Result<PasswordMessage, PgError> {
+    loop {
+        let frame = split_frame(inbuf, protocol::MAX_STARTUP_LEN)
+            .map_err(|e| protocol_violation(format!("invalid authentication message: {e}")))?;
+        match frame {
+            None => fill(rd, inbuf).await?,
+            Some(f) if f.tag == b'p' => {
+                return decode_password(&f.bytes, kind)
+                    .ok_or_else(|| protocol_violation("malformed authentication message"))
+            }
+            Some(f) => {
+                return Err(protocol_violation(format!(
+                    "expected a password message, got message type '{}'",
+                    f.tag as char
+                )))
+            }
+        }
+    }
+}
+
+async fn send(wr: &mut OwnedWriteHalf, buf: &BytesMut) -> Result<(), PgError> {
+    wr.write_all(buf)
+        .await
+        .map_err(|_| protocol_violation("connection closed during authentication"))
+}
+
+/// Authenticates `name`. Unknown users go through the same exchange (with a dummy verifier) and
+/// get the same error as a wrong password, so user names cannot be probed.
+async fn authenticate(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    inbuf: &mut BytesMut,
+    state: &ProxyState,
+    name: &str,
+) -> Result<(), PgError> {
+    let user = state.users.get(name);
+    let failed = || {
+        PgError::fatal(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{name}\""),
+        )
+    };
+    let method = user.map_or(AuthMethod::ScramSha256, |u| u.config.auth_method);
+    let mut out = BytesMut::new();
+    match method {
+        AuthMethod::Trust => user.map(|_| ()).ok_or_else(failed),
+        AuthMethod::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            protocol::auth_md5(&mut out, salt);
+            send(wr, &out).await?;
+            let PasswordMessage::Password(resp) =
+                read_password(rd, inbuf, PasswordKind::Password).await?
+            else {
+                return Err(failed());
+            };
+            match user {
+                Some(u) if md5_verify(&u.secret, name, salt, resp.as_bytes()) => Ok(()),
+                _ => Err(failed()),
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            let verifier = user
+                .and_then(|u| u.scram.clone())
+                .unwrap_or_else(|| ScramVerifier::dummy(name));
+            let mut scram = ScramServer::new(verifier);
+            protocol::auth_sasl(&mut out, &[SCRAM_MECHANISM]);
+            send(wr, &out).await?;
+            let PasswordMessage::SaslInitial(mechanism, data) =
+                read_password(rd, inbuf, PasswordKind::SaslInitial).await?
+            else {
+                return Err(failed());
+            };
+            if mechanism != SCRAM_MECHANISM {
+                return Err(protocol_violation(format!(
+                    "SASL mechanism \"{mechanism}\" is not supported; use {SCRAM_MECHANISM}"
+                )));
+            }
+            let first = scram
+                .handle_client_first(&data)
+                .map_err(|e| protocol_violation(format!("malformed SCRAM message: {e}")))?;
+            out.clear();
+            protocol::auth_sasl_continue(&mut out, first);
+            send(wr, &out).await?;
+            let PasswordMessage::Sasl(data) = read_password(rd, inbuf, PasswordKind::Sasl).await?
+            else {
+                return Err(failed());
+            };
+            let last = scram.handle_client_final(&data).map_err(|_| failed())?;
+            if user.is_none() {
+                return Err(failed());
+            }
+            out.clear();
+            protocol::auth_sasl_final(&mut out, last);
+            send(wr, &out).await
+        }
+    }
+}
+
+/// Forwards a CancelRequest to the server connection the client is using, if any.
+async fn serve_cancel(state: &ProxyState, pid: i32, secret: &[u8]) {
+    let Some(slot) = state.cancels.find(pid, secret) else {
+        tracing::debug!("cancel request with an unknown key ignored");
+        return;
+    };
+    let target = slot.lock().await;
+    if let Some(t) = target.as_ref() {
+        if let Err(e) = ServerConn::cancel(&t.addr, t.pid, &t.secret).await {
+            tracing::warn!(server = %t.addr, error = %e, "forwarding cancel request failed");
+        }
+    }
+}
+
+/// Runs the whole handshake. `Ok(None)` means the connection was a CancelRequest and is done.
+pub(super) async fn handshake(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    inbuf: &mut BytesMut,
+    state: &ProxyState,
+) -> Result<Option<Login>, PgError> {
+    let timeout = Duration::from_millis(state.config.proxy.client_login_timeout_ms);
+    match tokio::time::timeout(timeout, handshake_inner(rd, wr, inbuf, state)).await {
+        Ok(r) => r,
+        Err(_) => Err(protocol_violation("timed out waiting for login")),
+    }
+}
+
+async fn handshake_inner(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    inbuf: &mut BytesMut,
+    state: &ProxyState,
+) -> Result<Option<Login>, PgError> {
+    let params = match read_until_startup(rd, wr, inbuf).await? {
+        First::Cancel { pid, secret } => {
+            serve_cancel(state, pid, &secret).await;
+            return Ok(None);
+        }
+        First::Startup(p) => p,
+    };
+    let user = params
+        .get("user")
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            PgError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?;
+    let database = params
+        .get("database")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| user.clone());
+    authenticate(rd, wr, inbuf, state, &user).await?;
+    let db = state
+        .config
+        .databases
+        .iter()
+        .find(|d| d.name == database)
+        .ok_or_else(|| {
+            PgError::fatal(
+                sqlstate::INVALID_CATALOG,
+                format!("database \"{database}\" does not exist"),
+            )
+        })?;
+    let pool_mode = state.config.pool_mode_for(db);
+    let shards = state
+        .registry
+        .get(&user, &database)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            PgError::fatal(
+                sqlstate::INVALID_CATALOG,
+                format!("database \"{database}\" has no servers"),
+            )
+        })?;
+    let server_params = shards[0].primary.server_params().await.map_err(|e| {
+        PgError::fatal(
+            sqlstate::CANNOT_CONNECT,
+            format!("could not connect to the server of database \"{database}\": {e}"),
+        )
+    })?;
+    let (cancel_pid, secret, cancel_slot) = state.cancels.register();
+    let mut out = BytesMut::with_capacity(512);
+    protocol::auth_ok(&mut out);
+    let app = params.get("application_name");
+    for (k, v) in server_params.iter() {
+        let v = match (k.as_str(), app) {
+            ("application_name", Some(a)) => a,
+            _ => v,
+        };
+        protocol::parameter_status(&mut out, k, v);
+    }
+    if let Some(a) = app {
+        if !server_params.iter().any(|(k, _)| k == "application_name") {
+            protocol::parameter_status(&mut out, "application_name", a);
+        }
+    }
+    protocol::backend_key_data(&mut out, cancel_pid, secret);
+    protocol::ready_for_query(&mut out, b'I');
+    if let Err(e) = send(wr, &out).await {
+        state.cancels.unregister(cancel_pid);
+        return Err(e);
+    }
+    Ok(Some(Login {
+        user,
+        database,
+        shards,
+        pool_mode,
+        cancel_pid,
+        cancel_slot,
+    }))
+}

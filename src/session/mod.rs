@@ -1,0 +1,65 @@
+//! One client connection: the first packet (SSL/GSS refusal, cancel, startup), authentication,
+//! then the query loop that forwards messages to pooled server connections.
+
+mod handshake;
+mod query_loop;
+
+use bytes::BytesMut;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::protocol::PgError;
+use crate::state::ProxyState;
+
+pub use handshake::Login;
+
+/// Runs one client connection to completion. Errors are reported to the client and logged here,
+/// where the task ends.
+pub async fn run(stream: TcpStream, state: Arc<ProxyState>, shutdown: watch::Receiver<bool>) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let (rd, mut wr) = stream.into_split();
+    let mut inbuf = BytesMut::with_capacity(8 * 1024);
+    let mut rd = rd;
+    let login = handshake::handshake(&mut rd, &mut wr, &mut inbuf, &state).await;
+    let login = match login {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "client login failed");
+            let mut out = BytesMut::new();
+            e.encode(&mut out);
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
+    let pid = login.cancel_pid;
+    query_loop::run(rd, wr, inbuf, login, &state, shutdown).await;
+    state.cancels.unregister(pid);
+    tracing::debug!(%peer, "client disconnected");
+}
+
+/// Answers a client that arrives while the proxy is at `max_client_connections`: reads its
+/// startup packet (refusing TLS), then sends SQLSTATE 53300 and closes.
+pub async fn refuse_too_many(stream: TcpStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut inbuf = BytesMut::new();
+    let err = PgError::fatal(
+        crate::protocol::sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already",
+    );
+    let fut = handshake::read_until_startup(&mut rd, &mut wr, &mut inbuf);
+    if let Ok(Ok(_)) = tokio::time::timeout(std::time::Duration::from_secs(5), fut).await {
+        let mut out = BytesMut::new();
+        err.encode(&mut out);
+        let _ = wr.write_all(&out).await;
+    }
+    let _ = wr.shutdown().await;
+}

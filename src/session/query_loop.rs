@@ -1,0 +1,436 @@
+//! The query loop of a logged-in client: forwards client messages to a pooled server connection
+//! and server replies back, byte for byte, and decides at each ReadyForQuery whether the server
+//! connection goes back to the pool (transaction and statement modes).
+//!
+//! Invariants:
+//! - `pending` counts the ReadyForQuery messages the server still owes (one per Query, Sync and
+//!   FunctionCall sent); `unsynced` is set while extended-protocol messages await their Sync.
+//!   A server connection is released only when both say the server is idle and its status is `I`.
+//! - A server connection leaves this loop idle and outside a transaction, or flagged broken so
+//!   the pool closes it. Nothing the previous client did is visible to the next.
+
+use bytes::{Buf, BytesMut};
+use std::future::pending;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+
+use super::Login;
+use crate::backend::ServerConn;
+use crate::config::PoolMode;
+use crate::pool::{Checkout, PoolError};
+use crate::protocol::{
+    self, query_text, split_frame, sqlstate, FrameError, PgError, ScanEvent, Scanner,
+};
+use crate::state::{CancelTarget, ProxyState};
+
+/// Above this many buffered bytes in one direction, stop reading from the sender.
+const BUF_CAP: usize = 256 * 1024;
+/// Read granularity.
+const READ_CHUNK: usize = 16 * 1024;
+/// Time allowed to roll back or reset a server connection a client left behind.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed its socket (or a write to it failed).
+    ClientGone,
+    /// The client sent Terminate.
+    Terminate,
+    /// The proxy sent a FATAL error (in `cout`) and closes the connection.
+    Fatal,
+    /// Proxy shutdown; a FATAL 57P01 is in `cout`.
+    Shutdown,
+}
+
+struct Loop<'a> {
+    state: &'a ProxyState,
+    login: Login,
+    crd: OwnedReadHalf,
+    cwr: OwnedWriteHalf,
+    /// Bytes from the client not yet handled.
+    cin: BytesMut,
+    /// Bytes for the client.
+    cout: BytesMut,
+    /// Bytes for the server.
+    sout: BytesMut,
+    server: Option<Checkout>,
+    scanner: Scanner,
+    pending: u32,
+    unsynced: bool,
+    /// Last transaction status reported to the client.
+    status: u8,
+    /// After a failed checkout in the extended protocol: drop messages until Sync.
+    skip_until_sync: bool,
+    /// Client frames wait because `sout` is full.
+    client_blocked: bool,
+    shutting_down: bool,
+}
+
+/// Runs the loop until the client leaves, then cleans up its server connection.
+pub(super) async fn run(
+    crd: OwnedReadHalf,
+    cwr: OwnedWriteHalf,
+    cin: BytesMut,
+    login: Login,
+    state: &ProxyState,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut l = Loop {
+        state,
+        login,
+        crd,
+        cwr,
+        cin,
+        cout: BytesMut::with_capacity(READ_CHUNK),
+        sout: BytesMut::with_capacity(READ_CHUNK),
+        server: None,
+        scanner: Scanner::default(),
+        pending: 0,
+        unsynced: false,
+        status: b'I',
+        skip_until_sync: false,
+        client_blocked: false,
+        shutting_down: *shutdown.borrow(),
+    };
+    let end = l.main(&mut shutdown).await;
+    l.finish(end).await;
+}
+
+async fn read_opt(rd: Option<&mut OwnedReadHalf>, buf: Option<&mut BytesMut>) -> std::io::Result<usize> {
+    match (rd, buf) {
+        (Some(rd), Some(buf)) => rd.read_buf(buf).await,
+        _ => pending().await,
+    }
+}
+
+async fn write_opt(wr: Option<&mut OwnedWriteHalf>, buf: &[u8]) -> std::io::Result<usize> {
+    match wr {
+        Some(wr) if !buf.is_empty() => wr.write(buf).await,
+        _ => pending().await,
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// True if a simple-protocol query opens a transaction block (statement mode refuses those).
+fn starts_transaction(sql: &str) -> bool {
+    let s = sql.trim_start().as_bytes();
+    let word = |w: &str| {
+        s.len() >= w.len()
+            && s[..w.len()].eq_ignore_ascii_case(w.as_bytes())
+            && s.get(w.len()).is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+    };
+    word("begin") || word("start")
+}
+
+impl Loop<'_> {
+    async fn main(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
+        loop {
+            if let Some(end) = self.handle_client_frames().await {
+                return end;
+            }
+            if self.shutting_down {
+                let idle = match &self.server {
+                    None => true,
+                    Some(_) => self.pending == 0 && !self.unsynced && self.status == b'I',
+                };
+                if idle {
+                    PgError::fatal(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        "terminating connection due to administrator command",
+                    )
+                    .encode(&mut self.cout);
+                    return End::Shutdown;
+                }
+            }
+            reserve(&mut self.cin);
+            let (srd, swr, sin) = match self.server.as_deref_mut() {
+                Some(ServerConn { rd, wr, inbuf, .. }) => {
+                    reserve(inbuf);
+                    (Some(rd), Some(wr), Some(inbuf))
+                }
+                None => (None, None, None),
+            };
+            let read_server = srd.is_some() && self.cout.len() < BUF_CAP;
+            tokio::select! {
+                r = self.crd.read_buf(&mut self.cin), if !self.client_blocked => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        return End::ClientGone;
+                    }
+                }
+                r = read_opt(srd, sin), if read_server => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        return self.server_lost("server closed the connection unexpectedly");
+                    }
+                }
+                r = self.cwr.write(&self.cout), if !self.cout.is_empty() => match r {
+                    Ok(n) => self.cout.advance(n),
+                    Err(_) => return End::ClientGone,
+                },
+                r = write_opt(swr, &self.sout), if !self.sout.is_empty() => match r {
+                    Ok(n) => self.sout.advance(n),
+                    Err(_) => return self.server_lost("could not send data to server"),
+                },
+                _ = shutdown.changed(), if !self.shutting_down => self.shutting_down = true,
+            }
+            if let Some(end) = self.handle_server_input().await {
+                return end;
+            }
+        }
+    }
+
+    /// The server connection failed mid-protocol: tell the client and close.
+    fn server_lost(&mut self, what: &str) -> End {
+        let addr = match self.server.as_deref_mut() {
+            Some(c) => {
+                c.broken = true;
+                c.addr.clone()
+            }
+            None => String::new(),
+        };
+        tracing::warn!(server = %addr, "{what}");
+        PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{what} ({addr})"))
+            .encode(&mut self.cout);
+        End::Fatal
+    }
+
+    /// Moves complete client messages to `sout`, checking out a server when needed.
+    async fn handle_client_frames(&mut self) -> Option<End> {
+        let max = self.state.config.proxy.max_message_size;
+        loop {
+            self.client_blocked = self.sout.len() >= BUF_CAP;
+            if self.client_blocked {
+                return None;
+            }
+            let frame = match split_frame(&mut self.cin, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => return None,
+                Err(e) => {
+                    let code = match e {
+                        FrameError::TooLarge { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                        FrameError::BadLength(_) => sqlstate::PROTOCOL_VIOLATION,
+                    };
+                    PgError::fatal(code, format!("invalid message from client: {e}"))
+                        .encode(&mut self.cout);
+                    return Some(End::Fatal);
+                }
+            };
+            let tag = frame.tag;
+            if tag == b'X' {
+                return Some(End::Terminate);
+            }
+            if !matches!(
+                tag,
+                b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f'
+            ) {
+                PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {tag}"),
+                )
+                .encode(&mut self.cout);
+                return Some(End::Fatal);
+            }
+            if self.skip_until_sync {
+                if tag == b'S' {
+                    self.skip_until_sync = false;
+                    protocol::ready_for_query(&mut self.cout, self.status);
+                }
+                continue;
+            }
+            if self.server.is_none() {
+                if matches!(tag, b'd' | b'c' | b'f') {
+                    // COPY data after the COPY already failed: the server would ignore it too.
+                    continue;
+                }
+                if self.login.pool_mode == PoolMode::Statement
+                    && tag == b'Q'
+                    && starts_transaction(query_text(frame.body()))
+                {
+                    self.refuse_transaction();
+                    continue;
+                }
+                if let Err(e) = self.checkout().await {
+                    e.encode(&mut self.cout);
+                    if matches!(tag, b'Q' | b'F' | b'S') {
+                        protocol::ready_for_query(&mut self.cout, self.status);
+                    } else {
+                        self.skip_until_sync = true;
+                    }
+                    continue;
+                }
+            }
+            match tag {
+                b'Q' | b'F' => self.pending += 1,
+                b'S' => {
+                    self.pending += 1;
+                    self.unsynced = false;
+                }
+                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
+                _ => {}
+            }
+            self.sout.extend_from_slice(&frame.bytes);
+        }
+    }
+
+    fn refuse_transaction(&mut self) {
+        PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "transaction blocks are not allowed in statement pooling mode",
+        )
+        .with_hint("use a database in transaction or session pool mode")
+        .encode(&mut self.cout);
+        protocol::ready_for_query(&mut self.cout, b'I');
+    }
+
+    async fn checkout(&mut self) -> Result<(), PgError> {
+        let pool = &self.login.shards[0].primary;
+        let conn = pool.get().await.map_err(|e| match e {
+            PoolError::Timeout(_) => PgError::error(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
+                .with_hint("all server connections stayed busy; retry, or raise pool.size"),
+            PoolError::Connect(e) => PgError::error(
+                sqlstate::CANNOT_CONNECT,
+                format!("could not connect to server: {e}"),
+            ),
+        })?;
+        *self.login.cancel_slot.lock().await = Some(CancelTarget {
+            addr: conn.addr.clone(),
+            pid: conn.pid,
+            secret: conn.secret.clone(),
+        });
+        self.scanner = Scanner::default();
+        self.pending = 0;
+        self.unsynced = false;
+        self.server = Some(conn);
+        Ok(())
+    }
+
+    /// Returns the server connection to the pool.
+    async fn release(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            *self.login.cancel_slot.lock().await = None;
+            if !c.inbuf.is_empty() {
+                // Asynchronous messages after ReadyForQuery belong to this client's session.
+                c.broken = true;
+            }
+            drop(c);
+        }
+    }
+
+    fn releasable(&self) -> bool {
+        self.login.pool_mode != PoolMode::Session
+            && self.pending == 0
+            && !self.unsynced
+            && self.status == b'I'
+    }
+
+    /// Forwards what the server sent, handling each ReadyForQuery.
+    async fn handle_server_input(&mut self) -> Option<End> {
+        loop {
+            let statement_mode = self.login.pool_mode == PoolMode::Statement;
+            let conn = self.server.as_deref_mut()?;
+            let (n, ev) = match self.scanner.scan(&conn.inbuf, &[]) {
+                Ok(r) => r,
+                Err(e) => return Some(self.server_lost(&format!("invalid data from server: {e}"))),
+            };
+            let Some(ScanEvent::Ready { status, .. }) = ev else {
+                self.cout.extend_from_slice(&conn.inbuf[..n]);
+                conn.inbuf.advance(n);
+                return None;
+            };
+            if statement_mode && status != b'I' && self.pending <= 1 {
+                // The client opened a transaction: undo it instead of pinning the connection.
+                self.cout.extend_from_slice(&conn.inbuf[..n - 6]);
+                conn.inbuf.advance(n);
+                match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await {
+                    Ok(Ok(b'I')) => {}
+                    _ => conn.broken = true,
+                }
+                self.pending = 0;
+                self.status = b'I';
+                self.refuse_transaction();
+                self.release().await;
+                return None;
+            }
+            self.cout.extend_from_slice(&conn.inbuf[..n]);
+            conn.inbuf.advance(n);
+            self.pending = self.pending.saturating_sub(1);
+            self.status = status;
+            if self.releasable() {
+                self.release().await;
+                return None;
+            }
+        }
+    }
+
+    /// Flushes what is owed to the client and leaves the server connection clean or broken.
+    async fn finish(mut self, end: End) {
+        if matches!(end, End::Fatal | End::Shutdown) && !self.cout.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.cwr.write_all(&self.cout))
+                .await;
+        }
+        let _ = self.cwr.shutdown().await;
+        let Some(mut conn) = self.server.take() else {
+            return;
+        };
+        *self.login.cancel_slot.lock().await = None;
+        if conn.broken {
+            return;
+        }
+        if self.pending > 0 || self.unsynced || !self.scanner.at_boundary() {
+            // The client left mid-query: stop the query and close the connection, which makes
+            // Postgres roll back and release its locks.
+            if self.pending > 0 {
+                let (addr, pid, secret) = (conn.addr.clone(), conn.pid, conn.secret.clone());
+                tokio::spawn(async move {
+                    let _ = ServerConn::cancel(&addr, pid, &secret).await;
+                });
+            }
+            conn.broken = true;
+            return;
+        }
+        let status = self.status;
+        let reset = if self.login.pool_mode == PoolMode::Session {
+            self.state.config.proxy.server_reset_query.clone()
+        } else {
+            String::new()
+        };
+        let cleanup = async {
+            if status != b'I' {
+                conn.run("ROLLBACK").await?;
+            }
+            if !reset.is_empty() {
+                conn.run(&reset).await
+            } else {
+                Ok(b'I')
+            }
+        };
+        match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
+            Ok(Ok(b'I')) if conn.inbuf.is_empty() => {}
+            _ => conn.broken = true,
+        }
+        if end == End::ClientGone {
+            tracing::debug!(user = %self.login.user, "client vanished; server connection cleaned up");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::starts_transaction;
+
+    #[test]
+    fn detects_transaction_starts() {
+        assert!(starts_transaction("BEGIN"));
+        assert!(starts_transaction("  begin isolation level serializable"));
+        assert!(starts_transaction("START TRANSACTION;"));
+        assert!(!starts_transaction("beginning"));
+        assert!(!starts_transaction("select 1"));
+    }
+}
