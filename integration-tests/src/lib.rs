@@ -1,1 +1,269 @@
+//! Test harness: one real Postgres 15 cluster per test binary (stopped at process exit), and
+//! Shardgate proxies started in-process on port 0 with a config per test.
 
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use shardgate::config::Config;
+use tokio_postgres::{Client, NoTls};
+
+/// The cluster shared by the tests of one binary. Roles: `app`/`app` (SCRAM-stored),
+/// `app_md5`/`app_md5` (md5-stored); database `app` owned by `app`. The hba method is md5, so
+/// Postgres asks SCRAM of `app` and md5 of `app_md5`.
+pub fn cluster() -> &'static PgCluster {
+    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let opts = ClusterOptions {
+            hba_method: "md5".into(),
+            ..ClusterOptions::default()
+        };
+        let c = PgCluster::start(opts).expect("start postgres");
+        c.create_role("app", "app", PasswordMethod::Scram).unwrap();
+        c.create_role("app_md5", "app_md5", PasswordMethod::Md5).unwrap();
+        c.create_database("app", "app").unwrap();
+        c.psql("app", "GRANT ALL ON SCHEMA public TO app_md5").unwrap();
+        register_cleanup(c.data_dir().to_path_buf());
+        c
+    })
+}
+
+static DATA_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+extern "C" fn stop_cluster_at_exit() {
+    if let (Some(dir), Some(c)) = (DATA_DIR.get(), cluster_if_started()) {
+        let _ = c
+            .run_as_pg_cmd("pg_ctl")
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Some(base) = dir.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+fn cluster_if_started() -> Option<&'static PgCluster> {
+    DATA_DIR.get().map(|_| cluster())
+}
+
+fn register_cleanup(dir: std::path::PathBuf) {
+    let _ = DATA_DIR.set(dir);
+    // SAFETY: registering a plain extern "C" function with no captured state.
+    unsafe {
+        libc::atexit(stop_cluster_at_exit);
+    }
+}
+
+/// A config with users `app` (SCRAM), `app_md5` (md5 on both sides), `trusty` (trust; logs
+/// into Postgres as app), and databases `app` (transaction mode), `app_session`,
+/// `app_statement`, all on the shared cluster. `extra` is appended to the `[proxy]` section's
+/// neighbours: pass whole sections (e.g. "[pool]\nsize = 5").
+pub fn config_text(proxy: &str, pool: &str) -> String {
+    let pg = cluster().addr();
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+{proxy}
+
+[pool]
+{pool}
+
+[[users]]
+name = "app"
+password = "app"
+
+[[users]]
+name = "app_md5"
+password = "app_md5"
+auth_method = "md5"
+
+[[users]]
+name = "trusty"
+auth_method = "trust"
+server_user = "app"
+server_password = "app"
+
+[[databases]]
+name = "app"
+[[databases.shards]]
+name = "s0"
+primary = "{pg}"
+
+[[databases]]
+name = "app_session"
+server_database = "app"
+pool_mode = "session"
+[[databases.shards]]
+name = "s0"
+primary = "{pg}"
+
+[[databases]]
+name = "app_statement"
+server_database = "app"
+pool_mode = "statement"
+[[databases.shards]]
+name = "s0"
+primary = "{pg}"
+"#
+    )
+}
+
+/// A running proxy on its own runtime thread; dropping it shuts it down.
+pub struct Proxy {
+    /// Listening port on 127.0.0.1.
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts a proxy with the given config text (its `listen` is ignored: port 0 is used).
+    pub fn start(config: &str) -> Proxy {
+        let config = Config::parse(config, "test").expect("parse config");
+        let problems = config.validate();
+        assert!(problems.is_empty(), "{problems:?}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let state = shardgate::state::ProxyState::new(config);
+                shardgate::server::run(listener, state, async {
+                    let _ = rx.await;
+                })
+                .await;
+            });
+        });
+        Proxy {
+            port,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down and waits for the proxy thread to finish.
+    pub fn stop(mut self) {
+        self.begin_shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// A libpq-style connection string.
+    pub fn conn_str(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} connect_timeout=10",
+            self.port
+        )
+    }
+
+    /// A URL for psql and pgbench.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Connects with tokio-postgres; the connection task runs on the caller's runtime.
+    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.conn_str(user, password, db)).await
+    }
+
+    /// Connects as app/app to `db`, panicking on failure.
+    pub async fn app(&self, db: &str) -> Client {
+        self.connect("app", "app", db).await.expect("connect through proxy")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.begin_shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects with tokio-postgres and spawns the connection task.
+pub async fn connect(conn_str: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(conn_str, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A superuser connection straight to Postgres (not through the proxy).
+pub async fn direct_superuser() -> Client {
+    let c = cluster();
+    connect(&format!(
+        "host=127.0.0.1 port={} user=postgres password=postgres dbname=app",
+        c.port()
+    ))
+    .await
+    .expect("direct connection")
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Path of a Postgres client binary (pgbench, psql) from the server's bindir.
+pub fn pg_bin(name: &str) -> std::path::PathBuf {
+    cluster().bindir().join(name)
+}
+
+/// Runs pgbench with `args` against `url` (password in the URL), returning (success, output).
+pub fn pgbench(url: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(pg_bin("pgbench"))
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run pgbench");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Extracts an integer that follows `label` in pgbench output.
+pub fn pgbench_number(output: &str, label: &str) -> Option<u64> {
+    let line = output.lines().find(|l| l.contains(label))?;
+    let rest = &line[line.find(label)? + label.len()..];
+    rest.split_whitespace().next()?.parse().ok()
+}
