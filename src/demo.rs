@@ -43,15 +43,18 @@ primary = "{pg_addr}"
 /// Runs the demo until Ctrl-C / SIGTERM; everything it created is removed on exit.
 pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     println!("starting a local PostgreSQL primary (initdb) ...");
-    let cluster = tokio::task::spawn_blocking(|| -> Result<PgCluster, crate::cluster::ClusterError> {
-        let c = PgCluster::start(ClusterOptions::default())?;
-        c.create_role("app", "app", PasswordMethod::Scram)?;
-        c.create_database("app", "app")?;
-        Ok(c)
-    })
-    .await??;
+    let cluster =
+        tokio::task::spawn_blocking(|| -> Result<PgCluster, crate::cluster::ClusterError> {
+            let c = PgCluster::start(ClusterOptions::default())?;
+            c.create_role("app", "app", PasswordMethod::Scram)?;
+            c.create_database("app", "app")?;
+            Ok(c)
+        })
+        .await??;
     let text = demo_config(&opts.listen, &cluster.addr());
-    let dir = tempfile::Builder::new().prefix("shardgate-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("shardgate-demo-")
+        .tempdir()?;
     let path: PathBuf = dir.path().join("shardgate.toml");
     std::fs::write(&path, &text)?;
     let config = Config::load(&path)?;

@@ -13,7 +13,11 @@ use tokio::sync::{watch, Semaphore};
 use crate::state::ProxyState;
 
 /// Serves clients on `listener` until `shutdown` completes, then drains sessions.
-pub async fn run(listener: TcpListener, state: Arc<ProxyState>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    shutdown: impl Future<Output = ()>,
+) {
     let max = state.config.proxy.max_client_connections;
     let limit = Arc::new(Semaphore::new(max));
     let (tx, rx) = watch::channel(false);

@@ -20,9 +20,11 @@ pub fn cluster() -> &'static PgCluster {
         };
         let c = PgCluster::start(opts).expect("start postgres");
         c.create_role("app", "app", PasswordMethod::Scram).unwrap();
-        c.create_role("app_md5", "app_md5", PasswordMethod::Md5).unwrap();
+        c.create_role("app_md5", "app_md5", PasswordMethod::Md5)
+            .unwrap();
         c.create_database("app", "app").unwrap();
-        c.psql("app", "GRANT ALL ON SCHEMA public TO app_md5").unwrap();
+        c.psql("app", "GRANT ALL ON SCHEMA public TO app_md5")
+            .unwrap();
         register_cleanup(c.data_dir().to_path_buf());
         c
     })
@@ -181,13 +183,20 @@ impl Proxy {
     }
 
     /// Connects with tokio-postgres; the connection task runs on the caller's runtime.
-    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
         connect(&self.conn_str(user, password, db)).await
     }
 
     /// Connects as app/app to `db`, panicking on failure.
     pub async fn app(&self, db: &str) -> Client {
-        self.connect("app", "app", db).await.expect("connect through proxy")
+        self.connect("app", "app", db)
+            .await
+            .expect("connect through proxy")
     }
 }
 

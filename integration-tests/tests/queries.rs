@@ -28,7 +28,11 @@ async fn simple_queries_multi_statement_and_error_recovery() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(port as u16, cluster().port(), "answered by the configured server");
+    assert_eq!(
+        port as u16,
+        cluster().port(),
+        "answered by the configured server"
+    );
 
     let msgs = c
         .simple_query("select 1 as a; select 'x' || 'y'; select generate_series(1,3)")
@@ -44,11 +48,20 @@ async fn simple_queries_multi_statement_and_error_recovery() {
     c.batch_execute("drop table if exists q_err; create table q_err (id int primary key)")
         .await
         .unwrap();
-    c.batch_execute("begin; insert into q_err values (1)").await.unwrap();
-    let e = c.batch_execute("insert into q_err values (1)").await.unwrap_err();
+    c.batch_execute("begin; insert into q_err values (1)")
+        .await
+        .unwrap();
+    let e = c
+        .batch_execute("insert into q_err values (1)")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("23505"));
     let e = c.simple_query("select 1").await.unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"), "aborted transaction");
+    assert_eq!(
+        sqlstate(&e).as_deref(),
+        Some("25P02"),
+        "aborted transaction"
+    );
     c.batch_execute("rollback").await.unwrap();
     let n: i64 = c
         .query_one("select count(*) from q_err", &[])
@@ -64,7 +77,10 @@ async fn simple_queries_multi_statement_and_error_recovery() {
     // a syntax error outside a transaction leaves the connection usable
     let e = c.simple_query("selec 1").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42601"));
-    assert_eq!(rows(&c.simple_query("select 7").await.unwrap()), vec![vec!["7"]]);
+    assert_eq!(
+        rows(&c.simple_query("select 7").await.unwrap()),
+        vec![vec!["7"]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,14 +144,20 @@ async fn extended_protocol_pipelining_binary_and_copy() {
     // A failed COPY leaves the connection usable.
     // (tokio-postgres' own copy_in cannot recover from a failed COPY even on a direct
     // connection, so the failure is exercised with the simple protocol.)
-    let e = c.simple_query("copy no_such_table from stdin").await.unwrap_err();
+    let e = c
+        .simple_query("copy no_such_table from stdin")
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42P01"));
     let v: i32 = c.query_one("select 5", &[]).await.unwrap().get(0);
     assert_eq!(v, 5);
 
     // Streaming a large result (bigger than the proxy's buffers) arrives complete.
     let rows = c
-        .query_raw("select repeat('x', 1000) from generate_series(1, 5000)", std::iter::empty::<i32>())
+        .query_raw(
+            "select repeat('x', 1000) from generate_series(1, 5000)",
+            std::iter::empty::<i32>(),
+        )
         .await
         .unwrap();
     pin_mut!(rows);
@@ -152,22 +174,36 @@ async fn transaction_mode_keeps_a_transaction_on_one_server_connection() {
     let proxy = Proxy::start(&config_text("", "size = 4"));
     let c = proxy.app("app").await;
     c.batch_execute("begin").await.unwrap();
-    let pid1: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid1: i32 = c
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     for _ in 0..5 {
         // other clients churn the pool meanwhile
         let other = proxy.app("app").await;
         other.simple_query("select 1").await.unwrap();
     }
-    let pid2: i32 = c.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid2: i32 = c
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     c.batch_execute("commit").await.unwrap();
-    assert_eq!(pid1, pid2, "one server connection for the whole transaction");
+    assert_eq!(
+        pid1, pid2,
+        "one server connection for the whole transaction"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_mode_refuses_transactions_but_runs_statements() {
     let proxy = Proxy::start(&config_text("", "size = 2"));
     let c = proxy.app("app_statement").await;
-    assert_eq!(rows(&c.simple_query("select 1").await.unwrap()), vec![vec!["1"]]);
+    assert_eq!(
+        rows(&c.simple_query("select 1").await.unwrap()),
+        vec![vec!["1"]]
+    );
     let e = c.batch_execute("begin").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("0A000"));
     // A transaction opened inside a multi-statement string is rolled back and refused too.
@@ -183,5 +219,8 @@ async fn statement_mode_refuses_transactions_but_runs_statements() {
         .unwrap()
         .get(0);
     assert_eq!(open, 0, "no server connection left inside a transaction");
-    assert_eq!(rows(&c.simple_query("select 2").await.unwrap()), vec![vec!["2"]]);
+    assert_eq!(
+        rows(&c.simple_query("select 2").await.unwrap()),
+        vec![vec!["2"]]
+    );
 }

@@ -186,10 +186,13 @@ impl ServerConn {
                         .split(|&b| b == 0)
                         .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
                     if !offers_scram {
-                        return Err(self.protocol("server offers no SASL mechanism we support".into()));
+                        return Err(
+                            self.protocol("server offers no SASL mechanism we support".into())
+                        );
                     }
                     let pw = need_password()?;
-                    let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
+                    let s =
+                        sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
                     frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)
                         .map_err(|e| self.io(e))?;
                     scram = Some(s);

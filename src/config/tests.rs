@@ -42,13 +42,21 @@ primary = "localhost"
     let paths: Vec<String> = c.validate().into_iter().map(|p| p.path).collect();
     assert!(paths.contains(&"proxy.listen".to_string()), "{paths:?}");
     assert!(paths.contains(&"pool.size".to_string()), "{paths:?}");
-    assert!(paths.contains(&"users[0].server_password".to_string()), "{paths:?}");
-    assert!(paths.contains(&"databases[0].shards[0].primary".to_string()), "{paths:?}");
+    assert!(
+        paths.contains(&"users[0].server_password".to_string()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"databases[0].shards[0].primary".to_string()),
+        "{paths:?}"
+    );
 }
 
 #[test]
 fn unknown_keys_are_rejected_with_their_name() {
-    let err = Config::parse("[pool]\nsizee = 3\n", "t").unwrap_err().to_string();
+    let err = Config::parse("[pool]\nsizee = 3\n", "t")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("sizee"), "{err}");
 }
 

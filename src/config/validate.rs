@@ -119,8 +119,7 @@ impl Config {
             if u.server_password.is_none() && is_hashed(&u.password) {
                 push(
                     &format!("{path}.server_password"),
-                    "is required when password is a hash (the proxy must log into Postgres)"
-                        .into(),
+                    "is required when password is a hash (the proxy must log into Postgres)".into(),
                 );
             }
             if u.pool_size == Some(0) {

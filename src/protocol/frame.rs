@@ -180,7 +180,10 @@ mod tests {
             Err(FrameError::TooLarge { .. })
         ));
         let mut bad = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
-        assert_eq!(split_frame(&mut bad, 50).unwrap_err(), FrameError::BadLength(2));
+        assert_eq!(
+            split_frame(&mut bad, 50).unwrap_err(),
+            FrameError::BadLength(2)
+        );
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, FrameE
             pid: i32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
             secret: buf[12..len].to_vec(),
         },
-        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => return Err(FrameError::BadLength(len as i32)),
+        SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => {
+            return Err(FrameError::BadLength(len as i32))
+        }
         c if (c >> 16) == 3 => {
             let mut one = buf.split_to(len);
             let start = Startup::decode(&mut one, &DecodeContext::default())

@@ -68,7 +68,9 @@ pub(super) async fn read_until_startup(
                     .await
                     .map_err(|_| protocol_violation("connection closed during startup"))?;
             }
-            Some(StartupPacket::Cancel { pid, secret }) => return Ok(First::Cancel { pid, secret }),
+            Some(StartupPacket::Cancel { pid, secret }) => {
+                return Ok(First::Cancel { pid, secret })
+            }
             Some(StartupPacket::Startup { params, .. }) => return Ok(First::Startup(params)),
             Some(StartupPacket::Unsupported(code)) => {
                 return Err(PgError::fatal(

@@ -99,7 +99,10 @@ pub(super) async fn run(
     l.finish(end).await;
 }
 
-async fn read_opt(rd: Option<&mut OwnedReadHalf>, buf: Option<&mut BytesMut>) -> std::io::Result<usize> {
+async fn read_opt(
+    rd: Option<&mut OwnedReadHalf>,
+    buf: Option<&mut BytesMut>,
+) -> std::io::Result<usize> {
     match (rd, buf) {
         (Some(rd), Some(buf)) => rd.read_buf(buf).await,
         _ => pending().await,
@@ -125,7 +128,8 @@ fn starts_transaction(sql: &str) -> bool {
     let word = |w: &str| {
         s.len() >= w.len()
             && s[..w.len()].eq_ignore_ascii_case(w.as_bytes())
-            && s.get(w.len()).is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_')
+            && s.get(w.len())
+                .is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_')
     };
     word("begin") || word("start")
 }
@@ -372,8 +376,8 @@ impl Loop<'_> {
     /// Flushes what is owed to the client and leaves the server connection clean or broken.
     async fn finish(mut self, end: End) {
         if matches!(end, End::Fatal | End::Shutdown) && !self.cout.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.cwr.write_all(&self.cout))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.cwr.write_all(&self.cout)).await;
         }
         let _ = self.cwr.shutdown().await;
         let Some(mut conn) = self.server.take() else {
