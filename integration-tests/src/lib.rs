@@ -59,7 +59,8 @@ fn register_cleanup(dir: std::path::PathBuf) {
     }
 }
 
-/// A config with users `app` (SCRAM), `app_md5` (md5 on both sides), `trusty` (trust; logs
+/// A config with users `app` (SCRAM), `app_md5` (md5 on both sides), `verifier` (a SCRAM
+/// verifier of "app" in the config), `trusty` (trust; logs
 /// into Postgres as app), and databases `app` (transaction mode), `app_session`,
 /// `app_statement`, all on the shared cluster. `extra` is appended to the `[proxy]` section's
 /// neighbours: pass whole sections (e.g. "[pool]\nsize = 5").
@@ -82,6 +83,13 @@ password = "app"
 name = "app_md5"
 password = "app_md5"
 auth_method = "md5"
+
+[[users]]
+name = "verifier"
+# SCRAM verifier of the password "app"
+password = "SCRAM-SHA-256$4096:c2hhcmRnYXRlLWV4YW1wbGU=$gv9GdxLHLxTdBHeJZlf5OfXX4p7wCDob8Zft60WALvA=:0WVuW5lXsAvAU3ODoA2PuCdfTJssSDXyjNe1/4gg2Qo="
+server_user = "app"
+server_password = "app"
 
 [[users]]
 name = "trusty"

@@ -36,6 +36,16 @@ async fn scram_and_md5_on_both_sides() {
             .get(0);
         assert_eq!(who, user);
     }
+    // a user configured with a SCRAM verifier instead of a plaintext password
+    let c = proxy.connect("verifier", "app", "app").await.unwrap();
+    let who: String = c
+        .query_one("select current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, "app");
+    let e = proxy.connect("verifier", "wrong", "app").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
     // trust: no password asked; logs into Postgres as app
     let c = proxy.connect("trusty", "", "app").await.unwrap();
     let who: String = c

@@ -61,8 +61,8 @@ pub struct ProxyConfig {
     pub pool_mode: PoolMode,
     /// Admin console user (database "shardgate").
     pub admin_user: String,
-    /// Admin console password.
-    pub admin_password: String,
+    /// Admin console password (reserved for the admin console; hidden from `Debug`).
+    pub admin_password: Redacted,
     /// Largest protocol message accepted from a client, in bytes; larger ones get an error and
     /// the connection is closed.
     pub max_message_size: usize,
@@ -83,12 +83,23 @@ impl Default for ProxyConfig {
             max_client_connections: 10_000,
             pool_mode: PoolMode::Transaction,
             admin_user: "admin".into(),
-            admin_password: String::new(),
+            admin_password: Redacted::default(),
             max_message_size: 64 * 1024 * 1024,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout_ms: 10_000,
             client_login_timeout_ms: 15_000,
         }
+    }
+}
+
+/// A secret string from the config: deserialized as a plain string, never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
     }
 }
 
@@ -169,8 +180,8 @@ pub enum AuthMethod {
     Trust,
 }
 
-/// `[[users]]`: one user that may log in.
-#[derive(Debug, Clone, Deserialize)]
+/// `[[users]]`: one user that may log in. Its `Debug` output hides the passwords.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Login name clients use.
@@ -187,6 +198,22 @@ pub struct UserConfig {
     pub server_password: Option<String>,
     /// Overrides `[pool] size` for this user.
     pub pool_size: Option<u32>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("auth_method", &self.auth_method)
+            .field("server_user", &self.server_user)
+            .field(
+                "server_password",
+                &self.server_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 impl UserConfig {

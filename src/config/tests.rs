@@ -73,3 +73,12 @@ fn every_example_config_loads() {
     }
     assert!(n >= 1, "no example configs found in {}", dir.display());
 }
+
+#[test]
+fn debug_output_never_shows_passwords() {
+    let mut c = Config::parse(MINIMAL, "t").unwrap();
+    c.users[0].server_password = Some("other-secret".into());
+    c.proxy.admin_password = Redacted("admin-secret".into());
+    let text = format!("{c:?}");
+    assert!(!text.contains("secret"), "{text}");
+}

@@ -110,6 +110,16 @@ impl Config {
                     "is empty; set a password or auth_method = \"trust\"".into(),
                 );
             }
+            if u.password.starts_with("SCRAM-SHA-256$")
+                && crate::auth::ScramVerifier::parse(&u.password).is_none()
+            {
+                push(
+                    &format!("{path}.password"),
+                    "looks like a SCRAM-SHA-256 verifier but is malformed (expected \
+                     SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)"
+                        .into(),
+                );
+            }
             if u.auth_method == AuthMethod::Md5 && u.password.starts_with("SCRAM-SHA-256$") {
                 push(
                     &format!("{path}.password"),
