@@ -5,6 +5,7 @@
 //! - [`protocol`]: wire framing and the few messages the proxy decodes or writes itself.
 //! - [`auth`]: SCRAM-SHA-256 and md5 verification of clients.
 
+//! - [`sql`]: SQL text analysis (statement splitting, session-state commands).
 //! - [`backend`]: one server connection: connect, authenticate as a client, parameters.
 //! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel.
@@ -23,4 +24,5 @@ pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub mod state;

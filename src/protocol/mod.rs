@@ -3,10 +3,14 @@
 //! No I/O here. Framing works on a `BytesMut` and returns `Ok(None)` when more bytes are needed;
 //! messages the proxy forwards are never re-encoded, only their tag and length are read.
 
+mod extended;
 mod frame;
 mod messages;
 mod startup;
 
+pub use extended::{
+    bind_names, empty_message, encode_parse, encode_target, parse_body, rename_bind, target, Parse,
+};
 pub use frame::{cstr, split_frame, Frame, FrameError, ScanEvent, Scanner};
 pub use messages::*;
 pub use startup::{split_startup, StartupPacket, MAX_STARTUP_LEN};

@@ -1,0 +1,308 @@
+//! A single-pass SQL scanner: splits a query string into statements (respecting quotes, dollar
+//! quotes and comments) and classifies the commands that change session state. No allocation
+//! on the common path and no parse tree.
+
+/// Splits `sql` into statements at top-level semicolons; empty statements are dropped.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => i = skip_quoted(b, i, b[i]),
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p + 1)
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
+            b'$' => i = skip_dollar(b, i),
+            b';' => {
+                push_stmt(&mut out, &sql[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    push_stmt(&mut out, &sql[start..]);
+    out
+}
+
+fn push_stmt<'a>(out: &mut Vec<&'a str>, s: &'a str) {
+    let t = s.trim();
+    if !t.is_empty() {
+        out.push(t);
+    }
+}
+
+fn skip_quoted(b: &[u8], mut i: usize, q: u8) -> usize {
+    i += 1;
+    while i < b.len() {
+        if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+                continue;
+            }
+            return i + 1;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0;
+    while i + 1 < b.len() {
+        if b[i] == b'/' && b[i + 1] == b'*' {
+            depth += 1;
+            i += 2;
+        } else if b[i] == b'*' && b[i + 1] == b'/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+fn skip_dollar(b: &[u8], i: usize) -> usize {
+    // $tag$ ... $tag$ where tag is empty or an identifier; `$1` is a parameter.
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+        j += 1;
+    }
+    if j >= b.len() || b[j] != b'$' || (j > i + 1 && b[i + 1].is_ascii_digit()) {
+        return i + 1;
+    }
+    let tag = &b[i..=j];
+    let body = j + 1;
+    b[body..]
+        .windows(tag.len())
+        .position(|w| w == tag)
+        .map_or(b.len(), |p| body + p + tag.len())
+}
+
+/// The words of a statement, lowercased, up to `n` of them (comments and leading whitespace
+/// skipped; a quoted identifier is returned without its quotes, case kept).
+pub fn leading_words(stmt: &str, n: usize) -> Vec<String> {
+    let b = stmt.as_bytes();
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0;
+    while i < b.len() && out.len() < n {
+        let c = b[i];
+        if c.is_ascii_whitespace() || c == b',' || c == b'(' || c == b')' {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p + 1);
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            i = skip_block_comment(b, i);
+        } else if c == b'"' {
+            let end = skip_quoted(b, i, b'"');
+            out.push(stmt[i + 1..end.saturating_sub(1).max(i + 1)].replace("\"\"", "\""));
+            i = end;
+        } else if c == b'=' {
+            out.push("=".into());
+            i += 1;
+        } else {
+            let start = i;
+            while i < b.len()
+                && !b[i].is_ascii_whitespace()
+                && !matches!(b[i], b',' | b'(' | b')' | b'=' | b';')
+            {
+                i += 1;
+            }
+            out.push(stmt[start..i].to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// What a statement does to session state that must survive transaction pooling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    /// `SET [SESSION] name ...` / `SET TIME ZONE` / `SET ROLE`: `name` changes.
+    Set(String),
+    /// `RESET name`.
+    Reset(String),
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD ALL`: settings, prepared statements, temp tables, ...
+    DiscardAll,
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// `PREPARE name ...`.
+    Prepare(String),
+    /// `EXECUTE name ...`.
+    Execute(String),
+    /// `DEALLOCATE [PREPARE] name`.
+    Deallocate(String),
+    /// State that lives on one server connection across transactions (session advisory
+    /// locks, LISTEN, WITH HOLD cursors, temporary tables, SET SESSION AUTHORIZATION).
+    Pin(&'static str),
+    /// Nothing session-level.
+    None,
+}
+
+/// Classifies one statement (as returned by [`split_statements`]).
+pub fn session_command(stmt: &str) -> SessionCommand {
+    let w = leading_words(stmt, 4);
+    let word = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    let cmd = match word(0) {
+        "set" => match word(1) {
+            "local" | "transaction" | "constraints" => SessionCommand::None,
+            "session" => match word(2) {
+                "characteristics" => SessionCommand::None,
+                "authorization" => SessionCommand::Pin("SET SESSION AUTHORIZATION"),
+                "time" => SessionCommand::Set("timezone".into()),
+                "role" => SessionCommand::Set("role".into()),
+                "" => SessionCommand::None,
+                name => SessionCommand::Set(name.to_string()),
+            },
+            "time" => SessionCommand::Set("timezone".into()),
+            "" => SessionCommand::None,
+            name => SessionCommand::Set(name.to_string()),
+        },
+        "reset" => match word(1) {
+            "all" => SessionCommand::ResetAll,
+            "session" => SessionCommand::Pin("RESET SESSION AUTHORIZATION"),
+            "time" => SessionCommand::Reset("timezone".into()),
+            "" => SessionCommand::None,
+            name => SessionCommand::Reset(name.to_string()),
+        },
+        "discard" if word(1) == "all" => SessionCommand::DiscardAll,
+        "discard" if matches!(word(1), "temp" | "temporary" | "plans") => SessionCommand::None,
+        "deallocate" => {
+            let name = if word(1) == "prepare" { word(2) } else { word(1) };
+            match name {
+                "all" => SessionCommand::DeallocateAll,
+                "" => SessionCommand::None,
+                n => SessionCommand::Deallocate(n.to_string()),
+            }
+        }
+        "prepare" if !matches!(word(1), "transaction" | "") => {
+            SessionCommand::Prepare(word(1).to_string())
+        }
+        "execute" if !word(1).is_empty() => SessionCommand::Execute(word(1).to_string()),
+        "listen" => SessionCommand::Pin("LISTEN"),
+        "create" if matches!(word(1), "temp" | "temporary")
+            || (matches!(word(1), "local" | "global") && matches!(word(2), "temp" | "temporary")) =>
+        {
+            SessionCommand::Pin("CREATE TEMPORARY TABLE")
+        }
+        _ => SessionCommand::None,
+    };
+    if cmd != SessionCommand::None {
+        return cmd;
+    }
+    pin_reason(stmt).map_or(SessionCommand::None, SessionCommand::Pin)
+}
+
+/// Session-level state created by function calls or cursor options anywhere in a statement.
+pub fn pin_reason(stmt: &str) -> Option<&'static str> {
+    let lc = stmt.to_ascii_lowercase();
+    for (needle, reason) in [
+        ("pg_advisory_lock", "session advisory lock"),
+        ("pg_try_advisory_lock", "session advisory lock"),
+        ("pg_advisory_lock_shared", "session advisory lock"),
+        ("pg_try_advisory_lock_shared", "session advisory lock"),
+        ("with hold", "cursor WITH HOLD"),
+    ] {
+        if let Some(p) = lc.find(needle) {
+            // `pg_advisory_xact_lock` does not match these needles; make sure the match is a
+            // whole function name.
+            let after = lc.as_bytes().get(p + needle.len()).copied().unwrap_or(b' ');
+            if !(after.is_ascii_alphanumeric() || after == b'_') {
+                return Some(reason);
+            }
+        }
+    }
+    None
+}
+
+/// True if `name` is a plain configuration parameter name (safe to put into SQL).
+pub fn is_setting_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+}
+
+/// Quotes `v` as a SQL string literal with dollar quoting (independent of
+/// standard_conforming_strings).
+pub fn dollar_quote(v: &str) -> String {
+    let mut tag = String::from("$sg$");
+    let mut n = 0;
+    while v.contains(&tag) {
+        n += 1;
+        tag = format!("$sg{n}$");
+    }
+    format!("{tag}{v}{tag}")
+}
+
+/// Quotes an identifier for SQL (always double-quoted).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        let s = "select ';'; select \"a;b\" from t -- c;\n; select $$x;y$$; select $t$;$t$;/* ; */ select 1";
+        assert_eq!(
+            split_statements(s),
+            vec![
+                "select ';'",
+                "select \"a;b\" from t -- c;",
+                "select $$x;y$$",
+                "select $t$;$t$",
+                "/* ; */ select 1"
+            ]
+        );
+        assert_eq!(split_statements("select $1; select 2"), vec!["select $1", "select 2"]);
+        assert!(split_statements(" ; ;").is_empty());
+    }
+
+    #[test]
+    fn classifies_session_commands() {
+        use SessionCommand::*;
+        assert_eq!(session_command("SET search_path TO a, b"), Set("search_path".into()));
+        assert_eq!(session_command("set statement_timeout=1000"), Set("statement_timeout".into()));
+        assert_eq!(session_command("SET SESSION TimeZone = 'UTC'"), Set("timezone".into()));
+        assert_eq!(session_command("set time zone 'UTC'"), Set("timezone".into()));
+        assert_eq!(session_command("SET LOCAL search_path TO a"), None);
+        assert_eq!(session_command("SET TRANSACTION READ ONLY"), None);
+        assert_eq!(session_command("reset search_path"), Reset("search_path".into()));
+        assert_eq!(session_command("RESET ALL"), ResetAll);
+        assert_eq!(session_command("discard all"), DiscardAll);
+        assert_eq!(session_command("DEALLOCATE ALL"), DeallocateAll);
+        assert_eq!(session_command("deallocate prepare foo"), Deallocate("foo".into()));
+        assert_eq!(session_command("PREPARE foo(int) AS select $1"), Prepare("foo".into()));
+        assert_eq!(session_command("PREPARE TRANSACTION 'x'"), None);
+        assert_eq!(session_command("execute foo(1)"), Execute("foo".into()));
+        assert_eq!(session_command("LISTEN ch"), Pin("LISTEN"));
+        assert_eq!(session_command("create temp table t (a int)"), Pin("CREATE TEMPORARY TABLE"));
+        assert_eq!(session_command("select pg_advisory_lock(1)"), Pin("session advisory lock"));
+        assert_eq!(session_command("select pg_advisory_xact_lock(1)"), None);
+        assert_eq!(session_command("declare c cursor with hold for select 1"), Pin("cursor WITH HOLD"));
+        assert_eq!(session_command("select 1"), None);
+        assert_eq!(session_command("/* hi */ SET \"search_path\" = x"), Set("search_path".into()));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(dollar_quote("a'b"), "$sg$a'b$sg$");
+        assert_eq!(dollar_quote("x$sg$y"), "$sg1$x$sg$y$sg1$");
+        assert!(is_setting_name("search_path"));
+        assert!(is_setting_name("myapp.tenant"));
+        assert!(!is_setting_name("a; drop table x"));
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
