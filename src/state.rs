@@ -85,6 +85,8 @@ pub struct ProxyState {
     pub registry: Registry,
     /// Cancel keys handed to clients.
     pub cancels: CancelRegistry,
+    /// Statements prepared through the proxy (transaction and statement pooling).
+    pub statements: StatementCache,
 }
 
 impl ProxyState {
@@ -112,6 +114,69 @@ impl ProxyState {
             users,
             registry,
             cancels: CancelRegistry::default(),
+            statements: StatementCache::default(),
         })
+    }
+}
+
+/// A statement prepared on server connections under a proxy-chosen name, shared by every client
+/// that prepares the same text with the same parameter types.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Cache id; the server-side name is `sg_<id>`.
+    pub id: u64,
+    /// Server-side statement name.
+    pub name: String,
+    /// The Parse message that prepares it under `name`.
+    pub parse: bytes::Bytes,
+    /// A server accepted it once: a client's Parse of the same text can be answered without a
+    /// server connection.
+    pub validated: std::sync::atomic::AtomicBool,
+    /// What executing it does to session state (SET, DISCARD, ...), found once at insert.
+    pub command: crate::sql::scan::SessionCommand,
+}
+
+/// Global statement cache: Parse body (query text and parameter types) -> [`Prepared`].
+#[derive(Debug, Default)]
+pub struct StatementCache {
+    map: Mutex<HashMap<bytes::Bytes, Arc<Prepared>>>,
+}
+
+impl StatementCache {
+    /// The shared statement for a Parse body tail (see [`crate::protocol::Parse::rest`]).
+    pub fn get_or_insert(&self, rest: &[u8]) -> Arc<Prepared> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = map.get(rest) {
+            return p.clone();
+        }
+        let id = map.len() as u64 + 1;
+        let name = format!("sg_{id}");
+        let p = Arc::new(Prepared {
+            id,
+            parse: crate::protocol::encode_parse(&name, rest),
+            name,
+            validated: Default::default(),
+            command: crate::sql::scan::session_command(crate::protocol::query_text(rest)),
+        });
+        map.insert(bytes::Bytes::copy_from_slice(rest), p.clone());
+        p
+    }
+
+    /// The shared statement for a Parse body tail, if a server has accepted it before.
+    pub fn get_validated(&self, rest: &[u8]) -> Option<Arc<Prepared>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(rest)
+            .filter(|p| p.validated.load(std::sync::atomic::Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// Number of distinct statements seen.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no statement was prepared yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

@@ -2,8 +2,12 @@
 //! and cancel key; small helpers to run a maintenance query and drain to ReadyForQuery.
 
 use bytes::{BufMut, BytesMut};
+use lru::LruCache;
 use postgres_protocol::authentication::{md5_hash, sasl};
 use postgres_protocol::message::frontend;
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -24,6 +28,8 @@ pub struct ConnectParams {
     pub database: String,
     /// Time allowed for TCP connect plus authentication.
     pub connect_timeout: Duration,
+    /// Capacity of the per-connection prepared statement set.
+    pub prepared_capacity: usize,
 }
 
 /// Why a server connection could not be used.
@@ -81,6 +87,13 @@ pub struct ServerConn {
     pub broken: bool,
     /// When the connection was opened.
     pub created: Instant,
+    /// Proxy-named statements (by cache id) prepared on this connection, least recently used
+    /// first out.
+    pub prepared: LruCache<u64, ()>,
+    /// SQL-level prepared statements (PREPARE name AS ...): name -> the PREPARE text.
+    pub sql_prepared: HashMap<String, Arc<str>>,
+    /// Settings changed from the connection's defaults, as `current_setting` reports them.
+    pub settings: BTreeMap<String, String>,
 }
 
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -112,6 +125,11 @@ impl ServerConn {
             params: Vec::new(),
             broken: false,
             created: Instant::now(),
+            prepared: LruCache::new(
+                NonZeroUsize::new(p.prepared_capacity).unwrap_or(NonZeroUsize::MIN),
+            ),
+            sql_prepared: HashMap::new(),
+            settings: BTreeMap::new(),
         };
         let mut out = BytesMut::new();
         let params = [
@@ -278,6 +296,51 @@ impl ServerConn {
         frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
         self.send(&out).await?;
         self.drain_to_ready().await
+    }
+
+    /// Runs a simple query returning one row and returns its text values (NULL as "").
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<String>, BackendError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.send(&out).await?;
+        let mut row = Vec::new();
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'D' if row.is_empty() => {
+                    let b = f.body();
+                    let n = if b.len() >= 2 {
+                        u16::from_be_bytes([b[0], b[1]])
+                    } else {
+                        0
+                    };
+                    let mut rest = &b[2.min(b.len())..];
+                    for _ in 0..n {
+                        if rest.len() < 4 {
+                            break;
+                        }
+                        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                        rest = &rest[4..];
+                        if len < 0 {
+                            row.push(String::new());
+                            continue;
+                        }
+                        let len = (len as usize).min(rest.len());
+                        row.push(String::from_utf8_lossy(&rest[..len]).into_owned());
+                        rest = &rest[len..];
+                    }
+                }
+                b'E' if err.is_none() => err = Some(self.server_error(&f)),
+                b'Z' => {
+                    return match err {
+                        Some(e) => Err(e),
+                        None => Ok(row),
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Reads and discards messages up to ReadyForQuery; returns its status or the first error.

@@ -121,6 +121,25 @@ pub struct PoolConfig {
     pub max_lifetime_ms: u64,
     /// Hand server connections to waiting clients in arrival order (a FIFO gate in front of bb8).
     pub fifo_checkout: bool,
+    /// Statements kept prepared per server connection (LRU; evicted ones are closed on the
+    /// server). Used in transaction and statement modes.
+    pub prepared_statements_cache: usize,
+    /// What to do when a client in transaction or statement mode creates state that lives on
+    /// its server connection beyond the transaction (session advisory lock, LISTEN, WITH HOLD
+    /// cursor, temporary table, SET SESSION AUTHORIZATION): `pin` keeps that server connection
+    /// for the client until it disconnects; `error` refuses the statement with 0A000.
+    pub session_state: SessionStatePolicy,
+}
+
+/// See [`PoolConfig::session_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatePolicy {
+    /// Pin the client to its server connection.
+    #[default]
+    Pin,
+    /// Refuse the statement.
+    Error,
 }
 
 impl Default for PoolConfig {
@@ -133,6 +152,8 @@ impl Default for PoolConfig {
             idle_timeout_ms: 600_000,
             max_lifetime_ms: 3_600_000,
             fifo_checkout: true,
+            prepared_statements_cache: 500,
+            session_state: SessionStatePolicy::Pin,
         }
     }
 }

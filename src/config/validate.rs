@@ -67,6 +67,12 @@ impl Config {
         if self.pool.size == 0 {
             push("pool.size", "must be at least 1".into());
         }
+        if self.pool.prepared_statements_cache == 0 {
+            push(
+                "pool.prepared_statements_cache",
+                "must be at least 1".into(),
+            );
+        }
         if self.pool.min_idle > self.pool.size {
             push("pool.min_idle", "must not exceed pool.size".into());
         }

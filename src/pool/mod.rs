@@ -93,6 +93,7 @@ impl ServerPool {
             password: user.server_password().map(str::to_string),
             database: db.server_database().to_string(),
             connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+            prepared_capacity: p.prepared_statements_cache,
         };
         let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
         let pool = bb8::Pool::builder()

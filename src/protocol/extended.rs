@@ -102,8 +102,14 @@ mod tests {
         assert_eq!((p.name, p.query), ("s1", "select $1"));
         let m = encode_parse("sg_7", p.rest);
         let again = parse_body(&m[5..]).unwrap();
-        assert_eq!((again.name, again.query, again.rest), ("sg_7", "select $1", p.rest));
-        assert_eq!(i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize, m.len() - 1);
+        assert_eq!(
+            (again.name, again.query, again.rest),
+            ("sg_7", "select $1", p.rest)
+        );
+        assert_eq!(
+            i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize,
+            m.len() - 1
+        );
 
         let bind = b"portal\0s1\0\0\0\0\x01\0\0\0\x0242\0\0".to_vec();
         let (portal, stmt, _) = bind_names(&bind).unwrap();
@@ -112,7 +118,10 @@ mod tests {
         let (portal, stmt, at) = bind_names(&m[5..]).unwrap();
         assert_eq!((portal, stmt), ("portal", "sg_7"));
         assert_eq!(&m[5 + at..], &bind[10..]);
-        assert_eq!(i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize, m.len() - 1);
+        assert_eq!(
+            i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize,
+            m.len() - 1
+        );
     }
 
     #[test]

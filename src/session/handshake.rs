@@ -33,6 +33,8 @@ pub struct Login {
     pub cancel_pid: i32,
     /// Where CancelRequests for this client go.
     pub cancel_slot: CancelSlot,
+    /// The startup packet's parameters (user, database, application_name, options, ...).
+    pub params: BTreeMap<String, String>,
 }
 
 /// The first meaningful packet.
@@ -276,15 +278,20 @@ async fn handshake_inner(
     let (cancel_pid, secret, cancel_slot) = state.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     protocol::auth_ok(&mut out);
-    let app = params.get("application_name");
+    // The client sees the server's parameters, overridden by what it asked for itself (the
+    // proxy applies those settings on every server connection it uses).
+    let own = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| {
+                k.eq_ignore_ascii_case(name) && !matches!(k.as_str(), "user" | "database")
+            })
+            .map(|(_, v)| v.as_str())
+    };
     for (k, v) in server_params.iter() {
-        let v = match (k.as_str(), app) {
-            ("application_name", Some(a)) => a,
-            _ => v,
-        };
-        protocol::parameter_status(&mut out, k, v);
+        protocol::parameter_status(&mut out, k, own(k).unwrap_or(v));
     }
-    if let Some(a) = app {
+    if let Some(a) = own("application_name") {
         if !server_params.iter().any(|(k, _)| k == "application_name") {
             protocol::parameter_status(&mut out, "application_name", a);
         }
@@ -302,5 +309,6 @@ async fn handshake_inner(
         pool_mode,
         cancel_pid,
         cancel_slot,
+        params,
     }))
 }

@@ -1,8 +1,10 @@
 //! One client connection: the first packet (SSL/GSS refusal, cancel, startup), authentication,
 //! then the query loop that forwards messages to pooled server connections.
 
+mod client_state;
 mod handshake;
 mod query_loop;
+mod relay;
 
 use bytes::BytesMut;
 use std::sync::Arc;

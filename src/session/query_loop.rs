@@ -3,9 +3,12 @@
 //! connection goes back to the pool (transaction and statement modes).
 //!
 //! Invariants:
-//! - `pending` counts the ReadyForQuery messages the server still owes (one per Query, Sync and
-//!   FunctionCall sent); `unsynced` is set while extended-protocol messages await their Sync.
-//!   A server connection is released only when both say the server is idle and its status is `I`.
+//! - The [`Relay`] queue holds one entry per message sent to the server that gets a response;
+//!   `unsynced` is set while extended-protocol messages await their Sync. A server connection is
+//!   released only when the queue is empty, nothing awaits a Sync and the status is `I`.
+//! - In transaction and statement modes, named statements are renamed to pooled `sg_N` names
+//!   and prepared on whichever server connection needs them; SET/RESET, SQL-level PREPARE and
+//!   DISCARD/DEALLOCATE are tracked so the client's session follows it (see `client_state`).
 //! - A server connection leaves this loop idle and outside a transaction, or flagged broken so
 //!   the pool closes it. Nothing the previous client did is visible to the next.
 
@@ -16,14 +19,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
+use super::client_state::{apply_sql, read_back_sql, ClientState};
+use super::relay::{Event, Expect, Kind, Relay};
 use super::Login;
 use crate::backend::ServerConn;
-use crate::config::PoolMode;
+use crate::config::{PoolMode, SessionStatePolicy};
 use crate::pool::{Checkout, PoolError};
 use crate::protocol::{
-    self, query_text, split_frame, sqlstate, FrameError, PgError, ScanEvent, Scanner,
+    self, bind_names, empty_message, encode_target, parse_body, query_text, rename_bind,
+    split_frame, sqlstate, Frame, FrameError, PgError,
 };
-use crate::state::{CancelTarget, ProxyState};
+use crate::sql::scan::{quote_ident, session_command, split_statements, SessionCommand};
+use crate::state::{CancelTarget, Prepared, ProxyState};
+use std::sync::Arc;
 
 /// Above this many buffered bytes in one direction, stop reading from the sender.
 const BUF_CAP: usize = 256 * 1024;
@@ -57,13 +65,19 @@ struct Loop<'a> {
     /// Bytes for the server.
     sout: BytesMut,
     server: Option<Checkout>,
-    scanner: Scanner,
-    pending: u32,
+    relay: Relay,
+    events: Vec<Event>,
+    client: ClientState,
+    /// Transaction or statement mode: statements and settings are managed across connections.
+    managed: bool,
     unsynced: bool,
     /// Last transaction status reported to the client.
     status: u8,
     /// After a failed checkout in the extended protocol: drop messages until Sync.
     skip_until_sync: bool,
+    /// After an error the proxy made up in the extended protocol: drop messages until Sync,
+    /// then forward the Sync.
+    discard_until_sync: bool,
     /// Client frames wait because `sout` is full.
     client_blocked: bool,
     shutting_down: bool,
@@ -78,6 +92,8 @@ pub(super) async fn run(
     state: &ProxyState,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let managed = login.pool_mode != PoolMode::Session;
+    let client = ClientState::from_startup(&login.params);
     let mut l = Loop {
         state,
         login,
@@ -87,11 +103,14 @@ pub(super) async fn run(
         cout: BytesMut::with_capacity(READ_CHUNK),
         sout: BytesMut::with_capacity(READ_CHUNK),
         server: None,
-        scanner: Scanner::default(),
-        pending: 0,
+        relay: Relay::default(),
+        events: Vec::new(),
+        client,
+        managed,
         unsynced: false,
         status: b'I',
         skip_until_sync: false,
+        discard_until_sync: false,
         client_blocked: false,
         shutting_down: *shutdown.borrow(),
     };
@@ -143,7 +162,7 @@ impl Loop<'_> {
             if self.shutting_down {
                 let idle = match &self.server {
                     None => true,
-                    Some(_) => self.pending == 0 && !self.unsynced && self.status == b'I',
+                    Some(_) => self.relay.idle() && !self.unsynced && self.status == b'I',
                 };
                 if idle {
                     PgError::fatal(
@@ -248,6 +267,12 @@ impl Loop<'_> {
                 }
                 continue;
             }
+            if self.discard_until_sync && tag != b'S' {
+                continue;
+            }
+            if self.server.is_none() && self.managed && self.answer_locally(&frame) {
+                continue;
+            }
             if self.server.is_none() {
                 if matches!(tag, b'd' | b'c' | b'f') {
                     // COPY data after the COPY already failed: the server would ignore it too.
@@ -270,17 +295,340 @@ impl Loop<'_> {
                     continue;
                 }
             }
-            match tag {
-                b'Q' | b'F' => self.pending += 1,
-                b'S' => {
-                    self.pending += 1;
-                    self.unsynced = false;
+            if let Some(end) = self.route(frame) {
+                return Some(end);
+            }
+        }
+    }
+
+    /// Without a server connection (so outside a transaction), answers what needs no server:
+    /// Sync, Flush, Close of a named statement, and Parse of a statement some server already
+    /// accepted. Drivers that prepare synchronously (pgbench -M prepared) then never wait for
+    /// a server connection just to prepare, which could otherwise deadlock a small pool.
+    fn answer_locally(&mut self, frame: &Frame) -> bool {
+        match frame.tag {
+            b'S' => {
+                self.discard_until_sync = false;
+                protocol::ready_for_query(&mut self.cout, self.status);
+                true
+            }
+            b'H' => true,
+            b'C' => match protocol::target(frame.body()) {
+                Some((b'S', name)) if !name.is_empty() => {
+                    self.client.named.remove(name);
+                    self.cout.extend_from_slice(&empty_message(b'3'));
+                    true
                 }
-                b'P' | b'B' | b'E' | b'D' | b'C' | b'H' => self.unsynced = true,
-                _ => {}
+                _ => false,
+            },
+            b'P' => {
+                let Some(p) = parse_body(frame.body()) else {
+                    return false;
+                };
+                if p.name.is_empty() || self.client.named.contains_key(p.name) {
+                    return false;
+                }
+                if !matches!(session_command(p.query), SessionCommand::None) {
+                    return false;
+                }
+                match self.state.statements.get_validated(p.rest) {
+                    Some(stmt) => {
+                        self.client.named.insert(p.name.to_string(), stmt);
+                        self.cout.extend_from_slice(&empty_message(b'1'));
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends one client message to the server connection, rewriting statement names in
+    /// managed modes, and records the responses it will produce.
+    fn route(&mut self, frame: Frame) -> Option<End> {
+        let tag = frame.tag;
+        match tag {
+            b'Q' => self.on_query(&frame),
+            b'P' => return self.on_parse(&frame),
+            b'B' => return self.on_bind(&frame),
+            b'D' | b'C' => return self.on_describe_or_close(&frame),
+            b'E' => self.forward(&frame, Some(Kind::Execute)),
+            b'S' => {
+                self.discard_until_sync = false;
+                self.unsynced = false;
+                self.forward(&frame, Some(Kind::Sync));
+            }
+            b'F' => self.forward(&frame, Some(Kind::Function)),
+            _ => self.forward(&frame, None),
+        }
+        if matches!(tag, b'H' | b'E') {
+            self.unsynced = true;
+        }
+        None
+    }
+
+    fn forward(&mut self, frame: &Frame, kind: Option<Kind>) {
+        self.sout.extend_from_slice(&frame.bytes);
+        if let Some(k) = kind {
+            self.relay.push(Expect::Client(k));
+        }
+    }
+
+    fn malformed(&mut self, what: &str) -> Option<End> {
+        PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("malformed {what} message"),
+        )
+        .encode(&mut self.cout);
+        Some(End::Fatal)
+    }
+
+    /// An error the proxy answers itself in the extended protocol: it takes the place of the
+    /// message's response, and the rest up to Sync is dropped as the server would.
+    fn synthetic_error(&mut self, err: PgError) {
+        let mut b = BytesMut::new();
+        err.encode(&mut b);
+        self.relay.push(Expect::Synthetic(b.freeze()));
+        self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        self.discard_until_sync = true;
+    }
+
+    /// Handles session state that cannot move between server connections.
+    fn pin(&mut self, reason: &'static str) -> Result<(), PgError> {
+        match self.state.config.pool.session_state {
+            SessionStatePolicy::Pin => {
+                if self.client.pinned.is_none() {
+                    tracing::debug!(user = %self.login.user, reason, "client pinned to its server connection");
+                }
+                self.client.pinned = Some(reason);
+                Ok(())
+            }
+            SessionStatePolicy::Error => Err(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "{reason} is not supported in {:?} pooling mode",
+                    self.login.pool_mode
+                )
+                .to_lowercase(),
+            )
+            .with_hint("use a session-mode database, or set pool.session_state = \"pin\"")),
+        }
+    }
+
+    fn on_parse(&mut self, frame: &Frame) -> Option<End> {
+        self.unsynced = true;
+        let Some(p) = parse_body(frame.body()) else {
+            return self.malformed("Parse");
+        };
+        if !self.managed {
+            self.sout.extend_from_slice(&frame.bytes);
+            self.relay.push(Expect::Parse {
+                stmt: None,
+                visible: true,
+                client_name: None,
+            });
+            return None;
+        }
+        if p.name.is_empty() {
+            // An unnamed statement runs right after: track what it does now.
+            if let Err(e) = self.track_statement(p.query) {
+                self.synthetic_error(e);
+                return None;
             }
             self.sout.extend_from_slice(&frame.bytes);
+            self.relay.push(Expect::Parse {
+                stmt: None,
+                visible: true,
+                client_name: None,
+            });
+            return None;
         }
+        if self.client.named.contains_key(p.name) {
+            let msg = format!("prepared statement \"{}\" already exists", p.name);
+            self.synthetic_error(PgError::error("42P05", msg));
+            return None;
+        }
+        let stmt = self.state.statements.get_or_insert(p.rest);
+        let name = p.name.to_string();
+        self.client.named.insert(name.clone(), stmt.clone());
+        let conn = self.server.as_deref_mut()?;
+        if conn.prepared.get(&stmt.id).is_some() {
+            self.relay.push(Expect::Synthetic(empty_message(b'1')));
+            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        } else {
+            mark_prepared(conn, &mut self.relay, &mut self.sout, stmt.id);
+            self.sout.extend_from_slice(&stmt.parse);
+            self.relay.push(Expect::Parse {
+                stmt: Some(stmt),
+                visible: true,
+                client_name: Some(name),
+            });
+        }
+        None
+    }
+
+    /// The pooled statement for a client statement name, prepared on the current server
+    /// connection; None (after a made-up error) if the client has no such statement.
+    fn ensure_statement(&mut self, name: &str) -> Option<Arc<Prepared>> {
+        let Some(stmt) = self.client.named.get(name).cloned() else {
+            let msg = format!("prepared statement \"{name}\" does not exist");
+            self.synthetic_error(PgError::error("26000", msg));
+            return None;
+        };
+        let conn = self.server.as_deref_mut()?;
+        if conn.prepared.get(&stmt.id).is_none() {
+            mark_prepared(conn, &mut self.relay, &mut self.sout, stmt.id);
+            self.sout.extend_from_slice(&stmt.parse);
+            self.relay.push(Expect::Parse {
+                stmt: Some(stmt.clone()),
+                visible: false,
+                client_name: None,
+            });
+        }
+        Some(stmt)
+    }
+
+    fn on_bind(&mut self, frame: &Frame) -> Option<End> {
+        self.unsynced = true;
+        let Some((_, name, _)) = bind_names(frame.body()) else {
+            return self.malformed("Bind");
+        };
+        if !self.managed || name.is_empty() {
+            self.forward(frame, Some(Kind::Bind));
+            return None;
+        }
+        let name = name.to_string();
+        if let Some(stmt) = self.ensure_statement(&name) {
+            if stmt.command != SessionCommand::None {
+                let text = query_text(&stmt.parse[5 + stmt.name.len() + 1..]).to_string();
+                if let Err(e) = self.track_statement(&text) {
+                    self.synthetic_error(e);
+                    return None;
+                }
+            }
+            match rename_bind(frame.body(), &stmt.name) {
+                Some(b) => self.sout.extend_from_slice(&b),
+                None => return self.malformed("Bind"),
+            }
+            self.relay.push(Expect::Client(Kind::Bind));
+        }
+        None
+    }
+
+    fn on_describe_or_close(&mut self, frame: &Frame) -> Option<End> {
+        self.unsynced = true;
+        let (tag, kind) = (
+            frame.tag,
+            if frame.tag == b'D' {
+                Kind::Describe
+            } else {
+                Kind::Close
+            },
+        );
+        let Some((target, name)) = protocol::target(frame.body()) else {
+            return self.malformed(if tag == b'D' { "Describe" } else { "Close" });
+        };
+        if !self.managed || target != b'S' || name.is_empty() {
+            self.forward(frame, Some(kind));
+            return None;
+        }
+        let name = name.to_string();
+        if tag == b'C' {
+            // The pooled statement stays prepared on servers for other clients.
+            self.client.named.remove(&name);
+            self.relay.push(Expect::Synthetic(empty_message(b'3')));
+            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        } else if let Some(stmt) = self.ensure_statement(&name) {
+            self.sout
+                .extend_from_slice(&encode_target(b'D', b'S', &stmt.name));
+            self.relay.push(Expect::Client(Kind::Describe));
+        }
+        None
+    }
+
+    /// A simple query: tracks session state in managed modes, then forwards it unchanged.
+    fn on_query(&mut self, frame: &Frame) {
+        if self.managed {
+            let text = query_text(frame.body());
+            for stmt in split_statements(text) {
+                if let Err(e) = self.track_statement(stmt) {
+                    let mut b = BytesMut::new();
+                    e.encode(&mut b);
+                    protocol::ready_for_query(&mut b, self.status);
+                    self.relay
+                        .push(Expect::SyntheticReady(b.freeze(), self.status));
+                    self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+                    return;
+                }
+            }
+        }
+        self.forward(frame, Some(Kind::Query));
+    }
+
+    /// Records what one statement of a simple query does to the session; injects what the
+    /// server connection needs first (SQL-level prepared statements of this client).
+    fn track_statement(&mut self, stmt: &str) -> Result<(), PgError> {
+        let cmd = session_command(stmt);
+        let Some(conn) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
+        let inject = |sql: String, relay: &mut Relay, sout: &mut BytesMut| {
+            let mut b = BytesMut::new();
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut b);
+            sout.extend_from_slice(&b);
+            relay.push(Expect::InjectedQuery("prepared statement"));
+        };
+        let deallocate = matches!(cmd, SessionCommand::Deallocate(_));
+        match cmd {
+            SessionCommand::None => {}
+            SessionCommand::Set(name) | SessionCommand::Reset(name) => {
+                self.client.dirty.insert(name);
+            }
+            SessionCommand::ResetAll => self.client.reset_all = true,
+            SessionCommand::DiscardAll | SessionCommand::DeallocateAll => {
+                if cmd == SessionCommand::DiscardAll {
+                    self.client.reset_all = true;
+                }
+                self.client.named.clear();
+                self.client.sql_prepared.clear();
+                conn.prepared.clear();
+                conn.sql_prepared.clear();
+            }
+            SessionCommand::Prepare(name) => {
+                if conn.sql_prepared.contains_key(&name) {
+                    inject(
+                        format!("DEALLOCATE {}", quote_ident(&name)),
+                        &mut self.relay,
+                        &mut self.sout,
+                    );
+                }
+                let text: Arc<str> = Arc::from(stmt);
+                self.client.sql_prepared.insert(name.clone(), text.clone());
+                conn.sql_prepared.insert(name, text);
+            }
+            SessionCommand::Execute(name) | SessionCommand::Deallocate(name) => {
+                if let Some(text) = self.client.sql_prepared.get(&name).cloned() {
+                    if conn.sql_prepared.get(&name) != Some(&text) {
+                        if conn.sql_prepared.contains_key(&name) {
+                            inject(
+                                format!("DEALLOCATE {}", quote_ident(&name)),
+                                &mut self.relay,
+                                &mut self.sout,
+                            );
+                        }
+                        inject(text.to_string(), &mut self.relay, &mut self.sout);
+                        conn.sql_prepared.insert(name.clone(), text);
+                    }
+                }
+                if deallocate {
+                    self.client.sql_prepared.remove(&name);
+                    conn.sql_prepared.remove(&name);
+                }
+            }
+            SessionCommand::Pin(reason) => self.pin(reason)?,
+        }
+        Ok(())
     }
 
     fn refuse_transaction(&mut self) {
@@ -308,16 +656,65 @@ impl Loop<'_> {
             pid: conn.pid,
             secret: conn.secret.clone(),
         });
-        self.scanner = Scanner::default();
-        self.pending = 0;
+        self.relay.reset();
         self.unsynced = false;
+        tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, "checkout");
         self.server = Some(conn);
+        self.apply_settings();
         Ok(())
+    }
+
+    /// Makes the server connection's settings match the client's, ahead of its messages.
+    fn apply_settings(&mut self) {
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        if let Some(sql) = apply_sql(&self.client.settings, &conn.settings) {
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut self.sout);
+            self.relay
+                .push(Expect::InjectedQuery("apply client settings"));
+            conn.settings = self.client.settings.clone();
+        }
+    }
+
+    /// At the end of a transaction, reads back the settings the client changed in it (the
+    /// server knows whether they survived a rollback) so they follow the client.
+    async fn read_back_settings(&mut self) {
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        if self.client.reset_all {
+            self.client.reset_all = false;
+            self.client.settings = self.client.startup.clone();
+            conn.settings.clear();
+        }
+        if self.client.dirty.is_empty() {
+            return;
+        }
+        let names: Vec<String> = std::mem::take(&mut self.client.dirty).into_iter().collect();
+        let refs: Vec<&String> = names.iter().collect();
+        let sql = read_back_sql(&refs);
+        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(&sql)).await {
+            Ok(Ok(values)) if values.len() == names.len() => {
+                for (k, v) in names.into_iter().zip(values) {
+                    conn.settings.insert(k.clone(), v.clone());
+                    self.client.settings.insert(k, v);
+                }
+            }
+            _ => {
+                tracing::warn!(user = %self.login.user, "could not read back session settings; closing the server connection");
+                conn.broken = true;
+            }
+        }
     }
 
     /// Returns the server connection to the pool.
     async fn release(&mut self) {
+        if self.managed {
+            self.read_back_settings().await;
+        }
         if let Some(mut c) = self.server.take() {
+            tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status as char), "release");
             *self.login.cancel_slot.lock().await = None;
             if !c.inbuf.is_empty() {
                 // Asynchronous messages after ReadyForQuery belong to this client's session.
@@ -328,49 +725,70 @@ impl Loop<'_> {
     }
 
     fn releasable(&self) -> bool {
-        self.login.pool_mode != PoolMode::Session
-            && self.pending == 0
+        self.managed
+            && self.client.pinned.is_none()
+            && self.relay.idle()
             && !self.unsynced
             && self.status == b'I'
     }
 
-    /// Forwards what the server sent, handling each ReadyForQuery.
+    /// Forwards what the server sent through the relay, handling each ReadyForQuery.
     async fn handle_server_input(&mut self) -> Option<End> {
-        loop {
-            let statement_mode = self.login.pool_mode == PoolMode::Statement;
-            let conn = self.server.as_deref_mut()?;
-            let (n, ev) = match self.scanner.scan(&conn.inbuf, &[]) {
-                Ok(r) => r,
-                Err(e) => return Some(self.server_lost(&format!("invalid data from server: {e}"))),
-            };
-            let Some(ScanEvent::Ready { status, .. }) = ev else {
-                self.cout.extend_from_slice(&conn.inbuf[..n]);
-                conn.inbuf.advance(n);
-                return None;
-            };
-            if statement_mode && status != b'I' && self.pending <= 1 {
-                // The client opened a transaction: undo it instead of pinning the connection.
-                self.cout.extend_from_slice(&conn.inbuf[..n - 6]);
-                conn.inbuf.advance(n);
-                match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await {
-                    Ok(Ok(b'I')) => {}
-                    _ => conn.broken = true,
+        let statement_mode = self.login.pool_mode == PoolMode::Statement;
+        let conn = self.server.as_deref_mut()?;
+        // In statement mode a ReadyForQuery that opens a transaction is not forwarded.
+        let before = self.cout.len();
+        if let Err(e) = self
+            .relay
+            .process(&mut conn.inbuf, &mut self.cout, &mut self.events)
+        {
+            return Some(self.server_lost(&format!("invalid data from server: {e}")));
+        }
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            match ev {
+                Event::Ready(status) => {
+                    self.status = *status;
+                    if statement_mode && *status != b'I' && self.relay.idle() {
+                        // The client opened a transaction: undo it instead of pinning the
+                        // connection. The ReadyForQuery just forwarded is the last 6 bytes.
+                        let cut = self.cout.len().saturating_sub(6).max(before);
+                        self.cout.truncate(cut);
+                        let conn = self.server.as_deref_mut()?;
+                        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await {
+                            Ok(Ok(b'I')) => {}
+                            _ => conn.broken = true,
+                        }
+                        self.status = b'I';
+                        self.refuse_transaction();
+                    }
                 }
-                self.pending = 0;
-                self.status = b'I';
-                self.refuse_transaction();
-                self.release().await;
-                return None;
-            }
-            self.cout.extend_from_slice(&conn.inbuf[..n]);
-            conn.inbuf.advance(n);
-            self.pending = self.pending.saturating_sub(1);
-            self.status = status;
-            if self.releasable() {
-                self.release().await;
-                return None;
+                Event::ParseFailed { stmt, client_name } => {
+                    if let Some(conn) = self.server.as_deref_mut() {
+                        conn.prepared.pop(&stmt.id);
+                    }
+                    if let Some(n) = client_name {
+                        if self
+                            .client
+                            .named
+                            .get(n)
+                            .is_some_and(|s| Arc::ptr_eq(s, stmt))
+                        {
+                            self.client.named.remove(n);
+                        }
+                    }
+                }
+                Event::InjectedFailed(what) => {
+                    tracing::warn!(user = %self.login.user, "{what} query failed on the server");
+                }
             }
         }
+        self.events = events;
+        self.events.clear();
+        if self.releasable() {
+            self.release().await;
+        }
+        None
     }
 
     /// Flushes what is owed to the client and leaves the server connection clean or broken.
@@ -387,10 +805,10 @@ impl Loop<'_> {
         if conn.broken {
             return;
         }
-        if self.pending > 0 || self.unsynced || !self.scanner.at_boundary() {
+        if !self.relay.idle() || self.unsynced {
             // The client left mid-query: stop the query and close the connection, which makes
             // Postgres roll back and release its locks.
-            if self.pending > 0 {
+            if self.relay.owed_ready() > 0 {
                 let (addr, pid, secret) = (conn.addr.clone(), conn.pid, conn.secret.clone());
                 tokio::spawn(async move {
                     let _ = ServerConn::cancel(&addr, pid, &secret).await;
@@ -416,11 +834,29 @@ impl Loop<'_> {
             }
         };
         match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
-            Ok(Ok(b'I')) if conn.inbuf.is_empty() => {}
+            Ok(Ok(b'I')) if conn.inbuf.is_empty() => {
+                if !reset.is_empty() {
+                    // DISCARD ALL (or the configured reset) dropped statements and settings.
+                    conn.prepared.clear();
+                    conn.sql_prepared.clear();
+                    conn.settings.clear();
+                }
+            }
             _ => conn.broken = true,
         }
         if end == End::ClientGone {
             tracing::debug!(user = %self.login.user, "client vanished; server connection cleaned up");
+        }
+    }
+}
+
+/// Records that `id` is (about to be) prepared on `conn`; if that evicts the least recently
+/// used statement, closes it on the server first.
+fn mark_prepared(conn: &mut ServerConn, relay: &mut Relay, sout: &mut BytesMut, id: u64) {
+    if let Some((evicted, ())) = conn.prepared.push(id, ()) {
+        if evicted != id {
+            sout.extend_from_slice(&encode_target(b'C', b'S', &format!("sg_{evicted}")));
+            relay.push(Expect::InjectedClose);
         }
     }
 }

@@ -12,7 +12,10 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
         match b[i] {
             b'\'' | b'"' => i = skip_quoted(b, i, b[i]),
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p + 1)
+                i = b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n')
+                    .map_or(b.len(), |p| i + p + 1)
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
             b'$' => i = skip_dollar(b, i),
@@ -97,7 +100,10 @@ pub fn leading_words(stmt: &str, n: usize) -> Vec<String> {
         if c.is_ascii_whitespace() || c == b',' || c == b'(' || c == b')' {
             i += 1;
         } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p + 1);
+            i = b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p + 1);
         } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
             i = skip_block_comment(b, i);
         } else if c == b'"' {
@@ -147,8 +153,52 @@ pub enum SessionCommand {
     None,
 }
 
-/// Classifies one statement (as returned by [`split_statements`]).
+/// First keywords that can start a session-state command.
+const SESSION_VERBS: &[&str] = &[
+    "set",
+    "reset",
+    "discard",
+    "deallocate",
+    "prepare",
+    "execute",
+    "listen",
+    "create",
+];
+
+/// The first word of a statement (after whitespace and comments), as written.
+fn first_word(stmt: &str) -> &str {
+    let b = stmt.as_bytes();
+    let mut i = 0;
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b[i..].starts_with(b"--") {
+            i = b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p + 1);
+        } else if b[i..].starts_with(b"/*") {
+            i = skip_block_comment(b, i);
+        } else {
+            break;
+        }
+    }
+    let start = i;
+    while i < b.len() && b[i].is_ascii_alphabetic() {
+        i += 1;
+    }
+    &stmt[start..i]
+}
+
+/// Classifies one statement (as returned by [`split_statements`]). Cheap for ordinary
+/// statements: one look at the first word and one case-insensitive scan for session-level
+/// function names.
 pub fn session_command(stmt: &str) -> SessionCommand {
+    let verb = first_word(stmt);
+    if !SESSION_VERBS.iter().any(|v| v.eq_ignore_ascii_case(verb)) {
+        return pin_reason(stmt).map_or(SessionCommand::None, SessionCommand::Pin);
+    }
     let w = leading_words(stmt, 4);
     let word = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
     let cmd = match word(0) {
@@ -176,7 +226,11 @@ pub fn session_command(stmt: &str) -> SessionCommand {
         "discard" if word(1) == "all" => SessionCommand::DiscardAll,
         "discard" if matches!(word(1), "temp" | "temporary" | "plans") => SessionCommand::None,
         "deallocate" => {
-            let name = if word(1) == "prepare" { word(2) } else { word(1) };
+            let name = if word(1) == "prepare" {
+                word(2)
+            } else {
+                word(1)
+            };
             match name {
                 "all" => SessionCommand::DeallocateAll,
                 "" => SessionCommand::None,
@@ -188,8 +242,10 @@ pub fn session_command(stmt: &str) -> SessionCommand {
         }
         "execute" if !word(1).is_empty() => SessionCommand::Execute(word(1).to_string()),
         "listen" => SessionCommand::Pin("LISTEN"),
-        "create" if matches!(word(1), "temp" | "temporary")
-            || (matches!(word(1), "local" | "global") && matches!(word(2), "temp" | "temporary")) =>
+        "create"
+            if matches!(word(1), "temp" | "temporary")
+                || (matches!(word(1), "local" | "global")
+                    && matches!(word(2), "temp" | "temporary")) =>
         {
             SessionCommand::Pin("CREATE TEMPORARY TABLE")
         }
@@ -203,24 +259,54 @@ pub fn session_command(stmt: &str) -> SessionCommand {
 
 /// Session-level state created by function calls or cursor options anywhere in a statement.
 pub fn pin_reason(stmt: &str) -> Option<&'static str> {
-    let lc = stmt.to_ascii_lowercase();
-    for (needle, reason) in [
-        ("pg_advisory_lock", "session advisory lock"),
-        ("pg_try_advisory_lock", "session advisory lock"),
-        ("pg_advisory_lock_shared", "session advisory lock"),
-        ("pg_try_advisory_lock_shared", "session advisory lock"),
-        ("with hold", "cursor WITH HOLD"),
-    ] {
-        if let Some(p) = lc.find(needle) {
-            // `pg_advisory_xact_lock` does not match these needles; make sure the match is a
-            // whole function name.
-            let after = lc.as_bytes().get(p + needle.len()).copied().unwrap_or(b' ');
-            if !(after.is_ascii_alphanumeric() || after == b'_') {
-                return Some(reason);
-            }
+    let b = stmt.as_bytes();
+    // `pg_advisory_lock(`, `pg_try_advisory_lock_shared(`, ... but not `pg_advisory_xact_lock`.
+    if let Some(p) = find_ci(b, b"advisory_lock") {
+        let after = &b[p + b"advisory_lock".len()..];
+        let after = after.strip_prefix(b"_shared").unwrap_or(after);
+        if after
+            .first()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+        {
+            return Some("session advisory lock");
         }
     }
+    if let Some(p) = find_ci(b, b"with") {
+        let rest = &b[p + 4..];
+        let ws = rest.iter().take_while(|c| c.is_ascii_whitespace()).count();
+        if ws > 0 && rest[ws..].len() >= 4 && rest[ws..ws + 4].eq_ignore_ascii_case(b"hold") {
+            return Some("cursor WITH HOLD");
+        }
+        return pin_reason_after(stmt, p + 4);
+    }
     None
+}
+
+fn pin_reason_after(stmt: &str, from: usize) -> Option<&'static str> {
+    // another `with` later in the statement may still be `WITH HOLD`
+    let b = &stmt.as_bytes()[from..];
+    let p = find_ci(b, b"with")?;
+    let rest = &b[p + 4..];
+    let ws = rest.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    if ws > 0 && rest[ws..].len() >= 4 && rest[ws..ws + 4].eq_ignore_ascii_case(b"hold") {
+        return Some("cursor WITH HOLD");
+    }
+    pin_reason_after(stmt, from + p + 4)
+}
+
+/// ASCII case-insensitive substring search; `needle` must be lowercase.
+fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if hay.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    (0..=hay.len() - needle.len()).find(|&i| {
+        hay[i].to_ascii_lowercase() == first
+            && hay[i..i + needle.len()]
+                .iter()
+                .zip(needle)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
+    })
 }
 
 /// True if `name` is a plain configuration parameter name (safe to put into SQL).
@@ -266,34 +352,70 @@ mod tests {
                 "/* ; */ select 1"
             ]
         );
-        assert_eq!(split_statements("select $1; select 2"), vec!["select $1", "select 2"]);
+        assert_eq!(
+            split_statements("select $1; select 2"),
+            vec!["select $1", "select 2"]
+        );
         assert!(split_statements(" ; ;").is_empty());
     }
 
     #[test]
     fn classifies_session_commands() {
         use SessionCommand::*;
-        assert_eq!(session_command("SET search_path TO a, b"), Set("search_path".into()));
-        assert_eq!(session_command("set statement_timeout=1000"), Set("statement_timeout".into()));
-        assert_eq!(session_command("SET SESSION TimeZone = 'UTC'"), Set("timezone".into()));
-        assert_eq!(session_command("set time zone 'UTC'"), Set("timezone".into()));
+        assert_eq!(
+            session_command("SET search_path TO a, b"),
+            Set("search_path".into())
+        );
+        assert_eq!(
+            session_command("set statement_timeout=1000"),
+            Set("statement_timeout".into())
+        );
+        assert_eq!(
+            session_command("SET SESSION TimeZone = 'UTC'"),
+            Set("timezone".into())
+        );
+        assert_eq!(
+            session_command("set time zone 'UTC'"),
+            Set("timezone".into())
+        );
         assert_eq!(session_command("SET LOCAL search_path TO a"), None);
         assert_eq!(session_command("SET TRANSACTION READ ONLY"), None);
-        assert_eq!(session_command("reset search_path"), Reset("search_path".into()));
+        assert_eq!(
+            session_command("reset search_path"),
+            Reset("search_path".into())
+        );
         assert_eq!(session_command("RESET ALL"), ResetAll);
         assert_eq!(session_command("discard all"), DiscardAll);
         assert_eq!(session_command("DEALLOCATE ALL"), DeallocateAll);
-        assert_eq!(session_command("deallocate prepare foo"), Deallocate("foo".into()));
-        assert_eq!(session_command("PREPARE foo(int) AS select $1"), Prepare("foo".into()));
+        assert_eq!(
+            session_command("deallocate prepare foo"),
+            Deallocate("foo".into())
+        );
+        assert_eq!(
+            session_command("PREPARE foo(int) AS select $1"),
+            Prepare("foo".into())
+        );
         assert_eq!(session_command("PREPARE TRANSACTION 'x'"), None);
         assert_eq!(session_command("execute foo(1)"), Execute("foo".into()));
         assert_eq!(session_command("LISTEN ch"), Pin("LISTEN"));
-        assert_eq!(session_command("create temp table t (a int)"), Pin("CREATE TEMPORARY TABLE"));
-        assert_eq!(session_command("select pg_advisory_lock(1)"), Pin("session advisory lock"));
+        assert_eq!(
+            session_command("create temp table t (a int)"),
+            Pin("CREATE TEMPORARY TABLE")
+        );
+        assert_eq!(
+            session_command("select pg_advisory_lock(1)"),
+            Pin("session advisory lock")
+        );
         assert_eq!(session_command("select pg_advisory_xact_lock(1)"), None);
-        assert_eq!(session_command("declare c cursor with hold for select 1"), Pin("cursor WITH HOLD"));
+        assert_eq!(
+            session_command("declare c cursor with hold for select 1"),
+            Pin("cursor WITH HOLD")
+        );
         assert_eq!(session_command("select 1"), None);
-        assert_eq!(session_command("/* hi */ SET \"search_path\" = x"), Set("search_path".into()));
+        assert_eq!(
+            session_command("/* hi */ SET \"search_path\" = x"),
+            Set("search_path".into())
+        );
     }
 
     #[test]

@@ -1,0 +1,299 @@
+//! Server -> client relay with a queue of expected responses.
+//!
+//! Every message sent to the server that produces a response pushes an [`Expect`] entry. Server
+//! messages are matched to the front entry in order: client-visible responses are forwarded
+//! byte for byte (large rows stream through without being buffered whole), responses to
+//! messages the proxy injected (a Parse re-preparing a statement on this server connection, a
+//! Close evicting one, a maintenance query) are swallowed, and responses the proxy makes up (a
+//! ParseComplete for a statement the server already has) are emitted when they reach the front.
+//! After an ErrorResponse in the extended protocol the server skips to Sync, and so does the
+//! queue.
+
+use bytes::{Buf, Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use crate::protocol::FrameError;
+use crate::state::Prepared;
+
+/// The client message a forwarded response belongs to, by the tags that end its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Bind: BindComplete.
+    Bind,
+    /// Describe: RowDescription or NoData (after ParameterDescription for statements).
+    Describe,
+    /// Close of a portal or unnamed statement: CloseComplete.
+    Close,
+    /// Execute: CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Sync: ReadyForQuery.
+    Sync,
+    /// Query (simple protocol): ReadyForQuery.
+    Query,
+    /// FunctionCall: ReadyForQuery.
+    Function,
+}
+
+impl Kind {
+    fn ends_with(self, tag: u8) -> bool {
+        match self {
+            Kind::Bind => tag == b'2',
+            Kind::Describe => matches!(tag, b'T' | b'n'),
+            Kind::Close => tag == b'3',
+            Kind::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Kind::Sync | Kind::Query | Kind::Function => tag == b'Z',
+        }
+    }
+
+    /// Extended-protocol messages end at an ErrorResponse (the server then skips to Sync).
+    fn extended(self) -> bool {
+        !matches!(self, Kind::Sync | Kind::Query | Kind::Function)
+    }
+}
+
+/// One expected response.
+#[derive(Debug)]
+pub enum Expect {
+    /// Responses to a forwarded client message.
+    Client(Kind),
+    /// A Parse: `visible` when the client sent it (its ParseComplete is forwarded), not when the
+    /// proxy injected it. `stmt` is the pooled statement it prepares (None: unnamed).
+    Parse {
+        /// Statement prepared.
+        stmt: Option<Arc<Prepared>>,
+        /// Whether the client sees the ParseComplete.
+        visible: bool,
+        /// The client's name for the statement (a named client Parse).
+        client_name: Option<String>,
+    },
+    /// A Close the proxy injected to evict a statement: CloseComplete is swallowed.
+    InjectedClose,
+    /// A simple query the proxy injected: everything through ReadyForQuery is swallowed.
+    InjectedQuery(&'static str),
+    /// A response made up by the proxy, emitted when it reaches the front.
+    Synthetic(Bytes),
+    /// A made-up response ending in ReadyForQuery with this status (a refused Query).
+    SyntheticReady(Bytes, u8),
+}
+
+/// Something the session must act on.
+#[derive(Debug)]
+pub enum Event {
+    /// A client-visible ReadyForQuery with its status byte.
+    Ready(u8),
+    /// A Parse failed or was skipped: the server does not have the statement.
+    ParseFailed {
+        /// The statement.
+        stmt: Arc<Prepared>,
+        /// The client's name for it, if the client sent the Parse.
+        client_name: Option<String>,
+    },
+    /// A query the proxy injected failed (logged by the session).
+    InjectedFailed(&'static str),
+}
+
+/// The relay state of one client's server connection.
+#[derive(Debug, Default)]
+pub struct Relay {
+    queue: VecDeque<Expect>,
+    /// Bytes of the current server message still to move.
+    remaining: usize,
+    /// Whether those bytes go to the client.
+    forwarding: bool,
+    /// Client-visible ReadyForQuery messages still owed.
+    owed_ready: usize,
+}
+
+impl Relay {
+    /// Adds an expected response (in the order messages are sent to the server).
+    pub fn push(&mut self, e: Expect) {
+        if matches!(
+            e,
+            Expect::Client(Kind::Sync | Kind::Query | Kind::Function) | Expect::SyntheticReady(..)
+        ) {
+            self.owed_ready += 1;
+        }
+        self.queue.push_back(e);
+    }
+
+    /// True when the server owes nothing and no message is half-relayed.
+    pub fn idle(&self) -> bool {
+        self.queue.is_empty() && self.remaining == 0
+    }
+
+    /// ReadyForQuery messages the server still owes the client.
+    pub fn owed_ready(&self) -> usize {
+        self.owed_ready
+    }
+
+    /// Drops all state (the server connection is gone).
+    pub fn reset(&mut self) {
+        *self = Relay::default();
+    }
+
+    /// Moves what the server sent (`inbuf`) to the client (`out`), swallowing and synthesizing
+    /// as the queue says. Stops when `inbuf` holds no complete header.
+    pub fn process(
+        &mut self,
+        inbuf: &mut BytesMut,
+        out: &mut BytesMut,
+        events: &mut Vec<Event>,
+    ) -> Result<(), FrameError> {
+        loop {
+            if self.remaining > 0 {
+                let n = self.remaining.min(inbuf.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                if self.forwarding {
+                    out.extend_from_slice(&inbuf[..n]);
+                }
+                inbuf.advance(n);
+                self.remaining -= n;
+                continue;
+            }
+            self.emit_synthetic(out, events);
+            if inbuf.len() < 5 {
+                return Ok(());
+            }
+            let tag = inbuf[0];
+            let len = i32::from_be_bytes([inbuf[1], inbuf[2], inbuf[3], inbuf[4]]);
+            if len < 4 {
+                return Err(FrameError::BadLength(len));
+            }
+            if tag == b'Z' && (len != 5 || inbuf.len() < 6) {
+                if len != 5 {
+                    return Err(FrameError::BadLength(len));
+                }
+                return Ok(());
+            }
+            self.forwarding = self.classify(tag, inbuf, events);
+            self.remaining = len as usize + 1;
+        }
+    }
+
+    /// Emits made-up responses at the front of the queue. Also call it right after pushing
+    /// one: with nothing in front it is due at once.
+    pub fn emit_synthetic(&mut self, out: &mut BytesMut, events: &mut Vec<Event>) {
+        if self.remaining > 0 {
+            return;
+        }
+        loop {
+            match self.queue.front() {
+                Some(Expect::Synthetic(_) | Expect::SyntheticReady(..)) => {}
+                _ => return,
+            }
+            match self.queue.pop_front() {
+                Some(Expect::Synthetic(b)) => out.extend_from_slice(&b),
+                Some(Expect::SyntheticReady(b, status)) => {
+                    out.extend_from_slice(&b);
+                    self.owed_ready = self.owed_ready.saturating_sub(1);
+                    events.push(Event::Ready(status));
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Decides whether the message starting `inbuf` is forwarded, updating the queue.
+    fn classify(&mut self, tag: u8, inbuf: &[u8], events: &mut Vec<Event>) -> bool {
+        let front = self.queue.front();
+        if let Some(Expect::InjectedQuery(what)) = front {
+            if tag == b'E' {
+                events.push(Event::InjectedFailed(what));
+            }
+            if tag == b'Z' {
+                self.queue.pop_front();
+            }
+            return false;
+        }
+        // Asynchronous messages can arrive at any time.
+        if matches!(tag, b'N' | b'S' | b'A') {
+            return true;
+        }
+        match front {
+            None => true,
+            Some(Expect::Parse { visible, .. }) => {
+                let visible = *visible;
+                match tag {
+                    b'1' => {
+                        if let Some(Expect::Parse {
+                            stmt: Some(stmt), ..
+                        }) = self.queue.pop_front()
+                        {
+                            stmt.validated
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        visible
+                    }
+                    b'E' => {
+                        if let Some(Expect::Parse {
+                            stmt: Some(stmt),
+                            client_name,
+                            ..
+                        }) = self.queue.pop_front()
+                        {
+                            events.push(Event::ParseFailed { stmt, client_name });
+                        }
+                        self.skip_to_sync(events);
+                        true
+                    }
+                    _ => true,
+                }
+            }
+            Some(Expect::InjectedClose) => match tag {
+                b'3' => {
+                    self.queue.pop_front();
+                    false
+                }
+                b'E' => {
+                    self.queue.pop_front();
+                    self.skip_to_sync(events);
+                    true
+                }
+                _ => true,
+            },
+            Some(Expect::Client(kind)) => {
+                let kind = *kind;
+                if tag == b'E' && kind.extended() {
+                    self.queue.pop_front();
+                    self.skip_to_sync(events);
+                } else if kind.ends_with(tag) {
+                    self.queue.pop_front();
+                    if tag == b'Z' {
+                        self.owed_ready = self.owed_ready.saturating_sub(1);
+                        events.push(Event::Ready(inbuf[5]));
+                    }
+                }
+                true
+            }
+            Some(Expect::InjectedQuery(_) | Expect::Synthetic(_) | Expect::SyntheticReady(..)) => {
+                true
+            }
+        }
+    }
+
+    /// After an extended-protocol error the server ignores everything up to Sync.
+    fn skip_to_sync(&mut self, events: &mut Vec<Event>) {
+        while let Some(front) = self.queue.front() {
+            if matches!(front, Expect::Client(Kind::Sync)) {
+                return;
+            }
+            match self.queue.pop_front() {
+                Some(Expect::Parse {
+                    stmt: Some(stmt),
+                    client_name,
+                    ..
+                }) => events.push(Event::ParseFailed { stmt, client_name }),
+                Some(Expect::Client(Kind::Query | Kind::Function) | Expect::SyntheticReady(..)) => {
+                    self.owed_ready = self.owed_ready.saturating_sub(1)
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

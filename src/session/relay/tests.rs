@@ -1,0 +1,150 @@
+use super::*;
+use crate::protocol::empty_message;
+
+fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn stmt(id: u64) -> Arc<Prepared> {
+    Arc::new(Prepared {
+        id,
+        name: format!("sg_{id}"),
+        parse: Bytes::new(),
+        validated: Default::default(),
+        command: crate::sql::scan::SessionCommand::None,
+    })
+}
+
+fn run(relay: &mut Relay, server: &[Vec<u8>]) -> (Vec<u8>, Vec<Event>) {
+    let mut inbuf = BytesMut::new();
+    let mut out = BytesMut::new();
+    let mut events = Vec::new();
+    // feed byte by byte to exercise partial messages
+    for m in server {
+        for b in m {
+            inbuf.extend_from_slice(&[*b]);
+            relay.process(&mut inbuf, &mut out, &mut events).unwrap();
+        }
+    }
+    (out.to_vec(), events)
+}
+
+#[test]
+fn injected_parse_is_swallowed_and_synthetic_parse_complete_is_ordered() {
+    let mut r = Relay::default();
+    // client: P(s1, already on server) B E S ; proxy injected a Parse before a second B
+    r.push(Expect::Synthetic(empty_message(b'1')));
+    r.push(Expect::Client(Kind::Bind));
+    r.push(Expect::Client(Kind::Execute));
+    r.push(Expect::Parse {
+        stmt: Some(stmt(2)),
+        visible: false,
+        client_name: None,
+    });
+    r.push(Expect::Client(Kind::Bind));
+    r.push(Expect::Client(Kind::Execute));
+    r.push(Expect::Client(Kind::Sync));
+    assert_eq!(r.owed_ready(), 1);
+    let server = vec![
+        msg(b'2', b""),
+        msg(b'D', b"\0\x01\0\0\0\x011"),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', b"SELECT 0\0"),
+        msg(b'Z', b"I"),
+    ];
+    let (out, events) = run(&mut r, &server);
+    let mut expected = msg(b'1', b"");
+    for m in [
+        &server[0], &server[1], &server[2], &server[4], &server[5], &server[6],
+    ] {
+        expected.extend_from_slice(m);
+    }
+    assert_eq!(out, expected, "ParseComplete first, injected one swallowed");
+    assert!(matches!(events[..], [Event::Ready(b'I')]));
+    assert!(r.idle());
+    assert_eq!(r.owed_ready(), 0);
+}
+
+#[test]
+fn error_skips_to_sync_and_reports_unprepared_statements() {
+    let mut r = Relay::default();
+    r.push(Expect::Client(Kind::Bind));
+    r.push(Expect::Parse {
+        stmt: Some(stmt(3)),
+        visible: true,
+        client_name: Some("c".into()),
+    });
+    r.push(Expect::Synthetic(empty_message(b'1')));
+    r.push(Expect::Client(Kind::Execute));
+    r.push(Expect::Client(Kind::Sync));
+    let err = msg(b'E', b"SERROR\0C22P02\0Mbad\0\0");
+    let server = vec![err.clone(), msg(b'Z', b"I")];
+    let (out, events) = run(&mut r, &server);
+    let mut expected = err;
+    expected.extend(msg(b'Z', b"I"));
+    assert_eq!(out, expected, "no ParseComplete after the error");
+    assert!(
+        matches!(&events[0], Event::ParseFailed { stmt, client_name: Some(n) } if stmt.id == 3 && n == "c")
+    );
+    assert!(matches!(events[1], Event::Ready(b'I')));
+    assert!(r.idle());
+}
+
+#[test]
+fn simple_query_error_waits_for_ready_and_injected_query_is_silent() {
+    let mut r = Relay::default();
+    r.push(Expect::InjectedQuery("settings"));
+    r.push(Expect::Client(Kind::Query));
+    let server = vec![
+        msg(b'T', b"\0\0"),
+        msg(b'D', b"\0\0"),
+        msg(b'S', b"TimeZone\0UTC\0"),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'Z', b"I"),
+        msg(b'E', b"SERROR\0C42601\0Mx\0\0"),
+        msg(b'Z', b"I"),
+    ];
+    let (out, events) = run(&mut r, &server);
+    let mut expected = server[5].clone();
+    expected.extend(&server[6]);
+    assert_eq!(out, expected);
+    assert!(matches!(events[..], [Event::Ready(b'I')]));
+}
+
+#[test]
+fn large_rows_stream_without_whole_message_buffering() {
+    let mut r = Relay::default();
+    r.push(Expect::Client(Kind::Query));
+    let big = msg(b'D', &vec![7u8; 100_000]);
+    let mut inbuf = BytesMut::from(&big[..1000]);
+    let mut out = BytesMut::new();
+    let mut ev = Vec::new();
+    r.process(&mut inbuf, &mut out, &mut ev).unwrap();
+    assert_eq!(out.len(), 1000, "partial row forwarded at once");
+    assert!(inbuf.is_empty());
+    assert!(r
+        .process(
+            &mut BytesMut::from(&[b'Z', 0, 0, 0, 3][..]),
+            &mut out,
+            &mut ev
+        )
+        .is_ok());
+}
+
+#[test]
+fn garbage_from_server_is_an_error() {
+    let mut r = Relay::default();
+    let mut inbuf = BytesMut::from(&[b'Z', 0, 0, 0, 9, b'I'][..]);
+    assert!(r
+        .process(&mut inbuf, &mut BytesMut::new(), &mut Vec::new())
+        .is_err());
+    let mut inbuf = BytesMut::from(&[b'D', 0, 0, 0, 1][..]);
+    assert!(r
+        .process(&mut inbuf, &mut BytesMut::new(), &mut Vec::new())
+        .is_err());
+}
