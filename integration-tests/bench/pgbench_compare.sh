@@ -26,6 +26,7 @@
 #   CLIENTS [32]  THREADS [2]  DURATION [15] (s)  ROUNDS [2]  MODES ["simple"]
 #   SCALE [10]  WARMUP [3] (s per target, 0 = none)  IDLE_CLIENTS [1000]
 #   IDLE_SECS [30] (how long each idle client stays logged in)  RUST_LOG [info] (Shardgate)
+#   SHARDGATE_WORKERS [0] (Shardgate's [proxy] workers: tokio worker threads, 0 = one per core)
 #   OUT [/tmp/shardgate-bench.md]   KEEP_TMP [0] (1 = keep the temp dir for debugging)
 #
 # Requirements: PostgreSQL server + client (pg_config, initdb, pg_ctl, psql, pgbench),
@@ -230,6 +231,7 @@ cat >"$TMP/shardgate.toml" <<EOF
 listen = "127.0.0.1:$SG_PORT"
 pool_mode = "transaction"
 max_client_connections = $MAX_CLIENT
+workers = ${SHARDGATE_WORKERS:-0}
 
 [pool]
 size = 20

@@ -104,6 +104,9 @@ pub fn apply_sql(
     client: &BTreeMap<String, String>,
     conn: &BTreeMap<String, String>,
 ) -> Option<String> {
+    if client == conn {
+        return None;
+    }
     let mut sets = Vec::new();
     for (k, v) in client {
         if conn.get(k) != Some(v) && is_setting_name(k) {
