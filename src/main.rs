@@ -42,9 +42,16 @@ fn load(path: Option<PathBuf>) -> Result<Config, String> {
     })
 }
 
+/// `workers = 1` runs everything on one thread with tokio's current-thread scheduler (no
+/// work-stealing or cross-thread wakeups: the least CPU per transaction); otherwise a
+/// multi-threaded runtime with that many workers (0 = one per core).
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if workers > 1 {
         b.worker_threads(workers);
     }
     b.enable_all().build()

@@ -99,7 +99,13 @@ impl ServerPool {
         let pool = bb8::Pool::builder()
             .max_size(size)
             .min_idle(Some(p.min_idle).filter(|&n| n > 0))
-            .connection_timeout(Duration::from_millis(p.checkout_timeout_ms))
+            // With the FIFO gate a permit holder always finds an idle connection or room to open
+            // one, so bb8 only ever waits for a connect; the gate enforces the checkout timeout.
+            .connection_timeout(Duration::from_millis(if p.fifo_checkout {
+                p.connect_timeout_ms.saturating_add(1_000)
+            } else {
+                p.checkout_timeout_ms
+            }))
             .idle_timeout(ms(p.idle_timeout_ms))
             .max_lifetime(ms(p.max_lifetime_ms))
             .test_on_check_out(false)
@@ -125,18 +131,21 @@ impl ServerPool {
     /// Checks out a connection, waiting at most the checkout timeout.
     pub async fn get(&self) -> Result<Checkout, PoolError> {
         let timeout = Duration::from_millis(self.checkout_timeout_ms);
-        let work = async {
-            let permit = match &self.gate {
-                Some(g) => Some(g.clone().acquire_owned().await.ok()),
-                None => None,
-            }
-            .flatten();
-            let conn = self.pool.get_owned().await;
-            (permit, conn)
+        let permit = match &self.gate {
+            // Fast path: a free permit means bb8 has a connection (or room for one) now.
+            Some(g) => match g.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => Some(
+                    tokio::time::timeout(timeout, g.clone().acquire_owned())
+                        .await
+                        .map_err(|_| PoolError::Timeout(self.checkout_timeout_ms))?
+                        .map_err(|_| PoolError::Timeout(self.checkout_timeout_ms))?,
+                ),
+            },
+            None => None,
         };
-        let (permit, conn) = tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| PoolError::Timeout(self.checkout_timeout_ms))?;
+        // bb8 applies its own connection timeout (see `new`).
+        let conn = self.pool.get_owned().await;
         let conn = conn.map_err(|e| match e {
             bb8::RunError::User(e) => PoolError::Connect(e),
             bb8::RunError::TimedOut => PoolError::Timeout(self.checkout_timeout_ms),

@@ -196,8 +196,8 @@ async fn serve_cancel(state: &ProxyState, pid: i32, secret: &[u8]) {
         tracing::debug!("cancel request with an unknown key ignored");
         return;
     };
-    let target = slot.lock().await;
-    if let Some(t) = target.as_ref() {
+    let target = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(t) = target {
         if let Err(e) = ServerConn::cancel(&t.addr, t.pid, &t.secret).await {
             tracing::warn!(server = %t.addr, error = %e, "forwarding cancel request failed");
         }

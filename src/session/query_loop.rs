@@ -173,6 +173,11 @@ impl Loop<'_> {
                     return End::Shutdown;
                 }
             }
+            // Write eagerly: most of the time the socket takes everything at once, which saves a
+            // trip through the select below.
+            if let Err(end) = self.try_flush() {
+                return end;
+            }
             reserve(&mut self.cin);
             let (srd, swr, sin) = match self.server.as_deref_mut() {
                 Some(ServerConn { rd, wr, inbuf, .. }) => {
@@ -207,6 +212,27 @@ impl Loop<'_> {
                 return end;
             }
         }
+    }
+
+    /// Writes pending output in both directions without waiting.
+    fn try_flush(&mut self) -> Result<(), End> {
+        if !self.sout.is_empty() {
+            if let Some(conn) = self.server.as_deref_mut() {
+                match conn.wr.try_write(&self.sout) {
+                    Ok(n) => self.sout.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(self.server_lost("could not send data to server")),
+                }
+            }
+        }
+        if !self.cout.is_empty() {
+            match self.cwr.try_write(&self.cout) {
+                Ok(n) => self.cout.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(End::ClientGone),
+            }
+        }
+        Ok(())
     }
 
     /// The server connection failed mid-protocol: tell the client and close.
@@ -551,7 +577,14 @@ impl Loop<'_> {
     fn on_query(&mut self, frame: &Frame) {
         if self.managed {
             let text = query_text(frame.body());
-            for stmt in split_statements(text) {
+            // Most queries are one statement (maybe with a trailing semicolon): no split.
+            let single = text.trim_end().trim_end_matches(';');
+            let stmts = if single.contains(';') {
+                split_statements(text)
+            } else {
+                vec![single]
+            };
+            for stmt in stmts {
                 if let Err(e) = self.track_statement(stmt) {
                     let mut b = BytesMut::new();
                     e.encode(&mut b);
@@ -651,7 +684,7 @@ impl Loop<'_> {
                 format!("could not connect to server: {e}"),
             ),
         })?;
-        *self.login.cancel_slot.lock().await = Some(CancelTarget {
+        *lock(&self.login.cancel_slot) = Some(CancelTarget {
             addr: conn.addr.clone(),
             pid: conn.pid,
             secret: conn.secret.clone(),
@@ -715,7 +748,7 @@ impl Loop<'_> {
         }
         if let Some(mut c) = self.server.take() {
             tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status as char), "release");
-            *self.login.cancel_slot.lock().await = None;
+            *lock(&self.login.cancel_slot) = None;
             if !c.inbuf.is_empty() {
                 // Asynchronous messages after ReadyForQuery belong to this client's session.
                 c.broken = true;
@@ -801,7 +834,7 @@ impl Loop<'_> {
         let Some(mut conn) = self.server.take() else {
             return;
         };
-        *self.login.cancel_slot.lock().await = None;
+        *lock(&self.login.cancel_slot) = None;
         if conn.broken {
             return;
         }
@@ -848,6 +881,10 @@ impl Loop<'_> {
             tracing::debug!(user = %self.login.user, "client vanished; server connection cleaned up");
         }
     }
+}
+
+fn lock(slot: &crate::state::CancelSlot) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Records that `id` is (about to be) prepared on `conn`; if that evicts the least recently
