@@ -1,5 +1,5 @@
-//! Message framing: `tag:u8 len:i32 body`, with a size limit, and a streaming scanner for
-//! server output that finds ReadyForQuery without buffering whole messages.
+//! Message framing: `tag:u8 len:i32 body`, with a size limit. (Server output is walked
+//! message by message, without buffering whole rows, by `session::relay`.)
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -66,85 +66,6 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Fram
     }
 }
 
-/// What the scanner found in server output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScanEvent {
-    /// ReadyForQuery with its transaction status byte (`I`, `T` or `E`); `end` is the offset just
-    /// past it in the scanned buffer.
-    Ready {
-        /// Transaction status.
-        status: u8,
-        /// Offset just past the message.
-        end: usize,
-    },
-    /// Start of a message the caller wants to see whole (see [`Scanner::watch`]).
-    Watched {
-        /// Message tag.
-        tag: u8,
-        /// Offset of the message start.
-        start: usize,
-    },
-}
-
-/// Walks server output chunk by chunk, keeping only message boundaries in mind, so that large
-/// DataRows stream through without being buffered whole.
-#[derive(Debug, Default, Clone)]
-pub struct Scanner {
-    /// Bytes of the current message body still to skip.
-    skip: usize,
-}
-
-impl Scanner {
-    /// Scans `buf` from offset 0 and returns how many bytes may be forwarded and what was found.
-    /// Bytes past the returned count belong to an incomplete header or an incomplete watched
-    /// message and must be kept for the next call. `watch` names tags (besides `Z`) whose whole
-    /// message must be present before they are reported. Scanning stops after the first event.
-    pub fn scan(
-        &mut self,
-        buf: &[u8],
-        watch: &[u8],
-    ) -> Result<(usize, Option<ScanEvent>), FrameError> {
-        let mut pos = 0;
-        loop {
-            if self.skip > 0 {
-                let n = self.skip.min(buf.len() - pos);
-                self.skip -= n;
-                pos += n;
-                if self.skip > 0 {
-                    return Ok((pos, None));
-                }
-            }
-            let rest = &buf[pos..];
-            let Some((tag, total)) = header(rest, usize::MAX)? else {
-                return Ok((pos, None));
-            };
-            if tag == b'Z' || watch.contains(&tag) {
-                if rest.len() < total {
-                    return Ok((pos, None));
-                }
-                let ev = if tag == b'Z' && total == 6 {
-                    ScanEvent::Ready {
-                        status: rest[5],
-                        end: pos + total,
-                    }
-                } else if tag == b'Z' {
-                    return Err(FrameError::BadLength(total as i32 - 1));
-                } else {
-                    ScanEvent::Watched { tag, start: pos }
-                };
-                return Ok((pos + total, Some(ev)));
-            }
-            self.skip = total - 5;
-            pos += 5;
-        }
-    }
-
-    /// True when the scanner is at a message boundary.
-    pub fn at_boundary(&self) -> bool {
-        self.skip == 0
-    }
-}
-
 /// Reads a NUL-terminated UTF-8 string from `buf`, advancing past the NUL.
 pub fn cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
     let end = buf.iter().position(|&b| b == 0)?;
@@ -184,45 +105,5 @@ mod tests {
             split_frame(&mut bad, 50).unwrap_err(),
             FrameError::BadLength(2)
         );
-    }
-
-    #[test]
-    fn scanner_finds_ready_across_chunks_without_whole_rows() {
-        let mut out = msg(b'D', &[7u8; 1000]);
-        out.extend(msg(b'C', b"SELECT 1\0"));
-        out.extend(msg(b'Z', b"T"));
-        out.extend(msg(b'Z', b"I"));
-        let mut sc = Scanner::default();
-        let mut consumed = 0;
-        let mut events = vec![];
-        // feed in 7-byte chunks, keeping unconsumed tails like the relay does
-        let mut pending: Vec<u8> = vec![];
-        for chunk in out.chunks(7) {
-            pending.extend_from_slice(chunk);
-            loop {
-                let (n, ev) = sc.scan(&pending, &[]).unwrap();
-                consumed += n;
-                pending.drain(..n);
-                match ev {
-                    Some(e) => events.push(e),
-                    None => break,
-                }
-            }
-        }
-        assert_eq!(consumed, out.len());
-        let statuses: Vec<u8> = events
-            .iter()
-            .map(|e| match e {
-                ScanEvent::Ready { status, .. } => *status,
-                _ => 0,
-            })
-            .collect();
-        assert_eq!(statuses, vec![b'T', b'I']);
-    }
-
-    #[test]
-    fn scanner_rejects_garbage_lengths() {
-        let mut sc = Scanner::default();
-        assert!(sc.scan(&[b'D', 0, 0, 0, 1, 0], &[]).is_err());
     }
 }

@@ -11,6 +11,6 @@ mod startup;
 pub use extended::{
     bind_names, empty_message, encode_parse, encode_target, parse_body, rename_bind, target, Parse,
 };
-pub use frame::{cstr, split_frame, Frame, FrameError, ScanEvent, Scanner};
+pub use frame::{cstr, split_frame, Frame, FrameError};
 pub use messages::*;
 pub use startup::{split_startup, StartupPacket, MAX_STARTUP_LEN};

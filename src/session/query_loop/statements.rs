@@ -1,0 +1,368 @@
+//! The message-by-message half of the query loop: routing each client message to the server
+//! connection, renaming statements to pooled names, answering what needs no server, and tracking
+//! what simple queries do to the client's session (settings, SQL-level prepared statements,
+//! state that pins the client).
+
+use bytes::BytesMut;
+use std::sync::Arc;
+
+use super::{End, Loop};
+use crate::backend::ServerConn;
+use crate::config::SessionStatePolicy;
+use crate::protocol::{
+    self, bind_names, empty_message, encode_target, parse_body, query_text, rename_bind, sqlstate,
+    Frame, PgError,
+};
+use crate::session::relay::{Expect, Kind, Relay};
+use crate::sql::scan::{quote_ident, session_command, split_statements, SessionCommand};
+use crate::state::Prepared;
+
+impl Loop<'_> {
+    /// Without a server connection (so outside a transaction), answers what needs no server:
+    /// Sync, Flush, Close of a named statement, and Parse of a statement some server already
+    /// accepted. Drivers that prepare synchronously (pgbench -M prepared) then never wait for
+    /// a server connection just to prepare, which could otherwise deadlock a small pool.
+    pub(super) fn answer_locally(&mut self, frame: &Frame) -> bool {
+        match frame.tag {
+            b'S' => {
+                self.discard_until_sync = false;
+                protocol::ready_for_query(&mut self.cout, self.status);
+                true
+            }
+            b'H' => true,
+            b'C' => match protocol::target(frame.body()) {
+                Some((b'S', name)) if !name.is_empty() => {
+                    self.client.named.remove(name);
+                    self.cout.extend_from_slice(&empty_message(b'3'));
+                    true
+                }
+                _ => false,
+            },
+            b'P' => {
+                let Some(p) = parse_body(frame.body()) else {
+                    return false;
+                };
+                if p.name.is_empty() || self.client.named.contains_key(p.name) {
+                    return false;
+                }
+                if !matches!(session_command(p.query), SessionCommand::None) {
+                    return false;
+                }
+                match self.state.statements.get_validated(p.rest) {
+                    Some(stmt) => {
+                        self.client.named.insert(p.name.to_string(), stmt);
+                        self.cout.extend_from_slice(&empty_message(b'1'));
+                        true
+                    }
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends one client message to the server connection, rewriting statement names in
+    /// managed modes, and records the responses it will produce.
+    pub(super) fn route(&mut self, frame: Frame) -> Option<End> {
+        let tag = frame.tag;
+        match tag {
+            b'Q' => self.on_query(&frame),
+            b'P' => return self.on_parse(&frame),
+            b'B' => return self.on_bind(&frame),
+            b'D' | b'C' => return self.on_describe_or_close(&frame),
+            b'E' => self.forward(&frame, Some(Kind::Execute)),
+            b'S' => {
+                self.discard_until_sync = false;
+                self.unsynced = false;
+                self.forward(&frame, Some(Kind::Sync));
+            }
+            b'F' => self.forward(&frame, Some(Kind::Function)),
+            _ => self.forward(&frame, None),
+        }
+        if matches!(tag, b'H' | b'E') {
+            self.unsynced = true;
+        }
+        None
+    }
+
+    fn forward(&mut self, frame: &Frame, kind: Option<Kind>) {
+        self.sout.extend_from_slice(&frame.bytes);
+        if let Some(k) = kind {
+            self.relay.push(Expect::Client(k));
+        }
+    }
+
+    fn malformed(&mut self, what: &str) -> Option<End> {
+        PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("malformed {what} message"),
+        )
+        .encode(&mut self.cout);
+        Some(End::Fatal)
+    }
+
+    /// An error the proxy answers itself in the extended protocol: it takes the place of the
+    /// message's response, and the rest up to Sync is dropped as the server would.
+    fn synthetic_error(&mut self, err: PgError) {
+        let mut b = BytesMut::new();
+        err.encode(&mut b);
+        self.relay.push(Expect::Synthetic(b.freeze()));
+        self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        self.discard_until_sync = true;
+    }
+
+    /// Handles session state that cannot move between server connections.
+    fn pin(&mut self, reason: &'static str) -> Result<(), PgError> {
+        match self.state.config.pool.session_state {
+            SessionStatePolicy::Pin => {
+                if self.client.pinned.is_none() {
+                    tracing::debug!(user = %self.login.user, reason, "client pinned to its server connection");
+                }
+                self.client.pinned = Some(reason);
+                Ok(())
+            }
+            SessionStatePolicy::Error => Err(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "{reason} is not supported in {:?} pooling mode",
+                    self.login.pool_mode
+                )
+                .to_lowercase(),
+            )
+            .with_hint("use a session-mode database, or set pool.session_state = \"pin\"")),
+        }
+    }
+
+    fn on_parse(&mut self, frame: &Frame) -> Option<End> {
+        self.unsynced = true;
+        let Some(p) = parse_body(frame.body()) else {
+            return self.malformed("Parse");
+        };
+        if !self.managed {
+            self.sout.extend_from_slice(&frame.bytes);
+            self.relay.push(Expect::Parse {
+                stmt: None,
+                visible: true,
+                client_name: None,
+            });
+            return None;
+        }
+        if p.name.is_empty() {
+            // An unnamed statement runs right after: track what it does now.
+            if let Err(e) = self.track_statement(p.query) {
+                self.synthetic_error(e);
+                return None;
+            }
+            self.sout.extend_from_slice(&frame.bytes);
+            self.relay.push(Expect::Parse {
+                stmt: None,
+                visible: true,
+                client_name: None,
+            });
+            return None;
+        }
+        if self.client.named.contains_key(p.name) {
+            let msg = format!("prepared statement \"{}\" already exists", p.name);
+            self.synthetic_error(PgError::error("42P05", msg));
+            return None;
+        }
+        let stmt = self.state.statements.get_or_insert(p.rest);
+        let name = p.name.to_string();
+        self.client.named.insert(name.clone(), stmt.clone());
+        let conn = self.server.as_deref_mut()?;
+        if conn.prepared.get(&stmt.id).is_some() {
+            self.relay.push(Expect::Synthetic(empty_message(b'1')));
+            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        } else {
+            mark_prepared(conn, &mut self.relay, &mut self.sout, stmt.id);
+            self.sout.extend_from_slice(&stmt.parse);
+            self.relay.push(Expect::Parse {
+                stmt: Some(stmt),
+                visible: true,
+                client_name: Some(name),
+            });
+        }
+        None
+    }
+
+    /// The pooled statement for a client statement name, prepared on the current server
+    /// connection; None (after a made-up error) if the client has no such statement.
+    fn ensure_statement(&mut self, name: &str) -> Option<Arc<Prepared>> {
+        let Some(stmt) = self.client.named.get(name).cloned() else {
+            let msg = format!("prepared statement \"{name}\" does not exist");
+            self.synthetic_error(PgError::error("26000", msg));
+            return None;
+        };
+        let conn = self.server.as_deref_mut()?;
+        if conn.prepared.get(&stmt.id).is_none() {
+            mark_prepared(conn, &mut self.relay, &mut self.sout, stmt.id);
+            self.sout.extend_from_slice(&stmt.parse);
+            self.relay.push(Expect::Parse {
+                stmt: Some(stmt.clone()),
+                visible: false,
+                client_name: None,
+            });
+        }
+        Some(stmt)
+    }
+
+    fn on_bind(&mut self, frame: &Frame) -> Option<End> {
+        self.unsynced = true;
+        let Some((_, name, _)) = bind_names(frame.body()) else {
+            return self.malformed("Bind");
+        };
+        if !self.managed || name.is_empty() {
+            self.forward(frame, Some(Kind::Bind));
+            return None;
+        }
+        let name = name.to_string();
+        if let Some(stmt) = self.ensure_statement(&name) {
+            if stmt.command != SessionCommand::None {
+                let text = query_text(&stmt.parse[5 + stmt.name.len() + 1..]).to_string();
+                if let Err(e) = self.track_statement(&text) {
+                    self.synthetic_error(e);
+                    return None;
+                }
+            }
+            match rename_bind(frame.body(), &stmt.name) {
+                Some(b) => self.sout.extend_from_slice(&b),
+                None => return self.malformed("Bind"),
+            }
+            self.relay.push(Expect::Client(Kind::Bind));
+        }
+        None
+    }
+
+    fn on_describe_or_close(&mut self, frame: &Frame) -> Option<End> {
+        self.unsynced = true;
+        let (tag, kind) = (
+            frame.tag,
+            if frame.tag == b'D' {
+                Kind::Describe
+            } else {
+                Kind::Close
+            },
+        );
+        let Some((target, name)) = protocol::target(frame.body()) else {
+            return self.malformed(if tag == b'D' { "Describe" } else { "Close" });
+        };
+        if !self.managed || target != b'S' || name.is_empty() {
+            self.forward(frame, Some(kind));
+            return None;
+        }
+        let name = name.to_string();
+        if tag == b'C' {
+            // The pooled statement stays prepared on servers for other clients.
+            self.client.named.remove(&name);
+            self.relay.push(Expect::Synthetic(empty_message(b'3')));
+            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        } else if let Some(stmt) = self.ensure_statement(&name) {
+            self.sout
+                .extend_from_slice(&encode_target(b'D', b'S', &stmt.name));
+            self.relay.push(Expect::Client(Kind::Describe));
+        }
+        None
+    }
+
+    /// A simple query: tracks session state in managed modes, then forwards it unchanged.
+    fn on_query(&mut self, frame: &Frame) {
+        if self.managed {
+            let text = query_text(frame.body());
+            // Most queries are one statement (maybe with a trailing semicolon): no split.
+            let single = text.trim_end().trim_end_matches(';');
+            let stmts = if single.contains(';') {
+                split_statements(text)
+            } else {
+                vec![single]
+            };
+            for stmt in stmts {
+                if let Err(e) = self.track_statement(stmt) {
+                    let mut b = BytesMut::new();
+                    e.encode(&mut b);
+                    protocol::ready_for_query(&mut b, self.status);
+                    self.relay
+                        .push(Expect::SyntheticReady(b.freeze(), self.status));
+                    self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+                    return;
+                }
+            }
+        }
+        self.forward(frame, Some(Kind::Query));
+    }
+
+    /// Records what one statement of a simple query does to the session; injects what the
+    /// server connection needs first (SQL-level prepared statements of this client).
+    fn track_statement(&mut self, stmt: &str) -> Result<(), PgError> {
+        let cmd = session_command(stmt);
+        let Some(conn) = self.server.as_deref_mut() else {
+            return Ok(());
+        };
+        let inject = |sql: String, relay: &mut Relay, sout: &mut BytesMut| {
+            let mut b = BytesMut::new();
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut b);
+            sout.extend_from_slice(&b);
+            relay.push(Expect::InjectedQuery("prepared statement"));
+        };
+        let deallocate = matches!(cmd, SessionCommand::Deallocate(_));
+        match cmd {
+            SessionCommand::None => {}
+            SessionCommand::Set(name) | SessionCommand::Reset(name) => {
+                self.client.dirty.insert(name);
+            }
+            SessionCommand::ResetAll => self.client.reset_all = true,
+            SessionCommand::DiscardAll | SessionCommand::DeallocateAll => {
+                if cmd == SessionCommand::DiscardAll {
+                    self.client.reset_all = true;
+                }
+                self.client.named.clear();
+                self.client.sql_prepared.clear();
+                conn.prepared.clear();
+                conn.sql_prepared.clear();
+            }
+            SessionCommand::Prepare(name) => {
+                if conn.sql_prepared.contains_key(&name) {
+                    inject(
+                        format!("DEALLOCATE {}", quote_ident(&name)),
+                        &mut self.relay,
+                        &mut self.sout,
+                    );
+                }
+                let text: Arc<str> = Arc::from(stmt);
+                self.client.sql_prepared.insert(name.clone(), text.clone());
+                conn.sql_prepared.insert(name, text);
+            }
+            SessionCommand::Execute(name) | SessionCommand::Deallocate(name) => {
+                if let Some(text) = self.client.sql_prepared.get(&name).cloned() {
+                    if conn.sql_prepared.get(&name) != Some(&text) {
+                        if conn.sql_prepared.contains_key(&name) {
+                            inject(
+                                format!("DEALLOCATE {}", quote_ident(&name)),
+                                &mut self.relay,
+                                &mut self.sout,
+                            );
+                        }
+                        inject(text.to_string(), &mut self.relay, &mut self.sout);
+                        conn.sql_prepared.insert(name.clone(), text);
+                    }
+                }
+                if deallocate {
+                    self.client.sql_prepared.remove(&name);
+                    conn.sql_prepared.remove(&name);
+                }
+            }
+            SessionCommand::Pin(reason) => self.pin(reason)?,
+        }
+        Ok(())
+    }
+}
+
+/// Records that `id` is (about to be) prepared on `conn`; if that evicts the least recently
+/// used statement, closes it on the server first.
+fn mark_prepared(conn: &mut ServerConn, relay: &mut Relay, sout: &mut BytesMut, id: u64) {
+    if let Some((evicted, ())) = conn.prepared.push(id, ()) {
+        if evicted != id {
+            sout.extend_from_slice(&encode_target(b'C', b'S', &format!("sg_{evicted}")));
+            relay.push(Expect::InjectedClose);
+        }
+    }
+}
