@@ -224,3 +224,66 @@ async fn statement_mode_refuses_transactions_but_runs_statements() {
         vec![vec!["2"]]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_parameter_status_and_function_call_pass_through() {
+    use integration_tests::raw::{login_trust, read_until};
+    use tokio::io::AsyncWriteExt;
+
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    let direct = integration_tests::direct_superuser().await;
+    let abs_oid: u32 = direct
+        .query_one("select 'abs(int4)'::regprocedure::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for db in ["app", "app_session"] {
+        let mut s = login_trust(proxy.port, "trusty", db).await;
+        let q = |sql: &str| {
+            let mut m = vec![b'Q'];
+            m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+            m.extend_from_slice(sql.as_bytes());
+            m.push(0);
+            m
+        };
+        // NoticeResponse
+        s.write_all(&q("DO $$BEGIN RAISE NOTICE 'hello from plpgsql'; END$$"))
+            .await
+            .unwrap();
+        let msgs = read_until(&mut s, b"Z").await;
+        let notice = msgs
+            .iter()
+            .find(|(t, _)| *t == b'N')
+            .expect("notice forwarded");
+        assert!(String::from_utf8_lossy(&notice.1).contains("hello from plpgsql"));
+        // asynchronous ParameterStatus after SET of a reported setting
+        s.write_all(&q("SET application_name = 'through-proxy'"))
+            .await
+            .unwrap();
+        let msgs = read_until(&mut s, b"Z").await;
+        let ps = msgs
+            .iter()
+            .find(|(t, _)| *t == b'S')
+            .expect("ParameterStatus forwarded");
+        assert_eq!(ps.1, b"application_name\0through-proxy\0");
+        // FunctionCall: abs(-7) with a text-format argument and result
+        let mut body = abs_oid.to_be_bytes().to_vec();
+        body.extend_from_slice(&1i16.to_be_bytes()); // one format code
+        body.extend_from_slice(&0i16.to_be_bytes()); // text
+        body.extend_from_slice(&1i16.to_be_bytes()); // one argument
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"-7");
+        body.extend_from_slice(&0i16.to_be_bytes()); // result format text
+        let mut f = vec![b'F'];
+        f.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        f.extend(body);
+        s.write_all(&f).await.unwrap();
+        let msgs = read_until(&mut s, b"Z").await;
+        let v = msgs
+            .iter()
+            .find(|(t, _)| *t == b'V')
+            .expect("FunctionCallResponse");
+        assert_eq!(&v.1[4..], b"7", "{msgs:?}");
+        assert_eq!(msgs.last().unwrap().1, b"I");
+    }
+}
