@@ -26,7 +26,7 @@ pub async fn run(stream: TcpStream, state: Arc<ProxyState>, shutdown: watch::Rec
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut inbuf = BytesMut::with_capacity(8 * 1024);
+    let mut inbuf = BytesMut::with_capacity(1024);
     let mut rd = rd;
     let login = handshake::handshake(&mut rd, &mut wr, &mut inbuf, &state).await;
     let login = match login {

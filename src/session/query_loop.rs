@@ -98,8 +98,8 @@ pub(super) async fn run(
         crd,
         cwr,
         cin,
-        cout: BytesMut::with_capacity(READ_CHUNK),
-        sout: BytesMut::with_capacity(READ_CHUNK),
+        cout: BytesMut::new(),
+        sout: BytesMut::new(),
         server: None,
         relay: Relay::default(),
         events: Vec::new(),
@@ -133,9 +133,12 @@ async fn write_opt(wr: Option<&mut OwnedWriteHalf>, buf: &[u8]) -> std::io::Resu
     }
 }
 
+/// Makes room to read into `buf`: small for idle clients (thousands of them should cost
+/// little memory), doubling up to `READ_CHUNK` while data keeps coming.
 fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
+    let spare = buf.capacity() - buf.len();
+    if spare < 512 {
+        buf.reserve(buf.capacity().clamp(2048, READ_CHUNK));
     }
 }
 
@@ -512,11 +515,19 @@ impl Loop<'_> {
             return;
         }
         let status = self.status;
-        let reset = if self.login.pool_mode == PoolMode::Session {
+        // A pinned client may leave advisory locks, LISTENs or temp tables behind: reset like a
+        // session-mode client (DISCARD ALL releases all of those); without a reset query,
+        // close the connection instead.
+        let pinned = self.client.pinned.is_some();
+        let reset = if self.login.pool_mode == PoolMode::Session || pinned {
             self.state.config.proxy.server_reset_query.clone()
         } else {
             String::new()
         };
+        if pinned && reset.is_empty() {
+            conn.broken = true;
+            return;
+        }
         let cleanup = async {
             if status != b'I' {
                 conn.run("ROLLBACK").await?;
