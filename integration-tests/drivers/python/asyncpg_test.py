@@ -12,29 +12,13 @@ holding a table `marker` with the client's id, then checks counts/sums, `marker`
 `SHOW search_path` across many transactions. Exits 1 with every failure listed.
 """
 import asyncio
-import os
-import sys
 
 import asyncpg
 
-PREFIX = os.environ["DRIVER_TABLE"]
-CLIENTS = int(os.environ.get("DRIVER_CLIENTS", "20"))
-ROUNDS = int(os.environ.get("DRIVER_ROUNDS", "8"))
-DEFAULT_PATH = '"$user", public'
-TABLE = f"public.{PREFIX}_items"
+from common import CLIENTS, DEFAULT_PATH, MARK, ROUNDS, SHOW, TABLE, Check, marker, report, schema
 
 INS = f"INSERT INTO {TABLE} (client, round, v) VALUES ($1, $2, $3)"
 SEL = f"SELECT count(*), sum(v) FROM {TABLE} WHERE client = $1"
-MARK = "SELECT v, pg_backend_pid() FROM marker"
-SHOW = "SHOW search_path"
-
-
-def schema(i):
-    return f"{PREFIX}_s{i}"
-
-
-def marker(i):
-    return f"{PREFIX}-client-{i}"
 
 
 async def connect():
@@ -58,37 +42,6 @@ async def setup():
         await c.close()
 
 
-class Check:
-    def __init__(self, i):
-        self.i = i
-        self.count = 0
-        self.sum = 0
-        self.pids = set()
-
-    def inserted(self, v):
-        self.count += 1
-        self.sum += v
-
-    def totals(self, rows):
-        got = (rows[0][0], int(rows[0][1] or 0)) if len(rows) == 1 else rows
-        if got != (self.count, self.sum):
-            raise AssertionError(f"count/sum {got}, expected {(self.count, self.sum)}")
-
-    def marker(self, rows):
-        if len(rows) != 1 or rows[0][0] != marker(self.i):
-            raise AssertionError(
-                f"SELECT v FROM marker gave {[tuple(r) for r in rows]!r}, "
-                f"expected {marker(self.i)!r} (another client's search_path, or ours lost)"
-            )
-        self.pids.add(rows[0][1])
-
-    def path(self, rows, expected):
-        if len(rows) != 1 or rows[0][0] != expected:
-            raise AssertionError(
-                f"SHOW search_path gave {[tuple(r) for r in rows]!r}, expected {expected!r}"
-            )
-
-
 async def client(i, start):
     chk = Check(i)
     where = "connect"
@@ -97,7 +50,7 @@ async def client(i, start):
         c = await connect()
         await start.wait()
         where = "before SET"
-        chk.path(await c.fetch(SHOW), DEFAULT_PATH)
+        chk.path(await c.fetchrow(SHOW), DEFAULT_PATH)
         await c.execute(f"SET search_path TO {schema(i)}")
         for r in range(ROUNDS):
             vals = [i * 1000 + r * 10 + k for k in (1, 2, 3)]
@@ -106,17 +59,17 @@ async def client(i, start):
                 for v in vals[:2]:
                     await c.execute(INS, i, r, v)
                     chk.inserted(v)
-                chk.totals(await c.fetch(SEL, i))
-                chk.marker(await c.fetch(MARK))
+                chk.totals(await c.fetchrow(SEL, i))
+                chk.marker(await c.fetchrow(MARK))
             where = f"round {r} autocommit"
             await c.execute(INS, i, r, vals[2])
             chk.inserted(vals[2])
-            chk.totals(await c.fetch(SEL, i))
-            chk.marker(await c.fetch(MARK))
-            chk.path(await c.fetch(SHOW), schema(i))
+            chk.totals(await c.fetchrow(SEL, i))
+            chk.marker(await c.fetchrow(MARK))
+            chk.path(await c.fetchrow(SHOW), schema(i))
         where = "after RESET"
         await c.execute("RESET search_path")
-        chk.path(await c.fetch(SHOW), DEFAULT_PATH)
+        chk.path(await c.fetchrow(SHOW), DEFAULT_PATH)
         return None, chk
     except BaseException as e:  # noqa: BLE001 - every failure is reported
         kind = "" if isinstance(e, AssertionError) else f"{type(e).__name__}: "
@@ -157,16 +110,7 @@ async def main():
         want = {i: (chk.count, chk.sum) for i, (_, chk) in enumerate(results)}
         if got != want:
             errors.append(f"final table contents per client {got}, expected {want}")
-    if errors:
-        print(f"asyncpg: {len(errors)} failure(s):", file=sys.stderr)
-        for e in errors:
-            print("  " + e, file=sys.stderr)
-        sys.exit(1)
-    pids = [len(chk.pids) for _, chk in results]
-    print(
-        f"asyncpg {asyncpg.__version__}: OK, {CLIENTS} clients x {ROUNDS} rounds; "
-        f"server backends seen per client: min {min(pids)}, max {max(pids)}"
-    )
+    report("asyncpg", asyncpg.__version__, errors, [chk for _, chk in results])
 
 
 if __name__ == "__main__":

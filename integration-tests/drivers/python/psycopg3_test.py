@@ -10,30 +10,14 @@ with the client's id, then over many transactions (explicit and autocommit) chec
 prepared INSERTs/SELECTs give the right counts and sums and that `marker` and `SHOW search_path`
 are its own. Exits 1 with every failure listed.
 """
-import os
-import sys
 import threading
 
 import psycopg
 
-PREFIX = os.environ["DRIVER_TABLE"]
-CLIENTS = int(os.environ.get("DRIVER_CLIENTS", "20"))
-ROUNDS = int(os.environ.get("DRIVER_ROUNDS", "8"))
-DEFAULT_PATH = '"$user", public'
-TABLE = f"public.{PREFIX}_items"
+from common import CLIENTS, DEFAULT_PATH, MARK, ROUNDS, SHOW, TABLE, Check, marker, report, schema
 
 INS = f"INSERT INTO {TABLE} (client, round, v) VALUES (%s, %s, %s)"
 SEL = f"SELECT count(*), sum(v) FROM {TABLE} WHERE client = %s"
-MARK = "SELECT v, pg_backend_pid() FROM marker"
-SHOW = "SHOW search_path"
-
-
-def schema(i):
-    return f"{PREFIX}_s{i}"
-
-
-def marker(i):
-    return f"{PREFIX}-client-{i}"
 
 
 def connect():
@@ -49,35 +33,6 @@ def setup():
             c.execute(f"CREATE SCHEMA {schema(i)}")
             c.execute(f"CREATE TABLE {schema(i)}.marker (v text)")
             c.execute(f"INSERT INTO {schema(i)}.marker VALUES (%s)", (marker(i),))
-
-
-class Check:
-    def __init__(self, i):
-        self.i = i
-        self.count = 0
-        self.sum = 0
-        self.pids = set()
-
-    def inserted(self, v):
-        self.count += 1
-        self.sum += v
-
-    def totals(self, row):
-        got = (row[0], int(row[1] or 0))
-        if got != (self.count, self.sum):
-            raise AssertionError(f"count/sum {got}, expected {(self.count, self.sum)}")
-
-    def marker(self, row):
-        if row is None or row[0] != marker(self.i):
-            raise AssertionError(
-                f"SELECT v FROM marker gave {row!r}, expected {marker(self.i)!r} "
-                "(another client's search_path, or ours lost)"
-            )
-        self.pids.add(row[1])
-
-    def path(self, row, expected):
-        if row is None or row[0] != expected:
-            raise AssertionError(f"SHOW search_path gave {row!r}, expected {expected!r}")
 
 
 def client(i, results, start):
@@ -154,16 +109,7 @@ def main():
         want = {i: (chk.count, chk.sum) for i, (_, chk) in enumerate(results)}
         if got != want:
             errors.append(f"final table contents per client {got}, expected {want}")
-    if errors:
-        print(f"psycopg3: {len(errors)} failure(s):", file=sys.stderr)
-        for e in errors:
-            print("  " + e, file=sys.stderr)
-        sys.exit(1)
-    pids = [len(chk.pids) for _, chk in results]
-    print(
-        f"psycopg3 {psycopg.__version__}: OK, {CLIENTS} clients x {ROUNDS} rounds; "
-        f"server backends seen per client: min {min(pids)}, max {max(pids)}"
-    )
+    report("psycopg3", psycopg.__version__, errors, [chk for _, chk in results])
 
 
 if __name__ == "__main__":
