@@ -199,7 +199,12 @@ async fn transaction_mode_keeps_a_transaction_on_one_server_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_mode_refuses_transactions_but_runs_statements() {
     let proxy = Proxy::start(&config_text("", "size = 2"));
-    let c = proxy.app("app_statement").await;
+    // app_md5: no other test of this binary logs in as it, so pg_stat_activity below sees only
+    // this test's server connections.
+    let c = proxy
+        .connect("app_md5", "app_md5", "app_statement")
+        .await
+        .unwrap();
     assert_eq!(
         rows(&c.simple_query("select 1").await.unwrap()),
         vec![vec!["1"]]
@@ -212,7 +217,7 @@ async fn statement_mode_refuses_transactions_but_runs_statements() {
     let direct = integration_tests::direct_superuser().await;
     let open: i64 = direct
         .query_one(
-            "select count(*) from pg_stat_activity where usename = 'app' and state like 'idle in transaction%'",
+            "select count(*) from pg_stat_activity where usename = 'app_md5' and state like 'idle in transaction%'",
             &[],
         )
         .await
