@@ -137,6 +137,8 @@ pub struct Prepared {
     pub validated: std::sync::atomic::AtomicBool,
     /// What executing it does to session state (SET, DISCARD, ...), found once at insert.
     pub command: crate::sql::scan::SessionCommand,
+    /// Settings it changes through `set_config('name', ...)`.
+    pub set_config: Vec<String>,
 }
 
 /// Global statement cache: Parse body (query text and parameter types) -> [`Prepared`].
@@ -160,6 +162,7 @@ impl StatementCache {
             name,
             validated: Default::default(),
             command: crate::sql::scan::session_command(crate::protocol::query_text(rest)),
+            set_config: crate::sql::scan::set_config_names(crate::protocol::query_text(rest)),
         });
         map.insert(bytes::Bytes::copy_from_slice(rest), p.clone());
         p

@@ -24,10 +24,11 @@ pub struct ClientState {
     pub settings: BTreeMap<String, String>,
     /// Settings changed in the current transaction; read back from the server when it ends.
     pub dirty: BTreeSet<String>,
-    /// RESET ALL / DISCARD ALL ran in the current transaction.
-    pub reset_all: bool,
     /// Why the client keeps its server connection until it leaves, if it does.
     pub pinned: Option<&'static str>,
+    /// Queries to inject right after the client's current query (restoring startup values
+    /// after RESET).
+    pub after: Vec<String>,
 }
 
 impl ClientState {

@@ -160,6 +160,13 @@ impl Loop<'_> {
             if let Some(end) = self.handle_client_frames().await {
                 return end;
             }
+            if !self.events.is_empty() {
+                // Responses the proxy made up itself (e.g. a refused query) may have finished
+                // the transaction without a byte from the server.
+                if let Some(end) = self.handle_server_input().await {
+                    return end;
+                }
+            }
             if self.shutting_down {
                 let idle = match &self.server {
                     None => true,
@@ -380,11 +387,6 @@ impl Loop<'_> {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
         };
-        if self.client.reset_all {
-            self.client.reset_all = false;
-            self.client.settings = self.client.startup.clone();
-            conn.settings.clear();
-        }
         if self.client.dirty.is_empty() {
             return;
         }

@@ -309,6 +309,46 @@ fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
     })
 }
 
+/// Names of settings a statement changes through `set_config('name', ...)` calls with a
+/// literal name (the proxy reads their values back when the transaction ends).
+pub fn set_config_names(stmt: &str) -> Vec<String> {
+    let b = stmt.as_bytes();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(p) = find_ci(&b[from..], b"set_config") {
+        let mut i = from + p + b"set_config".len();
+        from = i;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b.get(i) != Some(&b'(') {
+            continue;
+        }
+        i += 1;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b.get(i) != Some(&b'\'') {
+            continue;
+        }
+        let start = i + 1;
+        if let Some(len) = b[start..].iter().position(|&c| c == b'\'') {
+            let name = stmt[start..start + len].to_ascii_lowercase();
+            if is_setting_name(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// True for the proxy's own server-side statement names (`sg_<digits>`), which clients may
+/// not touch with SQL-level PREPARE/EXECUTE/DEALLOCATE.
+pub fn is_pooled_statement_name(name: &str) -> bool {
+    name.strip_prefix("sg_")
+        .is_some_and(|d| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit()))
+}
+
 /// True if `name` is a plain configuration parameter name (safe to put into SQL).
 pub fn is_setting_name(name: &str) -> bool {
     !name.is_empty()
@@ -416,6 +456,19 @@ mod tests {
             session_command("/* hi */ SET \"search_path\" = x"),
             Set("search_path".into())
         );
+    }
+
+    #[test]
+    fn finds_set_config_names() {
+        assert_eq!(
+            set_config_names("select set_config('search_path', 'x', false), SET_CONFIG ( 'Statement_Timeout','1s',true)"),
+            vec!["search_path".to_string(), "statement_timeout".to_string()]
+        );
+        assert!(set_config_names("select set_config($1, $2, false)").is_empty());
+        assert!(set_config_names("select 1").is_empty());
+        assert!(is_pooled_statement_name("sg_12"));
+        assert!(!is_pooled_statement_name("sg_"));
+        assert!(!is_pooled_statement_name("sg_x1"));
     }
 
     #[test]

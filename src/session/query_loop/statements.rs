@@ -13,8 +13,12 @@ use crate::protocol::{
     self, bind_names, empty_message, encode_target, parse_body, query_text, rename_bind, sqlstate,
     Frame, PgError,
 };
+use crate::session::client_state::apply_sql;
 use crate::session::relay::{Expect, Kind, Relay};
-use crate::sql::scan::{quote_ident, session_command, split_statements, SessionCommand};
+use crate::sql::scan::{
+    dollar_quote, is_pooled_statement_name, quote_ident, session_command, set_config_names,
+    split_statements, SessionCommand,
+};
 use crate::state::Prepared;
 
 impl Loop<'_> {
@@ -149,7 +153,10 @@ impl Loop<'_> {
         }
         if p.name.is_empty() {
             // An unnamed statement runs right after: track what it does now.
-            if let Err(e) = self.track_statement(p.query) {
+            let tracked = self.track_statement(p.query);
+            // A simple query injected here would destroy the unnamed statement.
+            self.client.after.clear();
+            if let Err(e) = tracked {
                 self.synthetic_error(e);
                 return None;
             }
@@ -217,9 +224,11 @@ impl Loop<'_> {
         }
         let name = name.to_string();
         if let Some(stmt) = self.ensure_statement(&name) {
-            if stmt.command != SessionCommand::None {
+            if stmt.command != SessionCommand::None || !stmt.set_config.is_empty() {
                 let text = query_text(&stmt.parse[5 + stmt.name.len() + 1..]).to_string();
-                if let Err(e) = self.track_statement(&text) {
+                let tracked = self.track_statement(&text);
+                self.client.after.clear();
+                if let Err(e) = tracked {
                     self.synthetic_error(e);
                     return None;
                 }
@@ -277,6 +286,7 @@ impl Loop<'_> {
             };
             for stmt in stmts {
                 if let Err(e) = self.track_statement(stmt) {
+                    self.client.after.clear();
                     let mut b = BytesMut::new();
                     e.encode(&mut b);
                     protocol::ready_for_query(&mut b, self.status);
@@ -288,6 +298,9 @@ impl Loop<'_> {
             }
         }
         self.forward(frame, Some(Kind::Query));
+        for sql in std::mem::take(&mut self.client.after) {
+            inject_query(&sql, &mut self.relay, &mut self.sout);
+        }
     }
 
     /// Records what one statement of a simple query does to the session; injects what the
@@ -298,26 +311,70 @@ impl Loop<'_> {
             return Ok(());
         };
         let inject = |sql: String, relay: &mut Relay, sout: &mut BytesMut| {
-            let mut b = BytesMut::new();
-            let _ = postgres_protocol::message::frontend::query(&sql, &mut b);
-            sout.extend_from_slice(&b);
-            relay.push(Expect::InjectedQuery("prepared statement"));
+            inject_query(&sql, relay, sout);
         };
+        for name in set_config_names(stmt) {
+            self.client.dirty.insert(name);
+        }
         let deallocate = matches!(cmd, SessionCommand::Deallocate(_));
         match cmd {
             SessionCommand::None => {}
-            SessionCommand::Set(name) | SessionCommand::Reset(name) => {
+            SessionCommand::Set(name) => {
                 self.client.dirty.insert(name);
             }
-            SessionCommand::ResetAll => self.client.reset_all = true,
-            SessionCommand::DiscardAll | SessionCommand::DeallocateAll => {
-                if cmd == SessionCommand::DiscardAll {
-                    self.client.reset_all = true;
+            SessionCommand::Reset(name) => {
+                // RESET goes back to the session default, which for this client includes its
+                // startup parameters; the server connection's own default may differ.
+                if let Some(v) = self.client.startup.get(&name) {
+                    self.client.after.push(format!(
+                        "SELECT set_config({}, {}, false)",
+                        dollar_quote(&name),
+                        dollar_quote(v)
+                    ));
                 }
+                self.client.dirty.insert(name);
+            }
+            SessionCommand::ResetAll | SessionCommand::DiscardAll => {
+                if let Some(sql) = apply_sql(&self.client.startup, &Default::default()) {
+                    self.client.after.push(sql);
+                }
+                // Read every setting either side knows about back from the server.
+                let keys: Vec<String> = self
+                    .client
+                    .settings
+                    .keys()
+                    .chain(conn.settings.keys())
+                    .cloned()
+                    .collect();
+                self.client.dirty.extend(keys);
+                if cmd == SessionCommand::DiscardAll {
+                    self.client.named.clear();
+                    self.client.sql_prepared.clear();
+                    conn.prepared.clear();
+                    conn.sql_prepared.clear();
+                }
+            }
+            SessionCommand::DeallocateAll => {
                 self.client.named.clear();
                 self.client.sql_prepared.clear();
                 conn.prepared.clear();
                 conn.sql_prepared.clear();
+            }
+            SessionCommand::Prepare(name) if is_pooled_statement_name(&name) => {
+                return Err(PgError::error(
+                    "42939",
+                    format!("prepared statement name \"{name}\" is reserved by the proxy"),
+                )
+                .with_hint("names of the form sg_<number> are used for pooled statements"));
+            }
+            SessionCommand::Execute(name) | SessionCommand::Deallocate(name)
+                if is_pooled_statement_name(&name)
+                    && !self.client.sql_prepared.contains_key(&name) =>
+            {
+                return Err(PgError::error(
+                    "26000",
+                    format!("prepared statement \"{name}\" does not exist"),
+                ));
             }
             SessionCommand::Prepare(name) => {
                 if conn.sql_prepared.contains_key(&name) {
@@ -332,6 +389,17 @@ impl Loop<'_> {
                 conn.sql_prepared.insert(name, text);
             }
             SessionCommand::Execute(name) | SessionCommand::Deallocate(name) => {
+                if !self.client.sql_prepared.contains_key(&name)
+                    && conn.sql_prepared.remove(&name).is_some()
+                {
+                    // Another client's (or this client's deallocated) statement: remove it so
+                    // the server answers 26000 as it would on a direct connection.
+                    inject(
+                        format!("DEALLOCATE {}", quote_ident(&name)),
+                        &mut self.relay,
+                        &mut self.sout,
+                    );
+                }
                 if let Some(text) = self.client.sql_prepared.get(&name).cloned() {
                     if conn.sql_prepared.get(&name) != Some(&text) {
                         if conn.sql_prepared.contains_key(&name) {
@@ -354,6 +422,12 @@ impl Loop<'_> {
         }
         Ok(())
     }
+}
+
+/// Sends a query of the proxy's own whose results nobody sees.
+fn inject_query(sql: &str, relay: &mut Relay, sout: &mut BytesMut) {
+    let _ = postgres_protocol::message::frontend::query(sql, sout);
+    relay.push(Expect::InjectedQuery("session state"));
 }
 
 /// Records that `id` is (about to be) prepared on `conn`; if that evicts the least recently

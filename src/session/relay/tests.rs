@@ -15,6 +15,7 @@ fn stmt(id: u64) -> Arc<Prepared> {
         parse: Bytes::new(),
         validated: Default::default(),
         command: crate::sql::scan::SessionCommand::None,
+        set_config: Vec::new(),
     })
 }
 
