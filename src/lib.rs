@@ -5,7 +5,8 @@
 //! - [`protocol`]: wire framing and the few messages the proxy decodes or writes itself.
 //! - [`auth`]: SCRAM-SHA-256 and md5 verification of clients.
 
-//! - [`sql`]: SQL text analysis (statement splitting, session-state commands).
+//! - [`sql`]: SQL text analysis: a scanner for session-state commands, statement shapes, and
+//!   read/write classification with sqlparser behind a shape-keyed cache.
 //! - [`backend`]: one server connection: connect, authenticate as a client, parameters.
 //! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel.

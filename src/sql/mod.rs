@@ -1,4 +1,23 @@
-//! SQL text analysis. `scan` is a fast single-pass lexer for the few decisions that need no
-//! parse tree (statement boundaries, leading keywords, session-state commands).
+//! SQL text analysis, no I/O.
+//!
+//! - [`scan`]: a fast single-pass lexer for the few decisions that need no parse tree
+//!   (statement boundaries, leading keywords, session-state commands).
+//! - [`mod@shape`]: replaces literals and `$n` parameters with a placeholder, keeping the values.
+//! - [`analyze`]: classifies a statement with `sqlparser` (the only file that sees its AST);
+//!   `patch` retries syntax the parser lacks, [`write_functions`] lists functions with side
+//!   effects.
+//! - [`cache`]: [`AnalysisCache`], analyses cached by shape; the entry point for sessions.
 
+pub mod analyze;
+pub mod cache;
+mod patch;
 pub mod scan;
+pub mod shape;
+pub mod write_functions;
+
+pub use analyze::{classify, Analysis, Kind};
+pub use cache::AnalysisCache;
+pub use shape::{shape, Literal, Shape};
+
+#[cfg(test)]
+mod tests;
