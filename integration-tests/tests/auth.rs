@@ -28,32 +28,23 @@ async fn scram_and_md5_on_both_sides() {
     );
     // Client side: app logs in with SCRAM (the default), app_md5 with md5.
     for (user, pw) in [("app", "app"), ("app_md5", "app_md5")] {
-        let c = proxy.connect(user, pw, "app").await.unwrap();
-        let who: String = c
-            .query_one("select current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(who, user);
+        assert_eq!(whoami(&proxy, user, pw).await, user);
     }
     // a user configured with a SCRAM verifier instead of a plaintext password
-    let c = proxy.connect("verifier", "app", "app").await.unwrap();
-    let who: String = c
-        .query_one("select current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(who, "app");
+    assert_eq!(whoami(&proxy, "verifier", "app").await, "app");
     let e = proxy.connect("verifier", "wrong", "app").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
     // trust: no password asked; logs into Postgres as app
-    let c = proxy.connect("trusty", "", "app").await.unwrap();
-    let who: String = c
-        .query_one("select current_user::text", &[])
+    assert_eq!(whoami(&proxy, "trusty", "").await, "app");
+}
+
+/// Logs in through the proxy and returns the Postgres role the session runs as.
+async fn whoami(proxy: &Proxy, user: &str, password: &str) -> String {
+    let c = proxy.connect(user, password, "app").await.unwrap();
+    c.query_one("select current_user::text", &[])
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(who, "app");
+        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,11 +153,7 @@ impl Loop<'_> {
         }
         if p.name.is_empty() {
             // An unnamed statement runs right after: track what it does now.
-            let tracked = self.track_statement(p.query);
-            // A simple query injected here would destroy the unnamed statement.
-            self.client.after.clear();
-            if let Err(e) = tracked {
-                self.synthetic_error(e);
+            if !self.track_extended(p.query) {
                 return None;
             }
             self.sout.extend_from_slice(&frame.bytes);
@@ -226,10 +222,7 @@ impl Loop<'_> {
         if let Some(stmt) = self.ensure_statement(&name) {
             if stmt.command != SessionCommand::None || !stmt.set_config.is_empty() {
                 let text = query_text(&stmt.parse[5 + stmt.name.len() + 1..]).to_string();
-                let tracked = self.track_statement(&text);
-                self.client.after.clear();
-                if let Err(e) = tracked {
-                    self.synthetic_error(e);
+                if !self.track_extended(&text) {
                     return None;
                 }
             }
@@ -300,6 +293,21 @@ impl Loop<'_> {
         self.forward(frame, Some(Kind::Query));
         for sql in std::mem::take(&mut self.client.after) {
             inject_query(&sql, &mut self.relay, &mut self.sout);
+        }
+    }
+
+    /// [`Self::track_statement`] for a statement run through the extended protocol; false
+    /// (after a made-up error) if it is refused.
+    fn track_extended(&mut self, sql: &str) -> bool {
+        let tracked = self.track_statement(sql);
+        // A simple query injected here would destroy the unnamed statement.
+        self.client.after.clear();
+        match tracked {
+            Ok(()) => true,
+            Err(e) => {
+                self.synthetic_error(e);
+                false
+            }
         }
     }
 
