@@ -170,8 +170,36 @@ pub struct RoutingConfig {
     pub max_replica_lag_ms: u64,
     /// Interval of the background health check.
     pub healthcheck_interval_ms: u64,
-    /// How long a failing server is kept out of rotation.
+    /// How long a failing or lagging server is kept out of rotation.
     pub ban_time_ms: u64,
+    /// Let the primary take reads too, as one more member of the replica rotation.
+    pub include_primary: bool,
+    /// How a client's reads see its own committed writes: `lsn` (replicas that replayed the
+    /// client's last commit, else the primary), `primary_for_ms` (the primary for
+    /// `read_your_writes_ms` after a write) or `off`.
+    pub read_your_writes: ReadYourWrites,
+    /// Window of `read_your_writes = "primary_for_ms"`.
+    pub read_your_writes_ms: u64,
+    /// Extra functions with side effects (a statement calling one goes to the primary);
+    /// `name` matches in any schema, `schema.name` only there.
+    pub write_functions: Vec<String>,
+    /// Statement shapes whose analysis is cached (bounded memory).
+    pub analysis_cache_size: usize,
+    /// Retry a read on another server when its server fails before any byte reached the client.
+    pub retry_reads: bool,
+}
+
+/// See [`RoutingConfig::read_your_writes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadYourWrites {
+    /// Track WAL positions (the default).
+    #[default]
+    Lsn,
+    /// Read from the primary for a while after each write.
+    PrimaryForMs,
+    /// Reads may go to any healthy replica.
+    Off,
 }
 
 impl Default for RoutingConfig {
@@ -182,6 +210,12 @@ impl Default for RoutingConfig {
             max_replica_lag_ms: 1_000,
             healthcheck_interval_ms: 1_000,
             ban_time_ms: 30_000,
+            include_primary: false,
+            read_your_writes: ReadYourWrites::Lsn,
+            read_your_writes_ms: 1_000,
+            write_functions: Vec::new(),
+            analysis_cache_size: 10_000,
+            retry_reads: true,
         }
     }
 }
@@ -274,6 +308,55 @@ pub struct DatabaseConfig {
     /// One entry per shard; a database with one shard is plain pooling (plus replicas).
     #[serde(default)]
     pub shards: Vec<ShardConfig>,
+    /// Tables split across the shards by a key column.
+    #[serde(default)]
+    pub sharded_tables: Vec<ShardedTable>,
+    /// Tables with a full copy on every shard: writes go to all shards, reads to one.
+    #[serde(default)]
+    pub replicated_tables: Vec<String>,
+    /// Points per unit of weight that each shard gets on the hash ring.
+    #[serde(default = "default_virtual_nodes")]
+    pub virtual_nodes: u32,
+    /// Transactions that touch several shards commit with PREPARE TRANSACTION / COMMIT
+    /// PREPARED; without it they are refused (0A000).
+    #[serde(default)]
+    pub two_phase_commit: bool,
+    /// UPDATE/DELETE without a shard key run on every shard; `false` refuses them (0A000).
+    #[serde(default = "default_true")]
+    pub allow_fan_out_writes: bool,
+}
+
+fn default_virtual_nodes() -> u32 {
+    256
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[[databases.sharded_tables]]`: a table split across shards by one column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedTable {
+    /// Table name (as PostgreSQL folds it: lowercase unless it was created quoted).
+    pub table: String,
+    /// The shard key column.
+    pub column: String,
+    /// bigint | text | uuid.
+    #[serde(rename = "type")]
+    pub key_type: KeyType,
+}
+
+/// Type of a shard key; the ring hashes its canonical bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    /// 64-bit integer (also int2/int4 columns): 8 bytes big-endian.
+    Bigint,
+    /// Text: its UTF-8 bytes.
+    Text,
+    /// UUID: its 16 bytes.
+    Uuid,
 }
 
 impl DatabaseConfig {
@@ -289,11 +372,62 @@ impl DatabaseConfig {
 pub struct ShardConfig {
     /// Shard name; the hash ring uses it, so renaming a shard moves its keys.
     pub name: String,
-    /// `host:port` of the primary.
+    /// `host:port` of the primary (or use `servers`).
+    #[serde(default)]
     pub primary: String,
     /// `host:port` of each streaming replica.
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// Servers with explicit roles, in addition to `primary` and `replicas`; role `auto` lets
+    /// the health checker find the primary with `pg_is_in_recovery()` (failover).
+    #[serde(default)]
+    pub servers: Vec<ServerConfig>,
+    /// Share of the keyspace relative to the other shards (virtual nodes = weight x
+    /// `virtual_nodes`).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `[[databases.shards.servers]]`: one server of a shard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port`.
+    pub address: String,
+    /// primary | replica | auto.
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// The declared role of a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// Takes reads only.
+    Replica,
+    /// Whatever `pg_is_in_recovery()` says, checked every health-check interval.
+    #[default]
+    Auto,
+}
+
+impl ShardConfig {
+    /// Every server of the shard with its declared role: `primary`, then `replicas`, then
+    /// `servers`.
+    pub fn all_servers(&self) -> Vec<(String, Role)> {
+        let mut out = Vec::new();
+        if !self.primary.is_empty() {
+            out.push((self.primary.clone(), Role::Primary));
+        }
+        out.extend(self.replicas.iter().map(|r| (r.clone(), Role::Replica)));
+        out.extend(self.servers.iter().map(|s| (s.address.clone(), s.role)));
+        out
+    }
 }
 
 /// Errors loading a configuration file.

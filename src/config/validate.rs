@@ -1,6 +1,6 @@
 //! `Config::validate`: consistency checks that name the offending key path.
 
-use super::{is_hashed, AuthMethod, Config};
+use super::{is_hashed, AuthMethod, Config, Role};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
@@ -186,11 +186,85 @@ impl Config {
         for (i, d) in self.databases.iter().enumerate() {
             for (j, s) in d.shards.iter().enumerate() {
                 let sp = format!("databases[{i}].shards[{j}]");
-                check_addr(&mut p, format!("{sp}.primary"), &s.primary);
+                if !s.primary.is_empty() {
+                    check_addr(&mut p, format!("{sp}.primary"), &s.primary);
+                }
                 for (k, r) in s.replicas.iter().enumerate() {
                     check_addr(&mut p, format!("{sp}.replicas[{k}]"), r);
                 }
+                for (k, r) in s.servers.iter().enumerate() {
+                    check_addr(&mut p, format!("{sp}.servers[{k}].address"), &r.address);
+                }
+                let all = s.all_servers();
+                let problem = |message: String| Problem {
+                    path: sp.clone(),
+                    message,
+                };
+                if all.is_empty() {
+                    p.push(problem("needs a `primary` or at least one `servers` entry".into()));
+                }
+                let primaries = all.iter().filter(|(_, r)| *r == Role::Primary).count();
+                if primaries > 1 {
+                    p.push(problem(format!(
+                        "declares {primaries} primaries; use role = \"auto\" for servers that may \
+                         be promoted"
+                    )));
+                }
+                let mut seen = HashSet::new();
+                for (addr, _) in &all {
+                    if !seen.insert(addr.as_str()) {
+                        p.push(problem(format!("server `{addr}` is listed twice")));
+                    }
+                }
+                if s.weight == 0 {
+                    p.push(Problem {
+                        path: format!("{sp}.weight"),
+                        message: "must be at least 1".into(),
+                    });
+                }
             }
+            let dp = format!("databases[{i}]");
+            if d.virtual_nodes == 0 {
+                p.push(Problem {
+                    path: format!("{dp}.virtual_nodes"),
+                    message: "must be at least 1".into(),
+                });
+            }
+            let mut tables = HashSet::new();
+            for (k, t) in d.sharded_tables.iter().enumerate() {
+                if t.table.is_empty() || t.column.is_empty() {
+                    p.push(Problem {
+                        path: format!("{dp}.sharded_tables[{k}]"),
+                        message: "needs a table and a column".into(),
+                    });
+                }
+                if !tables.insert(t.table.as_str()) {
+                    p.push(Problem {
+                        path: format!("{dp}.sharded_tables[{k}].table"),
+                        message: format!("table `{}` is listed twice", t.table),
+                    });
+                }
+            }
+            for (k, t) in d.replicated_tables.iter().enumerate() {
+                if tables.contains(t.as_str()) {
+                    p.push(Problem {
+                        path: format!("{dp}.replicated_tables[{k}]"),
+                        message: format!("table `{t}` is also a sharded table"),
+                    });
+                }
+            }
+        }
+        if self.routing.analysis_cache_size == 0 {
+            p.push(Problem {
+                path: "routing.analysis_cache_size".into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.routing.healthcheck_interval_ms < 10 {
+            p.push(Problem {
+                path: "routing.healthcheck_interval_ms".into(),
+                message: "must be at least 10".into(),
+            });
         }
         p
     }
