@@ -8,6 +8,7 @@
 //! - [`sql`]: SQL text analysis: a scanner for session-state commands, statement shapes, and
 //!   read/write classification with sqlparser behind a shape-keyed cache.
 //! - [`backend`]: one server connection: connect, authenticate as a client, parameters.
+//! - [`health`]: background health checks of servers: role, WAL positions, lag, bans.
 //! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel.
 //! - [`state`]: proxy-wide shared state (config, users, pools, cancel keys).
@@ -21,6 +22,7 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod pool;
 pub mod protocol;
 pub mod server;

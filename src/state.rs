@@ -90,6 +90,8 @@ pub struct ProxyState {
     pub cancels: CancelRegistry,
     /// Statements prepared through the proxy (transaction and statement pooling).
     pub statements: StatementCache,
+    /// Statement analyses by shape (routing).
+    pub analysis: crate::sql::AnalysisCache,
 }
 
 impl ProxyState {
@@ -113,6 +115,10 @@ impl ProxyState {
             .collect();
         let registry = Registry::build(&config);
         Arc::new(ProxyState {
+            analysis: crate::sql::AnalysisCache::new(
+                config.routing.analysis_cache_size,
+                config.routing.write_functions.clone(),
+            ),
             config,
             users,
             registry,
@@ -139,6 +145,15 @@ pub struct Prepared {
     pub command: crate::sql::scan::SessionCommand,
     /// Settings it changes through `set_config('name', ...)`.
     pub set_config: Vec<String>,
+    /// Routing facts, found on first use (only when routing needs them).
+    pub route: std::sync::OnceLock<crate::sql::hints::RouteFacts>,
+}
+
+impl Prepared {
+    /// The statement's SQL text.
+    pub fn query(&self) -> &str {
+        crate::protocol::query_text(&self.parse[5 + self.name.len() + 1..])
+    }
 }
 
 /// Global statement cache: Parse body (query text and parameter types) -> [`Prepared`].
@@ -163,6 +178,7 @@ impl StatementCache {
             validated: Default::default(),
             command: crate::sql::scan::session_command(crate::protocol::query_text(rest)),
             set_config: crate::sql::scan::set_config_names(crate::protocol::query_text(rest)),
+            route: Default::default(),
         });
         map.insert(bytes::Bytes::copy_from_slice(rest), p.clone());
         p

@@ -6,12 +6,14 @@
 //! arrival order, so bb8 always has a connection ready for whoever holds a permit.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendError, ConnectParams, ServerConn};
-use crate::config::{Config, DatabaseConfig, UserConfig};
+use crate::config::{Config, DatabaseConfig, Role, UserConfig};
+use crate::health::{now_ms, spawn_checker, ServerHealth};
 
 /// ParameterStatus pairs a server reported at login.
 pub type ServerParams = Arc<Vec<(String, String)>>;
@@ -57,6 +59,13 @@ pub enum PoolError {
 pub struct Checkout {
     conn: bb8::PooledConnection<'static, ServerManager>,
     _permit: Option<OwnedSemaphorePermit>,
+    in_use: Arc<AtomicUsize>,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::ops::Deref for Checkout {
@@ -80,11 +89,21 @@ pub struct ServerPool {
     addr: String,
     checkout_timeout_ms: u64,
     params: Mutex<Option<ServerParams>>,
+    /// Connections checked out now (for least_connections balancing).
+    in_use: Arc<AtomicUsize>,
+    /// What the health checker knows about the server (shared by all pools of it).
+    pub health: Arc<ServerHealth>,
 }
 
 impl ServerPool {
     /// Creates the pool; connections are opened lazily (or up to `min_idle` in the background).
-    pub fn new(config: &Config, user: &UserConfig, db: &DatabaseConfig, addr: &str) -> ServerPool {
+    pub fn new(
+        config: &Config,
+        user: &UserConfig,
+        db: &DatabaseConfig,
+        health: Arc<ServerHealth>,
+    ) -> ServerPool {
+        let addr = health.addr.as_str();
         let size = user.pool_size.unwrap_or(config.pool.size);
         let p = &config.pool;
         let params = ConnectParams {
@@ -120,6 +139,8 @@ impl ServerPool {
             addr: addr.to_string(),
             checkout_timeout_ms: p.checkout_timeout_ms,
             params: Mutex::new(None),
+            in_use: Arc::default(),
+            health,
         }
     }
 
@@ -155,9 +176,11 @@ impl ServerPool {
             *guard = Some(Arc::new(conn.params.clone()));
         }
         drop(guard);
+        self.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
             conn,
             _permit: permit,
+            in_use: self.in_use.clone(),
         })
     }
 
@@ -178,6 +201,11 @@ impl ServerPool {
             .clone()
     }
 
+    /// Connections checked out right now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
     /// (connections open, idle) right now.
     pub fn state(&self) -> (u32, u32) {
         let s = self.pool.state();
@@ -185,15 +213,92 @@ impl ServerPool {
     }
 }
 
+/// How reads are spread over a shard's replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each in turn.
+    RoundRobin,
+    /// Uniformly at random.
+    Random,
+    /// The one with the fewest connections checked out.
+    LeastConnections,
+}
+
+impl Balance {
+    /// From the config string (validated there).
+    pub fn parse(s: &str) -> Balance {
+        match s {
+            "random" => Balance::Random,
+            "least_connections" => Balance::LeastConnections,
+            _ => Balance::RoundRobin,
+        }
+    }
+}
+
+/// What a read may use.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPolicy<'a> {
+    /// Balancing strategy.
+    pub balance: Balance,
+    /// The primary is one more candidate.
+    pub include_primary: bool,
+    /// Replicas lagging more get no reads.
+    pub max_lag_ms: u64,
+    /// WAL position the server must have replayed (read-your-writes); 0: none.
+    pub min_lsn: u64,
+    /// Servers that just failed this request.
+    pub avoid: &'a [String],
+}
+
 /// The servers of one shard, as pools for one user.
 #[derive(Debug)]
 pub struct ShardPools {
     /// Shard name.
     pub name: String,
-    /// Pool of the primary.
-    pub primary: Arc<ServerPool>,
-    /// Pools of the replicas.
-    pub replicas: Vec<Arc<ServerPool>>,
+    /// Pools of every server: declared primary first, then replicas, then `servers`.
+    pub servers: Vec<Arc<ServerPool>>,
+    /// Round-robin position.
+    next: AtomicUsize,
+}
+
+impl ShardPools {
+    /// The server that takes writes now, if one is known.
+    pub fn primary(&self) -> Option<&Arc<ServerPool>> {
+        self.servers.iter().find(|s| s.health.is_primary())
+    }
+
+    /// Whether reads can ever go elsewhere than the primary (the shard has more than one
+    /// server).
+    pub fn has_replicas(&self) -> bool {
+        self.servers.len() > 1
+    }
+
+    /// A server for a read under `policy`, or None when only the primary qualifies (or no
+    /// server at all).
+    pub fn reader(&self, policy: &ReadPolicy<'_>) -> Option<&Arc<ServerPool>> {
+        let now = now_ms();
+        let ok = |s: &&Arc<ServerPool>| {
+            let h = &s.health;
+            (h.is_replica() || (policy.include_primary && h.is_primary()))
+                && h.can_read(now, policy.max_lag_ms, policy.min_lsn)
+                && !policy.avoid.iter().any(|a| *a == h.addr)
+        };
+        let count = self.servers.iter().filter(ok).count();
+        if count == 0 {
+            return None;
+        }
+        match policy.balance {
+            Balance::RoundRobin => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed) % count;
+                self.servers.iter().filter(ok).nth(n)
+            }
+            Balance::Random => {
+                let n = rand::random_range(0..count);
+                self.servers.iter().filter(ok).nth(n)
+            }
+            Balance::LeastConnections => self.servers.iter().filter(ok).min_by_key(|s| s.in_use()),
+        }
+    }
 }
 
 /// All pools, keyed by (user, logical database).
@@ -204,7 +309,31 @@ pub struct Registry {
 
 impl Registry {
     /// Builds a pool for every (user, database, server) in the config.
+    /// Starts a health checker for each distinct shard with more than one server or a server
+    /// of role `auto`; call inside a tokio runtime.
     pub fn build(config: &Config) -> Registry {
+        let mut health: HashMap<String, Arc<ServerHealth>> = HashMap::new();
+        let mut checked: std::collections::HashSet<Vec<String>> = Default::default();
+        for db in &config.databases {
+            for shard in &db.shards {
+                let servers = shard.all_servers();
+                let hs: Vec<Arc<ServerHealth>> = servers
+                    .iter()
+                    .map(|(addr, role)| {
+                        health
+                            .entry(addr.clone())
+                            .or_insert_with(|| Arc::new(ServerHealth::new(addr, *role)))
+                            .clone()
+                    })
+                    .collect();
+                let mut key: Vec<String> = servers.iter().map(|(a, _)| a.clone()).collect();
+                key.sort();
+                let needs = servers.len() > 1 || servers.iter().any(|(_, r)| *r == Role::Auto);
+                if needs && checked.insert(key) {
+                    spawn_checker(config, db, shard, hs);
+                }
+            }
+        }
         let mut map = HashMap::new();
         for user in &config.users {
             for db in &config.databases {
@@ -213,12 +342,14 @@ impl Registry {
                     .iter()
                     .map(|s| ShardPools {
                         name: s.name.clone(),
-                        primary: Arc::new(ServerPool::new(config, user, db, &s.primary)),
-                        replicas: s
-                            .replicas
+                        servers: s
+                            .all_servers()
                             .iter()
-                            .map(|r| Arc::new(ServerPool::new(config, user, db, r)))
+                            .map(|(addr, _)| {
+                                Arc::new(ServerPool::new(config, user, db, health[addr].clone()))
+                            })
                             .collect(),
+                        next: AtomicUsize::new(0),
                     })
                     .collect();
                 map.insert((user.name.clone(), db.name.clone()), Arc::new(shards));

@@ -196,6 +196,58 @@ pub fn decode_password(frame: &[u8], kind: PasswordKind) -> Option<PasswordMessa
     }
 }
 
+/// Appends CommandComplete with a tag such as `SET` or `SELECT 1`.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let len = 4 + tag.len() + 1;
+    buf.reserve(1 + len);
+    buf.extend_from_slice(b"C");
+    buf.extend_from_slice(&(len as i32).to_be_bytes());
+    buf.extend_from_slice(tag.as_bytes());
+    buf.extend_from_slice(&[0]);
+}
+
+/// Appends the answer to `SHOW name` without ReadyForQuery: a one-column text RowDescription,
+/// one DataRow and CommandComplete `SHOW`.
+pub fn show_result(buf: &mut BytesMut, name: &str, value: &str) {
+    // RowDescription: 1 field; table oid 0, column 0, type text (25), size -1, modifier -1,
+    // text format.
+    let len = 4 + 2 + name.len() + 1 + 4 + 2 + 4 + 2 + 4 + 2;
+    buf.extend_from_slice(b"T");
+    buf.extend_from_slice(&(len as i32).to_be_bytes());
+    buf.extend_from_slice(&1i16.to_be_bytes());
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(&[0]);
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i16.to_be_bytes());
+    buf.extend_from_slice(&25i32.to_be_bytes());
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    buf.extend_from_slice(&(-1i32).to_be_bytes());
+    buf.extend_from_slice(&0i16.to_be_bytes());
+    let len = 4 + 2 + 4 + value.len();
+    buf.extend_from_slice(b"D");
+    buf.extend_from_slice(&(len as i32).to_be_bytes());
+    buf.extend_from_slice(&1i16.to_be_bytes());
+    buf.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    buf.extend_from_slice(value.as_bytes());
+    command_complete(buf, "SHOW");
+}
+
+/// The severity (`S` field) of an ErrorResponse body, e.g. `FATAL`.
+pub fn error_severity(body: &[u8]) -> &str {
+    let mut rest = body;
+    while let Some((&t, tail)) = rest.split_first() {
+        if t == 0 {
+            break;
+        }
+        rest = tail;
+        let Some(v) = cstr(&mut rest) else { break };
+        if t == b'S' {
+            return v;
+        }
+    }
+    ""
+}
+
 /// Fields of a server ErrorResponse/NoticeResponse body: (code, message).
 pub fn error_fields(body: &[u8]) -> (String, String) {
     let mut code = String::new();

@@ -35,6 +35,9 @@ pub struct Login {
     pub cancel_slot: CancelSlot,
     /// The startup packet's parameters (user, database, application_name, options, ...).
     pub params: BTreeMap<String, String>,
+    /// Reads may go to replicas: transaction or statement mode, `routing.read_write_split`
+    /// on, and some shard has more than one server.
+    pub split: bool,
 }
 
 /// The first meaningful packet.
@@ -269,12 +272,30 @@ async fn handshake_inner(
                 format!("database \"{database}\" has no servers"),
             )
         })?;
-    let server_params = shards[0].primary.server_params().await.map_err(|e| {
+    // Parameters from the primary, or any server that answers (a replica's are the same).
+    let mut server_params = Err(String::from("no server"));
+    for pool in shards[0]
+        .primary()
+        .into_iter()
+        .chain(shards[0].servers.iter())
+    {
+        match pool.server_params().await {
+            Ok(p) => {
+                server_params = Ok(p);
+                break;
+            }
+            Err(e) => server_params = Err(e.to_string()),
+        }
+    }
+    let server_params = server_params.map_err(|e| {
         PgError::fatal(
             sqlstate::CANNOT_CONNECT,
             format!("could not connect to the server of database \"{database}\": {e}"),
         )
     })?;
+    let split = pool_mode != PoolMode::Session
+        && state.config.routing.read_write_split
+        && shards.iter().any(|s| s.has_replicas());
     let (cancel_pid, secret, cancel_slot) = state.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     protocol::auth_ok(&mut out);
@@ -310,5 +331,6 @@ async fn handshake_inner(
         cancel_pid,
         cancel_slot,
         params,
+        split,
     }))
 }

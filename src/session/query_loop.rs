@@ -24,12 +24,15 @@ use super::relay::{Event, Expect, Relay};
 use super::Login;
 use crate::backend::ServerConn;
 use crate::config::PoolMode;
-use crate::pool::{Checkout, PoolError};
+use crate::pool::Checkout;
 use crate::protocol::{self, query_text, split_frame, sqlstate, FrameError, PgError};
 use crate::state::{CancelTarget, ProxyState};
 use std::sync::Arc;
 
+mod routing;
 mod statements;
+
+use routing::{Routing, Step};
 
 /// Above this many buffered bytes in one direction, stop reading from the sender.
 const BUF_CAP: usize = 256 * 1024;
@@ -79,6 +82,8 @@ struct Loop<'a> {
     /// Client frames wait because `sout` is full.
     client_blocked: bool,
     shutting_down: bool,
+    /// Read/write split state.
+    rt: Routing,
 }
 
 /// Runs the loop until the client leaves, then cleans up its server connection.
@@ -111,6 +116,7 @@ pub(super) async fn run(
         discard_until_sync: false,
         client_blocked: false,
         shutting_down: *shutdown.borrow(),
+        rt: Routing::default(),
     };
     let end = l.main(&mut shutdown).await;
     l.finish(end).await;
@@ -203,7 +209,9 @@ impl Loop<'_> {
                 }
                 r = read_opt(srd, sin), if read_server => {
                     if !matches!(r, Ok(n) if n > 0) {
-                        return self.server_lost("server closed the connection unexpectedly");
+                        if let Some(end) = self.lost("server closed the connection unexpectedly") {
+                            return end;
+                        }
                     }
                 }
                 r = self.cwr.write(&self.cout), if !self.cout.is_empty() => match r {
@@ -212,7 +220,11 @@ impl Loop<'_> {
                 },
                 r = write_opt(swr, &self.sout), if !self.sout.is_empty() => match r {
                     Ok(n) => self.sout.advance(n),
-                    Err(_) => return self.server_lost("could not send data to server"),
+                    Err(_) => {
+                        if let Some(end) = self.lost("could not send data to server") {
+                            return end;
+                        }
+                    }
                 },
                 _ = shutdown.changed(), if !self.shutting_down => self.shutting_down = true,
             }
@@ -229,7 +241,11 @@ impl Loop<'_> {
                 match conn.wr.try_write(&self.sout) {
                     Ok(n) => self.sout.advance(n),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(self.server_lost("could not send data to server")),
+                    Err(_) => {
+                        if let Some(end) = self.lost("could not send data to server") {
+                            return Err(end);
+                        }
+                    }
                 }
             }
         }
@@ -266,7 +282,11 @@ impl Loop<'_> {
             if self.client_blocked {
                 return None;
             }
-            let frame = match split_frame(&mut self.cin, max) {
+            let next = match self.rt.pending.pop_front() {
+                Some(f) => Ok(Some(f)),
+                None => split_frame(&mut self.cin, max),
+            };
+            let frame = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => return None,
                 Err(e) => {
@@ -304,6 +324,9 @@ impl Loop<'_> {
             if self.discard_until_sync && tag != b'S' {
                 continue;
             }
+            if tag == b'Q' && self.proxy_command(&frame) {
+                continue;
+            }
             if self.server.is_none() && self.managed && self.answer_locally(&frame) {
                 continue;
             }
@@ -319,7 +342,18 @@ impl Loop<'_> {
                     self.refuse_transaction();
                     continue;
                 }
-                if let Err(e) = self.checkout().await {
+            }
+            let want = match self.plan(&frame) {
+                Step::Handled => continue,
+                Step::Hold => {
+                    self.rt.pending.push_front(frame);
+                    self.client_blocked = true;
+                    return None;
+                }
+                Step::Go(want) => want,
+            };
+            if self.server.is_none() {
+                if let Err(e) = self.checkout(want).await {
                     e.encode(&mut self.cout);
                     if matches!(tag, b'Q' | b'F' | b'S') {
                         protocol::ready_for_query(&mut self.cout, self.status);
@@ -329,8 +363,13 @@ impl Loop<'_> {
                     continue;
                 }
             }
+            self.rt.record(&frame);
+            let before = self.cout.len();
             if let Some(end) = self.route(frame) {
                 return Some(end);
+            }
+            if self.cout.len() > before {
+                self.rt.retryable = false;
             }
         }
     }
@@ -343,29 +382,6 @@ impl Loop<'_> {
         .with_hint("use a database in transaction or session pool mode")
         .encode(&mut self.cout);
         protocol::ready_for_query(&mut self.cout, b'I');
-    }
-
-    async fn checkout(&mut self) -> Result<(), PgError> {
-        let pool = &self.login.shards[0].primary;
-        let conn = pool.get().await.map_err(|e| match e {
-            PoolError::Timeout(_) => PgError::error(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
-                .with_hint("all server connections stayed busy; retry, or raise pool.size"),
-            PoolError::Connect(e) => PgError::error(
-                sqlstate::CANNOT_CONNECT,
-                format!("could not connect to server: {e}"),
-            ),
-        })?;
-        *lock(&self.login.cancel_slot) = Some(CancelTarget {
-            addr: conn.addr.clone(),
-            pid: conn.pid,
-            secret: conn.secret.clone(),
-        });
-        self.relay.reset();
-        self.unsynced = false;
-        tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, "checkout");
-        self.server = Some(conn);
-        self.apply_settings();
-        Ok(())
     }
 
     /// Makes the server connection's settings match the client's, ahead of its messages.
@@ -409,9 +425,11 @@ impl Loop<'_> {
 
     /// Returns the server connection to the pool.
     async fn release(&mut self) {
+        self.note_write().await;
         if self.managed {
             self.read_back_settings().await;
         }
+        self.rt.released();
         if let Some(mut c) = self.server.take() {
             tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status as char), "release");
             *lock(&self.login.cancel_slot) = None;
@@ -434,6 +452,9 @@ impl Loop<'_> {
     /// Forwards what the server sent through the relay, handling each ReadyForQuery.
     async fn handle_server_input(&mut self) -> Option<End> {
         let statement_mode = self.login.pool_mode == PoolMode::Statement;
+        if self.server_dying() {
+            return self.lost("server terminated the connection");
+        }
         let conn = self.server.as_deref_mut()?;
         // In statement mode a ReadyForQuery that opens a transaction is not forwarded.
         let before = self.cout.len();
@@ -442,6 +463,9 @@ impl Loop<'_> {
             .process(&mut conn.inbuf, &mut self.cout, &mut self.events)
         {
             return Some(self.server_lost(&format!("invalid data from server: {e}")));
+        }
+        if self.cout.len() > before {
+            self.rt.retryable = false;
         }
         let events = std::mem::take(&mut self.events);
         for ev in &events {

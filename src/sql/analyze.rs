@@ -111,6 +111,24 @@ pub fn classify(sql: &str, write_functions: &[String]) -> Analysis {
     let kind = match kinds.as_slice() {
         [] => Kind::Other,
         [one] => *one,
+        [Kind::Begin { read_only }, rest @ ..]
+            if (*read_only || rest.first() == Some(&Kind::SetTransactionReadOnly))
+                && rest.iter().all(|k| {
+                    matches!(
+                        k,
+                        Kind::Read
+                            | Kind::Show
+                            | Kind::Set
+                            | Kind::SetTransactionReadOnly
+                            | Kind::Commit
+                            | Kind::Rollback
+                            | Kind::Other
+                    )
+                }) =>
+        {
+            // `BEGIN READ ONLY; SELECT ...; COMMIT` in one string: a read-only transaction.
+            Kind::Begin { read_only: true }
+        }
         many if many.iter().all(|k| *k == Kind::Read) => Kind::Read,
         many if many.iter().all(|k| matches!(k, Kind::Read | Kind::Show)) => Kind::Show,
         _ => Kind::Write,

@@ -6,10 +6,12 @@
 //! - [`analyze`]: classifies a statement with `sqlparser` (the only file that sees its AST);
 //!   `patch` retries syntax the parser lacks, [`write_functions`] lists functions with side
 //!   effects.
+//! - [`hints`]: comment hints and `SET shardgate.*` proxy settings; [`hints::RouteFacts`].
 //! - [`cache`]: [`AnalysisCache`], analyses cached by shape; the entry point for sessions.
 
 pub mod analyze;
 pub mod cache;
+pub mod hints;
 mod patch;
 pub mod scan;
 pub mod shape;

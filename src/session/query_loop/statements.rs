@@ -221,7 +221,7 @@ impl Loop<'_> {
         let name = name.to_string();
         if let Some(stmt) = self.ensure_statement(&name) {
             if stmt.command != SessionCommand::None || !stmt.set_config.is_empty() {
-                let text = query_text(&stmt.parse[5 + stmt.name.len() + 1..]).to_string();
+                let text = stmt.query().to_string();
                 if !self.track_extended(&text) {
                     return None;
                 }
@@ -433,7 +433,7 @@ impl Loop<'_> {
 }
 
 /// Sends a query of the proxy's own whose results nobody sees.
-fn inject_query(sql: &str, relay: &mut Relay, sout: &mut BytesMut) {
+pub(super) fn inject_query(sql: &str, relay: &mut Relay, sout: &mut BytesMut) {
     let _ = postgres_protocol::message::frontend::query(sql, sout);
     relay.push(Expect::InjectedQuery("session state"));
 }

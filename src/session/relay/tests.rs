@@ -16,6 +16,7 @@ fn stmt(id: u64) -> Arc<Prepared> {
         validated: Default::default(),
         command: crate::sql::scan::SessionCommand::None,
         set_config: Vec::new(),
+        route: Default::default(),
     })
 }
 

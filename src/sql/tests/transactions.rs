@@ -82,3 +82,22 @@ fn savepoints_and_chains_keep_the_transaction() {
     );
     assert_ne!(kind("ROLLBACK TO a"), Kind::Rollback);
 }
+
+#[test]
+fn read_only_transaction_in_one_string() {
+    let ro = Kind::Begin { read_only: true };
+    assert_kinds(
+        ro,
+        &[
+            "BEGIN READ ONLY; SELECT 1; COMMIT",
+            "BEGIN; SET TRANSACTION READ ONLY; SELECT * FROM t",
+        ],
+    );
+    assert_kinds(
+        Kind::Write,
+        &[
+            "BEGIN; SELECT 1; COMMIT",
+            "BEGIN READ ONLY; SELECT 1; COMMIT; INSERT INTO t VALUES (1)",
+        ],
+    );
+}

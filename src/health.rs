@@ -1,0 +1,401 @@
+//! Server health: what the background checker last saw of each server (reachable, primary or
+//! replica, WAL positions, replication lag) and bans.
+//!
+//! One [`ServerHealth`] exists per server address and is shared by every pool of that server.
+//! One checker task per shard polls all of the shard's servers every
+//! `routing.healthcheck_interval_ms` with tokio-postgres: `pg_is_in_recovery()`, the primary's
+//! current WAL position, each replica's replay position and the age of its last replayed
+//! transaction. A replica's lag is zero when it has replayed everything the primary had
+//! written at the last check; otherwise it is the age of its last replayed commit.
+//!
+//! Everything here is lock-free atomics read on the hot path (choosing a server for a read
+//! costs a few relaxed loads per replica).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::config::{Config, DatabaseConfig, Role, ShardConfig};
+
+/// Milliseconds since the first call (a process-wide monotonic clock for atomics).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+const UNKNOWN: u8 = 0;
+const PRIMARY: u8 = 1;
+const REPLICA: u8 = 2;
+
+/// What is known about one server.
+#[derive(Debug)]
+pub struct ServerHealth {
+    /// `host:port`.
+    pub addr: String,
+    /// Role from the config.
+    pub declared: Role,
+    /// Role seen by the last successful check (UNKNOWN, PRIMARY, REPLICA).
+    observed: AtomicU8,
+    /// The last check (or connect) succeeded; true until a check says otherwise.
+    reachable: AtomicBool,
+    /// `now_ms()` until which the server gets no reads; 0 = not banned.
+    banned_until: AtomicU64,
+    /// Primary: `pg_current_wal_lsn()`; replica: `pg_last_wal_replay_lsn()`, at the last check.
+    lsn: AtomicU64,
+    /// Replication lag at the last check (replicas).
+    lag_ms: AtomicU64,
+    /// Bytes of WAL not yet replayed at the last check (replicas).
+    lag_bytes: AtomicU64,
+    /// Completed checks (successful or not).
+    checks: AtomicU64,
+}
+
+impl ServerHealth {
+    /// A server not checked yet: assumed reachable, role as declared.
+    pub fn new(addr: &str, declared: Role) -> ServerHealth {
+        ServerHealth {
+            addr: addr.to_string(),
+            declared,
+            observed: AtomicU8::new(UNKNOWN),
+            reachable: AtomicBool::new(true),
+            banned_until: AtomicU64::new(0),
+            lsn: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether writes may go here: a declared primary always (its failures are reported to the
+    /// client), an `auto` server when the last check found it reachable and not in recovery.
+    pub fn is_primary(&self) -> bool {
+        match self.declared {
+            Role::Primary => true,
+            Role::Replica => false,
+            Role::Auto => {
+                self.observed.load(Ordering::Relaxed) == PRIMARY
+                    && self.reachable.load(Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Whether this is a replica (declared, or an `auto` server seen in recovery).
+    pub fn is_replica(&self) -> bool {
+        match self.declared {
+            Role::Primary => false,
+            Role::Replica => true,
+            Role::Auto => self.observed.load(Ordering::Relaxed) == REPLICA,
+        }
+    }
+
+    /// Whether reads that need WAL position `min_lsn` (0: none) may go here now.
+    pub fn can_read(&self, now: u64, max_lag_ms: u64, min_lsn: u64) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+            && self.banned_until.load(Ordering::Relaxed) <= now
+            && (!self.is_replica() || self.lag_ms.load(Ordering::Relaxed) <= max_lag_ms)
+            && (min_lsn == 0 || self.lsn.load(Ordering::Relaxed) >= min_lsn)
+    }
+
+    /// Keeps the server out of the read rotation for `ban_ms`.
+    pub fn ban(&self, ban_ms: u64, reason: &str) {
+        let until = now_ms() + ban_ms;
+        let before = self.banned_until.swap(until, Ordering::Relaxed);
+        if before <= now_ms() {
+            tracing::warn!(server = %self.addr, ban_ms, reason, "server banned");
+        }
+    }
+
+    /// Whether the server is banned right now.
+    pub fn banned(&self) -> bool {
+        self.banned_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// A connect to the server failed: it is unreachable until a check succeeds.
+    pub fn mark_down(&self) {
+        self.reachable.store(false, Ordering::Relaxed);
+    }
+
+    /// Last known WAL position (see the field docs).
+    pub fn lsn(&self) -> u64 {
+        self.lsn.load(Ordering::Relaxed)
+    }
+
+    /// Replication lag at the last check.
+    pub fn lag_ms(&self) -> u64 {
+        self.lag_ms.load(Ordering::Relaxed)
+    }
+
+    /// Unreplayed WAL bytes at the last check.
+    pub fn lag_bytes(&self) -> u64 {
+        self.lag_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last check reached the server.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Number of checks completed.
+    pub fn checks(&self) -> u64 {
+        self.checks.load(Ordering::Relaxed)
+    }
+}
+
+/// Parses a `pg_lsn` text (`16/B374D848`) into a 64-bit position.
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// One check's findings.
+#[derive(Debug, Clone, Copy)]
+struct Observation {
+    in_recovery: bool,
+    /// Primary: current WAL position; replica: replay position.
+    lsn: u64,
+    /// Replica: receive position (0 if unknown).
+    received: u64,
+    /// Replica: age of the last replayed transaction in ms.
+    replay_age_ms: u64,
+}
+
+const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+     COALESCE(pg_last_wal_receive_lsn()::text, ''), \
+     COALESCE((EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp())) * 1000)::int8, 0)";
+
+/// A checker's connection to one server.
+struct Probe {
+    health: Arc<ServerHealth>,
+    config: tokio_postgres::Config,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Probe {
+    async fn check(&mut self, timeout: Duration) -> Option<Observation> {
+        let fut = async {
+            if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.ok()?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                self.client = Some(client);
+            }
+            let client = self.client.as_ref()?;
+            let row = client.query_one(CHECK_SQL, &[]).await.ok()?;
+            let in_recovery: bool = row.try_get(0).ok()?;
+            let lsn: Option<String> = row.try_get(1).ok()?;
+            let received: String = row.try_get(2).ok()?;
+            let age: i64 = row.try_get(3).ok()?;
+            Some(Observation {
+                in_recovery,
+                lsn: lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
+                received: parse_lsn(&received).unwrap_or(0),
+                replay_age_ms: age.max(0) as u64,
+            })
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Some(o)) => Some(o),
+            _ => {
+                self.client = None;
+                None
+            }
+        }
+    }
+}
+
+/// Credentials and database the checker uses for a shard: the first user with a plaintext
+/// server password (or none: trust).
+fn probe_config(config: &Config, db: &DatabaseConfig, addr: &str) -> tokio_postgres::Config {
+    let mut c = tokio_postgres::Config::new();
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
+    c.host(host.trim_start_matches('[').trim_end_matches(']'));
+    c.port(port.parse().unwrap_or(5432));
+    c.dbname(db.server_database());
+    c.application_name("shardgate health check");
+    c.connect_timeout(Duration::from_millis(config.pool.connect_timeout_ms));
+    let user = config
+        .users
+        .iter()
+        .find(|u| u.server_password().is_some())
+        .or(config.users.first());
+    if let Some(u) = user {
+        c.user(u.server_user());
+        if let Some(p) = u.server_password() {
+            c.password(p);
+        }
+    }
+    c
+}
+
+/// Starts the checker of one shard; it runs until the runtime stops. The first round starts
+/// at once, so `auto` servers get a role within one connect.
+pub fn spawn_checker(
+    config: &Config,
+    db: &DatabaseConfig,
+    shard: &ShardConfig,
+    servers: Vec<Arc<ServerHealth>>,
+) {
+    let interval = Duration::from_millis(config.routing.healthcheck_interval_ms);
+    let timeout = Duration::from_millis(config.pool.connect_timeout_ms) + interval;
+    let max_lag = config.routing.max_replica_lag_ms;
+    let ban_ms = config.routing.ban_time_ms;
+    let shard_name = shard.name.clone();
+    let mut probes: Vec<Probe> = servers
+        .into_iter()
+        .map(|h| Probe {
+            config: probe_config(config, db, &h.addr),
+            health: h,
+            client: None,
+        })
+        .collect();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let results =
+                futures_util::future::join_all(probes.iter_mut().map(|p| p.check(timeout))).await;
+            let primary_lsn = results
+                .iter()
+                .flatten()
+                .filter(|o| !o.in_recovery)
+                .map(|o| o.lsn)
+                .max()
+                .unwrap_or(0);
+            for (probe, obs) in probes.iter().zip(results) {
+                record(
+                    &probe.health,
+                    obs,
+                    primary_lsn,
+                    max_lag,
+                    ban_ms,
+                    &shard_name,
+                );
+            }
+        }
+    });
+}
+
+fn record(
+    h: &ServerHealth,
+    obs: Option<Observation>,
+    primary_lsn: u64,
+    max_lag: u64,
+    ban_ms: u64,
+    shard: &str,
+) {
+    h.checks.fetch_add(1, Ordering::Relaxed);
+    let Some(o) = obs else {
+        if h.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(server = %h.addr, shard, "health check failed");
+        }
+        if !h.is_primary() {
+            h.ban(ban_ms, "health check failed");
+        }
+        return;
+    };
+    if !h.reachable.swap(true, Ordering::Relaxed) {
+        tracing::info!(server = %h.addr, shard, "server reachable again");
+    }
+    let role = if o.in_recovery { REPLICA } else { PRIMARY };
+    let before = h.observed.swap(role, Ordering::Relaxed);
+    if before != role && before != UNKNOWN {
+        tracing::warn!(server = %h.addr, shard, in_recovery = o.in_recovery, "server changed role");
+    }
+    if h.declared == Role::Primary && o.in_recovery {
+        tracing::error!(server = %h.addr, shard, "server declared primary is in recovery");
+    }
+    h.lsn.store(o.lsn, Ordering::Relaxed);
+    if o.in_recovery {
+        let head = primary_lsn.max(o.received);
+        let (lag_ms, lag_bytes) = if o.lsn >= head {
+            (0, 0)
+        } else {
+            (o.replay_age_ms, head - o.lsn)
+        };
+        h.lag_ms.store(lag_ms, Ordering::Relaxed);
+        h.lag_bytes.store(lag_bytes, Ordering::Relaxed);
+        if lag_ms > max_lag {
+            h.ban(ban_ms, "replication lag above routing.max_replica_lag_ms");
+        }
+    } else {
+        h.lag_ms.store(0, Ordering::Relaxed);
+        h.lag_bytes.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lsn() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374_D848));
+        assert_eq!(parse_lsn("garbage"), None);
+        assert_eq!(parse_lsn("1/xyz"), None);
+    }
+
+    #[test]
+    fn lag_bans_replica_and_clears() {
+        let h = ServerHealth::new("127.0.0.1:1", Role::Replica);
+        let lagging = Observation {
+            in_recovery: true,
+            lsn: 100,
+            received: 200,
+            replay_age_ms: 5_000,
+        };
+        record(&h, Some(lagging), 300, 1_000, 60_000, "s0");
+        assert_eq!(h.lag_ms(), 5_000);
+        assert_eq!(h.lag_bytes(), 200);
+        assert!(h.banned());
+        assert!(!h.can_read(now_ms(), 1_000, 0));
+        let caught_up = Observation {
+            in_recovery: true,
+            lsn: 300,
+            received: 300,
+            replay_age_ms: 9_000,
+        };
+        record(&h, Some(caught_up), 300, 1_000, 0, "s0");
+        assert_eq!(
+            h.lag_ms(),
+            0,
+            "caught up means no lag, however old the last commit"
+        );
+    }
+
+    #[test]
+    fn auto_role_follows_recovery_state() {
+        let h = ServerHealth::new("127.0.0.1:1", Role::Auto);
+        assert!(!h.is_primary(), "unknown until checked");
+        let primary = Observation {
+            in_recovery: false,
+            lsn: 10,
+            received: 0,
+            replay_age_ms: 0,
+        };
+        record(&h, Some(primary), 10, 1_000, 1_000, "s0");
+        assert!(h.is_primary());
+        h.mark_down();
+        assert!(!h.is_primary(), "an unreachable server takes no writes");
+        record(&h, None, 0, 1_000, 1_000, "s0");
+        assert!(!h.is_primary());
+        record(&h, Some(primary), 10, 1_000, 1_000, "s0");
+        assert!(h.is_primary());
+    }
+
+    #[test]
+    fn read_your_writes_needs_replayed_lsn() {
+        let h = ServerHealth::new("127.0.0.1:1", Role::Replica);
+        let obs = Observation {
+            in_recovery: true,
+            lsn: 500,
+            received: 500,
+            replay_age_ms: 0,
+        };
+        record(&h, Some(obs), 500, 1_000, 1_000, "s0");
+        assert!(h.can_read(now_ms(), 1_000, 500));
+        assert!(!h.can_read(now_ms(), 1_000, 501));
+    }
+}

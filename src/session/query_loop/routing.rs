@@ -1,0 +1,555 @@
+//! Read/write splitting in the query loop: which server a statement (or an extended-protocol
+//! batch up to its Sync) needs, choosing and checking out that server, deferred `BEGIN`,
+//! read-your-writes, proxy settings (`SET shardgate.target`) and the transparent retry of a
+//! read whose server failed before any byte reached the client.
+//!
+//! Decisions are made only at routing points: a simple Query, or the first message of an
+//! extended-protocol batch. Inside a transaction everything sticks to the server the
+//! transaction started on. When the next statement needs the primary while the client still
+//! holds a replica connection with responses outstanding, the statement is held back until
+//! the replica connection is released, so pipelined statements keep their order.
+
+use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::statements::inject_query;
+use super::{lock, Loop, CLEANUP_TIMEOUT};
+use crate::config::{ReadYourWrites, Role};
+use crate::health::{now_ms, parse_lsn};
+use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
+use crate::protocol::{
+    self, bind_names, error_severity, parse_body, query_text, sqlstate, Frame, PgError,
+};
+use crate::sql::hints::{self, RouteFacts, Target};
+use crate::sql::Kind;
+use crate::state::{CancelTarget, Prepared};
+
+/// Most frames a read keeps for a retry; a larger request is not retried.
+const MAX_REPLAY_BYTES: usize = 1024 * 1024;
+/// A read is retried on at most this many other servers.
+const MAX_RETRIES: u32 = 3;
+/// How often a write waiting for a primary looks again.
+const PRIMARY_POLL: Duration = Duration::from_millis(20);
+
+/// The server a statement needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    /// The primary.
+    Primary,
+    /// A read: a replica that satisfies read-your-writes, else the primary.
+    Read,
+    /// A replica because a hint or `SET shardgate.target` says so (no read-your-writes).
+    Replica,
+}
+
+impl Want {
+    /// The want of a batch holding statements that want `self` and `other`.
+    fn and(self, other: Want) -> Want {
+        match (self, other) {
+            (Want::Primary, _) | (_, Want::Primary) => Want::Primary,
+            (Want::Replica, _) | (_, Want::Replica) => Want::Replica,
+            _ => Want::Read,
+        }
+    }
+}
+
+/// What to do with a client message at a routing point.
+pub(super) enum Step {
+    /// The proxy answered it.
+    Handled,
+    /// Keep it until the current server connection is released.
+    Hold,
+    /// Send it, checking out a server for this want if none is held.
+    Go(Want),
+}
+
+/// Routing state of one client.
+#[derive(Debug, Default)]
+pub(super) struct Routing {
+    /// The current server connection takes writes.
+    pub on_primary: bool,
+    /// `BEGIN` answered by the proxy and not yet sent: its text and whether it is READ ONLY.
+    pub pending_begin: Option<(String, bool)>,
+    /// The `BEGIN` sent ahead of the current checkout's first statement.
+    injected_begin: Option<(String, bool)>,
+    /// Frames to handle before those in `cin`: held back, or replayed after a failure.
+    pub pending: VecDeque<Frame>,
+    /// Frames sent since a read's checkout, for a retry on another server.
+    replay: Vec<Frame>,
+    replay_bytes: usize,
+    /// The frames since checkout may be replayed: a read, and nothing reached the client.
+    pub retryable: bool,
+    /// Servers that failed the current request.
+    avoid: Vec<String>,
+    retries: u32,
+    /// A statement that may write was sent since checkout.
+    pub wrote: bool,
+    /// `SET shardgate.target`: None = auto.
+    pub target: Option<Target>,
+    /// Read-your-writes: WAL position after the client's last write.
+    min_lsn: u64,
+    /// Read-your-writes: reads go to the primary until this `now_ms()`.
+    primary_until: u64,
+    /// The last unnamed statement Parsed was a read (for a Bind without a Parse).
+    unnamed_want: Option<Want>,
+}
+
+impl Routing {
+    /// Forgets what belonged to the released server connection.
+    pub fn released(&mut self) {
+        self.injected_begin = None;
+        self.replay.clear();
+        self.replay_bytes = 0;
+        self.retryable = false;
+        self.avoid.clear();
+        self.retries = 0;
+        self.wrote = false;
+    }
+
+    /// Records a frame about to be sent, for a possible retry.
+    pub fn record(&mut self, frame: &Frame) {
+        if !self.retryable {
+            return;
+        }
+        let replayable = match frame.tag {
+            b'Q' | b'B' | b'E' | b'D' | b'S' | b'H' => true,
+            // A named Parse or Close changes the client's statement map.
+            b'P' => parse_body(frame.body()).is_some_and(|p| p.name.is_empty()),
+            _ => false,
+        };
+        self.replay_bytes += frame.bytes.len();
+        if !replayable || self.replay_bytes > MAX_REPLAY_BYTES {
+            self.retryable = false;
+            self.replay.clear();
+            return;
+        }
+        self.replay.push(frame.clone());
+    }
+}
+
+/// Whether `buf` starts with a complete ErrorResponse of severity FATAL or PANIC.
+fn starts_with_fatal(buf: &[u8]) -> bool {
+    if buf.len() < 5 || buf[0] != b'E' {
+        return false;
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let end = len as usize + 1;
+    len >= 4 && buf.len() >= end && matches!(error_severity(&buf[5..end]), "FATAL" | "PANIC")
+}
+
+fn pool_error(e: PoolError) -> PgError {
+    match e {
+        PoolError::Timeout(_) => PgError::error(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
+            .with_hint("all server connections stayed busy; retry, or raise pool.size"),
+        PoolError::Connect(e) => PgError::error(
+            sqlstate::CANNOT_CONNECT,
+            format!("could not connect to server: {e}"),
+        ),
+    }
+}
+
+impl Loop<'_> {
+    /// Routing facts of a query text, through the shape cache.
+    fn facts_of(&self, sql: &str) -> RouteFacts {
+        let (analysis, _) = self.state.analysis.analyze(sql);
+        RouteFacts::new(&analysis, sql)
+    }
+
+    /// Routing facts of a pooled statement, found once.
+    fn stmt_facts<'p>(&self, stmt: &'p Prepared) -> &'p RouteFacts {
+        stmt.route.get_or_init(|| self.facts_of(stmt.query()))
+    }
+
+    /// The server a statement with these facts needs.
+    fn want(&self, f: &RouteFacts) -> Want {
+        match f.hints.target.or(self.rt.target) {
+            Some(Target::Primary) => Want::Primary,
+            Some(Target::Replica) => Want::Replica,
+            None if f.reads() => Want::Read,
+            None => Want::Primary,
+        }
+    }
+
+    /// What a batch of extended-protocol messages starting with `first` needs, looking ahead
+    /// (without consuming) up to its Sync: a replica only if every statement in it reads.
+    /// A batch whose Sync has not arrived yet goes to the primary. Returns (want, writes).
+    fn batch_want(&mut self, first: &Frame) -> (Want, bool) {
+        let mut want: Option<Want> = None;
+        let mut writes = false;
+        let mut unnamed = self.rt.unnamed_want;
+        let mut complete = false;
+        {
+            let mut visit = |tag: u8, body: &[u8]| -> bool {
+                let (w, wr) = match tag {
+                    b'P' => match parse_body(body) {
+                        Some(p) => {
+                            let f = self.facts_of(p.query);
+                            let w = self.want(&f);
+                            if p.name.is_empty() {
+                                unnamed = Some(w);
+                            }
+                            (w, f.writes())
+                        }
+                        None => (Want::Primary, true),
+                    },
+                    b'B' => match bind_names(body) {
+                        Some((_, "", _)) => match unnamed {
+                            Some(w) => (w, w == Want::Primary),
+                            None => (Want::Primary, true),
+                        },
+                        Some((_, name, _)) => match self.client.named.get(name) {
+                            Some(stmt) => {
+                                let f = self.stmt_facts(stmt);
+                                (self.want(f), f.writes())
+                            }
+                            None => (Want::Primary, false),
+                        },
+                        None => (Want::Primary, true),
+                    },
+                    b'F' => (Want::Primary, true),
+                    b'S' => {
+                        complete = true;
+                        return false;
+                    }
+                    b'Q' => return false,
+                    _ => return true,
+                };
+                want = Some(want.map_or(w, |x| x.and(w)));
+                writes |= wr;
+                true
+            };
+            let mut go = visit(first.tag, first.body());
+            for f in &self.rt.pending {
+                if !go {
+                    break;
+                }
+                go = visit(f.tag, f.body());
+            }
+            let mut rest: &[u8] = &self.cin;
+            while go && rest.len() >= 5 {
+                let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+                let end = len as usize + 1;
+                if len < 4 || rest.len() < end {
+                    break;
+                }
+                go = visit(rest[0], &rest[5..end]);
+                rest = &rest[end..];
+            }
+        }
+        self.rt.unnamed_want = unnamed;
+        if !complete {
+            return (Want::Primary, true);
+        }
+        (want.unwrap_or(Want::Primary), writes)
+    }
+
+    /// Decides what to do with a client message when reads may go to replicas.
+    pub(super) fn plan(&mut self, frame: &Frame) -> Step {
+        if !self.login.split {
+            return Step::Go(Want::Primary);
+        }
+        let extended_start =
+            !self.unsynced && matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
+        let (want, writes, facts) = if frame.tag == b'Q' {
+            let f = self.facts_of(query_text(frame.body()));
+            (self.want(&f), f.writes(), Some(f))
+        } else if extended_start {
+            let (w, wr) = self.batch_want(frame);
+            (w, wr, None)
+        } else {
+            return Step::Go(Want::Primary);
+        };
+        self.rt.wrote |= writes;
+        if self.server.is_some() {
+            // Inside a transaction (or a batch) everything stays where it is. Outside one, a
+            // statement for the primary waits until a replica connection is released.
+            let busy = !self.relay.idle();
+            if self.status == b'I'
+                && self.rt.pending_begin.is_none()
+                && want == Want::Primary
+                && !self.rt.on_primary
+                && busy
+            {
+                return Step::Hold;
+            }
+            return Step::Go(want);
+        }
+        let single = |k: Kind| {
+            facts
+                .as_ref()
+                .is_some_and(|f| f.statements == 1 && f.kind == k)
+        };
+        if let Some((_, read_only)) = &self.rt.pending_begin {
+            if single(Kind::Commit) || single(Kind::Rollback) {
+                // Nothing ran in the transaction: answer without a server.
+                let tag = if single(Kind::Commit) {
+                    "COMMIT"
+                } else {
+                    "ROLLBACK"
+                };
+                self.rt.pending_begin = None;
+                protocol::command_complete(&mut self.cout, tag);
+                self.status = b'I';
+                protocol::ready_for_query(&mut self.cout, b'I');
+                return Step::Handled;
+            }
+            let read_only = *read_only
+                || facts
+                    .as_ref()
+                    .is_some_and(|f| f.kind == Kind::SetTransactionReadOnly);
+            let hinted = facts
+                .as_ref()
+                .and_then(|f| f.hints.target)
+                .or(self.rt.target);
+            return Step::Go(match hinted {
+                Some(Target::Primary) => Want::Primary,
+                Some(Target::Replica) => Want::Replica,
+                None if read_only => Want::Read,
+                None => Want::Primary,
+            });
+        }
+        if let Some(f) = &facts {
+            if let (Kind::Begin { read_only }, 1) = (f.kind, f.statements) {
+                // Defer BEGIN: the transaction's first statement (or a SET TRANSACTION READ
+                // ONLY) decides where it runs.
+                self.rt.pending_begin = Some((query_text(frame.body()).to_string(), read_only));
+                protocol::command_complete(&mut self.cout, "BEGIN");
+                self.status = b'T';
+                protocol::ready_for_query(&mut self.cout, b'T');
+                return Step::Handled;
+            }
+        }
+        Step::Go(want)
+    }
+
+    /// Answers `SET/RESET/SHOW shardgate.*`; false if the query is not one of those.
+    pub(super) fn proxy_command(&mut self, frame: &Frame) -> bool {
+        let Some(cmd) = hints::command(query_text(frame.body())) else {
+            return false;
+        };
+        let mut b = BytesMut::new();
+        match cmd {
+            hints::Command::Set { name, value } if name == "target" => {
+                let value = value.map(|v| v.to_ascii_lowercase());
+                match value.as_deref() {
+                    None | Some("auto") => self.rt.target = None,
+                    Some("primary") => self.rt.target = Some(Target::Primary),
+                    Some("replica") => self.rt.target = Some(Target::Replica),
+                    Some(other) => {
+                        PgError::error(
+                            "22023",
+                            format!(
+                                "invalid value for parameter \"shardgate.target\": \"{other}\""
+                            ),
+                        )
+                        .with_hint("Available values: primary, replica, auto.")
+                        .encode(&mut b);
+                    }
+                }
+                if b.is_empty() {
+                    protocol::command_complete(&mut b, "SET");
+                }
+            }
+            hints::Command::Show { name } if name == "target" => {
+                let v = match self.rt.target {
+                    None => "auto",
+                    Some(Target::Primary) => "primary",
+                    Some(Target::Replica) => "replica",
+                };
+                protocol::show_result(&mut b, "shardgate.target", v);
+            }
+            hints::Command::Set { name, .. } | hints::Command::Show { name } => {
+                PgError::error(
+                    "42704",
+                    format!("unrecognized configuration parameter \"shardgate.{name}\""),
+                )
+                .with_hint("The proxy knows shardgate.target.")
+                .encode(&mut b);
+            }
+        }
+        protocol::ready_for_query(&mut b, self.status);
+        if self.server.is_some() {
+            // After the responses still owed by the server.
+            self.relay
+                .push(super::Expect::SyntheticReady(b.freeze(), self.status));
+            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        } else {
+            self.cout.extend_from_slice(&b);
+        }
+        true
+    }
+
+    /// Checks out a server for `want` and prepares it for the client's next message.
+    pub(super) async fn checkout(&mut self, want: Want) -> Result<(), PgError> {
+        let (conn, on_primary) = self.acquire(want).await?;
+        *lock(&self.login.cancel_slot) = Some(CancelTarget {
+            addr: conn.addr.clone(),
+            pid: conn.pid,
+            secret: conn.secret.clone(),
+        });
+        self.relay.reset();
+        self.unsynced = false;
+        tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, server = %conn.addr, "checkout");
+        self.server = Some(conn);
+        self.rt.on_primary = on_primary;
+        self.rt.retryable =
+            self.login.split && want != Want::Primary && self.state.config.routing.retry_reads;
+        self.rt.replay.clear();
+        self.rt.replay_bytes = 0;
+        self.apply_settings();
+        if let Some(begin) = self.rt.pending_begin.take() {
+            inject_query(&begin.0, &mut self.relay, &mut self.sout);
+            self.rt.injected_begin = Some(begin);
+        }
+        Ok(())
+    }
+
+    /// A server connection for `want`: a replica by the balancing policy when one qualifies,
+    /// else the primary (waiting up to the checkout timeout while no primary is known).
+    async fn acquire(&self, want: Want) -> Result<(Checkout, bool), PgError> {
+        let shard = &self.login.shards[0];
+        let r = &self.state.config.routing;
+        if want != Want::Primary && self.login.split {
+            let ryw = want == Want::Read;
+            let primary_only = ryw && now_ms() < self.rt.primary_until;
+            let mut avoid = self.rt.avoid.clone();
+            while !primary_only && avoid.len() <= shard.servers.len() {
+                let policy = ReadPolicy {
+                    balance: Balance::parse(&r.load_balancing),
+                    include_primary: r.include_primary,
+                    max_lag_ms: r.max_replica_lag_ms,
+                    min_lsn: if ryw && r.read_your_writes == ReadYourWrites::Lsn {
+                        self.rt.min_lsn
+                    } else {
+                        0
+                    },
+                    avoid: &avoid,
+                };
+                let Some(pool) = shard.reader(&policy) else {
+                    break;
+                };
+                match pool.get().await {
+                    Ok(c) => return Ok((c, pool.health.is_primary())),
+                    Err(PoolError::Connect(e)) => {
+                        pool.health.ban(r.ban_time_ms, "connect failed");
+                        tracing::warn!(server = %pool.addr(), error = %e, "read goes elsewhere");
+                        avoid.push(pool.addr().to_string());
+                    }
+                    Err(e) => return Err(pool_error(e)),
+                }
+            }
+        }
+        let deadline =
+            Instant::now() + Duration::from_millis(self.state.config.pool.checkout_timeout_ms);
+        loop {
+            if let Some(pool) = shard.primary() {
+                match pool.get().await {
+                    Ok(c) => return Ok((c, true)),
+                    Err(PoolError::Connect(e))
+                        if pool.health.declared == Role::Auto && Instant::now() < deadline =>
+                    {
+                        // Maybe a failover: wait for the health checker to find the primary.
+                        tracing::warn!(server = %pool.addr(), error = %e, "primary unreachable");
+                        pool.health.mark_down();
+                    }
+                    Err(e) => return Err(pool_error(e)),
+                }
+            } else if Instant::now() >= deadline {
+                return Err(PgError::error(
+                    "57P03",
+                    format!(
+                        "no primary server is available for database \"{}\" (shard {})",
+                        self.login.database, shard.name
+                    ),
+                )
+                .with_hint(
+                    "no server of the shard answered as a primary within \
+                     pool.checkout_timeout_ms; the health checker is still looking",
+                ));
+            }
+            tokio::time::sleep(PRIMARY_POLL).await;
+        }
+    }
+
+    /// After a transaction that wrote on the primary, notes what the client's next reads
+    /// must see.
+    pub(super) async fn note_write(&mut self) {
+        if !(self.login.split && self.rt.wrote && self.rt.on_primary) {
+            return;
+        }
+        let r = &self.state.config.routing;
+        let window = now_ms() + r.read_your_writes_ms;
+        match r.read_your_writes {
+            ReadYourWrites::Off => {}
+            ReadYourWrites::PrimaryForMs => self.rt.primary_until = window,
+            ReadYourWrites::Lsn => {
+                let Some(conn) = self.server.as_deref_mut() else {
+                    return;
+                };
+                let sql = "SELECT pg_current_wal_lsn()::text";
+                match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(sql)).await {
+                    Ok(Ok(v)) => match v.first().and_then(|s| parse_lsn(s)) {
+                        Some(lsn) => self.rt.min_lsn = self.rt.min_lsn.max(lsn),
+                        None => self.rt.primary_until = window,
+                    },
+                    _ => {
+                        conn.broken = true;
+                        self.rt.primary_until = window;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a failure of the current server can be hidden by retrying elsewhere.
+    fn can_retry(&self) -> bool {
+        self.rt.retryable && self.rt.retries < MAX_RETRIES && self.server.is_some()
+    }
+
+    /// The server connection failed: retry the read elsewhere if nothing reached the client
+    /// yet (returns None), else tell the client and close.
+    pub(super) fn lost(&mut self, what: &str) -> Option<super::End> {
+        if !self.can_retry() {
+            return Some(self.server_lost(what));
+        }
+        let Some(mut conn) = self.server.take() else {
+            return Some(self.server_lost(what));
+        };
+        conn.broken = true;
+        let addr = conn.addr.clone();
+        drop(conn);
+        let ban_ms = self.state.config.routing.ban_time_ms;
+        for pool in self.login.shards.iter().flat_map(|s| s.servers.iter()) {
+            if pool.addr() == addr {
+                pool.health.ban(ban_ms, what);
+            }
+        }
+        tracing::info!(server = %addr, "{what}; retrying the read on another server");
+        *lock(&self.login.cancel_slot) = None;
+        self.relay.reset();
+        self.sout.clear();
+        self.events.clear();
+        self.unsynced = false;
+        self.rt.retries += 1;
+        self.rt.retryable = false;
+        self.rt.avoid.push(addr);
+        for f in self.rt.replay.drain(..).rev() {
+            self.rt.pending.push_front(f);
+        }
+        self.rt.replay_bytes = 0;
+        if let Some(begin) = self.rt.injected_begin.take() {
+            self.rt.pending_begin = Some(begin);
+        }
+        None
+    }
+
+    /// A retryable read whose server sent FATAL (shutting down) before any answer.
+    pub(super) fn server_dying(&self) -> bool {
+        self.rt.retryable
+            && self
+                .server
+                .as_deref()
+                .is_some_and(|c| starts_with_fatal(&c.inbuf))
+    }
+}

@@ -1,0 +1,298 @@
+//! What a client can tell the proxy itself, outside the SQL Postgres sees:
+//!
+//! - comment hints: `/* shardgate: primary */`, `/* shardgate: replica */` (and, for sharding,
+//!   `shard=NAME`, `key=VALUE`), anywhere in a block comment that starts with `shardgate:`;
+//! - proxy settings: `SET shardgate.NAME = value`, `RESET shardgate.NAME`,
+//!   `SHOW shardgate.NAME`, answered by the proxy and never sent to a server.
+//!
+//! Both are found only in text that contains `shardgate` (lowercase or uppercase, one
+//! `memchr::memmem` search), so statements without them cost one substring scan.
+
+use memchr::memmem;
+
+use super::analyze::{Analysis, Kind};
+
+/// Where a hint or setting sends statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The primary, whatever the statement does.
+    Primary,
+    /// A replica, whatever the statement does (writes fail there, as on a hot standby).
+    Replica,
+}
+
+/// Hints found in a statement's comments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// `primary` or `replica`.
+    pub target: Option<Target>,
+    /// `shard=NAME`.
+    pub shard: Option<String>,
+    /// `key=VALUE`.
+    pub key: Option<String>,
+}
+
+/// Whether `sql` mentions the proxy at all (fast pre-check for [`hints`] and [`command`]).
+pub fn mentions_proxy(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    memmem::find(b, b"shardgate").is_some() || memmem::find(b, b"SHARDGATE").is_some()
+}
+
+/// Hints in the block comments of `sql` (the first value of each kind wins).
+pub fn hints(sql: &str) -> Hints {
+    let mut h = Hints::default();
+    if !mentions_proxy(sql) {
+        return h;
+    }
+    let mut rest = sql;
+    while let Some(start) = rest.find("/*") {
+        let body_start = &rest[start + 2..];
+        let end = body_start.find("*/").unwrap_or(body_start.len());
+        let body = body_start[..end].trim();
+        rest = &body_start[end..];
+        let Some(words) = strip_prefix_ci(body, "shardgate:") else {
+            continue;
+        };
+        for word in words.split(|c: char| c.is_whitespace() || c == ',') {
+            let (k, v) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(unquote(v))),
+                None => (word, None),
+            };
+            match (k.to_ascii_lowercase().as_str(), v) {
+                ("primary", None) => {
+                    h.target.get_or_insert(Target::Primary);
+                }
+                ("replica", None) => {
+                    h.target.get_or_insert(Target::Replica);
+                }
+                ("shard", Some(v)) if h.shard.is_none() => h.shard = Some(v.to_string()),
+                ("key", Some(v)) if h.key.is_none() => h.key = Some(v.to_string()),
+                _ => {}
+            }
+        }
+    }
+    h
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    (s.len() >= prefix.len()
+        && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()))
+    .then(|| &s[prefix.len()..])
+}
+
+fn unquote(v: &str) -> &str {
+    let v = v.trim();
+    for q in ['\'', '"'] {
+        if let Some(inner) = v.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    v
+}
+
+/// A statement about a proxy setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `SET shardgate.name = value` (`None`: `SET ... TO DEFAULT` or `RESET`).
+    Set {
+        /// Setting name after `shardgate.`, lowercased.
+        name: String,
+        /// New value, unquoted.
+        value: Option<String>,
+    },
+    /// `SHOW shardgate.name`.
+    Show {
+        /// Setting name after `shardgate.`, lowercased.
+        name: String,
+    },
+}
+
+/// Recognizes `SET [SESSION|LOCAL] shardgate.x {=|TO} v`, `RESET shardgate.x` and
+/// `SHOW shardgate.x` (one statement, optional trailing semicolon).
+pub fn command(sql: &str) -> Option<Command> {
+    if !mentions_proxy(sql) {
+        return None;
+    }
+    let s = sql.trim().trim_end_matches(';').trim();
+    let (verb, rest) = split_word(s);
+    let verb = verb.to_ascii_lowercase();
+    let setting = |rest: &str| -> Option<(String, String)> {
+        let (name, tail) = split_name(rest);
+        let name = name.to_ascii_lowercase();
+        let name = name.strip_prefix("shardgate.")?.to_string();
+        Some((name, tail.to_string()))
+    };
+    match verb.as_str() {
+        "set" => {
+            let (w, after) = split_word(rest);
+            let rest = match w.to_ascii_lowercase().as_str() {
+                "session" | "local" => after,
+                _ => rest,
+            };
+            let (name, tail) = setting(rest)?;
+            let tail = tail.trim_start();
+            let value = if let Some(v) = tail.strip_prefix('=') {
+                v
+            } else {
+                let (to, v) = split_word(tail);
+                if !to.eq_ignore_ascii_case("to") {
+                    return None;
+                }
+                v
+            };
+            let value = unquote(value.trim());
+            if value.is_empty() {
+                return None;
+            }
+            let value = (!value.eq_ignore_ascii_case("default")).then(|| value.to_string());
+            Some(Command::Set { name, value })
+        }
+        "reset" => {
+            let (name, tail) = setting(rest)?;
+            tail.trim()
+                .is_empty()
+                .then_some(Command::Set { name, value: None })
+        }
+        "show" => {
+            let (name, tail) = setting(rest)?;
+            tail.trim().is_empty().then_some(Command::Show { name })
+        }
+        _ => None,
+    }
+}
+
+fn split_word(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let end = s.find(|c: char| c.is_whitespace()).unwrap_or(s.len());
+    (&s[..end], &s[end..])
+}
+
+/// A dotted setting name: letters, digits, `_`, `.`.
+fn split_name(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(s.len());
+    (&s[..end], &s[end..])
+}
+
+/// The routing facts of one statement text: its analysis kind and hints, found once (per
+/// prepared statement, or per simple query through the shape cache).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFacts {
+    /// Statement kind (see [`Kind`]).
+    pub kind: Kind,
+    /// Number of statements in the text.
+    pub statements: usize,
+    /// Comment hints.
+    pub hints: Hints,
+}
+
+impl RouteFacts {
+    /// Facts from an analysis and the text it came from.
+    pub fn new(analysis: &Analysis, sql: &str) -> RouteFacts {
+        RouteFacts {
+            kind: analysis.kind,
+            statements: analysis.statements,
+            hints: hints(sql),
+        }
+    }
+
+    /// Whether a replica can run it: a read, or a `BEGIN READ ONLY`.
+    pub fn reads(&self) -> bool {
+        matches!(self.kind, Kind::Read | Kind::Begin { read_only: true })
+    }
+
+    /// Whether it may change data on the server (anything that is not a read, a `SHOW`, a
+    /// setting or transaction control).
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self.kind,
+            Kind::Read
+                | Kind::Show
+                | Kind::Set
+                | Kind::Begin { .. }
+                | Kind::SetTransactionReadOnly
+                | Kind::Commit
+                | Kind::Rollback
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_comment_hints() {
+        assert_eq!(
+            hints("/* shardgate: replica */ SELECT 1").target,
+            Some(Target::Replica)
+        );
+        assert_eq!(
+            hints("SELECT 1 /*shardgate:primary*/").target,
+            Some(Target::Primary)
+        );
+        let h = hints("/* shardgate: shard=s1, key='42' */ UPDATE t SET x = 1");
+        assert_eq!(h.shard.as_deref(), Some("s1"));
+        assert_eq!(h.key.as_deref(), Some("42"));
+        assert_eq!(hints("SELECT 'shardgate: replica'").target, None);
+        assert_eq!(hints("/* other */ SELECT 1").target, None);
+        assert_eq!(hints("/* shardgate: replica").target, Some(Target::Replica));
+    }
+
+    #[test]
+    fn recognizes_proxy_settings() {
+        let set = |v: &str| Command::Set {
+            name: "target".into(),
+            value: Some(v.into()),
+        };
+        assert_eq!(
+            command("SET shardgate.target = replica"),
+            Some(set("replica"))
+        );
+        assert_eq!(
+            command("set SESSION shardgate.target TO 'primary';"),
+            Some(set("primary"))
+        );
+        assert_eq!(
+            command("SET Shardgate.Target=auto"),
+            None,
+            "mixed case is not detected"
+        );
+        assert_eq!(command("SET shardgate.TARGET=auto"), Some(set("auto")));
+        assert_eq!(
+            command("RESET shardgate.target"),
+            Some(Command::Set {
+                name: "target".into(),
+                value: None
+            })
+        );
+        assert_eq!(
+            command("SET shardgate.target TO DEFAULT"),
+            Some(Command::Set {
+                name: "target".into(),
+                value: None
+            })
+        );
+        assert_eq!(
+            command("show shardgate.target"),
+            Some(Command::Show {
+                name: "target".into()
+            })
+        );
+        assert_eq!(command("SET search_path = shardgate"), None);
+        assert_eq!(command("SELECT 1 FROM shardgate.t"), None);
+        assert_eq!(command("SET shardgate.target"), None);
+    }
+
+    #[test]
+    fn route_facts_classify() {
+        let a = crate::sql::classify("SELECT 1", &[]);
+        let f = RouteFacts::new(&a, "SELECT 1");
+        assert!(f.reads() && !f.writes());
+        let a = crate::sql::classify("INSERT INTO t VALUES (1)", &[]);
+        let f = RouteFacts::new(&a, "INSERT INTO t VALUES (1)");
+        assert!(!f.reads() && f.writes());
+    }
+}
