@@ -416,6 +416,19 @@ impl PgCluster {
         self.pg_ctl_stop("immediate");
     }
 
+    /// Promotes a hot standby to primary with `pg_ctl promote -w` (waits until it accepts
+    /// writes).
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        let mut cmd = self.run_as_pg_cmd("pg_ctl");
+        cmd.arg("promote")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-w")
+            .arg("-t")
+            .arg(PG_CTL_WAIT_SECS.to_string());
+        run(&mut cmd, None, Duration::from_secs(PG_CTL_WAIT_SECS + 60)).map(drop)
+    }
+
     /// The cluster's data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

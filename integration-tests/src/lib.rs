@@ -30,10 +30,29 @@ pub fn cluster() -> &'static PgCluster {
     })
 }
 
+/// A streaming hot standby of [`cluster`] (made with pg_basebackup), shared by the tests of
+/// one binary and stopped at process exit. Tests must not pause or stop it.
+pub fn replica() -> &'static PgCluster {
+    static REPLICA: OnceLock<PgCluster> = OnceLock::new();
+    REPLICA.get_or_init(|| {
+        let opts = ClusterOptions {
+            hba_method: "md5".into(),
+            ..ClusterOptions::default()
+        };
+        let r = cluster().start_replica(opts).expect("start replica");
+        let _ = REPLICA_DIR.set(r.data_dir().to_path_buf());
+        r
+    })
+}
+
 static DATA_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+static REPLICA_DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
 
 extern "C" fn stop_cluster_at_exit() {
-    if let (Some(dir), Some(c)) = (DATA_DIR.get(), cluster_if_started()) {
+    let Some(c) = cluster_if_started() else {
+        return;
+    };
+    for dir in [REPLICA_DIR.get(), DATA_DIR.get()].into_iter().flatten() {
         let _ = c
             .run_as_pg_cmd("pg_ctl")
             .args(["stop", "-m", "immediate", "-w", "-D"])
@@ -45,6 +64,53 @@ extern "C" fn stop_cluster_at_exit() {
             let _ = std::fs::remove_dir_all(base);
         }
     }
+}
+
+/// A config for read/write splitting: users `app` (SCRAM) and `trusty` (trust), database
+/// `app` in transaction mode over one shard with `servers` (TOML for the shard's server
+/// keys, e.g. `primary = "..."` and `replicas = [...]`), plus `routing` and `pool` lines.
+pub fn split_config(servers: &str, routing: &str, pool: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[pool]
+{pool}
+
+[routing]
+healthcheck_interval_ms = 100
+{routing}
+
+[[users]]
+name = "app"
+password = "app"
+
+[[users]]
+name = "trusty"
+auth_method = "trust"
+server_user = "app"
+server_password = "app"
+
+[[databases]]
+name = "app"
+[[databases.shards]]
+name = "s0"
+{servers}
+"#
+    )
+}
+
+/// Polls `sql` on a direct superuser connection to `c` until it returns `want`.
+pub fn wait_psql(c: &PgCluster, sql: &str, want: &str, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if c.psql("app", sql).is_ok_and(|o| o == want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn cluster_if_started() -> Option<&'static PgCluster> {

@@ -296,7 +296,14 @@ impl ShardPools {
                 let n = rand::random_range(0..count);
                 self.servers.iter().filter(ok).nth(n)
             }
-            Balance::LeastConnections => self.servers.iter().filter(ok).min_by_key(|s| s.in_use()),
+            Balance::LeastConnections => {
+                // Ties (common: idle servers) are broken round-robin.
+                let least = self.servers.iter().filter(ok).map(|s| s.in_use()).min()?;
+                let tied = |s: &&Arc<ServerPool>| ok(s) && s.in_use() == least;
+                let count = self.servers.iter().filter(tied).count().max(1);
+                let n = self.next.fetch_add(1, Ordering::Relaxed) % count;
+                self.servers.iter().filter(tied).nth(n)
+            }
         }
     }
 }

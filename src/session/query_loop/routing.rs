@@ -19,7 +19,8 @@ use crate::config::{ReadYourWrites, Role};
 use crate::health::{now_ms, parse_lsn};
 use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
 use crate::protocol::{
-    self, bind_names, error_severity, parse_body, query_text, sqlstate, Frame, PgError,
+    self, bind_names, error_fields, error_severity, parse_body, query_text, sqlstate, Frame,
+    PgError,
 };
 use crate::sql::hints::{self, RouteFacts, Target};
 use crate::sql::Kind;
@@ -91,8 +92,8 @@ pub(super) struct Routing {
     min_lsn: u64,
     /// Read-your-writes: reads go to the primary until this `now_ms()`.
     primary_until: u64,
-    /// The last unnamed statement Parsed was a read (for a Bind without a Parse).
-    unnamed_want: Option<Want>,
+    /// What the last unnamed statement Parsed needs and whether it writes (for a later Bind).
+    unnamed_want: Option<(Want, bool)>,
 }
 
 impl Routing {
@@ -128,14 +129,24 @@ impl Routing {
     }
 }
 
-/// Whether `buf` starts with a complete ErrorResponse of severity FATAL or PANIC.
-fn starts_with_fatal(buf: &[u8]) -> bool {
-    if buf.len() < 5 || buf[0] != b'E' {
+/// Whether `buf` starts with a server's goodbye: a complete ErrorResponse of severity FATAL
+/// or PANIC, or the NoticeResponse with SQLSTATE class 57P (operator intervention) that
+/// Postgres sends when it is shut down or crashes (`WARNING_CLIENT_ONLY`).
+fn starts_with_goodbye(buf: &[u8]) -> bool {
+    if buf.len() < 5 || !matches!(buf[0], b'E' | b'N') {
         return false;
     }
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     let end = len as usize + 1;
-    len >= 4 && buf.len() >= end && matches!(error_severity(&buf[5..end]), "FATAL" | "PANIC")
+    if len < 4 || buf.len() < end {
+        return false;
+    }
+    let body = &buf[5..end];
+    if buf[0] == b'E' {
+        matches!(error_severity(body), "FATAL" | "PANIC")
+    } else {
+        error_fields(body).0.starts_with("57P")
+    }
 }
 
 fn pool_error(e: PoolError) -> PgError {
@@ -172,39 +183,43 @@ impl Loop<'_> {
     }
 
     /// What a batch of extended-protocol messages starting with `first` needs, looking ahead
-    /// (without consuming) up to its Sync: a replica only if every statement in it reads.
-    /// A batch whose Sync has not arrived yet goes to the primary. Returns (want, writes).
+    /// (without consuming) up to its Sync: a replica only if every statement it executes
+    /// reads (a Parse alone runs nothing; Parse and Describe work on a hot standby). A batch
+    /// whose Sync has not arrived yet goes to the primary. Returns (want, writes).
     fn batch_want(&mut self, first: &Frame) -> (Want, bool) {
         let mut want: Option<Want> = None;
         let mut writes = false;
         let mut unnamed = self.rt.unnamed_want;
+        // Named statements parsed earlier in this batch: (name, want, writes).
+        let mut parsed: Vec<(String, Want, bool)> = Vec::new();
         let mut complete = false;
         {
             let mut visit = |tag: u8, body: &[u8]| -> bool {
                 let (w, wr) = match tag {
-                    b'P' => match parse_body(body) {
-                        Some(p) => {
+                    b'P' => {
+                        if let Some(p) = parse_body(body) {
                             let f = self.facts_of(p.query);
                             let w = self.want(&f);
                             if p.name.is_empty() {
-                                unnamed = Some(w);
+                                unnamed = Some((w, f.writes()));
+                            } else {
+                                parsed.push((p.name.to_string(), w, f.writes()));
                             }
-                            (w, f.writes())
                         }
-                        None => (Want::Primary, true),
-                    },
+                        return true;
+                    }
                     b'B' => match bind_names(body) {
-                        Some((_, "", _)) => match unnamed {
-                            Some(w) => (w, w == Want::Primary),
-                            None => (Want::Primary, true),
-                        },
-                        Some((_, name, _)) => match self.client.named.get(name) {
-                            Some(stmt) => {
+                        Some((_, "", _)) => unnamed.unwrap_or((Want::Primary, true)),
+                        Some((_, name, _)) => {
+                            if let Some((_, w, wr)) = parsed.iter().rev().find(|p| p.0 == name) {
+                                (*w, *wr)
+                            } else if let Some(stmt) = self.client.named.get(name) {
                                 let f = self.stmt_facts(stmt);
                                 (self.want(f), f.writes())
+                            } else {
+                                (Want::Primary, false)
                             }
-                            None => (Want::Primary, false),
-                        },
+                        }
                         None => (Want::Primary, true),
                     },
                     b'F' => (Want::Primary, true),
@@ -241,7 +256,7 @@ impl Loop<'_> {
         if !complete {
             return (Want::Primary, true);
         }
-        (want.unwrap_or(Want::Primary), writes)
+        (want.unwrap_or(Want::Read), writes)
     }
 
     /// Decides what to do with a client message when reads may go to replicas.
@@ -544,12 +559,12 @@ impl Loop<'_> {
         None
     }
 
-    /// A retryable read whose server sent FATAL (shutting down) before any answer.
+    /// A retryable read whose server said goodbye (shutting down) before any answer.
     pub(super) fn server_dying(&self) -> bool {
         self.rt.retryable
             && self
                 .server
                 .as_deref()
-                .is_some_and(|c| starts_with_fatal(&c.inbuf))
+                .is_some_and(|c| starts_with_goodbye(&c.inbuf))
     }
 }
