@@ -4,9 +4,10 @@
 //! One [`ServerHealth`] exists per server address and is shared by every pool of that server.
 //! One checker task per shard polls all of the shard's servers every
 //! `routing.healthcheck_interval_ms` with tokio-postgres: `pg_is_in_recovery()`, the primary's
-//! current WAL position, each replica's replay position and the age of its last replayed
-//! transaction. A replica's lag is zero when it has replayed everything the primary had
-//! written at the last check; otherwise it is the age of its last replayed commit.
+//! WAL insert position and each replica's replay and receive positions. A replica's lag is
+//! zero when it has replayed everything the primary had written at this check; otherwise it
+//! is the time since the check whose primary position it has replayed (so it is measured in
+//! check intervals, and an idle primary never makes a replica look behind).
 //!
 //! Everything here is lock-free atomics read on the hot path (choosing a server for a read
 //! costs a few relaxed loads per replica).
@@ -155,14 +156,12 @@ struct Observation {
     lsn: u64,
     /// Replica: receive position (0 if unknown).
     received: u64,
-    /// Replica: age of the last replayed transaction in ms.
-    replay_age_ms: u64,
 }
 
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
-     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-     COALESCE(pg_last_wal_receive_lsn()::text, ''), \
-     COALESCE((EXTRACT(EPOCH FROM (clock_timestamp() - pg_last_xact_replay_timestamp())) * 1000)::int8, 0)";
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+      ELSE pg_current_wal_insert_lsn() END)::text, \
+     COALESCE(pg_last_wal_receive_lsn()::text, '')";
 
 /// A checker's connection to one server.
 struct Probe {
@@ -186,12 +185,10 @@ impl Probe {
             let in_recovery: bool = row.try_get(0).ok()?;
             let lsn: Option<String> = row.try_get(1).ok()?;
             let received: String = row.try_get(2).ok()?;
-            let age: i64 = row.try_get(3).ok()?;
             Some(Observation {
                 in_recovery,
                 lsn: lsn.as_deref().and_then(parse_lsn).unwrap_or(0),
                 received: parse_lsn(&received).unwrap_or(0),
-                replay_age_ms: age.max(0) as u64,
             })
         };
         match tokio::time::timeout(timeout, fut).await {
@@ -249,6 +246,7 @@ pub fn spawn_checker(
             client: None,
         })
         .collect();
+    let mut lags = vec![Lag::default(); probes.len()];
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -263,11 +261,17 @@ pub fn spawn_checker(
                 .map(|o| o.lsn)
                 .max()
                 .unwrap_or(0);
-            for (probe, obs) in probes.iter().zip(results) {
+            let now = now_ms();
+            for ((probe, obs), lag) in probes.iter().zip(results).zip(lags.iter_mut()) {
+                let lag_ms = match obs {
+                    Some(o) if o.in_recovery => lag.update(now, o.lsn, primary_lsn.max(o.received)),
+                    _ => 0,
+                };
                 record(
                     &probe.health,
                     obs,
                     primary_lsn,
+                    lag_ms,
                     max_lag,
                     ban_ms,
                     &shard_name,
@@ -277,10 +281,44 @@ pub fn spawn_checker(
     });
 }
 
+/// Lag bookkeeping of one replica: past primary positions with the time they were seen.
+#[derive(Debug, Clone, Default)]
+struct Lag {
+    /// (now_ms, primary position) of recent checks, oldest first.
+    heads: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Lag {
+    /// Records a check (replay position `replayed`, primary position `head`) and returns the
+    /// lag: 0 if caught up, else the time since the oldest remembered check whose primary
+    /// position the replica has not replayed yet.
+    fn update(&mut self, now: u64, replayed: u64, head: u64) -> u64 {
+        if replayed >= head {
+            self.heads.clear();
+            return 0;
+        }
+        // Drop positions the replica has replayed; the first one left is what it lacks.
+        while self.heads.front().is_some_and(|&(_, h)| replayed >= h) {
+            self.heads.pop_front();
+        }
+        if self.heads.back().is_none_or(|&(_, h)| h < head) {
+            self.heads.push_back((now, head));
+        }
+        if self.heads.len() > 10_000 {
+            self.heads.pop_back();
+        }
+        self.heads
+            .front()
+            .map_or(0, |&(t, _)| now.saturating_sub(t))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn record(
     h: &ServerHealth,
     obs: Option<Observation>,
     primary_lsn: u64,
+    lag_ms: u64,
     max_lag: u64,
     ban_ms: u64,
     shard: &str,
@@ -309,11 +347,7 @@ fn record(
     h.lsn.store(o.lsn, Ordering::Relaxed);
     if o.in_recovery {
         let head = primary_lsn.max(o.received);
-        let (lag_ms, lag_bytes) = if o.lsn >= head {
-            (0, 0)
-        } else {
-            (o.replay_age_ms, head - o.lsn)
-        };
+        let lag_bytes = head.saturating_sub(o.lsn);
         h.lag_ms.store(lag_ms, Ordering::Relaxed);
         h.lag_bytes.store(lag_bytes, Ordering::Relaxed);
         if lag_ms > max_lag {
@@ -329,6 +363,14 @@ fn record(
 mod tests {
     use super::*;
 
+    fn replica(lsn: u64, received: u64) -> Option<Observation> {
+        Some(Observation {
+            in_recovery: true,
+            lsn,
+            received,
+        })
+    }
+
     #[test]
     fn parses_lsn() {
         assert_eq!(parse_lsn("0/0"), Some(0));
@@ -338,63 +380,56 @@ mod tests {
     }
 
     #[test]
-    fn lag_bans_replica_and_clears() {
+    fn lag_counts_time_since_the_replica_last_caught_up() {
+        let mut lag = Lag::default();
+        assert_eq!(lag.update(1_000, 100, 100), 0, "caught up");
+        // Replay stops at 100 while the primary moves on.
+        assert_eq!(lag.update(1_100, 100, 200), 0);
+        assert_eq!(lag.update(1_200, 100, 300), 100);
+        assert_eq!(lag.update(1_900, 100, 300), 800);
+        // A replica that keeps up to within one check under constant writes has a small lag.
+        let mut steady = Lag::default();
+        for i in 0..100u64 {
+            let lag = steady.update(i * 100, i * 10, i * 10 + 10);
+            assert!(lag <= 100, "check {i}: {lag}");
+        }
+        // Resuming: once it passes the positions, the lag shrinks to zero.
+        assert_eq!(lag.update(2_000, 300, 300), 0);
+    }
+
+    #[test]
+    fn lag_bans_replica() {
         let h = ServerHealth::new("127.0.0.1:1", Role::Replica);
-        let lagging = Observation {
-            in_recovery: true,
-            lsn: 100,
-            received: 200,
-            replay_age_ms: 5_000,
-        };
-        record(&h, Some(lagging), 300, 1_000, 60_000, "s0");
+        record(&h, replica(100, 200), 300, 5_000, 1_000, 60_000, "s0");
         assert_eq!(h.lag_ms(), 5_000);
         assert_eq!(h.lag_bytes(), 200);
         assert!(h.banned());
         assert!(!h.can_read(now_ms(), 1_000, 0));
-        let caught_up = Observation {
-            in_recovery: true,
-            lsn: 300,
-            received: 300,
-            replay_age_ms: 9_000,
-        };
-        record(&h, Some(caught_up), 300, 1_000, 0, "s0");
-        assert_eq!(
-            h.lag_ms(),
-            0,
-            "caught up means no lag, however old the last commit"
-        );
     }
 
     #[test]
     fn auto_role_follows_recovery_state() {
         let h = ServerHealth::new("127.0.0.1:1", Role::Auto);
         assert!(!h.is_primary(), "unknown until checked");
-        let primary = Observation {
+        let primary = Some(Observation {
             in_recovery: false,
             lsn: 10,
             received: 0,
-            replay_age_ms: 0,
-        };
-        record(&h, Some(primary), 10, 1_000, 1_000, "s0");
+        });
+        record(&h, primary, 10, 0, 1_000, 1_000, "s0");
         assert!(h.is_primary());
         h.mark_down();
         assert!(!h.is_primary(), "an unreachable server takes no writes");
-        record(&h, None, 0, 1_000, 1_000, "s0");
+        record(&h, None, 0, 0, 1_000, 1_000, "s0");
         assert!(!h.is_primary());
-        record(&h, Some(primary), 10, 1_000, 1_000, "s0");
+        record(&h, primary, 10, 0, 1_000, 1_000, "s0");
         assert!(h.is_primary());
     }
 
     #[test]
     fn read_your_writes_needs_replayed_lsn() {
         let h = ServerHealth::new("127.0.0.1:1", Role::Replica);
-        let obs = Observation {
-            in_recovery: true,
-            lsn: 500,
-            received: 500,
-            replay_age_ms: 0,
-        };
-        record(&h, Some(obs), 500, 1_000, 1_000, "s0");
+        record(&h, replica(500, 500), 500, 0, 1_000, 1_000, "s0");
         assert!(h.can_read(now_ms(), 1_000, 500));
         assert!(!h.can_read(now_ms(), 1_000, 501));
     }

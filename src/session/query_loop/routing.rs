@@ -502,7 +502,9 @@ impl Loop<'_> {
                 let Some(conn) = self.server.as_deref_mut() else {
                     return;
                 };
-                let sql = "SELECT pg_current_wal_lsn()::text";
+                // The insert position covers the commit record even when
+                // synchronous_commit = off returns before the WAL is written.
+                let sql = "SELECT pg_current_wal_insert_lsn()::text";
                 match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(sql)).await {
                     Ok(Ok(v)) => match v.first().and_then(|s| parse_lsn(s)) {
                         Some(lsn) => self.rt.min_lsn = self.rt.min_lsn.max(lsn),

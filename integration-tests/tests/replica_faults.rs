@@ -1,0 +1,260 @@
+//! Replicas that lag, pause, die or get promoted. Each test starts its own primary and
+//! streaming replica (pg_basebackup) because it breaks them; the tests run one at a time
+//! (a lock) to keep the 2-core CI machine from timing out cluster starts.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use integration_tests::{pgbench, pgbench_number, split_config, sqlstate, wait_psql, Proxy};
+use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use tokio_postgres::Client;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A primary with role `app` and database `app`, and a streaming replica of it.
+fn pair() -> (PgCluster, PgCluster) {
+    let opts = ClusterOptions {
+        hba_method: "md5".into(),
+        ..ClusterOptions::default()
+    };
+    let p = PgCluster::start(opts.clone()).expect("start primary");
+    p.create_role("app", "app", PasswordMethod::Scram).unwrap();
+    p.create_database("app", "app").unwrap();
+    let r = p.start_replica(opts).expect("start replica");
+    (p, r)
+}
+
+fn declared(p: &PgCluster, r: &PgCluster) -> String {
+    format!("primary = \"{}\"\nreplicas = [\"{}\"]", p.addr(), r.addr())
+}
+
+async fn port_of(c: &Client, sql: &str) -> i32 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+async fn wait_port(c: &Client, want: i32, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if port_of(c, "SELECT inet_server_port()").await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_replica_stops_getting_reads_until_it_catches_up() {
+    let _g = serial();
+    let (p, r) = pair();
+    let proxy = Proxy::start(&split_config(
+        &declared(&p, &r),
+        "max_replica_lag_ms = 300\nban_time_ms = 500",
+        "size = 4",
+    ));
+    let c = proxy.app("app").await;
+    let (pp, rp) = (p.port() as i32, r.port() as i32);
+    assert_eq!(port_of(&c, "SELECT inet_server_port()").await, rp);
+
+    r.psql("app", "SELECT pg_wal_replay_pause()").unwrap();
+    // Keep the primary writing so the paused replica falls behind.
+    p.psql("app", "CREATE TABLE ticks (t timestamptz)").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut moved = false;
+    while Instant::now() < deadline {
+        p.psql("app", "INSERT INTO ticks VALUES (now())").unwrap();
+        if port_of(&c, "SELECT inet_server_port()").await == pp {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(moved, "reads never left the lagging replica");
+    for _ in 0..20 {
+        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, pp);
+    }
+
+    r.psql("app", "SELECT pg_wal_replay_resume()").unwrap();
+    assert!(
+        wait_port(&c, rp, Duration::from_secs(20)).await,
+        "reads never returned to the replica after it caught up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_while_replay_is_paused() {
+    let _g = serial();
+    let (p, r) = pair();
+    p.psql(
+        "app",
+        "CREATE TABLE ryw (id int PRIMARY KEY); GRANT ALL ON ryw TO app",
+    )
+    .unwrap();
+    assert!(wait_psql(
+        &r,
+        "SELECT count(*) FROM pg_class WHERE relname = 'ryw'",
+        "1",
+        Duration::from_secs(30)
+    ));
+    // A generous lag limit keeps the paused replica in rotation: only read-your-writes stands
+    // between the writer and a stale read.
+    for (mode, n) in [("lsn", 1000), ("primary_for_ms", 200)] {
+        let proxy = Proxy::start(&split_config(
+            &declared(&p, &r),
+            &format!("max_replica_lag_ms = 600000\nread_your_writes = \"{mode}\""),
+            "size = 2",
+        ));
+        r.psql("app", "SELECT pg_wal_replay_pause()").unwrap();
+        let writer = proxy.app("app").await;
+        let bystander = proxy.app("app").await;
+        let base = if mode == "lsn" { 0 } else { 100_000 };
+        for i in base..base + n {
+            writer
+                .execute("INSERT INTO ryw VALUES ($1)", &[&i])
+                .await
+                .unwrap();
+            let row = writer
+                .query_one("SELECT count(*) FROM ryw WHERE id = $1", &[&i])
+                .await
+                .unwrap();
+            assert_eq!(
+                row.get::<_, i64>(0),
+                1,
+                "{mode}: row {i} missing right after its insert"
+            );
+        }
+        // The replica was in play: a client that did not write still reads from it, and
+        // it has not seen the rows.
+        assert_eq!(
+            port_of(&bystander, "SELECT inet_server_port()").await,
+            r.port() as i32
+        );
+        let stale: i64 = bystander
+            .query_one("SELECT count(*) FROM ryw WHERE id >= $1", &[&base])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stale, 0, "{mode}: replay was paused");
+        r.psql("app", "SELECT pg_wal_replay_resume()").unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_killed_under_pgbench_loses_no_transaction() {
+    let _g = serial();
+    let (p, mut r) = pair();
+    let init = format!("postgres://app:app@127.0.0.1:{}/app", p.port());
+    let (ok, out) = pgbench(&init, &["-i", "-s", "1", "-q"]);
+    assert!(ok, "{out}");
+    assert!(wait_psql(
+        &r,
+        "SELECT count(*) FROM pgbench_accounts",
+        "100000",
+        Duration::from_secs(60)
+    ));
+    let proxy = Proxy::start(&split_config(
+        &declared(&p, &r),
+        "ban_time_ms = 60000",
+        "size = 20",
+    ));
+    let url = proxy.url("app", "app", "app");
+    let bench =
+        std::thread::spawn(move || pgbench(&url, &["-S", "-c", "16", "-j", "2", "-T", "10", "-n"]));
+    // Let reads flow to the replica, then kill it mid-run.
+    std::thread::sleep(Duration::from_secs(3));
+    let served: i64 = r
+        .psql(
+            "app",
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = 'app'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        served > 100,
+        "the replica took reads before it died ({served})"
+    );
+    r.kill();
+    let (ok, out) = bench.join().unwrap();
+    assert!(ok, "pgbench failed:\n{out}");
+    let failed = pgbench_number(&out, "number of failed transactions:").unwrap_or(0);
+    assert_eq!(failed, 0, "{out}");
+    let done = pgbench_number(&out, "number of transactions actually processed:").unwrap_or(0);
+    assert!(done > 1000, "{out}");
+    assert!(!out.contains("aborted"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_a_promoted_replica_and_never_reach_a_read_only_server() {
+    let _g = serial();
+    let (mut p, r) = pair();
+    p.psql(
+        "app",
+        "CREATE TABLE f (id serial, port int); GRANT ALL ON f, f_id_seq TO app",
+    )
+    .unwrap();
+    let servers = format!(
+        "servers = [{{ address = \"{}\", role = \"auto\" }}, {{ address = \"{}\", role = \"auto\" }}]",
+        p.addr(),
+        r.addr()
+    );
+    let proxy = Proxy::start(&split_config(
+        &servers,
+        "",
+        "size = 4\ncheckout_timeout_ms = 1000",
+    ));
+    let c = proxy.app("app").await;
+    let (pp, rp) = (p.port() as i32, r.port() as i32);
+    let write = "INSERT INTO f (port) VALUES (inet_server_port()) RETURNING port";
+    // The checker finds the primary first; writes wait for it.
+    assert_eq!(port_of(&c, write).await, pp);
+
+    p.stop();
+    r.promote().unwrap();
+    // Writes during the switch either wait or fail with a clear error; none reaches a
+    // read-only server (25006), and within a few check intervals they land on the new primary.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut landed = false;
+    let mut errors = Vec::new();
+    while Instant::now() < deadline {
+        let client = match proxy.connect("app", "app", "app").await {
+            Ok(c) => c,
+            Err(e) => {
+                errors.push(sqlstate(&e));
+                continue;
+            }
+        };
+        match client.query_one(write, &[]).await {
+            Ok(row) => {
+                assert_eq!(row.get::<_, i32>(0), rp);
+                landed = true;
+                break;
+            }
+            Err(e) => {
+                let code = sqlstate(&e);
+                assert_ne!(
+                    code.as_deref(),
+                    Some("25006"),
+                    "a write reached a read-only server"
+                );
+                errors.push(code);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        landed,
+        "writes never reached the promoted replica: {errors:?}"
+    );
+    for _ in 0..10 {
+        assert_eq!(port_of(&c, write).await, rp);
+    }
+    let rows = r
+        .psql("app", &format!("SELECT count(*) FROM f WHERE port = {rp}"))
+        .unwrap();
+    assert!(rows.parse::<i64>().unwrap() >= 11, "{rows}");
+}
