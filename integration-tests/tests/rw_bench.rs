@@ -1,6 +1,6 @@
 //! Measurement (not run by default): `pgbench -S -c 32 -j 2 -T $RW_SECS` through Shardgate over a
 //! primary and a streaming replica, with read/write splitting on and off, interleaved
-//! (on/off/on/off). Prints TPS, transactions per server (pg_stat_database `xact_commit`
+//! (on/off, `RW_ROUNDS` times, default 2). Prints TPS, transactions per server (pg_stat_database `xact_commit`
 //! deltas) and the proxy's CPU seconds per 1,000 transactions (getrusage of this process,
 //! which runs only the proxy while pgbench runs).
 //!
@@ -56,10 +56,24 @@ fn read_write_split_on_vs_off() {
         "10",
         Duration::from_secs(60)
     ));
+    // Start measuring only once the replica has replayed the whole load (else it starts out
+    // banned for lag).
+    p.psql("app", "CHECKPOINT").unwrap();
+    let head = p.psql("app", "SELECT pg_current_wal_insert_lsn()").unwrap();
+    assert!(wait_psql(
+        &r,
+        &format!("SELECT pg_last_wal_replay_lsn() >= '{head}'::pg_lsn"),
+        "t",
+        Duration::from_secs(120)
+    ));
+    let rounds: usize = std::env::var("RW_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let servers = format!("primary = \"{}\"\nreplicas = [\"{}\"]", p.addr(), r.addr());
     println!("| split | TPS | primary tx | replica tx | proxy CPU s / 1k tx |");
     println!("|---|---|---|---|---|");
-    for split in [true, false, true, false] {
+    for split in (0..rounds).flat_map(|_| [true, false]) {
         let proxy = Proxy::start(&split_config(
             &servers,
             &format!("read_write_split = {split}"),

@@ -46,6 +46,9 @@ pub struct Shape {
     pub text: String,
     /// The replaced values, in order of appearance.
     pub literals: Vec<Literal>,
+    /// Byte offset in the SQL text where each literal starts (its prefix or quote, first
+    /// digit, or `$`).
+    pub offsets: Vec<usize>,
 }
 
 /// Computes the shape of `sql` in one pass.
@@ -55,6 +58,7 @@ pub fn shape(sql: &str) -> Shape {
         b: sql.as_bytes(),
         out: String::with_capacity(sql.len()),
         literals: Vec::new(),
+        offsets: Vec::new(),
         space: false,
     };
     s.run();
@@ -65,6 +69,7 @@ pub fn shape(sql: &str) -> Shape {
     Shape {
         text,
         literals: s.literals,
+        offsets: s.offsets,
     }
 }
 
@@ -73,6 +78,7 @@ struct Scanner<'a> {
     b: &'a [u8],
     out: String,
     literals: Vec<Literal>,
+    offsets: Vec<usize>,
     /// Whitespace or a comment was seen since the last token: emit one space before the next.
     space: bool,
 }
@@ -225,9 +231,10 @@ impl Scanner<'_> {
         self.out.push_str(tok);
     }
 
-    fn literal(&mut self, lit: Literal) {
+    fn literal(&mut self, lit: Literal, at: usize) {
         self.emit(PLACEHOLDER);
         self.literals.push(lit);
+        self.offsets.push(at);
     }
 
     /// Copies everything from `i` on (an unterminated construct) and ends the scan.
@@ -243,7 +250,7 @@ impl Scanner<'_> {
         if escapes {
             return match escape_string(b, body) {
                 Some((value, end)) => {
-                    self.literal(Literal::String(value));
+                    self.literal(Literal::String(value), start);
                     end
                 }
                 None => self.verbatim_rest(start),
@@ -257,7 +264,7 @@ impl Scanner<'_> {
                 } else {
                     raw.to_owned()
                 };
-                self.literal(Literal::String(value));
+                self.literal(Literal::String(value), start);
                 end
             }
             None => self.verbatim_rest(start),
@@ -274,7 +281,7 @@ impl Scanner<'_> {
             }
             return match self.sql[i + 1..j].parse::<u16>() {
                 Ok(n) => {
-                    self.literal(Literal::Param(n));
+                    self.literal(Literal::Param(n), i);
                     j
                 }
                 Err(_) => {
@@ -297,7 +304,7 @@ impl Scanner<'_> {
         let body = j + 1;
         match self.sql[body..].find(tag) {
             Some(p) => {
-                self.literal(Literal::String(self.sql[body..body + p].to_owned()));
+                self.literal(Literal::String(self.sql[body..body + p].to_owned()), i);
                 body + p + tag.len()
             }
             None => self.verbatim_rest(i),
@@ -338,7 +345,7 @@ impl Scanner<'_> {
                 }
             }
         }
-        self.literal(Literal::Number(self.sql[start..i].to_owned()));
+        self.literal(Literal::Number(self.sql[start..i].to_owned()), start);
         i
     }
 }
