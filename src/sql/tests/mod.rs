@@ -9,6 +9,7 @@ mod multi_statement;
 mod reads;
 mod session;
 mod shape;
+mod shard_facts;
 mod transactions;
 mod unparsed;
 mod write_functions;

@@ -21,6 +21,9 @@ use sqlparser::parser::{Parser, ParserError};
 use super::patch::patch_tokens;
 use super::write_functions;
 
+pub mod shard;
+pub use shard::ShardFacts;
+
 /// What a query string does, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -77,6 +80,8 @@ pub struct Analysis {
     pub statements: usize,
     /// The parser's message when `kind` is [`Kind::Unparsed`].
     pub parse_error: Option<String>,
+    /// Shard-routing facts, for a single statement parsed without patching.
+    pub shard: Option<Box<ShardFacts>>,
 }
 
 /// Parses `sql` (PostgreSQL dialect) and classifies it. `write_functions` names user functions
@@ -84,7 +89,17 @@ pub struct Analysis {
 /// [`write_functions`]). Never fails: unparseable text yields
 /// [`Kind::Unparsed`].
 pub fn classify(sql: &str, write_functions: &[String]) -> Analysis {
-    let statements = match parse(sql) {
+    classify_shaped(sql, &super::shape(sql).offsets, write_functions)
+}
+
+/// [`classify`], given the byte offsets of the literals of `sql`'s shape (so shard facts can
+/// refer to literals by their index in the shape).
+pub fn classify_shaped(
+    sql: &str,
+    literal_offsets: &[usize],
+    write_functions: &[String],
+) -> Analysis {
+    let (statements, patched) = match parse(sql) {
         Ok(s) => s,
         Err(e) => {
             return Analysis {
@@ -95,6 +110,7 @@ pub fn classify(sql: &str, write_functions: &[String]) -> Analysis {
                 write_function: None,
                 statements: 0,
                 parse_error: Some(e.to_string()),
+                shard: None,
             }
         }
     };
@@ -139,6 +155,13 @@ pub fn classify(sql: &str, write_functions: &[String]) -> Analysis {
         ..
     } = facts;
     tables.retain(|t| !cte_names.contains(t));
+    let shard = match statements.as_slice() {
+        [one] if !patched => {
+            let pos = shard::Positions::new(sql, literal_offsets);
+            Some(Box::new(shard::facts(one, &pos)))
+        }
+        _ => None,
+    };
     Analysis {
         kind,
         tables,
@@ -147,18 +170,25 @@ pub fn classify(sql: &str, write_functions: &[String]) -> Analysis {
         write_function: any.write_function,
         statements: statements.len(),
         parse_error: None,
+        shard,
     }
 }
 
 /// Parses with the PostgreSQL dialect. When that fails, retries once with the PostgreSQL
 /// syntax that `sqlparser` 0.64 lacks rewritten at the token level (see [`patch`]); the
 /// first error is the one reported.
-fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
+/// Returns the statements and whether the text had to be patched.
+fn parse(sql: &str) -> Result<(Vec<Statement>, bool), ParserError> {
     let dialect = PostgreSqlDialect {};
-    Parser::parse_sql(&dialect, sql).or_else(|e| match patch_tokens(sql) {
-        Some(patched) => Parser::parse_sql(&dialect, &patched).map_err(|_| e),
-        None => Err(e),
-    })
+    match Parser::parse_sql(&dialect, sql) {
+        Ok(s) => Ok((s, false)),
+        Err(e) => match patch_tokens(sql) {
+            Some(patched) => Parser::parse_sql(&dialect, &patched)
+                .map(|s| (s, true))
+                .map_err(|_| e),
+            None => Err(e),
+        },
+    }
 }
 
 /// Side effects found while walking one statement (or, merged, all of them).

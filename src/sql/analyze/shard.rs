@@ -1,0 +1,536 @@
+//! Shard-routing facts of one statement, read from its AST: which tables it touches, the
+//! `column = value` and `column IN (...)` conditions that can fix a shard key, the rows of an
+//! `INSERT ... VALUES`, the columns an `UPDATE` assigns, and what a `COPY` moves.
+//!
+//! Facts are cached by statement shape, so values are recorded as *references*: the index of
+//! a literal in the shape's literal list ([`crate::sql::Shape::literals`]) or a `$n`
+//! parameter number, never the value itself. Config-dependent decisions (which tables are
+//! sharded, which shard owns a key) are made later by the router.
+
+use sqlparser::ast::{
+    AssignmentTarget, BinaryOperator, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr,
+    FromTable, InTarget, Insert, JoinConstraint, JoinOperator, ObjectName, Query, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value, ValueWithSpan,
+};
+
+use super::{ident_name, object_name};
+
+/// Where a value in a statement comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueRef {
+    /// The shape literal with this index; `negative` for a unary minus in front.
+    Literal {
+        /// Index into the shape's literals.
+        index: usize,
+        /// Preceded by `-`.
+        negative: bool,
+    },
+    /// A `$n` parameter.
+    Param(u16),
+    /// `NULL`.
+    Null,
+    /// An expression the router cannot evaluate (function call, column, ...).
+    Other,
+}
+
+/// A column, with the table it belongs to (empty when unqualified and several tables are in
+/// scope).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnRef {
+    /// Table name as written (schema-qualified if it was), aliases resolved.
+    pub table: String,
+    /// Column name.
+    pub column: String,
+}
+
+/// `column = value` or `column IN (values)` from a top-level `AND` chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFilter {
+    /// The column.
+    pub column: ColumnRef,
+    /// One value for `=`, the list for `IN`.
+    pub values: Vec<ValueRef>,
+}
+
+/// What the statement is, for routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Command {
+    /// A query.
+    Select,
+    /// `INSERT`.
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `COPY`.
+    Copy,
+    /// Schema changes and maintenance (`CREATE`, `ALTER`, `DROP`, `TRUNCATE`, `VACUUM`,
+    /// `ANALYZE`, `CREATE INDEX`, `COMMENT`, `GRANT`, ...): every shard.
+    Broadcast,
+    /// Anything else.
+    #[default]
+    Other,
+}
+
+/// `INSERT INTO table (columns) VALUES (...), (...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertFacts {
+    /// Target table.
+    pub table: String,
+    /// Explicit column list (empty: the table's column order).
+    pub columns: Vec<String>,
+    /// Each VALUES row; empty when the source is not a VALUES list (`INSERT ... SELECT`).
+    pub rows: Vec<Vec<ValueRef>>,
+    /// Has a RETURNING clause.
+    pub returning: bool,
+}
+
+/// `COPY table (columns) FROM STDIN` / `TO STDOUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyFacts {
+    /// Table.
+    pub table: String,
+    /// Column list (empty: all columns in table order).
+    pub columns: Vec<String>,
+    /// `FROM STDIN` (else `TO STDOUT` or a file/program).
+    pub from_stdin: bool,
+    /// `TO STDOUT`.
+    pub to_stdout: bool,
+    /// CSV format (else text; binary is `binary`).
+    pub csv: bool,
+    /// Binary format.
+    pub binary: bool,
+    /// Field delimiter.
+    pub delimiter: char,
+    /// CSV header line.
+    pub header: bool,
+}
+
+/// The shard-routing facts of one statement.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ShardFacts {
+    /// What it is.
+    pub command: Command,
+    /// Tables it reads or writes (outer query; subqueries set `nested`).
+    pub tables: Vec<String>,
+    /// Conditions that can fix a key.
+    pub filters: Vec<KeyFilter>,
+    /// `a.x = b.y` equalities (join conditions).
+    pub column_equalities: Vec<(ColumnRef, ColumnRef)>,
+    /// INSERT details.
+    pub insert: Option<InsertFacts>,
+    /// Columns an UPDATE assigns.
+    pub set_columns: Vec<String>,
+    /// COPY details.
+    pub copy: Option<CopyFacts>,
+    /// Has subqueries, CTEs or set operations: tables inside them are in `tables` of the
+    /// enclosing analysis but their conditions are not in `filters`.
+    pub nested: bool,
+}
+
+/// Maps AST positions to shape literal indices.
+pub(super) struct Positions<'a> {
+    /// Byte offset where each line starts.
+    lines: Vec<usize>,
+    sql: &'a str,
+    offsets: &'a [usize],
+}
+
+impl<'a> Positions<'a> {
+    pub(super) fn new(sql: &'a str, offsets: &'a [usize]) -> Self {
+        let mut lines = vec![0];
+        lines.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+        Positions {
+            lines,
+            sql,
+            offsets,
+        }
+    }
+
+    /// The shape literal at a value's start position.
+    fn literal(&self, v: &ValueWithSpan) -> Option<usize> {
+        let loc = v.span.start;
+        let line_start = *self.lines.get((loc.line as usize).checked_sub(1)?)?;
+        let col = (loc.column as usize).checked_sub(1)?;
+        let byte = line_start
+            + self.sql[line_start..]
+                .char_indices()
+                .nth(col)
+                .map(|(b, _)| b)?;
+        // Prefixed strings (E'', U&'') may start a character or two before the quote.
+        self.offsets.iter().position(|&o| o.abs_diff(byte) <= 2)
+    }
+}
+
+struct Scope {
+    /// (name, alias) of each table in FROM/JOIN/target.
+    tables: Vec<(String, Option<String>)>,
+}
+
+impl Scope {
+    fn add(&mut self, name: String, alias: Option<String>) {
+        self.tables.push((name, alias));
+    }
+
+    fn add_factor(&mut self, f: &TableFactor) -> bool {
+        match f {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
+                self.add(
+                    object_name(name),
+                    alias.as_ref().map(|a| ident_name(&a.name)),
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn column(&self, expr: &Expr) -> Option<ColumnRef> {
+        let (qualifier, column) = match expr {
+            Expr::Identifier(c) => (None, ident_name(c)),
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                let n = parts.len();
+                let q: Vec<String> = parts[..n - 1].iter().map(ident_name).collect();
+                (Some(q.join(".")), ident_name(&parts[n - 1]))
+            }
+            Expr::Nested(e) => return self.column(e),
+            _ => return None,
+        };
+        let table = match qualifier {
+            Some(q) => self
+                .tables
+                .iter()
+                .find(|(name, alias)| alias.as_deref() == Some(q.as_str()) || *name == q)
+                .map(|(name, _)| name.clone())
+                .unwrap_or(q),
+            None if self.tables.len() == 1 => self.tables[0].0.clone(),
+            None => String::new(),
+        };
+        Some(ColumnRef { table, column })
+    }
+}
+
+fn value_ref(expr: &Expr, pos: &Positions<'_>) -> ValueRef {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::Placeholder(p) => p
+                .strip_prefix('$')
+                .and_then(|n| n.parse().ok())
+                .map_or(ValueRef::Other, ValueRef::Param),
+            Value::Null => ValueRef::Null,
+            Value::Number(..)
+            | Value::SingleQuotedString(_)
+            | Value::EscapedStringLiteral(_)
+            | Value::DollarQuotedString(_) => match pos.literal(v) {
+                Some(index) => ValueRef::Literal {
+                    index,
+                    negative: false,
+                },
+                None => ValueRef::Other,
+            },
+            _ => ValueRef::Other,
+        },
+        Expr::TypedString(t) => match pos.literal(&t.value) {
+            Some(index) => ValueRef::Literal {
+                index,
+                negative: false,
+            },
+            None => ValueRef::Other,
+        },
+        Expr::Cast { expr, .. } | Expr::Nested(expr) => value_ref(expr, pos),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } => match value_ref(expr, pos) {
+            ValueRef::Literal { index, negative } => ValueRef::Literal {
+                index,
+                negative: !negative,
+            },
+            _ => ValueRef::Other,
+        },
+        Expr::UnaryOp {
+            op: UnaryOperator::Plus,
+            expr,
+        } => value_ref(expr, pos),
+        _ => ValueRef::Other,
+    }
+}
+
+/// Collects filters and column equalities from the top-level `AND` chain of `expr`.
+fn conjuncts(expr: &Expr, scope: &Scope, pos: &Positions<'_>, facts: &mut ShardFacts) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            conjuncts(left, scope, pos, facts);
+            conjuncts(right, scope, pos, facts);
+        }
+        Expr::Nested(e) => conjuncts(e, scope, pos, facts),
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Eq,
+            right,
+        } => match (scope.column(left), scope.column(right)) {
+            (Some(a), Some(b)) => facts.column_equalities.push((a, b)),
+            (Some(c), None) => facts.filters.push(KeyFilter {
+                column: c,
+                values: vec![value_ref(right, pos)],
+            }),
+            (None, Some(c)) => facts.filters.push(KeyFilter {
+                column: c,
+                values: vec![value_ref(left, pos)],
+            }),
+            (None, None) => {}
+        },
+        Expr::In {
+            expr,
+            target: InTarget::List(list),
+            negated: false,
+            ..
+        } => {
+            if let Some(c) = scope.column(expr) {
+                facts.filters.push(KeyFilter {
+                    column: c,
+                    values: list.iter().map(|e| value_ref(e, pos)).collect(),
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Adds a FROM list to the scope; returns false if something other than plain tables and
+/// joins is in it (derived tables, functions).
+fn from_list(from: &[TableWithJoins], scope: &mut Scope) -> bool {
+    let mut plain = true;
+    for twj in from {
+        plain &= scope.add_factor(&twj.relation);
+        for j in &twj.joins {
+            plain &= scope.add_factor(&j.relation);
+        }
+    }
+    plain
+}
+
+/// Join conditions of a FROM list: equalities always, value filters only of inner joins.
+fn join_conditions(
+    from: &[TableWithJoins],
+    scope: &Scope,
+    pos: &Positions<'_>,
+    facts: &mut ShardFacts,
+) {
+    for twj in from {
+        for j in &twj.joins {
+            let (constraint, inner) = match &j.join_operator {
+                JoinOperator::Join(c) | JoinOperator::Inner(c) => (c, true),
+                JoinOperator::Left(c)
+                | JoinOperator::LeftOuter(c)
+                | JoinOperator::Right(c)
+                | JoinOperator::RightOuter(c)
+                | JoinOperator::FullOuter(c) => (c, false),
+                _ => continue,
+            };
+            if let JoinConstraint::On(e) = constraint {
+                let mut tmp = ShardFacts::default();
+                conjuncts(e, scope, pos, &mut tmp);
+                facts.column_equalities.extend(tmp.column_equalities);
+                if inner {
+                    facts.filters.extend(tmp.filters);
+                }
+            }
+        }
+    }
+}
+
+fn query_facts(q: &Query, pos: &Positions<'_>, facts: &mut ShardFacts) {
+    if q.with.is_some() {
+        facts.nested = true;
+    }
+    match q.body.as_ref() {
+        SetExpr::Select(s) => {
+            let mut scope = Scope { tables: Vec::new() };
+            if !from_list(&s.from, &mut scope) {
+                facts.nested = true;
+            }
+            facts
+                .tables
+                .extend(scope.tables.iter().map(|(n, _)| n.clone()));
+            join_conditions(&s.from, &scope, pos, facts);
+            if let Some(w) = &s.selection {
+                conjuncts(w, &scope, pos, facts);
+            }
+        }
+        SetExpr::Values(_) => {}
+        _ => facts.nested = true,
+    }
+}
+
+fn insert_facts(ins: &Insert, pos: &Positions<'_>, facts: &mut ShardFacts) {
+    let TableObject::TableName(name) = &ins.table else {
+        return;
+    };
+    let table = object_name(name);
+    facts.tables.push(table.clone());
+    let rows = match ins.source.as_deref() {
+        Some(q) => match q.body.as_ref() {
+            SetExpr::Values(v) if q.with.is_none() => v
+                .rows
+                .iter()
+                .map(|r| r.content.iter().map(|e| value_ref(e, pos)).collect())
+                .collect(),
+            _ => {
+                facts.nested = true;
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    facts.insert = Some(InsertFacts {
+        table,
+        columns: ins.columns.iter().map(object_name).collect(),
+        rows,
+        returning: ins.returning.is_some(),
+    });
+}
+
+fn copy_facts(stmt: &Statement) -> Option<CopyFacts> {
+    let Statement::Copy {
+        source: CopySource::Table {
+            table_name,
+            columns,
+        },
+        to,
+        target,
+        options,
+        legacy_options,
+        ..
+    } = stmt
+    else {
+        return None;
+    };
+    let mut f = CopyFacts {
+        table: object_name(table_name),
+        columns: columns.iter().map(ident_name).collect(),
+        from_stdin: !*to && matches!(target, CopyTarget::Stdin),
+        to_stdout: *to && matches!(target, CopyTarget::Stdout),
+        csv: false,
+        binary: false,
+        delimiter: '\t',
+        header: false,
+    };
+    let mut delimiter = None;
+    for o in options {
+        match o {
+            CopyOption::Format(i) => {
+                f.csv = i.value.eq_ignore_ascii_case("csv");
+                f.binary = i.value.eq_ignore_ascii_case("binary");
+            }
+            CopyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyOption::Header(h) => f.header = *h,
+            _ => {}
+        }
+    }
+    for o in legacy_options {
+        match o {
+            CopyLegacyOption::Csv(_) => f.csv = true,
+            CopyLegacyOption::Binary => f.binary = true,
+            CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
+            CopyLegacyOption::Header => f.header = true,
+            _ => {}
+        }
+    }
+    f.delimiter = delimiter.unwrap_or(if f.csv { ',' } else { '\t' });
+    Some(f)
+}
+
+/// Facts of one parsed statement.
+pub(super) fn facts(stmt: &Statement, pos: &Positions<'_>) -> ShardFacts {
+    let mut facts = ShardFacts::default();
+    match stmt {
+        Statement::Query(q) => {
+            facts.command = Command::Select;
+            query_facts(q, pos, &mut facts);
+        }
+        Statement::Insert(ins) => {
+            facts.command = Command::Insert;
+            insert_facts(ins, pos, &mut facts);
+        }
+        Statement::Update(u) => {
+            facts.command = Command::Update;
+            let mut scope = Scope { tables: Vec::new() };
+            scope.add_factor(&u.table.relation);
+            if u.from.is_some() || !u.table.joins.is_empty() {
+                facts.nested = true;
+            }
+            facts
+                .tables
+                .extend(scope.tables.iter().map(|(n, _)| n.clone()));
+            for a in &u.assignments {
+                let names: Vec<&ObjectName> = match &a.target {
+                    AssignmentTarget::ColumnName(n) => vec![n],
+                    AssignmentTarget::Tuple(ns) => ns.iter().collect(),
+                };
+                for n in names {
+                    if let Some(last) = n.0.last() {
+                        facts.set_columns.push(super::part_name(last));
+                    }
+                }
+            }
+            if let Some(w) = &u.selection {
+                conjuncts(w, &scope, pos, &mut facts);
+            }
+        }
+        Statement::Delete(d) => {
+            facts.command = Command::Delete;
+            let from = match &d.from {
+                FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+            };
+            let mut scope = Scope { tables: Vec::new() };
+            if !from_list(from, &mut scope) || d.using.is_some() {
+                facts.nested = true;
+            }
+            facts
+                .tables
+                .extend(scope.tables.iter().map(|(n, _)| n.clone()));
+            if let Some(w) = &d.selection {
+                conjuncts(w, &scope, pos, &mut facts);
+            }
+        }
+        Statement::Copy { .. } => {
+            facts.command = Command::Copy;
+            facts.copy = copy_facts(stmt);
+            if let Some(c) = &facts.copy {
+                facts.tables.push(c.table.clone());
+            }
+        }
+        Statement::CreateTable(_)
+        | Statement::AlterTable(_)
+        | Statement::Drop { .. }
+        | Statement::CreateIndex(_)
+        | Statement::Truncate(_)
+        | Statement::CreateView(_)
+        | Statement::CreateSequence { .. }
+        | Statement::CreateSchema { .. }
+        | Statement::CreateExtension(_)
+        | Statement::CreateFunction(_)
+        | Statement::CreateType { .. }
+        | Statement::Comment { .. }
+        | Statement::Grant(_)
+        | Statement::Revoke(_)
+        | Statement::Analyze(_)
+        | Statement::AlterIndex { .. }
+        | Statement::AlterView { .. }
+        | Statement::AlterRole { .. }
+        | Statement::DropFunction(_) => facts.command = Command::Broadcast,
+        _ => {}
+    }
+    facts
+}
