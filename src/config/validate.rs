@@ -201,7 +201,9 @@ impl Config {
                     message,
                 };
                 if all.is_empty() {
-                    p.push(problem("needs a `primary` or at least one `servers` entry".into()));
+                    p.push(problem(
+                        "needs a `primary` or at least one `servers` entry".into(),
+                    ));
                 }
                 let primaries = all.iter().filter(|(_, r)| *r == Role::Primary).count();
                 if primaries > 1 {
