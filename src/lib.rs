@@ -7,6 +7,8 @@
 
 //! - [`sql`]: SQL text analysis: a scanner for session-state commands, statement shapes, and
 //!   read/write classification with sqlparser behind a shape-keyed cache.
+//! - [`shard`]: shard keys' canonical bytes, the consistent-hash ring, and the DBA tools
+//!   (`shard locate`, `shard plan`).
 //! - [`backend`]: one server connection: connect, authenticate as a client, parameters.
 //! - [`health`]: background health checks of servers: role, WAL positions, lag, bans.
 //! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
@@ -27,5 +29,6 @@ pub mod pool;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod sql;
 pub mod state;

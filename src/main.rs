@@ -11,7 +11,7 @@ use shardgate::config::{Config, ConfigError};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file (for the default `run` command).
+    /// Config file (for `run`, `check` and `shard locate`).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
 }
@@ -28,11 +28,48 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
     },
+    /// Shard map tools for DBAs (no database access).
+    Shard {
+        #[command(subcommand)]
+        command: ShardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShardCommand {
+    /// Print the shard (and its servers) that owns a key of a table; needs --config.
+    Locate {
+        /// Logical database (default: the first one in the config).
+        #[arg(long)]
+        database: Option<String>,
+        /// Table name.
+        #[arg(long)]
+        table: String,
+        /// The key, as in SQL: 42, alice, a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11.
+        #[arg(allow_hyphen_values = true)]
+        key: String,
+    },
+    /// Print the share of the keyspace that moves between two shard maps.
+    Plan {
+        /// The config in force now.
+        #[arg(long)]
+        from: PathBuf,
+        /// The config to move to.
+        #[arg(long)]
+        to: PathBuf,
+        /// Logical database (default: the first one in the --from config).
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 fn load(path: Option<PathBuf>) -> Result<Config, String> {
     let path = path.ok_or("--config FILE is required")?;
-    Config::load(&path).map_err(|e| match e {
+    load_file(&path)
+}
+
+fn load_file(path: &std::path::Path) -> Result<Config, String> {
+    Config::load(path).map_err(|e| match e {
         ConfigError::Invalid(problems) => problems
             .iter()
             .map(|p| format!("{}: {p}", path.display()))
@@ -40,6 +77,30 @@ fn load(path: Option<PathBuf>) -> Result<Config, String> {
             .join("\n"),
         other => other.to_string(),
     })
+}
+
+fn shard(config: Option<PathBuf>, command: ShardCommand) -> Result<(), String> {
+    use shardgate::shard::tools;
+    let report = match command {
+        ShardCommand::Locate {
+            database,
+            table,
+            key,
+        } => {
+            let config = load(config)?;
+            tools::locate(&config, database.as_deref(), &table, &key)
+                .map_err(|e| e.to_string())?
+                .to_string()
+        }
+        ShardCommand::Plan { from, to, database } => {
+            let (old, new) = (load_file(&from)?, load_file(&to)?);
+            tools::plan(&old, &new, database.as_deref())
+                .map_err(|e| e.to_string())?
+                .to_string()
+        }
+    };
+    print!("{report}");
+    Ok(())
 }
 
 /// `workers = 1` runs everything on one thread with tokio's current-thread scheduler (no
@@ -85,6 +146,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
+        Command::Shard { command } => shard(cli.config, command),
         Command::Demo { listen } => runtime(0)
             .map_err(|e| e.to_string())
             .and_then(|rt| {
