@@ -298,6 +298,22 @@ impl ServerConn {
         self.drain_to_ready().await
     }
 
+    /// Sends `bytes` (one or more client messages ending in a Query or Sync) and returns every
+    /// message the server sends up to and including the next ReadyForQuery, with its status.
+    /// Notices and ParameterStatus messages are included in order.
+    pub async fn exchange(&mut self, bytes: &[u8]) -> Result<(Vec<Frame>, u8), BackendError> {
+        self.send(bytes).await?;
+        let mut frames = Vec::new();
+        loop {
+            let f = self.read_frame().await?;
+            if f.tag == b'Z' {
+                let status = f.body().first().copied().unwrap_or(b'I');
+                return Ok((frames, status));
+            }
+            frames.push(f);
+        }
+    }
+
     /// Runs a simple query returning one row and returns its text values (NULL as "").
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<String>, BackendError> {
         let mut out = BytesMut::new();

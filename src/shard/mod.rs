@@ -6,6 +6,7 @@
 
 pub mod key;
 pub mod ring;
+pub mod route;
 pub mod tools;
 
 pub use key::{Canonical, KeyError, ShardKey};

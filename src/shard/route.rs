@@ -1,0 +1,464 @@
+//! Shard routing: which shards a statement needs, from its analysis (cached by shape), the
+//! database's shard map, and this execution's values (the statement's literals, or the Bind
+//! parameters of the extended protocol).
+//!
+//! Rules (README "Sharding"):
+//! - a sharded table fixed by `key = value` or `key IN (...)` (ANDed with anything) goes to
+//!   the owning shards; several sharded tables must be joined on their keys (co-located);
+//! - an INSERT goes to the shard of each row's key (rows of several shards: split);
+//! - schema changes and maintenance go to every shard;
+//! - a read of a sharded table without a key goes to every shard (the caller merges);
+//!   UPDATE/DELETE without a key too, unless `allow_fan_out_writes = false`;
+//! - unsharded tables live on the first shard; replicated tables are read from the first
+//!   shard and written on every shard;
+//! - what cannot be routed correctly is refused with 0A000, never guessed.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::key::{KeyError, ShardKey};
+use super::ring::Ring;
+use crate::config::{DatabaseConfig, KeyType};
+use crate::protocol::{sqlstate, PgError};
+use crate::sql::analyze::shard::{ColumnRef, Command, ShardFacts, ValueRef};
+use crate::sql::shape::Literal;
+
+/// Where a statement goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Not a statement about tables (SET, BEGIN, ...): the current shard, or the first.
+    Any,
+    /// One shard.
+    One(usize),
+    /// Several shards (an IN list, or an INSERT whose rows belong to several shards).
+    Many(Vec<usize>),
+    /// Every shard.
+    All,
+}
+
+/// Parameter values of a Bind: (format code, value) per parameter, NULL as None.
+#[derive(Debug, Clone, Default)]
+pub struct Params<'a> {
+    /// Format code per parameter (0 text, 1 binary).
+    pub formats: Vec<i16>,
+    /// Values.
+    pub values: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> Params<'a> {
+    /// Decodes a Bind message body.
+    pub fn from_bind(body: &'a [u8]) -> Option<Params<'a>> {
+        let mut b = body;
+        let cstr = |b: &mut &'a [u8]| -> Option<()> {
+            let end = b.iter().position(|&c| c == 0)?;
+            *b = &b[end + 1..];
+            Some(())
+        };
+        cstr(&mut b)?;
+        cstr(&mut b)?;
+        let i16_at = |b: &mut &'a [u8]| -> Option<i16> {
+            let v = i16::from_be_bytes([*b.first()?, *b.get(1)?]);
+            *b = &b[2..];
+            Some(v)
+        };
+        let nf = i16_at(&mut b)?.max(0) as usize;
+        let mut formats = Vec::with_capacity(nf);
+        for _ in 0..nf {
+            formats.push(i16_at(&mut b)?);
+        }
+        let np = i16_at(&mut b)?.max(0) as usize;
+        let mut values = Vec::with_capacity(np);
+        for _ in 0..np {
+            if b.len() < 4 {
+                return None;
+            }
+            let len = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+            b = &b[4..];
+            if len < 0 {
+                values.push(None);
+                continue;
+            }
+            let len = len as usize;
+            if b.len() < len {
+                return None;
+            }
+            values.push(Some(&b[..len]));
+            b = &b[len..];
+        }
+        Some(Params { formats, values })
+    }
+
+    fn format(&self, i: usize) -> i16 {
+        match self.formats.len() {
+            0 => 0,
+            1 => self.formats[0],
+            _ => self.formats.get(i).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// The shard map of one logical database.
+#[derive(Debug)]
+pub struct ShardMap {
+    /// The hash ring.
+    pub ring: Ring,
+    /// Shard names in config order.
+    pub names: Vec<String>,
+    /// Sharded table -> (key column, type); also under the unqualified name.
+    tables: HashMap<String, (String, KeyType)>,
+    replicated: HashSet<String>,
+    /// `two_phase_commit`.
+    pub two_phase_commit: bool,
+    /// `allow_fan_out_writes`.
+    pub allow_fan_out_writes: bool,
+}
+
+fn refuse(msg: impl Into<String>, hint: &str) -> PgError {
+    PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, msg).with_hint(hint)
+}
+
+fn unqualified(t: &str) -> &str {
+    t.rsplit('.').next().unwrap_or(t)
+}
+
+impl ShardMap {
+    /// The map of a database with more than one shard; None for a single-shard database.
+    pub fn new(db: &DatabaseConfig) -> Option<ShardMap> {
+        if db.shards.len() < 2 {
+            return None;
+        }
+        let mut tables = HashMap::new();
+        for t in &db.sharded_tables {
+            let v = (t.column.to_lowercase(), t.key_type);
+            tables.insert(t.table.clone(), v.clone());
+            tables.entry(unqualified(&t.table).to_string()).or_insert(v);
+        }
+        let mut replicated = HashSet::new();
+        for t in &db.replicated_tables {
+            replicated.insert(t.clone());
+            replicated.insert(unqualified(t).to_string());
+        }
+        Some(ShardMap {
+            ring: Ring::new(db),
+            names: db.shards.iter().map(|s| s.name.clone()).collect(),
+            tables,
+            replicated,
+            two_phase_commit: db.two_phase_commit,
+            allow_fan_out_writes: db.allow_fan_out_writes,
+        })
+    }
+
+    /// The key column and type of a sharded table.
+    pub fn sharded(&self, table: &str) -> Option<&(String, KeyType)> {
+        self.tables
+            .get(table)
+            .or_else(|| self.tables.get(unqualified(table)))
+    }
+
+    fn is_replicated(&self, table: &str) -> bool {
+        self.replicated.contains(table) || self.replicated.contains(unqualified(table))
+    }
+
+    /// The shard index of a shard name.
+    pub fn shard_named(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// The shard owning a key given as text.
+    pub fn shard_of_text(&self, key_type: KeyType, text: &[u8]) -> Result<usize, KeyError> {
+        let key = ShardKey::from_text(key_type, text)?;
+        Ok(self.ring.shard_for(key.canonical().as_bytes()))
+    }
+
+    /// The shard owning one value, or None if it cannot be evaluated here.
+    fn shard_of(
+        &self,
+        key_type: KeyType,
+        v: ValueRef,
+        literals: &[Literal],
+        params: Option<&Params<'_>>,
+    ) -> Result<Option<usize>, PgError> {
+        let key_err = |e: KeyError| PgError::error(e.sqlstate(), e.to_string());
+        match v {
+            ValueRef::Literal { index, negative } => {
+                let text = match literals.get(index) {
+                    Some(Literal::Number(n)) if negative => format!("-{n}"),
+                    Some(Literal::Number(n)) | Some(Literal::String(n)) => n.clone(),
+                    _ => return Ok(None),
+                };
+                self.shard_of_text(key_type, text.as_bytes())
+                    .map(Some)
+                    .map_err(key_err)
+            }
+            ValueRef::Param(n) => {
+                let Some(p) = params else { return Ok(None) };
+                let i = (n as usize).wrapping_sub(1);
+                match p.values.get(i) {
+                    Some(Some(bytes)) => {
+                        let key = if p.format(i) == 1 {
+                            ShardKey::from_binary(key_type, bytes)
+                        } else {
+                            ShardKey::from_text(key_type, bytes)
+                        }
+                        .map_err(key_err)?;
+                        Ok(Some(self.ring.shard_for(key.canonical().as_bytes())))
+                    }
+                    _ => Ok(None),
+                }
+            }
+            // NULL keys: rows with a NULL key live on the first shard; `key = NULL` matches
+            // nothing anywhere.
+            ValueRef::Null => Ok(Some(0)),
+            ValueRef::Other => Ok(None),
+        }
+    }
+
+    /// Routes one statement. `all_tables` are every relation the statement names (including
+    /// subqueries), from the analysis.
+    pub fn route(
+        &self,
+        facts: &ShardFacts,
+        all_tables: &[String],
+        literals: &[Literal],
+        params: Option<&Params<'_>>,
+    ) -> Result<Route, PgError> {
+        match facts.command {
+            Command::Broadcast => return Ok(Route::All),
+            Command::Other => return Ok(Route::Any),
+            Command::Copy => {
+                let Some(c) = &facts.copy else {
+                    return Ok(Route::One(0));
+                };
+                return Ok(if self.sharded(&c.table).is_some() {
+                    Route::All
+                } else if self.is_replicated(&c.table) && c.from_stdin {
+                    Route::All
+                } else {
+                    Route::One(0)
+                });
+            }
+            Command::Insert => return self.route_insert(facts, literals, params),
+            Command::Select | Command::Update | Command::Delete => {}
+        }
+        let write = facts.command != Command::Select;
+        let sharded: Vec<&String> = all_tables
+            .iter()
+            .filter(|t| self.sharded(t).is_some())
+            .collect();
+        if sharded.is_empty() {
+            let replicated_write = write && facts.tables.iter().any(|t| self.is_replicated(t));
+            return Ok(if replicated_write {
+                Route::All
+            } else {
+                Route::One(0)
+            });
+        }
+        if write {
+            for t in &facts.tables {
+                if let Some((key, _)) = self.sharded(t) {
+                    if facts.set_columns.iter().any(|c| c == key) {
+                        return Err(refuse(
+                            format!("UPDATE of the shard key column \"{key}\" of \"{t}\""),
+                            "a row cannot move between shards: DELETE it and INSERT it again",
+                        ));
+                    }
+                }
+            }
+        }
+        // Shards each sharded table of the outer query is fixed to.
+        let mut fixed: Option<BTreeSet<usize>> = None;
+        for t in sharded.iter().filter(|t| facts.tables.contains(t)) {
+            let Some((key, ty)) = self.sharded(t) else {
+                continue;
+            };
+            for f in &facts.filters {
+                if !self.matches(&f.column, t, key, &facts.tables) {
+                    continue;
+                }
+                let mut set = BTreeSet::new();
+                let mut known = true;
+                for v in &f.values {
+                    match self.shard_of(*ty, *v, literals, params)? {
+                        Some(s) => {
+                            set.insert(s);
+                        }
+                        None => known = false,
+                    }
+                }
+                if known {
+                    fixed = Some(match fixed {
+                        Some(prev) => prev.intersection(&set).copied().collect(),
+                        None => set,
+                    });
+                }
+            }
+        }
+        let outer: Vec<&String> = sharded
+            .iter()
+            .copied()
+            .filter(|t| facts.tables.contains(t))
+            .collect();
+        let colocated = outer.len() == sharded.len()
+            && (outer.len() <= 1 || self.joined_on_keys(&outer, facts));
+        if !colocated {
+            return Err(self.cross_shard(&sharded));
+        }
+        match fixed {
+            Some(set) => Ok(match set.len() {
+                // `key IN ()` or contradictory keys: any one shard answers "no rows".
+                0 => Route::One(0),
+                1 => Route::One(set.into_iter().next().unwrap_or(0)),
+                _ => Route::Many(set.into_iter().collect()),
+            }),
+            _ if facts.nested && write => Err(refuse(
+                "a data-modifying statement with subqueries over sharded tables needs a shard key",
+                "add `key = value` for the sharded table, or a /* shardgate: shard=NAME */ hint",
+            )),
+            _ if write && !self.allow_fan_out_writes => Err(refuse(
+                "UPDATE/DELETE without a shard key would run on every shard",
+                "add `key = value`, or set allow_fan_out_writes = true for this database",
+            )),
+            _ => Ok(Route::All),
+        }
+    }
+
+    fn cross_shard(&self, tables: &[&String]) -> PgError {
+        refuse(
+            format!(
+                "query joins sharded tables ({}) that are not joined on their shard keys",
+                tables
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "join sharded tables on their shard key columns, or fix the key with `key = value`",
+        )
+    }
+
+    /// Whether a filter column is table `t`'s key column.
+    fn matches(&self, c: &ColumnRef, t: &str, key: &str, tables: &[String]) -> bool {
+        if c.column != *key {
+            return false;
+        }
+        if c.table.is_empty() {
+            // Unqualified: only if no other table in scope has this key column name.
+            return tables
+                .iter()
+                .filter(|x| self.sharded(x).is_some_and(|(k, _)| k == key))
+                .count()
+                == 1;
+        }
+        c.table == t || unqualified(&c.table) == unqualified(t)
+    }
+
+    /// Whether all the sharded tables are connected by equalities of their key columns.
+    fn joined_on_keys(&self, tables: &[&String], facts: &ShardFacts) -> bool {
+        let mut connected = vec![tables[0].as_str()];
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (a, b) in &facts.column_equalities {
+                let key_of = |c: &ColumnRef| {
+                    tables
+                        .iter()
+                        .find(|t| {
+                            (c.table == ***t || unqualified(&c.table) == unqualified(t))
+                                && self.sharded(t).is_some_and(|(k, _)| *k == c.column)
+                        })
+                        .map(|t| t.as_str())
+                };
+                if let (Some(x), Some(y)) = (key_of(a), key_of(b)) {
+                    for (p, q) in [(x, y), (y, x)] {
+                        if connected.contains(&p) && !connected.contains(&q) {
+                            connected.push(q);
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        tables.iter().all(|t| connected.contains(&t.as_str()))
+    }
+
+    fn route_insert(
+        &self,
+        facts: &ShardFacts,
+        literals: &[Literal],
+        params: Option<&Params<'_>>,
+    ) -> Result<Route, PgError> {
+        let Some(ins) = &facts.insert else {
+            return Ok(Route::One(0));
+        };
+        let Some((key, ty)) = self.sharded(&ins.table) else {
+            return Ok(if self.is_replicated(&ins.table) {
+                Route::All
+            } else {
+                Route::One(0)
+            });
+        };
+        if ins.rows.is_empty() {
+            return Err(refuse(
+                format!(
+                    "INSERT into sharded table \"{}\" without a VALUES list",
+                    ins.table
+                ),
+                "insert with VALUES (or COPY), so each row can go to its shard",
+            ));
+        }
+        let Some(pos) = ins.columns.iter().position(|c| c == key) else {
+            return Err(refuse(
+                format!(
+                    "INSERT into sharded table \"{}\" must name the shard key column \"{key}\" \
+                     in its column list",
+                    ins.table
+                ),
+                "write INSERT INTO t (key, ...) VALUES (...)",
+            ));
+        };
+        let mut shards = BTreeSet::new();
+        for row in &ins.rows {
+            let v = row.get(pos).copied().unwrap_or(ValueRef::Other);
+            match self.shard_of(*ty, v, literals, params)? {
+                Some(s) => {
+                    shards.insert(s);
+                }
+                None => {
+                    return Err(refuse(
+                        format!("the shard key \"{key}\" of an inserted row is not a constant"),
+                        "insert constant keys or parameters",
+                    ))
+                }
+            }
+        }
+        Ok(match shards.len() {
+            1 => Route::One(shards.into_iter().next().unwrap_or(0)),
+            _ => Route::Many(shards.into_iter().collect()),
+        })
+    }
+
+    /// The shard of each row of a multi-row INSERT (same order as the rows).
+    pub fn insert_row_shards(
+        &self,
+        facts: &ShardFacts,
+        literals: &[Literal],
+        params: Option<&Params<'_>>,
+    ) -> Result<Vec<usize>, PgError> {
+        let Some(ins) = &facts.insert else {
+            return Ok(Vec::new());
+        };
+        let Some((key, ty)) = self.sharded(&ins.table) else {
+            return Ok(Vec::new());
+        };
+        let pos = ins.columns.iter().position(|c| c == key).unwrap_or(0);
+        ins.rows
+            .iter()
+            .map(|row| {
+                let v = row.get(pos).copied().unwrap_or(ValueRef::Other);
+                Ok(self.shard_of(*ty, v, literals, params)?.unwrap_or(0))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
