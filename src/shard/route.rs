@@ -228,9 +228,9 @@ impl ShardMap {
                 let Some(c) = &facts.copy else {
                     return Ok(Route::One(0));
                 };
-                return Ok(if self.sharded(&c.table).is_some() {
-                    Route::All
-                } else if self.is_replicated(&c.table) && c.from_stdin {
+                let everywhere = self.sharded(&c.table).is_some()
+                    || (self.is_replicated(&c.table) && c.from_stdin);
+                return Ok(if everywhere {
                     Route::All
                 } else {
                     Route::One(0)
