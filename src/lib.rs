@@ -7,6 +7,8 @@
 
 //! - [`sql`]: SQL text analysis: a scanner for session-state commands, statement shapes, and
 //!   read/write classification with sqlparser behind a shape-keyed cache.
+//! - [`fanout`]: merging several shards' results to one statement into the answer one
+//!   database would give (ORDER BY, LIMIT, aggregates, DISTINCT, command tags); no I/O.
 //! - [`backend`]: one server connection: connect, authenticate as a client, parameters.
 //! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel.
@@ -21,6 +23,7 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod fanout;
 pub mod pool;
 pub mod protocol;
 pub mod server;
