@@ -1,0 +1,3 @@
+//! Merge tests, one file per topic.
+
+mod plan;
