@@ -7,8 +7,10 @@
 
 //! - [`sql`]: SQL text analysis: a scanner for session-state commands, statement shapes, and
 //!   read/write classification with sqlparser behind a shape-keyed cache.
-//! - [`shard`]: shard keys' canonical bytes, the consistent-hash ring, and the DBA tools
-//!   (`shard locate`, `shard plan`).
+//! - [`shard`]: shard keys' canonical bytes, the consistent-hash ring, the shard router and
+//!   the DBA tools (`shard locate`, `shard plan`).
+//! - [`fanout`]: merging several shards' results to one statement into the answer one
+//!   database would give (ORDER BY, LIMIT, aggregates, DISTINCT, command tags); no I/O.
 //! - [`backend`]: one server connection: connect, authenticate as a client, parameters.
 //! - [`health`]: background health checks of servers: role, WAL positions, lag, bans.
 //! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
@@ -24,6 +26,7 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod fanout;
 pub mod health;
 pub mod pool;
 pub mod protocol;
