@@ -103,7 +103,8 @@ impl Merger {
     /// A merger for an Execute whose columns the client already learned from an earlier
     /// Describe: the shards send rows without a RowDescription, and none is sent. `columns`
     /// is the rewritten statement's description with the Bind's result formats applied (see
-    /// [`RowDescription::with_result_formats`]).
+    /// [`RowDescription::with_result_formats`]; when the rewrite added helper columns, the
+    /// formats sent to the shards must cover them too).
     pub fn with_description(
         plan: MergePlan,
         shards: usize,

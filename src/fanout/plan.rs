@@ -177,6 +177,28 @@ impl AggFunc {
 /// [`Agg::Value`]. A plan aggregates when it has a GROUP BY or an aggregate column; it then
 /// yields one row per group (one row in total without GROUP BY, even when no shard has rows),
 /// and ORDER BY, DISTINCT, OFFSET and LIMIT apply to those rows.
+///
+/// `SELECT bid, count(*), avg(abalance) FROM t GROUP BY bid ORDER BY bid LIMIT 5` runs on
+/// the shards as `SELECT bid, count(*), sum(abalance) AS avg, count(abalance) FROM t GROUP
+/// BY bid ORDER BY bid` (no LIMIT: a group's rows may be spread over shards) and merges with:
+///
+/// ```
+/// use shardgate::fanout::{Agg, MergeColumn, MergePlan, SortKey};
+///
+/// let plan = MergePlan {
+///     columns: vec![
+///         MergeColumn::new(Agg::Value(0)),
+///         MergeColumn::new(Agg::Count(1)),
+///         MergeColumn::new(Agg::Avg { sum_col: 2, count_col: 3 }),
+///     ],
+///     group_by: vec![0],
+///     order_by: vec![SortKey::asc(0)],
+///     limit: Some(5),
+///     ..MergePlan::default()
+/// };
+/// assert!(plan.validate().is_ok());
+/// assert_eq!(plan.shard_limit(), None);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MergePlan {
     /// The merged columns, in output order (hidden ones are dropped from the output).

@@ -331,3 +331,89 @@ fn distinct_across_shards() {
     };
     assert_eq!(column(&run(&plan, &shards()), 0), ["1", "2"]);
 }
+
+/// `SELECT bid, count(*), avg(abalance) FROM acc GROUP BY bid ORDER BY bid LIMIT 5`, sent to
+/// three shards as `SELECT bid, count(*), sum(abalance) AS avg, count(abalance) FROM acc
+/// GROUP BY bid ORDER BY bid`. Shard answers and the expected result are PostgreSQL 15's.
+#[test]
+fn pgbench_style_group_by_avg_with_limit() {
+    let cols: &[(&str, u32)] = &[
+        ("bid", oid::INT4),
+        ("count", oid::INT8),
+        ("avg", oid::INT8),
+        ("count", oid::INT8),
+    ];
+    let shards = [
+        selected(
+            cols,
+            &[
+                &["1", "1", "277", "1"],
+                &["2", "2", "-114", "2"],
+                &["3", "2", "-558", "2"],
+                &["4", "2", "-1", "2"],
+                &["5", "2", "108", "2"],
+                &["6", "2", "-56", "1"],
+                &["7", "2", "221", "2"],
+            ],
+        ),
+        selected(
+            cols,
+            &[
+                &["1", "2", "-706", "2"],
+                &["2", "2", "-463", "1"],
+                &["3", "2", "-40", "2"],
+                &["4", "2", "-484", "2"],
+                &["5", "2", "73", "2"],
+                &["6", "2", "182", "2"],
+                &["7", "2", "-262", "2"],
+            ],
+        ),
+        selected(
+            cols,
+            &[
+                &["1", "2", "-188", "2"],
+                &["2", "2", "-632", "2"],
+                &["3", "2", "-75", "2"],
+                &["4", "2", "34", "2"],
+                &["5", "2", "-317", "1"],
+                &["6", "2", "147", "2"],
+                &["7", "1", "240", "1"],
+            ],
+        ),
+    ];
+    let plan = MergePlan {
+        columns: vec![
+            MergeColumn::new(Agg::Value(0)),
+            MergeColumn::new(Agg::Count(1)),
+            MergeColumn::new(Agg::Avg {
+                sum_col: 2,
+                count_col: 3,
+            }),
+        ],
+        group_by: vec![0],
+        order_by: vec![SortKey::asc(0)],
+        limit: Some(5),
+        ..MergePlan::default()
+    };
+    assert_eq!(plan.shard_limit(), None);
+    let out = run(&plan, &shards);
+    assert_eq!(
+        out.columns,
+        [
+            ("bid".to_string(), oid::INT4),
+            ("count".to_string(), oid::INT8),
+            ("avg".to_string(), oid::NUMERIC)
+        ]
+    );
+    assert_eq!(
+        out.rows,
+        rows(&[
+            &["1", "5", "-123.4000000000000000"],
+            &["2", "6", "-241.8000000000000000"],
+            &["3", "6", "-112.1666666666666667"],
+            &["4", "6", "-75.1666666666666667"],
+            &["5", "6", "-27.2000000000000000"],
+        ])
+    );
+    assert_eq!(out.tag, "SELECT 5");
+}
