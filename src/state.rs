@@ -92,6 +92,8 @@ pub struct ProxyState {
     pub statements: StatementCache,
     /// Statement analyses by shape (routing).
     pub analysis: crate::sql::AnalysisCache,
+    /// Shard maps of the databases with more than one shard.
+    pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
 }
 
 impl ProxyState {
@@ -114,7 +116,15 @@ impl ProxyState {
             })
             .collect();
         let registry = Registry::build(&config);
+        let shard_maps = config
+            .databases
+            .iter()
+            .filter_map(|d| {
+                crate::shard::route::ShardMap::new(d).map(|m| (d.name.clone(), Arc::new(m)))
+            })
+            .collect();
         Arc::new(ProxyState {
+            shard_maps,
             analysis: crate::sql::AnalysisCache::new(
                 config.routing.analysis_cache_size,
                 config.routing.write_functions.clone(),

@@ -38,6 +38,8 @@ pub struct Login {
     /// Reads may go to replicas: transaction or statement mode, `routing.read_write_split`
     /// on, and some shard has more than one server.
     pub split: bool,
+    /// The shard map when the database has several shards (transaction and statement modes).
+    pub shard_map: Option<Arc<crate::shard::route::ShardMap>>,
 }
 
 /// The first meaningful packet.
@@ -323,6 +325,11 @@ async fn handshake_inner(
         state.cancels.unregister(cancel_pid);
         return Err(e);
     }
+    let shard_map = state
+        .shard_maps
+        .get(&database)
+        .filter(|_| pool_mode != PoolMode::Session)
+        .cloned();
     Ok(Some(Login {
         user,
         database,
@@ -332,5 +339,6 @@ async fn handshake_inner(
         cancel_slot,
         params,
         split,
+        shard_map,
     }))
 }

@@ -29,6 +29,7 @@ use crate::protocol::{self, query_text, split_frame, sqlstate, FrameError, PgErr
 use crate::state::{CancelTarget, ProxyState};
 use std::sync::Arc;
 
+mod fanout;
 mod routing;
 mod statements;
 
@@ -343,17 +344,32 @@ impl Loop<'_> {
                     continue;
                 }
             }
-            let want = match self.plan(&frame) {
+            let (want, shard) = match self.plan(&frame) {
                 Step::Handled => continue,
                 Step::Hold => {
                     self.rt.pending.push_front(frame);
                     self.client_blocked = true;
                     return None;
                 }
-                Step::Go(want) => want,
+                Step::Refuse(e) => {
+                    e.encode(&mut self.cout);
+                    if tag == b'Q' {
+                        protocol::ready_for_query(&mut self.cout, self.status);
+                    } else {
+                        self.skip_until_sync = true;
+                    }
+                    continue;
+                }
+                Step::FanOut(facts, shards) => {
+                    if let Some(end) = self.fan_out(&frame, &facts, &shards).await {
+                        return Some(end);
+                    }
+                    continue;
+                }
+                Step::Go(want, shard) => (want, shard),
             };
             if self.server.is_none() {
-                if let Err(e) = self.checkout(want).await {
+                if let Err(e) = self.checkout(want, shard).await {
                     e.encode(&mut self.cout);
                     if matches!(tag, b'Q' | b'F' | b'S') {
                         protocol::ready_for_query(&mut self.cout, self.status);

@@ -186,15 +186,30 @@ pub struct RouteFacts {
     pub statements: usize,
     /// Comment hints.
     pub hints: Hints,
+    /// The whole analysis (shard facts).
+    pub analysis: std::sync::Arc<Analysis>,
+    /// This text's literals (shard keys).
+    pub literals: Vec<super::Literal>,
 }
 
 impl RouteFacts {
     /// Facts from an analysis and the text it came from.
     pub fn new(analysis: &Analysis, sql: &str) -> RouteFacts {
+        RouteFacts::from_parts(std::sync::Arc::new(analysis.clone()), Vec::new(), sql)
+    }
+
+    /// Facts from a cached analysis and the literals of this text.
+    pub fn from_parts(
+        analysis: std::sync::Arc<Analysis>,
+        literals: Vec<super::Literal>,
+        sql: &str,
+    ) -> RouteFacts {
         RouteFacts {
             kind: analysis.kind,
             statements: analysis.statements,
             hints: hints(sql),
+            analysis,
+            literals,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::protocol::{
     self, bind_names, error_fields, error_severity, parse_body, query_text, sqlstate, Frame,
     PgError,
 };
+use crate::shard::route::{Params, Route};
 use crate::sql::hints::{self, RouteFacts, Target};
 use crate::sql::Kind;
 use crate::state::{CancelTarget, Prepared};
@@ -61,8 +62,12 @@ pub(super) enum Step {
     Handled,
     /// Keep it until the current server connection is released.
     Hold,
-    /// Send it, checking out a server for this want if none is held.
-    Go(Want),
+    /// Send it, checking out a server of this shard for this want if none is held.
+    Go(Want, usize),
+    /// Run it on these shards and merge (simple Query, outside a transaction).
+    FanOut(RouteFacts, Vec<usize>),
+    /// Answer with this error.
+    Refuse(PgError),
 }
 
 /// Routing state of one client.
@@ -92,8 +97,12 @@ pub(super) struct Routing {
     min_lsn: u64,
     /// Read-your-writes: reads go to the primary until this `now_ms()`.
     primary_until: u64,
-    /// What the last unnamed statement Parsed needs and whether it writes (for a later Bind).
-    unnamed_want: Option<(Want, bool)>,
+    /// Facts of the last unnamed statement Parsed (for a later Bind without a Parse).
+    unnamed: Option<RouteFacts>,
+    /// Shard of the current server connection.
+    pub shard: usize,
+    /// `SET shardgate.shard`.
+    pub session_shard: Option<usize>,
 }
 
 impl Routing {
@@ -163,8 +172,8 @@ fn pool_error(e: PoolError) -> PgError {
 impl Loop<'_> {
     /// Routing facts of a query text, through the shape cache.
     fn facts_of(&self, sql: &str) -> RouteFacts {
-        let (analysis, _) = self.state.analysis.analyze(sql);
-        RouteFacts::new(&analysis, sql)
+        let (analysis, literals) = self.state.analysis.analyze(sql);
+        RouteFacts::from_parts(analysis, literals, sql)
     }
 
     /// Routing facts of a pooled statement, found once.
@@ -182,47 +191,95 @@ impl Loop<'_> {
         }
     }
 
+    /// The shard route of a statement: hints, `SET shardgate.shard`, then the router.
+    /// `Route::Any` for databases without sharding.
+    fn shard_route(&self, f: &RouteFacts, params: Option<&Params<'_>>) -> Result<Route, PgError> {
+        let Some(map) = &self.login.shard_map else {
+            return Ok(Route::Any);
+        };
+        if let Some(name) = &f.hints.shard {
+            return map.shard_named(name).map(Route::One).ok_or_else(|| {
+                PgError::error("22023", format!("unknown shard \"{name}\" in hint"))
+                    .with_hint(format!("shards: {}", map.names.join(", ")))
+            });
+        }
+        if let Some(key) = &f.hints.key {
+            let ty = f
+                .analysis
+                .tables
+                .iter()
+                .find_map(|t| map.sharded(t).map(|(_, ty)| *ty))
+                .unwrap_or(crate::config::KeyType::Bigint);
+            return map
+                .shard_of_text(ty, key.as_bytes())
+                .map(Route::One)
+                .map_err(|e| PgError::error(e.sqlstate(), e.to_string()));
+        }
+        if let Some(s) = self.rt.session_shard {
+            return Ok(Route::One(s));
+        }
+        match &f.analysis.shard {
+            Some(facts) => map.route(facts, &f.analysis.tables, &f.literals, params),
+            None if f.statements > 1
+                && f.analysis.tables.iter().any(|t| map.sharded(t).is_some()) =>
+            {
+                Err(PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "several statements in one query on a sharded database",
+                )
+                .with_hint("send one statement per query so each can be routed by its key"))
+            }
+            None => Ok(Route::Any),
+        }
+    }
+
     /// What a batch of extended-protocol messages starting with `first` needs, looking ahead
     /// (without consuming) up to its Sync: a replica only if every statement it executes
-    /// reads (a Parse alone runs nothing; Parse and Describe work on a hot standby). A batch
-    /// whose Sync has not arrived yet goes to the primary. Returns (want, writes).
-    fn batch_want(&mut self, first: &Frame) -> (Want, bool) {
+    /// reads (a Parse alone runs nothing; Parse and Describe work on a hot standby), and the
+    /// one shard all its statements route to. A batch whose Sync has not arrived yet goes to
+    /// the primary. Returns (want, writes, shard).
+    fn batch_want(&mut self, first: &Frame) -> (Want, bool, Result<Route, PgError>) {
         let mut want: Option<Want> = None;
         let mut writes = false;
-        let mut unnamed = self.rt.unnamed_want;
-        // Named statements parsed earlier in this batch: (name, want, writes).
-        let mut parsed: Vec<(String, Want, bool)> = Vec::new();
+        let mut route = Ok(Route::Any);
+        let mut unnamed = self.rt.unnamed.clone();
+        // Named statements parsed earlier in this batch.
+        let mut parsed: Vec<(String, RouteFacts)> = Vec::new();
         let mut complete = false;
         {
             let mut visit = |tag: u8, body: &[u8]| -> bool {
-                let (w, wr) = match tag {
+                let facts = match tag {
                     b'P' => {
                         if let Some(p) = parse_body(body) {
                             let f = self.facts_of(p.query);
-                            let w = self.want(&f);
                             if p.name.is_empty() {
-                                unnamed = Some((w, f.writes()));
+                                unnamed = Some(f);
                             } else {
-                                parsed.push((p.name.to_string(), w, f.writes()));
+                                parsed.push((p.name.to_string(), f));
                             }
                         }
                         return true;
                     }
                     b'B' => match bind_names(body) {
-                        Some((_, "", _)) => unnamed.unwrap_or((Want::Primary, true)),
-                        Some((_, name, _)) => {
-                            if let Some((_, w, wr)) = parsed.iter().rev().find(|p| p.0 == name) {
-                                (*w, *wr)
-                            } else if let Some(stmt) = self.client.named.get(name) {
-                                let f = self.stmt_facts(stmt);
-                                (self.want(f), f.writes())
-                            } else {
-                                (Want::Primary, false)
-                            }
-                        }
-                        None => (Want::Primary, true),
+                        Some((_, "", _)) => unnamed.clone(),
+                        Some((_, name, _)) => parsed
+                            .iter()
+                            .rev()
+                            .find(|p| p.0 == name)
+                            .map(|p| p.1.clone())
+                            .or_else(|| {
+                                self.client
+                                    .named
+                                    .get(name)
+                                    .map(|stmt| self.stmt_facts(stmt).clone())
+                            }),
+                        None => None,
                     },
-                    b'F' => (Want::Primary, true),
+                    b'F' => {
+                        want = Some(Want::Primary);
+                        writes = true;
+                        return true;
+                    }
                     b'S' => {
                         complete = true;
                         return false;
@@ -230,6 +287,24 @@ impl Loop<'_> {
                     b'Q' => return false,
                     _ => return true,
                 };
+                let (w, wr) = match &facts {
+                    Some(f) => (self.want(f), f.writes()),
+                    None => (Want::Primary, true),
+                };
+                if let (Some(f), Ok(prev)) = (&facts, &route) {
+                    let params = Params::from_bind(body);
+                    route = match (prev.clone(), self.shard_route(f, params.as_ref())) {
+                        (_, Err(e)) => Err(e),
+                        (Route::Any, r) => r,
+                        (p, Ok(Route::Any)) => Ok(p),
+                        (p, Ok(r)) if p == r => Ok(p),
+                        _ => Err(PgError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            "statements of one extended-protocol batch route to different shards",
+                        )
+                        .with_hint("Sync between statements for different shard keys")),
+                    };
+                }
                 want = Some(want.map_or(w, |x| x.and(w)));
                 writes |= wr;
                 true
@@ -252,44 +327,92 @@ impl Loop<'_> {
                 rest = &rest[end..];
             }
         }
-        self.rt.unnamed_want = unnamed;
+        self.rt.unnamed = unnamed;
         if !complete {
-            return (Want::Primary, true);
+            return (Want::Primary, true, route);
         }
-        (want.unwrap_or(Want::Read), writes)
+        (want.unwrap_or(Want::Read), writes, route)
     }
 
-    /// Decides what to do with a client message when reads may go to replicas.
+    /// Decides what to do with a client message at a routing point (reads to replicas,
+    /// statements to shards).
     pub(super) fn plan(&mut self, frame: &Frame) -> Step {
-        if !self.login.split {
-            return Step::Go(Want::Primary);
+        if !self.login.split && self.login.shard_map.is_none() {
+            return Step::Go(Want::Primary, 0);
         }
         let extended_start =
             !self.unsynced && matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
-        let (want, writes, facts) = if frame.tag == b'Q' {
+        let (want, writes, facts, route) = if frame.tag == b'Q' {
             let f = self.facts_of(query_text(frame.body()));
-            (self.want(&f), f.writes(), Some(f))
+            let route = self.shard_route(&f, None);
+            (self.want(&f), f.writes(), Some(f), route)
         } else if extended_start {
-            let (w, wr) = self.batch_want(frame);
-            (w, wr, None)
+            let (w, wr, route) = self.batch_want(frame);
+            (w, wr, None, route)
         } else {
-            return Step::Go(Want::Primary);
+            return Step::Go(Want::Primary, self.rt.shard);
+        };
+        let route = match route {
+            Ok(r) => r,
+            Err(e) => return Step::Refuse(e),
+        };
+        let in_transaction = self.status != b'I' || self.rt.pending_begin.is_some();
+        let shard = match route {
+            Route::Any => None,
+            Route::One(s) => Some(s),
+            Route::Many(_) | Route::All if in_transaction => {
+                return Step::Refuse(
+                    self.cross_shard_transaction("this statement needs several shards"),
+                );
+            }
+            Route::Many(v) => {
+                if self.server.is_some() {
+                    return self.hold_or_refuse();
+                }
+                let Some(f) = facts else {
+                    return Step::Refuse(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "statements that need several shards are not supported in the extended protocol",
+                    )
+                    .with_hint("add a shard key condition, or use the simple query protocol"));
+                };
+                return Step::FanOut(f, v);
+            }
+            Route::All => {
+                if self.server.is_some() {
+                    return self.hold_or_refuse();
+                }
+                let Some(f) = facts else {
+                    return Step::Refuse(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "statements that need several shards are not supported in the extended protocol",
+                    )
+                    .with_hint("add a shard key condition, or use the simple query protocol"));
+                };
+                let n = self.login.shards.len();
+                return Step::FanOut(f, (0..n).collect());
+            }
         };
         self.rt.wrote |= writes;
         if self.server.is_some() {
+            if let Some(s) = shard.filter(|s| *s != self.rt.shard) {
+                if !in_transaction {
+                    return self.hold_or_refuse();
+                }
+                let _ = s;
+                return Step::Refuse(
+                    self.cross_shard_transaction("this statement belongs to another shard"),
+                );
+            }
             // Inside a transaction (or a batch) everything stays where it is. Outside one, a
             // statement for the primary waits until a replica connection is released.
             let busy = !self.relay.idle();
-            if self.status == b'I'
-                && self.rt.pending_begin.is_none()
-                && want == Want::Primary
-                && !self.rt.on_primary
-                && busy
-            {
+            if !in_transaction && want == Want::Primary && !self.rt.on_primary && busy {
                 return Step::Hold;
             }
-            return Step::Go(want);
+            return Step::Go(want, self.rt.shard);
         }
+        let shard = shard.unwrap_or(0);
         let single = |k: Kind| {
             facts
                 .as_ref()
@@ -317,12 +440,15 @@ impl Loop<'_> {
                 .as_ref()
                 .and_then(|f| f.hints.target)
                 .or(self.rt.target);
-            return Step::Go(match hinted {
-                Some(Target::Primary) => Want::Primary,
-                Some(Target::Replica) => Want::Replica,
-                None if read_only => Want::Read,
-                None => Want::Primary,
-            });
+            return Step::Go(
+                match hinted {
+                    Some(Target::Primary) => Want::Primary,
+                    Some(Target::Replica) => Want::Replica,
+                    None if read_only => Want::Read,
+                    None => Want::Primary,
+                },
+                shard,
+            );
         }
         if let Some(f) = &facts {
             if let (Kind::Begin { read_only }, 1) = (f.kind, f.statements) {
@@ -335,7 +461,33 @@ impl Loop<'_> {
                 return Step::Handled;
             }
         }
-        Step::Go(want)
+        Step::Go(want, shard)
+    }
+
+    /// Outside a transaction, waits for the current server connection to be released; a
+    /// client that cannot release it (pinned, or mid-batch) gets an error.
+    fn hold_or_refuse(&self) -> Step {
+        if !self.relay.idle() {
+            return Step::Hold;
+        }
+        Step::Refuse(self.cross_shard_transaction("this statement belongs to another shard"))
+    }
+
+    fn cross_shard_transaction(&self, what: &str) -> PgError {
+        let name = self
+            .login
+            .shard_map
+            .as_ref()
+            .and_then(|m| m.names.get(self.rt.shard).cloned())
+            .unwrap_or_default();
+        PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("{what}, but the transaction (or pinned session) runs on shard {name}"),
+        )
+        .with_hint(
+            "keep each transaction on one shard key; transactions across shards \
+             (two_phase_commit) are not supported yet",
+        )
     }
 
     /// Answers `SET/RESET/SHOW shardgate.*`; false if the query is not one of those.
@@ -374,12 +526,52 @@ impl Loop<'_> {
                 };
                 protocol::show_result(&mut b, "shardgate.target", v);
             }
+            hints::Command::Set { name, value } if name == "shard" => match value {
+                None => {
+                    self.rt.session_shard = None;
+                    protocol::command_complete(&mut b, "SET");
+                }
+                Some(v) => match self
+                    .login
+                    .shard_map
+                    .as_ref()
+                    .and_then(|m| m.shard_named(&v))
+                {
+                    Some(i) => {
+                        self.rt.session_shard = Some(i);
+                        protocol::command_complete(&mut b, "SET");
+                    }
+                    None => {
+                        let known = self
+                            .login
+                            .shard_map
+                            .as_ref()
+                            .map(|m| m.names.join(", "))
+                            .unwrap_or_else(|| "none: the database is not sharded".into());
+                        PgError::error(
+                            "22023",
+                            format!("invalid value for parameter \"shardgate.shard\": \"{v}\""),
+                        )
+                        .with_hint(format!(
+                            "shards: {known}; RESET shardgate.shard routes by key again"
+                        ))
+                        .encode(&mut b);
+                    }
+                },
+            },
+            hints::Command::Show { name } if name == "shard" => {
+                let v = match (self.rt.session_shard, &self.login.shard_map) {
+                    (Some(i), Some(m)) => m.names.get(i).cloned().unwrap_or_default(),
+                    _ => "auto".to_string(),
+                };
+                protocol::show_result(&mut b, "shardgate.shard", &v);
+            }
             hints::Command::Set { name, .. } | hints::Command::Show { name } => {
                 PgError::error(
                     "42704",
                     format!("unrecognized configuration parameter \"shardgate.{name}\""),
                 )
-                .with_hint("The proxy knows shardgate.target.")
+                .with_hint("The proxy knows shardgate.target and shardgate.shard.")
                 .encode(&mut b);
             }
         }
@@ -396,8 +588,9 @@ impl Loop<'_> {
     }
 
     /// Checks out a server for `want` and prepares it for the client's next message.
-    pub(super) async fn checkout(&mut self, want: Want) -> Result<(), PgError> {
-        let (conn, on_primary) = self.acquire(want).await?;
+    pub(super) async fn checkout(&mut self, want: Want, shard: usize) -> Result<(), PgError> {
+        let (conn, on_primary) = self.acquire(want, shard).await?;
+        self.rt.shard = shard;
         *lock(&self.login.cancel_slot) = Some(CancelTarget {
             addr: conn.addr.clone(),
             pid: conn.pid,
@@ -422,8 +615,14 @@ impl Loop<'_> {
 
     /// A server connection for `want`: a replica by the balancing policy when one qualifies,
     /// else the primary (waiting up to the checkout timeout while no primary is known).
-    async fn acquire(&self, want: Want) -> Result<(Checkout, bool), PgError> {
-        let shard = &self.login.shards[0];
+    pub(super) async fn acquire(
+        &self,
+        want: Want,
+        shard: usize,
+    ) -> Result<(Checkout, bool), PgError> {
+        let Some(shard) = self.login.shards.get(shard) else {
+            return Err(PgError::error(sqlstate::INTERNAL_ERROR, "no such shard"));
+        };
         let r = &self.state.config.routing;
         if want != Want::Primary && self.login.split {
             let ryw = want == Want::Read;

@@ -534,3 +534,71 @@ pub(super) fn facts(stmt: &Statement, pos: &Positions<'_>) -> ShardFacts {
     }
     facts
 }
+
+/// Splits a multi-row `INSERT ... VALUES` into one INSERT per shard: `row_shards[i]` is the
+/// shard of the i-th row. Returns (shard, SQL) in shard order. The SQL is printed back by
+/// sqlparser from the parsed statement with only the VALUES rows filtered.
+pub fn split_insert(sql: &str, row_shards: &[usize]) -> Result<Vec<(usize, String)>, String> {
+    let dialect = sqlparser::dialect::PostgreSqlDialect {};
+    let stmts = sqlparser::parser::Parser::parse_sql(&dialect, sql).map_err(|e| e.to_string())?;
+    let [Statement::Insert(ins)] = stmts.as_slice() else {
+        return Err("not a single INSERT".into());
+    };
+    let Some(src) = &ins.source else {
+        return Err("INSERT without VALUES".into());
+    };
+    let SetExpr::Values(values) = src.body.as_ref() else {
+        return Err("INSERT without VALUES".into());
+    };
+    if values.rows.len() != row_shards.len() {
+        return Err("row count changed".into());
+    }
+    let mut shards = row_shards.to_vec();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut out = Vec::with_capacity(shards.len());
+    for s in shards {
+        let mut part = ins.clone();
+        let mut body = (**src).clone();
+        if let SetExpr::Values(v) = body.body.as_mut() {
+            v.rows = values
+                .rows
+                .iter()
+                .zip(row_shards)
+                .filter(|(_, rs)| **rs == s)
+                .map(|(r, _)| r.clone())
+                .collect();
+        }
+        part.source = Some(Box::new(body));
+        out.push((s, Statement::Insert(part).to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::split_insert;
+
+    #[test]
+    fn splits_rows_by_shard() {
+        let parts = split_insert(
+            "INSERT INTO t (id, v) VALUES (1, 'a'), (2, 'b'), (3, 'c') RETURNING id",
+            &[1, 0, 1],
+        )
+        .unwrap();
+        assert_eq!(
+            parts,
+            [
+                (
+                    0,
+                    "INSERT INTO t (id, v) VALUES (2, 'b') RETURNING id".to_string()
+                ),
+                (
+                    1,
+                    "INSERT INTO t (id, v) VALUES (1, 'a'), (3, 'c') RETURNING id".to_string()
+                )
+            ]
+        );
+        assert!(split_insert("INSERT INTO t SELECT 1", &[0]).is_err());
+    }
+}

@@ -1,0 +1,245 @@
+//! Statements that run on several shards (simple protocol, outside transactions): reads
+//! merged exactly as one database would answer ([`crate::fanout`]), multi-row INSERTs split by
+//! key, and writes, schema changes and maintenance run everywhere with their counts summed.
+//!
+//! One server connection per shard is checked out, the client's settings applied, the
+//! statement sent to all of them at once and every answer read to its ReadyForQuery before
+//! anything goes to the client: an error on any shard is the answer (its first ErrorResponse),
+//! never a partial result presented as success. (A write that failed on one shard may have
+//! succeeded on another; transactions across shards need two-phase commit.)
+
+use bytes::{Bytes, BytesMut};
+
+use super::routing::Want;
+use super::{End, Loop};
+use crate::fanout::{self, CommandTag, MergeError, RowDescription, ShardResult};
+use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
+use crate::session::client_state::apply_sql;
+use crate::sql::analyze::fanout::{fan_out_query, PlanSpec};
+use crate::sql::analyze::shard::Command;
+use crate::sql::hints::RouteFacts;
+
+/// What each shard runs, and the merge of a read (None: sum the counts).
+type Work = (Vec<(usize, String)>, Option<PlanSpec>);
+
+fn merge_error(e: MergeError) -> PgError {
+    e.to_pg_error()
+}
+
+impl Loop<'_> {
+    /// Runs `frame` (a Query) on `shards` and answers the client.
+    pub(super) async fn fan_out(
+        &mut self,
+        frame: &Frame,
+        facts: &RouteFacts,
+        shards: &[usize],
+    ) -> Option<End> {
+        let sql = query_text(frame.body()).to_string();
+        match self.fan_out_inner(&sql, facts, shards).await {
+            Ok(out) => self.cout.extend_from_slice(&out),
+            Err(e) => e.encode(&mut self.cout),
+        }
+        protocol::ready_for_query(&mut self.cout, self.status);
+        None
+    }
+
+    async fn fan_out_inner(
+        &mut self,
+        sql: &str,
+        facts: &RouteFacts,
+        shards: &[usize],
+    ) -> Result<BytesMut, PgError> {
+        let command = facts
+            .analysis
+            .shard
+            .as_ref()
+            .map_or(Command::Other, |f| f.command);
+        // What each shard runs, and how the answers combine.
+        let (per_shard, plan): Work = match command {
+            Command::Select => {
+                let q = fan_out_query(sql).map_err(merge_error)?;
+                (
+                    shards.iter().map(|s| (*s, q.shard_sql.clone())).collect(),
+                    Some(q.spec),
+                )
+            }
+            Command::Copy => {
+                return Err(PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "COPY of a sharded table is not supported yet",
+                )
+                .with_hint("use INSERT, or COPY through a direct connection to each shard"))
+            }
+            Command::Insert
+                if shards.len() < self.login.shards.len() || self.is_split_insert(facts) =>
+            {
+                self.split_insert(sql, facts)?
+            }
+            _ => (shards.iter().map(|s| (*s, sql.to_string())).collect(), None),
+        };
+        let want = if facts.reads() {
+            Want::Read
+        } else {
+            Want::Primary
+        };
+        // One connection per shard, settings applied.
+        let mut conns = Vec::with_capacity(per_shard.len());
+        for (shard, _) in &per_shard {
+            let (mut conn, _) = self.acquire(want, *shard).await?;
+            if let Some(set) = apply_sql(&self.client.settings, &conn.settings) {
+                match conn.run(&set).await {
+                    Ok(b'I') => conn.settings = self.client.settings.clone(),
+                    _ => {
+                        conn.broken = true;
+                        return Err(PgError::error(
+                            sqlstate::CONNECTION_FAILURE,
+                            "could not apply session settings on a shard",
+                        ));
+                    }
+                }
+            }
+            conns.push(conn);
+        }
+        let mut requests = Vec::with_capacity(per_shard.len());
+        for (_, text) in &per_shard {
+            let mut b = BytesMut::new();
+            let _ = postgres_protocol::message::frontend::query(text, &mut b);
+            requests.push(b);
+        }
+        let answers = futures_util::future::join_all(
+            conns.iter_mut().zip(&requests).map(|(c, r)| c.exchange(r)),
+        )
+        .await;
+        let mut results = Vec::with_capacity(answers.len());
+        let mut notices = BytesMut::new();
+        let mut first_error: Option<Bytes> = None;
+        for (conn, answer) in conns.iter_mut().zip(answers) {
+            let (frames, status) = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    conn.broken = true;
+                    return Err(PgError::error(
+                        sqlstate::CONNECTION_FAILURE,
+                        format!("a shard failed during the statement: {e}"),
+                    ));
+                }
+            };
+            if status != b'I' {
+                conn.broken = true;
+            }
+            let mut r = ShardResult::default();
+            for f in frames {
+                match f.tag {
+                    b'T' => r.row_description = Some(f.bytes),
+                    b'D' => r.data_rows.push(f.bytes),
+                    b'C' => r.command_complete = f.bytes,
+                    b'E' => {
+                        first_error.get_or_insert(f.bytes);
+                    }
+                    b'N' => notices.extend_from_slice(&f.bytes),
+                    // CopyOut/CopyIn or anything else a fan-out cannot relay.
+                    b'I' | b'S' | b'A' => {}
+                    _ => conn.broken = true,
+                }
+            }
+            results.push(r);
+        }
+        drop(conns);
+        let mut out = notices;
+        if let Some(e) = first_error {
+            out.extend_from_slice(&e);
+            return Ok(out);
+        }
+        let merged = match plan {
+            Some(spec) => {
+                let names: Vec<String> = results
+                    .iter()
+                    .find_map(|r| r.row_description.as_ref())
+                    .and_then(|t| RowDescription::parse(t).ok())
+                    .map(|d| d.fields.iter().map(|f| f.name.clone()).collect())
+                    .unwrap_or_default();
+                let plan = spec.resolve(&names).map_err(merge_error)?;
+                fanout::merge(&plan, &results).map_err(merge_error)?
+            }
+            None => sum_results(&results)?,
+        };
+        out.extend_from_slice(&merged);
+        Ok(out)
+    }
+
+    fn is_split_insert(&self, facts: &RouteFacts) -> bool {
+        facts
+            .analysis
+            .shard
+            .as_ref()
+            .and_then(|f| f.insert.as_ref())
+            .is_some_and(|i| i.rows.len() > 1)
+            && self
+                .login
+                .shard_map
+                .as_ref()
+                .zip(facts.analysis.shard.as_ref())
+                .is_some_and(|(m, f)| {
+                    f.insert
+                        .as_ref()
+                        .is_some_and(|i| m.sharded(&i.table).is_some())
+                })
+    }
+
+    /// A multi-row INSERT into a sharded table: one INSERT per shard with that shard's rows.
+    fn split_insert(&self, sql: &str, facts: &RouteFacts) -> Result<Work, PgError> {
+        let (Some(map), Some(sf)) = (&self.login.shard_map, &facts.analysis.shard) else {
+            return Err(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "not a sharded INSERT",
+            ));
+        };
+        let rows = map.insert_row_shards(sf, &facts.literals, None)?;
+        let parts = crate::sql::analyze::split_insert(sql, &rows).map_err(|e| {
+            PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("cannot split this INSERT by shard: {e}"),
+            )
+        })?;
+        Ok((parts, None))
+    }
+}
+
+/// Answers of a write or schema change on several shards: the first RowDescription (for
+/// RETURNING), every DataRow, and one CommandComplete with the counts summed.
+fn sum_results(results: &[ShardResult]) -> Result<BytesMut, PgError> {
+    let mut out = BytesMut::new();
+    if let Some(t) = results.iter().find_map(|r| r.row_description.as_ref()) {
+        out.extend_from_slice(t);
+    }
+    for r in results {
+        for d in &r.data_rows {
+            out.extend_from_slice(d);
+        }
+    }
+    let mut total: Option<CommandTag> = None;
+    for r in results {
+        if r.command_complete.is_empty() {
+            continue;
+        }
+        let tag = CommandTag::parse(&r.command_complete).map_err(|e| {
+            PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                format!("bad CommandComplete from a shard: {e}"),
+            )
+        })?;
+        total = Some(match total {
+            None => tag,
+            Some(mut t) => {
+                if let (Some(a), Some(b)) = (t.rows, tag.rows) {
+                    t.rows = Some(a + b);
+                }
+                t
+            }
+        });
+    }
+    if let Some(t) = total {
+        t.encode(&mut out);
+    }
+    Ok(out)
+}
