@@ -432,3 +432,33 @@ pub mod raw {
         false
     }
 }
+
+static AT_EXIT: std::sync::Mutex<Vec<&'static PgCluster>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn stop_registered_at_exit() {
+    let list = AT_EXIT.lock().map(|l| l.clone()).unwrap_or_default();
+    for c in list {
+        let _ = c
+            .run_as_pg_cmd("pg_ctl")
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(c.data_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Some(base) = c.data_dir().parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
+    }
+}
+
+/// Stops a cluster held in a `static` (never dropped) when the test process exits.
+pub fn stop_at_exit(c: &'static PgCluster) {
+    let mut list = AT_EXIT.lock().unwrap_or_else(|p| p.into_inner());
+    if list.is_empty() {
+        // SAFETY: registering a plain extern "C" function with no captured state.
+        unsafe {
+            libc::atexit(stop_registered_at_exit);
+        }
+    }
+    list.push(c);
+}

@@ -51,6 +51,23 @@ pub fn bind_names(body: &[u8]) -> Option<(&str, &str, usize)> {
     Some((portal, stmt, body.len() - b.len()))
 }
 
+/// The parameter type OIDs of a Parse body tail ([`Parse::rest`]: query, NUL, count, OIDs).
+pub fn param_oids(rest: &[u8]) -> Vec<u32> {
+    let Some(nul) = rest.iter().position(|&b| b == 0) else {
+        return Vec::new();
+    };
+    let b = &rest[nul + 1..];
+    if b.len() < 2 {
+        return Vec::new();
+    }
+    let n = i16::from_be_bytes([b[0], b[1]]).max(0) as usize;
+    b[2..]
+        .chunks_exact(4)
+        .take(n)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// Re-encodes a Bind with another statement name.
 pub fn rename_bind(body: &[u8], stmt: &str) -> Option<Bytes> {
     let (portal, _, rest_at) = bind_names(body)?;

@@ -9,7 +9,8 @@ mod messages;
 mod startup;
 
 pub use extended::{
-    bind_names, empty_message, encode_parse, encode_target, parse_body, rename_bind, target, Parse,
+    bind_names, empty_message, encode_parse, encode_target, param_oids, parse_body, rename_bind,
+    target, Parse,
 };
 pub use frame::{cstr, split_frame, Frame, FrameError};
 pub use messages::*;

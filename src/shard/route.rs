@@ -42,6 +42,8 @@ pub struct Params<'a> {
     pub formats: Vec<i16>,
     /// Values.
     pub values: Vec<Option<&'a [u8]>>,
+    /// Parameter type OIDs from the Parse (0 or missing: unspecified).
+    pub types: Vec<u32>,
 }
 
 impl<'a> Params<'a> {
@@ -84,7 +86,11 @@ impl<'a> Params<'a> {
             values.push(Some(&b[..len]));
             b = &b[len..];
         }
-        Some(Params { formats, values })
+        Some(Params {
+            formats,
+            values,
+            types: Vec::new(),
+        })
     }
 
     fn format(&self, i: usize) -> i16 {
@@ -183,6 +189,9 @@ impl ShardMap {
                 let text = match literals.get(index) {
                     Some(Literal::Number(n)) if negative => format!("-{n}"),
                     Some(Literal::Number(n)) | Some(Literal::String(n)) => n.clone(),
+                    Some(Literal::Param(n)) if !negative => {
+                        return self.shard_of(key_type, ValueRef::Param(*n), literals, params)
+                    }
                     _ => return Ok(None),
                 };
                 self.shard_of_text(key_type, text.as_bytes())
@@ -194,8 +203,16 @@ impl ShardMap {
                 let i = (n as usize).wrapping_sub(1);
                 match p.values.get(i) {
                     Some(Some(bytes)) => {
-                        let key = if p.format(i) == 1 {
-                            ShardKey::from_binary(key_type, bytes)
+                        // A binary value is in its parameter's type: text-like types carry
+                        // the key as text; unspecified (0) is the key column's type, unless
+                        // its length cannot be (then it is text).
+                        let oid = p.types.get(i).copied().unwrap_or(0);
+                        let text_like = matches!(oid, 25 | 1043 | 1042 | 19 | 705);
+                        let key = if p.format(i) == 1 && !text_like {
+                            match ShardKey::from_binary(key_type, bytes) {
+                                Err(_) if oid == 0 => ShardKey::from_text(key_type, bytes),
+                                r => r,
+                            }
                         } else {
                             ShardKey::from_text(key_type, bytes)
                         }

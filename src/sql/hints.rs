@@ -190,6 +190,8 @@ pub struct RouteFacts {
     pub analysis: std::sync::Arc<Analysis>,
     /// This text's literals (shard keys).
     pub literals: Vec<super::Literal>,
+    /// Parameter type OIDs declared by the Parse (extended protocol; 0 = unspecified).
+    pub param_types: Vec<u32>,
 }
 
 impl RouteFacts {
@@ -210,6 +212,7 @@ impl RouteFacts {
             hints: hints(sql),
             analysis,
             literals,
+            param_types: Vec::new(),
         }
     }
 

@@ -19,8 +19,8 @@ use crate::config::{ReadYourWrites, Role};
 use crate::health::{now_ms, parse_lsn};
 use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
 use crate::protocol::{
-    self, bind_names, error_fields, error_severity, parse_body, query_text, sqlstate, Frame,
-    PgError,
+    self, bind_names, error_fields, error_severity, param_oids, parse_body, query_text, sqlstate,
+    Frame, PgError,
 };
 use crate::shard::route::{Params, Route};
 use crate::sql::hints::{self, RouteFacts, Target};
@@ -178,7 +178,13 @@ impl Loop<'_> {
 
     /// Routing facts of a pooled statement, found once.
     fn stmt_facts<'p>(&self, stmt: &'p Prepared) -> &'p RouteFacts {
-        stmt.route.get_or_init(|| self.facts_of(stmt.query()))
+        stmt.route.get_or_init(|| {
+            let mut f = self.facts_of(stmt.query());
+            if let Some(p) = parse_body(&stmt.parse[5..]) {
+                f.param_types = param_oids(p.rest);
+            }
+            f
+        })
     }
 
     /// The server a statement with these facts needs.
@@ -251,7 +257,8 @@ impl Loop<'_> {
                 let facts = match tag {
                     b'P' => {
                         if let Some(p) = parse_body(body) {
-                            let f = self.facts_of(p.query);
+                            let mut f = self.facts_of(p.query);
+                            f.param_types = param_oids(p.rest);
                             if p.name.is_empty() {
                                 unnamed = Some(f);
                             } else {
@@ -292,7 +299,10 @@ impl Loop<'_> {
                     None => (Want::Primary, true),
                 };
                 if let (Some(f), Ok(prev)) = (&facts, &route) {
-                    let params = Params::from_bind(body);
+                    let params = Params::from_bind(body).map(|mut p| {
+                        p.types = f.param_types.clone();
+                        p
+                    });
                     route = match (prev.clone(), self.shard_route(f, params.as_ref())) {
                         (_, Err(e)) => Err(e),
                         (Route::Any, r) => r,

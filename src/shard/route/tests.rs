@@ -98,12 +98,29 @@ fn parameters_text_and_binary_agree_with_literals() {
     let text = Params {
         formats: vec![0],
         values: vec![Some(b"42")],
+        types: vec![],
     };
     let bin = 42i64.to_be_bytes();
     let binary = Params {
         formats: vec![1],
         values: vec![Some(&bin)],
+        types: vec![20],
     };
+    // A text-typed parameter sent in binary carries the key as text.
+    let typed_text = Params {
+        formats: vec![1],
+        values: vec![Some(b"42")],
+        types: vec![25],
+    };
+    assert_eq!(
+        route_with(
+            &m,
+            "SELECT * FROM accounts WHERE aid = $1",
+            Some(&typed_text)
+        )
+        .unwrap(),
+        Route::One(owner(&m, 42))
+    );
     let sql = "SELECT * FROM accounts WHERE aid = $1";
     assert_eq!(route_with(&m, sql, Some(&text)).unwrap(), want);
     assert_eq!(route_with(&m, sql, Some(&binary)).unwrap(), want);

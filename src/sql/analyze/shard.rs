@@ -15,7 +15,8 @@ use sqlparser::ast::{
 
 use super::{ident_name, object_name};
 
-/// Where a value in a statement comes from.
+/// Where a value in a statement comes from. A `$n` parameter is referred to by its shape
+/// literal index like any constant (the shape's literal list says which parameter it is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueRef {
     /// The shape literal with this index; `negative` for a unary minus in front.
@@ -219,10 +220,18 @@ impl Scope {
 fn value_ref(expr: &Expr, pos: &Positions<'_>) -> ValueRef {
     match expr {
         Expr::Value(v) => match &v.value {
-            Value::Placeholder(p) => p
-                .strip_prefix('$')
-                .and_then(|n| n.parse().ok())
-                .map_or(ValueRef::Other, ValueRef::Param),
+            // A parameter is a shape literal too (`$?`), and statements of one shape may
+            // have a literal or a parameter there: refer to the shape position.
+            Value::Placeholder(p) => match pos.literal(v) {
+                Some(index) => ValueRef::Literal {
+                    index,
+                    negative: false,
+                },
+                None => p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse().ok())
+                    .map_or(ValueRef::Other, ValueRef::Param),
+            },
             Value::Null => ValueRef::Null,
             Value::Number(..)
             | Value::SingleQuotedString(_)

@@ -49,10 +49,10 @@ fn equality_and_in_filters_reference_literals_and_params() {
                 index: 3,
                 negative: true
             },
-            ValueRef::Param(3)
+            lit(4)
         ]
     );
-    assert_eq!(f.filters[2].values, [ValueRef::Param(1)]);
+    assert_eq!(f.filters[2].values, [lit(5)]);
     // OR does not fix a key.
     assert!(facts("SELECT * FROM t WHERE id = 1 OR id = 2")
         .filters
@@ -101,10 +101,7 @@ fn insert_rows_update_sets_and_delete() {
     let ins = f.insert.unwrap();
     assert_eq!(ins.table, "t");
     assert_eq!(ins.columns, ["id", "v"]);
-    assert_eq!(
-        ins.rows,
-        [vec![lit(0), lit(1)], vec![ValueRef::Param(1), lit(3)]]
-    );
+    assert_eq!(ins.rows, [vec![lit(0), lit(1)], vec![lit(2), lit(3)]]);
     assert!(ins.returning);
     let f = facts("INSERT INTO t SELECT * FROM u");
     assert!(f.nested && f.insert.unwrap().rows.is_empty());
@@ -112,7 +109,7 @@ fn insert_rows_update_sets_and_delete() {
     let f = facts("UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2");
     assert_eq!(f.command, Command::Update);
     assert_eq!(f.set_columns, ["abalance"]);
-    assert_eq!(f.filters[0].values, [ValueRef::Param(2)]);
+    assert_eq!(f.filters[0].values, [lit(1)]);
 
     let f = facts("DELETE FROM t WHERE id = 9");
     assert_eq!(f.command, Command::Delete);
@@ -154,4 +151,16 @@ fn subqueries_are_flagged() {
         .is_empty());
     assert!(facts("WITH x AS (SELECT 1) SELECT * FROM x").nested);
     assert!(facts("SELECT * FROM (SELECT 1) s").nested);
+}
+
+#[test]
+fn a_shape_shared_by_a_literal_and_a_parameter_resolves_either() {
+    // Cached by shape: the facts of `aid = 1` serve `aid = $1` too, through the shape literal.
+    let a = facts("SELECT aid FROM accounts WHERE aid = 1");
+    let b = facts("SELECT aid FROM accounts WHERE aid = $1");
+    assert_eq!(a.filters, b.filters);
+    assert_eq!(
+        shape("SELECT aid FROM accounts WHERE aid = $1").literals,
+        [crate::sql::Literal::Param(1)]
+    );
 }

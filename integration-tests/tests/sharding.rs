@@ -1,0 +1,539 @@
+//! Sharding against three real shard primaries: statements routed by key (checked on the
+//! shards themselves), fan-out reads merged like one database would answer (a differential
+//! test against a plain Postgres holding the same rows), split INSERTs, broadcast DDL,
+//! refusals with 0A000, single-shard transactions, hints.
+
+use std::sync::OnceLock;
+
+use integration_tests::{connect, sqlstate, stop_at_exit, Proxy};
+use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use shardgate::config::{Config, KeyType};
+use shardgate::shard::route::ShardMap;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+struct Shards {
+    clusters: Vec<PgCluster>,
+    config: String,
+}
+
+/// Three shard primaries (role/db `app`) plus database `plain` on the first one for the
+/// differential test; stopped when the test process exits.
+fn shards() -> &'static Shards {
+    static S: OnceLock<Shards> = OnceLock::new();
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let s = S.get_or_init(|| {
+        let clusters: Vec<PgCluster> = (0..3)
+            .map(|_| {
+                let c = PgCluster::start(ClusterOptions {
+                    hba_method: "md5".into(),
+                    ..ClusterOptions::default()
+                })
+                .expect("start shard");
+                c.create_role("app", "app", PasswordMethod::Scram).unwrap();
+                c.create_database("app", "app").unwrap();
+                c
+            })
+            .collect();
+        clusters[0].create_database("plain", "app").unwrap();
+        let mut config = String::from(
+            r#"
+[proxy]
+listen = "127.0.0.1:0"
+[pool]
+size = 4
+[[users]]
+name = "app"
+password = "app"
+[[databases]]
+name = "app"
+"#,
+        );
+        for (i, c) in clusters.iter().enumerate() {
+            config.push_str(&format!(
+                "[[databases.shards]]\nname = \"s{i}\"\nprimary = \"{}\"\n",
+                c.addr()
+            ));
+        }
+        config.push_str(
+            r#"[[databases.sharded_tables]]
+table = "accounts"
+column = "aid"
+type = "bigint"
+[[databases.sharded_tables]]
+table = "history"
+column = "aid"
+type = "bigint"
+[[databases.sharded_tables]]
+table = "users"
+column = "name"
+type = "text"
+"#,
+        );
+        Shards { clusters, config }
+    });
+    REGISTERED.call_once(|| s.clusters.iter().for_each(stop_at_exit));
+    s
+}
+
+fn map() -> ShardMap {
+    let c = Config::parse(&shards().config, "test").unwrap();
+    ShardMap::new(&c.databases[0]).unwrap()
+}
+
+fn owner(k: i64) -> usize {
+    map()
+        .shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
+        .unwrap()
+}
+
+async fn direct(c: &PgCluster, db: &str) -> Client {
+    connect(&format!(
+        "host=127.0.0.1 port={} user=app password=app dbname={db}",
+        c.port()
+    ))
+    .await
+    .unwrap()
+}
+
+/// Rows of a simple query as text, NULL as "NULL".
+async fn rows(c: &Client, sql: &str) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for m in c.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            out.push(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+const SCHEMA: &str = "CREATE TABLE accounts (aid bigint PRIMARY KEY, bid int NOT NULL, \
+     abalance int, note text); \
+     CREATE TABLE history (hid int, aid bigint NOT NULL, delta int, mtime timestamp); \
+     CREATE TABLE users (name text PRIMARY KEY, score numeric)";
+
+/// The dataset, as multi-row INSERTs (split by the proxy across shards).
+fn data() -> Vec<String> {
+    let mut v = Vec::new();
+    let accounts: Vec<String> = (1..=240)
+        .map(|a| {
+            let bal = if a % 17 == 0 {
+                "NULL".to_string()
+            } else {
+                ((a * 37) % 1000 - 500).to_string()
+            };
+            format!("({a}, {}, {bal}, 'n{}')", a % 7 + 1, a % 5)
+        })
+        .collect();
+    for chunk in accounts.chunks(60) {
+        v.push(format!(
+            "INSERT INTO accounts (aid, bid, abalance, note) VALUES {}",
+            chunk.join(", ")
+        ));
+    }
+    let history: Vec<String> = (1..=300)
+        .map(|h| {
+            format!(
+                "({h}, {}, {}, timestamp '2026-01-01 00:00:00' + interval '{} minutes')",
+                (h * 7) % 240 + 1,
+                (h % 11) - 5,
+                h * 13
+            )
+        })
+        .collect();
+    v.push(format!(
+        "INSERT INTO history (hid, aid, delta, mtime) VALUES {}",
+        history.join(", ")
+    ));
+    let users: Vec<String> = ["alice", "bob", "carol", "dave", "eve", "frank", "grace"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("('{n}', {}.{})", i * 3, i))
+        .collect();
+    v.push(format!(
+        "INSERT INTO users (name, score) VALUES {}",
+        users.join(", ")
+    ));
+    v
+}
+
+/// Loads the schema and data through the proxy (once per test binary) and into `plain`.
+async fn loaded(proxy: &Proxy) -> Client {
+    static LOADED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    let c = proxy.app("app").await;
+    LOADED
+        .get_or_init(|| async {
+            let plain = direct(&shards().clusters[0], "plain").await;
+            for stmt in SCHEMA.split("; ") {
+                c.simple_query(stmt).await.expect(stmt);
+                plain.simple_query(stmt).await.unwrap();
+            }
+            for stmt in data() {
+                c.simple_query(&stmt).await.expect("insert through proxy");
+                plain.simple_query(&stmt).await.unwrap();
+            }
+        })
+        .await;
+    c
+}
+
+fn proxy() -> Proxy {
+    Proxy::start(&shards().config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_land_on_their_owning_shard() {
+    let p = proxy();
+    let c = loaded(&p).await;
+    let mut total = 0;
+    for (i, cl) in shards().clusters.iter().enumerate() {
+        let d = direct(cl, "app").await;
+        let aids = rows(&d, "SELECT aid FROM accounts").await.unwrap();
+        assert!(!aids.is_empty(), "shard {i} got no rows");
+        for a in &aids {
+            let aid: i64 = a[0].parse().unwrap();
+            assert_eq!(owner(aid), i, "aid {aid} is on shard {i}");
+        }
+        let n = aids.len();
+        assert!((50..=110).contains(&n), "shard {i} has {n} of 240 rows");
+        total += n;
+        let hist = rows(&d, "SELECT aid FROM history").await.unwrap();
+        for h in hist {
+            assert_eq!(owner(h[0].parse().unwrap()), i);
+        }
+    }
+    assert_eq!(total, 240);
+    // The count through the proxy is summed over the shards.
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM accounts").await.unwrap(),
+        [["240"]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_statements_run_on_the_owner_only() {
+    let p = proxy();
+    let c = loaded(&p).await;
+    let ports: Vec<i32> = shards().clusters.iter().map(|c| c.port() as i32).collect();
+    for aid in [1i64, 2, 3, 50, 199, 240] {
+        let got = rows(
+            &c,
+            &format!("SELECT inet_server_port(), aid FROM accounts WHERE aid = {aid}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, [[ports[owner(aid)].to_string(), aid.to_string()]]);
+        // Extended protocol, text and binary parameters.
+        let row = c
+            .query_one(
+                "SELECT inet_server_port(), aid FROM accounts WHERE aid = $1",
+                &[&aid],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), ports[owner(aid)]);
+        let stmt = c
+            .prepare_typed(
+                "SELECT inet_server_port() FROM accounts WHERE aid = $1::text::bigint",
+                &[tokio_postgres::types::Type::TEXT],
+            )
+            .await
+            .unwrap();
+        let row = c.query_one(&stmt, &[&aid.to_string()]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), ports[owner(aid)]);
+    }
+    // An UPDATE by key changes exactly one row, on its shard.
+    let n = c
+        .execute(
+            "UPDATE accounts SET note = 'touched' WHERE aid = $1",
+            &[&77i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let d = direct(&shards().clusters[owner(77)], "app").await;
+    assert_eq!(
+        rows(&d, "SELECT note FROM accounts WHERE aid = 77")
+            .await
+            .unwrap(),
+        [["touched"]]
+    );
+    let plain = direct(&shards().clusters[0], "plain").await;
+    plain
+        .simple_query("UPDATE accounts SET note = 'touched' WHERE aid = 77")
+        .await
+        .unwrap();
+    // A single-shard transaction works; one that reaches a second shard is refused.
+    let (a, b) = {
+        let first = 5i64;
+        let other = (6..100).find(|k| owner(*k) != owner(first)).unwrap();
+        (first, other)
+    };
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!(
+        "UPDATE accounts SET abalance = abalance WHERE aid = {a}"
+    ))
+    .await
+    .unwrap();
+    let e = c
+        .simple_query(&format!("SELECT * FROM accounts WHERE aid = {b}"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(rows(&c, "SELECT 1").await.unwrap(), [["1"]]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_statements_get_0a000() {
+    let p = proxy();
+    let c = loaded(&p).await;
+    for sql in [
+        "UPDATE accounts SET aid = 1000 WHERE aid = 1",
+        "SELECT * FROM accounts a JOIN users u ON u.name = a.note",
+        "SELECT string_agg(note, ',') FROM accounts",
+        "INSERT INTO accounts VALUES (1000, 1, 1, 'x')",
+        "SELECT bid, count(*) FROM accounts GROUP BY bid HAVING count(*) > 1",
+        "SELECT * FROM accounts WHERE aid = 1; SELECT * FROM accounts WHERE aid = 2",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{sql}: {e}");
+    }
+    // The client keeps working.
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM users").await.unwrap(),
+        [["7"]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_and_session_shard() {
+    let p = proxy();
+    let c = loaded(&p).await;
+    let ports: Vec<i32> = shards().clusters.iter().map(|c| c.port() as i32).collect();
+    assert_eq!(
+        rows(&c, "/* shardgate: shard=s2 */ SELECT inet_server_port()")
+            .await
+            .unwrap(),
+        [[ports[2].to_string()]]
+    );
+    assert_eq!(
+        rows(&c, "/* shardgate: key=42 */ SELECT inet_server_port()")
+            .await
+            .unwrap(),
+        [[ports[owner(42)].to_string()]]
+    );
+    c.simple_query("SET shardgate.shard = 's1'").await.unwrap();
+    assert_eq!(
+        rows(&c, "SELECT inet_server_port()").await.unwrap(),
+        [[ports[1].to_string()]]
+    );
+    assert_eq!(rows(&c, "SHOW shardgate.shard").await.unwrap(), [["s1"]]);
+    c.simple_query("RESET shardgate.shard").await.unwrap();
+    let e = c
+        .simple_query("SET shardgate.shard = 'nope'")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22023"));
+}
+
+/// The differential test: the same queries against a plain Postgres and through Shardgate over
+/// three shards must return identical rows (in order where the query orders them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_answers_match_one_database() {
+    let p = proxy();
+    let c = loaded(&p).await;
+    let plain = direct(&shards().clusters[0], "plain").await;
+    // Keep the two in step for the row the other test updates.
+    plain
+        .simple_query("UPDATE accounts SET note = 'touched' WHERE aid = 77")
+        .await
+        .unwrap();
+    c.simple_query("UPDATE accounts SET note = 'touched' WHERE aid = 77")
+        .await
+        .unwrap();
+    let mut corpus: Vec<(String, bool)> = Vec::new();
+    let mut q = |sql: &str, ordered: bool| corpus.push((sql.to_string(), ordered));
+    for aid in [1, 17, 34, 100, 239] {
+        q(&format!("SELECT * FROM accounts WHERE aid = {aid}"), true);
+        q(
+            &format!("SELECT aid, abalance FROM accounts WHERE aid = {aid} AND bid > 0"),
+            true,
+        );
+    }
+    q(
+        "SELECT * FROM accounts WHERE aid IN (1, 2, 3, 50, 51, 200) ORDER BY aid",
+        true,
+    );
+    q("SELECT aid FROM accounts WHERE aid IN (5, 6, 7)", false);
+    q(
+        "SELECT * FROM accounts WHERE aid BETWEEN 10 AND 40 ORDER BY aid",
+        true,
+    );
+    q(
+        "SELECT aid, abalance FROM accounts ORDER BY abalance, aid",
+        true,
+    );
+    q(
+        "SELECT aid, abalance FROM accounts ORDER BY abalance DESC, aid",
+        true,
+    );
+    q(
+        "SELECT aid, abalance FROM accounts ORDER BY abalance NULLS FIRST, aid",
+        true,
+    );
+    q(
+        "SELECT aid, abalance FROM accounts ORDER BY abalance DESC NULLS LAST, aid DESC",
+        true,
+    );
+    q("SELECT aid FROM accounts ORDER BY aid LIMIT 10", true);
+    q(
+        "SELECT aid FROM accounts ORDER BY aid LIMIT 10 OFFSET 25",
+        true,
+    );
+    q(
+        "SELECT aid FROM accounts ORDER BY aid DESC LIMIT 7 OFFSET 3",
+        true,
+    );
+    q(
+        "SELECT aid, note FROM accounts ORDER BY note, aid LIMIT 20",
+        true,
+    );
+    q("SELECT aid FROM accounts ORDER BY bid, aid LIMIT 15", true);
+    q("SELECT * FROM accounts ORDER BY aid LIMIT 5", true);
+    q("SELECT count(*) FROM accounts", true);
+    q("SELECT count(abalance) FROM accounts", true);
+    q("SELECT sum(abalance) FROM accounts", true);
+    q("SELECT min(abalance), max(abalance) FROM accounts", true);
+    q("SELECT avg(abalance) FROM accounts", true);
+    q(
+        "SELECT count(*), sum(abalance), avg(abalance) FROM accounts WHERE aid > 100",
+        true,
+    );
+    q("SELECT count(*) FROM accounts WHERE aid > 10000", true);
+    q("SELECT sum(abalance) FROM accounts WHERE aid > 10000", true);
+    q(
+        "SELECT bid, count(*) FROM accounts GROUP BY bid ORDER BY bid",
+        true,
+    );
+    q(
+        "SELECT bid, sum(abalance), min(aid), max(aid) FROM accounts GROUP BY bid ORDER BY bid",
+        true,
+    );
+    q(
+        "SELECT bid, avg(abalance) FROM accounts GROUP BY bid ORDER BY bid",
+        true,
+    );
+    q(
+        "SELECT note, count(*) FROM accounts GROUP BY note ORDER BY note",
+        true,
+    );
+    q(
+        "SELECT bid, note, count(*) FROM accounts GROUP BY bid, note ORDER BY bid, note",
+        true,
+    );
+    q(
+        "SELECT bid, count(*) FROM accounts GROUP BY bid ORDER BY count(*) DESC, bid LIMIT 3",
+        true,
+    );
+    q("SELECT bid, count(*) FROM accounts GROUP BY bid", false);
+    q("SELECT DISTINCT bid FROM accounts ORDER BY bid", true);
+    q("SELECT DISTINCT note FROM accounts ORDER BY note", true);
+    q(
+        "SELECT DISTINCT bid, note FROM accounts ORDER BY bid, note",
+        true,
+    );
+    q("SELECT DISTINCT bid FROM accounts", false);
+    q("SELECT count(*) FROM history", true);
+    q(
+        "SELECT sum(delta), min(mtime), max(mtime) FROM history",
+        true,
+    );
+    q(
+        "SELECT aid, sum(delta) FROM history GROUP BY aid ORDER BY aid LIMIT 20",
+        true,
+    );
+    q(
+        "SELECT * FROM history ORDER BY mtime DESC, hid LIMIT 12",
+        true,
+    );
+    q(
+        "SELECT hid, mtime FROM history WHERE aid = 8 ORDER BY hid",
+        true,
+    );
+    q(
+        "SELECT a.aid, a.abalance, h.delta FROM accounts a JOIN history h ON h.aid = a.aid \
+         WHERE a.aid = 8 ORDER BY h.hid",
+        true,
+    );
+    q(
+        "SELECT a.aid, count(*) FROM accounts a JOIN history h ON h.aid = a.aid \
+         GROUP BY a.aid ORDER BY a.aid LIMIT 15",
+        true,
+    );
+    q(
+        "SELECT count(*), sum(h.delta) FROM accounts a JOIN history h ON a.aid = h.aid \
+         WHERE a.bid = 3",
+        true,
+    );
+    q("SELECT * FROM users ORDER BY name", true);
+    q("SELECT * FROM users WHERE name = 'carol'", true);
+    q(
+        "SELECT name FROM users WHERE name IN ('alice', 'eve', 'zed') ORDER BY name",
+        true,
+    );
+    q("SELECT sum(score), avg(score), max(score) FROM users", true);
+    q("SELECT count(*) FROM users WHERE score > 5", true);
+    q(
+        "SELECT aid FROM accounts WHERE abalance IS NULL ORDER BY aid",
+        true,
+    );
+    q("SELECT aid FROM accounts WHERE note = 'touched'", true);
+    q("SELECT max(note), min(note) FROM accounts", true);
+    q(
+        "SELECT bid, max(abalance) FROM accounts WHERE abalance < 0 GROUP BY bid ORDER BY 1",
+        true,
+    );
+    q(
+        "SELECT aid, abalance FROM accounts WHERE abalance > 400 ORDER BY 2 DESC, 1",
+        true,
+    );
+    q(
+        "SELECT aid AS k FROM accounts ORDER BY k DESC LIMIT 4",
+        true,
+    );
+    q(
+        "SELECT count(DISTINCT bid) > 0 FROM accounts WHERE aid = 3",
+        true,
+    );
+    q(
+        "SELECT bool_and(abalance > -600), bool_or(abalance > 400) FROM accounts",
+        true,
+    );
+    q("SELECT every(bid < 8) FROM accounts", true);
+    q(
+        "SELECT bid, min(note) FROM accounts GROUP BY bid ORDER BY bid DESC",
+        true,
+    );
+    q(
+        "SELECT aid FROM accounts WHERE aid = 3 OR aid = 4 ORDER BY aid",
+        true,
+    );
+    q(
+        "SELECT sum(aid) FROM accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8, 9)",
+        true,
+    );
+    assert!(corpus.len() >= 60, "{} queries", corpus.len());
+    for (sql, ordered) in &corpus {
+        let mut want = rows(&plain, sql).await.unwrap();
+        let mut got = rows(&c, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        if !ordered {
+            want.sort();
+            got.sort();
+        }
+        assert_eq!(got, want, "{sql}");
+    }
+}
