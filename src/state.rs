@@ -116,6 +116,7 @@ impl ProxyState {
             })
             .collect();
         let registry = Registry::build(&config);
+        crate::shard::recovery::spawn(&config);
         let shard_maps = config
             .databases
             .iter()

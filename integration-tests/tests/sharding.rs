@@ -26,6 +26,7 @@ fn shards() -> &'static Shards {
             .map(|_| {
                 let c = PgCluster::start(ClusterOptions {
                     hba_method: "md5".into(),
+                    extra_conf: vec!["max_prepared_transactions = 50".into()],
                     ..ClusterOptions::default()
                 })
                 .expect("start shard");
@@ -46,6 +47,7 @@ name = "app"
 password = "app"
 [[databases]]
 name = "app"
+#DB_EXTRA#
 "#,
         );
         for (i, c) in clusters.iter().enumerate() {
@@ -180,12 +182,211 @@ async fn loaded(proxy: &Proxy) -> Client {
     c
 }
 
+/// The tests share one dataset (and the differential test compares all of it): one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn proxy() -> Proxy {
     Proxy::start(&shards().config)
 }
 
+/// A proxy whose database has `db_extra` keys (e.g. `two_phase_commit = true`) and `proxy_extra`
+/// lines in `[proxy]`.
+fn proxy_with(db_extra: &str, proxy_extra: &str) -> Proxy {
+    let text = shards()
+        .config
+        .replace("#DB_EXTRA#", db_extra)
+        .replace("[proxy]\n", &format!("[proxy]\n{proxy_extra}\n"));
+    Proxy::start(&text)
+}
+
+/// Two keys on different shards.
+fn keys_on_two_shards() -> (i64, i64) {
+    let a = 11i64;
+    let b = (12..200).find(|k| owner(*k) != owner(a)).unwrap();
+    (a, b)
+}
+
+async fn balance(aid: i64) -> String {
+    let d = direct(&shards().clusters[owner(aid)], "app").await;
+    rows(
+        &d,
+        &format!("SELECT coalesce(abalance, 0) FROM accounts WHERE aid = {aid}"),
+    )
+    .await
+    .unwrap()[0][0]
+        .clone()
+}
+
+async fn prepared_left() -> usize {
+    let mut n = 0;
+    for c in &shards().clusters {
+        let d = direct(c, "app").await;
+        n += rows(&d, "SELECT gid FROM pg_prepared_xacts")
+            .await
+            .unwrap()
+            .len();
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_across_shards_commit_atomically_with_two_phase_commit() {
+    let _serial = SERIAL.lock().await;
+    let p = proxy_with("two_phase_commit = true", "");
+    let c = loaded(&p).await;
+    let (a, b) = keys_on_two_shards();
+    let (a0, b0) = (balance(a).await, balance(b).await);
+    let add = |v: &str, d: i64| (v.parse::<i64>().unwrap() + d).to_string();
+    // Commit: both shards change.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!(
+        "UPDATE accounts SET abalance = coalesce(abalance, 0) + 10 WHERE aid = {a}"
+    ))
+    .await
+    .unwrap();
+    c.simple_query(&format!(
+        "UPDATE accounts SET abalance = coalesce(abalance, 0) - 10 WHERE aid = {b}"
+    ))
+    .await
+    .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(balance(a).await, add(&a0, 10));
+    assert_eq!(balance(b).await, add(&b0, -10));
+    assert_eq!(prepared_left().await, 0);
+    // Rollback: neither changes.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("UPDATE accounts SET abalance = 0 WHERE aid = {a}"))
+        .await
+        .unwrap();
+    c.simple_query(&format!("UPDATE accounts SET abalance = 0 WHERE aid = {b}"))
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(balance(a).await, add(&a0, 10));
+    assert_eq!(balance(b).await, add(&b0, -10));
+    // An error on one shard: COMMIT rolls back everything.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("UPDATE accounts SET abalance = 0 WHERE aid = {a}"))
+        .await
+        .unwrap();
+    let e = c
+        .simple_query(&format!(
+            "UPDATE accounts SET abalance = 1/0 WHERE aid = {b}"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+    let msgs = c.simple_query("COMMIT").await.unwrap();
+    assert!(msgs
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))));
+    assert_eq!(
+        balance(a).await,
+        add(&a0, 10),
+        "nothing of the failed transaction stays"
+    );
+    // Fan-out inside a transaction, then rollback.
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("UPDATE accounts SET abalance = -1")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM accounts WHERE abalance = -1")
+            .await
+            .unwrap(),
+        [["240"]]
+    );
+    c.simple_query("ROLLBACK").await.unwrap();
+    assert_eq!(balance(a).await, add(&a0, 10));
+    // Extended protocol inside the transaction (tokio-postgres sends BEGIN/COMMIT as simple
+    // queries and statements with parameters).
+    let mut c2 = p.app("app").await;
+    let tx = c2.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE accounts SET abalance = abalance + 1 WHERE aid = $1",
+        &[&a],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "UPDATE accounts SET abalance = abalance - 1 WHERE aid = $1",
+        &[&b],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(balance(a).await, add(&a0, 11));
+    assert_eq!(balance(b).await, add(&b0, -11));
+    assert_eq!(prepared_left().await, 0);
+    // Keep the plain copy in step for the differential test.
+    let plain = direct(&shards().clusters[0], "plain").await;
+    plain
+        .simple_query(&format!(
+            "UPDATE accounts SET abalance = coalesce(abalance, 0) + 11 WHERE aid = {a}; \
+             UPDATE accounts SET abalance = coalesce(abalance, 0) - 11 WHERE aid = {b}"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_interrupted_between_prepare_and_commit_is_resolved_on_restart() {
+    let _serial = SERIAL.lock().await;
+    let crashing = proxy_with(
+        "two_phase_commit = true\ntwo_phase_recovery_ms = 0",
+        "failpoints = [\"after_prepare\"]",
+    );
+    let _ = loaded(&crashing).await;
+    let c = crashing.app("app").await;
+    c.simple_query("CREATE TABLE IF NOT EXISTS crash_log (aid bigint, note text)")
+        .await
+        .unwrap();
+    let (a, b) = keys_on_two_shards();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!(
+        "UPDATE accounts SET note = 'crash-test' WHERE aid = {a}"
+    ))
+    .await
+    .unwrap();
+    c.simple_query(&format!(
+        "UPDATE accounts SET note = 'crash-test' WHERE aid = {b}"
+    ))
+    .await
+    .unwrap();
+    assert!(
+        c.simple_query("COMMIT").await.is_err(),
+        "the proxy 'crashed'"
+    );
+    drop(crashing);
+    assert_eq!(prepared_left().await, 2, "both participants stay prepared");
+    // A new proxy resolves them at start-up: all prepared, so the transaction commits.
+    let _p = proxy_with("two_phase_commit = true\ntwo_phase_recovery_ms = 0", "");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while prepared_left().await > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(prepared_left().await, 0);
+    for k in [a, b] {
+        let d = direct(&shards().clusters[owner(k)], "app").await;
+        assert_eq!(
+            rows(&d, &format!("SELECT note FROM accounts WHERE aid = {k}"))
+                .await
+                .unwrap(),
+            [["crash-test"]]
+        );
+    }
+    let plain = direct(&shards().clusters[0], "plain").await;
+    plain
+        .simple_query(&format!(
+            "UPDATE accounts SET note = 'crash-test' WHERE aid IN ({a}, {b})"
+        ))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_land_on_their_owning_shard() {
+    let _serial = SERIAL.lock().await;
     let p = proxy();
     let c = loaded(&p).await;
     let mut total = 0;
@@ -215,6 +416,7 @@ async fn rows_land_on_their_owning_shard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn point_statements_run_on_the_owner_only() {
+    let _serial = SERIAL.lock().await;
     let p = proxy();
     let c = loaded(&p).await;
     let ports: Vec<i32> = shards().clusters.iter().map(|c| c.port() as i32).collect();
@@ -311,6 +513,7 @@ async fn unroutable_statements_get_0a000() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hints_and_session_shard() {
+    let _serial = SERIAL.lock().await;
     let p = proxy();
     let c = loaded(&p).await;
     let ports: Vec<i32> = shards().clusters.iter().map(|c| c.port() as i32).collect();
@@ -344,6 +547,7 @@ async fn hints_and_session_shard() {
 /// three shards must return identical rows (in order where the query orders them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_answers_match_one_database() {
+    let _serial = SERIAL.lock().await;
     let p = proxy();
     let c = loaded(&p).await;
     let plain = direct(&shards().clusters[0], "plain").await;

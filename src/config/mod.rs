@@ -72,6 +72,9 @@ pub struct ProxyConfig {
     pub shutdown_timeout_ms: u64,
     /// Seconds a client may take to send its startup packet and authenticate.
     pub client_login_timeout_ms: u64,
+    /// Testing only: named failure points (`after_prepare`: a session dies between PREPARE
+    /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there).
+    pub failpoints: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +91,7 @@ impl Default for ProxyConfig {
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout_ms: 10_000,
             client_login_timeout_ms: 15_000,
+            failpoints: Vec::new(),
         }
     }
 }
@@ -324,6 +328,15 @@ pub struct DatabaseConfig {
     /// UPDATE/DELETE without a shard key run on every shard; `false` refuses them (0A000).
     #[serde(default = "default_true")]
     pub allow_fan_out_writes: bool,
+    /// A prepared (two-phase) transaction of this proxy's naming older than this is
+    /// resolved (committed or rolled back) by any proxy instance: at start-up and every
+    /// 30 s. Younger ones may still be in flight on another instance.
+    #[serde(default = "default_recovery_ms")]
+    pub two_phase_recovery_ms: u64,
+}
+
+fn default_recovery_ms() -> u64 {
+    10_000
 }
 
 fn default_virtual_nodes() -> u32 {

@@ -32,6 +32,7 @@ use std::sync::Arc;
 mod fanout;
 mod routing;
 mod statements;
+mod twophase;
 
 use routing::{Routing, Step};
 
@@ -366,6 +367,40 @@ impl Loop<'_> {
                     }
                     continue;
                 }
+                Step::Switch(want, shard) => {
+                    if let Err(e) = self.switch_shard(want, shard).await {
+                        // The transaction cannot continue: fail it like Postgres would.
+                        e.encode(&mut self.cout);
+                        self.status = b'E';
+                        if tag == b'Q' {
+                            protocol::ready_for_query(&mut self.cout, self.status);
+                        } else {
+                            self.skip_until_sync = true;
+                        }
+                        continue;
+                    }
+                    (want, shard)
+                }
+                Step::Commit | Step::CommitBatch => {
+                    let batch = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H');
+                    let result = match self.commit_all().await {
+                        Ok(tag) => Ok(tag),
+                        Err(twophase::CommitError::Client(e)) => Err(e),
+                        Err(twophase::CommitError::Crash) => return Some(End::Fatal),
+                    };
+                    self.status = b'I';
+                    self.rt.released();
+                    if batch {
+                        self.answer_commit_batch(frame, result);
+                    } else {
+                        match result {
+                            Ok(tag) => protocol::command_complete(&mut self.cout, tag),
+                            Err(e) => e.encode(&mut self.cout),
+                        }
+                        protocol::ready_for_query(&mut self.cout, b'I');
+                    }
+                    continue;
+                }
                 Step::Go(want, shard) => (want, shard),
             };
             if self.server.is_none() {
@@ -441,6 +476,11 @@ impl Loop<'_> {
 
     /// Returns the server connection to the pool.
     async fn release(&mut self) {
+        if !self.rt.parked.is_empty() {
+            // The transaction ended on its current shard (ROLLBACK, or COMMIT after an
+            // error): the others roll back too.
+            self.release_parked().await;
+        }
         self.note_write().await;
         if self.managed {
             self.read_back_settings().await;
@@ -537,6 +577,10 @@ impl Loop<'_> {
                 tokio::time::timeout(Duration::from_secs(2), self.cwr.write_all(&self.cout)).await;
         }
         let _ = self.cwr.shutdown().await;
+        for (_, mut c) in std::mem::take(&mut self.rt.parked) {
+            // Closing the connection rolls its part of the transaction back.
+            c.broken = true;
+        }
         let Some(mut conn) = self.server.take() else {
             return;
         };

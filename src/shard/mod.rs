@@ -5,6 +5,7 @@
 //! .as_bytes())`; see [`ring`] for the hash specification that golden tests pin.
 
 pub mod key;
+pub mod recovery;
 pub mod ring;
 pub mod route;
 pub mod tools;

@@ -82,18 +82,62 @@ impl Loop<'_> {
         } else {
             Want::Primary
         };
+        // Inside a transaction the statement joins it on every shard it reaches.
+        let in_txn =
+            self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty();
+        let begin = if in_txn {
+            let text = match self.rt.pending_begin.take() {
+                Some((text, _)) => text,
+                None => self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into()),
+            };
+            self.rt.txn_begin = Some(text.clone());
+            Some(text)
+        } else {
+            None
+        };
         // One connection per shard, settings applied.
         let mut conns = Vec::with_capacity(per_shard.len());
         for (shard, _) in &per_shard {
-            let (mut conn, _) = self.acquire(want, *shard).await?;
-            if let Some(set) = apply_sql(&self.client.settings, &conn.settings) {
-                match conn.run(&set).await {
-                    Ok(b'I') => conn.settings = self.client.settings.clone(),
-                    _ => {
+            if in_txn {
+                if self.server.is_some() && self.rt.shard == *shard {
+                    *super::lock(&self.login.cancel_slot) = None;
+                    if let Some(c) = self.server.take() {
+                        conns.push(c);
+                        continue;
+                    }
+                }
+                if let Some(c) = self.unpark(*shard) {
+                    conns.push(c);
+                    continue;
+                }
+            }
+            let (mut conn, _) = match self.acquire(want, *shard).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if in_txn {
+                        self.park_all(&per_shard, conns);
+                    }
+                    return Err(e);
+                }
+            };
+            let mut setup = apply_sql(&self.client.settings, &conn.settings);
+            if let Some(b) = &begin {
+                setup = Some(match setup {
+                    Some(s) => format!("{s}; {b}"),
+                    None => b.clone(),
+                });
+            }
+            if let Some(sql) = setup {
+                match conn.run(&sql).await {
+                    Ok(_) => conn.settings = self.client.settings.clone(),
+                    Err(_) => {
                         conn.broken = true;
+                        if in_txn {
+                            self.park_all(&per_shard, conns);
+                        }
                         return Err(PgError::error(
                             sqlstate::CONNECTION_FAILURE,
-                            "could not apply session settings on a shard",
+                            "could not prepare a shard connection for the statement",
                         ));
                     }
                 }
@@ -124,7 +168,7 @@ impl Loop<'_> {
                     ));
                 }
             };
-            if status != b'I' {
+            if (status != b'I') != in_txn {
                 conn.broken = true;
             }
             let mut r = ShardResult::default();
@@ -144,7 +188,12 @@ impl Loop<'_> {
             }
             results.push(r);
         }
-        drop(conns);
+        if in_txn {
+            self.status = if first_error.is_some() { b'E' } else { b'T' };
+            self.park_all(&per_shard, conns);
+        } else {
+            drop(conns);
+        }
         let mut out = notices;
         if let Some(e) = first_error {
             out.extend_from_slice(&e);
@@ -165,6 +214,13 @@ impl Loop<'_> {
         };
         out.extend_from_slice(&merged);
         Ok(out)
+    }
+
+    /// Keeps a transaction's connections (in `per_shard` order) for its later statements.
+    fn park_all(&mut self, per_shard: &[(usize, String)], conns: Vec<crate::pool::Checkout>) {
+        for ((shard, _), c) in per_shard.iter().zip(conns) {
+            self.rt.parked.push((*shard, c));
+        }
     }
 
     fn is_split_insert(&self, facts: &RouteFacts) -> bool {

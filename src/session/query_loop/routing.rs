@@ -68,6 +68,12 @@ pub(super) enum Step {
     FanOut(RouteFacts, Vec<usize>),
     /// Answer with this error.
     Refuse(PgError),
+    /// Continue the open transaction on another shard.
+    Switch(Want, usize),
+    /// COMMIT (a simple Query) of a transaction across shards.
+    Commit,
+    /// COMMIT as an extended-protocol batch, across shards.
+    CommitBatch,
 }
 
 /// Routing state of one client.
@@ -103,12 +109,17 @@ pub(super) struct Routing {
     pub shard: usize,
     /// `SET shardgate.shard`.
     pub session_shard: Option<usize>,
+    /// Connections of the open transaction on shards other than the current one.
+    pub parked: Vec<(usize, Checkout)>,
+    /// The BEGIN of the open transaction (sent to each further shard it reaches).
+    pub txn_begin: Option<String>,
 }
 
 impl Routing {
     /// Forgets what belonged to the released server connection.
     pub fn released(&mut self) {
         self.injected_begin = None;
+        self.txn_begin = None;
         self.replay.clear();
         self.replay_bytes = 0;
         self.retryable = false;
@@ -244,7 +255,9 @@ impl Loop<'_> {
     /// reads (a Parse alone runs nothing; Parse and Describe work on a hot standby), and the
     /// one shard all its statements route to. A batch whose Sync has not arrived yet goes to
     /// the primary. Returns (want, writes, shard).
-    fn batch_want(&mut self, first: &Frame) -> (Want, bool, Result<Route, PgError>) {
+    fn batch_want(&mut self, first: &Frame) -> (Want, bool, Result<Route, PgError>, bool) {
+        let mut commits = 0;
+        let mut others = 0;
         let mut want: Option<Want> = None;
         let mut writes = false;
         let mut route = Ok(Route::Any);
@@ -298,6 +311,10 @@ impl Loop<'_> {
                     Some(f) => (self.want(f), f.writes()),
                     None => (Want::Primary, true),
                 };
+                match &facts {
+                    Some(f) if f.kind == Kind::Commit && f.statements == 1 => commits += 1,
+                    _ => others += 1,
+                }
                 if let (Some(f), Ok(prev)) = (&facts, &route) {
                     let params = Params::from_bind(body).map(|mut p| {
                         p.types = f.param_types.clone();
@@ -338,10 +355,11 @@ impl Loop<'_> {
             }
         }
         self.rt.unnamed = unnamed;
+        let only_commit = complete && commits > 0 && others == 0;
         if !complete {
-            return (Want::Primary, true, route);
+            return (Want::Primary, true, route, false);
         }
-        (want.unwrap_or(Want::Read), writes, route)
+        (want.unwrap_or(Want::Read), writes, route, only_commit)
     }
 
     /// Decides what to do with a client message at a routing point (reads to replicas,
@@ -352,33 +370,54 @@ impl Loop<'_> {
         }
         let extended_start =
             !self.unsynced && matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
-        let (want, writes, facts, route) = if frame.tag == b'Q' {
+        let (want, writes, facts, route, only_commit) = if frame.tag == b'Q' {
             let f = self.facts_of(query_text(frame.body()));
             let route = self.shard_route(&f, None);
-            (self.want(&f), f.writes(), Some(f), route)
+            let commit = f.kind == Kind::Commit && f.statements == 1;
+            (self.want(&f), f.writes(), Some(f), route, commit)
         } else if extended_start {
-            let (w, wr, route) = self.batch_want(frame);
-            (w, wr, None, route)
+            let (w, wr, route, commit) = self.batch_want(frame);
+            (w, wr, None, route, commit)
         } else {
             return Step::Go(Want::Primary, self.rt.shard);
         };
+        let multi_shard = !self.rt.parked.is_empty();
+        if multi_shard && only_commit {
+            // Never let a COMMIT reach just one participant: wait until the current
+            // connection has answered everything, then commit them all.
+            if self.server.is_some() && !self.relay.idle() {
+                return Step::Hold;
+            }
+            return if frame.tag == b'Q' {
+                Step::Commit
+            } else {
+                Step::CommitBatch
+            };
+        }
         let route = match route {
             Ok(r) => r,
             Err(e) => return Step::Refuse(e),
         };
         let in_transaction = self.status != b'I' || self.rt.pending_begin.is_some();
+        let two_phase = self
+            .login
+            .shard_map
+            .as_ref()
+            .is_some_and(|m| m.two_phase_commit);
+        let busy = self.server.is_some() && (!self.relay.idle() || self.unsynced);
         let shard = match route {
             Route::Any => None,
             Route::One(s) => Some(s),
-            Route::Many(_) | Route::All if in_transaction => {
+            Route::Many(_) | Route::All if in_transaction && !two_phase => {
                 return Step::Refuse(
                     self.cross_shard_transaction("this statement needs several shards"),
                 );
             }
+            Route::Many(_) | Route::All if busy => return Step::Hold,
+            Route::Many(_) | Route::All if self.server.is_some() && !in_transaction => {
+                return self.hold_or_refuse();
+            }
             Route::Many(v) => {
-                if self.server.is_some() {
-                    return self.hold_or_refuse();
-                }
                 let Some(f) = facts else {
                     return Step::Refuse(PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -389,9 +428,6 @@ impl Loop<'_> {
                 return Step::FanOut(f, v);
             }
             Route::All => {
-                if self.server.is_some() {
-                    return self.hold_or_refuse();
-                }
                 let Some(f) = facts else {
                     return Step::Refuse(PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -409,10 +445,21 @@ impl Loop<'_> {
                 if !in_transaction {
                     return self.hold_or_refuse();
                 }
-                let _ = s;
-                return Step::Refuse(
-                    self.cross_shard_transaction("this statement belongs to another shard"),
-                );
+                if !two_phase {
+                    return Step::Refuse(
+                        self.cross_shard_transaction("this statement belongs to another shard"),
+                    );
+                }
+                if busy {
+                    return if self.unsynced {
+                        Step::Refuse(self.cross_shard_transaction(
+                            "an extended-protocol batch cannot change shards before its Sync",
+                        ))
+                    } else {
+                        Step::Hold
+                    };
+                }
+                return Step::Switch(want, s);
             }
             // Inside a transaction (or a batch) everything stays where it is. Outside one, a
             // statement for the primary waits until a replica connection is released.
@@ -422,6 +469,7 @@ impl Loop<'_> {
             }
             return Step::Go(want, self.rt.shard);
         }
+        let shard = shard.or(self.rt.parked.first().map(|p| p.0));
         let shard = shard.unwrap_or(0);
         let single = |k: Kind| {
             facts
@@ -599,6 +647,10 @@ impl Loop<'_> {
 
     /// Checks out a server for `want` and prepares it for the client's next message.
     pub(super) async fn checkout(&mut self, want: Want, shard: usize) -> Result<(), PgError> {
+        if let Some(conn) = self.unpark(shard) {
+            self.install(conn, shard, true);
+            return Ok(());
+        }
         let (conn, on_primary) = self.acquire(want, shard).await?;
         self.rt.shard = shard;
         *lock(&self.login.cancel_slot) = Some(CancelTarget {
@@ -618,7 +670,12 @@ impl Loop<'_> {
         self.apply_settings();
         if let Some(begin) = self.rt.pending_begin.take() {
             inject_query(&begin.0, &mut self.relay, &mut self.sout);
+            self.rt.txn_begin = Some(begin.0.clone());
             self.rt.injected_begin = Some(begin);
+        } else if self.status != b'I' {
+            // A transaction across shards reaching one more shard.
+            let begin = self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
+            inject_query(&begin, &mut self.relay, &mut self.sout);
         }
         Ok(())
     }
