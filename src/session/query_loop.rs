@@ -29,6 +29,7 @@ use crate::protocol::{self, query_text, split_frame, sqlstate, FrameError, PgErr
 use crate::state::{CancelTarget, ProxyState};
 use std::sync::Arc;
 
+mod copy;
 mod fanout;
 mod routing;
 mod statements;

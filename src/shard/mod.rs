@@ -4,6 +4,7 @@
 //! A key's shard is `Ring::new(db).shard_for(ShardKey::from_text(type, value)?.canonical()
 //! .as_bytes())`; see [`ring`] for the hash specification that golden tests pin.
 
+pub mod copy;
 pub mod key;
 pub mod recovery;
 pub mod ring;

@@ -161,6 +161,29 @@ pub fn command(sql: &str) -> Option<Command> {
     }
 }
 
+fn maintenance_keyword(sql: &str) -> bool {
+    let (w, _) = split_word(sql);
+    [
+        "vacuum",
+        "analyze",
+        "analyse",
+        "cluster",
+        "reindex",
+        "checkpoint",
+        "create",
+        "alter",
+        "drop",
+        "truncate",
+        "grant",
+        "revoke",
+        "comment",
+        "refresh",
+        "security",
+    ]
+    .iter()
+    .any(|k| w.eq_ignore_ascii_case(k))
+}
+
 fn split_word(s: &str) -> (&str, &str) {
     let s = s.trim_start();
     let end = s.find(|c: char| c.is_whitespace()).unwrap_or(s.len());
@@ -192,6 +215,9 @@ pub struct RouteFacts {
     pub literals: Vec<super::Literal>,
     /// Parameter type OIDs declared by the Parse (extended protocol; 0 = unspecified).
     pub param_types: Vec<u32>,
+    /// An unparsed statement that starts like maintenance or schema DDL (`VACUUM`,
+    /// `CLUSTER`, `REINDEX`, `CREATE`, ...): it belongs on every shard.
+    pub maintenance: bool,
 }
 
 impl RouteFacts {
@@ -210,6 +236,7 @@ impl RouteFacts {
             kind: analysis.kind,
             statements: analysis.statements,
             hints: hints(sql),
+            maintenance: analysis.kind == super::Kind::Unparsed && maintenance_keyword(sql),
             analysis,
             literals,
             param_types: Vec::new(),

@@ -9,7 +9,8 @@ use sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
 /// parse into syntax that classifies the same way:
 /// - `FOR NO KEY UPDATE` -> `FOR UPDATE`, `FOR KEY SHARE` -> `FOR SHARE` (still locking);
 /// - `TABLE name` starting a statement -> `SELECT * FROM name` (PostgreSQL's definition);
-/// - the transaction mode `[NOT] DEFERRABLE` is dropped (with its leading comma).
+/// - the transaction mode `[NOT] DEFERRABLE` is dropped (with its leading comma);
+/// - the COPY option values `ON`/`OFF` (`FREEZE ON`) -> `TRUE`/`FALSE`.
 ///
 /// Returns `None` when nothing was rewritten (or the text does not tokenize).
 pub(crate) fn patch_tokens(sql: &str) -> Option<String> {
@@ -24,6 +25,8 @@ pub(crate) fn patch_tokens(sql: &str) -> Option<String> {
     };
     let mut drop = Vec::new();
     let mut table_at = Vec::new();
+    let mut boolean: Vec<(usize, bool)> = Vec::new();
+    let is_copy = kw(sig.first(), Keyword::COPY);
     for n in 0..sig.len() {
         let at = |d: usize| sig.get(n + d);
         let before = |d: usize| n.checked_sub(d).and_then(|m| sig.get(m));
@@ -37,6 +40,11 @@ pub(crate) fn patch_tokens(sql: &str) -> Option<String> {
             && (n == 0 || before(1).is_some_and(|&p| tokens[p] == Token::SemiColon))
         {
             table_at.push(sig[n]);
+        } else if is_copy
+            && (kw(at(0), Keyword::ON) || kw(at(0), Keyword::OFF))
+            && before(1).is_some_and(|&p| matches!(&tokens[p], Token::Word(_)))
+        {
+            boolean.push((sig[n], kw(at(0), Keyword::ON)));
         } else if kw(at(0), Keyword::DEFERRABLE) {
             drop.push(sig[n]);
             let mut back = 1;
@@ -49,7 +57,7 @@ pub(crate) fn patch_tokens(sql: &str) -> Option<String> {
             }
         }
     }
-    if drop.is_empty() && table_at.is_empty() {
+    if drop.is_empty() && table_at.is_empty() && boolean.is_empty() {
         return None;
     }
     for i in drop {
@@ -59,6 +67,8 @@ pub(crate) fn patch_tokens(sql: &str) -> Option<String> {
     for (i, t) in tokens.iter().enumerate() {
         if table_at.contains(&i) {
             out.push_str("SELECT * FROM");
+        } else if let Some((_, on)) = boolean.iter().find(|(b, _)| *b == i) {
+            out.push_str(if *on { "TRUE" } else { "FALSE" });
         } else {
             out.push_str(&t.to_string());
         }

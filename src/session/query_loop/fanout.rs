@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use super::routing::Want;
 use super::{End, Loop};
 use crate::fanout::{self, CommandTag, MergeError, RowDescription, ShardResult};
+use crate::pool::Checkout;
 use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
 use crate::session::client_state::apply_sql;
 use crate::sql::analyze::fanout::{fan_out_query, PlanSpec};
@@ -64,11 +65,16 @@ impl Loop<'_> {
                 )
             }
             Command::Copy => {
-                return Err(PgError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "COPY of a sharded table is not supported yet",
-                )
-                .with_hint("use INSERT, or COPY through a direct connection to each shard"))
+                let copy = facts.analysis.shard.as_ref().and_then(|f| f.copy.clone());
+                return match copy {
+                    Some(c) if c.from_stdin => self.copy_in(sql, &c, shards).await,
+                    Some(c) if c.to_stdout => self.copy_out(sql, shards).await,
+                    _ => Err(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "COPY of a sharded table to or from a file on several shards",
+                    )
+                    .with_hint("use COPY ... FROM STDIN / TO STDOUT")),
+                };
             }
             Command::Insert
                 if shards.len() < self.login.shards.len() || self.is_split_insert(facts) =>
@@ -82,68 +88,8 @@ impl Loop<'_> {
         } else {
             Want::Primary
         };
-        // Inside a transaction the statement joins it on every shard it reaches.
-        let in_txn =
-            self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty();
-        let begin = if in_txn {
-            let text = match self.rt.pending_begin.take() {
-                Some((text, _)) => text,
-                None => self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into()),
-            };
-            self.rt.txn_begin = Some(text.clone());
-            Some(text)
-        } else {
-            None
-        };
-        // One connection per shard, settings applied.
-        let mut conns = Vec::with_capacity(per_shard.len());
-        for (shard, _) in &per_shard {
-            if in_txn {
-                if self.server.is_some() && self.rt.shard == *shard {
-                    *super::lock(&self.login.cancel_slot) = None;
-                    if let Some(c) = self.server.take() {
-                        conns.push(c);
-                        continue;
-                    }
-                }
-                if let Some(c) = self.unpark(*shard) {
-                    conns.push(c);
-                    continue;
-                }
-            }
-            let (mut conn, _) = match self.acquire(want, *shard).await {
-                Ok(c) => c,
-                Err(e) => {
-                    if in_txn {
-                        self.park_all(&per_shard, conns);
-                    }
-                    return Err(e);
-                }
-            };
-            let mut setup = apply_sql(&self.client.settings, &conn.settings);
-            if let Some(b) = &begin {
-                setup = Some(match setup {
-                    Some(s) => format!("{s}; {b}"),
-                    None => b.clone(),
-                });
-            }
-            if let Some(sql) = setup {
-                match conn.run(&sql).await {
-                    Ok(_) => conn.settings = self.client.settings.clone(),
-                    Err(_) => {
-                        conn.broken = true;
-                        if in_txn {
-                            self.park_all(&per_shard, conns);
-                        }
-                        return Err(PgError::error(
-                            sqlstate::CONNECTION_FAILURE,
-                            "could not prepare a shard connection for the statement",
-                        ));
-                    }
-                }
-            }
-            conns.push(conn);
-        }
+        let targets: Vec<usize> = per_shard.iter().map(|(s, _)| *s).collect();
+        let (mut conns, in_txn) = self.shard_conns(&targets, want).await?;
         let mut requests = Vec::with_capacity(per_shard.len());
         for (_, text) in &per_shard {
             let mut b = BytesMut::new();
@@ -190,7 +136,7 @@ impl Loop<'_> {
         }
         if in_txn {
             self.status = if first_error.is_some() { b'E' } else { b'T' };
-            self.park_all(&per_shard, conns);
+            self.park_all(&targets, conns);
         } else {
             drop(conns);
         }
@@ -216,11 +162,82 @@ impl Loop<'_> {
         Ok(out)
     }
 
-    /// Keeps a transaction's connections (in `per_shard` order) for its later statements.
-    fn park_all(&mut self, per_shard: &[(usize, String)], conns: Vec<crate::pool::Checkout>) {
-        for ((shard, _), c) in per_shard.iter().zip(conns) {
+    /// Keeps a transaction's connections (in `shards` order) for its later statements.
+    pub(super) fn park_all(&mut self, shards: &[usize], conns: Vec<Checkout>) {
+        for (shard, c) in shards.iter().zip(conns) {
             self.rt.parked.push((*shard, c));
         }
+    }
+
+    /// One connection per shard in `shards`, with the client's settings. Inside a
+    /// transaction, the transaction's own connections (current or parked), and new ones
+    /// join it with its BEGIN. Returns the connections and whether a transaction is open.
+    pub(super) async fn shard_conns(
+        &mut self,
+        shards: &[usize],
+        want: Want,
+    ) -> Result<(Vec<Checkout>, bool), PgError> {
+        let in_txn =
+            self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty();
+        let begin = if in_txn {
+            let text = match self.rt.pending_begin.take() {
+                Some((text, _)) => text,
+                None => self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into()),
+            };
+            self.rt.txn_begin = Some(text.clone());
+            Some(text)
+        } else {
+            None
+        };
+        let mut conns = Vec::with_capacity(shards.len());
+        for shard in shards {
+            if in_txn {
+                if self.server.is_some() && self.rt.shard == *shard {
+                    *super::lock(&self.login.cancel_slot) = None;
+                    if let Some(c) = self.server.take() {
+                        conns.push(c);
+                        continue;
+                    }
+                }
+                if let Some(c) = self.unpark(*shard) {
+                    conns.push(c);
+                    continue;
+                }
+            }
+            let failed = |this: &mut Self, conns: Vec<Checkout>, e: PgError| {
+                if in_txn {
+                    this.park_all(shards, conns);
+                    this.status = b'E';
+                }
+                Err(e)
+            };
+            let (mut conn, _) = match self.acquire(want, *shard).await {
+                Ok(c) => c,
+                Err(e) => return failed(self, conns, e),
+            };
+            let mut setup = apply_sql(&self.client.settings, &conn.settings);
+            if let Some(b) = &begin {
+                setup = Some(match setup {
+                    Some(s) => format!("{s}; {b}"),
+                    None => b.clone(),
+                });
+            }
+            if let Some(sql) = setup {
+                match conn.run(&sql).await {
+                    Ok(_) => conn.settings = self.client.settings.clone(),
+                    Err(_) => {
+                        conn.broken = true;
+                        let e = PgError::error(
+                            sqlstate::CONNECTION_FAILURE,
+                            "could not prepare a shard connection for the statement",
+                        );
+                        return failed(self, conns, e);
+                    }
+                }
+            }
+            conns.push(conn);
+        }
+        Ok((conns, in_txn))
     }
 
     fn is_split_insert(&self, facts: &RouteFacts) -> bool {

@@ -246,6 +246,9 @@ impl Loop<'_> {
                 )
                 .with_hint("send one statement per query so each can be routed by its key"))
             }
+            // Maintenance and schema statements sqlparser cannot parse (VACUUM, CLUSTER,
+            // REINDEX, ...) still belong on every shard.
+            None if f.maintenance => Ok(Route::All),
             None => Ok(Route::Any),
         }
     }

@@ -157,8 +157,11 @@ pub fn classify_shaped(
     } = facts;
     tables.retain(|t| !cte_names.contains(t));
     let shard = match statements.as_slice() {
-        [one] if !patched => {
-            let pos = shard::Positions::new(sql, literal_offsets);
+        [one] => {
+            // After a patch the text's positions changed: no value is referenced then
+            // (keys read as unknown, which never routes wrongly).
+            let offsets = if patched { &[][..] } else { literal_offsets };
+            let pos = shard::Positions::new(sql, offsets);
             Some(Box::new(shard::facts(one, &pos)))
         }
         _ => None,

@@ -164,3 +164,11 @@ fn a_shape_shared_by_a_literal_and_a_parameter_resolves_either() {
         [crate::sql::Literal::Param(1)]
     );
 }
+
+#[test]
+fn pgbench_copy_with_freeze_on_has_copy_facts() {
+    let f = facts("copy pgbench_accounts from stdin with (freeze on)");
+    let c = f.copy.unwrap();
+    assert!(c.from_stdin && !c.csv);
+    assert_eq!(c.table, "pgbench_accounts");
+}

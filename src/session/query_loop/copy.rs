@@ -1,0 +1,411 @@
+//! COPY on a sharded table: `FROM STDIN` sends each row to its shard's COPY (text and CSV,
+//! with or without a column list), `TO STDOUT` concatenates every shard's rows. Inside a
+//! transaction the COPY joins it on every shard (so it commits with two-phase commit);
+//! outside one each shard's COPY commits on its own.
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::routing::Want;
+use super::Loop;
+use crate::fanout::CommandTag;
+use crate::pool::Checkout;
+use crate::protocol::{self, split_frame, sqlstate, PgError};
+use crate::shard::copy::{CopySplitter, RowTarget};
+use crate::sql::analyze::shard::CopyFacts;
+
+/// Rows are sent to a shard in CopyData messages of about this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+fn copy_data(payload: &[u8]) -> BytesMut {
+    let mut m = BytesMut::with_capacity(payload.len() + 5);
+    m.put_u8(b'd');
+    m.put_i32(payload.len() as i32 + 4);
+    m.extend_from_slice(payload);
+    m
+}
+
+fn copy_fail(msg: &str) -> BytesMut {
+    let mut m = BytesMut::new();
+    let _ = postgres_protocol::message::frontend::copy_fail(msg, &mut m);
+    m
+}
+
+/// Reads a connection's answers up to ReadyForQuery: (the first ErrorResponse, the row count
+/// of its CommandComplete).
+async fn finish_one(c: &mut Checkout) -> (Option<bytes::Bytes>, u64) {
+    let mut err = None;
+    let mut rows = 0;
+    loop {
+        match c.read_frame().await {
+            Ok(f) if f.tag == b'Z' => return (err, rows),
+            Ok(f) if f.tag == b'E' => {
+                err.get_or_insert(f.bytes);
+            }
+            Ok(f) if f.tag == b'C' => {
+                rows = CommandTag::parse(&f.bytes)
+                    .ok()
+                    .and_then(|t| t.rows)
+                    .unwrap_or(0);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                c.broken = true;
+                let mut b = BytesMut::new();
+                PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("shard lost during COPY: {e}"),
+                )
+                .encode(&mut b);
+                return (Some(b.freeze()), rows);
+            }
+        }
+    }
+}
+
+impl Loop<'_> {
+    /// Hands the connections back: kept by an open transaction, else returned to the pool.
+    fn copy_done(&mut self, shards: &[usize], conns: Vec<Checkout>, in_txn: bool, failed: bool) {
+        if in_txn {
+            self.status = if failed { b'E' } else { b'T' };
+            self.park_all(shards, conns);
+        }
+    }
+
+    /// `COPY ... FROM STDIN` on every shard, rows split by key.
+    pub(super) async fn copy_in(
+        &mut self,
+        sql: &str,
+        c: &CopyFacts,
+        shards: &[usize],
+    ) -> Result<BytesMut, PgError> {
+        let Some(map) = self.login.shard_map.clone() else {
+            return Err(PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                "not a sharded database",
+            ));
+        };
+        if c.binary {
+            return Err(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "COPY FROM STDIN in binary format into a sharded table",
+            )
+            .with_hint("use text or CSV format"));
+        }
+        let sharded = map.sharded(&c.table).cloned();
+        let (mut conns, in_txn) = self.shard_conns(shards, Want::Primary).await?;
+        // Where the key is in each row.
+        let key = match &sharded {
+            None => None,
+            Some((column, ty)) => {
+                let columns = if c.columns.is_empty() {
+                    let q = format!(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = {}::regclass \
+                         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                        crate::sql::scan::dollar_quote(&c.table)
+                    );
+                    let mut b = BytesMut::new();
+                    let _ = postgres_protocol::message::frontend::query(&q, &mut b);
+                    match conns[0].exchange(&b).await {
+                        Ok((frames, _)) => frames
+                            .iter()
+                            .filter(|f| f.tag == b'D')
+                            .filter_map(|f| {
+                                let b = f.body();
+                                let len = i32::from_be_bytes([
+                                    *b.get(2)?,
+                                    *b.get(3)?,
+                                    *b.get(4)?,
+                                    *b.get(5)?,
+                                ]);
+                                let v = b.get(6..6 + usize::try_from(len).ok()?)?;
+                                Some(String::from_utf8_lossy(v).into_owned())
+                            })
+                            .collect(),
+                        Err(_) => Vec::new(),
+                    }
+                } else {
+                    c.columns.clone()
+                };
+                match columns.iter().position(|x| x == column) {
+                    Some(i) => Some((i, *ty)),
+                    None => {
+                        self.copy_done(shards, conns, in_txn, true);
+                        return Err(PgError::error(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!(
+                                "COPY into sharded table \"{}\" without its shard key \"{column}\"",
+                                c.table
+                            ),
+                        )
+                        .with_hint("include the shard key column in the COPY column list"));
+                    }
+                }
+            }
+        };
+        // Start the COPY everywhere.
+        let mut q = BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(sql, &mut q);
+        let mut copy_in_response = None;
+        let mut first_error = None;
+        let mut copying = vec![false; conns.len()];
+        for (i, conn) in conns.iter_mut().enumerate() {
+            if conn.send(&q).await.is_err() {
+                conn.broken = true;
+                first_error.get_or_insert_with(|| {
+                    let mut b = BytesMut::new();
+                    PgError::error(sqlstate::CONNECTION_FAILURE, "shard lost before COPY")
+                        .encode(&mut b);
+                    b.freeze()
+                });
+                continue;
+            }
+            loop {
+                match conn.read_frame().await {
+                    Ok(f) if f.tag == b'G' => {
+                        copying[i] = true;
+                        copy_in_response.get_or_insert(f.bytes);
+                        break;
+                    }
+                    Ok(f) if f.tag == b'E' => {
+                        first_error.get_or_insert(f.bytes);
+                    }
+                    Ok(f) if f.tag == b'Z' => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        conn.broken = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if first_error.is_some() || copy_in_response.is_none() {
+            let fail = copy_fail("COPY failed on another shard");
+            for (i, conn) in conns.iter_mut().enumerate() {
+                if copying[i] && conn.send(&fail).await.is_ok() {
+                    let _ = finish_one(conn).await;
+                }
+            }
+            self.copy_done(shards, conns, in_txn, true);
+            let mut out = BytesMut::new();
+            if let Some(e) = first_error {
+                out.extend_from_slice(&e);
+            } else {
+                PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    "COPY did not start on every shard",
+                )
+                .encode(&mut out);
+            }
+            return Ok(out);
+        }
+        // Tell the client to send its data.
+        if let Some(g) = &copy_in_response {
+            self.cout.extend_from_slice(g);
+        }
+        if self.cwr.write_all(&self.cout).await.is_err() {
+            for conn in conns.iter_mut() {
+                conn.broken = true;
+            }
+            return Err(PgError::error(
+                sqlstate::CONNECTION_FAILURE,
+                "client gone during COPY",
+            ));
+        }
+        self.cout.clear();
+        let mut splitter = CopySplitter::new(c.csv, c.delimiter, c.header, key);
+        let n = conns.len();
+        let index_of = |s: usize| shards.iter().position(|x| *x == s);
+        let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); n];
+        let max = self.state.config.proxy.max_message_size;
+        let mut failure: Option<PgError> = None;
+        let mut client_failed = None;
+        'read: loop {
+            let frame = match split_frame(&mut self.cin, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => match self.crd.read_buf(&mut self.cin).await {
+                    Ok(k) if k > 0 => continue,
+                    _ => {
+                        for conn in conns.iter_mut() {
+                            conn.broken = true;
+                        }
+                        return Err(PgError::error(
+                            sqlstate::CONNECTION_FAILURE,
+                            "client gone during COPY",
+                        ));
+                    }
+                },
+                Err(e) => {
+                    failure = Some(PgError::error(sqlstate::PROTOCOL_VIOLATION, e.to_string()));
+                    break;
+                }
+            };
+            match frame.tag {
+                b'd' => {
+                    let mut route = |t: RowTarget, row: &[u8]| match t {
+                        RowTarget::Shard(s) => {
+                            if let Some(i) = index_of(s) {
+                                bufs[i].extend_from_slice(row);
+                            }
+                        }
+                        RowTarget::All => bufs.iter_mut().for_each(|b| b.extend_from_slice(row)),
+                    };
+                    if let Err(e) = splitter.push(frame.body(), &map, &mut route) {
+                        failure = Some(e);
+                        break;
+                    }
+                    for (i, conn) in conns.iter_mut().enumerate() {
+                        if bufs[i].len() >= FLUSH_AT {
+                            let m = copy_data(&bufs[i]);
+                            bufs[i].clear();
+                            if conn.send(&m).await.is_err() {
+                                conn.broken = true;
+                                failure = Some(PgError::error(
+                                    sqlstate::CONNECTION_FAILURE,
+                                    "shard lost during COPY",
+                                ));
+                                break 'read;
+                            }
+                        }
+                    }
+                }
+                b'c' => {
+                    let mut route = |t: RowTarget, row: &[u8]| match t {
+                        RowTarget::Shard(s) => {
+                            if let Some(i) = index_of(s) {
+                                bufs[i].extend_from_slice(row);
+                            }
+                        }
+                        RowTarget::All => bufs.iter_mut().for_each(|b| b.extend_from_slice(row)),
+                    };
+                    if let Err(e) = splitter.finish(&map, &mut route) {
+                        failure = Some(e);
+                    }
+                    break;
+                }
+                b'f' => {
+                    client_failed = Some(protocol::query_text(frame.body()).to_string());
+                    break;
+                }
+                b'H' | b'S' => {}
+                other => {
+                    failure = Some(PgError::error(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("unexpected message type {other} during COPY"),
+                    ));
+                    break;
+                }
+            }
+        }
+        let ok = failure.is_none() && client_failed.is_none();
+        let mut done = BytesMut::new();
+        postgres_protocol::message::frontend::copy_done(&mut done);
+        let fail = copy_fail(&match (&failure, &client_failed) {
+            (Some(e), _) => e.message.clone(),
+            (None, Some(m)) => m.clone(),
+            _ => String::new(),
+        });
+        let mut total = 0u64;
+        let mut shard_error = None;
+        for (i, conn) in conns.iter_mut().enumerate() {
+            if conn.broken {
+                continue;
+            }
+            let mut msg = BytesMut::new();
+            if ok {
+                if !bufs[i].is_empty() {
+                    msg.extend_from_slice(&copy_data(&bufs[i]));
+                }
+                msg.extend_from_slice(&done);
+            } else {
+                msg.extend_from_slice(&fail);
+            }
+            if conn.send(&msg).await.is_err() {
+                conn.broken = true;
+                continue;
+            }
+            let (err, rows) = finish_one(conn).await;
+            total += rows;
+            if let Some(e) = err {
+                shard_error.get_or_insert(e);
+            }
+        }
+        let failed = !ok || shard_error.is_some();
+        self.copy_done(shards, conns, in_txn, failed);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut out = BytesMut::new();
+        if let Some(e) = shard_error {
+            out.extend_from_slice(&e);
+        } else if let Some(m) = client_failed {
+            PgError::error("57014", format!("COPY from stdin failed: {m}")).encode(&mut out);
+        } else {
+            protocol::command_complete(&mut out, &format!("COPY {total}"));
+        }
+        Ok(out)
+    }
+
+    /// `COPY ... TO STDOUT` from every shard, concatenated.
+    pub(super) async fn copy_out(
+        &mut self,
+        sql: &str,
+        shards: &[usize],
+    ) -> Result<BytesMut, PgError> {
+        let (mut conns, in_txn) = self.shard_conns(shards, Want::Read).await?;
+        let mut q = BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(sql, &mut q);
+        let answers =
+            futures_util::future::join_all(conns.iter_mut().map(|c| c.exchange(&q))).await;
+        let (mut head, mut data, mut error) = (None, BytesMut::new(), None);
+        let mut total = 0u64;
+        let mut done = None;
+        for (conn, a) in conns.iter_mut().zip(answers) {
+            let Ok((frames, _)) = a else {
+                conn.broken = true;
+                let mut b = BytesMut::new();
+                PgError::error(sqlstate::CONNECTION_FAILURE, "shard lost during COPY")
+                    .encode(&mut b);
+                error.get_or_insert(b.freeze());
+                continue;
+            };
+            for f in frames {
+                match f.tag {
+                    b'H' => {
+                        head.get_or_insert(f.bytes);
+                    }
+                    b'd' => data.extend_from_slice(&f.bytes),
+                    b'c' => {
+                        done.get_or_insert(f.bytes);
+                    }
+                    b'C' => {
+                        total += CommandTag::parse(&f.bytes)
+                            .ok()
+                            .and_then(|t| t.rows)
+                            .unwrap_or(0)
+                    }
+                    b'E' => {
+                        error.get_or_insert(f.bytes);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let failed = error.is_some();
+        self.copy_done(shards, conns, in_txn, failed);
+        let mut out = BytesMut::new();
+        if let Some(e) = error {
+            out.extend_from_slice(&e);
+            return Ok(out);
+        }
+        if let Some(h) = head {
+            out.extend_from_slice(&h);
+        }
+        out.extend_from_slice(&data);
+        if let Some(c) = done {
+            out.extend_from_slice(&c);
+        }
+        protocol::command_complete(&mut out, &format!("COPY {total}"));
+        Ok(out)
+    }
+}

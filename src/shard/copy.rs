@@ -1,0 +1,281 @@
+//! Splitting `COPY ... FROM STDIN` data by shard: rows are cut out of the CopyData stream
+//! (text or CSV format; a row may span several CopyData messages) and each goes to the shard
+//! of its key field. No I/O.
+
+use super::route::ShardMap;
+use crate::config::KeyType;
+use crate::protocol::PgError;
+
+/// Where a row goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowTarget {
+    /// One shard.
+    Shard(usize),
+    /// Every shard (the CSV header line; rows of a replicated table).
+    All,
+}
+
+/// Cuts rows out of COPY data and finds their shard.
+#[derive(Debug)]
+pub struct CopySplitter {
+    csv: bool,
+    delimiter: u8,
+    /// Key field index and type; None: every row goes everywhere (replicated table).
+    key: Option<(usize, KeyType)>,
+    header: bool,
+    buf: Vec<u8>,
+    /// Scan position in `buf` and CSV quote state there.
+    scanned: usize,
+    in_quotes: bool,
+    ended: bool,
+}
+
+impl CopySplitter {
+    /// A splitter for text (`csv = false`) or CSV data.
+    pub fn new(csv: bool, delimiter: char, header: bool, key: Option<(usize, KeyType)>) -> Self {
+        CopySplitter {
+            csv,
+            delimiter: u8::try_from(delimiter).unwrap_or(b'\t'),
+            key,
+            header: csv && header,
+            buf: Vec::new(),
+            scanned: 0,
+            in_quotes: false,
+            ended: false,
+        }
+    }
+
+    /// Adds data and hands every complete row to `out` with its target.
+    pub fn push(
+        &mut self,
+        data: &[u8],
+        map: &ShardMap,
+        out: &mut impl FnMut(RowTarget, &[u8]),
+    ) -> Result<(), PgError> {
+        self.buf.extend_from_slice(data);
+        let mut start = 0;
+        let mut i = self.scanned;
+        while i < self.buf.len() {
+            let c = self.buf[i];
+            if self.csv && c == b'"' {
+                self.in_quotes = !self.in_quotes;
+            } else if c == b'\n' && !self.in_quotes {
+                let row = self.buf[start..=i].to_vec();
+                self.row(&row, map, out)?;
+                start = i + 1;
+            }
+            i += 1;
+        }
+        self.buf.drain(..start);
+        self.scanned = self.buf.len();
+        Ok(())
+    }
+
+    /// Ends the data: a last row without a newline is handed out too.
+    pub fn finish(
+        &mut self,
+        map: &ShardMap,
+        out: &mut impl FnMut(RowTarget, &[u8]),
+    ) -> Result<(), PgError> {
+        if !self.buf.is_empty() {
+            let mut row = std::mem::take(&mut self.buf);
+            row.push(b'\n');
+            self.row(&row, map, out)?;
+        }
+        Ok(())
+    }
+
+    fn row(
+        &mut self,
+        row: &[u8],
+        map: &ShardMap,
+        out: &mut impl FnMut(RowTarget, &[u8]),
+    ) -> Result<(), PgError> {
+        if self.ended {
+            return Ok(());
+        }
+        let content = trim_eol(row);
+        if content == b"\\." {
+            // End-of-data marker: the proxy ends each shard's COPY itself.
+            self.ended = true;
+            return Ok(());
+        }
+        if self.header {
+            self.header = false;
+            out(RowTarget::All, row);
+            return Ok(());
+        }
+        let Some((index, ty)) = self.key else {
+            out(RowTarget::All, row);
+            return Ok(());
+        };
+        let field = if self.csv {
+            csv_field(content, self.delimiter, index)
+        } else {
+            text_field(content, self.delimiter, index)
+        };
+        let shard = match field {
+            // NULL keys live on the first shard (as with INSERT).
+            None => 0,
+            Some(v) => map
+                .shard_of_text(ty, &v)
+                .map_err(|e| PgError::error(e.sqlstate(), format!("COPY shard key: {e}")))?,
+        };
+        out(RowTarget::Shard(shard), row);
+        Ok(())
+    }
+}
+
+fn trim_eol(row: &[u8]) -> &[u8] {
+    let row = row.strip_suffix(b"\n").unwrap_or(row);
+    row.strip_suffix(b"\r").unwrap_or(row)
+}
+
+/// Field `index` of a text-format row, unescaped; None for `\N` (NULL) or a missing field.
+fn text_field(row: &[u8], delim: u8, index: usize) -> Option<Vec<u8>> {
+    let raw = row.split(|&b| b == delim).nth(index)?;
+    if raw == b"\\N" {
+        return None;
+    }
+    let mut v = Vec::with_capacity(raw.len());
+    let mut it = raw.iter();
+    while let Some(&b) = it.next() {
+        if b != b'\\' {
+            v.push(b);
+            continue;
+        }
+        match it.next() {
+            Some(b'n') => v.push(b'\n'),
+            Some(b't') => v.push(b'\t'),
+            Some(b'r') => v.push(b'\r'),
+            Some(b'b') => v.push(8),
+            Some(b'f') => v.push(12),
+            Some(b'v') => v.push(11),
+            Some(&o) => v.push(o),
+            None => {}
+        }
+    }
+    Some(v)
+}
+
+/// Field `index` of a CSV row, unquoted; None for an unquoted empty field (NULL).
+fn csv_field(row: &[u8], delim: u8, index: usize) -> Option<Vec<u8>> {
+    let mut field = 0;
+    let mut i = 0;
+    while i <= row.len() {
+        // Parse one field starting at i.
+        let mut v = Vec::new();
+        let mut quoted = false;
+        if row.get(i) == Some(&b'"') {
+            quoted = true;
+            i += 1;
+            while i < row.len() {
+                if row[i] == b'"' {
+                    if row.get(i + 1) == Some(&b'"') {
+                        v.push(b'"');
+                        i += 2;
+                        continue;
+                    }
+                    i += 1;
+                    break;
+                }
+                v.push(row[i]);
+                i += 1;
+            }
+        }
+        while i < row.len() && row[i] != delim {
+            v.push(row[i]);
+            i += 1;
+        }
+        if field == index {
+            return (quoted || !v.is_empty()).then_some(v);
+        }
+        field += 1;
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn map() -> ShardMap {
+        let c = Config::parse(
+            r#"
+[[users]]
+name = "u"
+password = "p"
+[[databases]]
+name = "d"
+[[databases.shards]]
+name = "s0"
+primary = "127.0.0.1:1"
+[[databases.shards]]
+name = "s1"
+primary = "127.0.0.1:2"
+"#,
+            "t",
+        )
+        .unwrap();
+        ShardMap::new(&c.databases[0]).unwrap()
+    }
+
+    fn split(s: &mut CopySplitter, chunks: &[&[u8]]) -> Vec<(RowTarget, Vec<u8>)> {
+        let m = map();
+        let mut rows = Vec::new();
+        let mut out = |t: RowTarget, r: &[u8]| rows.push((t, r.to_vec()));
+        for c in chunks {
+            s.push(c, &m, &mut out).unwrap();
+        }
+        s.finish(&m, &mut out).unwrap();
+        rows
+    }
+
+    #[test]
+    fn text_rows_across_chunks_go_to_their_key_shard() {
+        let m = map();
+        let mut s = CopySplitter::new(false, '\t', false, Some((1, KeyType::Bigint)));
+        let rows = split(&mut s, &[b"a\t1\tx\nb\t2", b"\ty\nc\t3\tz", b"\n\\.\n"]);
+        assert_eq!(rows.len(), 3);
+        for (row, k) in rows.iter().zip([1, 2, 3]) {
+            let want = m
+                .shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
+                .unwrap();
+            assert_eq!(row.0, RowTarget::Shard(want));
+        }
+        assert_eq!(rows[1].1, b"b\t2\ty\n");
+    }
+
+    #[test]
+    fn csv_quotes_header_and_nulls() {
+        let mut s = CopySplitter::new(true, ',', true, Some((0, KeyType::Text)));
+        let rows = split(
+            &mut s,
+            &[
+                b"name,v\n\"multi\nline, \"\"quoted\"\"\",1\n",
+                b",2\nlast,3",
+            ],
+        );
+        assert_eq!(rows[0].0, RowTarget::All, "the header goes to every shard");
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[1].1, b"\"multi\nline, \"\"quoted\"\"\",1\n");
+        assert_eq!(rows[2].0, RowTarget::Shard(0), "NULL key");
+        assert_eq!(rows[3].1, b"last,3\n");
+        assert_eq!(csv_field(b"\"a,b\",c", b',', 0), Some(b"a,b".to_vec()));
+        assert_eq!(csv_field(b"x,,z", b',', 1), None);
+        assert_eq!(csv_field(b"x,\"\",z", b',', 1), Some(Vec::new()));
+    }
+
+    #[test]
+    fn bad_keys_are_errors() {
+        let m = map();
+        let mut s = CopySplitter::new(false, '\t', false, Some((0, KeyType::Bigint)));
+        let mut out = |_: RowTarget, _: &[u8]| {};
+        let e = s.push(b"abc\t1\n", &m, &mut out).unwrap_err();
+        assert_eq!(e.code, "22P02");
+        assert_eq!(text_field(b"a\\tb\tc", b'\t', 0), Some(b"a\tb".to_vec()));
+        assert_eq!(text_field(b"\\N\tc", b'\t', 0), None);
+    }
+}
