@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
     },
-    /// Shard map tools for DBAs (no database access).
+    /// Shard map tools for DBAs: locate, plan (no database access), verify, rebalance.
     Shard {
         #[command(subcommand)]
         command: ShardCommand,
@@ -60,6 +60,29 @@ enum ShardCommand {
         /// Logical database (default: the first one in the --from config).
         #[arg(long)]
         database: Option<String>,
+    },
+    /// Count rows sitting on a shard that does not own their key (exit 1 if any); needs
+    /// --config.
+    Verify {
+        /// Logical database (default: the first one in the config).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Move the rows whose owner changed from the --from map to the --to map, in batches,
+    /// each committed on both shards with two-phase commit.
+    Rebalance {
+        /// The config the rows follow now.
+        #[arg(long)]
+        from: PathBuf,
+        /// The config to move to (its shards must already have the tables).
+        #[arg(long)]
+        to: PathBuf,
+        /// Logical database (default: the first one in the --to config).
+        #[arg(long)]
+        database: Option<String>,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
     },
 }
 
@@ -97,6 +120,38 @@ fn shard(config: Option<PathBuf>, command: ShardCommand) -> Result<(), String> {
             tools::plan(&old, &new, database.as_deref())
                 .map_err(|e| e.to_string())?
                 .to_string()
+        }
+        ShardCommand::Verify { database } => {
+            let config = load(config)?;
+            let rt = runtime(1).map_err(|e| e.to_string())?;
+            let v = rt
+                .block_on(shardgate::shard::maintenance::verify(
+                    &config,
+                    database.as_deref(),
+                ))
+                .map_err(|e| e.to_string())?;
+            print!("{v}");
+            if v.misplaced() > 0 {
+                return Err(format!("{} rows sit on the wrong shard", v.misplaced()));
+            }
+            return Ok(());
+        }
+        ShardCommand::Rebalance {
+            from,
+            to,
+            database,
+            batch,
+        } => {
+            let (old, new) = (load_file(&from)?, load_file(&to)?);
+            let rt = runtime(1).map_err(|e| e.to_string())?;
+            rt.block_on(shardgate::shard::maintenance::rebalance(
+                &old,
+                &new,
+                database.as_deref(),
+                batch,
+            ))
+            .map_err(|e| e.to_string())?
+            .to_string()
         }
     };
     print!("{report}");

@@ -6,6 +6,7 @@
 
 pub mod copy;
 pub mod key;
+pub mod maintenance;
 pub mod recovery;
 pub mod ring;
 pub mod route;
