@@ -73,5 +73,50 @@ fn sharding(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sharding);
+/// The whole per-statement routing cost of a sharded `pgbench -S` statement on a cache hit:
+/// shape scan + cached analysis lookup + key resolution + ring lookup.
+fn routing(c: &mut Criterion) {
+    let text = r#"
+[[databases]]
+name = "app"
+[[databases.shards]]
+name = "s0"
+primary = "127.0.0.1:5432"
+[[databases.shards]]
+name = "s1"
+primary = "127.0.0.1:5433"
+[[databases.sharded_tables]]
+table = "pgbench_accounts"
+column = "aid"
+type = "bigint"
+"#;
+    let config = match Config::parse(text, "bench") {
+        Ok(c) => c,
+        Err(e) => panic!("bench config: {e}"),
+    };
+    let map = match shardgate::shard::route::ShardMap::new(&config.databases[0]) {
+        Some(m) => m,
+        None => panic!("not sharded"),
+    };
+    let cache = shardgate::sql::AnalysisCache::new(1000, Vec::new());
+    let sqls: Vec<String> = (0..1024)
+        .map(|i| {
+            format!(
+                "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+                1 + i * 977
+            )
+        })
+        .collect();
+    let mut i = 0;
+    c.bench_function("route/pgbench_select_cache_hit", |b| {
+        b.iter(|| {
+            i = (i + 1) % 1024;
+            let (a, literals) = cache.analyze(black_box(&sqls[i]));
+            let facts = a.shard.as_deref();
+            facts.map(|f| map.route(f, &a.tables, &literals, None))
+        })
+    });
+}
+
+criterion_group!(benches, sharding, routing);
 criterion_main!(benches);
