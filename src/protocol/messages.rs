@@ -232,39 +232,43 @@ pub fn show_result(buf: &mut BytesMut, name: &str, value: &str) {
     command_complete(buf, "SHOW");
 }
 
-/// The severity (`S` field) of an ErrorResponse body, e.g. `FATAL`.
-pub fn error_severity(body: &[u8]) -> &str {
+/// Each (field type, value) of an ErrorResponse/NoticeResponse body, until `f` returns
+/// something.
+fn find_error_field<'a, T>(
+    body: &'a [u8],
+    mut f: impl FnMut(u8, &'a str) -> Option<T>,
+) -> Option<T> {
     let mut rest = body;
     while let Some((&t, tail)) = rest.split_first() {
         if t == 0 {
             break;
         }
         rest = tail;
-        let Some(v) = cstr(&mut rest) else { break };
-        if t == b'S' {
-            return v;
+        let v = cstr(&mut rest)?;
+        if let Some(found) = f(t, v) {
+            return Some(found);
         }
     }
-    ""
+    None
+}
+
+/// The severity (`S` field) of an ErrorResponse body, e.g. `FATAL`.
+pub fn error_severity(body: &[u8]) -> &str {
+    find_error_field(body, |t, v| (t == b'S').then_some(v)).unwrap_or("")
 }
 
 /// Fields of a server ErrorResponse/NoticeResponse body: (code, message).
 pub fn error_fields(body: &[u8]) -> (String, String) {
     let mut code = String::new();
     let mut message = String::new();
-    let mut rest = body;
-    while let Some((&t, tail)) = rest.split_first() {
-        if t == 0 {
-            break;
-        }
-        rest = tail;
-        let Some(v) = cstr(&mut rest) else { break };
+    find_error_field(body, |t, v| {
         match t {
             b'C' => code = v.to_string(),
             b'M' => message = v.to_string(),
             _ => {}
         }
-    }
+        None::<()>
+    });
     (code, message)
 }
 

@@ -59,12 +59,13 @@ fn database<'a>(
     .ok_or_else(|| MaintenanceError::Config("no such database in the config".into()))
 }
 
-/// Connects to a shard's primary as the first user with a server password.
-async fn connect(
+/// A tokio-postgres config for a shard's primary (declared primary, else its first server),
+/// as the first user with a server password.
+pub(crate) fn shard_pg_config(
     config: &Config,
     db: &DatabaseConfig,
     shard: &str,
-) -> Result<tokio_postgres::Client, MaintenanceError> {
+) -> Result<tokio_postgres::Config, MaintenanceError> {
     let s = db
         .shards
         .iter()
@@ -98,7 +99,16 @@ async fn connect(
     if let Some(p) = user.server_password() {
         c.password(p);
     }
-    let (client, conn) = c
+    Ok(c)
+}
+
+/// Connects to a shard's primary (see [`shard_pg_config`]).
+async fn connect(
+    config: &Config,
+    db: &DatabaseConfig,
+    shard: &str,
+) -> Result<tokio_postgres::Client, MaintenanceError> {
+    let (client, conn) = shard_pg_config(config, db, shard)?
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| shard_err(shard, e))?;

@@ -65,35 +65,13 @@ pub fn decide(mask: u64, present: &[usize]) -> Decision {
     }
 }
 
-/// A tokio-postgres config for a shard's primary (declared primary, else its first server).
 fn shard_config(
     config: &Config,
     db: &DatabaseConfig,
     shard: usize,
 ) -> Option<tokio_postgres::Config> {
-    let s = db.shards.get(shard)?;
-    let servers = s.all_servers();
-    let (addr, _) = servers
-        .iter()
-        .find(|(_, r)| *r == crate::config::Role::Primary)
-        .or(servers.first())?;
-    let (host, port) = addr.rsplit_once(':')?;
-    let user = config
-        .users
-        .iter()
-        .find(|u| u.server_password().is_some())
-        .or(config.users.first())?;
-    let mut c = tokio_postgres::Config::new();
-    c.host(host)
-        .port(port.parse().ok()?)
-        .dbname(db.server_database())
-        .user(user.server_user())
-        .application_name("shardgate 2pc recovery")
-        .connect_timeout(Duration::from_millis(config.pool.connect_timeout_ms));
-    if let Some(p) = user.server_password() {
-        c.password(p);
-    }
-    Some(c)
+    let name = &db.shards.get(shard)?.name;
+    super::maintenance::shard_pg_config(config, db, name).ok()
 }
 
 async fn connect(c: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {

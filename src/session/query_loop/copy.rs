@@ -31,6 +31,18 @@ fn copy_fail(msg: &str) -> BytesMut {
     m
 }
 
+/// Appends a row to the buffer of its shard (`bufs` in `shards` order), or of every shard.
+fn route_row(bufs: &mut [Vec<u8>], shards: &[usize], t: RowTarget, row: &[u8]) {
+    match t {
+        RowTarget::Shard(s) => {
+            if let Some(i) = shards.iter().position(|x| *x == s) {
+                bufs[i].extend_from_slice(row);
+            }
+        }
+        RowTarget::All => bufs.iter_mut().for_each(|b| b.extend_from_slice(row)),
+    }
+}
+
 /// Reads a connection's answers up to ReadyForQuery: (the first ErrorResponse, the row count
 /// of its CommandComplete).
 async fn finish_one(c: &mut Checkout) -> (Option<bytes::Bytes>, u64) {
@@ -215,7 +227,6 @@ impl Loop<'_> {
         self.cout.clear();
         let mut splitter = CopySplitter::new(c.csv, c.delimiter, c.header, key);
         let n = conns.len();
-        let index_of = |s: usize| shards.iter().position(|x| *x == s);
         let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); n];
         let max = self.state.config.proxy.max_message_size;
         let mut failure: Option<PgError> = None;
@@ -242,14 +253,7 @@ impl Loop<'_> {
             };
             match frame.tag {
                 b'd' => {
-                    let mut route = |t: RowTarget, row: &[u8]| match t {
-                        RowTarget::Shard(s) => {
-                            if let Some(i) = index_of(s) {
-                                bufs[i].extend_from_slice(row);
-                            }
-                        }
-                        RowTarget::All => bufs.iter_mut().for_each(|b| b.extend_from_slice(row)),
-                    };
+                    let mut route = |t: RowTarget, row: &[u8]| route_row(&mut bufs, shards, t, row);
                     if let Err(e) = splitter.push(frame.body(), &map, &mut route) {
                         failure = Some(e);
                         break;
@@ -270,14 +274,7 @@ impl Loop<'_> {
                     }
                 }
                 b'c' => {
-                    let mut route = |t: RowTarget, row: &[u8]| match t {
-                        RowTarget::Shard(s) => {
-                            if let Some(i) = index_of(s) {
-                                bufs[i].extend_from_slice(row);
-                            }
-                        }
-                        RowTarget::All => bufs.iter_mut().for_each(|b| b.extend_from_slice(row)),
-                    };
+                    let mut route = |t: RowTarget, row: &[u8]| route_row(&mut bufs, shards, t, row);
                     if let Err(e) = splitter.finish(&map, &mut route) {
                         failure = Some(e);
                     }
