@@ -199,6 +199,13 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy with the given config text (its `listen` is ignored: port 0 is used).
     pub fn start(config: &str) -> Proxy {
+        // SHARDGATE_TEST_LOG=<filter> shows the proxy's tracing on stderr while debugging.
+        if let Ok(filter) = std::env::var("SHARDGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
         let config = Config::parse(config, "test").expect("parse config");
         let problems = config.validate();
         assert!(problems.is_empty(), "{problems:?}");

@@ -312,3 +312,58 @@ async fn split_off_sends_everything_to_the_primary() {
     let c = p.app("app").await;
     assert_eq!(port_of(&c, "SELECT inet_server_port()").await, primary);
 }
+
+/// A read whose replica is terminated mid-answer (row description and a notice already sent,
+/// the rows not yet) is retried on the primary: the client sees one answer, the primary's,
+/// and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_cut_off_mid_answer_is_retried_without_a_trace() {
+    use integration_tests::raw;
+    use tokio::io::AsyncWriteExt;
+
+    let (primary, replica_port) = ports();
+    cluster()
+        .psql(
+            "app",
+            "CREATE OR REPLACE FUNCTION rw_slow_notice() RETURNS int LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE NOTICE 'answering from %', inet_server_port(); \
+             IF pg_is_in_recovery() THEN PERFORM pg_sleep(60); END IF; \
+             RETURN inet_server_port(); END $$; \
+             GRANT EXECUTE ON FUNCTION rw_slow_notice() TO app",
+        )
+        .unwrap();
+    assert!(wait_psql(
+        replica(),
+        "SELECT count(*) FROM pg_proc WHERE proname = 'rw_slow_notice'",
+        "1",
+        Duration::from_secs(30)
+    ));
+    let p = proxy("");
+    let mut s = raw::login_trust(p.port, "trusty", "app").await;
+    let sql = b"SELECT rw_slow_notice()\0";
+    let mut q = vec![b'Q'];
+    q.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
+    q.extend_from_slice(sql);
+    s.write_all(&q).await.unwrap();
+
+    // Wait until the replica's backend is asleep after sending its notice, then end it.
+    let terminate = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE query LIKE 'SELECT rw_slow_notice()%' AND wait_event = 'PgSleep'";
+    assert!(wait_psql(
+        replica(),
+        terminate,
+        "1",
+        Duration::from_secs(30)
+    ));
+    let msgs = raw::read_until(&mut s, b"Z").await;
+    let tags: Vec<char> = msgs.iter().map(|m| m.0 as char).collect();
+    assert_eq!(tags, ['T', 'N', 'D', 'C', 'Z'], "{msgs:?}");
+    let notice = String::from_utf8_lossy(&msgs[1].1).into_owned();
+    assert!(
+        notice.contains(&format!("answering from {primary}")),
+        "{notice}"
+    );
+    assert!(!notice.contains(&replica_port.to_string()), "{notice}");
+    let row = String::from_utf8_lossy(&msgs[2].1).into_owned();
+    assert!(row.ends_with(&primary.to_string()), "{row}");
+}

@@ -35,7 +35,7 @@ mod routing;
 mod statements;
 mod twophase;
 
-use routing::{Routing, Step};
+use routing::{ReadHold, Routing, Step};
 
 /// Above this many buffered bytes in one direction, stop reading from the sender.
 const BUF_CAP: usize = 256 * 1024;
@@ -509,8 +509,10 @@ impl Loop<'_> {
     /// Forwards what the server sent through the relay, handling each ReadyForQuery.
     async fn handle_server_input(&mut self) -> Option<End> {
         let statement_mode = self.login.pool_mode == PoolMode::Statement;
-        if self.server_dying() {
-            return self.lost("server terminated the connection");
+        match self.read_hold() {
+            ReadHold::Go => {}
+            ReadHold::Wait => return None,
+            ReadHold::Dying => return self.lost("server terminated the connection"),
         }
         let conn = self.server.as_deref_mut()?;
         // In statement mode a ReadyForQuery that opens a transaction is not forwarded.

@@ -123,6 +123,11 @@ impl Relay {
     }
 
     /// ReadyForQuery messages the server still owes the client.
+    /// Bytes of a message already begun that `process` has yet to take from the input.
+    pub fn mid_message(&self) -> usize {
+        self.remaining
+    }
+
     pub fn owed_ready(&self) -> usize {
         self.owed_ready
     }
