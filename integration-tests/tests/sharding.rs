@@ -739,5 +739,124 @@ async fn fan_out_answers_match_one_database() {
             got.sort();
         }
         assert_eq!(got, want, "{sql}");
+        // The extended protocol with binary results (tokio-postgres prepares, then binds):
+        // the same bytes as one database.
+        let mut want = binary_rows(&plain, sql, &[]).await.unwrap();
+        let mut got = binary_rows(&c, sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("extended {sql}: {e}"));
+        if !ordered {
+            want.sort();
+            got.sort();
+        }
+        assert_eq!(got, want, "extended {sql}");
     }
+}
+
+/// A column value as the bytes of its binary format, whatever its type.
+struct Raw(Option<Vec<u8>>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+type BinaryRows = Vec<Vec<Option<Vec<u8>>>>;
+
+/// Rows of an extended-protocol query in binary format.
+async fn binary_rows(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<BinaryRows, tokio_postgres::Error> {
+    Ok(c.query(sql, params)
+        .await?
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.get::<_, Raw>(i).0).collect())
+        .collect())
+}
+
+/// Statements for several shards through the extended protocol: bound parameters (also in
+/// LIMIT and OFFSET), an IN list over shards, writes summed, and the shapes that are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_statements_on_several_shards() {
+    let _serial = SERIAL.lock().await;
+    let p = proxy();
+    let mut c = loaded(&p).await;
+    let plain = direct(&shards().clusters[0], "plain").await;
+    let cases: Vec<(&str, Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>)> = vec![
+        (
+            "SELECT aid, abalance FROM accounts WHERE abalance > $1 ORDER BY aid LIMIT $2 OFFSET $3",
+            vec![Box::new(-100i32), Box::new(7i64), Box::new(3i64)],
+        ),
+        (
+            "SELECT * FROM accounts WHERE aid IN ($1, $2, $3) ORDER BY aid",
+            vec![Box::new(1i64), Box::new(50i64), Box::new(200i64)],
+        ),
+        (
+            "SELECT bid, count(*), sum(abalance), avg(abalance) FROM accounts \
+             WHERE note <> $1 GROUP BY bid ORDER BY bid",
+            vec![Box::new("n1".to_string())],
+        ),
+        (
+            "SELECT max(mtime), min(hid) FROM history WHERE delta = $1",
+            vec![Box::new(2i32)],
+        ),
+        ("SELECT sum(score), avg(score) FROM users", vec![]),
+    ];
+    for (sql, params) in &cases {
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let want = binary_rows(&plain, sql, &refs).await.unwrap();
+        let got = binary_rows(&c, sql, &refs)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(!want.is_empty(), "{sql}");
+        assert_eq!(got, want, "{sql}");
+    }
+    // A write without a key runs on every shard; the counts add up.
+    let sql = "UPDATE accounts SET note = note WHERE bid = $1";
+    let want = plain.execute(sql, &[&3i32]).await.unwrap();
+    assert!(want > 0);
+    assert_eq!(c.execute(sql, &[&3i32]).await.unwrap(), want);
+    // Rows for several shards in one INSERT, and a fetch size: 0A000, the client goes on.
+    let (a, b) = keys_on_two_shards();
+    let e = c
+        .execute(
+            "INSERT INTO history (hid, aid) VALUES (9001, $1), (9002, $2)",
+            &[&a, &b],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    let t = c.transaction().await.unwrap();
+    let fetched = match t.bind("SELECT aid FROM accounts ORDER BY aid", &[]).await {
+        Ok(portal) => t.query_portal(&portal, 5).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let e = fetched.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    t.rollback().await.unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM accounts WHERE aid > $1", &[&0i64])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 240);
 }

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+pub mod binary;
 mod datetime;
 pub mod decimal;
 pub mod error;

@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 mod copy;
 mod fanout;
+mod fanout_batch;
 mod routing;
 mod statements;
 mod twophase;
@@ -359,6 +360,16 @@ impl Loop<'_> {
                         protocol::ready_for_query(&mut self.cout, self.status);
                     } else {
                         self.skip_until_sync = true;
+                    }
+                    continue;
+                }
+                Step::NeedInput => {
+                    self.rt.pending.push_front(frame);
+                    return None;
+                }
+                Step::FanOutBatch(shards) => {
+                    if let Some(end) = self.fan_out_batch(frame, &shards).await {
+                        return Some(end);
                     }
                     continue;
                 }

@@ -21,7 +21,17 @@ use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
 
 /// What each shard runs, and the merge of a read (None: sum the counts).
-type Work = (Vec<(usize, String)>, Option<PlanSpec>);
+pub(super) type Work = (Vec<(usize, String)>, Option<PlanSpec>);
+
+/// Puts one shard's SQL text into a request.
+pub(super) type Encode<'a> = &'a (dyn Fn(&str, &mut BytesMut) + Sync);
+
+/// The merged answer of several shards: notices, then an ErrorResponse or the rows and
+/// CommandComplete; and a ParameterDescription if the shards were asked for one.
+pub(super) struct FanOutAnswer {
+    pub out: BytesMut,
+    pub param_desc: Option<Bytes>,
+}
 
 fn merge_error(e: MergeError) -> PgError {
     e.to_pg_error()
@@ -83,19 +93,34 @@ impl Loop<'_> {
             }
             _ => (shards.iter().map(|s| (*s, sql.to_string())).collect(), None),
         };
-        let want = if facts.reads() {
-            Want::Read
-        } else {
-            Want::Primary
-        };
+        let answer = self
+            .run_on_shards(per_shard, plan, facts.reads(), &|sql, b| {
+                let _ = postgres_protocol::message::frontend::query(sql, b);
+            })
+            .await?;
+        Ok(answer.out)
+    }
+
+    /// Runs each shard's SQL (asked as `encode` puts it) on one connection per shard, all at
+    /// once, reads every answer to its ReadyForQuery and merges them by `plan` (None: sums
+    /// the counts). Any shard's error is the answer.
+    pub(super) async fn run_on_shards(
+        &mut self,
+        per_shard: Vec<(usize, String)>,
+        plan: Option<PlanSpec>,
+        reads: bool,
+        encode: Encode<'_>,
+    ) -> Result<FanOutAnswer, PgError> {
+        let want = if reads { Want::Read } else { Want::Primary };
         let targets: Vec<usize> = per_shard.iter().map(|(s, _)| *s).collect();
         let (mut conns, in_txn) = self.shard_conns(&targets, want).await?;
         let mut requests = Vec::with_capacity(per_shard.len());
         for (_, text) in &per_shard {
             let mut b = BytesMut::new();
-            let _ = postgres_protocol::message::frontend::query(text, &mut b);
+            encode(text, &mut b);
             requests.push(b);
         }
+        let mut param_desc = None;
         let answers = futures_util::future::join_all(
             conns.iter_mut().zip(&requests).map(|(c, r)| c.exchange(r)),
         )
@@ -127,6 +152,9 @@ impl Loop<'_> {
                         first_error.get_or_insert(f.bytes);
                     }
                     b'N' => notices.extend_from_slice(&f.bytes),
+                    b't' => param_desc = Some(f.bytes),
+                    // Parse, Bind, NoData of an extended-protocol request.
+                    b'1' | b'2' | b'n' => {}
                     // CopyOut/CopyIn or anything else a fan-out cannot relay.
                     b'I' | b'S' | b'A' => {}
                     _ => conn.broken = true,
@@ -143,7 +171,7 @@ impl Loop<'_> {
         let mut out = notices;
         if let Some(e) = first_error {
             out.extend_from_slice(&e);
-            return Ok(out);
+            return Ok(FanOutAnswer { out, param_desc });
         }
         let merged = match plan {
             Some(spec) => {
@@ -159,7 +187,7 @@ impl Loop<'_> {
             None => sum_results(&results)?,
         };
         out.extend_from_slice(&merged);
-        Ok(out)
+        Ok(FanOutAnswer { out, param_desc })
     }
 
     /// Keeps a transaction's connections (in `shards` order) for its later statements.
@@ -240,7 +268,7 @@ impl Loop<'_> {
         Ok((conns, in_txn))
     }
 
-    fn is_split_insert(&self, facts: &RouteFacts) -> bool {
+    pub(super) fn is_split_insert(&self, facts: &RouteFacts) -> bool {
         facts
             .analysis
             .shard

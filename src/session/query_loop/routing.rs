@@ -64,8 +64,12 @@ pub(super) enum Step {
     Hold,
     /// Send it, checking out a server of this shard for this want if none is held.
     Go(Want, usize),
-    /// Run it on these shards and merge (simple Query, outside a transaction).
+    /// Run it on these shards and merge (simple Query).
     FanOut(RouteFacts, Vec<usize>),
+    /// Run the extended-protocol batch it starts on these shards and merge.
+    FanOutBatch(Vec<usize>),
+    /// Wait for more of the client's batch.
+    NeedInput,
     /// Answer with this error.
     Refuse(PgError),
     /// Continue the open transaction on another shard.
@@ -74,6 +78,19 @@ pub(super) enum Step {
     Commit,
     /// COMMIT as an extended-protocol batch, across shards.
     CommitBatch,
+}
+
+/// What an extended-protocol batch needs (see `Loop::batch_want`).
+struct BatchPlan {
+    want: Want,
+    writes: bool,
+    route: Result<Route, PgError>,
+    /// The batch only commits.
+    only_commit: bool,
+    /// Its Sync has arrived.
+    complete: bool,
+    /// It holds a Flush.
+    flush: bool,
 }
 
 /// Routing state of one client.
@@ -207,7 +224,7 @@ fn pool_error(e: PoolError) -> PgError {
 
 impl Loop<'_> {
     /// Routing facts of a query text, through the shape cache.
-    fn facts_of(&self, sql: &str) -> RouteFacts {
+    pub(super) fn facts_of(&self, sql: &str) -> RouteFacts {
         let (analysis, literals) = self.state.analysis.analyze(sql);
         RouteFacts::from_parts(analysis, literals, sql)
     }
@@ -282,8 +299,8 @@ impl Loop<'_> {
     /// (without consuming) up to its Sync: a replica only if every statement it executes
     /// reads (a Parse alone runs nothing; Parse and Describe work on a hot standby), and the
     /// one shard all its statements route to. A batch whose Sync has not arrived yet goes to
-    /// the primary. Returns (want, writes, shard).
-    fn batch_want(&mut self, first: &Frame) -> (Want, bool, Result<Route, PgError>, bool) {
+    /// the primary.
+    fn batch_want(&mut self, first: &Frame) -> BatchPlan {
         let mut commits = 0;
         let mut others = 0;
         let mut want: Option<Want> = None;
@@ -293,6 +310,7 @@ impl Loop<'_> {
         // Named statements parsed earlier in this batch.
         let mut parsed: Vec<(String, RouteFacts)> = Vec::new();
         let mut complete = false;
+        let mut flush = false;
         {
             let mut visit = |tag: u8, body: &[u8]| -> bool {
                 let facts = match tag {
@@ -333,6 +351,10 @@ impl Loop<'_> {
                         return false;
                     }
                     b'Q' => return false,
+                    b'H' => {
+                        flush = true;
+                        return true;
+                    }
                     _ => return true,
                 };
                 let (w, wr) = match &facts {
@@ -384,10 +406,18 @@ impl Loop<'_> {
         }
         self.rt.unnamed = unnamed;
         let only_commit = complete && commits > 0 && others == 0;
-        if !complete {
-            return (Want::Primary, true, route, false);
+        BatchPlan {
+            want: if complete {
+                want.unwrap_or(Want::Read)
+            } else {
+                Want::Primary
+            },
+            writes: writes || !complete,
+            route,
+            only_commit,
+            complete,
+            flush,
         }
-        (want.unwrap_or(Want::Read), writes, route, only_commit)
     }
 
     /// Decides what to do with a client message at a routing point (reads to replicas,
@@ -404,8 +434,18 @@ impl Loop<'_> {
             let commit = f.kind == Kind::Commit && f.statements == 1;
             (self.want(&f), f.writes(), Some(f), route, commit)
         } else if extended_start {
-            let (w, wr, route, commit) = self.batch_want(frame);
-            (w, wr, None, route, commit)
+            let b = self.batch_want(frame);
+            if matches!(b.route, Ok(Route::Many(_) | Route::All)) && !b.complete {
+                // Several shards: the whole batch is needed before anything is sent.
+                if b.flush {
+                    return Step::Refuse(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "a statement for several shards must be followed by Sync, not Flush",
+                    ));
+                }
+                return Step::NeedInput;
+            }
+            (b.want, b.writes, None, b.route, b.only_commit)
         } else {
             return Step::Go(Want::Primary, self.rt.shard);
         };
@@ -447,23 +487,15 @@ impl Loop<'_> {
             }
             Route::Many(v) => {
                 let Some(f) = facts else {
-                    return Step::Refuse(PgError::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "statements that need several shards are not supported in the extended protocol",
-                    )
-                    .with_hint("add a shard key condition, or use the simple query protocol"));
+                    return Step::FanOutBatch(v);
                 };
                 return Step::FanOut(f, v);
             }
             Route::All => {
-                let Some(f) = facts else {
-                    return Step::Refuse(PgError::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "statements that need several shards are not supported in the extended protocol",
-                    )
-                    .with_hint("add a shard key condition, or use the simple query protocol"));
-                };
                 let n = self.login.shards.len();
+                let Some(f) = facts else {
+                    return Step::FanOutBatch((0..n).collect());
+                };
                 return Step::FanOut(f, (0..n).collect());
             }
         };

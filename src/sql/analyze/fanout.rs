@@ -26,7 +26,13 @@ pub struct FanOutQuery {
     pub shard_sql: String,
     /// The merge, to be resolved against the shards' RowDescription.
     pub spec: PlanSpec,
+    /// Parameters (1-based) that gave LIMIT or OFFSET their values; the shards' SQL may no
+    /// longer mention them.
+    pub limit_params: Vec<usize>,
 }
+
+/// The value of a bound parameter (`$n`, 1-based) used as LIMIT or OFFSET.
+pub type LimitParam<'a> = &'a dyn Fn(usize) -> Option<u64>;
 
 /// A sort key whose column may only be known from the RowDescription (`SELECT *`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,10 +159,16 @@ fn has_aggregate(e: &Expr) -> bool {
     v.0
 }
 
-fn number(e: &Expr) -> Option<u64> {
+fn number(e: &Expr, param: LimitParam, used: &mut Vec<usize>) -> Option<u64> {
     match e {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => n.parse().ok(),
+            Value::Placeholder(p) => {
+                let n: usize = p.strip_prefix('$')?.parse().ok()?;
+                let v = param(n)?;
+                used.push(n);
+                Some(v)
+            }
             _ => None,
         },
         _ => None,
@@ -169,6 +181,12 @@ fn unsupported(what: impl Into<String>, hint: &str) -> MergeError {
 
 /// Plans a read that runs on every shard. `sql` must be one SELECT.
 pub fn fan_out_query(sql: &str) -> Result<FanOutQuery, MergeError> {
+    fan_out_query_with(sql, &|_| None)
+}
+
+/// [`fan_out_query`] for a statement with bound parameters: `param` gives the value of a
+/// `$n` used as LIMIT or OFFSET.
+pub fn fan_out_query_with(sql: &str, param: LimitParam) -> Result<FanOutQuery, MergeError> {
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
     let mut stmts = sqlparser::parser::Parser::parse_sql(&dialect, sql).map_err(|e| {
         unsupported(
@@ -183,17 +201,23 @@ pub fn fan_out_query(sql: &str) -> Result<FanOutQuery, MergeError> {
             "route it to one shard",
         ));
     };
-    plan_query(query).map(|(spec, changed)| FanOutQuery {
+    let mut limit_params = Vec::new();
+    plan_query(query, param, &mut limit_params).map(|(spec, changed)| FanOutQuery {
         shard_sql: if changed {
             query.to_string()
         } else {
             sql.to_string()
         },
         spec,
+        limit_params,
     })
 }
 
-fn plan_query(q: &mut Query) -> Result<(PlanSpec, bool), MergeError> {
+fn plan_query(
+    q: &mut Query,
+    param: LimitParam,
+    used: &mut Vec<usize>,
+) -> Result<(PlanSpec, bool), MergeError> {
     let hint =
         "route the query to one shard (a shard key condition, or /* shardgate: shard=NAME */)";
     if q.with.is_some() {
@@ -214,13 +238,13 @@ fn plan_query(q: &mut Query) -> Result<(PlanSpec, bool), MergeError> {
         }) if limit_by.is_empty() => {
             spec.limit = match limit {
                 None => None,
-                Some(e) => Some(number(e).ok_or_else(|| {
+                Some(e) => Some(number(e, param, used).ok_or_else(|| {
                     unsupported("a LIMIT that is not a number", "write LIMIT as a constant")
                 })?),
             };
             spec.offset = match offset {
                 None => 0,
-                Some(o) => number(&o.value).ok_or_else(|| {
+                Some(o) => number(&o.value, param, used).ok_or_else(|| {
                     unsupported(
                         "an OFFSET that is not a number",
                         "write OFFSET as a constant",
@@ -336,7 +360,7 @@ fn plan_query(q: &mut Query) -> Result<(PlanSpec, bool), MergeError> {
     }
     // Where a GROUP BY / ORDER BY expression is in the select list.
     let find = |e: &Expr| -> Option<usize> {
-        if let Some(n) = number(e) {
+        if let Some(n) = number(e, &|_| None, &mut Vec::new()) {
             return (n as usize).checked_sub(1);
         }
         let text = e.to_string();

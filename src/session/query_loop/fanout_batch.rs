@@ -1,0 +1,418 @@
+//! Statements for several shards sent through the extended protocol. A batch of
+//! `[Parse] Bind [Describe] Execute Sync` (what drivers send for one query) runs on every
+//! shard it needs with the client's parameters, each shard asked for text results (what the
+//! merge reads); the merged answer goes back in the result formats the client's Bind asked for.
+//! Other batch shapes (named portals, fetch sizes, several statements per Sync) get 0A000.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use postgres_protocol::message::frontend;
+
+use super::fanout::Work;
+use super::{End, Loop};
+use crate::fanout::binary::text_to_binary;
+use crate::fanout::wire::{encode_data_row, parse_data_row, RowDescription};
+use crate::protocol::{
+    self, bind_names, empty_message, param_oids, parse_body, query_text, split_frame, sqlstate,
+    Frame, PgError,
+};
+use crate::shard::route::Params;
+use crate::sql::analyze::fanout::fan_out_query_with;
+use crate::sql::analyze::shard::Command;
+
+/// The one statement of a batch.
+struct Batch {
+    /// The batch's Parse: the client's statement name and the Parse body after it.
+    parse: Option<(String, Bytes)>,
+    /// Query text, NUL, parameter types (a Parse body after the name).
+    rest: Bytes,
+    /// The Bind body.
+    bind: Bytes,
+    /// Describe of the portal (`P`) or of the statement (`S`).
+    describe: Option<u8>,
+}
+
+fn unsupported(what: &str) -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("{what} is not supported for a statement on several shards"),
+    )
+    .with_hint(
+        "send Parse, Bind, Describe, Execute and Sync for one unnamed portal, or route the \
+         statement to one shard with a shard key condition",
+    )
+}
+
+fn malformed(what: &str) -> PgError {
+    PgError::error(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("malformed {what} message"),
+    )
+}
+
+/// The parameter part of a Bind body (formats and values, ready to put after two empty
+/// names) and its result-format codes.
+fn bind_tail(body: &[u8]) -> Option<(&[u8], Vec<i16>)> {
+    let (_, _, at) = bind_names(body)?;
+    let mut b = body.get(at..)?;
+    let start = b;
+    let i16_at = |b: &mut &[u8]| -> Option<i16> {
+        let v = i16::from_be_bytes([*b.first()?, *b.get(1)?]);
+        *b = &b[2..];
+        Some(v)
+    };
+    let nf = i16_at(&mut b)?.max(0) as usize;
+    b = b.get(2 * nf..)?;
+    let np = i16_at(&mut b)?.max(0) as usize;
+    for _ in 0..np {
+        let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+        b = &b[4..];
+        if len > 0 {
+            b = b.get(len as usize..)?;
+        }
+    }
+    let params = &start[..start.len() - b.len()];
+    let nr = i16_at(&mut b)?.max(0) as usize;
+    let mut codes = Vec::with_capacity(nr);
+    for _ in 0..nr {
+        codes.push(i16_at(&mut b)?);
+    }
+    b.is_empty().then_some((params, codes))
+}
+
+/// The value of parameter `n` (1-based) as a row count, for LIMIT and OFFSET.
+fn param_count(params: &Params<'_>, n: usize) -> Option<u64> {
+    let v = (*params.values.get(n.checked_sub(1)?)?)?;
+    let format = match params.formats.as_slice() {
+        [] => 0,
+        [one] => *one,
+        many => *many.get(n - 1)?,
+    };
+    if format == 0 {
+        return std::str::from_utf8(v).ok()?.trim().parse().ok();
+    }
+    let signed = match v.len() {
+        8 => i64::from_be_bytes(v.try_into().ok()?),
+        4 => i64::from(i32::from_be_bytes(v.try_into().ok()?)),
+        2 => i64::from(i16::from_be_bytes(v.try_into().ok()?)),
+        _ => return None,
+    };
+    u64::try_from(signed).ok()
+}
+
+/// Rows in the formats of `desc` (which carries the client's result formats); the values
+/// arrive in text.
+fn rows_in_formats(
+    rows: &[Bytes],
+    desc: &RowDescription,
+    out: &mut BytesMut,
+) -> Result<(), PgError> {
+    if desc.fields.iter().all(|f| f.format == 0) {
+        for r in rows {
+            out.extend_from_slice(r);
+        }
+        return Ok(());
+    }
+    let n = desc.fields.len();
+    for r in rows {
+        let values = parse_data_row(r, n).map_err(|e| {
+            PgError::error(
+                sqlstate::INTERNAL_ERROR,
+                format!("bad DataRow from a shard: {e}"),
+            )
+        })?;
+        let mut converted: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
+        for (v, f) in values.iter().zip(&desc.fields) {
+            converted.push(match v {
+                None => None,
+                Some(v) if f.format == 0 => Some(v.to_vec()),
+                Some(v) => Some(text_to_binary(f.type_oid, v).ok_or_else(|| {
+                    PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "binary format for column \"{}\" (type oid {}) is not supported \
+                             for a statement on several shards",
+                            f.name, f.type_oid
+                        ),
+                    )
+                    .with_hint("ask for this column in text format")
+                })?),
+            });
+        }
+        encode_data_row(out, converted.iter().map(|v| v.as_deref()));
+    }
+    Ok(())
+}
+
+impl Loop<'_> {
+    /// Runs the extended-protocol batch that starts with `first` on `shards` and answers it,
+    /// ReadyForQuery included.
+    pub(super) async fn fan_out_batch(&mut self, first: Frame, shards: &[usize]) -> Option<End> {
+        let frames = self.take_batch(first);
+        match self.fan_out_batch_inner(&frames, shards).await {
+            Ok(b) => self.cout.extend_from_slice(&b),
+            Err(e) => e.encode(&mut self.cout),
+        }
+        if frames.last().is_some_and(|f| f.tag == b'S') {
+            protocol::ready_for_query(&mut self.cout, self.status);
+        } else {
+            self.skip_until_sync = true;
+        }
+        None
+    }
+
+    /// The batch's messages up to its Sync (all arrived: the router waited for them).
+    fn take_batch(&mut self, first: Frame) -> Vec<Frame> {
+        let max = self.state.config.proxy.max_message_size;
+        let mut frames = vec![first];
+        while frames.last().is_some_and(|f| f.tag != b'S') {
+            let next = match self.rt.pending.pop_front() {
+                Some(f) => Some(f),
+                None => split_frame(&mut self.cin, max).ok().flatten(),
+            };
+            match next {
+                Some(f) => frames.push(f),
+                None => break,
+            }
+        }
+        frames
+    }
+
+    fn batch_shape(&self, frames: &[Frame]) -> Result<Batch, PgError> {
+        let mut it = frames.iter().peekable();
+        let mut parse = None;
+        if let Some(f) = it.next_if(|f| f.tag == b'P') {
+            let p = parse_body(f.body()).ok_or_else(|| malformed("Parse"))?;
+            if !p.name.is_empty() && self.client.named.contains_key(p.name) {
+                return Err(PgError::error(
+                    "42P05",
+                    format!("prepared statement \"{}\" already exists", p.name),
+                ));
+            }
+            let at = 5 + p.name.len() + 1;
+            parse = Some((p.name.to_string(), f.bytes.slice(at..)));
+        }
+        let bind = it
+            .next_if(|f| f.tag == b'B')
+            .ok_or_else(|| unsupported("a batch without a Bind"))?;
+        let (portal, stmt, _) = bind_names(bind.body()).ok_or_else(|| malformed("Bind"))?;
+        if !portal.is_empty() {
+            return Err(unsupported("a named portal"));
+        }
+        let rest = match &parse {
+            Some((name, rest)) if name == stmt => rest.clone(),
+            Some(_) => return Err(unsupported("a Bind of another statement than the Parse")),
+            None if stmt.is_empty() => {
+                return Err(unsupported(
+                    "a Bind of an unnamed statement from an earlier batch",
+                ))
+            }
+            None => match self.client.named.get(stmt) {
+                Some(p) => p.parse.slice(5 + p.name.len() + 1..),
+                None => {
+                    return Err(PgError::error(
+                        "26000",
+                        format!("prepared statement \"{stmt}\" does not exist"),
+                    ))
+                }
+            },
+        };
+        let mut describe = None;
+        if let Some(f) = it.next_if(|f| f.tag == b'D') {
+            describe = match protocol::target(f.body()) {
+                Some((b'P', "")) => Some(b'P'),
+                Some((b'S', n)) if n == stmt => Some(b'S'),
+                _ => return Err(unsupported("a Describe of another portal or statement")),
+            };
+        }
+        let exec = it
+            .next_if(|f| f.tag == b'E')
+            .ok_or_else(|| unsupported("a batch without an Execute"))?;
+        let body = exec.body();
+        if body.len() != 5 || body[0] != 0 {
+            return Err(unsupported("an Execute of a named portal"));
+        }
+        if body[1..5] != [0, 0, 0, 0] {
+            return Err(unsupported("a row limit on Execute (a fetch size)"));
+        }
+        if it.next().map(|f| f.tag) != Some(b'S') || it.next().is_some() {
+            return Err(unsupported("more than one statement before Sync"));
+        }
+        Ok(Batch {
+            parse,
+            rest,
+            bind: bind.bytes.slice(5..),
+            describe,
+        })
+    }
+
+    async fn fan_out_batch_inner(
+        &mut self,
+        frames: &[Frame],
+        shards: &[usize],
+    ) -> Result<BytesMut, PgError> {
+        let batch = self.batch_shape(frames)?;
+        let sql = query_text(&batch.rest).to_string();
+        let mut types = param_oids(&batch.rest);
+        let params = Params::from_bind(&batch.bind).ok_or_else(|| malformed("Bind"))?;
+        let (bind_params, result_formats) =
+            bind_tail(&batch.bind).ok_or_else(|| malformed("Bind"))?;
+        let facts = self.facts_of(&sql);
+        let command = facts
+            .analysis
+            .shard
+            .as_ref()
+            .map_or(Command::Other, |f| f.command);
+        let (per_shard, plan): Work = match command {
+            Command::Select => {
+                let value = |n: usize| param_count(&params, n);
+                let q = fan_out_query_with(&sql, &value).map_err(|e| e.to_pg_error())?;
+                // A LIMIT/OFFSET parameter may be gone from the shards' SQL: declare its type.
+                for n in &q.limit_params {
+                    if types.len() < *n {
+                        types.resize(*n, 0);
+                    }
+                    if types[n - 1] == 0 {
+                        types[n - 1] = 20;
+                    }
+                }
+                let per_shard = shards.iter().map(|s| (*s, q.shard_sql.clone())).collect();
+                (per_shard, Some(q.spec))
+            }
+            Command::Copy => return Err(unsupported("COPY")),
+            Command::Insert
+                if shards.len() < self.login.shards.len() || self.is_split_insert(&facts) =>
+            {
+                return Err(unsupported("an INSERT whose rows belong to several shards"))
+            }
+            _ => (shards.iter().map(|s| (*s, sql.clone())).collect(), None),
+        };
+        let mut bind = BytesMut::with_capacity(bind_params.len() + 8);
+        bind.put_slice(&[0, 0]); // unnamed portal and statement
+        bind.put_slice(bind_params);
+        bind.put_i16(0); // every result column in text
+        let encode = |sql: &str, b: &mut BytesMut| {
+            let _ = frontend::parse("", sql, types.iter().copied(), b);
+            let _ = frontend::describe(b'S', "", b);
+            b.put_u8(b'B');
+            b.put_i32(bind.len() as i32 + 4);
+            b.put_slice(&bind);
+            let _ = frontend::execute("", 0, b);
+            frontend::sync(b);
+        };
+        let answer = self
+            .run_on_shards(per_shard, plan, facts.reads(), &encode)
+            .await?;
+        let mut out = BytesMut::new();
+        let mut desc = None;
+        let mut rows = Vec::new();
+        let mut complete = Bytes::new();
+        let mut msgs = answer.out.freeze();
+        while msgs.len() >= 5 {
+            let len = i32::from_be_bytes([msgs[1], msgs[2], msgs[3], msgs[4]]).max(4) as usize;
+            let msg = msgs.split_to((len + 1).min(msgs.len()));
+            match msg[0] {
+                b'E' => {
+                    out.extend_from_slice(&msg);
+                    return Ok(out);
+                }
+                b'T' => {
+                    desc = Some(RowDescription::parse(&msg).map_err(|e| {
+                        PgError::error(sqlstate::INTERNAL_ERROR, format!("bad RowDescription: {e}"))
+                    })?)
+                }
+                b'D' => rows.push(msg),
+                b'C' => complete = msg,
+                _ => out.extend_from_slice(&msg),
+            }
+        }
+        if let Some((name, rest)) = &batch.parse {
+            out.extend_from_slice(&empty_message(b'1'));
+            if !name.is_empty() {
+                let stmt = self.state.statements.get_or_insert(rest);
+                self.client.named.insert(name.clone(), stmt);
+            }
+        }
+        out.extend_from_slice(&empty_message(b'2'));
+        let client_desc = match &desc {
+            Some(d) => Some(
+                d.clone()
+                    .with_result_formats(&result_formats)
+                    .map_err(|e| {
+                        PgError::error(sqlstate::PROTOCOL_VIOLATION, format!("invalid Bind: {e}"))
+                    })?,
+            ),
+            None => None,
+        };
+        match (batch.describe, &desc, &client_desc) {
+            (None, ..) => {}
+            (Some(b'S'), d, _) => {
+                match answer.param_desc {
+                    Some(t) => out.extend_from_slice(&t),
+                    None => {
+                        out.put_u8(b't');
+                        out.put_i32(6 + 4 * types.len() as i32);
+                        out.put_i16(types.len() as i16);
+                        for t in &types {
+                            out.put_u32(*t);
+                        }
+                    }
+                }
+                match d {
+                    Some(d) => d.encode(&mut out),
+                    None => out.extend_from_slice(&empty_message(b'n')),
+                }
+            }
+            (Some(_), _, Some(d)) => d.encode(&mut out),
+            (Some(_), _, None) => out.extend_from_slice(&empty_message(b'n')),
+        }
+        if let Some(d) = &client_desc {
+            rows_in_formats(&rows, d, &mut out)?;
+        }
+        out.extend_from_slice(&complete);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bind_tail, param_count};
+    use crate::shard::route::Params;
+
+    fn bind(formats: &[i16], values: &[Option<&[u8]>], results: &[i16]) -> Vec<u8> {
+        let mut b = b"portal\0stmt\0".to_vec();
+        b.extend((formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend(f.to_be_bytes());
+        }
+        b.extend((values.len() as i16).to_be_bytes());
+        for v in values {
+            match v {
+                None => b.extend((-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend((v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+            }
+        }
+        b.extend((results.len() as i16).to_be_bytes());
+        for r in results {
+            b.extend(r.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn bind_parts_and_limit_values() {
+        let eight = 7i64.to_be_bytes();
+        let b = bind(&[0, 1], &[Some(b"12"), Some(&eight), None], &[1]);
+        let (params, results) = bind_tail(&b).unwrap();
+        assert_eq!(results, [1]);
+        assert_eq!(params, &b[12..b.len() - 4]);
+        let p = Params::from_bind(&b).unwrap();
+        assert_eq!(param_count(&p, 1), Some(12));
+        assert_eq!(param_count(&p, 2), Some(7));
+        assert_eq!(param_count(&p, 3), None);
+        assert_eq!(param_count(&p, 4), None);
+        assert!(bind_tail(&b[..b.len() - 1]).is_none());
+    }
+}
