@@ -860,3 +860,38 @@ async fn extended_protocol_statements_on_several_shards() {
         .get(0);
     assert_eq!(n, 240);
 }
+
+/// A BEGIN sent through the extended protocol waits for the transaction's first statement,
+/// like a simple BEGIN: a transaction on another shard than the first needs no two-phase
+/// commit (pgbench -M extended and -M prepared send each command as a Bind batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_begin_waits_for_the_first_statement() {
+    let _serial = SERIAL.lock().await;
+    let p = proxy();
+    let _c = loaded(&p).await;
+    let key = (1..240).find(|k| owner(*k) == 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("txn.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "BEGIN;\nSELECT abalance FROM accounts WHERE aid = {key};\n\
+             UPDATE accounts SET abalance = abalance WHERE aid = {key};\nEND;\n"
+        ),
+    )
+    .unwrap();
+    let url = p.url("app", "app", "app");
+    for mode in ["extended", "prepared"] {
+        let script = script.to_str().unwrap();
+        let (ok, out) = integration_tests::pgbench(
+            &url,
+            &["-n", "-M", mode, "-c", "2", "-t", "20", "-f", script],
+        );
+        assert!(ok && !out.contains("aborted"), "{mode}:\n{out}");
+        assert_eq!(
+            integration_tests::pgbench_number(&out, "number of failed transactions:").unwrap_or(0),
+            0,
+            "{out}"
+        );
+    }
+}

@@ -403,7 +403,7 @@ impl Loop<'_> {
                     self.status = b'I';
                     self.rt.released();
                     if batch {
-                        self.answer_commit_batch(frame, result);
+                        self.answer_batch(frame, result);
                     } else {
                         match result {
                             Ok(tag) => protocol::command_complete(&mut self.cout, tag),
@@ -514,7 +514,7 @@ impl Loop<'_> {
             && self.client.pinned.is_none()
             && self.relay.idle()
             && !self.unsynced
-            && self.status == b'I'
+            && (self.status == b'I' || self.rt.outside_txn)
     }
 
     /// Forwards what the server sent through the relay, handling each ReadyForQuery.
@@ -542,6 +542,17 @@ impl Loop<'_> {
             match ev {
                 Event::Ready(status) => {
                     self.status = *status;
+                    if self.rt.outside_txn && *status == b'I' {
+                        // A Parse/Describe batch while the client's BEGIN waits: the client
+                        // is still in its transaction.
+                        let from = before.min(self.cout.len());
+                        let z = [b'Z', 0, 0, 0, 5, b'I'];
+                        if let Some(at) = self.cout[from..].windows(6).rposition(|w| w == z) {
+                            let at = from + at + 5;
+                            self.cout[at] = b'T';
+                        }
+                        self.status = b'T';
+                    }
                     if statement_mode && *status != b'I' && self.relay.idle() {
                         // The client opened a transaction: undo it instead of pinning the
                         // connection. The ReadyForQuery just forwarded is the last 6 bytes.

@@ -161,7 +161,7 @@ impl Loop<'_> {
     }
 
     /// The batch's messages up to its Sync (all arrived: the router waited for them).
-    fn take_batch(&mut self, first: Frame) -> Vec<Frame> {
+    pub(super) fn take_batch(&mut self, first: Frame) -> Vec<Frame> {
         let max = self.state.config.proxy.max_message_size;
         let mut frames = vec![first];
         while frames.last().is_some_and(|f| f.tag != b'S') {

@@ -87,8 +87,12 @@ struct BatchPlan {
     route: Result<Route, PgError>,
     /// The batch only commits.
     only_commit: bool,
+    /// The batch only begins a transaction: its text, and whether it is READ ONLY.
+    only_begin: Option<(String, bool)>,
     /// Its Sync has arrived.
     complete: bool,
+    /// It binds or calls something (not only Parse, Describe, Close).
+    executes: bool,
     /// It holds a Flush.
     flush: bool,
 }
@@ -130,6 +134,10 @@ pub(super) struct Routing {
     pub parked: Vec<(usize, Checkout)>,
     /// The BEGIN of the open transaction (sent to each further shard it reaches).
     pub txn_begin: Option<String>,
+    /// The current server connection serves a batch that executes nothing (Parse,
+    /// Describe) while the client's BEGIN waits for its first statement: it stays outside
+    /// the transaction and is released after the batch.
+    pub outside_txn: bool,
 }
 
 impl Routing {
@@ -143,6 +151,7 @@ impl Routing {
         self.avoid.clear();
         self.retries = 0;
         self.wrote = false;
+        self.outside_txn = false;
     }
 
     /// Records a frame about to be sent, for a possible retry.
@@ -303,6 +312,9 @@ impl Loop<'_> {
     fn batch_want(&mut self, first: &Frame) -> BatchPlan {
         let mut commits = 0;
         let mut others = 0;
+        let mut begin: Option<(String, bool)> = None;
+        // SQL text of the statements parsed in this batch, by name.
+        let mut texts: Vec<(String, String)> = Vec::new();
         let mut want: Option<Want> = None;
         let mut writes = false;
         let mut route = Ok(Route::Any);
@@ -311,6 +323,7 @@ impl Loop<'_> {
         let mut parsed: Vec<(String, RouteFacts)> = Vec::new();
         let mut complete = false;
         let mut flush = false;
+        let mut executes = false;
         {
             let mut visit = |tag: u8, body: &[u8]| -> bool {
                 let facts = match tag {
@@ -318,6 +331,7 @@ impl Loop<'_> {
                         if let Some(p) = parse_body(body) {
                             let mut f = self.facts_of(p.query);
                             f.param_types = param_oids(p.rest);
+                            texts.push((p.name.to_string(), p.query.to_string()));
                             if p.name.is_empty() {
                                 unnamed = Some(f);
                             } else {
@@ -326,7 +340,7 @@ impl Loop<'_> {
                         }
                         return true;
                     }
-                    b'B' => match bind_names(body) {
+                    b'B' => match bind_names(body).inspect(|_| executes = true) {
                         Some((_, "", _)) => unnamed.clone(),
                         Some((_, name, _)) => parsed
                             .iter()
@@ -342,6 +356,7 @@ impl Loop<'_> {
                         None => None,
                     },
                     b'F' => {
+                        executes = true;
                         want = Some(Want::Primary);
                         writes = true;
                         return true;
@@ -363,6 +378,27 @@ impl Loop<'_> {
                 };
                 match &facts {
                     Some(f) if f.kind == Kind::Commit && f.statements == 1 => commits += 1,
+                    Some(f) if f.statements == 1 && matches!(f.kind, Kind::Begin { .. }) => {
+                        // Deferred like a simple BEGIN if its text is known.
+                        let name = bind_names(body).map(|b| b.1).unwrap_or_default();
+                        let text = texts
+                            .iter()
+                            .rev()
+                            .find(|t| t.0 == name)
+                            .map(|t| t.1.clone())
+                            .or_else(|| {
+                                (!name.is_empty())
+                                    .then(|| self.client.named.get(name))
+                                    .flatten()
+                                    .map(|s| s.query().to_string())
+                            });
+                        match (text, f.kind) {
+                            (Some(t), Kind::Begin { read_only }) if begin.is_none() => {
+                                begin = Some((t, read_only))
+                            }
+                            _ => others += 1,
+                        }
+                    }
                     _ => others += 1,
                 }
                 if let (Some(f), Ok(prev)) = (&facts, &route) {
@@ -405,7 +441,8 @@ impl Loop<'_> {
             }
         }
         self.rt.unnamed = unnamed;
-        let only_commit = complete && commits > 0 && others == 0;
+        let only_commit = complete && commits > 0 && others == 0 && begin.is_none();
+        let only_begin = begin.filter(|_| complete && commits == 0 && others == 0);
         BatchPlan {
             want: if complete {
                 want.unwrap_or(Want::Read)
@@ -415,7 +452,9 @@ impl Loop<'_> {
             writes: writes || !complete,
             route,
             only_commit,
+            only_begin,
             complete,
+            executes,
             flush,
         }
     }
@@ -428,6 +467,8 @@ impl Loop<'_> {
         }
         let extended_start =
             !self.unsynced && matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
+        let mut only_begin = None;
+        let mut prepare_only = false;
         let (want, writes, facts, route, only_commit) = if frame.tag == b'Q' {
             let f = self.facts_of(query_text(frame.body()));
             let route = self.shard_route(&f, None);
@@ -445,6 +486,8 @@ impl Loop<'_> {
                 }
                 return Step::NeedInput;
             }
+            only_begin = b.only_begin;
+            prepare_only = b.complete && !b.executes;
             (b.want, b.writes, None, b.route, b.only_commit)
         } else {
             return Step::Go(Want::Primary, self.rt.shard);
@@ -536,6 +579,11 @@ impl Loop<'_> {
                 .as_ref()
                 .is_some_and(|f| f.statements == 1 && f.kind == k)
         };
+        if prepare_only && self.rt.pending_begin.is_some() && self.status == b'T' {
+            self.rt.outside_txn = true;
+            return Step::Go(want, shard);
+        }
+        self.rt.outside_txn = false;
         if let Some((_, read_only)) = &self.rt.pending_begin {
             if single(Kind::Commit) || single(Kind::Rollback) {
                 // Nothing ran in the transaction: answer without a server.
@@ -567,6 +615,13 @@ impl Loop<'_> {
                 },
                 shard,
             );
+        }
+        if let Some(begin) = only_begin.filter(|_| self.status == b'I') {
+            // An extended-protocol BEGIN is deferred too: answered here, up to its Sync.
+            self.rt.pending_begin = Some(begin);
+            self.status = b'T';
+            self.answer_batch(frame.clone(), Ok("BEGIN"));
+            return Step::Handled;
         }
         if let Some(f) = &facts {
             if let (Kind::Begin { read_only }, 1) = (f.kind, f.statements) {
@@ -711,7 +766,9 @@ impl Loop<'_> {
             self.install(conn, shard, true);
             return Ok(());
         }
+        let outside_txn = std::mem::take(&mut self.rt.outside_txn);
         let (conn, on_primary) = self.acquire(want, shard).await?;
+        self.rt.outside_txn = outside_txn;
         self.rt.shard = shard;
         *lock(&self.login.cancel_slot) = Some(CancelTarget {
             addr: conn.addr.clone(),
@@ -728,7 +785,9 @@ impl Loop<'_> {
         self.rt.replay.clear();
         self.rt.replay_bytes = 0;
         self.apply_settings();
-        if let Some(begin) = self.rt.pending_begin.take() {
+        if self.rt.outside_txn {
+            // Prepares for a transaction that has not begun yet: no BEGIN here.
+        } else if let Some(begin) = self.rt.pending_begin.take() {
             inject_query(&begin.0, &mut self.relay, &mut self.sout);
             self.rt.txn_begin = Some(begin.0.clone());
             self.rt.injected_begin = Some(begin);

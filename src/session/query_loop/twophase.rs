@@ -190,28 +190,12 @@ impl Loop<'_> {
         }
     }
 
-    /// Answers an extended-protocol batch that only commits (up to and including its Sync)
-    /// after [`Self::commit_all`]: ParseComplete, BindComplete, NoData, the tag,
-    /// ReadyForQuery.
-    pub(super) fn answer_commit_batch(
-        &mut self,
-        first: protocol::Frame,
-        result: Result<&str, PgError>,
-    ) {
-        let max = self.state.config.proxy.max_message_size;
-        let mut frame = Some(first);
+    /// Answers an extended-protocol batch of one statement the proxy ran or deferred itself
+    /// (COMMIT across shards, BEGIN), up to and including its Sync: ParseComplete,
+    /// BindComplete, NoData, the tag (or the error), ReadyForQuery with the current status.
+    pub(super) fn answer_batch(&mut self, first: protocol::Frame, result: Result<&str, PgError>) {
         let mut failed = false;
-        loop {
-            let f = match frame.take() {
-                Some(f) => f,
-                None => match self.rt.pending.pop_front() {
-                    Some(f) => f,
-                    None => match protocol::split_frame(&mut self.cin, max) {
-                        Ok(Some(f)) => f,
-                        _ => break,
-                    },
-                },
-            };
+        for f in self.take_batch(first) {
             match f.tag {
                 b'P' if !failed => {
                     if let Some(p) = parse_body(f.body()) {
@@ -238,10 +222,7 @@ impl Loop<'_> {
                     }
                 },
                 b'C' if !failed => self.cout.extend_from_slice(&empty_message(b'3')),
-                b'S' => {
-                    protocol::ready_for_query(&mut self.cout, b'I');
-                    break;
-                }
+                b'S' => protocol::ready_for_query(&mut self.cout, self.status),
                 _ => {}
             }
         }
