@@ -221,6 +221,14 @@ pub struct RouteFacts {
 }
 
 impl RouteFacts {
+    /// The statement's command as the shard analysis sees it (`Other` without one).
+    pub fn shard_command(&self) -> crate::sql::analyze::shard::Command {
+        self.analysis
+            .shard
+            .as_ref()
+            .map_or(crate::sql::analyze::shard::Command::Other, |f| f.command)
+    }
+
     /// Facts from an analysis and the text it came from.
     pub fn new(analysis: &Analysis, sql: &str) -> RouteFacts {
         RouteFacts::from_parts(std::sync::Arc::new(analysis.clone()), Vec::new(), sql)

@@ -60,11 +60,7 @@ impl Loop<'_> {
         facts: &RouteFacts,
         shards: &[usize],
     ) -> Result<BytesMut, PgError> {
-        let command = facts
-            .analysis
-            .shard
-            .as_ref()
-            .map_or(Command::Other, |f| f.command);
+        let command = facts.shard_command();
         // What each shard runs, and how the answers combine.
         let (per_shard, plan): Work = match command {
             Command::Select => {

@@ -257,11 +257,7 @@ impl Loop<'_> {
         let (bind_params, result_formats) =
             bind_tail(&batch.bind).ok_or_else(|| malformed("Bind"))?;
         let facts = self.facts_of(&sql);
-        let command = facts
-            .analysis
-            .shard
-            .as_ref()
-            .map_or(Command::Other, |f| f.command);
+        let command = facts.shard_command();
         let (per_shard, plan): Work = match command {
             Command::Select => {
                 let value = |n: usize| param_count(&params, n);
