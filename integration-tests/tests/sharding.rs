@@ -791,7 +791,8 @@ async fn binary_rows(
 }
 
 /// Statements for several shards through the extended protocol: bound parameters (also in
-/// LIMIT and OFFSET), an IN list over shards, writes summed, and the shapes that are refused.
+/// LIMIT and OFFSET), an IN list over shards, writes summed, a multi-row INSERT split by key,
+/// and a shape that is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protocol_statements_on_several_shards() {
     let _serial = SERIAL.lock().await;
@@ -835,16 +836,42 @@ async fn extended_protocol_statements_on_several_shards() {
     let want = plain.execute(sql, &[&3i32]).await.unwrap();
     assert!(want > 0);
     assert_eq!(c.execute(sql, &[&3i32]).await.unwrap(), want);
-    // Rows for several shards in one INSERT, and a fetch size: 0A000, the client goes on.
+    // Rows for several shards in one INSERT: split, each part with its own parameters
+    // (renumbered), RETURNING rows from both; checked on the owning shards.
     let (a, b) = keys_on_two_shards();
-    let e = c
-        .execute(
-            "INSERT INTO history (hid, aid) VALUES (9001, $1), (9002, $2)",
-            &[&a, &b],
+    let mut returned: Vec<(i32, i64)> = c
+        .query(
+            "INSERT INTO history (hid, aid, delta) VALUES ($1, $2, $3), ($4, $5, $3) \
+             RETURNING hid, aid",
+            &[&9001i32, &a, &7i32, &9002i32, &b],
         )
         .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    returned.sort();
+    assert_eq!(returned, [(9001, a), (9002, b)]);
+    for (hid, key) in [(9001i32, a), (9002, b)] {
+        for (i, cluster) in shards().clusters.iter().enumerate() {
+            let n: i64 = direct(cluster, "app")
+                .await
+                .query_one(
+                    "SELECT count(*) FROM history WHERE hid = $1 AND aid = $2 AND delta = 7",
+                    &[&hid, &key],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, i64::from(i == owner(key)), "hid {hid} on shard {i}");
+        }
+    }
+    let removed = c
+        .execute("DELETE FROM history WHERE hid >= $1", &[&9001i32])
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    // A fetch size: 0A000, the client goes on.
     let t = c.transaction().await.unwrap();
     let fetched = match t.bind("SELECT aid FROM accounts ORDER BY aid", &[]).await {
         Ok(portal) => t.query_portal(&portal, 5).await.map(|_| ()),

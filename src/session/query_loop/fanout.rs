@@ -23,8 +23,8 @@ use crate::sql::hints::RouteFacts;
 /// What each shard runs, and the merge of a read (None: sum the counts).
 pub(super) type Work = (Vec<(usize, String)>, Option<PlanSpec>);
 
-/// Puts one shard's SQL text into a request.
-pub(super) type Encode<'a> = &'a (dyn Fn(&str, &mut BytesMut) + Sync);
+/// Puts the SQL text of the `i`th shard's work into a request.
+pub(super) type Encode<'a> = &'a (dyn Fn(usize, &str, &mut BytesMut) + Sync);
 
 /// The merged answer of several shards: notices, then an ErrorResponse or the rows and
 /// CommandComplete; and a ParameterDescription if the shards were asked for one.
@@ -90,7 +90,7 @@ impl Loop<'_> {
             _ => (shards.iter().map(|s| (*s, sql.to_string())).collect(), None),
         };
         let answer = self
-            .run_on_shards(per_shard, plan, facts.reads(), &|sql, b| {
+            .run_on_shards(per_shard, plan, facts.reads(), &|_, sql, b| {
                 let _ = postgres_protocol::message::frontend::query(sql, b);
             })
             .await?;
@@ -111,9 +111,9 @@ impl Loop<'_> {
         let targets: Vec<usize> = per_shard.iter().map(|(s, _)| *s).collect();
         let (mut conns, in_txn) = self.shard_conns(&targets, want).await?;
         let mut requests = Vec::with_capacity(per_shard.len());
-        for (_, text) in &per_shard {
+        for (i, (_, text)) in per_shard.iter().enumerate() {
             let mut b = BytesMut::new();
-            encode(text, &mut b);
+            encode(i, text, &mut b);
             requests.push(b);
         }
         let mut param_desc = None;

@@ -18,6 +18,7 @@ use crate::protocol::{
 use crate::shard::route::Params;
 use crate::sql::analyze::fanout::fan_out_query_with;
 use crate::sql::analyze::shard::Command;
+use crate::sql::analyze::split_insert_params;
 
 /// The one statement of a batch.
 struct Batch {
@@ -256,8 +257,11 @@ impl Loop<'_> {
         let params = Params::from_bind(&batch.bind).ok_or_else(|| malformed("Bind"))?;
         let (bind_params, result_formats) =
             bind_tail(&batch.bind).ok_or_else(|| malformed("Bind"))?;
-        let facts = self.facts_of(&sql);
+        let mut facts = self.facts_of(&sql);
+        facts.param_types = types.clone();
         let command = facts.shard_command();
+        // For a split INSERT: the original parameter numbers each part's parameters take.
+        let mut orders: Vec<Vec<usize>> = Vec::new();
         let (per_shard, plan): Work = match command {
             Command::Select => {
                 let value = |n: usize| param_count(&params, n);
@@ -278,23 +282,78 @@ impl Loop<'_> {
             Command::Insert
                 if shards.len() < self.login.shards.len() || self.is_split_insert(&facts) =>
             {
-                return Err(unsupported("an INSERT whose rows belong to several shards"))
+                let (Some(map), Some(sf)) = (&self.login.shard_map, &facts.analysis.shard) else {
+                    return Err(unsupported("this INSERT"));
+                };
+                let mut typed = params.clone();
+                typed.types = types.clone();
+                let rows = map.insert_row_shards(sf, &facts.literals, Some(&typed))?;
+                let parts = split_insert_params(&sql, &rows).map_err(|e| {
+                    PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("cannot split this INSERT by shard: {e}"),
+                    )
+                })?;
+                let mut per_shard = Vec::with_capacity(parts.len());
+                for (shard, text, order) in parts {
+                    per_shard.push((shard, text));
+                    orders.push(order);
+                }
+                (per_shard, None)
             }
             _ => (shards.iter().map(|s| (*s, sql.clone())).collect(), None),
         };
-        let mut bind = BytesMut::with_capacity(bind_params.len() + 8);
-        bind.put_slice(&[0, 0]); // unnamed portal and statement
-        bind.put_slice(bind_params);
-        bind.put_i16(0); // every result column in text
-        let encode = |sql: &str, b: &mut BytesMut| {
+        // Each request's parameter types and Bind (unnamed portal and statement, the
+        // client's parameters, every result column in text).
+        let mut requests: Vec<(Vec<u32>, BytesMut)> = Vec::new();
+        let bind_of = |params: &[u8]| {
+            let mut bind = BytesMut::with_capacity(params.len() + 4);
+            bind.put_slice(&[0, 0]);
+            bind.put_slice(params);
+            bind.put_i16(0);
+            bind
+        };
+        if orders.is_empty() {
+            requests.push((types.clone(), bind_of(bind_params)));
+        }
+        for order in &orders {
+            let format = |n: usize| match params.formats.as_slice() {
+                [] => 0,
+                [one] => *one,
+                many => many.get(n - 1).copied().unwrap_or(0),
+            };
+            let mut b = BytesMut::new();
+            b.put_i16(order.len() as i16);
+            for n in order {
+                b.put_i16(format(*n));
+            }
+            b.put_i16(order.len() as i16);
+            for n in order {
+                match params.values.get(n - 1).copied().flatten() {
+                    Some(v) => {
+                        b.put_i32(v.len() as i32);
+                        b.put_slice(v);
+                    }
+                    None => b.put_i32(-1),
+                }
+            }
+            let part_types = order
+                .iter()
+                .map(|n| types.get(n - 1).copied().unwrap_or(0))
+                .collect();
+            requests.push((part_types, bind_of(&b)));
+        }
+        let encode = |i: usize, sql: &str, b: &mut BytesMut| {
+            let (types, bind) = &requests[i.min(requests.len() - 1)];
             let _ = frontend::parse("", sql, types.iter().copied(), b);
             let _ = frontend::describe(b'S', "", b);
             b.put_u8(b'B');
             b.put_i32(bind.len() as i32 + 4);
-            b.put_slice(&bind);
+            b.put_slice(bind);
             let _ = frontend::execute("", 0, b);
             frontend::sync(b);
         };
+        let split = !orders.is_empty();
         let answer = self
             .run_on_shards(per_shard, plan, facts.reads(), &encode)
             .await?;
@@ -342,7 +401,7 @@ impl Loop<'_> {
         match (batch.describe, &desc, &client_desc) {
             (None, ..) => {}
             (Some(b'S'), d, _) => {
-                match answer.param_desc {
+                match answer.param_desc.filter(|_| !split) {
                     Some(t) => out.extend_from_slice(&t),
                     None => {
                         out.put_u8(b't');

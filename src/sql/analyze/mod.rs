@@ -23,7 +23,7 @@ use super::write_functions;
 
 pub mod fanout;
 pub mod shard;
-pub use shard::{split_insert, ShardFacts};
+pub use shard::{split_insert, split_insert_params, ShardFacts};
 
 /// What a query string does, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
