@@ -50,7 +50,15 @@ pub async fn run(
                     }
                 }
             }
-            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        // Its server connections were closed by their guards, its cancel key
+                        // unregistered; this is still a bug worth a loud line.
+                        tracing::error!(error = %e, "a client session panicked");
+                    }
+                }
+            }
             _ = &mut shutdown => break,
         }
     }

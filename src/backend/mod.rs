@@ -85,6 +85,11 @@ pub struct ServerConn {
     pub params: Vec<(String, String)>,
     /// Set when the connection is in an unknown state; the pool then drops it.
     pub broken: bool,
+    /// The connection sits at a message boundary right after a ReadyForQuery `I` with nothing
+    /// sent since: the only state in which it may go back to the pool (see
+    /// [`crate::pool::ServerManager`]). Cleared by every send, set by the reader of each
+    /// ReadyForQuery.
+    pub at_rest: bool,
     /// When the connection was opened.
     pub created: Instant,
     /// Proxy-named statements (by cache id) prepared on this connection, least recently used
@@ -124,6 +129,7 @@ impl ServerConn {
             secret: Vec::new(),
             params: Vec::new(),
             broken: false,
+            at_rest: false,
             created: Instant::now(),
             prepared: LruCache::new(
                 NonZeroUsize::new(p.prepared_capacity).unwrap_or(NonZeroUsize::MIN),
@@ -260,6 +266,7 @@ impl ServerConn {
 
     /// Writes all of `bytes` to the server.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        self.at_rest = false;
         let r = self.wr.write_all(bytes).await;
         r.map_err(|e| {
             self.broken = true;
@@ -271,7 +278,12 @@ impl ServerConn {
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
             match split_frame(&mut self.inbuf, MAX_SERVER_MESSAGE) {
-                Ok(Some(f)) => return Ok(f),
+                Ok(Some(f)) => {
+                    if f.tag == b'Z' {
+                        self.at_rest = f.body() == b"I" && self.inbuf.is_empty();
+                    }
+                    return Ok(f);
+                }
                 Ok(None) => {}
                 Err(e @ (FrameError::BadLength(_) | FrameError::TooLarge { .. })) => {
                     self.broken = true;

@@ -73,7 +73,8 @@ pub struct ProxyConfig {
     /// Seconds a client may take to send its startup packet and authenticate.
     pub client_login_timeout_ms: u64,
     /// Testing only: named failure points (`after_prepare`: a session dies between PREPARE
-    /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there).
+    /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there; `panic`: a Query
+    /// containing `shardgate_failpoint_panic` panics its session).
     pub failpoints: Vec<String>,
 }
 

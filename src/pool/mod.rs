@@ -19,7 +19,13 @@ use crate::health::{now_ms, spawn_checker, ServerHealth};
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
 /// bb8 manager for raw server connections. `is_valid` makes no round trip: a connection in the
-/// pool is idle at ReadyForQuery by construction, and a broken one is flagged by the session.
+/// pool is idle at ReadyForQuery by construction.
+///
+/// The hygiene rule lives in [`ServerManager::has_broken`], the one place that decides whether a
+/// connection handed back goes into the pool: only when it sits at a message boundary right
+/// after ReadyForQuery `I` with nothing sent since (`at_rest`), no unread byte, and nobody
+/// flagged it `broken` (a failed settings re-apply, untracked session state, a lost client).
+/// Everything else is closed, which makes Postgres roll back whatever was open.
 #[derive(Debug)]
 pub struct ServerManager {
     params: ConnectParams,
@@ -38,7 +44,7 @@ impl bb8::ManageConnection for ServerManager {
     }
 
     fn has_broken(&self, conn: &mut ServerConn) -> bool {
-        conn.broken
+        conn.broken || !conn.at_rest || !conn.inbuf.is_empty()
     }
 }
 
@@ -53,8 +59,9 @@ pub enum PoolError {
     Connect(BackendError),
 }
 
-/// A checked-out server connection. Dropping it returns the connection to the pool (or closes
-/// it when `broken` is set), then frees the FIFO permit.
+/// A checked-out server connection. Dropping it returns the connection to the pool if it is
+/// clean (see [`ServerManager::has_broken`]) and closes it otherwise, then frees the FIFO
+/// permit. A drop during a panic always closes: whatever the session was doing is unknown.
 #[derive(Debug)]
 pub struct Checkout {
     conn: bb8::PooledConnection<'static, ServerManager>,
@@ -64,6 +71,9 @@ pub struct Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.conn.broken = true;
+        }
         self.in_use.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -42,10 +42,25 @@ pub async fn run(stream: TcpStream, state: Arc<ProxyState>, shutdown: watch::Rec
         }
     };
     tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
-    let pid = login.cancel_pid;
+    // However the session ends (a panic included), its cancel key goes away with it.
+    let _cancel = CancelKeyGuard {
+        state: &state,
+        pid: login.cancel_pid,
+    };
     query_loop::run(rd, wr, inbuf, login, &state, shutdown).await;
-    state.cancels.unregister(pid);
     tracing::debug!(%peer, "client disconnected");
+}
+
+/// Unregisters a session's cancel key when dropped.
+struct CancelKeyGuard<'a> {
+    state: &'a ProxyState,
+    pid: i32,
+}
+
+impl Drop for CancelKeyGuard<'_> {
+    fn drop(&mut self) {
+        self.state.cancels.unregister(self.pid);
+    }
 }
 
 /// Answers a client that arrives while the proxy is at `max_client_connections`: reads its

@@ -83,8 +83,10 @@ struct Loop<'a> {
     /// After an error the proxy made up in the extended protocol: drop messages until Sync,
     /// then forward the Sync.
     discard_until_sync: bool,
-    /// Client frames wait because `sout` is full.
+    /// Client frames wait because the output is full (see `output_full`) or a frame is held.
     client_blocked: bool,
+    /// A frame waits in `rt.pending` for the server to answer what was sent before.
+    held: bool,
     shutting_down: bool,
     /// Read/write split state.
     rt: Routing,
@@ -119,6 +121,7 @@ pub(super) async fn run(
         skip_until_sync: false,
         discard_until_sync: false,
         client_blocked: false,
+        held: false,
         shutting_down: *shutdown.borrow(),
         rt: Routing::default(),
     };
@@ -196,6 +199,11 @@ impl Loop<'_> {
             if let Err(end) = self.try_flush() {
                 return end;
             }
+            if self.client_blocked && !self.held && !self.output_full() {
+                // The flush made room: the client's next messages (maybe already read, like
+                // the Sync after a large Parse) must be handled before waiting for anything.
+                continue;
+            }
             reserve(&mut self.cin);
             let (srd, swr, sin) = match self.server.as_deref_mut() {
                 Some(ServerConn { rd, wr, inbuf, .. }) => {
@@ -223,7 +231,12 @@ impl Loop<'_> {
                     Err(_) => return End::ClientGone,
                 },
                 r = write_opt(swr, &self.sout), if !self.sout.is_empty() => match r {
-                    Ok(n) => self.sout.advance(n),
+                    Ok(n) => {
+                        self.sout.advance(n);
+                        if let Some(c) = self.server.as_deref_mut() {
+                            c.at_rest = false;
+                        }
+                    }
                     Err(_) => {
                         if let Some(end) = self.lost("could not send data to server") {
                             return end;
@@ -238,12 +251,21 @@ impl Loop<'_> {
         }
     }
 
+    /// Output towards the server or the client is at its cap: reading more from the client
+    /// waits until it moves.
+    fn output_full(&self) -> bool {
+        self.sout.len() >= BUF_CAP || self.cout.len() >= BUF_CAP
+    }
+
     /// Writes pending output in both directions without waiting.
     fn try_flush(&mut self) -> Result<(), End> {
         if !self.sout.is_empty() {
             if let Some(conn) = self.server.as_deref_mut() {
                 match conn.wr.try_write(&self.sout) {
-                    Ok(n) => self.sout.advance(n),
+                    Ok(n) => {
+                        self.sout.advance(n);
+                        conn.at_rest = false;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => {
                         if let Some(end) = self.lost("could not send data to server") {
@@ -281,8 +303,10 @@ impl Loop<'_> {
     /// Moves complete client messages to `sout`, checking out a server when needed.
     async fn handle_client_frames(&mut self) -> Option<End> {
         let max = self.state.config.proxy.max_message_size;
+        self.held = false;
         loop {
-            self.client_blocked = self.sout.len() >= BUF_CAP;
+            // A client whose output is not moving is not read: its memory stays bounded.
+            self.client_blocked = self.output_full();
             if self.client_blocked {
                 return None;
             }
@@ -328,6 +352,9 @@ impl Loop<'_> {
             if self.discard_until_sync && tag != b'S' {
                 continue;
             }
+            if tag == b'Q' && !self.state.config.proxy.failpoints.is_empty() {
+                self.failpoint(&frame);
+            }
             if tag == b'Q' && self.proxy_command(&frame) {
                 continue;
             }
@@ -352,6 +379,7 @@ impl Loop<'_> {
                 Step::Hold => {
                     self.rt.pending.push_front(frame);
                     self.client_blocked = true;
+                    self.held = true;
                     return None;
                 }
                 Step::Refuse(e) => {
@@ -434,6 +462,15 @@ impl Loop<'_> {
             if self.cout.len() > before {
                 self.rt.retryable = false;
             }
+        }
+    }
+
+    /// Testing only: the `panic` failpoint makes a Query containing `shardgate_failpoint_panic`
+    /// panic the session, wherever it is (e.g. holding a connection in a transaction).
+    fn failpoint(&self, frame: &protocol::Frame) {
+        let armed = self.state.config.proxy.failpoints.iter().any(|f| f == "panic");
+        if armed && memchr::memmem::find(frame.body(), b"shardgate_failpoint_panic").is_some() {
+            panic!("failpoint: panic");
         }
     }
 
@@ -538,9 +575,13 @@ impl Loop<'_> {
             self.rt.retryable = false;
         }
         let events = std::mem::take(&mut self.events);
+        // The server's own status after the last ReadyForQuery of this input (the client may
+        // be shown another one, see below).
+        let mut server_status = None;
         for ev in &events {
             match ev {
                 Event::Ready(status) => {
+                    server_status = Some(*status);
                     self.status = *status;
                     if self.rt.outside_txn && *status == b'I' {
                         // A Parse/Describe batch while the client's BEGIN waits: the client
@@ -560,7 +601,7 @@ impl Loop<'_> {
                         self.cout.truncate(cut);
                         let conn = self.server.as_deref_mut()?;
                         match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await {
-                            Ok(Ok(b'I')) => {}
+                            Ok(Ok(b'I')) => server_status = Some(b'I'),
                             _ => conn.broken = true,
                         }
                         self.status = b'I';
@@ -583,12 +624,24 @@ impl Loop<'_> {
                     }
                 }
                 Event::InjectedFailed(what) => {
-                    tracing::warn!(user = %self.login.user, "{what} query failed on the server");
+                    // The connection's state is not what the proxy believes (e.g. the client's
+                    // settings were not applied): it must never be reused.
+                    tracing::warn!(user = %self.login.user, "{what} query failed on the server; the server connection will be closed");
+                    if let Some(conn) = self.server.as_deref_mut() {
+                        conn.broken = true;
+                    }
                 }
             }
         }
         self.events = events;
         self.events.clear();
+        if let (Some(status), Some(conn)) = (server_status, self.server.as_deref_mut()) {
+            conn.at_rest = status == b'I'
+                && self.relay.idle()
+                && !self.unsynced
+                && self.sout.is_empty()
+                && conn.inbuf.is_empty();
+        }
         if self.releasable() {
             self.release().await;
         }
