@@ -167,20 +167,48 @@ impl Prepared {
     }
 }
 
-/// Global statement cache: Parse body (query text and parameter types) -> [`Prepared`].
-#[derive(Debug, Default)]
+/// Most statements the global cache keeps (least recently used go first).
+pub const STATEMENT_CACHE_ENTRIES: usize = 10_000;
+/// Most bytes of statement text the global cache keeps.
+pub const STATEMENT_CACHE_BYTES: usize = 32 << 20;
+
+/// Global statement cache: Parse body (query text and parameter types) -> [`Prepared`],
+/// bounded by [`STATEMENT_CACHE_ENTRIES`] and [`STATEMENT_CACHE_BYTES`]. An evicted statement
+/// lives on for the clients that hold it (an `Arc`); the next client that prepares the same
+/// text gets a fresh id (ids are never reused), so server connections prepare it anew.
+#[derive(Debug)]
 pub struct StatementCache {
-    map: Mutex<HashMap<bytes::Bytes, Arc<Prepared>>>,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug)]
+struct CacheInner {
+    map: lru::LruCache<bytes::Bytes, Arc<Prepared>>,
+    bytes: usize,
+    next_id: u64,
+}
+
+impl Default for StatementCache {
+    fn default() -> Self {
+        StatementCache {
+            inner: Mutex::new(CacheInner {
+                map: lru::LruCache::unbounded(),
+                bytes: 0,
+                next_id: 1,
+            }),
+        }
+    }
 }
 
 impl StatementCache {
     /// The shared statement for a Parse body tail (see [`crate::protocol::Parse::rest`]).
     pub fn get_or_insert(&self, rest: &[u8]) -> Arc<Prepared> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = map.get(rest) {
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = c.map.get(rest) {
             return p.clone();
         }
-        let id = map.len() as u64 + 1;
+        let id = c.next_id;
+        c.next_id += 1;
         let name = format!("sg_{id}");
         let p = Arc::new(Prepared {
             id,
@@ -191,25 +219,75 @@ impl StatementCache {
             set_config: crate::sql::scan::set_config_names(crate::protocol::query_text(rest)),
             route: Default::default(),
         });
-        map.insert(bytes::Bytes::copy_from_slice(rest), p.clone());
+        c.bytes += 2 * rest.len();
+        c.map.put(bytes::Bytes::copy_from_slice(rest), p.clone());
+        while c.map.len() > STATEMENT_CACHE_ENTRIES || c.bytes > STATEMENT_CACHE_BYTES {
+            match c.map.pop_lru() {
+                Some((k, _)) => c.bytes -= 2 * k.len(),
+                None => break,
+            }
+        }
         p
     }
 
     /// The shared statement for a Parse body tail, if a server has accepted it before.
     pub fn get_validated(&self, rest: &[u8]) -> Option<Arc<Prepared>> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(rest)
+        let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.map
+            .get(rest)
             .filter(|p| p.validated.load(std::sync::atomic::Ordering::Relaxed))
             .cloned()
     }
 
     /// Number of distinct statements seen.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
     }
 
     /// True when no statement was prepared yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rest(sql: &str) -> Vec<u8> {
+        let mut b = sql.as_bytes().to_vec();
+        b.push(0);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn statement_cache_is_bounded_by_bytes_and_never_reuses_ids() {
+        let c = StatementCache::default();
+        let big = "x".repeat(1 << 20);
+        let mut ids = std::collections::HashSet::new();
+        for i in 0..100 {
+            let p = c.get_or_insert(&rest(&format!("select '{big}', {i}")));
+            assert!(ids.insert(p.id), "id {} reused", p.id);
+        }
+        let held = c.inner.lock().unwrap().bytes;
+        assert!(held <= STATEMENT_CACHE_BYTES, "{held}");
+        assert!(c.len() < 100);
+        // The most recent statement is still shared.
+        let a = c.get_or_insert(&rest(&format!("select '{big}', 99")));
+        assert!(ids.contains(&a.id));
+    }
+
+    #[test]
+    fn statement_cache_is_bounded_by_count() {
+        let c = StatementCache::default();
+        for i in 0..STATEMENT_CACHE_ENTRIES + 50 {
+            c.get_or_insert(&rest(&format!("select {i}")));
+        }
+        assert_eq!(c.len(), STATEMENT_CACHE_ENTRIES);
     }
 }

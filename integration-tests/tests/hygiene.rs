@@ -179,3 +179,84 @@ async fn a_large_parse_and_its_sync_get_their_answer() {
     let tags: String = got.iter().map(|m| m.0 as char).collect();
     assert_eq!(tags, "1Z");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeouts_end_idle_clients_and_roll_back() {
+    let proxy = Proxy::start(&config_text(
+        "idle_transaction_timeout_ms = 300\nclient_idle_timeout_ms = 1500",
+        "size = 1",
+    ));
+    let admin = direct_superuser().await;
+    admin
+        .batch_execute("drop table if exists hyg_idle; create table hyg_idle (id int); grant all on hyg_idle to app")
+        .await
+        .unwrap();
+    // Idle inside a transaction: FATAL 25P03, the write is rolled back, the pool's only
+    // connection serves the next client.
+    let mut a = login_trust(proxy.port, "trusty", "app").await;
+    let m = run(&mut a, "begin; insert into hyg_idle values (1)").await;
+    assert_eq!(ready_status(&m), Some(b'T'));
+    let t = Instant::now();
+    let m = read_until(&mut a, b"E").await;
+    assert_eq!(integration_tests::raw::error_code(&m).as_deref(), Some("25P03"), "{m:?}");
+    assert!(t.elapsed() < Duration::from_millis(1400), "{:?}", t.elapsed());
+    assert!(closed(&mut a).await);
+    let c = proxy.app("app").await;
+    let n: i64 = c.query_one("select count(*) from hyg_idle", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0);
+    // A client that keeps talking is not idle, even in a transaction.
+    let mut b = login_trust(proxy.port, "trusty", "app").await;
+    run(&mut b, "begin").await;
+    for _ in 0..4 {
+        let m = run(&mut b, "select pg_sleep(0.1)").await;
+        assert_eq!(ready_status(&m), Some(b'T'), "{m:?}");
+    }
+    run(&mut b, "commit").await;
+    // Idle outside a transaction: FATAL 57P05 after the longer timeout.
+    let m = read_until(&mut b, b"E").await;
+    assert_eq!(integration_tests::raw::error_code(&m).as_deref(), Some("57P05"), "{m:?}");
+    assert!(closed(&mut b).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hoarding_prepared_statements_is_stopped() {
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    let mut s = login_trust(proxy.port, "trusty", "app").await;
+    let mut batch = Vec::new();
+    for i in 0..10_001 {
+        let name = format!("s{i}");
+        let sql = "select 1";
+        let mut m = vec![b'P'];
+        m.extend_from_slice(&((4 + name.len() + 1 + sql.len() + 1 + 2) as i32).to_be_bytes());
+        m.extend_from_slice(name.as_bytes());
+        m.push(0);
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m.extend_from_slice(&0i16.to_be_bytes());
+        batch.extend_from_slice(&m);
+        if i % 1000 == 999 {
+            batch.extend_from_slice(&SYNC);
+        }
+    }
+    batch.extend_from_slice(&SYNC);
+    let writer = tokio::spawn(async move {
+        let (mut rd, mut wr) = s.into_split();
+        let w = tokio::spawn(async move {
+            let _ = wr.write_all(&batch).await;
+            wr
+        });
+        let mut all = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut all).await;
+        let _ = w.await;
+        all
+    });
+    let all = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("the proxy must close the connection")
+        .unwrap();
+    // The last message is a FATAL 54000.
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("54000"), "no 54000 in the answer");
+    let c = proxy.app("app").await;
+    assert!(!c.simple_query("select 1").await.unwrap().is_empty());
+}

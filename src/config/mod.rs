@@ -72,6 +72,12 @@ pub struct ProxyConfig {
     pub shutdown_timeout_ms: u64,
     /// Seconds a client may take to send its startup packet and authenticate.
     pub client_login_timeout_ms: u64,
+    /// A client idle inside a transaction for this long is disconnected (FATAL 25P03) and its
+    /// transaction rolled back; 0 disables (PgBouncer's `idle_transaction_timeout`).
+    pub idle_transaction_timeout_ms: u64,
+    /// A client idle outside a transaction for this long is disconnected (FATAL 57P05);
+    /// 0 disables (PgBouncer's `client_idle_timeout`).
+    pub client_idle_timeout_ms: u64,
     /// Testing only: named failure points (`after_prepare`: a session dies between PREPARE
     /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there; `panic`: a Query
     /// containing `shardgate_failpoint_panic` panics its session).
@@ -92,6 +98,8 @@ impl Default for ProxyConfig {
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout_ms: 10_000,
             client_login_timeout_ms: 15_000,
+            idle_transaction_timeout_ms: 0,
+            client_idle_timeout_ms: 0,
             failpoints: Vec::new(),
         }
     }
@@ -119,6 +127,7 @@ pub struct PoolConfig {
     /// Time allowed to open and authenticate a server connection.
     pub connect_timeout_ms: u64,
     /// Time a client waits for a server connection before it gets an error.
+    #[serde(alias = "query_wait_timeout_ms")]
     pub checkout_timeout_ms: u64,
     /// Idle server connections older than this are closed.
     pub idle_timeout_ms: u64,

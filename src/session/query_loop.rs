@@ -40,6 +40,10 @@ use routing::{ReadHold, Routing, Step};
 
 /// Above this many buffered bytes in one direction, stop reading from the sender.
 const BUF_CAP: usize = 256 * 1024;
+/// Most responses a client may have outstanding on its server connection.
+const MAX_OWED: usize = 65_536;
+/// Most named prepared statements one client may hold.
+const MAX_NAMED_STATEMENTS: usize = 10_000;
 /// Read granularity.
 const READ_CHUNK: usize = 16 * 1024;
 /// Time allowed to roll back or reset a server connection a client left behind.
@@ -87,6 +91,8 @@ struct Loop<'a> {
     client_blocked: bool,
     /// A frame waits in `rt.pending` for the server to answer what was sent before.
     held: bool,
+    /// Last bytes read from the client or the server (idle timeouts count from here).
+    last_activity: tokio::time::Instant,
     shutting_down: bool,
     /// Read/write split state.
     rt: Routing,
@@ -122,6 +128,7 @@ pub(super) async fn run(
         discard_until_sync: false,
         client_blocked: false,
         held: false,
+        last_activity: tokio::time::Instant::now(),
         shutting_down: *shutdown.borrow(),
         rt: Routing::default(),
     };
@@ -136,6 +143,36 @@ async fn read_opt(
     match (rd, buf) {
         (Some(rd), Some(buf)) => rd.read_buf(buf).await,
         _ => pending().await,
+    }
+}
+
+async fn sleep_opt(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => pending().await,
+    }
+}
+
+/// The idle timeout (ms) that applies while it is the client's turn to speak (`settled`: the
+/// server owes nothing); `status` tells which one.
+fn idle_limit(p: &crate::config::ProxyConfig, status: u8, settled: bool) -> Option<u64> {
+    let ms = match status {
+        _ if !settled => 0,
+        b'I' => p.client_idle_timeout_ms,
+        _ => p.idle_transaction_timeout_ms,
+    };
+    (ms > 0).then_some(ms)
+}
+
+/// The error a client gets when its idle timeout strikes.
+fn idle_error(status: u8) -> PgError {
+    if status == b'I' {
+        PgError::fatal("57P05", "terminating connection due to client idle timeout")
+    } else {
+        PgError::fatal(
+            "25P03",
+            "terminating connection due to idle-in-transaction timeout",
+        )
     }
 }
 
@@ -213,13 +250,26 @@ impl Loop<'_> {
                 None => (None, None, None),
             };
             let read_server = srd.is_some() && self.cout.len() < BUF_CAP;
+            let idle_limit = idle_limit(
+                &self.state.config.proxy,
+                self.status,
+                self.relay.idle() && !self.unsynced && self.sout.is_empty(),
+            );
             tokio::select! {
                 r = self.crd.read_buf(&mut self.cin), if !self.client_blocked => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return End::ClientGone;
                     }
+                    self.last_activity = tokio::time::Instant::now();
+                }
+                _ = sleep_opt(idle_limit.map(|ms| self.last_activity + Duration::from_millis(ms))) => {
+                    let e = idle_error(self.status);
+                    tracing::info!(user = %self.login.user, "{}", e.message);
+                    e.encode(&mut self.cout);
+                    return End::Fatal;
                 }
                 r = read_opt(srd, sin), if read_server => {
+                    self.last_activity = tokio::time::Instant::now();
                     if !matches!(r, Ok(n) if n > 0) {
                         if let Some(end) = self.lost("server closed the connection unexpectedly") {
                             return end;
@@ -249,6 +299,20 @@ impl Loop<'_> {
                 return end;
             }
         }
+    }
+
+    /// Per-client bounds on what the proxy keeps for a client: answers owed by the server
+    /// (a pipeline that never reads), and named prepared statements.
+    fn over_limits(&self) -> Option<PgError> {
+        let what = if self.relay.len() > MAX_OWED {
+            format!("more than {MAX_OWED} messages await an answer; read the answers (or Sync) before sending more")
+        } else if self.client.named.len() > MAX_NAMED_STATEMENTS {
+            format!("more than {MAX_NAMED_STATEMENTS} prepared statements on one connection; close some")
+        } else {
+            return None;
+        };
+        tracing::warn!(user = %self.login.user, "{what}; closing the client connection");
+        Some(PgError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, what))
     }
 
     /// Output towards the server or the client is at its cap: reading more from the client
@@ -309,6 +373,10 @@ impl Loop<'_> {
             self.client_blocked = self.output_full();
             if self.client_blocked {
                 return None;
+            }
+            if let Some(e) = self.over_limits() {
+                e.encode(&mut self.cout);
+                return Some(End::Fatal);
             }
             let next = match self.rt.pending.pop_front() {
                 Some(f) => Ok(Some(f)),
@@ -393,6 +461,17 @@ impl Loop<'_> {
                 }
                 Step::NeedInput => {
                     self.rt.pending.push_front(frame);
+                    // The batch waits for its Sync; what it may take is bounded.
+                    let held: usize = self.rt.pending.iter().map(|f| f.bytes.len()).sum();
+                    let cap = max.max(1 << 20);
+                    if held + self.cin.len() > cap {
+                        PgError::fatal(
+                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                            format!("an extended-protocol batch for several shards exceeds {cap} bytes before its Sync"),
+                        )
+                        .encode(&mut self.cout);
+                        return Some(End::Fatal);
+                    }
                     return None;
                 }
                 Step::FanOutBatch(shards) => {
@@ -459,6 +538,7 @@ impl Loop<'_> {
             if let Some(end) = self.route(frame) {
                 return Some(end);
             }
+
             if self.cout.len() > before {
                 self.rt.retryable = false;
             }

@@ -117,6 +117,11 @@ impl Relay {
         self.queue.push_back(e);
     }
 
+    /// Responses still expected.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     /// True when the server owes nothing and no message is half-relayed.
     pub fn idle(&self) -> bool {
         self.queue.is_empty() && self.remaining == 0

@@ -15,6 +15,9 @@ pub enum RowTarget {
     All,
 }
 
+/// Longest COPY row the splitter buffers while looking for its end.
+pub const MAX_COPY_ROW: usize = 64 << 20;
+
 /// Cuts rows out of COPY data and finds their shard.
 #[derive(Debug)]
 pub struct CopySplitter {
@@ -68,6 +71,12 @@ impl CopySplitter {
         }
         self.buf.drain(..start);
         self.scanned = self.buf.len();
+        if self.buf.len() > MAX_COPY_ROW {
+            return Err(PgError::error(
+                crate::protocol::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!("COPY row longer than {MAX_COPY_ROW} bytes"),
+            ));
+        }
         Ok(())
     }
 
