@@ -263,10 +263,7 @@ impl Loop<'_> {
                     self.last_activity = tokio::time::Instant::now();
                 }
                 _ = sleep_opt(idle_limit.map(|ms| self.last_activity + Duration::from_millis(ms))) => {
-                    let e = idle_error(self.status);
-                    tracing::info!(user = %self.login.user, "{}", e.message);
-                    e.encode(&mut self.cout);
-                    return End::Fatal;
+                    return self.fatal(idle_error(self.status));
                 }
                 r = read_opt(srd, sin), if read_server => {
                     self.last_activity = tokio::time::Instant::now();
@@ -301,6 +298,13 @@ impl Loop<'_> {
         }
     }
 
+    /// Ends the session with a FATAL error to the client, logged with its cause.
+    fn fatal(&mut self, e: PgError) -> End {
+        tracing::warn!(user = %self.login.user, client = self.login.cancel_pid, code = e.code, "closing the client connection: {}", e.message);
+        e.encode(&mut self.cout);
+        End::Fatal
+    }
+
     /// Per-client bounds on what the proxy keeps for a client: answers owed by the server
     /// (a pipeline that never reads), and named prepared statements.
     fn over_limits(&self) -> Option<PgError> {
@@ -311,7 +315,6 @@ impl Loop<'_> {
         } else {
             return None;
         };
-        tracing::warn!(user = %self.login.user, "{what}; closing the client connection");
         Some(PgError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, what))
     }
 
@@ -375,8 +378,7 @@ impl Loop<'_> {
                 return None;
             }
             if let Some(e) = self.over_limits() {
-                e.encode(&mut self.cout);
-                return Some(End::Fatal);
+                return Some(self.fatal(e));
             }
             let next = match self.rt.pending.pop_front() {
                 Some(f) => Ok(Some(f)),
@@ -390,9 +392,8 @@ impl Loop<'_> {
                         FrameError::TooLarge { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
                         FrameError::BadLength(_) => sqlstate::PROTOCOL_VIOLATION,
                     };
-                    PgError::fatal(code, format!("invalid message from client: {e}"))
-                        .encode(&mut self.cout);
-                    return Some(End::Fatal);
+                    let e = PgError::fatal(code, format!("invalid message from client: {e}"));
+                    return Some(self.fatal(e));
                 }
             };
             let tag = frame.tag;
@@ -403,12 +404,11 @@ impl Loop<'_> {
                 tag,
                 b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f'
             ) {
-                PgError::fatal(
+                let e = PgError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!("invalid frontend message type {tag}"),
-                )
-                .encode(&mut self.cout);
-                return Some(End::Fatal);
+                );
+                return Some(self.fatal(e));
             }
             if self.skip_until_sync {
                 if tag == b'S' {
@@ -465,12 +465,11 @@ impl Loop<'_> {
                     let held: usize = self.rt.pending.iter().map(|f| f.bytes.len()).sum();
                     let cap = max.max(1 << 20);
                     if held + self.cin.len() > cap {
-                        PgError::fatal(
+                        let e = PgError::fatal(
                             sqlstate::PROGRAM_LIMIT_EXCEEDED,
                             format!("an extended-protocol batch for several shards exceeds {cap} bytes before its Sync"),
-                        )
-                        .encode(&mut self.cout);
-                        return Some(End::Fatal);
+                        );
+                        return Some(self.fatal(e));
                     }
                     return None;
                 }
