@@ -11,6 +11,7 @@
 use memchr::memmem;
 
 use super::analyze::{Analysis, Kind};
+use super::scan::{strip_comments, tokens, Tok};
 
 /// Where a hint or setting sends statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +45,14 @@ pub fn hints(sql: &str) -> Hints {
     if !mentions_proxy(sql) {
         return h;
     }
-    let mut rest = sql;
-    while let Some(start) = rest.find("/*") {
-        let body_start = &rest[start + 2..];
-        let end = body_start.find("*/").unwrap_or(body_start.len());
-        let body = body_start[..end].trim();
-        rest = &body_start[end..];
+    // Only real comments count: a `/*` inside a string, quoted identifier or dollar quote is
+    // text, not a comment.
+    for (tok, start, end) in tokens(sql.as_bytes()) {
+        if tok != Tok::BlockComment {
+            continue;
+        }
+        let body = &sql[start + 2..end];
+        let body = body.strip_suffix("*/").unwrap_or(body).trim();
         let Some(words) = strip_prefix_ci(body, "shardgate:") else {
             continue;
         };
@@ -113,6 +116,8 @@ pub fn command(sql: &str) -> Option<Command> {
     if !mentions_proxy(sql) {
         return None;
     }
+    // Comments stand for whitespace: `SET/**/shardgate.target=replica`.
+    let sql = strip_comments(sql);
     let s = sql.trim().trim_end_matches(';').trim();
     let (verb, rest) = split_word(s);
     let verb = verb.to_ascii_lowercase();
