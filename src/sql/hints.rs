@@ -353,4 +353,59 @@ mod tests {
         let f = RouteFacts::new(&a, "INSERT INTO t VALUES (1)");
         assert!(!f.reads() && f.writes());
     }
+
+    #[test]
+    fn hints_only_in_comments() {
+        let none = Hints::default();
+        assert_eq!(hints("select '/* shardgate: shard=s1 */'"), none);
+        assert_eq!(hints("select E'\\' /* shardgate: replica */'"), none);
+        assert_eq!(hints("select $$ /* shardgate: primary */ $$"), none);
+        assert_eq!(hints("select $t$ /* shardgate: primary */ $t$"), none);
+        assert_eq!(hints("select \"/* shardgate: replica */\" from t"), none);
+        assert_eq!(hints("select 1 -- /* shardgate: replica */"), none);
+        assert_eq!(
+            hints("select a$b /* shardgate: replica */").target,
+            Some(Target::Replica),
+            "a$b is an identifier, no dollar quote"
+        );
+        assert_eq!(
+            hints("select 'x' /* shardgate: shard=s2 */, '/* shardgate: shard=s1 */'").shard,
+            Some("s2".into())
+        );
+        assert_eq!(
+            hints("select 1 /* shardgate: replica /* nested */ */").target,
+            Some(Target::Replica)
+        );
+        assert_eq!(
+            hints("/* x /* shardgate: replica */ */ select 1").target,
+            None,
+            "a hint must start its comment"
+        );
+    }
+
+    #[test]
+    fn proxy_settings_with_comments_for_spaces() {
+        let set = |v: &str| Command::Set {
+            name: "target".into(),
+            value: Some(v.into()),
+        };
+        assert_eq!(
+            command("SET/**/shardgate.target=replica"),
+            Some(set("replica"))
+        );
+        assert_eq!(
+            command("SET shardgate.target /* x */ TO -- y\n primary"),
+            Some(set("primary"))
+        );
+        assert_eq!(
+            command("SHOW/**/shardgate.target"),
+            Some(Command::Show {
+                name: "target".into()
+            })
+        );
+        assert_eq!(
+            command("SET shardgate.target = '/* x */'"),
+            Some(set("/* x */"))
+        );
+    }
 }
