@@ -39,9 +39,8 @@ fn cases() -> u32 {
     env_u64("SHARDGATE_FUZZ_CASES").map_or(100_000, |n| n.clamp(1, u32::MAX as u64) as u32)
 }
 
-/// The seeds of this run: (seed, cases) pairs.
-fn runs() -> Vec<(u64, u32, &'static str)> {
-    let n = cases();
+/// The seeds of this run: (seed, cases, why) for `n` cases in all.
+fn runs(n: u32) -> Vec<(u64, u32, &'static str)> {
     match env_u64("SHARDGATE_FUZZ_SEED") {
         Some(seed) => vec![(seed, n, "SHARDGATE_FUZZ_SEED")],
         None => {
@@ -115,7 +114,17 @@ where
     S: Strategy,
     S::Value: Clone + Debug + Send + 'static,
 {
-    for (seed, n, why) in runs() {
+    fuzz_share(target, 1, strategy, check)
+}
+
+/// [`fuzz`] with `cases() / divisor` cases, for a target that is expensive per case and only
+/// consumes what other targets decode at the full count.
+pub fn fuzz_share<S>(target: &'static str, divisor: u32, strategy: S, check: impl Fn(&S::Value))
+where
+    S: Strategy,
+    S::Value: Clone + Debug + Send + 'static,
+{
+    for (seed, n, why) in runs((cases() / divisor.max(1)).max(1)) {
         eprintln!(
             "fuzz {target}: {n} cases, seed {seed} ({why}); reproduce with \
              SHARDGATE_FUZZ_SEED={seed} SHARDGATE_FUZZ_CASES={n} cargo test --lib fuzz_tests::"
