@@ -328,4 +328,51 @@ primary = "127.0.0.1:2"
         assert_eq!(text_field(b"a\\tb\tc", b'\t', 0), Some(b"a\tb".to_vec()));
         assert_eq!(text_field(b"\\N\tc", b'\t', 0), None);
     }
+
+    #[test]
+    fn regression_text_format_backslash_escapes_newline_and_delimiter() {
+        // As in PostgreSQL's text format, a backslash escapes the next byte: an escaped
+        // newline does not end the row and an escaped delimiter does not end the field.
+        let mut s = CopySplitter::new(false, '\t', false, Some((1, KeyType::Text)));
+        let rows = split(&mut s, &[b"a\\\nb\tk1\n", b"x\\", b"\ty\tk2\n"]);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].1, b"a\\\nb\tk1\n");
+        assert_eq!(rows[1].1, b"x\\\ty\tk2\n");
+        let m = map();
+        let owner =
+            |k: &str| RowTarget::Shard(m.shard_of_text(KeyType::Text, k.as_bytes()).unwrap());
+        assert_eq!(rows[0].0, owner("k1"));
+        assert_eq!(rows[1].0, owner("k2"), "`x\\<TAB>y` is one field");
+        assert_eq!(text_field(b"x\\\ty\tk2", b'\t', 0), Some(b"x\ty".to_vec()));
+        assert_eq!(text_field(b"x\\\ty\tk2", b'\t', 1), Some(b"k2".to_vec()));
+        // Octal and hex escapes decode to the byte they name.
+        assert_eq!(
+            text_field(b"\\101\\x42\\x4\\0", b'\t', 0),
+            Some(b"AB\x04\0".to_vec())
+        );
+        assert_eq!(text_field(b"a\\", b'\t', 0), Some(b"a".to_vec()));
+        assert_eq!(text_field(b"a\tb", b'\t', 2), None);
+        // `\.` ends the data; `\\.` is data.
+        let mut s = CopySplitter::new(false, '\t', false, None);
+        let rows = split(&mut s, &[b"\\\\.\n\\.\nlost\n"]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1, b"\\\\.\n");
+    }
+
+    #[test]
+    fn csv_quotes_anywhere_in_a_field() {
+        assert_eq!(csv_field(b"a\"b,c\"d,e", b',', 0), Some(b"ab,cd".to_vec()));
+        assert_eq!(csv_field(b"a\"b,c\"d,e", b',', 1), Some(b"e".to_vec()));
+        assert_eq!(csv_field(b"\"x\"\"y\"", b',', 0), Some(b"x\"y".to_vec()));
+        assert_eq!(
+            csv_field(b"a,", b',', 1),
+            None,
+            "an empty last field is NULL"
+        );
+        assert_eq!(csv_field(b"a,", b',', 2), None);
+        assert_eq!(
+            csv_field(b"\"unterminated", b',', 0),
+            Some(b"unterminated".to_vec())
+        );
+    }
 }
