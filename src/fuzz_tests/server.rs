@@ -179,7 +179,7 @@ fn shard_answers() -> impl Strategy<Value = (u32, i16, Vec<Vec<u8>>)> + Clone {
     )
         .prop_flat_map(|(oid, format, values, honest)| {
             let mut msgs = vec![row_description(&[(b"v".to_vec(), oid, format)])];
-            msgs.extend(values.iter().map(|v| data_row(&[v.clone()])));
+            msgs.extend(values.iter().map(|v| data_row(std::slice::from_ref(v))));
             msgs.push(message(b'C', b"SELECT 1\0"));
             let n = msgs.len();
             let msgs = if honest {
@@ -240,4 +240,122 @@ fn fuzz_merger() {
             let _ = m.drain(&mut out);
         },
     );
+}
+
+/// What the relay may expect, in a queue the session could have built.
+fn expectations() -> impl Strategy<Value = Vec<u8>> + Clone {
+    proptest::collection::vec(0u8..12, 0..8)
+}
+
+fn expect(code: u8) -> crate::session::relay::Expect {
+    use crate::session::relay::{Expect, Kind};
+    match code {
+        0 => Expect::Client(Kind::Bind),
+        1 => Expect::Client(Kind::Describe),
+        2 => Expect::Client(Kind::Close),
+        3 => Expect::Client(Kind::Execute),
+        4 => Expect::Client(Kind::Sync),
+        5 => Expect::Client(Kind::Query),
+        6 => Expect::Parse {
+            stmt: None,
+            visible: code % 2 == 0,
+            client_name: None,
+        },
+        7 => Expect::InjectedClose,
+        8 => Expect::InjectedQuery("fuzz"),
+        9 => Expect::Synthetic(Bytes::from(message(b'1', b""))),
+        10 => Expect::SyntheticReady(Bytes::from(message(b'C', b"SET\0")), b'I'),
+        _ => Expect::Client(Kind::Function),
+    }
+}
+
+/// A server's answer stream: plausible messages (ReadyForQuery included), corrupted.
+fn server_stream() -> impl Strategy<Value = Vec<u8>> + Clone {
+    let one = prop_oneof![
+        server_messages(),
+        proptest::sample::select(vec![b'1', b'2', b'3', b'n', b's', b'I', b'G', b'W'])
+            .prop_map(|t| message(t, b"")),
+        proptest::sample::select(vec![b'I', b'T', b'E']).prop_map(|s| message(b'Z', &[s])),
+        bytes(12).prop_map(|b| message(b'E', &b)),
+        bytes(12).prop_map(|b| message(b'N', &b)),
+    ];
+    proptest::collection::vec(corrupted(one), 0..8).prop_map(|v| v.concat())
+}
+
+#[test]
+fn fuzz_relay() {
+    use crate::session::relay::Relay;
+    fuzz(
+        "relay",
+        (
+            expectations(),
+            prop_oneof![server_stream(), bytes(120)],
+            1usize..40,
+        ),
+        |(queue, input, chunk)| {
+            let mut r = Relay::default();
+            for &c in queue {
+                r.push(expect(c));
+            }
+            let (mut inbuf, mut out, mut events) = (BytesMut::new(), BytesMut::new(), Vec::new());
+            bounded(input.len(), 16, 4096, || {
+                for piece in input.chunks(*chunk) {
+                    inbuf.extend_from_slice(piece);
+                    if r.process(&mut inbuf, &mut out, &mut events).is_err() {
+                        return;
+                    }
+                }
+            });
+            // Nothing is made up beyond the synthetic answers queued.
+            assert!(out.len() <= input.len() + 16 * queue.len());
+            let _ = (r.idle(), r.mid_message(), r.owed_ready());
+        },
+    );
+}
+
+/// The SCRAM client the backend uses towards servers (postgres-protocol), fed what a server
+/// may send: server-first and server-final messages, well-formed or not. Iteration counts
+/// stay small (a real server's count is trusted configuration).
+#[test]
+fn fuzz_scram_client() {
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+    let first = prop_oneof![
+        bytes(60).prop_map(|b| (false, b)),
+        (
+            "[ -~]{0,12}",
+            "[A-Za-z0-9+/=]{0,24}",
+            prop_oneof![Just("1".to_string()), Just("0".to_string()), "[0-9]{0,3}"],
+            "[ -~]{0,8}"
+        )
+            .prop_map(|(n, s, i, ext)| (true, format!("{n},s={s},i={i}{ext}").into_bytes())),
+    ];
+    let last = prop_oneof![
+        bytes(60),
+        "(v=|e=)[A-Za-z0-9+/=]{0,48}".prop_map(String::into_bytes)
+    ];
+    fuzz("scram_client", (first, last), |((spliced, first), last)| {
+        let mut c = ScramSha256::new(b"pencil", ChannelBinding::unsupported());
+        let mut server_first = first.clone();
+        if *spliced {
+            // r=<the client's nonce><suffix>,s=...,i=...
+            let msg = c.message().to_vec();
+            let nonce = msg
+                .split(|&b| b == b',')
+                .nth(2)
+                .unwrap_or_default()
+                .to_vec();
+            server_first = [nonce, first.clone()].concat();
+        }
+        let text = String::from_utf8_lossy(&server_first);
+        let too_many_iterations = text
+            .split(',')
+            .filter_map(|f| f.strip_prefix("i="))
+            .any(|i| i.parse::<u64>().map_or(i.len() > 3, |n| n > 999));
+        if too_many_iterations {
+            return;
+        }
+        if c.update(&server_first).is_ok() {
+            let _ = c.finish(last);
+        }
+    });
 }
