@@ -244,7 +244,7 @@ fn fuzz_merger() {
 
 /// What the relay may expect, in a queue the session could have built.
 fn expectations() -> impl Strategy<Value = Vec<u8>> + Clone {
-    proptest::collection::vec(0u8..12, 0..8)
+    proptest::collection::vec(0u8..13, 0..8)
 }
 
 fn expect(code: u8) -> crate::session::relay::Expect {
@@ -256,9 +256,9 @@ fn expect(code: u8) -> crate::session::relay::Expect {
         3 => Expect::Client(Kind::Execute),
         4 => Expect::Client(Kind::Sync),
         5 => Expect::Client(Kind::Query),
-        6 => Expect::Parse {
+        6 | 12 => Expect::Parse {
             stmt: None,
-            visible: code % 2 == 0,
+            visible: code == 6,
             client_name: None,
         },
         7 => Expect::InjectedClose,
