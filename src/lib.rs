@@ -35,3 +35,6 @@ pub mod session;
 pub mod shard;
 pub mod sql;
 pub mod state;
+
+#[cfg(test)]
+mod fuzz_tests;

@@ -150,16 +150,12 @@ impl ServerConn {
         loop {
             let f = conn.read_frame().await?;
             match f.tag {
-                b'S' => {
-                    let mut body = f.body();
-                    let name = crate::protocol::cstr(&mut body).unwrap_or_default();
-                    let value = crate::protocol::cstr(&mut body).unwrap_or_default();
-                    conn.params.push((name.to_string(), value.to_string()));
-                }
+                b'S' => conn.params.push(parameter_status(f.body())),
                 b'K' if f.body().len() >= 8 => {
-                    let b = f.body();
-                    conn.pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-                    conn.secret = b[4..].to_vec();
+                    if let Some((pid, secret)) = key_data(f.body()) {
+                        conn.pid = pid;
+                        conn.secret = secret.to_vec();
+                    }
                 }
                 b'Z' => return Ok(conn),
                 b'E' => return Err(conn.server_error(&f)),
@@ -176,12 +172,10 @@ impl ServerConn {
             if f.tag == b'E' {
                 return Err(self.server_error(&f));
             }
-            if f.tag != b'R' || f.body().len() < 4 {
+            let Some((code, data)) = (f.tag == b'R').then(|| auth_request(f.body())).flatten()
+            else {
                 return Err(self.protocol("expected an authentication request".into()));
-            }
-            let body = f.body();
-            let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-            let data = &body[4..];
+            };
             let mut out = BytesMut::new();
             let need_password = || {
                 p.password.clone().ok_or_else(|| BackendError::Protocol {
@@ -336,29 +330,7 @@ impl ServerConn {
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                b'D' if row.is_empty() => {
-                    let b = f.body();
-                    let n = if b.len() >= 2 {
-                        u16::from_be_bytes([b[0], b[1]])
-                    } else {
-                        0
-                    };
-                    let mut rest = &b[2.min(b.len())..];
-                    for _ in 0..n {
-                        if rest.len() < 4 {
-                            break;
-                        }
-                        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
-                        rest = &rest[4..];
-                        if len < 0 {
-                            row.push(String::new());
-                            continue;
-                        }
-                        let len = (len as usize).min(rest.len());
-                        row.push(String::from_utf8_lossy(&rest[..len]).into_owned());
-                        rest = &rest[len..];
-                    }
-                }
+                b'D' if row.is_empty() => row = data_row_texts(f.body()),
                 b'E' if err.is_none() => err = Some(self.server_error(&f)),
                 b'Z' => {
                     return match err {
@@ -410,4 +382,46 @@ impl ServerConn {
         let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut sink)).await;
         Ok(())
     }
+}
+
+/// A ParameterStatus body: (name, value); missing or non-UTF-8 parts are empty.
+pub(crate) fn parameter_status(mut body: &[u8]) -> (String, String) {
+    let name = crate::protocol::cstr(&mut body).unwrap_or_default();
+    let value = crate::protocol::cstr(&mut body).unwrap_or_default();
+    (name.to_string(), value.to_string())
+}
+
+/// A BackendKeyData body: process id and secret key (4 bytes in protocol 3.0, longer in 3.2).
+pub(crate) fn key_data(body: &[u8]) -> Option<(i32, &[u8])> {
+    let (pid, secret) = body.split_first_chunk::<4>()?;
+    (secret.len() >= 4).then(|| (i32::from_be_bytes(*pid), secret))
+}
+
+/// An Authentication request body: its code and the data after it.
+pub(crate) fn auth_request(body: &[u8]) -> Option<(i32, &[u8])> {
+    let (code, data) = body.split_first_chunk::<4>()?;
+    Some((i32::from_be_bytes(*code), data))
+}
+
+/// The values of a DataRow body as text (NULL as ""); a malformed row yields the values
+/// before the damage.
+pub(crate) fn data_row_texts(body: &[u8]) -> Vec<String> {
+    let mut row = Vec::new();
+    let Some((n, mut rest)) = body.split_first_chunk::<2>() else {
+        return row;
+    };
+    for _ in 0..u16::from_be_bytes(*n) {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            break;
+        };
+        rest = tail;
+        let Ok(len) = usize::try_from(i32::from_be_bytes(*len)) else {
+            row.push(String::new());
+            continue;
+        };
+        let (value, tail) = rest.split_at(len.min(rest.len()));
+        row.push(String::from_utf8_lossy(value).into_owned());
+        rest = tail;
+    }
+    row
 }

@@ -155,7 +155,7 @@ pub fn parse_data_row(msg: &Bytes, columns: usize) -> Result<Vec<Option<Bytes>>,
     if usize::try_from(n).ok() != Some(columns) {
         return Err("DataRow column count differs from RowDescription");
     }
-    let mut values = Vec::with_capacity(columns);
+    let mut values = Vec::with_capacity(columns.min(b.len() / 4));
     for _ in 0..columns {
         let len = i32::from_be_bytes(take::<4>(&mut b).ok_or("truncated DataRow")?);
         at += 4;

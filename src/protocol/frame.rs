@@ -35,6 +35,10 @@ pub enum FrameError {
     },
 }
 
+/// For a partial message, room is reserved for at most as many bytes as have arrived, or this
+/// many.
+const RESERVE_MIN: usize = 8 * 1024;
+
 /// Reads the header of the message at the start of `buf`: (tag, total length with tag).
 fn header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
     if buf.len() < 5 {
@@ -59,7 +63,10 @@ pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, Fram
             bytes: buf.split_to(total).freeze(),
         })),
         Some((_, total)) => {
-            buf.reserve(total - buf.len());
+            // Room for what is announced, but never more than what has arrived (or a small
+            // minimum) ahead of it: memory grows with the bytes received, not with what a
+            // length field claims.
+            buf.reserve((total - buf.len()).min(buf.len().max(RESERVE_MIN)));
             Ok(None)
         }
         None => Ok(None),

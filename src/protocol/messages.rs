@@ -3,10 +3,8 @@
 
 use bytes::BytesMut;
 use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
-use pgwire::messages::startup::{
-    Authentication, BackendKeyData, ParameterStatus, PasswordMessageFamily, SecretKey,
-};
-use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
+use pgwire::messages::startup::{Authentication, BackendKeyData, ParameterStatus, SecretKey};
+use pgwire::messages::Message;
 
 use super::frame::cstr;
 
@@ -173,26 +171,38 @@ pub enum PasswordKind {
 }
 
 /// Decodes a whole 'p' frame (tag and length included).
+///
+/// Checked decoding, as PostgreSQL's `auth.c` does it: the length field must match the frame,
+/// a password is one NUL-terminated string filling the body, a SASLInitialResponse's data
+/// length must be -1 or exactly what remains. Anything else is `None`, never a panic.
 pub fn decode_password(frame: &[u8], kind: PasswordKind) -> Option<PasswordMessage> {
-    let mut buf = BytesMut::from(frame);
-    let ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
-    let family = PasswordMessageFamily::decode(&mut buf, &ctx).ok()??;
+    let (&tag, rest) = frame.split_first()?;
+    let (len, body) = rest.split_first_chunk::<4>()?;
+    if tag != b'p' || i64::from(i32::from_be_bytes(*len)) != body.len() as i64 + 4 {
+        return None;
+    }
     match kind {
         PasswordKind::Password => {
-            let p = family.into_password().ok()?;
-            Some(PasswordMessage::Password(p.password))
+            let mut b = body;
+            let p = cstr(&mut b)?;
+            b.is_empty()
+                .then(|| PasswordMessage::Password(p.to_string()))
         }
         PasswordKind::SaslInitial => {
-            let r = family.into_sasl_initial_response().ok()?;
+            let mut b = body;
+            let mechanism = cstr(&mut b)?;
+            let (n, data) = b.split_first_chunk::<4>()?;
+            let data = match i32::from_be_bytes(*n) {
+                -1 if data.is_empty() => &[][..],
+                n if usize::try_from(n).ok() == Some(data.len()) => data,
+                _ => return None,
+            };
             Some(PasswordMessage::SaslInitial(
-                r.auth_method,
-                r.data.map(|d| d.to_vec()).unwrap_or_default(),
+                mechanism.to_string(),
+                data.to_vec(),
             ))
         }
-        PasswordKind::Sasl => {
-            let r = family.into_sasl_response().ok()?;
-            Some(PasswordMessage::Sasl(r.data.to_vec()))
-        }
+        PasswordKind::Sasl => Some(PasswordMessage::Sasl(body.to_vec())),
     }
 }
 

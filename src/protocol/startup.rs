@@ -2,8 +2,6 @@
 //! CancelRequest.
 
 use bytes::{Buf, BytesMut};
-use pgwire::messages::startup::Startup;
-use pgwire::messages::{DecodeContext, Message};
 use std::collections::BTreeMap;
 
 use super::FrameError;
@@ -71,20 +69,38 @@ pub fn split_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, FrameE
             return Err(FrameError::BadLength(len as i32))
         }
         c if (c >> 16) == 3 => {
-            let mut one = buf.split_to(len);
-            let start = Startup::decode(&mut one, &DecodeContext::default())
-                .ok()
-                .flatten()
-                .ok_or(FrameError::BadLength(len as i32))?;
+            let params = startup_params(&buf[8..len]).ok_or(FrameError::BadLength(len as i32))?;
+            buf.advance(len);
             return Ok(Some(StartupPacket::Startup {
-                minor: start.protocol_number_minor,
-                params: start.parameters,
+                minor: (c & 0xffff) as u16,
+                params,
             }));
         }
         c => StartupPacket::Unsupported(c),
     };
     buf.advance(len);
     Ok(Some(packet))
+}
+
+/// The `name\0value\0 ... \0` list of a StartupMessage (lossy UTF-8, as PostgreSQL takes
+/// bytes in any encoding there). `None` unless every name has a value and the list ends with
+/// its terminating NUL exactly at the end of the packet.
+fn startup_params(mut b: &[u8]) -> Option<BTreeMap<String, String>> {
+    let mut params = BTreeMap::new();
+    let next = |b: &mut &[u8]| -> Option<String> {
+        let end = memchr::memchr(0, b)?;
+        let s = String::from_utf8_lossy(&b[..end]).into_owned();
+        *b = &b[end + 1..];
+        Some(s)
+    };
+    loop {
+        let name = next(&mut b)?;
+        if name.is_empty() {
+            return b.is_empty().then_some(params);
+        }
+        let value = next(&mut b)?;
+        params.insert(name, value);
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 mod client_state;
 mod handshake;
 mod query_loop;
-mod relay;
+pub(crate) mod relay;
 
 use bytes::BytesMut;
 use std::sync::Arc;

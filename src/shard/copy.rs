@@ -27,9 +27,11 @@ pub struct CopySplitter {
     key: Option<(usize, KeyType)>,
     header: bool,
     buf: Vec<u8>,
-    /// Scan position in `buf` and CSV quote state there.
+    /// Scan position in `buf` and the state there: inside CSV quotes, or after a text-format
+    /// backslash (which escapes the next byte, a newline included, as in PostgreSQL).
     scanned: usize,
     in_quotes: bool,
+    escaped: bool,
     ended: bool,
 }
 
@@ -44,6 +46,7 @@ impl CopySplitter {
             buf: Vec::new(),
             scanned: 0,
             in_quotes: false,
+            escaped: false,
             ended: false,
         }
     }
@@ -60,8 +63,12 @@ impl CopySplitter {
         let mut i = self.scanned;
         while i < self.buf.len() {
             let c = self.buf[i];
-            if self.csv && c == b'"' {
+            if self.escaped {
+                self.escaped = false;
+            } else if self.csv && c == b'"' {
                 self.in_quotes = !self.in_quotes;
+            } else if !self.csv && c == b'\\' {
+                self.escaped = true;
             } else if c == b'\n' && !self.in_quotes {
                 let row = self.buf[start..=i].to_vec();
                 self.row(&row, map, out)?;
@@ -141,68 +148,111 @@ fn trim_eol(row: &[u8]) -> &[u8] {
 }
 
 /// Field `index` of a text-format row, unescaped; None for `\N` (NULL) or a missing field.
+///
+/// As in PostgreSQL, a backslash escapes the next byte, so an escaped delimiter (`a\<TAB>b`)
+/// is part of the field.
 fn text_field(row: &[u8], delim: u8, index: usize) -> Option<Vec<u8>> {
-    let raw = row.split(|&b| b == delim).nth(index)?;
-    if raw == b"\\N" {
-        return None;
-    }
-    let mut v = Vec::with_capacity(raw.len());
-    let mut it = raw.iter();
-    while let Some(&b) = it.next() {
-        if b != b'\\' {
-            v.push(b);
-            continue;
-        }
-        match it.next() {
-            Some(b'n') => v.push(b'\n'),
-            Some(b't') => v.push(b'\t'),
-            Some(b'r') => v.push(b'\r'),
-            Some(b'b') => v.push(8),
-            Some(b'f') => v.push(12),
-            Some(b'v') => v.push(11),
-            Some(&o) => v.push(o),
-            None => {}
-        }
-    }
-    Some(v)
-}
-
-/// Field `index` of a CSV row, unquoted; None for an unquoted empty field (NULL).
-fn csv_field(row: &[u8], delim: u8, index: usize) -> Option<Vec<u8>> {
     let mut field = 0;
     let mut i = 0;
-    while i <= row.len() {
-        // Parse one field starting at i.
+    loop {
+        let start = i;
         let mut v = Vec::new();
-        let mut quoted = false;
-        if row.get(i) == Some(&b'"') {
-            quoted = true;
-            i += 1;
-            while i < row.len() {
-                if row[i] == b'"' {
-                    if row.get(i + 1) == Some(&b'"') {
-                        v.push(b'"');
-                        i += 2;
-                        continue;
-                    }
-                    i += 1;
-                    break;
-                }
-                v.push(row[i]);
-                i += 1;
-            }
-        }
         while i < row.len() && row[i] != delim {
-            v.push(row[i]);
+            let b = row[i];
             i += 1;
+            if b != b'\\' {
+                v.push(b);
+                continue;
+            }
+            let Some(&e) = row.get(i) else { break };
+            i += 1;
+            let digit = |at: usize, radix: u32| {
+                row.get(at)
+                    .filter(|&&c| c != delim)
+                    .and_then(|&c| char::from(c).to_digit(radix))
+            };
+            v.push(match e {
+                // `\ooo`: up to three octal digits; `\xhh`: up to two hex digits.
+                b'0'..=b'7' => {
+                    let mut n = u32::from(e - b'0');
+                    for _ in 0..2 {
+                        let Some(d) = digit(i, 8) else { break };
+                        n = n * 8 + d;
+                        i += 1;
+                    }
+                    n as u8
+                }
+                b'x' if digit(i, 16).is_some() => {
+                    let mut n = 0;
+                    for _ in 0..2 {
+                        let Some(d) = digit(i, 16) else { break };
+                        n = n * 16 + d;
+                        i += 1;
+                    }
+                    n as u8
+                }
+                b'n' => b'\n',
+                b't' => b'\t',
+                b'r' => b'\r',
+                b'b' => 8,
+                b'f' => 12,
+                b'v' => 11,
+                o => o,
+            });
         }
         if field == index {
-            return (quoted || !v.is_empty()).then_some(v);
+            return (&row[start..i] != b"\\N").then_some(v);
+        }
+        if i >= row.len() {
+            return None;
         }
         field += 1;
         i += 1;
     }
-    None
+}
+
+/// Field `index` of a CSV row, unquoted; None for an unquoted empty field (NULL). Quoted
+/// sections may appear anywhere in a field (`a"b,c"d` is `ab,cd`), `""` inside them is `"`.
+fn csv_field(row: &[u8], delim: u8, index: usize) -> Option<Vec<u8>> {
+    let mut field = 0;
+    let mut i = 0;
+    loop {
+        let mut v = Vec::new();
+        let mut quoted = false;
+        let mut in_quotes = false;
+        while i < row.len() {
+            let c = row[i];
+            i += 1;
+            if in_quotes {
+                if c == b'"' {
+                    if row.get(i) == Some(&b'"') {
+                        v.push(b'"');
+                        i += 1;
+                    } else {
+                        in_quotes = false;
+                    }
+                } else {
+                    v.push(c);
+                }
+            } else if c == b'"' {
+                quoted = true;
+                in_quotes = true;
+            } else if c == delim {
+                i -= 1;
+                break;
+            } else {
+                v.push(c);
+            }
+        }
+        if field == index {
+            return (quoted || !v.is_empty()).then_some(v);
+        }
+        if i >= row.len() {
+            return None;
+        }
+        field += 1;
+        i += 1;
+    }
 }
 
 #[cfg(test)]
@@ -286,5 +336,52 @@ primary = "127.0.0.1:2"
         assert_eq!(e.code, "22P02");
         assert_eq!(text_field(b"a\\tb\tc", b'\t', 0), Some(b"a\tb".to_vec()));
         assert_eq!(text_field(b"\\N\tc", b'\t', 0), None);
+    }
+
+    #[test]
+    fn regression_text_format_backslash_escapes_newline_and_delimiter() {
+        // As in PostgreSQL's text format, a backslash escapes the next byte: an escaped
+        // newline does not end the row and an escaped delimiter does not end the field.
+        let mut s = CopySplitter::new(false, '\t', false, Some((1, KeyType::Text)));
+        let rows = split(&mut s, &[b"a\\\nb\tk1\n", b"x\\", b"\ty\tk2\n"]);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].1, b"a\\\nb\tk1\n");
+        assert_eq!(rows[1].1, b"x\\\ty\tk2\n");
+        let m = map();
+        let owner =
+            |k: &str| RowTarget::Shard(m.shard_of_text(KeyType::Text, k.as_bytes()).unwrap());
+        assert_eq!(rows[0].0, owner("k1"));
+        assert_eq!(rows[1].0, owner("k2"), "`x\\<TAB>y` is one field");
+        assert_eq!(text_field(b"x\\\ty\tk2", b'\t', 0), Some(b"x\ty".to_vec()));
+        assert_eq!(text_field(b"x\\\ty\tk2", b'\t', 1), Some(b"k2".to_vec()));
+        // Octal and hex escapes decode to the byte they name.
+        assert_eq!(
+            text_field(b"\\101\\x42\\x4\\0", b'\t', 0),
+            Some(b"AB\x04\0".to_vec())
+        );
+        assert_eq!(text_field(b"a\\", b'\t', 0), Some(b"a".to_vec()));
+        assert_eq!(text_field(b"a\tb", b'\t', 2), None);
+        // `\.` ends the data; `\\.` is data.
+        let mut s = CopySplitter::new(false, '\t', false, None);
+        let rows = split(&mut s, &[b"\\\\.\n\\.\nlost\n"]);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1, b"\\\\.\n");
+    }
+
+    #[test]
+    fn csv_quotes_anywhere_in_a_field() {
+        assert_eq!(csv_field(b"a\"b,c\"d,e", b',', 0), Some(b"ab,cd".to_vec()));
+        assert_eq!(csv_field(b"a\"b,c\"d,e", b',', 1), Some(b"e".to_vec()));
+        assert_eq!(csv_field(b"\"x\"\"y\"", b',', 0), Some(b"x\"y".to_vec()));
+        assert_eq!(
+            csv_field(b"a,", b',', 1),
+            None,
+            "an empty last field is NULL"
+        );
+        assert_eq!(csv_field(b"a,", b',', 2), None);
+        assert_eq!(
+            csv_field(b"\"unterminated", b',', 0),
+            Some(b"unterminated".to_vec())
+        );
     }
 }

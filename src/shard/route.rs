@@ -63,12 +63,13 @@ impl<'a> Params<'a> {
             Some(v)
         };
         let nf = i16_at(&mut b)?.max(0) as usize;
-        let mut formats = Vec::with_capacity(nf);
+        // Capacity from the bytes at hand, never from the announced count.
+        let mut formats = Vec::with_capacity(nf.min(b.len() / 2));
         for _ in 0..nf {
             formats.push(i16_at(&mut b)?);
         }
         let np = i16_at(&mut b)?.max(0) as usize;
-        let mut values = Vec::with_capacity(np);
+        let mut values = Vec::with_capacity(np.min(b.len() / 4));
         for _ in 0..np {
             if b.len() < 4 {
                 return None;

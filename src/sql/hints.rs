@@ -11,6 +11,7 @@
 use memchr::memmem;
 
 use super::analyze::{Analysis, Kind};
+use super::scan::{strip_comments, tokens, Tok};
 
 /// Where a hint or setting sends statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +45,14 @@ pub fn hints(sql: &str) -> Hints {
     if !mentions_proxy(sql) {
         return h;
     }
-    let mut rest = sql;
-    while let Some(start) = rest.find("/*") {
-        let body_start = &rest[start + 2..];
-        let end = body_start.find("*/").unwrap_or(body_start.len());
-        let body = body_start[..end].trim();
-        rest = &body_start[end..];
+    // Only real comments count: a `/*` inside a string, quoted identifier or dollar quote is
+    // text, not a comment.
+    for (tok, start, end) in tokens(sql.as_bytes()) {
+        if tok != Tok::BlockComment {
+            continue;
+        }
+        let body = &sql[start + 2..end];
+        let body = body.strip_suffix("*/").unwrap_or(body).trim();
         let Some(words) = strip_prefix_ci(body, "shardgate:") else {
             continue;
         };
@@ -113,6 +116,8 @@ pub fn command(sql: &str) -> Option<Command> {
     if !mentions_proxy(sql) {
         return None;
     }
+    // Comments stand for whitespace: `SET/**/shardgate.target=replica`.
+    let sql = strip_comments(sql);
     let s = sql.trim().trim_end_matches(';').trim();
     let (verb, rest) = split_word(s);
     let verb = verb.to_ascii_lowercase();
@@ -347,5 +352,60 @@ mod tests {
         let a = crate::sql::classify("INSERT INTO t VALUES (1)", &[]);
         let f = RouteFacts::new(&a, "INSERT INTO t VALUES (1)");
         assert!(!f.reads() && f.writes());
+    }
+
+    #[test]
+    fn hints_only_in_comments() {
+        let none = Hints::default();
+        assert_eq!(hints("select '/* shardgate: shard=s1 */'"), none);
+        assert_eq!(hints("select E'\\' /* shardgate: replica */'"), none);
+        assert_eq!(hints("select $$ /* shardgate: primary */ $$"), none);
+        assert_eq!(hints("select $t$ /* shardgate: primary */ $t$"), none);
+        assert_eq!(hints("select \"/* shardgate: replica */\" from t"), none);
+        assert_eq!(hints("select 1 -- /* shardgate: replica */"), none);
+        assert_eq!(
+            hints("select a$b /* shardgate: replica */").target,
+            Some(Target::Replica),
+            "a$b is an identifier, no dollar quote"
+        );
+        assert_eq!(
+            hints("select 'x' /* shardgate: shard=s2 */, '/* shardgate: shard=s1 */'").shard,
+            Some("s2".into())
+        );
+        assert_eq!(
+            hints("select 1 /* shardgate: replica /* nested */ */").target,
+            Some(Target::Replica)
+        );
+        assert_eq!(
+            hints("/* x /* shardgate: replica */ */ select 1").target,
+            None,
+            "a hint must start its comment"
+        );
+    }
+
+    #[test]
+    fn proxy_settings_with_comments_for_spaces() {
+        let set = |v: &str| Command::Set {
+            name: "target".into(),
+            value: Some(v.into()),
+        };
+        assert_eq!(
+            command("SET/**/shardgate.target=replica"),
+            Some(set("replica"))
+        );
+        assert_eq!(
+            command("SET shardgate.target /* x */ TO -- y\n primary"),
+            Some(set("primary"))
+        );
+        assert_eq!(
+            command("SHOW/**/shardgate.target"),
+            Some(Command::Show {
+                name: "target".into()
+            })
+        );
+        assert_eq!(
+            command("SET shardgate.target = '/* x */'"),
+            Some(set("/* x */"))
+        );
     }
 }

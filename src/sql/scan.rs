@@ -1,45 +1,115 @@
 //! A single-pass SQL scanner: splits a query string into statements (respecting quotes, dollar
 //! quotes and comments) and classifies the commands that change session state. No allocation
 //! on the common path and no parse tree.
+//!
+//! Tokens follow PostgreSQL's lexer (`scan.l`) where it matters for finding statement
+//! boundaries, words and comments: comments (`--` to the end of the line, nested `/* */`) stand
+//! for whitespace, so `SET/**/search_path=x` is `SET search_path = x`; strings are standard
+//! (`'it''s'`), escape strings (`E'\''`) or dollar-quoted (`$$...$$`, `$tag$...$tag$`); an
+//! identifier may contain `$` and digits (`a$b` is one identifier, never the start of a dollar
+//! quote); quoted identifiers double their quotes (`"a""b"`). Every byte of 0x80 and above is an
+//! identifier character, as in PostgreSQL, so token boundaries always fall on UTF-8 character
+//! boundaries. Strings are read with `standard_conforming_strings = on` (the default).
 
-/// Splits `sql` into statements at top-level semicolons; empty statements are dropped.
-pub fn split_statements(sql: &str) -> Vec<&str> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => i = skip_quoted(b, i, b[i]),
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                i = b[i..]
-                    .iter()
-                    .position(|&c| c == b'\n')
-                    .map_or(b.len(), |p| i + p + 1)
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
-            b'$' => i = skip_dollar(b, i),
-            b';' => {
-                push_stmt(&mut out, &sql[start..i]);
-                i += 1;
-                start = i;
-            }
-            _ => i += 1,
+/// A lexical token class, as far as the scanners need one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tok {
+    /// A run of whitespace.
+    Space,
+    /// `--` up to and including the newline (or the end of the text).
+    LineComment,
+    /// `/* ... */`, nested; an unterminated one runs to the end of the text.
+    BlockComment,
+    /// A string constant (with any `E`, `B`, `X`, `N` or `U&` prefix) or a dollar-quoted
+    /// string; an unterminated one runs to the end of the text.
+    Str,
+    /// A double-quoted identifier (`U&"..."` included); an unterminated one runs to the end.
+    QuotedIdent,
+    /// An identifier or keyword (letters, digits, `_`, `$`, bytes >= 0x80), or a number.
+    Word,
+    /// A `$n` parameter.
+    Param,
+    /// Any other single byte (operators, punctuation; always ASCII).
+    Punct,
+}
+
+/// PostgreSQL's whitespace: space, tab, newline, carriage return, vertical tab, form feed.
+pub(crate) fn is_space(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// The token that starts at `i` (`i < b.len()`) and the index just past it (always `> i`).
+pub(crate) fn token(b: &[u8], i: usize) -> (Tok, usize) {
+    let c = b[i];
+    let next = b.get(i + 1).copied();
+    match c {
+        _ if is_space(c) => (
+            Tok::Space,
+            i + b[i..].iter().take_while(|&&c| is_space(c)).count(),
+        ),
+        b'-' if next == Some(b'-') => (
+            Tok::LineComment,
+            b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p + 1),
+        ),
+        b'/' if next == Some(b'*') => (Tok::BlockComment, block_comment_end(b, i)),
+        b'\'' => (Tok::Str, quoted_end(b, i + 1, b'\'')),
+        b'"' => (Tok::QuotedIdent, quoted_end(b, i + 1, b'"')),
+        b'$' => dollar(b, i),
+        // E'...' (backslash escapes); B'', X'', N'' are standard strings.
+        b'e' | b'E' if next == Some(b'\'') => (Tok::Str, escape_string_end(b, i + 2)),
+        // U&'...' and U&"...".
+        b'u' | b'U' if next == Some(b'&') && matches!(b.get(i + 2), Some(b'\'' | b'"')) => {
+            let q = b[i + 2];
+            let tok = if q == b'"' {
+                Tok::QuotedIdent
+            } else {
+                Tok::Str
+            };
+            (tok, quoted_end(b, i + 3, q))
         }
+        _ if is_ident_start(c) || c.is_ascii_digit() => {
+            let mut j = i + 1;
+            // Numbers take no `$` (`1$$x$$` is a number and a dollar quote).
+            let digits = c.is_ascii_digit();
+            while j < b.len()
+                && (is_ident_char(b[j]) && !(digits && b[j] == b'$') || digits && b[j] == b'.')
+            {
+                j += 1;
+            }
+            (Tok::Word, j)
+        }
+        _ => (Tok::Punct, i + 1),
     }
-    push_stmt(&mut out, &sql[start..]);
-    out
 }
 
-fn push_stmt<'a>(out: &mut Vec<&'a str>, s: &'a str) {
-    let t = s.trim();
-    if !t.is_empty() {
-        out.push(t);
-    }
+/// Iterates over the tokens of `b` as `(kind, start, end)`.
+pub(crate) fn tokens(b: &[u8]) -> impl Iterator<Item = (Tok, usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        if i >= b.len() {
+            return None;
+        }
+        let (t, end) = token(b, i);
+        let start = i;
+        i = end;
+        Some((t, start, end))
+    })
 }
 
-fn skip_quoted(b: &[u8], mut i: usize, q: u8) -> usize {
-    i += 1;
+/// End (one past the closing quote) of a quoted token whose body starts at `i`; a doubled
+/// quote is part of the body. Unterminated: the end of the text.
+fn quoted_end(b: &[u8], mut i: usize, q: u8) -> usize {
     while i < b.len() {
         if b[i] == q {
             if b.get(i + 1) == Some(&q) {
@@ -53,76 +123,166 @@ fn skip_quoted(b: &[u8], mut i: usize, q: u8) -> usize {
     b.len()
 }
 
-fn skip_block_comment(b: &[u8], mut i: usize) -> usize {
-    let mut depth = 0;
-    while i + 1 < b.len() {
-        if b[i] == b'/' && b[i + 1] == b'*' {
-            depth += 1;
-            i += 2;
-        } else if b[i] == b'*' && b[i + 1] == b'/' {
-            depth -= 1;
-            i += 2;
-            if depth == 0 {
-                return i;
-            }
-        } else {
-            i += 1;
+/// End of an `E''` string whose body starts at `i`: a backslash escapes the next byte, a
+/// doubled quote is a quote. Unterminated: the end of the text.
+fn escape_string_end(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+            b'\'' => return i + 1,
+            _ => i += 1,
         }
     }
     b.len()
 }
 
-fn skip_dollar(b: &[u8], i: usize) -> usize {
-    // $tag$ ... $tag$ where tag is empty or an identifier; `$1` is a parameter.
-    let mut j = i + 1;
-    while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
-        j += 1;
+/// End of a nested block comment starting at `i` (which holds `/*`); unterminated: the end.
+fn block_comment_end(b: &[u8], mut i: usize) -> usize {
+    let mut depth = 0usize;
+    while i + 1 < b.len() {
+        match (b[i], b[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => i += 1,
+        }
     }
-    if j >= b.len() || b[j] != b'$' || (j > i + 1 && b[i + 1].is_ascii_digit()) {
-        return i + 1;
+    b.len()
+}
+
+/// `$n` parameter, `$tag$...$tag$` dollar quote, or a lone `$` at `i`.
+fn dollar(b: &[u8], i: usize) -> (Tok, usize) {
+    let mut j = i + 1;
+    if b.get(j).is_some_and(u8::is_ascii_digit) {
+        while j < b.len() && b[j].is_ascii_digit() {
+            j += 1;
+        }
+        return (Tok::Param, j);
+    }
+    // The tag: empty, or an identifier start and then letters, digits, `_`, bytes >= 0x80.
+    if j < b.len() && is_ident_start(b[j]) {
+        j += 1;
+        while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+            j += 1;
+        }
+    }
+    if b.get(j) != Some(&b'$') {
+        return (Tok::Punct, i + 1);
     }
     let tag = &b[i..=j];
     let body = j + 1;
-    b[body..]
-        .windows(tag.len())
-        .position(|w| w == tag)
-        .map_or(b.len(), |p| body + p + tag.len())
+    let end = memchr::memmem::find(&b[body..], tag).map_or(b.len(), |p| body + p + tag.len());
+    (Tok::Str, end)
 }
 
-/// The words of a statement, lowercased, up to `n` of them (comments and leading whitespace
-/// skipped; a quoted identifier is returned without its quotes, case kept).
+/// `sql` with every comment replaced by one space (strings and identifiers untouched).
+pub(crate) fn strip_comments(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains("--") && !sql.contains("/*") {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    for (t, i, end) in tokens(sql.as_bytes()) {
+        match t {
+            Tok::LineComment | Tok::BlockComment => out.push(' '),
+            _ => out.push_str(&sql[i..end]),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Splits `sql` into statements at top-level semicolons; empty statements are dropped.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (t, i, end) in tokens(sql.as_bytes()) {
+        if t == Tok::Punct && sql.as_bytes()[i] == b';' {
+            push_stmt(&mut out, &sql[start..i]);
+            start = end;
+        }
+    }
+    push_stmt(&mut out, &sql[start..]);
+    out
+}
+
+fn push_stmt<'a>(out: &mut Vec<&'a str>, s: &'a str) {
+    let t = s.trim_matches(|c: char| c.is_ascii() && is_space(c as u8));
+    if !t.is_empty() {
+        out.push(t);
+    }
+}
+
+/// The text of a quoted identifier token `tok` (`"..."`, or `U&"..."` kept as written)
+/// without its quotes, doubled quotes undone; an unterminated one runs to the end.
+fn unquote_ident(tok: &str) -> String {
+    let Some(body) = tok.strip_prefix('"') else {
+        return tok.to_string();
+    };
+    let body = body.strip_suffix('"').unwrap_or(body);
+    body.replace("\"\"", "\"")
+}
+
+/// The words of a statement, lowercased, up to `n` of them. Whitespace, comments, `,`, `(`
+/// and `)` separate words; `=` is a word of its own; a quoted identifier is returned without
+/// its quotes, case kept; a dotted name (`myapp.tenant`) is one word; the scan stops at `;`.
 pub fn leading_words(stmt: &str, n: usize) -> Vec<String> {
     let b = stmt.as_bytes();
-    let mut out = Vec::with_capacity(n);
-    let mut i = 0;
-    while i < b.len() && out.len() < n {
-        let c = b[i];
-        if c.is_ascii_whitespace() || c == b',' || c == b'(' || c == b')' {
-            i += 1;
-        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            i = b[i..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(b.len(), |p| i + p + 1);
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i = skip_block_comment(b, i);
-        } else if c == b'"' {
-            let end = skip_quoted(b, i, b'"');
-            out.push(stmt[i + 1..end.saturating_sub(1).max(i + 1)].replace("\"\"", "\""));
-            i = end;
-        } else if c == b'=' {
-            out.push("=".into());
-            i += 1;
-        } else {
-            let start = i;
-            while i < b.len()
-                && !b[i].is_ascii_whitespace()
-                && !matches!(b[i], b',' | b'(' | b')' | b'=' | b';')
-            {
-                i += 1;
+    let mut out: Vec<String> = Vec::with_capacity(n.min(8));
+    let mut toks = tokens(b)
+        .filter(|(t, _, _)| !matches!(t, Tok::Space | Tok::LineComment | Tok::BlockComment));
+    let mut pending = toks.next();
+    // Whether the last word may be continued by `.name`.
+    let mut dotted = false;
+    while let Some((t, i, end)) = pending {
+        pending = toks.next();
+        let text = &stmt[i..end];
+        match t {
+            Tok::Punct if b[i] == b';' => break,
+            Tok::Punct if matches!(b[i], b',' | b'(' | b')') => {
+                dotted = false;
+                continue;
             }
-            out.push(stmt[start..i].to_ascii_lowercase());
+            Tok::Punct if b[i] == b'.' && dotted => {
+                if let Some((nt @ (Tok::Word | Tok::QuotedIdent), ni, nend)) = pending {
+                    pending = toks.next();
+                    let part = &stmt[ni..nend];
+                    let part = if nt == Tok::Word {
+                        part.to_ascii_lowercase()
+                    } else {
+                        unquote_ident(part)
+                    };
+                    if let Some(last) = out.last_mut() {
+                        last.push('.');
+                        last.push_str(&part);
+                    }
+                    continue;
+                }
+                dotted = false;
+                if out.len() >= n {
+                    break;
+                }
+                out.push(".".into());
+                continue;
+            }
+            _ => {}
         }
+        if out.len() >= n {
+            break;
+        }
+        dotted = matches!(t, Tok::Word | Tok::QuotedIdent);
+        out.push(match t {
+            Tok::QuotedIdent => unquote_ident(text),
+            Tok::Word => text.to_ascii_lowercase(),
+            _ => text.to_string(),
+        });
     }
     out
 }
@@ -167,28 +327,10 @@ const SESSION_VERBS: &[&str] = &[
 
 /// The first word of a statement (after whitespace and comments), as written.
 fn first_word(stmt: &str) -> &str {
-    let b = stmt.as_bytes();
-    let mut i = 0;
-    loop {
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            i += 1;
-        }
-        if b[i..].starts_with(b"--") {
-            i = b[i..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(b.len(), |p| i + p + 1);
-        } else if b[i..].starts_with(b"/*") {
-            i = skip_block_comment(b, i);
-        } else {
-            break;
-        }
-    }
-    let start = i;
-    while i < b.len() && b[i].is_ascii_alphabetic() {
-        i += 1;
-    }
-    &stmt[start..i]
+    tokens(stmt.as_bytes())
+        .find(|(t, _, _)| !matches!(t, Tok::Space | Tok::LineComment | Tok::BlockComment))
+        .filter(|(t, _, _)| *t == Tok::Word)
+        .map_or("", |(_, i, end)| &stmt[i..end])
 }
 
 /// Classifies one statement (as returned by [`split_statements`]). Cheap for ordinary
@@ -258,40 +400,49 @@ pub fn session_command(stmt: &str) -> SessionCommand {
 }
 
 /// Session-level state created by function calls or cursor options anywhere in a statement.
+///
+/// The search is textual on purpose (inside strings and dollar quotes too): a `DO` block or a
+/// function body may call `pg_advisory_lock`, and pinning too often is safe.
 pub fn pin_reason(stmt: &str) -> Option<&'static str> {
     let b = stmt.as_bytes();
     // `pg_advisory_lock(`, `pg_try_advisory_lock_shared(`, ... but not `pg_advisory_xact_lock`.
-    if let Some(p) = find_ci(b, b"advisory_lock") {
-        let after = &b[p + b"advisory_lock".len()..];
+    let mut from = 0;
+    while let Some(p) = find_ci(&b[from..], b"advisory_lock") {
+        from += p + b"advisory_lock".len();
+        let after = &b[from..];
         let after = after.strip_prefix(b"_shared").unwrap_or(after);
         if after
             .first()
-            .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$'))
         {
             return Some("session advisory lock");
         }
     }
-    if let Some(p) = find_ci(b, b"with") {
-        let rest = &b[p + 4..];
-        let ws = rest.iter().take_while(|c| c.is_ascii_whitespace()).count();
-        if ws > 0 && rest[ws..].len() >= 4 && rest[ws..ws + 4].eq_ignore_ascii_case(b"hold") {
+    // `WITH HOLD`, with whitespace or comments between the words (a loop over every `with`).
+    let mut from = 0;
+    while let Some(p) = find_ci(&b[from..], b"with") {
+        from += p + 4;
+        let next = skip_blank(b, from);
+        if next > from
+            && b.len() >= next + 4
+            && b[next..next + 4].eq_ignore_ascii_case(b"hold")
+            && b.get(next + 4).is_none_or(|&c| !is_ident_char(c))
+        {
             return Some("cursor WITH HOLD");
         }
-        return pin_reason_after(stmt, p + 4);
     }
     None
 }
 
-fn pin_reason_after(stmt: &str, from: usize) -> Option<&'static str> {
-    // another `with` later in the statement may still be `WITH HOLD`
-    let b = &stmt.as_bytes()[from..];
-    let p = find_ci(b, b"with")?;
-    let rest = &b[p + 4..];
-    let ws = rest.iter().take_while(|c| c.is_ascii_whitespace()).count();
-    if ws > 0 && rest[ws..].len() >= 4 && rest[ws..ws + 4].eq_ignore_ascii_case(b"hold") {
-        return Some("cursor WITH HOLD");
+/// The index of the first token at or after `i` that is not whitespace or a comment.
+fn skip_blank(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() {
+        match token(b, i) {
+            (Tok::Space | Tok::LineComment | Tok::BlockComment, end) => i = end,
+            _ => break,
+        }
     }
-    pin_reason_after(stmt, from + p + 4)
+    i
 }
 
 /// ASCII case-insensitive substring search; `needle` must be lowercase.
@@ -479,5 +630,205 @@ mod tests {
         assert!(is_setting_name("myapp.tenant"));
         assert!(!is_setting_name("a; drop table x"));
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn regression_unterminated_quoted_identifier_ending_in_multibyte_char() {
+        // Issue 9: this panicked (a slice not on a char boundary) and the panicking session
+        // handed its open transaction to the next client.
+        assert_eq!(session_command("SET \"é"), SessionCommand::Set("é".into()));
+        assert_eq!(leading_words("SET \"é", 4), vec!["set", "é"]);
+        assert_eq!(leading_words("\"a€", 4), vec!["a€"]);
+        assert_eq!(split_statements("SET \"é"), vec!["SET \"é"]);
+        assert_eq!(session_command("SET 'é"), SessionCommand::Set("'é".into()));
+        assert_eq!(
+            session_command("deallocate \"€"),
+            SessionCommand::Deallocate("€".into())
+        );
+    }
+
+    #[test]
+    fn regression_many_withs_do_not_recurse() {
+        // `pin_reason` used to recurse once per `with`: a long enough query overflowed the
+        // stack (an abort, not a catchable panic).
+        let sql = "with ".repeat(200_000) + "hold";
+        assert_eq!(pin_reason(&sql), Some("cursor WITH HOLD"));
+        assert_eq!(pin_reason(&"with x ".repeat(200_000)), None);
+    }
+
+    #[test]
+    fn comments_stand_for_whitespace() {
+        use SessionCommand::*;
+        assert_eq!(
+            session_command("SET/**/search_path=x"),
+            Set("search_path".into())
+        );
+        assert_eq!(
+            session_command("SET/* a */search_path/**/TO x"),
+            Set("search_path".into())
+        );
+        assert_eq!(
+            session_command("set--c\nsearch_path=x"),
+            Set("search_path".into())
+        );
+        assert_eq!(
+            session_command("PREPARE/**/name AS select 1"),
+            Prepare("name".into())
+        );
+        assert_eq!(
+            session_command("/**/EXECUTE/**/name"),
+            Execute("name".into())
+        );
+        assert_eq!(
+            session_command("DEALLOCATE/**/PREPARE/**/x"),
+            Deallocate("x".into())
+        );
+        assert_eq!(session_command("RESET/**/ALL"), ResetAll);
+        assert_eq!(session_command("-- x\nDISCARD/**/ALL"), DiscardAll);
+        assert_eq!(session_command("SET/**/LOCAL/**/search_path=x"), None);
+        assert_eq!(
+            session_command("declare c cursor with/* x */hold for select 1"),
+            Pin("cursor WITH HOLD")
+        );
+        assert_eq!(
+            session_command("declare c cursor with--x\nhold for select 1"),
+            Pin("cursor WITH HOLD")
+        );
+        assert_eq!(session_command("select 'with' as holdings"), None);
+        assert_eq!(
+            session_command("select pg_advisory_xact_lock(1), pg_advisory_lock(2)"),
+            Pin("session advisory lock")
+        );
+        assert_eq!(
+            leading_words("SET myapp.tenant = 1", 4),
+            vec!["set", "myapp.tenant", "=", "1"]
+        );
+        assert_eq!(
+            leading_words("SET \"A\".b=1", 4),
+            vec!["set", "A.b", "=", "1"]
+        );
+    }
+
+    #[test]
+    fn nested_comments_are_one_comment() {
+        assert_eq!(
+            split_statements("/* a /* ; */ ; */ select 1; select 2"),
+            vec!["/* a /* ; */ ; */ select 1", "select 2"]
+        );
+        assert_eq!(
+            session_command("/* /* */ SET x = 1 */ select 1"),
+            SessionCommand::None
+        );
+        assert_eq!(
+            session_command("/* /* */ */ SET x = 1"),
+            SessionCommand::Set("x".into())
+        );
+        assert_eq!(split_statements("select 1 /* ; "), vec!["select 1 /* ;"]);
+        assert_eq!(
+            split_statements("select 1 -- ;\n; x"),
+            vec!["select 1 -- ;", "x"]
+        );
+    }
+
+    #[test]
+    fn strings_like_postgres() {
+        // Standard strings: `''` is a quote, a backslash is a backslash.
+        assert_eq!(
+            split_statements(r"select 'a''b;c'; select '\'; select 2"),
+            vec![r"select 'a''b;c'", r"select '\'", "select 2"]
+        );
+        // E'' strings: a backslash escapes the quote.
+        assert_eq!(
+            split_statements(r"select E'\''; select 2"),
+            vec![r"select E'\''", "select 2"]
+        );
+        assert_eq!(
+            split_statements(r"select e'a\\'; select 2"),
+            vec![r"select e'a\\'", "select 2"]
+        );
+        assert_eq!(
+            split_statements(r"select E'\';'; select 2"),
+            vec![r"select E'\';'", "select 2"]
+        );
+        // An identifier ending in `e` is no E prefix.
+        assert_eq!(
+            split_statements(r"select some'\'; select 2"),
+            vec![r"select some'\'", "select 2"]
+        );
+        // U&'' and U&"" are standard-quoted.
+        assert_eq!(
+            split_statements(r#"select U&'d\0061t;'; select U&"a;""b"; x"#),
+            vec![r"select U&'d\0061t;'", r#"select U&"a;""b""#, "x"]
+        );
+        // Quoted identifiers double their quotes.
+        assert_eq!(
+            split_statements(r#"select "a"";b"; select 2"#),
+            vec![r#"select "a"";b""#, "select 2"]
+        );
+        assert_eq!(
+            session_command(r#"SET "a""b" = 1"#),
+            SessionCommand::Set("a\"b".into())
+        );
+    }
+
+    #[test]
+    fn dollar_quotes_and_identifiers_with_dollars() {
+        assert_eq!(
+            split_statements("select $$a;'b$$; select $tag$ $$ ; $tag$; select 3"),
+            vec!["select $$a;'b$$", "select $tag$ $$ ; $tag$", "select 3"]
+        );
+        // `a$b` is an identifier: no dollar quote starts there.
+        assert_eq!(
+            split_statements("select a$b$ from t; select $b$"),
+            vec!["select a$b$ from t", "select $b$"]
+        );
+        assert_eq!(
+            split_statements("select x$$; select 2"),
+            vec!["select x$$", "select 2"]
+        );
+        // `$1` is a parameter, `$é$` a tag.
+        assert_eq!(
+            split_statements("select $1; select $é$;$é$; x"),
+            vec!["select $1", "select $é$;$é$", "x"]
+        );
+        // Unterminated: the rest of the text.
+        assert_eq!(split_statements("select $q$ ; x"), vec!["select $q$ ; x"]);
+        assert_eq!(
+            session_command("DO $$ begin perform pg_advisory_lock(1); end $$"),
+            SessionCommand::Pin("session advisory lock")
+        );
+    }
+
+    #[test]
+    fn tokens_cover_the_text_on_char_boundaries() {
+        let sql = "SET/**/\"é\"=E'\\'' -- €\n$é$x$é$ a$b ;𝄞";
+        let toks: Vec<_> = tokens(sql.as_bytes()).collect();
+        assert_eq!(toks.first().map(|t| t.1), Some(0));
+        assert_eq!(toks.last().map(|t| t.2), Some(sql.len()));
+        for w in toks.windows(2) {
+            assert_eq!(w[0].2, w[1].1);
+        }
+        assert!(toks.iter().all(|t| sql.is_char_boundary(t.1)));
+        let kinds: Vec<Tok> = toks.iter().map(|t| t.0).collect();
+        use Tok::*;
+        assert_eq!(
+            kinds,
+            vec![
+                Word,
+                BlockComment,
+                QuotedIdent,
+                Punct,
+                Str,
+                Space,
+                LineComment,
+                Str,
+                Space,
+                Word,
+                Space,
+                Punct,
+                Word
+            ]
+        );
+        assert_eq!(strip_comments("a/* x */b -- c\nd '/*'"), "a b  d '/*'");
     }
 }

@@ -73,7 +73,7 @@ fn bind_tail(body: &[u8]) -> Option<(&[u8], Vec<i16>)> {
     }
     let params = &start[..start.len() - b.len()];
     let nr = i16_at(&mut b)?.max(0) as usize;
-    let mut codes = Vec::with_capacity(nr);
+    let mut codes = Vec::with_capacity(nr.min(b.len() / 2));
     for _ in 0..nr {
         codes.push(i16_at(&mut b)?);
     }

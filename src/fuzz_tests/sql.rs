@@ -1,0 +1,274 @@
+//! SQL text and COPY data: the shape scanner, the session-command scanner, the hint parser,
+//! the COPY row splitter and the shard-key parsers.
+
+use proptest::prelude::*;
+
+use super::{bounded, bytes, fuzz};
+use crate::config::{Config, KeyType};
+use crate::shard::copy::{CopySplitter, RowTarget};
+use crate::shard::route::ShardMap;
+use crate::shard::ShardKey;
+use crate::sql::hints::{command, hints};
+use crate::sql::scan::{
+    leading_words, pin_reason, session_command, set_config_names, split_statements, tokens,
+};
+use crate::sql::shape;
+
+/// SQL-ish text: fragments that open and close strings, quotes, comments and dollar quotes,
+/// keywords, multibyte characters, and arbitrary characters.
+pub fn sql_text() -> impl Strategy<Value = String> + Clone {
+    let piece = prop_oneof![
+        proptest::sample::select(vec![
+            "'",
+            "''",
+            "\"",
+            "\"\"",
+            "E'",
+            "e'\\'",
+            "\\",
+            "U&'",
+            "U&\"",
+            "B'",
+            "X'",
+            "N'",
+            "$",
+            "$$",
+            "$a$",
+            "$1",
+            "$9999999",
+            "a$b",
+            "$é$",
+            "/*",
+            "*/",
+            "--",
+            "\n",
+            ";",
+            " ",
+            "\t",
+            "(",
+            ")",
+            ",",
+            "=",
+            ".",
+            "-",
+            "+",
+            "1",
+            "1.5e3",
+            "0x1F",
+            "é",
+            "€",
+            "𝄞",
+            "set",
+            "SET",
+            "reset",
+            "prepare",
+            "deallocate",
+            "execute",
+            "discard",
+            "all",
+            "listen",
+            "create",
+            "temp",
+            "session",
+            "local",
+            "time",
+            "zone",
+            "search_path",
+            "shardgate:",
+            "shardgate.target",
+            "shard=s1",
+            "key=42",
+            "replica",
+            "primary",
+            "with",
+            "hold",
+            "pg_advisory_lock",
+            "set_config(",
+            "select",
+            "in",
+            "from",
+            "t",
+            "where",
+            "id",
+            "values",
+            "insert",
+            "into",
+            "\0",
+        ])
+        .prop_map(str::to_string),
+        any::<char>().prop_map(|c| c.to_string()),
+        "[a-z_]{1,6}",
+    ];
+    prop_oneof![
+        proptest::collection::vec(piece, 0..24).prop_map(|v| v.concat()),
+        bytes(64).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+}
+
+#[test]
+fn fuzz_shape() {
+    fuzz("shape", sql_text(), |sql| {
+        let s = bounded(sql.len(), 16, 512, || shape(sql));
+        assert_eq!(s.literals.len(), s.offsets.len());
+        assert!(s.offsets.iter().all(|&o| o < sql.len()));
+        assert!(
+            s.offsets.windows(2).all(|w| w[0] < w[1]),
+            "offsets in order"
+        );
+    });
+}
+
+#[test]
+fn fuzz_scan() {
+    fuzz("scan", sql_text(), |sql| {
+        let b = sql.as_bytes();
+        let mut at = 0;
+        for (_, start, end) in tokens(b) {
+            assert_eq!(start, at);
+            assert!(end > start && end <= b.len());
+            assert!(sql.is_char_boundary(end), "token ends inside a character");
+            at = end;
+        }
+        assert_eq!(at, b.len());
+        let stmts = bounded(sql.len(), 8, 256, || split_statements(sql));
+        assert!(stmts.len() <= sql.matches(';').count() + 1);
+        for s in stmts {
+            assert!(!s.is_empty() && sql.contains(s));
+            bounded(s.len(), 16, 512, || session_command(s));
+            bounded(s.len(), 8, 512, || set_config_names(s));
+        }
+        bounded(sql.len(), 16, 512, || leading_words(sql, 4));
+        bounded(sql.len(), 0, 0, || pin_reason(sql));
+    });
+}
+
+#[test]
+fn fuzz_hints() {
+    fuzz("hints", sql_text(), |sql| {
+        bounded(sql.len(), 8, 512, || hints(sql));
+        bounded(sql.len(), 8, 512, || command(sql));
+        // Text inside a string literal or a dollar quote is never a hint.
+        let quoted = format!("select '{}'", sql.replace('\'', "''"));
+        assert_eq!(hints(&quoted), Default::default(), "{quoted}");
+        if !sql.contains("$q$") {
+            let dollar = format!("select $q${sql}$q$");
+            assert_eq!(hints(&dollar), Default::default(), "{dollar}");
+        }
+    });
+}
+
+fn shard_map() -> ShardMap {
+    let c = Config::parse(
+        r#"
+[[users]]
+name = "u"
+password = "p"
+[[databases]]
+name = "d"
+[[databases.shards]]
+name = "s0"
+primary = "127.0.0.1:1"
+[[databases.shards]]
+name = "s1"
+primary = "127.0.0.1:2"
+"#,
+        "fuzz",
+    )
+    .expect("config");
+    ShardMap::new(&c.databases[0]).expect("shard map")
+}
+
+/// COPY data: rows of fields with quotes, escapes, delimiters and newlines in odd places.
+fn copy_data() -> impl Strategy<Value = Vec<u8>> + Clone {
+    let piece = prop_oneof![
+        proptest::sample::select(vec![
+            "\t", ",", "\n", "\r\n", "\"", "\"\"", "\\", "\\N", "\\.", "\\\n", "\\t", "\\x41",
+            "\\101", "1", "42", "-7", "abc", "é",
+        ])
+        .prop_map(|s| s.as_bytes().to_vec()),
+        bytes(4),
+    ];
+    proptest::collection::vec(piece, 0..30).prop_map(|v| v.concat())
+}
+
+#[test]
+fn fuzz_copy_splitter() {
+    let map = shard_map();
+    fuzz(
+        "copy_splitter",
+        (
+            copy_data(),
+            proptest::collection::vec(1usize..20, 1..6),
+            any::<bool>(),
+            any::<bool>(),
+            0usize..3,
+            0u8..4,
+        ),
+        |(data, cuts, csv, header, index, key)| {
+            let key = match key {
+                0 => None,
+                1 => Some((*index, KeyType::Bigint)),
+                2 => Some((*index, KeyType::Text)),
+                _ => Some((*index, KeyType::Uuid)),
+            };
+            let mut s = CopySplitter::new(*csv, if *csv { ',' } else { '\t' }, *header, key);
+            let mut rows: Vec<u8> = Vec::new();
+            let mut out = |_: RowTarget, r: &[u8]| {
+                assert!(r.ends_with(b"\n"));
+                rows.extend_from_slice(r);
+            };
+            // Feed the data in chunks cut at the given sizes.
+            let mut rest = &data[..];
+            let mut cut = cuts.iter().cycle();
+            let mut failed = false;
+            while !rest.is_empty() && !failed {
+                let n = (*cut.next().unwrap_or(&1)).min(rest.len());
+                let (chunk, tail) = rest.split_at(n);
+                rest = tail;
+                failed = bounded(chunk.len() + data.len(), 8, 256, || {
+                    s.push(chunk, &map, &mut out).is_err()
+                });
+            }
+            if failed || s.finish(&map, &mut out).is_err() {
+                return;
+            }
+            // Every byte before the end marker is handed out once, in order (a last row
+            // without a newline gets one).
+            let mut with_newline = data.clone();
+            with_newline.push(b'\n');
+            if rows == *data || rows == with_newline {
+                return;
+            }
+            assert!(data.starts_with(&rows), "rows are a prefix of the data");
+            let after = &data[rows.len()..];
+            assert!(
+                after.starts_with(b"\\.\n") || after.starts_with(b"\\.\r\n") || after == b"\\.",
+                "only the end marker stops a COPY"
+            );
+        },
+    );
+}
+
+#[test]
+fn fuzz_shard_keys() {
+    let key_text = prop_oneof![
+        bytes(40),
+        "[ \t]*[+-]?(0[xob])?[0-9a-fA-F_]{0,24}[ \t]*".prop_map(String::into_bytes),
+        "\\{?[0-9a-fA-F-]{28,40}\\}?".prop_map(String::into_bytes),
+    ];
+    fuzz("shard_keys", (key_text, any::<i64>()), |(text, n)| {
+        for ty in [KeyType::Bigint, KeyType::Text, KeyType::Uuid] {
+            if let Ok(k) = bounded(text.len(), 4, 256, || ShardKey::from_text(ty, text)) {
+                assert_eq!(k.key_type(), ty);
+                let _ = k.to_string();
+            }
+            let _ = bounded(text.len(), 4, 256, || ShardKey::from_binary(ty, text));
+        }
+        // Plain decimal input parses as Rust parses it.
+        let s = n.to_string();
+        assert_eq!(
+            ShardKey::from_text(KeyType::Bigint, s.as_bytes()),
+            Ok(ShardKey::Bigint(*n))
+        );
+    });
+}
