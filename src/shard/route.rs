@@ -186,17 +186,25 @@ impl ShardMap {
         let key_err = |e: KeyError| PgError::error(e.sqlstate(), e.to_string());
         match v {
             ValueRef::Literal { index, negative } => {
-                let text = match literals.get(index) {
+                let number = match literals.get(index) {
                     Some(Literal::Number(n)) if negative => format!("-{n}"),
-                    Some(Literal::Number(n)) | Some(Literal::String(n)) => n.clone(),
+                    Some(Literal::Number(n)) => n.clone(),
+                    Some(Literal::String(s)) if !negative => {
+                        // A string that is no key of this type is an error in Postgres too.
+                        return self
+                            .shard_of_text(key_type, s.as_bytes())
+                            .map(Some)
+                            .map_err(key_err);
+                    }
                     Some(Literal::Param(n)) if !negative => {
                         return self.shard_of(key_type, ValueRef::Param(*n), literals, params)
                     }
                     _ => return Ok(None),
                 };
-                self.shard_of_text(key_type, text.as_bytes())
-                    .map(Some)
-                    .map_err(key_err)
+                // A number that is not a key's canonical text (`1.0`, `1e3`) may still equal
+                // a key in SQL: not evaluated here (for a filter: every shard answers; for an
+                // INSERT: refused), never an error Postgres would not give.
+                Ok(self.shard_of_text(key_type, number.as_bytes()).ok())
             }
             ValueRef::Param(n) => {
                 let Some(p) = params else { return Ok(None) };

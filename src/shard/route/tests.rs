@@ -262,3 +262,155 @@ fn bind_params_decode() {
     assert_eq!(p.values[1], None);
     assert!(Params::from_bind(&b[..b.len() - 12]).is_none());
 }
+
+/// Routes through a shared shape cache, as sessions do: the facts of the first statement of
+/// a shape serve every later one.
+fn route_cached(c: &crate::sql::AnalysisCache, m: &ShardMap, sql: &str) -> Result<Route, PgError> {
+    let (a, literals) = c.analyze(sql);
+    m.route(a.shard.as_deref().unwrap(), &a.tables, &literals, None)
+}
+
+fn owners(m: &ShardMap, keys: &[i64]) -> Route {
+    let set: BTreeSet<usize> = keys.iter().map(|k| owner(m, *k)).collect();
+    match set.len() {
+        1 => Route::One(*set.iter().next().unwrap()),
+        _ => Route::Many(set.into_iter().collect()),
+    }
+}
+
+/// Two keys on different shards, and a third on yet another one where there is one.
+fn spread_keys(m: &ShardMap) -> (i64, i64, i64) {
+    let a = 1;
+    let b = (2..).find(|k| owner(m, *k) != owner(m, a)).unwrap();
+    let c = (2..)
+        .find(|k| owner(m, *k) != owner(m, a) && owner(m, *k) != owner(m, b))
+        .unwrap();
+    (a, b, c)
+}
+
+#[test]
+fn literal_positions_are_exact() {
+    let m = map();
+    let (a, b, c) = spread_keys(&m);
+    let na = (-1000..0).find(|k| owner(&m, *k) != owner(&m, -b)).unwrap();
+    let cases: Vec<(String, Vec<i64>)> = vec![
+        (
+            format!("DELETE FROM accounts WHERE aid IN ({a},{b})"),
+            vec![a, b],
+        ),
+        (
+            format!("DELETE FROM accounts WHERE aid IN({a},{b},{c})"),
+            vec![a, b, c],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN ({b},{a})"),
+            vec![a, b],
+        ),
+        (format!("SELECT * FROM accounts WHERE aid = -{b}"), vec![-b]),
+        (format!("SELECT * FROM accounts WHERE aid=-{b}"), vec![-b]),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN (-{b},{na})"),
+            vec![-b, na],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN (-{b},-{c})"),
+            vec![-b, -c],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid = '{b}'::bigint"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid = bigint '{b}'"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid = CAST('{b}' AS bigint)"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN ('{a}'::bigint,'{b}'::int8)"),
+            vec![a, b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE bid='é' and aid={b}"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE bid='ééééé' AND aid IN ({a},{b})"),
+            vec![a, b],
+        ),
+        (
+            format!("SELECT 'Ünïcödé',1,2 FROM accounts WHERE aid={c}"),
+            vec![c],
+        ),
+        (
+            format!("UPDATE accounts SET abalance=1 WHERE aid IN ({a},{c})"),
+            vec![a, c],
+        ),
+        (
+            format!("INSERT INTO accounts (aid,bid) VALUES ({a},1),({b},2)"),
+            vec![a, b],
+        ),
+        (
+            format!("INSERT INTO accounts (aid,bid) VALUES (-{b},'é'),({c},2)"),
+            vec![-b, c],
+        ),
+    ];
+    // Every case twice through one cache (the second time a cache hit), and once more
+    // with other literal widths of the same shape (`aid=1` then `aid=123456789`).
+    let cache = crate::sql::AnalysisCache::new(100, Vec::new());
+    for (sql, keys) in &cases {
+        for _ in 0..2 {
+            assert_eq!(
+                route_cached(&cache, &m, sql).unwrap(),
+                owners(&m, keys),
+                "{sql}"
+            );
+        }
+    }
+    let wide = |k: i64| k * 1_000_003 + 123_456_789;
+    let (wa, wb, wc) = (wide(a), wide(b), wide(c));
+    for (sql, keys) in [
+        (
+            format!("DELETE FROM accounts WHERE aid IN ({wa},{wb})"),
+            vec![wa, wb],
+        ),
+        (
+            format!("DELETE FROM accounts WHERE aid IN({wa},{wb},{wc})"),
+            vec![wa, wb, wc],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN (-{wb},-{wc})"),
+            vec![-wb, -wc],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE bid='ééééé' AND aid IN ({wc},{wb})"),
+            vec![wb, wc],
+        ),
+        (
+            format!("INSERT INTO accounts (aid,bid) VALUES ({wa},1),({wb},2)"),
+            vec![wa, wb],
+        ),
+    ] {
+        assert_eq!(
+            route_cached(&cache, &m, &sql).unwrap(),
+            owners(&m, &keys),
+            "{sql}"
+        );
+    }
+    // A cast that may change the value is not evaluated: every shard answers.
+    assert_eq!(
+        route(&m, "SELECT * FROM accounts WHERE aid = 4.6::int").unwrap(),
+        Route::All
+    );
+    assert_eq!(
+        route(&m, "SELECT * FROM users WHERE name = 'abc'::char(2)").unwrap(),
+        Route::All
+    );
+    // A constant that is not a canonical key is not an error Postgres would not give.
+    assert_eq!(
+        route(&m, "SELECT * FROM accounts WHERE aid = 1.0").unwrap(),
+        Route::All
+    );
+}

@@ -14,6 +14,7 @@ use sqlparser::ast::{
 };
 
 use super::{ident_name, object_name};
+use crate::sql::shape::Literal;
 
 /// Where a value in a statement comes from. A `$n` parameter is referred to by its shape
 /// literal index like any constant (the shape's literal list says which parameter it is).
@@ -130,37 +131,62 @@ pub struct ShardFacts {
     pub nested: bool,
 }
 
-/// Maps AST positions to shape literal indices.
+/// Maps AST positions to shape literal indices, exactly: a value refers to the shape literal
+/// that starts at the very byte where the parser's token starts, and only if both read the
+/// same value from it. Anything else (no literal there, a different reading) is no reference
+/// at all, which never routes a row to a wrong shard. Positions are never matched by
+/// proximity: in `IN (1,2)` the two literals are two bytes apart.
 pub(super) struct Positions<'a> {
-    /// Byte offset where each line starts.
+    /// Byte offset where each line starts (sqlparser counts lines by `\n`).
     lines: Vec<usize>,
     sql: &'a str,
+    /// Byte offset of each shape literal (ascending).
     offsets: &'a [usize],
+    /// The shape literals (same order), to confirm the parser read the same value.
+    literals: &'a [Literal],
 }
 
 impl<'a> Positions<'a> {
-    pub(super) fn new(sql: &'a str, offsets: &'a [usize]) -> Self {
+    pub(super) fn new(sql: &'a str, offsets: &'a [usize], literals: &'a [Literal]) -> Self {
         let mut lines = vec![0];
         lines.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
         Positions {
             lines,
             sql,
             offsets,
+            literals,
         }
     }
 
-    /// The shape literal at a value's start position.
-    fn literal(&self, v: &ValueWithSpan) -> Option<usize> {
-        let loc = v.span.start;
+    /// The byte offset of a parser location (1-based line, 1-based column in characters).
+    fn byte_of(&self, loc: sqlparser::tokenizer::Location) -> Option<usize> {
         let line_start = *self.lines.get((loc.line as usize).checked_sub(1)?)?;
         let col = (loc.column as usize).checked_sub(1)?;
-        let byte = line_start
-            + self.sql[line_start..]
-                .char_indices()
-                .nth(col)
-                .map(|(b, _)| b)?;
-        // Prefixed strings (E'', U&'') may start a character or two before the quote.
-        self.offsets.iter().position(|&o| o.abs_diff(byte) <= 2)
+        let rest = self.sql.get(line_start..)?;
+        let (b, _) = rest.char_indices().nth(col)?;
+        Some(line_start + b)
+    }
+
+    /// The shape literal at exactly a value's start position, if the shape read the same
+    /// value there.
+    fn literal(&self, v: &ValueWithSpan) -> Option<usize> {
+        let byte = self.byte_of(v.span.start)?;
+        let index = self.offsets.binary_search(&byte).ok()?;
+        let same = match (&v.value, self.literals.get(index)?) {
+            (Value::Number(n, false), Literal::Number(l)) => n == l,
+            (
+                Value::SingleQuotedString(s)
+                | Value::EscapedStringLiteral(s)
+                | Value::NationalStringLiteral(s),
+                Literal::String(l),
+            ) => s == l,
+            (Value::DollarQuotedString(d), Literal::String(l)) => d.value == *l,
+            (Value::Placeholder(p), Literal::Param(n)) => {
+                p.strip_prefix('$').and_then(|x| x.parse::<u16>().ok()) == Some(*n)
+            }
+            _ => false,
+        };
+        same.then_some(index)
     }
 }
 
@@ -245,14 +271,19 @@ fn value_ref(expr: &Expr, pos: &Positions<'_>) -> ValueRef {
             },
             _ => ValueRef::Other,
         },
-        Expr::TypedString(t) => match pos.literal(&t.value) {
+        Expr::TypedString(t) if value_preserving(&t.data_type) => match pos.literal(&t.value) {
             Some(index) => ValueRef::Literal {
                 index,
                 negative: false,
             },
             None => ValueRef::Other,
         },
-        Expr::Cast { expr, .. } | Expr::Nested(expr) => value_ref(expr, pos),
+        // A cast keeps the key's value only to the key types themselves (`'abc'::char(2)`
+        // is `'ab'`, `4.6::int` is 5): other casts are not evaluated here.
+        Expr::Cast {
+            expr, data_type, ..
+        } if value_preserving(data_type) => value_ref(expr, pos),
+        Expr::Nested(expr) => value_ref(expr, pos),
         Expr::UnaryOp {
             op: UnaryOperator::Minus,
             expr,
@@ -269,6 +300,26 @@ fn value_ref(expr: &Expr, pos: &Positions<'_>) -> ValueRef {
         } => value_ref(expr, pos),
         _ => ValueRef::Other,
     }
+}
+
+/// Whether a cast to this type leaves a key's text as it is (integer, text and uuid types
+/// without a length): then the key is read from the literal under the cast.
+fn value_preserving(t: &sqlparser::ast::DataType) -> bool {
+    let name = t.to_string().to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "bigint"
+            | "int8"
+            | "integer"
+            | "int"
+            | "int4"
+            | "smallint"
+            | "int2"
+            | "text"
+            | "varchar"
+            | "character varying"
+            | "uuid"
+    )
 }
 
 /// Collects filters and column equalities from the top-level `AND` chain of `expr`.
