@@ -89,22 +89,34 @@ impl Loop<'_> {
             }
             _ => (shards.iter().map(|s| (*s, sql.to_string())).collect(), None),
         };
+        let one_copy = self.one_copy(facts);
         let answer = self
-            .run_on_shards(per_shard, plan, facts.reads(), &|_, sql, b| {
+            .run_on_shards(per_shard, plan, facts.reads(), one_copy, &|_, sql, b| {
                 let _ = postgres_protocol::message::frontend::query(sql, b);
             })
             .await?;
         Ok(answer.out)
     }
 
+    /// Whether a write's answer is one shard's (a write to a replicated table: every shard
+    /// holds a copy).
+    pub(super) fn one_copy(&self, facts: &RouteFacts) -> bool {
+        match (&self.login.shard_map, &facts.analysis.shard) {
+            (Some(map), Some(f)) => map.writes_replicated(f, &facts.analysis.tables),
+            _ => false,
+        }
+    }
+
     /// Runs each shard's SQL (asked as `encode` puts it) on one connection per shard, all at
     /// once, reads every answer to its ReadyForQuery and merges them by `plan` (None: sums
-    /// the counts). Any shard's error is the answer.
+    /// the counts, or with `one_copy` answers as the first shard did). Any shard's error is
+    /// the answer.
     pub(super) async fn run_on_shards(
         &mut self,
         per_shard: Vec<(usize, String)>,
         plan: Option<PlanSpec>,
         reads: bool,
+        one_copy: bool,
         encode: Encode<'_>,
     ) -> Result<FanOutAnswer, PgError> {
         let want = if reads { Want::Read } else { Want::Primary };
@@ -180,6 +192,7 @@ impl Loop<'_> {
                 let plan = spec.resolve(&names).map_err(merge_error)?;
                 fanout::merge(&plan, &results).map_err(merge_error)?
             }
+            None if one_copy => sum_results(&results[..results.len().min(1)])?,
             None => sum_results(&results)?,
         };
         out.extend_from_slice(&merged);

@@ -414,3 +414,56 @@ fn literal_positions_are_exact() {
         Route::All
     );
 }
+
+#[test]
+fn queries_combining_rows_of_several_shards_are_refused() {
+    let m = map();
+    let (a, b, _) = spread_keys(&m);
+    for sql in [
+        "SELECT * FROM accounts WHERE abalance > (SELECT avg(abalance) FROM accounts)".to_string(),
+        format!("SELECT * FROM accounts WHERE aid = {a} AND abalance > (SELECT avg(abalance) FROM accounts)"),
+        "SELECT * FROM accounts WHERE bid IN (SELECT bid FROM accounts WHERE abalance > 0)".into(),
+        "SELECT * FROM accounts a WHERE EXISTS (SELECT 1 FROM history h WHERE h.delta = a.bid)".into(),
+        "SELECT count(*) FROM (SELECT bid FROM accounts GROUP BY bid) s".into(),
+        "SELECT count(*) FROM accounts a JOIN accounts b ON a.bid = b.bid".into(),
+        format!("SELECT count(*) FROM accounts a JOIN accounts b ON a.bid = b.bid WHERE a.aid = {a}"),
+        "SELECT aid, row_number() OVER (ORDER BY aid) FROM accounts".into(),
+        "SELECT aid FROM accounts ORDER BY rank() OVER (ORDER BY bid)".into(),
+        "WITH x AS (SELECT * FROM accounts) SELECT count(*) FROM x".into(),
+        "SELECT aid FROM accounts UNION SELECT aid FROM history".into(),
+        format!("SELECT aid FROM accounts WHERE aid = {a} UNION SELECT aid FROM accounts WHERE aid = {b}"),
+        format!("SELECT aid FROM accounts WHERE aid = {a} INTERSECT SELECT aid FROM accounts"),
+        "SELECT * FROM accounts JOIN branches USING (bid)".into(),
+        "SELECT * FROM countries c LEFT JOIN accounts a ON a.bid = c.id".into(),
+        format!("UPDATE accounts SET abalance = (SELECT max(abalance) FROM accounts) WHERE aid = {a}"),
+        format!("INSERT INTO accounts (aid, bid) VALUES ({a}, (SELECT max(bid) FROM accounts))"),
+        "INSERT INTO countries SELECT aid FROM accounts".into(),
+        "UPDATE countries SET n = (SELECT count(*) FROM branches)".into(),
+    ] {
+        let r = route(&m, &sql);
+        assert!(r.is_err(), "{sql}: {r:?}");
+        let e = r.unwrap_err();
+        assert_eq!(e.code, "0A000", "{sql}: {e:?}");
+        assert!(e.hint.is_some(), "{sql}");
+    }
+    // Pinned to one shard by the key everywhere: runs there.
+    let one = Route::One(owner(&m, a));
+    for sql in [
+        format!("SELECT * FROM accounts WHERE aid = {a} AND abalance > (SELECT avg(abalance) FROM accounts WHERE aid = {a})"),
+        format!("SELECT aid FROM accounts WHERE aid = {a} UNION ALL SELECT aid FROM history WHERE aid = {a}"),
+        format!("SELECT count(*) FROM accounts a JOIN accounts b ON a.aid = b.aid WHERE a.aid = {a}"),
+        format!("SELECT aid, row_number() OVER () FROM accounts WHERE aid = {a}"),
+        format!("WITH x AS (SELECT * FROM accounts WHERE aid = {a}) SELECT count(*) FROM x"),
+        format!("SELECT * FROM accounts WHERE aid = {a} AND bid IN (SELECT id FROM countries)"),
+    ] {
+        assert_eq!(route(&m, &sql).map_err(|e| format!("{sql}: {e:?}")), Ok(one.clone()));
+    }
+    // Exact per shard: co-located joins, replicated tables in inner joins and subqueries.
+    for sql in [
+        "SELECT count(*) FROM accounts a JOIN history h ON a.aid = h.aid",
+        "SELECT count(*) FROM accounts a JOIN countries c ON a.bid = c.id",
+        "SELECT count(*) FROM accounts WHERE bid IN (SELECT id FROM countries)",
+    ] {
+        assert_eq!(route(&m, sql).unwrap(), Route::All, "{sql}");
+    }
+}

@@ -7,10 +7,13 @@
 //! parameter number, never the value itself. Config-dependent decisions (which tables are
 //! sharded, which shard owns a key) are made later by the router.
 
+use std::ops::ControlFlow;
+
 use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr,
-    FromTable, InTarget, Insert, JoinConstraint, JoinOperator, ObjectName, Query, SetExpr,
+    FromTable, InTarget, Insert, JoinConstraint, JoinOperator, ObjectName, Query, Select, SetExpr,
     Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value, ValueWithSpan,
+    Visit, Visitor,
 };
 
 use super::{ident_name, object_name};
@@ -129,6 +132,17 @@ pub struct ShardFacts {
     /// Has subqueries, CTEs or set operations: tables inside them are in `tables` of the
     /// enclosing analysis but their conditions are not in `filters`.
     pub nested: bool,
+    /// For each of `column_equalities`, the index in `tables` of the table occurrence each
+    /// side belongs to (None: not known, e.g. an unqualified column of several tables). A
+    /// self-join is two occurrences of one table.
+    pub equality_sides: Vec<(Option<usize>, Option<usize>)>,
+    /// Every other SELECT in the statement (subqueries of any kind, derived tables, CTE
+    /// bodies, set-operation branches), each with its own tables and conditions.
+    pub units: Vec<ShardFacts>,
+    /// Calls a window function somewhere.
+    pub window: bool,
+    /// Has an outer (LEFT/RIGHT/FULL) join or a lateral / cross-apply construct.
+    pub outer_join: bool,
 }
 
 /// Maps AST positions to shape literal indices, exactly: a value refers to the shape literal
@@ -215,6 +229,35 @@ impl Scope {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The index of the table occurrence a column belongs to.
+    fn occurrence(&self, expr: &Expr) -> Option<usize> {
+        match expr {
+            Expr::Identifier(_) if self.tables.len() == 1 => Some(0),
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                let n = parts.len();
+                let q: Vec<String> = parts[..n - 1].iter().map(ident_name).collect();
+                let q = q.join(".");
+                let by_alias = self
+                    .tables
+                    .iter()
+                    .position(|(_, alias)| alias.as_deref() == Some(q.as_str()));
+                by_alias.or_else(|| {
+                    let mut it = self
+                        .tables
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (name, alias))| alias.is_none() && *name == q);
+                    match (it.next(), it.next()) {
+                        (Some((i, _)), None) => Some(i),
+                        _ => None,
+                    }
+                })
+            }
+            Expr::Nested(e) => self.occurrence(e),
+            _ => None,
         }
     }
 
@@ -339,7 +382,12 @@ fn conjuncts(expr: &Expr, scope: &Scope, pos: &Positions<'_>, facts: &mut ShardF
             op: BinaryOperator::Eq,
             right,
         } => match (scope.column(left), scope.column(right)) {
-            (Some(a), Some(b)) => facts.column_equalities.push((a, b)),
+            (Some(a), Some(b)) => {
+                facts.column_equalities.push((a, b));
+                facts
+                    .equality_sides
+                    .push((scope.occurrence(left), scope.occurrence(right)));
+            }
             (Some(c), None) => facts.filters.push(KeyFilter {
                 column: c,
                 values: vec![value_ref(right, pos)],
@@ -395,13 +443,21 @@ fn join_conditions(
                 | JoinOperator::LeftOuter(c)
                 | JoinOperator::Right(c)
                 | JoinOperator::RightOuter(c)
-                | JoinOperator::FullOuter(c) => (c, false),
-                _ => continue,
+                | JoinOperator::FullOuter(c) => {
+                    facts.outer_join = true;
+                    (c, false)
+                }
+                JoinOperator::CrossJoin(_) => continue,
+                _ => {
+                    facts.outer_join = true;
+                    continue;
+                }
             };
             if let JoinConstraint::On(e) = constraint {
                 let mut tmp = ShardFacts::default();
                 conjuncts(e, scope, pos, &mut tmp);
                 facts.column_equalities.extend(tmp.column_equalities);
+                facts.equality_sides.extend(tmp.equality_sides);
                 if inner {
                     facts.filters.extend(tmp.filters);
                 }
@@ -415,21 +471,54 @@ fn query_facts(q: &Query, pos: &Positions<'_>, facts: &mut ShardFacts) {
         facts.nested = true;
     }
     match q.body.as_ref() {
-        SetExpr::Select(s) => {
-            let mut scope = Scope { tables: Vec::new() };
-            if !from_list(&s.from, &mut scope) {
-                facts.nested = true;
-            }
-            facts
-                .tables
-                .extend(scope.tables.iter().map(|(n, _)| n.clone()));
-            join_conditions(&s.from, &scope, pos, facts);
-            if let Some(w) = &s.selection {
-                conjuncts(w, &scope, pos, facts);
-            }
-        }
+        SetExpr::Select(s) => select_facts(s, pos, facts),
         SetExpr::Values(_) => {}
         _ => facts.nested = true,
+    }
+}
+
+fn select_facts(s: &Select, pos: &Positions<'_>, facts: &mut ShardFacts) {
+    let mut scope = Scope { tables: Vec::new() };
+    if !from_list(&s.from, &mut scope) {
+        facts.nested = true;
+    }
+    facts
+        .tables
+        .extend(scope.tables.iter().map(|(n, _)| n.clone()));
+    join_conditions(&s.from, &scope, pos, facts);
+    if let Some(w) = &s.selection {
+        conjuncts(w, &scope, pos, facts);
+    }
+}
+
+/// Collects every SELECT of a statement but `top` as a unit of its own, and window calls.
+struct Units<'p, 'a> {
+    pos: &'p Positions<'a>,
+    top: Option<*const Select>,
+    units: Vec<ShardFacts>,
+    window: bool,
+}
+
+impl Visitor for Units<'_, '_> {
+    type Break = ();
+
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        if self.top != Some(std::ptr::from_ref(s)) {
+            let mut f = ShardFacts {
+                command: Command::Select,
+                ..ShardFacts::default()
+            };
+            select_facts(s, self.pos, &mut f);
+            self.units.push(f);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if matches!(e, Expr::Function(f) if f.over.is_some()) {
+            self.window = true;
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -591,6 +680,26 @@ pub(super) fn facts(stmt: &Statement, pos: &Positions<'_>) -> ShardFacts {
         | Statement::AlterRole { .. }
         | Statement::DropFunction(_) => facts.command = Command::Broadcast,
         _ => {}
+    }
+    // Every other SELECT in the statement, and window functions.
+    let top = match stmt {
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => Some(std::ptr::from_ref(s.as_ref())),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut units = Units {
+        pos,
+        top,
+        units: Vec::new(),
+        window: false,
+    };
+    let _ = stmt.visit(&mut units);
+    facts.units = units.units;
+    facts.window = units.window;
+    if !facts.units.is_empty() {
+        facts.nested = true;
     }
     facts
 }
