@@ -1125,6 +1125,46 @@ async fn every_load_path_places_every_row_on_its_owner() {
         assert_eq!(tag(&m), 2, "DELETE IN ({a},{b})");
     }
     assert_eq!(placed_rows().await, want);
+    // A split INSERT that fails on one shard leaves no row on the others (simple and
+    // extended protocol), and so does an UPDATE without a key that fails on one shard.
+    let dup = want[0];
+    let fresh: Vec<i64> = (2_000_000..)
+        .filter(|k| owner(*k) != owner(dup))
+        .take(2)
+        .collect();
+    let e = c
+        .simple_query(&format!(
+            "INSERT INTO placed (k,v) VALUES ({},'f'),({dup},'dup'),({},'f')",
+            fresh[0], fresh[1]
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23505"));
+    let e = c
+        .execute(
+            "INSERT INTO placed (k, v) VALUES ($1, 'f'), ($2, 'dup')",
+            &[&fresh[0], &dup],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23505"));
+    assert_eq!(placed_rows().await, want);
+    let before = rows(&c, "SELECT count(*) FROM placed WHERE v = 'changed'")
+        .await
+        .unwrap();
+    let e = c
+        .simple_query(&format!(
+            "UPDATE placed SET v = CASE WHEN k = {dup} THEN (1 / (k - {dup}))::text ELSE 'changed' END"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM placed WHERE v = 'changed'")
+            .await
+            .unwrap(),
+        before
+    );
 }
 
 /// Observed bug 5: a Parse that arrives in one read and its Bind in the next was routed on

@@ -360,6 +360,7 @@ impl Loop<'_> {
                 plan,
                 facts.reads(),
                 self.one_copy(&facts),
+                super::fanout::is_write(command),
                 &encode,
             )
             .await?;
