@@ -69,6 +69,10 @@ type = "bigint"
 table = "users"
 column = "name"
 type = "text"
+[[databases.sharded_tables]]
+table = "placed"
+column = "k"
+type = "bigint"
 "#,
         );
         Shards { clusters, config }
@@ -921,4 +925,313 @@ async fn extended_protocol_begin_waits_for_the_first_statement() {
             "{out}"
         );
     }
+}
+
+/// Every row of `placed` on every shard: (shard, key, value); checks that each sits on its
+/// owner and returns the keys.
+async fn placed_rows() -> Vec<i64> {
+    let mut keys = Vec::new();
+    for (i, cl) in shards().clusters.iter().enumerate() {
+        let d = direct(cl, "app").await;
+        for r in rows(&d, "SELECT k, v FROM placed").await.unwrap() {
+            let k: i64 = r[0].parse().unwrap();
+            assert_eq!(owner(k), i, "key {k} ({}) sits on shard {i}", r[1]);
+            keys.push(k);
+        }
+    }
+    keys.sort_unstable();
+    keys
+}
+
+/// Placement for every load path, each repeated on one connection: single- and multi-row
+/// INSERTs with literals (compact and spaced lists, negative keys), bind parameters
+/// (unnamed statements, a prepared statement reused, pipelined), COPY text and CSV. Every
+/// row must sit on its owner shard, checked on the shards themselves, and every command tag
+/// must count the rows once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_load_path_places_every_row_on_its_owner() {
+    let _serial = SERIAL.lock().await;
+    let p = proxy();
+    let c = p.app("app").await;
+    c.simple_query("DROP TABLE IF EXISTS placed").await.unwrap();
+    c.simple_query("CREATE TABLE placed (k bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut want: Vec<i64> = Vec::new();
+    let mut next = 1i64;
+    let mut take = |n: usize| -> Vec<i64> {
+        let v: Vec<i64> = (next..next + n as i64)
+            .map(|k| if k % 5 == 0 { -k } else { k })
+            .collect();
+        next += n as i64;
+        v
+    };
+    let tag = |m: &[SimpleQueryMessage]| -> u64 {
+        m.iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::CommandComplete(n) => Some(*n),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let prepared_one = c
+        .prepare("INSERT INTO placed (k, v) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    let multi_sql = {
+        let rows: Vec<String> = (0..20)
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        format!("INSERT INTO placed (k, v) VALUES {}", rows.join(", "))
+    };
+    let prepared_multi = c.prepare(&multi_sql).await.unwrap();
+    for run in 0..10 {
+        // Simple protocol, literals: one row, then 20 in a compact and a spaced list.
+        for k in take(2) {
+            let m = c
+                .simple_query(&format!("INSERT INTO placed (k,v) VALUES ({k},'lit{run}')"))
+                .await
+                .unwrap();
+            assert_eq!(tag(&m), 1);
+            want.push(k);
+        }
+        for sep in [",", ", "] {
+            let keys = take(20);
+            let list: Vec<String> = keys.iter().map(|k| format!("({k}{sep}'m{run}')")).collect();
+            let m = c
+                .simple_query(&format!(
+                    "INSERT INTO placed (k,v) VALUES {}",
+                    list.join(sep)
+                ))
+                .await
+                .unwrap();
+            assert_eq!(tag(&m), 20, "run {run}");
+            want.extend(keys);
+        }
+        // Extended protocol: a fresh statement each time, the prepared one reused, single
+        // and multi row.
+        let keys = take(20);
+        let vals: Vec<String> = keys.iter().map(|k| format!("x{run}_{k}")).collect();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        for (k, v) in keys.iter().zip(&vals) {
+            params.push(k);
+            params.push(v);
+        }
+        assert_eq!(c.execute(multi_sql.as_str(), &params).await.unwrap(), 20);
+        want.extend(&keys);
+        let keys = take(20);
+        let vals: Vec<String> = keys.iter().map(|k| format!("p{run}_{k}")).collect();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = Vec::new();
+        for (k, v) in keys.iter().zip(&vals) {
+            params.push(k);
+            params.push(v);
+        }
+        assert_eq!(c.execute(&prepared_multi, &params).await.unwrap(), 20);
+        want.extend(&keys);
+        // Unnamed statements, as psycopg sends them: Parse, Bind, Describe, Execute, Sync.
+        let keys = take(20);
+        let vals: Vec<String> = keys.iter().map(|k| format!("u{run}_{k}")).collect();
+        let mut params: Vec<(
+            &(dyn tokio_postgres::types::ToSql + Sync),
+            tokio_postgres::types::Type,
+        )> = Vec::new();
+        for (k, v) in keys.iter().zip(&vals) {
+            params.push((k, tokio_postgres::types::Type::INT8));
+            params.push((v, tokio_postgres::types::Type::TEXT));
+        }
+        assert_eq!(
+            c.execute_typed(&multi_sql, &params).await.unwrap(),
+            20,
+            "run {run}"
+        );
+        want.extend(&keys);
+        for k in take(3) {
+            let v = format!("one{run}");
+            assert_eq!(c.execute(&prepared_one, &[&k, &v]).await.unwrap(), 1);
+            want.push(k);
+        }
+        // Pipelined: several executions in flight on the one connection.
+        let keys = take(6);
+        let vals: Vec<String> = keys.iter().map(|k| format!("pipe{k}")).collect();
+        let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 2]> = keys
+            .iter()
+            .zip(&vals)
+            .map(|(k, v)| [k as _, v as _])
+            .collect();
+        let futs = params.iter().map(|p| c.execute(&prepared_one, p));
+        for n in futures_util::future::try_join_all(futs).await.unwrap() {
+            assert_eq!(n, 1);
+        }
+        want.extend(&keys);
+    }
+    // COPY text and CSV, ten times each on one connection (psql: the simple protocol; COPY
+    // on several shards through the extended protocol is refused with 0A000).
+    let mut script = String::new();
+    for run in 0..10 {
+        for csv in [false, true] {
+            let keys = take(15);
+            if csv {
+                script.push_str("COPY placed (k, v) FROM STDIN (FORMAT csv);\n");
+            } else {
+                script.push_str("COPY placed (k, v) FROM STDIN;\n");
+            }
+            for k in &keys {
+                if csv {
+                    script.push_str(&format!("{k},\"c,{run}\"\n"));
+                } else {
+                    script.push_str(&format!("{k}\tt{run}\n"));
+                }
+            }
+            script.push_str("\\.\n");
+            want.extend(keys);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("copy.sql");
+    std::fs::write(&file, script).unwrap();
+    let out = std::process::Command::new(shards().clusters[0].bindir().join("psql"))
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&file)
+        .arg(p.url("app", "app", "app"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("COPY 15").count(), 20, "{stdout}");
+    want.sort_unstable();
+    assert_eq!(placed_rows().await, want);
+    // Deletes by compact key lists reach every listed row's shard.
+    let a = 1_000_001i64;
+    let b = (a + 1..).find(|k| owner(*k) != owner(a)).unwrap();
+    c.simple_query(&format!(
+        "INSERT INTO placed (k,v) VALUES ({a},'d'),({b},'d')"
+    ))
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        c.simple_query(&format!(
+            "INSERT INTO placed (k,v) VALUES ({a},'d'),({b},'d') ON CONFLICT DO NOTHING"
+        ))
+        .await
+        .unwrap();
+        let m = c
+            .simple_query(&format!("DELETE FROM placed WHERE k IN ({a},{b})"))
+            .await
+            .unwrap();
+        assert_eq!(tag(&m), 2, "DELETE IN ({a},{b})");
+    }
+    assert_eq!(placed_rows().await, want);
+    // A split INSERT that fails on one shard leaves no row on the others (simple and
+    // extended protocol), and so does an UPDATE without a key that fails on one shard.
+    let dup = want[0];
+    let fresh: Vec<i64> = (2_000_000..)
+        .filter(|k| owner(*k) != owner(dup))
+        .take(2)
+        .collect();
+    let e = c
+        .simple_query(&format!(
+            "INSERT INTO placed (k,v) VALUES ({},'f'),({dup},'dup'),({},'f')",
+            fresh[0], fresh[1]
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23505"));
+    let e = c
+        .execute(
+            "INSERT INTO placed (k, v) VALUES ($1, 'f'), ($2, 'dup')",
+            &[&fresh[0], &dup],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("23505"));
+    assert_eq!(placed_rows().await, want);
+    let before = rows(&c, "SELECT count(*) FROM placed WHERE v = 'changed'")
+        .await
+        .unwrap();
+    let e = c
+        .simple_query(&format!(
+            "UPDATE placed SET v = CASE WHEN k = {dup} THEN (1 / (k - {dup}))::text ELSE 'changed' END"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM placed WHERE v = 'changed'")
+            .await
+            .unwrap(),
+        before
+    );
+}
+
+/// Observed bug 5: a Parse that arrives in one read and its Bind in the next was routed on
+/// the Parse alone (to the first shard), with the Bind following it there. Each batch here is
+/// written in two parts with a pause between them; every row must land on its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_split_over_several_reads_is_routed_by_its_bind() {
+    use integration_tests::raw;
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let _serial = SERIAL.lock().await;
+    let text = shards().config.replacen(
+        "password = \"app\"\n",
+        "password = \"app\"\nauth_method = \"trust\"\n",
+        1,
+    );
+    let p = Proxy::start(&text);
+    let c = p.app("app").await;
+    c.simple_query("DROP TABLE IF EXISTS placed").await.unwrap();
+    c.simple_query("CREATE TABLE placed (k bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let mut s = raw::login_trust(p.port, "app", "app").await;
+    let mut want = Vec::new();
+    let multi = {
+        let rows: Vec<String> = (0..20).map(|i| format!("(${}, 'split')", i + 1)).collect();
+        format!("INSERT INTO placed (k, v) VALUES {}", rows.join(", "))
+    };
+    for run in 0..6i64 {
+        // A 20-row INSERT (keys on every shard), then a single-row one.
+        let batches: Vec<(String, Vec<i64>)> = vec![
+            (multi.clone(), (0..20).map(|i| run * 100 + i + 1).collect()),
+            (
+                "INSERT INTO placed (k, v) VALUES ($1, 'one')".into(),
+                vec![run * 100 + 50],
+            ),
+        ];
+        for (sql, keys) in batches {
+            let mut parse = bytes::BytesMut::new();
+            frontend::parse("", &sql, std::iter::empty(), &mut parse).unwrap();
+            s.write_all(&parse).await.unwrap();
+            s.flush().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            let mut rest = bytes::BytesMut::new();
+            let texts: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            frontend::bind(
+                "",
+                "",
+                std::iter::empty::<i16>(),
+                texts.iter(),
+                |t, buf| {
+                    buf.extend_from_slice(t.as_bytes());
+                    Ok(postgres_protocol::IsNull::No)
+                },
+                std::iter::empty::<i16>(),
+                &mut rest,
+            )
+            .map_err(|_| ())
+            .unwrap();
+            frontend::execute("", 0, &mut rest).unwrap();
+            frontend::sync(&mut rest);
+            s.write_all(&rest).await.unwrap();
+            let msgs = raw::read_until(&mut s, b"Z").await;
+            assert_eq!(raw::error_code(&msgs), None, "{sql}: {msgs:?}");
+            want.extend(keys);
+        }
+    }
+    want.sort_unstable();
+    assert_eq!(placed_rows().await, want);
 }

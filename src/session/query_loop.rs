@@ -258,6 +258,9 @@ impl Loop<'_> {
             tokio::select! {
                 r = self.crd.read_buf(&mut self.cin), if !self.client_blocked => {
                     if !matches!(r, Ok(n) if n > 0) {
+                        if let Err(e) = &r {
+                            tracing::warn!(user = %self.login.user, "client connection lost: {e}");
+                        }
                         return End::ClientGone;
                     }
                     self.last_activity = tokio::time::Instant::now();
@@ -275,7 +278,10 @@ impl Loop<'_> {
                 }
                 r = self.cwr.write(&self.cout), if !self.cout.is_empty() => match r {
                     Ok(n) => self.cout.advance(n),
-                    Err(_) => return End::ClientGone,
+                    Err(e) => {
+                        tracing::warn!(user = %self.login.user, "client connection lost: {e}");
+                        return End::ClientGone;
+                    }
                 },
                 r = write_opt(swr, &self.sout), if !self.sout.is_empty() => match r {
                     Ok(n) => {
@@ -729,6 +735,14 @@ impl Loop<'_> {
 
     /// Flushes what is owed to the client and leaves the server connection clean or broken.
     async fn finish(mut self, end: End) {
+        if end == End::Fatal {
+            // The proxy closes this client's connection: say why (the FATAL it was sent).
+            tracing::warn!(
+                user = %self.login.user,
+                "closing the client connection: {}",
+                fatal_message(&self.cout).unwrap_or("fatal error")
+            );
+        }
         if matches!(end, End::Fatal | End::Shutdown) && !self.cout.is_empty() {
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), self.cwr.write_all(&self.cout)).await;
@@ -798,13 +812,46 @@ impl Loop<'_> {
     }
 }
 
+/// The message of the last ErrorResponse in `out` (what a closing session sent).
+fn fatal_message(out: &[u8]) -> Option<&str> {
+    let mut rest = out;
+    let mut found = None;
+    while rest.len() >= 5 {
+        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]).max(4) as usize;
+        let end = (len + 1).min(rest.len());
+        if rest[0] == b'E' {
+            let mut fields = &rest[5..end];
+            while let Some((&t, tail)) = fields.split_first() {
+                let Some(z) = tail.iter().position(|&b| b == 0) else {
+                    break;
+                };
+                if t == b'M' {
+                    found = std::str::from_utf8(&tail[..z]).ok();
+                }
+                fields = &tail[z + 1..];
+            }
+        }
+        rest = &rest[end..];
+    }
+    found
+}
+
 fn lock(slot: &crate::state::CancelSlot) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::starts_transaction;
+    use super::{fatal_message, starts_transaction};
+
+    #[test]
+    fn the_cause_of_a_closed_connection_is_read_from_its_fatal() {
+        let mut out = bytes::BytesMut::new();
+        crate::protocol::ready_for_query(&mut out, b'I');
+        crate::protocol::PgError::fatal("08006", "server closed the connection").encode(&mut out);
+        assert_eq!(fatal_message(&out), Some("server closed the connection"));
+        assert_eq!(fatal_message(b"E\0\0"), None);
+    }
 
     #[test]
     fn detects_transaction_starts() {

@@ -123,6 +123,24 @@ fn refuse(msg: impl Into<String>, hint: &str) -> PgError {
     PgError::error(sqlstate::FEATURE_NOT_SUPPORTED, msg).with_hint(hint)
 }
 
+/// A system catalog (`pg_class`, `information_schema.tables`): the same on every shard
+/// as far as a query over user tables is concerned.
+fn is_catalog(t: &str) -> bool {
+    t.starts_with("pg_catalog.")
+        || t.starts_with("information_schema.")
+        || unqualified(t).starts_with("pg_")
+}
+
+fn mixed(t: &str) -> PgError {
+    refuse(
+        format!(
+            "query combines sharded tables with \"{t}\", which is neither sharded nor \
+             replicated (it lives on the first shard)"
+        ),
+        "list the table under replicated_tables, or query it separately",
+    )
+}
+
 fn unqualified(t: &str) -> &str {
     t.rsplit('.').next().unwrap_or(t)
 }
@@ -165,6 +183,18 @@ impl ShardMap {
         self.replicated.contains(table) || self.replicated.contains(unqualified(table))
     }
 
+    /// Whether a statement writes a replicated table (and no sharded one): every shard runs
+    /// it on its copy, and the client is told about one copy.
+    pub fn writes_replicated(&self, facts: &ShardFacts, all_tables: &[String]) -> bool {
+        let target = match (&facts.command, &facts.insert) {
+            (Command::Insert, Some(i)) => Some(&i.table),
+            (Command::Update | Command::Delete, _) => facts.tables.first(),
+            _ => None,
+        };
+        target.is_some_and(|t| self.is_replicated(t))
+            && !all_tables.iter().any(|t| self.sharded(t).is_some())
+    }
+
     /// The shard index of a shard name.
     pub fn shard_named(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
@@ -187,17 +217,25 @@ impl ShardMap {
         let key_err = |e: KeyError| PgError::error(e.sqlstate(), e.to_string());
         match v {
             ValueRef::Literal { index, negative } => {
-                let text = match literals.get(index) {
+                let number = match literals.get(index) {
                     Some(Literal::Number(n)) if negative => format!("-{n}"),
-                    Some(Literal::Number(n)) | Some(Literal::String(n)) => n.clone(),
+                    Some(Literal::Number(n)) => n.clone(),
+                    Some(Literal::String(s)) if !negative => {
+                        // A string that is no key of this type is an error in Postgres too.
+                        return self
+                            .shard_of_text(key_type, s.as_bytes())
+                            .map(Some)
+                            .map_err(key_err);
+                    }
                     Some(Literal::Param(n)) if !negative => {
                         return self.shard_of(key_type, ValueRef::Param(*n), literals, params)
                     }
                     _ => return Ok(None),
                 };
-                self.shard_of_text(key_type, text.as_bytes())
-                    .map(Some)
-                    .map_err(key_err)
+                // A number that is not a key's canonical text (`1.0`, `1e3`) may still equal
+                // a key in SQL: not evaluated here (for a filter: every shard answers; for an
+                // INSERT: refused), never an error Postgres would not give.
+                Ok(self.shard_of_text(key_type, number.as_bytes()).ok())
             }
             ValueRef::Param(n) => {
                 let Some(p) = params else { return Ok(None) };
@@ -232,7 +270,129 @@ impl ShardMap {
 
     /// Routes one statement. `all_tables` are every relation the statement names (including
     /// subqueries), from the analysis.
+    ///
+    /// A statement whose answer would combine rows of several shards inside the query
+    /// (subqueries, derived tables, CTEs, set operations, window functions over sharded
+    /// tables; sharded tables mixed with unsharded ones; outer joins with a table that is not
+    /// sharded) runs only where that cannot happen: every part that reads a sharded table
+    /// pinned to one same shard by its key. Otherwise it is refused with 0A000.
     pub fn route(
+        &self,
+        facts: &ShardFacts,
+        all_tables: &[String],
+        literals: &[Literal],
+        params: Option<&Params<'_>>,
+    ) -> Result<Route, PgError> {
+        if !matches!(
+            facts.command,
+            Command::Select | Command::Update | Command::Delete | Command::Insert
+        ) {
+            return self.route_flat(facts, all_tables, literals, params);
+        }
+        let everywhere = |t: &String| self.sharded(t).is_some() || self.is_replicated(t);
+        let local = |t: &&String| !everywhere(t) && !is_catalog(t);
+        let any_sharded = all_tables.iter().any(|t| self.sharded(t).is_some());
+        let write = facts.command != Command::Select;
+        if write && facts.tables.first().is_some_and(|t| self.is_replicated(t)) {
+            // Every shard writes its copy: what the write reads must be the same everywhere.
+            if let Some(t) = all_tables
+                .iter()
+                .find(|t| !self.is_replicated(t) && !is_catalog(t))
+            {
+                return Err(refuse(
+                    format!(
+                        "a write to a replicated table that reads \"{t}\", which differs between shards"
+                    ),
+                    "write replicated tables from constants, or from replicated tables only",
+                ));
+            }
+        }
+        if !any_sharded {
+            return self.route_flat(facts, all_tables, literals, params);
+        }
+        // Nested SELECTs over replicated tables and catalogs only read the same rows on
+        // every shard: those are exact per shard.
+        let complex = facts.window
+            || facts
+                .units
+                .iter()
+                .any(|u| u.tables.iter().any(|t| self.sharded(t).is_some()));
+        if !complex {
+            let r = self.route_flat(facts, all_tables, literals, params)?;
+            if matches!(r, Route::One(_) | Route::Any) {
+                if let (Route::One(s), Some(t)) = (&r, all_tables.iter().find(local)) {
+                    if *s != 0 {
+                        return Err(mixed(t));
+                    }
+                }
+                return Ok(r);
+            }
+            if let Some(t) = all_tables.iter().find(local) {
+                return Err(mixed(t));
+            }
+            if facts.outer_join && facts.tables.iter().any(|t| self.sharded(t).is_none()) {
+                return Err(refuse(
+                    "an outer join of a sharded table with a table that is not sharded, on several shards",
+                    "fix the shard key with `key = value`, or use an inner join",
+                ));
+            }
+            return Ok(r);
+        }
+        // Tables of the outer statement that no nested SELECT names (UPDATE ... FROM,
+        // DELETE ... USING) belong to the outer routing.
+        let outer_all: Vec<String> = all_tables
+            .iter()
+            .filter(|t| {
+                facts.tables.contains(t) || !facts.units.iter().any(|u| u.tables.contains(t))
+            })
+            .cloned()
+            .collect();
+        let mut shard: Option<usize> = None;
+        let mut pin = |r: Route, what: &str| -> Result<(), PgError> {
+            match (r, shard) {
+                (Route::One(s), None) => {
+                    shard = Some(s);
+                    Ok(())
+                }
+                (Route::One(s), Some(prev)) if s == prev => Ok(()),
+                _ => Err(refuse(
+                    format!(
+                        "{what} over sharded tables would combine rows of several shards inside the query"
+                    ),
+                    "fix every sharded table of the query (subqueries included) to one shard with `key = value`, or run the parts separately",
+                )),
+            }
+        };
+        let kind = if facts.window && facts.units.is_empty() {
+            "a window function"
+        } else {
+            "a subquery, CTE, derived table or set operation"
+        };
+        if outer_all.iter().any(|t| self.sharded(t).is_some()) {
+            pin(self.route_flat(facts, &outer_all, literals, params)?, kind)?;
+        }
+        for u in &facts.units {
+            if u.tables.iter().any(|t| self.sharded(t).is_some()) {
+                pin(self.route_flat(u, &u.tables, literals, params)?, kind)?;
+            }
+        }
+        let Some(s) = shard else {
+            return Err(refuse(
+                format!("{kind} over sharded tables without a shard key"),
+                "fix the sharded tables to one shard with `key = value`",
+            ));
+        };
+        if s != 0 {
+            if let Some(t) = all_tables.iter().find(local) {
+                return Err(mixed(t));
+            }
+        }
+        Ok(Route::One(s))
+    }
+
+    /// [`ShardMap::route`] of one SELECT (or the outer statement) by its own tables and
+    /// conditions.
+    fn route_flat(
         &self,
         facts: &ShardFacts,
         all_tables: &[String],
@@ -315,8 +475,7 @@ impl ShardMap {
             .copied()
             .filter(|t| facts.tables.contains(t))
             .collect();
-        let colocated = outer.len() == sharded.len()
-            && (outer.len() <= 1 || self.joined_on_keys(&outer, facts));
+        let colocated = outer.len() == sharded.len() && self.joined_on_keys(facts);
         if !colocated {
             return Err(self.cross_shard(&sharded));
         }
@@ -369,23 +528,27 @@ impl ShardMap {
         c.table == t || unqualified(&c.table) == unqualified(t)
     }
 
-    /// Whether all the sharded tables are connected by equalities of their key columns.
-    fn joined_on_keys(&self, tables: &[&String], facts: &ShardFacts) -> bool {
-        let mut connected = vec![tables[0].as_str()];
+    /// Whether all the occurrences of sharded tables in the outer statement (a self-join
+    /// has two) are connected by equalities of their key columns.
+    fn joined_on_keys(&self, facts: &ShardFacts) -> bool {
+        let occurrences: Vec<usize> = (0..facts.tables.len())
+            .filter(|i| self.sharded(&facts.tables[*i]).is_some())
+            .collect();
+        let Some(first) = occurrences.first() else {
+            return true;
+        };
+        let mut connected = vec![*first];
+        let key_side = |side: Option<usize>, c: &ColumnRef| {
+            side.filter(|i| {
+                self.sharded(&facts.tables[*i])
+                    .is_some_and(|(k, _)| *k == c.column)
+            })
+        };
         let mut changed = true;
         while changed {
             changed = false;
-            for (a, b) in &facts.column_equalities {
-                let key_of = |c: &ColumnRef| {
-                    tables
-                        .iter()
-                        .find(|t| {
-                            (c.table == ***t || unqualified(&c.table) == unqualified(t))
-                                && self.sharded(t).is_some_and(|(k, _)| *k == c.column)
-                        })
-                        .map(|t| t.as_str())
-                };
-                if let (Some(x), Some(y)) = (key_of(a), key_of(b)) {
+            for ((a, b), (sa, sb)) in facts.column_equalities.iter().zip(&facts.equality_sides) {
+                if let (Some(x), Some(y)) = (key_side(*sa, a), key_side(*sb, b)) {
                     for (p, q) in [(x, y), (y, x)] {
                         if connected.contains(&p) && !connected.contains(&q) {
                             connected.push(q);
@@ -395,7 +558,7 @@ impl ShardMap {
                 }
             }
         }
-        tables.iter().all(|t| connected.contains(&t.as_str()))
+        occurrences.iter().all(|t| connected.contains(t))
     }
 
     fn route_insert(

@@ -72,7 +72,7 @@ impl AnalysisCache {
         if shaped.text.len() > MAX_CACHED_SHAPE_LEN {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return (
-                Arc::new(classify_shaped(sql, &shaped.offsets, &self.write_functions)),
+                Arc::new(classify_shaped(sql, &shaped, &self.write_functions)),
                 shaped.literals,
             );
         }
@@ -82,7 +82,7 @@ impl AnalysisCache {
             return (Arc::clone(hit), shaped.literals);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let analysis = Arc::new(classify_shaped(sql, &shaped.offsets, &self.write_functions));
+        let analysis = Arc::new(classify_shaped(sql, &shaped, &self.write_functions));
         lock(shard).put(shaped.text, Arc::clone(&analysis));
         (analysis, shaped.literals)
     }

@@ -322,7 +322,12 @@ impl Loop<'_> {
                 continue;
             }
             let (err, rows) = finish_one(conn).await;
-            total += rows;
+            // A replicated table holds a copy on every shard: count one.
+            total = if key.is_some() {
+                total + rows
+            } else {
+                total.max(rows)
+            };
             if let Some(e) = err {
                 shard_error.get_or_insert(e);
             }

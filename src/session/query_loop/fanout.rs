@@ -89,27 +89,65 @@ impl Loop<'_> {
             }
             _ => (shards.iter().map(|s| (*s, sql.to_string())).collect(), None),
         };
+        let one_copy = self.one_copy(facts);
+        let atomic = is_write(command);
         let answer = self
-            .run_on_shards(per_shard, plan, facts.reads(), &|_, sql, b| {
-                let _ = postgres_protocol::message::frontend::query(sql, b);
-            })
+            .run_on_shards(
+                per_shard,
+                plan,
+                facts.reads(),
+                one_copy,
+                atomic,
+                &|_, sql, b| {
+                    let _ = postgres_protocol::message::frontend::query(sql, b);
+                },
+            )
             .await?;
         Ok(answer.out)
     }
 
+    /// Whether a write's answer is one shard's (a write to a replicated table: every shard
+    /// holds a copy).
+    pub(super) fn one_copy(&self, facts: &RouteFacts) -> bool {
+        match (&self.login.shard_map, &facts.analysis.shard) {
+            (Some(map), Some(f)) => map.writes_replicated(f, &facts.analysis.tables),
+            _ => false,
+        }
+    }
+
     /// Runs each shard's SQL (asked as `encode` puts it) on one connection per shard, all at
     /// once, reads every answer to its ReadyForQuery and merges them by `plan` (None: sums
-    /// the counts). Any shard's error is the answer.
+    /// the counts, or with `one_copy` answers as the first shard did). Any shard's error is
+    /// the answer.
     pub(super) async fn run_on_shards(
         &mut self,
         per_shard: Vec<(usize, String)>,
         plan: Option<PlanSpec>,
         reads: bool,
+        one_copy: bool,
+        atomic: bool,
         encode: Encode<'_>,
     ) -> Result<FanOutAnswer, PgError> {
         let want = if reads { Want::Read } else { Want::Primary };
         let targets: Vec<usize> = per_shard.iter().map(|(s, _)| *s).collect();
         let (mut conns, in_txn) = self.shard_conns(&targets, want).await?;
+        // A write on several shards outside a transaction runs in one implicit transaction
+        // per shard, committed only when every shard succeeded: a statement that fails on
+        // one shard leaves no row behind on another.
+        let implicit = atomic && !in_txn && conns.len() > 1;
+        if implicit {
+            let begun =
+                futures_util::future::join_all(conns.iter_mut().map(|c| c.run("BEGIN"))).await;
+            if begun.iter().any(|r| !matches!(r, Ok(b'T'))) {
+                for c in conns.iter_mut() {
+                    c.broken = true;
+                }
+                return Err(PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    "could not start the statement on every shard",
+                ));
+            }
+        }
         let mut requests = Vec::with_capacity(per_shard.len());
         for (i, (_, text)) in per_shard.iter().enumerate() {
             let mut b = BytesMut::new();
@@ -135,7 +173,7 @@ impl Loop<'_> {
                     ));
                 }
             };
-            if (status != b'I') != in_txn {
+            if (status != b'I') != (in_txn || implicit) {
                 conn.broken = true;
             }
             let mut r = ShardResult::default();
@@ -161,6 +199,13 @@ impl Loop<'_> {
         if in_txn {
             self.status = if first_error.is_some() { b'E' } else { b'T' };
             self.park_all(&targets, conns);
+        } else if implicit {
+            let commit = first_error.is_none() && !conns.iter().any(|c| c.broken);
+            let commit_error = finish_implicit(&mut conns, commit).await;
+            drop(conns);
+            if let Some(e) = commit_error {
+                return Err(e);
+            }
         } else {
             drop(conns);
         }
@@ -180,6 +225,7 @@ impl Loop<'_> {
                 let plan = spec.resolve(&names).map_err(merge_error)?;
                 fanout::merge(&plan, &results).map_err(merge_error)?
             }
+            None if one_copy => sum_results(&results[..results.len().min(1)])?,
             None => sum_results(&results)?,
         };
         out.extend_from_slice(&merged);
@@ -300,6 +346,60 @@ impl Loop<'_> {
         })?;
         Ok((parts, None))
     }
+}
+
+/// INSERT, UPDATE and DELETE: on several shards outside a transaction they run in an
+/// implicit transaction on each shard (see [`Loop::run_on_shards`]).
+pub(super) fn is_write(c: Command) -> bool {
+    matches!(c, Command::Insert | Command::Update | Command::Delete)
+}
+
+/// Ends the implicit transactions of a write on several shards: COMMIT on each shard in
+/// order if `commit`, else ROLLBACK everywhere. A COMMIT that fails rolls back the shards not
+/// committed yet; the error says whether earlier shards had committed (one-phase commit: a
+/// shard failing inside its COMMIT after another committed is the one window left; with
+/// `two_phase_commit` use an explicit transaction to close it).
+async fn finish_implicit(conns: &mut [Checkout], commit: bool) -> Option<PgError> {
+    let mut committed = 0;
+    let mut error = None;
+    for c in conns.iter_mut() {
+        if c.broken {
+            continue;
+        }
+        let sql = if commit && error.is_none() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        match c.run(sql).await {
+            Ok(b'I') => {
+                if sql == "COMMIT" {
+                    committed += 1;
+                }
+            }
+            Ok(_) | Err(_) => {
+                c.broken = true;
+                if sql == "COMMIT" && error.is_none() {
+                    error = Some(if committed == 0 {
+                        PgError::error(
+                            sqlstate::CONNECTION_FAILURE,
+                            "the statement could not commit on a shard; it was rolled back \
+                             on every shard",
+                        )
+                    } else {
+                        PgError::error(
+                            "40003",
+                            format!(
+                                "the statement committed on {committed} shard(s) but its \
+                                 COMMIT failed on another; its outcome there is unknown"
+                            ),
+                        )
+                    });
+                }
+            }
+        }
+    }
+    error
 }
 
 /// Answers of a write or schema change on several shards: the first RowDescription (for

@@ -355,7 +355,14 @@ impl Loop<'_> {
         };
         let split = !orders.is_empty();
         let answer = self
-            .run_on_shards(per_shard, plan, facts.reads(), &encode)
+            .run_on_shards(
+                per_shard,
+                plan,
+                facts.reads(),
+                self.one_copy(&facts),
+                super::fanout::is_write(command),
+                &encode,
+            )
             .await?;
         let mut out = BytesMut::new();
         let mut desc = None;

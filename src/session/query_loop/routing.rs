@@ -486,6 +486,12 @@ impl Loop<'_> {
                 }
                 return Step::NeedInput;
             }
+            if self.login.shard_map.is_some() && !b.complete && !b.flush {
+                // Sharded: a batch is routed by its Binds, which may not have arrived yet
+                // (a long Parse and its Bind in separate reads). Routing the part that has
+                // would send the rest to that shard too: wait for the Sync.
+                return Step::NeedInput;
+            }
             only_begin = b.only_begin;
             prepare_only = b.complete && !b.executes;
             (b.want, b.writes, None, b.route, b.only_commit)

@@ -262,3 +262,208 @@ fn bind_params_decode() {
     assert_eq!(p.values[1], None);
     assert!(Params::from_bind(&b[..b.len() - 12]).is_none());
 }
+
+/// Routes through a shared shape cache, as sessions do: the facts of the first statement of
+/// a shape serve every later one.
+fn route_cached(c: &crate::sql::AnalysisCache, m: &ShardMap, sql: &str) -> Result<Route, PgError> {
+    let (a, literals) = c.analyze(sql);
+    m.route(a.shard.as_deref().unwrap(), &a.tables, &literals, None)
+}
+
+fn owners(m: &ShardMap, keys: &[i64]) -> Route {
+    let set: BTreeSet<usize> = keys.iter().map(|k| owner(m, *k)).collect();
+    match set.len() {
+        1 => Route::One(*set.iter().next().unwrap()),
+        _ => Route::Many(set.into_iter().collect()),
+    }
+}
+
+/// Two keys on different shards, and a third on yet another one where there is one.
+fn spread_keys(m: &ShardMap) -> (i64, i64, i64) {
+    let a = 1;
+    let b = (2..).find(|k| owner(m, *k) != owner(m, a)).unwrap();
+    let c = (2..)
+        .find(|k| owner(m, *k) != owner(m, a) && owner(m, *k) != owner(m, b))
+        .unwrap();
+    (a, b, c)
+}
+
+#[test]
+fn literal_positions_are_exact() {
+    let m = map();
+    let (a, b, c) = spread_keys(&m);
+    let na = (-1000..0).find(|k| owner(&m, *k) != owner(&m, -b)).unwrap();
+    let cases: Vec<(String, Vec<i64>)> = vec![
+        (
+            format!("DELETE FROM accounts WHERE aid IN ({a},{b})"),
+            vec![a, b],
+        ),
+        (
+            format!("DELETE FROM accounts WHERE aid IN({a},{b},{c})"),
+            vec![a, b, c],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN ({b},{a})"),
+            vec![a, b],
+        ),
+        (format!("SELECT * FROM accounts WHERE aid = -{b}"), vec![-b]),
+        (format!("SELECT * FROM accounts WHERE aid=-{b}"), vec![-b]),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN (-{b},{na})"),
+            vec![-b, na],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN (-{b},-{c})"),
+            vec![-b, -c],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid = '{b}'::bigint"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid = bigint '{b}'"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid = CAST('{b}' AS bigint)"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN ('{a}'::bigint,'{b}'::int8)"),
+            vec![a, b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE bid='é' and aid={b}"),
+            vec![b],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE bid='ééééé' AND aid IN ({a},{b})"),
+            vec![a, b],
+        ),
+        (
+            format!("SELECT 'Ünïcödé',1,2 FROM accounts WHERE aid={c}"),
+            vec![c],
+        ),
+        (
+            format!("UPDATE accounts SET abalance=1 WHERE aid IN ({a},{c})"),
+            vec![a, c],
+        ),
+        (
+            format!("INSERT INTO accounts (aid,bid) VALUES ({a},1),({b},2)"),
+            vec![a, b],
+        ),
+        (
+            format!("INSERT INTO accounts (aid,bid) VALUES (-{b},'é'),({c},2)"),
+            vec![-b, c],
+        ),
+    ];
+    // Every case twice through one cache (the second time a cache hit), and once more
+    // with other literal widths of the same shape (`aid=1` then `aid=123456789`).
+    let cache = crate::sql::AnalysisCache::new(100, Vec::new());
+    for (sql, keys) in &cases {
+        for _ in 0..2 {
+            assert_eq!(
+                route_cached(&cache, &m, sql).unwrap(),
+                owners(&m, keys),
+                "{sql}"
+            );
+        }
+    }
+    let wide = |k: i64| k * 1_000_003 + 123_456_789;
+    let (wa, wb, wc) = (wide(a), wide(b), wide(c));
+    for (sql, keys) in [
+        (
+            format!("DELETE FROM accounts WHERE aid IN ({wa},{wb})"),
+            vec![wa, wb],
+        ),
+        (
+            format!("DELETE FROM accounts WHERE aid IN({wa},{wb},{wc})"),
+            vec![wa, wb, wc],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE aid IN (-{wb},-{wc})"),
+            vec![-wb, -wc],
+        ),
+        (
+            format!("SELECT * FROM accounts WHERE bid='ééééé' AND aid IN ({wc},{wb})"),
+            vec![wb, wc],
+        ),
+        (
+            format!("INSERT INTO accounts (aid,bid) VALUES ({wa},1),({wb},2)"),
+            vec![wa, wb],
+        ),
+    ] {
+        assert_eq!(
+            route_cached(&cache, &m, &sql).unwrap(),
+            owners(&m, &keys),
+            "{sql}"
+        );
+    }
+    // A cast that may change the value is not evaluated: every shard answers.
+    assert_eq!(
+        route(&m, "SELECT * FROM accounts WHERE aid = 4.6::int").unwrap(),
+        Route::All
+    );
+    assert_eq!(
+        route(&m, "SELECT * FROM users WHERE name = 'abc'::char(2)").unwrap(),
+        Route::All
+    );
+    // A constant that is not a canonical key is not an error Postgres would not give.
+    assert_eq!(
+        route(&m, "SELECT * FROM accounts WHERE aid = 1.0").unwrap(),
+        Route::All
+    );
+}
+
+#[test]
+fn queries_combining_rows_of_several_shards_are_refused() {
+    let m = map();
+    let (a, b, _) = spread_keys(&m);
+    for sql in [
+        "SELECT * FROM accounts WHERE abalance > (SELECT avg(abalance) FROM accounts)".to_string(),
+        format!("SELECT * FROM accounts WHERE aid = {a} AND abalance > (SELECT avg(abalance) FROM accounts)"),
+        "SELECT * FROM accounts WHERE bid IN (SELECT bid FROM accounts WHERE abalance > 0)".into(),
+        "SELECT * FROM accounts a WHERE EXISTS (SELECT 1 FROM history h WHERE h.delta = a.bid)".into(),
+        "SELECT count(*) FROM (SELECT bid FROM accounts GROUP BY bid) s".into(),
+        "SELECT count(*) FROM accounts a JOIN accounts b ON a.bid = b.bid".into(),
+        format!("SELECT count(*) FROM accounts a JOIN accounts b ON a.bid = b.bid WHERE a.aid = {a}"),
+        "SELECT aid, row_number() OVER (ORDER BY aid) FROM accounts".into(),
+        "SELECT aid FROM accounts ORDER BY rank() OVER (ORDER BY bid)".into(),
+        "WITH x AS (SELECT * FROM accounts) SELECT count(*) FROM x".into(),
+        "SELECT aid FROM accounts UNION SELECT aid FROM history".into(),
+        format!("SELECT aid FROM accounts WHERE aid = {a} UNION SELECT aid FROM accounts WHERE aid = {b}"),
+        format!("SELECT aid FROM accounts WHERE aid = {a} INTERSECT SELECT aid FROM accounts"),
+        "SELECT * FROM accounts JOIN branches USING (bid)".into(),
+        "SELECT * FROM countries c LEFT JOIN accounts a ON a.bid = c.id".into(),
+        format!("UPDATE accounts SET abalance = (SELECT max(abalance) FROM accounts) WHERE aid = {a}"),
+        format!("INSERT INTO accounts (aid, bid) VALUES ({a}, (SELECT max(bid) FROM accounts))"),
+        "INSERT INTO countries SELECT aid FROM accounts".into(),
+        "UPDATE countries SET n = (SELECT count(*) FROM branches)".into(),
+    ] {
+        let r = route(&m, &sql);
+        assert!(r.is_err(), "{sql}: {r:?}");
+        let e = r.unwrap_err();
+        assert_eq!(e.code, "0A000", "{sql}: {e:?}");
+        assert!(e.hint.is_some(), "{sql}");
+    }
+    // Pinned to one shard by the key everywhere: runs there.
+    let one = Route::One(owner(&m, a));
+    for sql in [
+        format!("SELECT * FROM accounts WHERE aid = {a} AND abalance > (SELECT avg(abalance) FROM accounts WHERE aid = {a})"),
+        format!("SELECT aid FROM accounts WHERE aid = {a} UNION ALL SELECT aid FROM history WHERE aid = {a}"),
+        format!("SELECT count(*) FROM accounts a JOIN accounts b ON a.aid = b.aid WHERE a.aid = {a}"),
+        format!("SELECT aid, row_number() OVER () FROM accounts WHERE aid = {a}"),
+        format!("WITH x AS (SELECT * FROM accounts WHERE aid = {a}) SELECT count(*) FROM x"),
+        format!("SELECT * FROM accounts WHERE aid = {a} AND bid IN (SELECT id FROM countries)"),
+    ] {
+        assert_eq!(route(&m, &sql).map_err(|e| format!("{sql}: {e:?}")), Ok(one.clone()));
+    }
+    // Exact per shard: co-located joins, replicated tables in inner joins and subqueries.
+    for sql in [
+        "SELECT count(*) FROM accounts a JOIN history h ON a.aid = h.aid",
+        "SELECT count(*) FROM accounts a JOIN countries c ON a.bid = c.id",
+        "SELECT count(*) FROM accounts WHERE bid IN (SELECT id FROM countries)",
+    ] {
+        assert_eq!(route(&m, sql).unwrap(), Route::All, "{sql}");
+    }
+}

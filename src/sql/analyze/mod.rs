@@ -90,16 +90,13 @@ pub struct Analysis {
 /// [`write_functions`]). Never fails: unparseable text yields
 /// [`Kind::Unparsed`].
 pub fn classify(sql: &str, write_functions: &[String]) -> Analysis {
-    classify_shaped(sql, &super::shape(sql).offsets, write_functions)
+    classify_shaped(sql, &super::shape(sql), write_functions)
 }
 
-/// [`classify`], given the byte offsets of the literals of `sql`'s shape (so shard facts can
-/// refer to literals by their index in the shape).
-pub fn classify_shaped(
-    sql: &str,
-    literal_offsets: &[usize],
-    write_functions: &[String],
-) -> Analysis {
+/// [`classify`], given `sql`'s shape (so shard facts can refer to literals by their index in
+/// the shape; a reference is made only where the shape's literal starts at exactly the
+/// parser's token and holds the same value).
+pub fn classify_shaped(sql: &str, shaped: &super::Shape, write_functions: &[String]) -> Analysis {
     let (statements, patched) = match parse(sql) {
         Ok(s) => s,
         Err(e) => {
@@ -160,8 +157,12 @@ pub fn classify_shaped(
         [one] => {
             // After a patch the text's positions changed: no value is referenced then
             // (keys read as unknown, which never routes wrongly).
-            let offsets = if patched { &[][..] } else { literal_offsets };
-            let pos = shard::Positions::new(sql, offsets);
+            let (offsets, literals) = if patched {
+                (&[][..], &[][..])
+            } else {
+                (&shaped.offsets[..], &shaped.literals[..])
+            };
+            let pos = shard::Positions::new(sql, offsets, literals);
             Some(Box::new(shard::facts(one, &pos)))
         }
         _ => None,

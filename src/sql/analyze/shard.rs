@@ -7,13 +7,17 @@
 //! parameter number, never the value itself. Config-dependent decisions (which tables are
 //! sharded, which shard owns a key) are made later by the router.
 
+use std::ops::ControlFlow;
+
 use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr,
-    FromTable, InTarget, Insert, JoinConstraint, JoinOperator, ObjectName, Query, SetExpr,
+    FromTable, InTarget, Insert, JoinConstraint, JoinOperator, ObjectName, Query, Select, SetExpr,
     Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value, ValueWithSpan,
+    Visit, Visitor,
 };
 
 use super::{ident_name, object_name};
+use crate::sql::shape::Literal;
 
 /// Where a value in a statement comes from. A `$n` parameter is referred to by its shape
 /// literal index like any constant (the shape's literal list says which parameter it is).
@@ -128,39 +132,75 @@ pub struct ShardFacts {
     /// Has subqueries, CTEs or set operations: tables inside them are in `tables` of the
     /// enclosing analysis but their conditions are not in `filters`.
     pub nested: bool,
+    /// For each of `column_equalities`, the index in `tables` of the table occurrence each
+    /// side belongs to (None: not known, e.g. an unqualified column of several tables). A
+    /// self-join is two occurrences of one table.
+    pub equality_sides: Vec<(Option<usize>, Option<usize>)>,
+    /// Every other SELECT in the statement (subqueries of any kind, derived tables, CTE
+    /// bodies, set-operation branches), each with its own tables and conditions.
+    pub units: Vec<ShardFacts>,
+    /// Calls a window function somewhere.
+    pub window: bool,
+    /// Has an outer (LEFT/RIGHT/FULL) join or a lateral / cross-apply construct.
+    pub outer_join: bool,
 }
 
-/// Maps AST positions to shape literal indices.
+/// Maps AST positions to shape literal indices, exactly: a value refers to the shape literal
+/// that starts at the very byte where the parser's token starts, and only if both read the
+/// same value from it. Anything else (no literal there, a different reading) is no reference
+/// at all, which never routes a row to a wrong shard. Positions are never matched by
+/// proximity: in `IN (1,2)` the two literals are two bytes apart.
 pub(super) struct Positions<'a> {
-    /// Byte offset where each line starts.
+    /// Byte offset where each line starts (sqlparser counts lines by `\n`).
     lines: Vec<usize>,
     sql: &'a str,
+    /// Byte offset of each shape literal (ascending).
     offsets: &'a [usize],
+    /// The shape literals (same order), to confirm the parser read the same value.
+    literals: &'a [Literal],
 }
 
 impl<'a> Positions<'a> {
-    pub(super) fn new(sql: &'a str, offsets: &'a [usize]) -> Self {
+    pub(super) fn new(sql: &'a str, offsets: &'a [usize], literals: &'a [Literal]) -> Self {
         let mut lines = vec![0];
         lines.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
         Positions {
             lines,
             sql,
             offsets,
+            literals,
         }
     }
 
-    /// The shape literal at a value's start position.
-    fn literal(&self, v: &ValueWithSpan) -> Option<usize> {
-        let loc = v.span.start;
+    /// The byte offset of a parser location (1-based line, 1-based column in characters).
+    fn byte_of(&self, loc: sqlparser::tokenizer::Location) -> Option<usize> {
         let line_start = *self.lines.get((loc.line as usize).checked_sub(1)?)?;
         let col = (loc.column as usize).checked_sub(1)?;
-        let byte = line_start
-            + self.sql[line_start..]
-                .char_indices()
-                .nth(col)
-                .map(|(b, _)| b)?;
-        // Prefixed strings (E'', U&'') may start a character or two before the quote.
-        self.offsets.iter().position(|&o| o.abs_diff(byte) <= 2)
+        let rest = self.sql.get(line_start..)?;
+        let (b, _) = rest.char_indices().nth(col)?;
+        Some(line_start + b)
+    }
+
+    /// The shape literal at exactly a value's start position, if the shape read the same
+    /// value there.
+    fn literal(&self, v: &ValueWithSpan) -> Option<usize> {
+        let byte = self.byte_of(v.span.start)?;
+        let index = self.offsets.binary_search(&byte).ok()?;
+        let same = match (&v.value, self.literals.get(index)?) {
+            (Value::Number(n, false), Literal::Number(l)) => n == l,
+            (
+                Value::SingleQuotedString(s)
+                | Value::EscapedStringLiteral(s)
+                | Value::NationalStringLiteral(s),
+                Literal::String(l),
+            ) => s == l,
+            (Value::DollarQuotedString(d), Literal::String(l)) => d.value == *l,
+            (Value::Placeholder(p), Literal::Param(n)) => {
+                p.strip_prefix('$').and_then(|x| x.parse::<u16>().ok()) == Some(*n)
+            }
+            _ => false,
+        };
+        same.then_some(index)
     }
 }
 
@@ -189,6 +229,35 @@ impl Scope {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The index of the table occurrence a column belongs to.
+    fn occurrence(&self, expr: &Expr) -> Option<usize> {
+        match expr {
+            Expr::Identifier(_) if self.tables.len() == 1 => Some(0),
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                let n = parts.len();
+                let q: Vec<String> = parts[..n - 1].iter().map(ident_name).collect();
+                let q = q.join(".");
+                let by_alias = self
+                    .tables
+                    .iter()
+                    .position(|(_, alias)| alias.as_deref() == Some(q.as_str()));
+                by_alias.or_else(|| {
+                    let mut it = self
+                        .tables
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (name, alias))| alias.is_none() && *name == q);
+                    match (it.next(), it.next()) {
+                        (Some((i, _)), None) => Some(i),
+                        _ => None,
+                    }
+                })
+            }
+            Expr::Nested(e) => self.occurrence(e),
+            _ => None,
         }
     }
 
@@ -245,14 +314,19 @@ fn value_ref(expr: &Expr, pos: &Positions<'_>) -> ValueRef {
             },
             _ => ValueRef::Other,
         },
-        Expr::TypedString(t) => match pos.literal(&t.value) {
+        Expr::TypedString(t) if value_preserving(&t.data_type) => match pos.literal(&t.value) {
             Some(index) => ValueRef::Literal {
                 index,
                 negative: false,
             },
             None => ValueRef::Other,
         },
-        Expr::Cast { expr, .. } | Expr::Nested(expr) => value_ref(expr, pos),
+        // A cast keeps the key's value only to the key types themselves (`'abc'::char(2)`
+        // is `'ab'`, `4.6::int` is 5): other casts are not evaluated here.
+        Expr::Cast {
+            expr, data_type, ..
+        } if value_preserving(data_type) => value_ref(expr, pos),
+        Expr::Nested(expr) => value_ref(expr, pos),
         Expr::UnaryOp {
             op: UnaryOperator::Minus,
             expr,
@@ -269,6 +343,26 @@ fn value_ref(expr: &Expr, pos: &Positions<'_>) -> ValueRef {
         } => value_ref(expr, pos),
         _ => ValueRef::Other,
     }
+}
+
+/// Whether a cast to this type leaves a key's text as it is (integer, text and uuid types
+/// without a length): then the key is read from the literal under the cast.
+fn value_preserving(t: &sqlparser::ast::DataType) -> bool {
+    let name = t.to_string().to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "bigint"
+            | "int8"
+            | "integer"
+            | "int"
+            | "int4"
+            | "smallint"
+            | "int2"
+            | "text"
+            | "varchar"
+            | "character varying"
+            | "uuid"
+    )
 }
 
 /// Collects filters and column equalities from the top-level `AND` chain of `expr`.
@@ -288,7 +382,12 @@ fn conjuncts(expr: &Expr, scope: &Scope, pos: &Positions<'_>, facts: &mut ShardF
             op: BinaryOperator::Eq,
             right,
         } => match (scope.column(left), scope.column(right)) {
-            (Some(a), Some(b)) => facts.column_equalities.push((a, b)),
+            (Some(a), Some(b)) => {
+                facts.column_equalities.push((a, b));
+                facts
+                    .equality_sides
+                    .push((scope.occurrence(left), scope.occurrence(right)));
+            }
             (Some(c), None) => facts.filters.push(KeyFilter {
                 column: c,
                 values: vec![value_ref(right, pos)],
@@ -344,13 +443,21 @@ fn join_conditions(
                 | JoinOperator::LeftOuter(c)
                 | JoinOperator::Right(c)
                 | JoinOperator::RightOuter(c)
-                | JoinOperator::FullOuter(c) => (c, false),
-                _ => continue,
+                | JoinOperator::FullOuter(c) => {
+                    facts.outer_join = true;
+                    (c, false)
+                }
+                JoinOperator::CrossJoin(_) => continue,
+                _ => {
+                    facts.outer_join = true;
+                    continue;
+                }
             };
             if let JoinConstraint::On(e) = constraint {
                 let mut tmp = ShardFacts::default();
                 conjuncts(e, scope, pos, &mut tmp);
                 facts.column_equalities.extend(tmp.column_equalities);
+                facts.equality_sides.extend(tmp.equality_sides);
                 if inner {
                     facts.filters.extend(tmp.filters);
                 }
@@ -364,21 +471,54 @@ fn query_facts(q: &Query, pos: &Positions<'_>, facts: &mut ShardFacts) {
         facts.nested = true;
     }
     match q.body.as_ref() {
-        SetExpr::Select(s) => {
-            let mut scope = Scope { tables: Vec::new() };
-            if !from_list(&s.from, &mut scope) {
-                facts.nested = true;
-            }
-            facts
-                .tables
-                .extend(scope.tables.iter().map(|(n, _)| n.clone()));
-            join_conditions(&s.from, &scope, pos, facts);
-            if let Some(w) = &s.selection {
-                conjuncts(w, &scope, pos, facts);
-            }
-        }
+        SetExpr::Select(s) => select_facts(s, pos, facts),
         SetExpr::Values(_) => {}
         _ => facts.nested = true,
+    }
+}
+
+fn select_facts(s: &Select, pos: &Positions<'_>, facts: &mut ShardFacts) {
+    let mut scope = Scope { tables: Vec::new() };
+    if !from_list(&s.from, &mut scope) {
+        facts.nested = true;
+    }
+    facts
+        .tables
+        .extend(scope.tables.iter().map(|(n, _)| n.clone()));
+    join_conditions(&s.from, &scope, pos, facts);
+    if let Some(w) = &s.selection {
+        conjuncts(w, &scope, pos, facts);
+    }
+}
+
+/// Collects every SELECT of a statement but `top` as a unit of its own, and window calls.
+struct Units<'p, 'a> {
+    pos: &'p Positions<'a>,
+    top: Option<*const Select>,
+    units: Vec<ShardFacts>,
+    window: bool,
+}
+
+impl Visitor for Units<'_, '_> {
+    type Break = ();
+
+    fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
+        if self.top != Some(std::ptr::from_ref(s)) {
+            let mut f = ShardFacts {
+                command: Command::Select,
+                ..ShardFacts::default()
+            };
+            select_facts(s, self.pos, &mut f);
+            self.units.push(f);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if matches!(e, Expr::Function(f) if f.over.is_some()) {
+            self.window = true;
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -540,6 +680,26 @@ pub(super) fn facts(stmt: &Statement, pos: &Positions<'_>) -> ShardFacts {
         | Statement::AlterRole { .. }
         | Statement::DropFunction(_) => facts.command = Command::Broadcast,
         _ => {}
+    }
+    // Every other SELECT in the statement, and window functions.
+    let top = match stmt {
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(s) => Some(std::ptr::from_ref(s.as_ref())),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut units = Units {
+        pos,
+        top,
+        units: Vec::new(),
+        window: false,
+    };
+    let _ = stmt.visit(&mut units);
+    facts.units = units.units;
+    facts.window = units.window;
+    if !facts.units.is_empty() {
+        facts.nested = true;
     }
     facts
 }
