@@ -164,7 +164,7 @@ async fn open(c: &Client) -> (i64, i64) {
     let (a, b) = two_keys();
     c.simple_query("BEGIN").await.unwrap();
     for k in [a, b] {
-        c.simple_query(&format!("INSERT INTO tp VALUES ({k}, 'x')"))
+        c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({k}, 'x')"))
             .await
             .unwrap();
     }
@@ -243,27 +243,27 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
     let a2 = (a + 1..).find(|k| owner(*k) == owner(a)).unwrap() + 100_000;
     let a2 = (a2..).find(|k| owner(*k) == owner(a)).unwrap();
     c.simple_query("BEGIN").await.unwrap();
-    c.simple_query(&format!("INSERT INTO tp VALUES ({a}, 'x')"))
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a}, 'x')"))
         .await
         .unwrap();
     c.simple_query("SAVEPOINT s").await.unwrap();
-    c.simple_query(&format!("INSERT INTO tp VALUES ({a2}, 'x')"))
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a2}, 'x')"))
         .await
         .unwrap();
     c.simple_query("ROLLBACK TO SAVEPOINT s").await.unwrap();
     let e = c
-        .simple_query(&format!("INSERT INTO tp VALUES ({b}, 'x')"))
+        .simple_query(&format!("INSERT INTO tp (k, v) VALUES ({b}, 'x')"))
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
     assert_rolled_back(&c, (a, b), "savepoint then another shard").await;
     assert_eq!(stored(&[a, a2, b]).await, Vec::<i64>::new());
     c.simple_query("BEGIN").await.unwrap();
-    c.simple_query(&format!("INSERT INTO tp VALUES ({a}, 'x')"))
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a}, 'x')"))
         .await
         .unwrap();
     c.simple_query("SAVEPOINT s").await.unwrap();
-    c.simple_query(&format!("INSERT INTO tp VALUES ({a2}, 'x')"))
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a2}, 'x')"))
         .await
         .unwrap();
     c.simple_query("ROLLBACK TO s").await.unwrap();
@@ -320,16 +320,24 @@ async fn participants_killed_between_prepare_and_commit_still_commit() {
     c.simple_query("SELECT 1").await.unwrap();
 }
 
-/// The `shardgate` binary next to this test's target directory when it is at least as new
-/// as the library; else this test binary itself, re-run as the proxy (see `child_proxy`).
+/// The `shardgate` binary of this test's target directory when it is at least as new as
+/// the library this test was linked with (`deps/libshardgate-*.rlib`); else this test binary
+/// itself, re-run as the proxy (see `child_proxy`).
 fn proxy_command(config_path: &Path) -> std::process::Command {
     let exe = std::env::current_exe().unwrap();
-    let debug = exe.parent().and_then(Path::parent).map(PathBuf::from);
-    let fresh = debug.as_ref().and_then(|d| {
-        let bin = d.join("shardgate");
-        let lib = d.join("libshardgate.rlib");
+    let deps = exe.parent().map(PathBuf::from);
+    let fresh = deps.as_ref().and_then(|deps| {
+        let bin = deps.parent()?.join("shardgate");
         let bin_time = std::fs::metadata(&bin).and_then(|m| m.modified()).ok()?;
-        let lib_time = std::fs::metadata(&lib).and_then(|m| m.modified()).ok()?;
+        let lib_time = std::fs::read_dir(deps)
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.starts_with("libshardgate-") && n.ends_with(".rlib")
+            })
+            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .max()?;
         (bin_time >= lib_time).then_some(bin)
     });
     match fresh {
@@ -368,6 +376,16 @@ fn child_proxy() {
     });
 }
 
+/// The proxy process, killed if the test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_between_the_phases_ends_alike_on_every_participant() {
     let _serial = SERIAL.lock().await;
@@ -388,10 +406,12 @@ async fn a_proxy_killed_between_the_phases_ends_alike_on_every_participant() {
         ),
     )
     .unwrap();
-    let mut child = proxy_command(&path)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        proxy_command(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let url = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
     let mut c = None;
     for _ in 0..500 {
@@ -406,8 +426,8 @@ async fn a_proxy_killed_between_the_phases_ends_alike_on_every_participant() {
     let keys = open(&c).await;
     let commit = tokio::spawn(async move { c.simple_query("COMMIT").await.map(|_| ()) });
     wait_for_file(&pause).await;
-    child.kill().unwrap(); // SIGKILL
-    let _ = child.wait();
+    child.0.kill().unwrap(); // SIGKILL
+    let _ = child.0.wait();
     let told = commit.await.unwrap();
     assert!(told.is_err(), "the client got no answer");
     assert_eq!(leftovers().await.0, 2, "both participants stay prepared");

@@ -841,8 +841,14 @@ impl Loop<'_> {
             // Every participant committed: the log row has done its job.
             let del = recovery::log_delete(id, mask);
             let c = &mut conns[0].1;
-            if c.broken || !matches!(run_step(c, &del).await, Some(Ok(_))) {
-                c.broken = true;
+            let mut deleted = !c.broken && matches!(run_step(c, &del).await, Some(Ok(_)));
+            if !deleted {
+                // The coordinator's connection died on the way: one try on a fresh one.
+                if let Ok((mut c, _)) = self.acquire(Want::Primary, coord).await {
+                    deleted = matches!(run_step(&mut c, &del).await, Some(Ok(_)));
+                }
+            }
+            if !deleted {
                 tracing::debug!(gid = %log_key, "log row left to recovery");
             }
         } else {
