@@ -448,7 +448,12 @@ impl Loop<'_> {
                     continue;
                 }
             }
-            let (want, shard) = match self.plan(&frame) {
+            // Transaction control across shards is checked first (twophase.rs).
+            let step = match self.guard_txn(&frame).await {
+                Some(step) => step,
+                None => self.plan(&frame),
+            };
+            let (want, shard) = match step {
                 Step::Handled => continue,
                 Step::Hold => {
                     self.rt.pending.push_front(frame);
@@ -668,6 +673,12 @@ impl Loop<'_> {
                 Event::Ready(status) => {
                     server_status = Some(*status);
                     self.status = *status;
+                    if self.rt.guard.abort_at_ready && self.relay.idle() {
+                        // The end of a batch in which transaction control was refused
+                        // (twophase.rs): the transaction fails everywhere.
+                        self.abort_refused_batch(before).await;
+                        continue;
+                    }
                     if self.rt.outside_txn && *status == b'I' {
                         // A Parse/Describe batch while the client's BEGIN waits: the client
                         // is still in its transaction.

@@ -305,6 +305,13 @@ async fn move_batch(
     let cond = format!("{}::text IN ({list})", t.column);
     let se = |e: tokio_postgres::Error| shard_err(src_name, pg_message(&e));
     let de = |e: tokio_postgres::Error| shard_err(dest_name, pg_message(&e));
+    // Two-phase commit below records its decision on the coordinator (the lower shard
+    // index; see recovery): its log table must exist before the transaction starts.
+    if src_index < dest {
+        super::recovery::ensure_log(source).await.map_err(se)?;
+    } else {
+        super::recovery::ensure_log(target).await.map_err(de)?;
+    }
     source.batch_execute("BEGIN").await.map_err(se)?;
     target.batch_execute("BEGIN").await.map_err(de)?;
     // Copy the rows, then delete them at the source.
@@ -342,15 +349,26 @@ async fn move_batch(
     let id: u64 = rand::random();
     let mut parts = [(src_index, source, src_name), (dest, target, dest_name)];
     parts.sort_by_key(|p| p.0);
-    for (i, c, name) in &parts {
-        c.batch_execute(&format!("PREPARE TRANSACTION '{}'", gid(id, mask, *i)))
+    for (n, (i, c, name)) in parts.iter().enumerate() {
+        let prepare = format!("PREPARE TRANSACTION '{}'", gid(id, mask, *i));
+        // The coordinator (first) records the decision inside its own transaction.
+        let sql = match n {
+            0 => format!("{}; {prepare}", super::recovery::log_insert(id, mask)),
+            _ => prepare,
+        };
+        c.batch_execute(&sql)
             .await
             .map_err(|e| shard_err(name, pg_message(&e)))?;
     }
+    // The coordinator's COMMIT PREPARED is the decision; recovery completes the other one.
     for (i, c, name) in &parts {
         c.batch_execute(&format!("COMMIT PREPARED '{}'", gid(id, mask, *i)))
             .await
             .map_err(|e| shard_err(name, pg_message(&e)))?;
     }
+    let _ = parts[0]
+        .1
+        .batch_execute(&super::recovery::log_delete(id, mask))
+        .await;
     Ok(())
 }

@@ -1,20 +1,27 @@
-//! Two-phase commit bookkeeping: transaction names, and resolving prepared transactions a
-//! proxy left behind (it crashed, or lost a shard, between PREPARE TRANSACTION and COMMIT
-//! PREPARED).
+//! Two-phase commit bookkeeping: transaction names, the decision log, and resolving prepared
+//! transactions a proxy left behind (it crashed, or lost a shard, between PREPARE TRANSACTION
+//! and COMMIT PREPARED).
 //!
 //! A transaction across shards is prepared on each participant under the name
 //! `sg_<id>_<mask>_<shard>`: `id` a random 64-bit hex number, `mask` the participants as a
-//! hex bit set, `shard` this participant's index. Participants are prepared in ascending
-//! shard order and then committed in ascending order, so after a crash the prepared ones
-//! that remain say which phase was interrupted:
-//! - all participants prepared: every one voted yes — commit;
-//! - the missing ones come *before* the remaining ones: the commit phase had started (the
-//!   missing ones are committed) — commit the rest;
-//! - otherwise the prepare phase was interrupted (the missing ones were never prepared and
-//!   rolled back when their connection closed) — roll back the rest.
+//! hex bit set, `shard` this participant's index. The participant with the lowest index is
+//! the *coordinator*: inside its transaction, before its PREPARE, the proxy inserts the row
+//! `sg_<id>_<mask>` into [`LOG_TABLE`]; so that row commits if and only if the coordinator's
+//! part commits. The commit phase commits the coordinator first: that COMMIT PREPARED is the
+//! decision, made durable by the log row; the other participants follow.
 //!
-//! Any proxy instance resolves transactions older than `two_phase_recovery_ms`, at start-up
-//! and every 30 s, so a stateless fleet needs no coordinator.
+//! Recovery, for a transaction whose remaining prepared parts are all older than
+//! `two_phase_recovery_ms` (see [`decide`]):
+//! - the coordinator is still prepared: if every participant is prepared, all voted yes —
+//!   commit (the coordinator first, which records the decision); if some participant is not
+//!   prepared, the prepare phase was interrupted and nobody committed — roll back (the
+//!   coordinator first: once it is rolled back, no proxy can commit the transaction any more);
+//! - the coordinator is gone: its log row says whether it committed — commit the rest if the
+//!   row exists, roll them back if it does not.
+//!
+//! Log rows are deleted once every participant committed (by the proxy right after its commit
+//! phase, else by recovery). Any proxy instance resolves transactions at start-up and every
+//! 30 s, so a stateless fleet needs no coordinator process.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,9 +31,57 @@ use crate::config::{Config, DatabaseConfig};
 /// How often recovery runs after start-up.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(30);
 
+/// The decision log on each shard: one row per committed (and not yet cleaned up)
+/// transaction of which this shard was the coordinator.
+pub const LOG_TABLE: &str = "public.shardgate_2pc_log";
+
+/// Creates [`LOG_TABLE`] (run outside any transaction; concurrent creators may race, see
+/// [`is_create_race`]).
+pub const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS public.shardgate_2pc_log (\
+     gid text PRIMARY KEY, participants text NOT NULL, \
+     created timestamptz NOT NULL DEFAULT now())";
+
+/// Whether an error of [`CREATE_LOG`] only means that another session created the table at
+/// the same moment (`IF NOT EXISTS` does not cover that race in Postgres).
+pub fn is_create_race(code: &str) -> bool {
+    matches!(code, "23505" | "42P07")
+}
+
+/// Creates [`LOG_TABLE`] on a shard if needed (outside a transaction).
+pub async fn ensure_log(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    match client.batch_execute(CREATE_LOG).await {
+        Err(e) if !e.code().is_some_and(|c| is_create_race(c.code())) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// The name of one participant's prepared transaction.
 pub fn gid(id: u64, mask: u64, shard: usize) -> String {
-    format!("sg_{id:016x}_{mask:x}_{shard}")
+    format!("{}_{shard}", txn_name(id, mask))
+}
+
+/// The transaction's key in the decision log.
+pub fn txn_name(id: u64, mask: u64) -> String {
+    format!("sg_{id:016x}_{mask:x}")
+}
+
+/// The coordinator of a transaction: its participant with the lowest index.
+pub fn coordinator(mask: u64) -> Option<usize> {
+    (mask != 0).then(|| mask.trailing_zeros() as usize)
+}
+
+/// The statement that records the decision, run in the coordinator's transaction before its
+/// PREPARE TRANSACTION.
+pub fn log_insert(id: u64, mask: u64) -> String {
+    format!(
+        "INSERT INTO {LOG_TABLE} (gid, participants) VALUES ('{}', '{mask:x}')",
+        txn_name(id, mask)
+    )
+}
+
+/// Deletes the transaction's log row once every participant committed.
+pub fn log_delete(id: u64, mask: u64) -> String {
+    format!("DELETE FROM {LOG_TABLE} WHERE gid = '{}'", txn_name(id, mask))
 }
 
 /// Parses a name made by [`gid`]: (id, mask, shard).
@@ -38,30 +93,47 @@ pub fn parse_gid(gid: &str) -> Option<(u64, u64, usize)> {
     parts.next().is_none().then_some((id, mask, shard))
 }
 
+/// Parses a log key made by [`txn_name`]: (id, mask).
+pub fn parse_txn_name(name: &str) -> Option<(u64, u64)> {
+    let mut parts = name.strip_prefix("sg_")?.split('_');
+    let id = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let mask = u64::from_str_radix(parts.next()?, 16).ok()?;
+    parts.next().is_none().then_some((id, mask))
+}
+
 /// What to do with the remaining prepared parts of one transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// COMMIT PREPARED.
+    /// COMMIT PREPARED (the coordinator first, if it is still prepared).
     Commit,
-    /// ROLLBACK PREPARED.
+    /// ROLLBACK PREPARED (the coordinator first, if it is still prepared).
     Rollback,
+    /// Not decidable now (the coordinator's log could not be read): look again later.
+    Wait,
 }
 
-/// Decides from the participant set and the shards where the transaction is still prepared.
-pub fn decide(mask: u64, present: &[usize]) -> Decision {
-    let participants: Vec<usize> = (0..64).filter(|s| mask & (1 << s) != 0).collect();
-    let missing: Vec<usize> = participants
-        .iter()
-        .copied()
-        .filter(|s| !present.contains(s))
-        .collect();
-    let Some(first_present) = present.iter().min() else {
+/// Decides from the participant set, the shards where the transaction is still prepared, and
+/// (needed only when the coordinator is no longer prepared) whether the coordinator's log row
+/// exists (`None`: it could not be read).
+pub fn decide(mask: u64, present: &[usize], logged: Option<bool>) -> Decision {
+    let Some(coord) = coordinator(mask) else {
         return Decision::Rollback;
     };
-    if missing.iter().all(|m| m < first_present) {
-        Decision::Commit
-    } else {
-        Decision::Rollback
+    if present.contains(&coord) {
+        // Nothing committed yet: the coordinator commits first.
+        let all = (0..64)
+            .filter(|s| mask & (1 << s) != 0)
+            .all(|s| present.contains(&s));
+        return if all {
+            Decision::Commit
+        } else {
+            Decision::Rollback
+        };
+    }
+    match logged {
+        Some(true) => Decision::Commit,
+        Some(false) => Decision::Rollback,
+        None => Decision::Wait,
     }
 }
 
@@ -82,58 +154,144 @@ async fn connect(c: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
     Some(client)
 }
 
-/// Resolves this database's prepared transactions older than its recovery age. Returns one
-/// line per resolved participant (for logs and tests).
+/// Whether the coordinator's log row of transaction `name` exists: `Some(false)` also when the
+/// log table does not exist (then no transaction ever recorded a decision there).
+async fn logged(client: &tokio_postgres::Client, name: &str) -> Option<bool> {
+    let sql = format!("SELECT count(*) FROM {LOG_TABLE} WHERE gid = $1");
+    match client.query_one(&sql, &[&name]).await {
+        Ok(row) => Some(row.get::<_, i64>(0) > 0),
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// Resolves this database's prepared transactions older than its recovery age, following
+/// the decision log (see the module docs). Returns one line per resolved participant (for
+/// logs and tests).
 pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
     let mut done = Vec::new();
     let mut clients = Vec::new();
-    // id -> (mask, shards where it is prepared)
-    let mut found: BTreeMap<u64, (u64, Vec<usize>)> = BTreeMap::new();
     for shard in 0..db.shards.len() {
         let client = match shard_config(config, db, shard) {
             Some(c) => connect(&c).await,
             None => None,
         };
-        if let Some(client) = &client {
-            let sql = "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() \
-                       AND gid LIKE 'sg\\_%' AND prepared < now() - make_interval(secs => $1)";
-            let age = db.two_phase_recovery_ms as f64 / 1000.0;
-            if let Ok(rows) = client.query(sql, &[&age]).await {
+        clients.push(client);
+    }
+    let age = db.two_phase_recovery_ms as f64 / 1000.0;
+    // Log rows first, prepared transactions second: a row that is visible now belongs to a
+    // transaction whose parts were all prepared before it, so any part still pending shows
+    // up in the second read (and the row is kept).
+    let mut old_rows: Vec<(usize, String)> = Vec::new();
+    let log_sql = format!(
+        "SELECT gid FROM {LOG_TABLE} WHERE created < now() - make_interval(secs => $1)"
+    );
+    for (shard, client) in clients.iter().enumerate() {
+        if let Some(client) = client {
+            if let Ok(rows) = client.query(&log_sql, &[&age]).await {
+                old_rows.extend(rows.iter().map(|r| (shard, r.get::<_, String>(0))));
+            }
+        }
+    }
+    // id -> (mask, shards where it is prepared, every part old enough)
+    let mut found: BTreeMap<u64, (u64, Vec<usize>, bool)> = BTreeMap::new();
+    let mut all_read = true;
+    for (shard, client) in clients.iter().enumerate() {
+        let Some(client) = client else {
+            all_read = false;
+            continue;
+        };
+        let sql = "SELECT gid, prepared < now() - make_interval(secs => $1) \
+                   FROM pg_prepared_xacts WHERE database = current_database() \
+                   AND gid LIKE 'sg\\_%'";
+        match client.query(sql, &[&age]).await {
+            Ok(rows) => {
                 for r in rows {
                     let name: String = r.get(0);
+                    let old: bool = r.get(1);
                     if let Some((id, mask, s)) = parse_gid(&name) {
                         if s == shard {
-                            found.entry(id).or_insert((mask, Vec::new())).1.push(s);
+                            let e = found.entry(id).or_insert((mask, Vec::new(), true));
+                            e.1.push(s);
+                            e.2 &= old;
                         }
                     }
                 }
             }
+            Err(_) => all_read = false,
         }
-        clients.push(client);
     }
-    for (id, (mask, present)) in found {
-        // A participant we could not ask may hold a part too: decide only with all of them.
-        let unreachable = (0..db.shards.len())
-            .any(|s| mask & (1 << s) != 0 && clients.get(s).is_none_or(|c| c.is_none()));
-        if unreachable {
+    let client = |s: usize| clients.get(s).and_then(|c| c.as_ref());
+    for (&id, (mask, present, old)) in &found {
+        let (mask, old) = (*mask, *old);
+        // A participant we could not ask may hold a part too: decide only with all of them;
+        // and leave young transactions to the proxy that is still committing them.
+        let unreachable = (0..db.shards.len()).any(|s| mask & (1 << s) != 0 && client(s).is_none());
+        if unreachable || !old {
             continue;
         }
-        let decision = decide(mask, &present);
-        for s in present {
+        let Some(coord) = coordinator(mask) else {
+            continue;
+        };
+        let logged = match present.contains(&coord) {
+            true => None,
+            false => match client(coord) {
+                Some(c) => logged(c, &txn_name(id, mask)).await,
+                None => None,
+            },
+        };
+        let decision = decide(mask, present, logged);
+        if decision == Decision::Wait {
+            continue;
+        }
+        // The coordinator first: its outcome is the decision.
+        let mut order = present.clone();
+        order.sort_by_key(|s| (*s != coord, *s));
+        let mut all_ok = true;
+        for s in order {
             let name = gid(id, mask, s);
             let sql = match decision {
                 Decision::Commit => format!("COMMIT PREPARED '{name}'"),
-                Decision::Rollback => format!("ROLLBACK PREPARED '{name}'"),
+                _ => format!("ROLLBACK PREPARED '{name}'"),
             };
-            if let Some(Some(c)) = clients.get(s) {
-                match c.batch_execute(&sql).await {
-                    Ok(()) => {
-                        tracing::warn!(database = %db.name, shard = s, gid = %name, ?decision, "resolved a prepared transaction left behind");
-                        done.push(format!("{sql} on shard {s}"));
+            let Some(c) = client(s) else {
+                all_ok = false;
+                break;
+            };
+            match c.batch_execute(&sql).await {
+                Ok(()) => {
+                    tracing::warn!(database = %db.name, shard = s, gid = %name, ?decision, "resolved a prepared transaction left behind");
+                    done.push(format!("{sql} on shard {s}"));
+                }
+                Err(e) => {
+                    tracing::warn!(database = %db.name, shard = s, gid = %name, error = %e, "could not resolve a prepared transaction");
+                    all_ok = false;
+                    if s == coord {
+                        // Someone else decided meanwhile: look again next round.
+                        break;
                     }
-                    Err(e) => {
-                        tracing::warn!(database = %db.name, shard = s, gid = %name, error = %e, "could not resolve a prepared transaction")
-                    }
+                }
+            }
+        }
+        if all_ok && decision == Decision::Commit {
+            if let Some(c) = client(coord) {
+                let _ = c.batch_execute(&log_delete(id, mask)).await;
+            }
+        }
+    }
+    // Log rows of transactions with no prepared part left anywhere: every participant
+    // committed, only the clean-up was missed.
+    if all_read {
+        for (shard, name) in old_rows {
+            let Some((id, mask)) = parse_txn_name(&name) else {
+                continue;
+            };
+            if found.contains_key(&id) {
+                continue;
+            }
+            if let Some(c) = client(shard) {
+                if c.batch_execute(&log_delete(id, mask)).await.is_ok() {
+                    done.push(format!("deleted log row {name} on shard {shard}"));
                 }
             }
         }
@@ -178,26 +336,35 @@ mod tests {
     }
 
     #[test]
-    fn decisions_follow_the_phase_that_was_interrupted() {
+    fn decisions_follow_the_coordinator_and_its_log() {
         let all = 0b111;
-        assert_eq!(decide(all, &[0, 1, 2]), Decision::Commit, "all voted yes");
+        // The coordinator (shard 0) is still prepared: nothing committed yet.
+        assert_eq!(decide(all, &[0, 1, 2], None), Decision::Commit, "all voted yes");
         assert_eq!(
-            decide(all, &[1, 2]),
-            Decision::Commit,
-            "commit phase reached shard 0"
-        );
-        assert_eq!(
-            decide(all, &[2]),
-            Decision::Commit,
-            "commit phase reached shard 1"
-        );
-        assert_eq!(
-            decide(all, &[0, 1]),
+            decide(all, &[0, 1], None),
             Decision::Rollback,
             "prepare never reached shard 2"
         );
-        assert_eq!(decide(all, &[0]), Decision::Rollback);
-        assert_eq!(decide(0b101, &[2]), Decision::Commit);
-        assert_eq!(decide(0b101, &[0]), Decision::Rollback);
+        assert_eq!(decide(all, &[0], None), Decision::Rollback);
+        // The coordinator is gone: its log row is the decision.
+        assert_eq!(decide(all, &[1, 2], Some(true)), Decision::Commit);
+        assert_eq!(decide(all, &[2], Some(true)), Decision::Commit);
+        assert_eq!(decide(all, &[1], Some(false)), Decision::Rollback);
+        assert_eq!(decide(all, &[1, 2], None), Decision::Wait);
+        // A middle participant that failed to commit is still committed (the old rule, by
+        // phase order, rolled it back).
+        assert_eq!(decide(all, &[1], Some(true)), Decision::Commit);
+        assert_eq!(decide(0b110, &[1, 2], None), Decision::Commit, "coordinator 1");
+        assert_eq!(decide(0b110, &[2], Some(false)), Decision::Rollback);
+        assert_eq!(coordinator(0b1100), Some(2));
+        assert_eq!(coordinator(0), None);
+    }
+
+    #[test]
+    fn log_keys_round_trip() {
+        assert_eq!(txn_name(0xabc, 0b101), "sg_0000000000000abc_5");
+        assert_eq!(parse_txn_name("sg_0000000000000abc_5"), Some((0xabc, 5)));
+        assert_eq!(parse_txn_name("sg_0000000000000abc_5_0"), None);
+        assert!(log_insert(1, 3).contains("'sg_0000000000000001_3'"));
     }
 }

@@ -249,6 +249,12 @@ impl Loop<'_> {
     ) -> Result<(Vec<Checkout>, bool), PgError> {
         let in_txn =
             self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty();
+        if in_txn {
+            // A transaction pinned to its shard by a savepoint fails here (twophase.rs).
+            for s in shards {
+                self.may_join(*s).await?;
+            }
+        }
         let begin = if in_txn {
             let text = match self.rt.pending_begin.take() {
                 Some((text, _)) => text,

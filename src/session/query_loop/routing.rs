@@ -138,6 +138,8 @@ pub(super) struct Routing {
     /// Describe) while the client's BEGIN waits for its first statement: it stays outside
     /// the transaction and is released after the batch.
     pub outside_txn: bool,
+    /// Transaction control across shards (savepoints, a refused transaction).
+    pub guard: super::twophase::TxnGuard,
 }
 
 impl Routing {
@@ -152,6 +154,8 @@ impl Routing {
         self.retries = 0;
         self.wrote = false;
         self.outside_txn = false;
+        self.guard.savepoint = false;
+        self.guard.abort_at_ready = false;
     }
 
     /// Records a frame about to be sent, for a possible retry.
@@ -772,6 +776,8 @@ impl Loop<'_> {
             self.install(conn, shard, true);
             return Ok(());
         }
+        // A transaction pinned to its shard by a savepoint fails here (twophase.rs).
+        self.may_join(shard).await?;
         let outside_txn = std::mem::take(&mut self.rt.outside_txn);
         let (conn, on_primary) = self.acquire(want, shard).await?;
         self.rt.outside_txn = outside_txn;

@@ -1,19 +1,53 @@
 //! Transactions across shards (`two_phase_commit = true`): the transaction's connection to
 //! each shard it touched stays checked out ("parked") while statements run on another
-//! shard; COMMIT prepares every participant (PREPARE TRANSACTION, ascending shard order) and
-//! only then commits them (COMMIT PREPARED); if any participant cannot prepare, all are
-//! rolled back and the client gets an error. No partial commit is reported as success; a
-//! crash between the phases is resolved by [`crate::shard::recovery`].
+//! shard; COMMIT prepares every participant (PREPARE TRANSACTION, ascending shard order, the
+//! first one — the coordinator — recording the decision in its log table inside its own
+//! transaction) and then commits the coordinator (the decision) and the others (COMMIT
+//! PREPARED, retried on fresh connections). If any participant cannot prepare, all are
+//! rolled back and the client gets an error. Once all have prepared, the outcome is commit:
+//! the client is told COMMIT (with a WARNING for a participant left to recovery), and
+//! [`crate::shard::recovery`] follows the log after a crash.
+//!
+//! Transaction control that would reach only one participant is refused (0A000) in a
+//! transaction with two or more participants, and the transaction is rolled back on every
+//! participant: COMMIT/ROLLBACK among other statements (one Query or one extended batch),
+//! COMMIT/ROLLBACK AND CHAIN, SAVEPOINT, ROLLBACK TO, RELEASE, PREPARE TRANSACTION and COMMIT
+//! / ROLLBACK PREPARED. The client is then in a failed transaction block ('E') as after any
+//! error in Postgres: everything but COMMIT/ROLLBACK gets 25P02, and those answer ROLLBACK.
+//! A transaction with one participant may use savepoints; from its first savepoint on it
+//! stays on that shard (a statement for another shard is refused the same way), since a
+//! savepoint exists on one server only.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::routing::Want;
+use super::routing::{Step, Want};
 use super::statements::inject_query;
-use super::{lock, Loop};
+use super::{lock, Loop, CLEANUP_TIMEOUT};
+use crate::backend::BackendError;
 use crate::pool::Checkout;
-use crate::protocol::{self, empty_message, parse_body, PgError};
-use crate::shard::recovery::gid;
+use crate::protocol::{
+    self, bind_names, empty_message, parse_body, query_text, sqlstate, Frame, PgError,
+};
+use crate::session::relay::Expect;
+use crate::shard::recovery::{self, gid};
+use crate::sql::scan::split_statements;
+use crate::sql::Kind;
 use crate::state::CancelTarget;
+
+/// How long the commit phase keeps trying one participant's COMMIT PREPARED (and a failed
+/// prepare phase its coordinator's ROLLBACK PREPARED), reconnecting as needed.
+const FINISH_FOR: Duration = Duration::from_secs(10);
+/// Bound on one server round trip of the commit protocol.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause at the `pause_after_prepare` failpoint.
+const PAUSE_MAX: Duration = Duration::from_secs(120);
+
+/// Shards (server address and database) where the decision log table is known to exist.
+static LOG_READY: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
 /// Why a commit across shards did not succeed.
 pub(super) enum CommitError {
@@ -21,6 +55,167 @@ pub(super) enum CommitError {
     Client(PgError),
     /// The `after_prepare` failpoint: die as if the proxy crashed.
     Crash,
+}
+
+/// A transaction-control statement, as far as transactions across shards care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Control {
+    /// COMMIT / END (AND NO CHAIN).
+    Commit,
+    /// ROLLBACK / ABORT.
+    Rollback,
+    /// COMMIT / ROLLBACK AND CHAIN.
+    Chain,
+    /// SAVEPOINT.
+    Savepoint,
+    /// ROLLBACK TO [SAVEPOINT].
+    RollbackTo,
+    /// RELEASE [SAVEPOINT].
+    Release,
+    /// PREPARE TRANSACTION.
+    Prepare,
+    /// COMMIT PREPARED / ROLLBACK PREPARED.
+    Prepared,
+}
+
+impl Control {
+    fn savepoint(self) -> bool {
+        matches!(
+            self,
+            Control::Savepoint | Control::RollbackTo | Control::Release
+        )
+    }
+
+    fn ends(self) -> bool {
+        matches!(self, Control::Commit | Control::Rollback)
+    }
+}
+
+/// The first `n` words of a statement, lowercased: comments count as spaces, a word is
+/// letters, digits, `_` and `$`, any other character is a word of its own.
+fn words(stmt: &str, n: usize) -> Vec<String> {
+    let b = stmt.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() && out.len() < n {
+        let c = b[i];
+        if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            i = b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .map_or(b.len(), |p| i + p + 1);
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let mut depth = 0usize;
+            while i < b.len() {
+                if b[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if b[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c.is_ascii_whitespace() {
+            i += 1;
+        } else if word(c) {
+            let start = i;
+            while i < b.len() && word(b[i]) {
+                i += 1;
+            }
+            out.push(String::from_utf8_lossy(&b[start..i]).to_ascii_lowercase());
+        } else {
+            out.push((c as char).to_string());
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The transaction control one statement performs, if any.
+pub(super) fn control(stmt: &str) -> Option<Control> {
+    let w = words(stmt, 6);
+    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    // COMMIT/ROLLBACK [WORK | TRANSACTION] ...
+    let after = |i: usize| {
+        if matches!(at(i), "work" | "transaction") {
+            i + 1
+        } else {
+            i
+        }
+    };
+    let chain = |i: usize| at(i) == "and" && at(i + 1) == "chain";
+    match at(0) {
+        "commit" if at(1) == "prepared" => Some(Control::Prepared),
+        "rollback" if at(1) == "prepared" => Some(Control::Prepared),
+        "commit" | "end" => Some(if chain(after(1)) {
+            Control::Chain
+        } else {
+            Control::Commit
+        }),
+        "rollback" | "abort" => {
+            let i = after(1);
+            Some(if at(i) == "to" {
+                Control::RollbackTo
+            } else if chain(i) {
+                Control::Chain
+            } else {
+                Control::Rollback
+            })
+        }
+        "savepoint" => Some(Control::Savepoint),
+        "release" => Some(Control::Release),
+        "prepare" if at(1) == "transaction" => Some(Control::Prepare),
+        _ => None,
+    }
+}
+
+/// Transaction-control state of one client (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct TxnGuard {
+    /// A savepoint was set in the open transaction: it stays on its shard.
+    pub savepoint: bool,
+    /// The transaction was refused and rolled back everywhere: the client is in a failed
+    /// transaction block, answered by the proxy, until its COMMIT or ROLLBACK.
+    pub failed: bool,
+    /// Refused in the middle of an extended-protocol batch: at the batch's ReadyForQuery,
+    /// roll back everywhere and report 'E'.
+    pub abort_at_ready: bool,
+    /// The control statement of the unnamed statement last parsed.
+    unnamed: Option<Control>,
+    /// In a failed transaction: the control statement of the portal last bound.
+    portal: Option<Control>,
+    /// Frames of the current extended batch already checked at its start.
+    checked: usize,
+}
+
+fn refusal(what: &str) -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("{what} in a transaction across shards; the transaction was rolled back on every shard"),
+    )
+    .with_hint(
+        "send COMMIT or ROLLBACK as a statement of its own; savepoints, AND CHAIN and \
+         PREPARE TRANSACTION work only in transactions that stay on one shard",
+    )
+}
+
+fn notice(message: String) -> BytesMut {
+    let mut b = BytesMut::new();
+    PgError {
+        severity: "WARNING",
+        code: "01000",
+        message,
+        hint: Some("the commit is decided; shardgate's recovery completes it".into()),
+    }
+    .encode(&mut b);
+    b[0] = b'N';
+    b
 }
 
 impl Loop<'_> {
@@ -47,6 +242,7 @@ impl Loop<'_> {
     /// Moves an open transaction to `shard`: parks the current connection and continues on
     /// the shard's parked one, or on a new one where the transaction's BEGIN is sent first.
     pub(super) async fn switch_shard(&mut self, want: Want, shard: usize) -> Result<(), PgError> {
+        self.may_join(shard).await?;
         if let Some(conn) = self.server.take() {
             self.rt.parked.push((self.rt.shard, conn));
         }
@@ -55,7 +251,14 @@ impl Loop<'_> {
             self.install(conn, shard, true);
             return Ok(());
         }
-        let (conn, on_primary) = self.acquire(want, shard).await?;
+        let (conn, on_primary) = match self.acquire(want, shard).await {
+            Ok(c) => c,
+            Err(e) => {
+                // The transaction cannot continue: it fails everywhere, as in Postgres.
+                self.abort_everywhere().await;
+                return Err(e);
+            }
+        };
         self.install(conn, shard, on_primary);
         self.apply_settings();
         let begin = self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
@@ -63,8 +266,445 @@ impl Loop<'_> {
         Ok(())
     }
 
+    fn two_phase(&self) -> bool {
+        self.login
+            .shard_map
+            .as_ref()
+            .is_some_and(|m| m.two_phase_commit)
+    }
+
+    /// The shards the open transaction has a connection to.
+    fn participants(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.rt.parked.iter().map(|(s, _)| *s).collect();
+        if self.server.is_some() && !self.rt.outside_txn && !v.contains(&self.rt.shard) {
+            v.push(self.rt.shard);
+        }
+        v
+    }
+
+    /// Whether `shard` may join the open transaction. A transaction that set a savepoint
+    /// stays on its shard: otherwise it fails (rolled back everywhere) with 0A000.
+    pub(super) async fn may_join(&mut self, shard: usize) -> Result<(), PgError> {
+        if !self.rt.guard.savepoint || !self.two_phase() {
+            return Ok(());
+        }
+        let parts = self.participants();
+        if parts.is_empty() || parts.contains(&shard) {
+            return Ok(());
+        }
+        self.abort_everywhere().await;
+        Err(PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "a transaction that set a savepoint cannot reach another shard; \
+             it was rolled back",
+        )
+        .with_hint("savepoints exist on one shard only: keep such a transaction on one shard key"))
+    }
+
+    /// The control statement a Bind runs.
+    fn bound_control(&self, body: &[u8]) -> Option<Control> {
+        let (_, name, _) = bind_names(body)?;
+        if name.is_empty() {
+            return self.rt.guard.unnamed;
+        }
+        self.client.named.get(name).and_then(|s| control(s.query()))
+    }
+
+    /// Transaction control in a transaction across shards (see the module docs), checked
+    /// before a client message is routed: `Some` is what to do instead of routing it.
+    pub(super) async fn guard_txn(&mut self, frame: &Frame) -> Option<Step> {
+        if !self.two_phase() {
+            return None;
+        }
+        if self.rt.guard.failed {
+            return Some(self.answer_failed(frame));
+        }
+        let tag = frame.tag;
+        let batch_start = !self.unsynced && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
+        let mid_batch = self.unsynced && !batch_start;
+        if tag == b'P' && (mid_batch || !self.in_txn()) {
+            // Frames checked with their batch are not looked at again (but their unnamed
+            // statement is remembered for a later Bind).
+            if let Some(p) = parse_body(frame.body()) {
+                if p.name.is_empty() {
+                    self.rt.guard.unnamed = control(p.query);
+                }
+            }
+        }
+        if !self.in_txn() {
+            self.rt.guard.savepoint = false;
+            return None;
+        }
+        let (found, executes) = if tag == b'Q' {
+            let stmts = split_statements(query_text(frame.body()));
+            let found: Vec<Control> = stmts.iter().filter_map(|s| control(s)).collect();
+            (found, stmts.len())
+        } else if batch_start {
+            self.batch_controls(frame)
+        } else if mid_batch {
+            if self.rt.guard.checked > 0 {
+                self.rt.guard.checked -= 1;
+                return None;
+            }
+            match tag {
+                b'B' => (self.bound_control(frame.body()).into_iter().collect(), 2),
+                _ => return None,
+            }
+        } else {
+            return None;
+        };
+        if found.is_empty() {
+            return None;
+        }
+        if self.participants().len() < 2 {
+            if found.iter().any(|c| c.savepoint()) {
+                self.rt.guard.savepoint = true;
+            }
+            return None;
+        }
+        if found.len() == 1 && executes == 1 && found[0].ends() {
+            // A COMMIT or ROLLBACK of its own: handled for all participants by the router.
+            return None;
+        }
+        let what = match found.iter().find(|c| !c.ends()) {
+            Some(Control::Chain) => "COMMIT/ROLLBACK AND CHAIN is not supported",
+            Some(Control::Savepoint | Control::RollbackTo | Control::Release) => {
+                "savepoints are not supported"
+            }
+            Some(Control::Prepare | Control::Prepared) => {
+                "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED are not supported"
+            }
+            _ => "COMMIT or ROLLBACK together with other statements is not supported",
+        };
+        if mid_batch {
+            // Earlier messages of the batch are on the server already: answer this one
+            // with the error in its place, and fail the transaction at the batch's end.
+            let mut b = BytesMut::new();
+            refusal(what).encode(&mut b);
+            self.relay.push(Expect::Synthetic(b.freeze()));
+            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+            self.discard_until_sync = true;
+            self.rt.guard.abort_at_ready = true;
+            return Some(Step::Handled);
+        }
+        if self.server.is_some() && !self.relay.idle() {
+            // Answers to earlier statements are owed first.
+            return Some(Step::Hold);
+        }
+        self.abort_everywhere().await;
+        Some(Step::Refuse(refusal(what)))
+    }
+
+    fn in_txn(&self) -> bool {
+        self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty()
+    }
+
+    /// The control statements of an extended batch starting at `first` (as far as it has
+    /// arrived), and how many statements it executes. Remembers how many frames were seen.
+    fn batch_controls(&mut self, first: &Frame) -> (Vec<Control>, usize) {
+        let mut found = Vec::new();
+        let mut executes = 0;
+        let mut unnamed = self.rt.guard.unnamed;
+        let mut seen = 0usize;
+        let mut parsed: Vec<(String, Option<Control>)> = Vec::new();
+        let mut visit = |tag: u8, body: &[u8]| -> bool {
+            match tag {
+                b'P' => {
+                    if let Some(p) = parse_body(body) {
+                        if p.name.is_empty() {
+                            unnamed = control(p.query);
+                        } else {
+                            parsed.push((p.name.to_string(), control(p.query)));
+                        }
+                    }
+                }
+                b'B' => {
+                    executes += 1;
+                    let c = match bind_names(body) {
+                        Some((_, "", _)) => unnamed,
+                        Some((_, name, _)) => match parsed.iter().rev().find(|p| p.0 == name) {
+                            Some(p) => p.1,
+                            None => self.client.named.get(name).and_then(|s| control(s.query())),
+                        },
+                        None => None,
+                    };
+                    found.extend(c);
+                }
+                b'F' => executes += 1,
+                b'S' | b'Q' => return false,
+                _ => {}
+            }
+            true
+        };
+        let mut go = visit(first.tag, first.body());
+        for f in &self.rt.pending {
+            if !go {
+                break;
+            }
+            seen += 1;
+            go = visit(f.tag, f.body());
+        }
+        let mut rest: &[u8] = &self.cin;
+        while go && rest.len() >= 5 {
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+            let end = len as usize + 1;
+            if len < 4 || rest.len() < end {
+                break;
+            }
+            seen += 1;
+            go = visit(rest[0], &rest[5..end]);
+            rest = &rest[end..];
+        }
+        self.rt.guard.unnamed = unnamed;
+        // The Sync itself (if seen) is not checked again either way.
+        self.rt.guard.checked = seen;
+        (found, executes)
+    }
+
+    /// Rolls the open transaction back on every participant and leaves the client in a
+    /// failed transaction block without a server connection.
+    pub(super) async fn abort_everywhere(&mut self) {
+        *lock(&self.login.cancel_slot) = None;
+        for (_, mut c) in std::mem::take(&mut self.rt.parked) {
+            match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
+                Ok(Ok(b'I')) => {}
+                _ => c.broken = true,
+            }
+        }
+        let clean = self.relay.idle() && !self.unsynced;
+        if let Some(c) = self.server.as_deref_mut() {
+            if !clean {
+                // Closing the connection rolls its part back.
+                c.broken = true;
+            } else {
+                match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
+                    Ok(Ok(b'I')) => {}
+                    _ => c.broken = true,
+                }
+            }
+        }
+        if self.server.as_ref().is_some_and(|c| !c.broken) {
+            // Settings changed in the transaction are undone: learn what survived.
+            self.read_back_settings().await;
+        }
+        self.server = None;
+        self.relay.reset();
+        self.unsynced = false;
+        self.rt.pending_begin = None;
+        self.rt.released();
+        self.status = b'E';
+        self.rt.guard.failed = true;
+    }
+
+    /// After a refusal in the middle of a batch, at its ReadyForQuery (the last one in
+    /// `self.cout[from..]`): the transaction fails everywhere and the client sees 'E'.
+    pub(super) async fn abort_refused_batch(&mut self, from: usize) {
+        self.rt.guard.abort_at_ready = false;
+        let from = from.min(self.cout.len());
+        if let Some(at) = self.cout[from..]
+            .windows(5)
+            .rposition(|w| w == [b'Z', 0, 0, 0, 5])
+        {
+            let at = from + at + 5;
+            if at < self.cout.len() {
+                self.cout[at] = b'E';
+            }
+        }
+        self.abort_everywhere().await;
+    }
+
+    /// Answers a client message in a failed transaction block the proxy keeps (see
+    /// [`TxnGuard::failed`]): COMMIT and ROLLBACK end it (tag ROLLBACK), anything else gets
+    /// 25P02 like Postgres.
+    fn answer_failed(&mut self, frame: &Frame) -> Step {
+        let aborted = || {
+            PgError::error(
+                "25P02",
+                "current transaction is aborted, commands ignored until end of transaction block",
+            )
+            .with_hint("the proxy rolled the transaction back on every shard; send ROLLBACK")
+        };
+        let ends = |c: Option<Control>| c.is_some_and(Control::ends);
+        match frame.tag {
+            b'Q' => {
+                let stmts = split_statements(query_text(frame.body()));
+                if stmts.len() == 1 && ends(control(stmts[0])) {
+                    protocol::command_complete(&mut self.cout, "ROLLBACK");
+                    self.end_failed();
+                } else if stmts.is_empty() {
+                    self.cout.extend_from_slice(&empty_message(b'I'));
+                } else {
+                    aborted().encode(&mut self.cout);
+                }
+                protocol::ready_for_query(&mut self.cout, self.status);
+                Step::Handled
+            }
+            b'P' => {
+                let Some(p) = parse_body(frame.body()) else {
+                    return Step::Refuse(aborted());
+                };
+                let c = control(p.query);
+                if !ends(c) {
+                    return Step::Refuse(aborted());
+                }
+                if p.name.is_empty() {
+                    self.rt.guard.unnamed = c;
+                } else {
+                    let stmt = self.state.statements.get_or_insert(p.rest);
+                    self.client.named.insert(p.name.to_string(), stmt);
+                }
+                self.cout.extend_from_slice(&empty_message(b'1'));
+                Step::Handled
+            }
+            b'B' => {
+                let c = self.bound_control(frame.body());
+                if !ends(c) {
+                    return Step::Refuse(aborted());
+                }
+                self.rt.guard.portal = c;
+                self.cout.extend_from_slice(&empty_message(b'2'));
+                Step::Handled
+            }
+            b'D' => {
+                if frame.body().first() == Some(&b'S') {
+                    // ParameterDescription with no parameters.
+                    self.cout.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
+                }
+                self.cout.extend_from_slice(&empty_message(b'n'));
+                Step::Handled
+            }
+            b'E' => {
+                if !ends(self.rt.guard.portal.take()) {
+                    return Step::Refuse(aborted());
+                }
+                protocol::command_complete(&mut self.cout, "ROLLBACK");
+                self.end_failed();
+                Step::Handled
+            }
+            b'C' => {
+                self.cout.extend_from_slice(&empty_message(b'3'));
+                Step::Handled
+            }
+            b'S' => {
+                protocol::ready_for_query(&mut self.cout, self.status);
+                Step::Handled
+            }
+            b'F' => Step::Refuse(aborted()),
+            _ => Step::Handled,
+        }
+    }
+
+    fn end_failed(&mut self) {
+        self.rt.guard = Default::default();
+        self.status = b'I';
+    }
+
+    /// Runs `sql` (COMMIT or ROLLBACK PREPARED) for a participant until its server answers:
+    /// on `conn` first, then on fresh connections, for up to [`FINISH_FOR`]. `Ok(true)`:
+    /// done; `Ok(false)`: no such prepared transaction (42704); `Err`: no answer in time.
+    async fn finish_part(
+        &mut self,
+        shard: usize,
+        mut conn: Option<&mut Checkout>,
+        sql: &str,
+    ) -> Result<bool, String> {
+        let deadline = Instant::now() + FINISH_FOR;
+        let mut delay = Duration::from_millis(20);
+        let mut last = String::new();
+        loop {
+            let answer = match conn.take() {
+                Some(c) if !c.broken => run_step(c, sql).await,
+                _ => match self.acquire(Want::Primary, shard).await {
+                    Ok((mut c, _)) => run_step(&mut c, sql).await,
+                    Err(e) => {
+                        last = e.message;
+                        None
+                    }
+                },
+            };
+            match answer {
+                Some(Ok(_)) => return Ok(true),
+                Some(Err(BackendError::Server { code, .. })) if code == "42704" => {
+                    return Ok(false)
+                }
+                Some(Err(e)) => last = e.to_string(),
+                None if last.is_empty() => last = "timed out".into(),
+                None => {}
+            }
+            if Instant::now() + delay > deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// Makes sure the decision log table exists on `shard` (once per process and server),
+    /// on a connection of its own outside the client's transaction.
+    async fn ensure_log(&mut self, shard: usize, addr: &str) -> Result<(), String> {
+        let key = format!("{addr}/{}", self.login.database);
+        let known = |k: &str| {
+            LOG_READY
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|s| s.contains(k))
+        };
+        if known(&key) {
+            return Ok(());
+        }
+        let (mut c, _) = self
+            .acquire(Want::Primary, shard)
+            .await
+            .map_err(|e| e.message)?;
+        match run_step(&mut c, recovery::CREATE_LOG).await {
+            Some(Ok(_)) => {}
+            Some(Err(BackendError::Server { code, .. })) if recovery::is_create_race(&code) => {}
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("timed out".into()),
+        }
+        LOG_READY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(HashSet::new)
+            .insert(key);
+        Ok(())
+    }
+
+    /// Forgets that the log table exists on a server (an INSERT into it failed).
+    fn forget_log(&self, addr: &str) {
+        let key = format!("{addr}/{}", self.login.database);
+        if let Some(s) = LOG_READY
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            s.remove(&key);
+        }
+    }
+
+    /// The failpoints: `after_prepare` dies as if the proxy crashed once every participant
+    /// prepared; `pause_after_prepare=PATH` creates the file PATH there (holding the
+    /// transaction's log key) and waits while it exists (tests kill things meanwhile).
+    async fn failpoint_after_prepare(&self, name: &str) -> bool {
+        let points = &self.state.config.proxy.failpoints;
+        for f in points {
+            if let Some(path) = f.strip_prefix("pause_after_prepare=") {
+                if std::fs::write(path, name).is_ok() {
+                    tracing::warn!(path, "failpoint pause_after_prepare: paused");
+                    let start = Instant::now();
+                    while std::path::Path::new(path).exists() && start.elapsed() < PAUSE_MAX {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        points.iter().any(|f| f == "after_prepare")
+    }
+
     /// Commits a transaction that ran on several shards (or rolls it back if it failed).
-    /// Returns the CommandComplete tag for the client.
+    /// Returns the CommandComplete tag for the client (a WARNING notice may precede it in
+    /// `cout`).
     pub(super) async fn commit_all(&mut self) -> Result<&'static str, CommitError> {
         let mut conns = std::mem::take(&mut self.rt.parked);
         if let Some(c) = self.server.take() {
@@ -74,7 +714,13 @@ impl Loop<'_> {
         self.relay.reset();
         conns.sort_by_key(|(s, _)| *s);
         let aborted = self.status == b'E';
-        if aborted || conns.len() == 1 {
+        // A READ ONLY transaction (its BEGIN goes to every shard) has nothing to make atomic.
+        let read_only = self
+            .rt
+            .txn_begin
+            .as_deref()
+            .is_some_and(|b| matches!(self.facts_of(b).kind, Kind::Begin { read_only: true }));
+        if aborted || conns.len() == 1 || read_only {
             let sql = if aborted { "ROLLBACK" } else { "COMMIT" };
             let mut err = None;
             for (_, c) in conns.iter_mut() {
@@ -95,17 +741,41 @@ impl Loop<'_> {
             .iter()
             .fold(0u64, |m, (s, _)| m | (1u64 << (*s as u64 % 64)));
         let id: u64 = rand::random();
+        let coord = conns[0].0;
+        let coord_addr = conns[0].1.addr.clone();
+        if let Err(e) = self.ensure_log(coord, &coord_addr).await {
+            for (_, c) in conns.iter_mut() {
+                if c.run("ROLLBACK").await.is_err() {
+                    c.broken = true;
+                }
+            }
+            return Err(CommitError::Client(
+                PgError::error(
+                    "40000",
+                    format!(
+                        "transaction rolled back: could not create the two-phase commit log \
+                         {} on shard {}: {e}",
+                        recovery::LOG_TABLE,
+                        self.shard_name(coord)
+                    ),
+                )
+                .with_hint("the proxy's server user needs CREATE on schema public of each shard"),
+            ));
+        }
+        // Phase one. The coordinator records the decision inside its own transaction.
         let mut prepared = Vec::new();
         let mut failure = None;
-        for (s, c) in conns.iter_mut() {
+        for (n, (s, c)) in conns.iter_mut().enumerate() {
             let name = gid(id, mask, *s);
+            let prepare = format!("PREPARE TRANSACTION '{name}'");
+            let sql = match n {
+                0 => format!("{}; {prepare}", recovery::log_insert(id, mask)),
+                _ => prepare,
+            };
             let mut q = BytesMut::new();
-            let _ = postgres_protocol::message::frontend::query(
-                &format!("PREPARE TRANSACTION '{name}'"),
-                &mut q,
-            );
-            match c.exchange(&q).await {
-                Ok((frames, b'I')) => {
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
+            match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
+                Ok(Ok((frames, b'I'))) => {
                     let ok = frames
                         .iter()
                         .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
@@ -115,14 +785,24 @@ impl Loop<'_> {
                         continue;
                     }
                     failure = Some(match error {
-                        Some(e) => protocol::error_fields(e.body()).1,
+                        Some(e) => {
+                            let (code, msg) = protocol::error_fields(e.body());
+                            if n == 0 && code == "42P01" {
+                                self.forget_log(&coord_addr);
+                            }
+                            msg
+                        }
                         None => "the transaction was rolled back".into(),
                     });
                 }
-                Ok(_) => failure = Some("unexpected transaction state".into()),
-                Err(e) => {
+                Ok(Ok(_)) => failure = Some("unexpected transaction state".into()),
+                Ok(Err(e)) => {
                     c.broken = true;
                     failure = Some(e.to_string());
+                }
+                Err(_) => {
+                    c.broken = true;
+                    failure = Some("timed out".into());
                 }
             }
             let shard_name = self.shard_name(*s);
@@ -130,46 +810,145 @@ impl Loop<'_> {
             break;
         }
         if let Some(msg) = failure {
-            for (s, c) in conns.iter_mut() {
-                let sql = if prepared.contains(s) {
-                    format!("ROLLBACK PREPARED '{}'", gid(id, mask, *s))
-                } else {
-                    "ROLLBACK".to_string()
-                };
-                if c.run(&sql).await.is_err() {
-                    c.broken = true;
-                }
-            }
-            return Err(CommitError::Client(
-                PgError::error(
-                    "40000",
-                    format!("transaction rolled back: could not prepare it on {msg}"),
-                )
-                .with_hint("no shard committed any of its changes"),
-            ));
+            return self.abort_prepared(conns, &prepared, id, mask, msg).await;
         }
-        if self
-            .state
-            .config
-            .proxy
-            .failpoints
-            .iter()
-            .any(|f| f == "after_prepare")
-        {
+        let log_key = recovery::txn_name(id, mask);
+        if self.failpoint_after_prepare(&log_key).await {
             for (_, c) in conns.iter_mut() {
                 c.broken = true;
             }
             return Err(CommitError::Crash);
         }
+        // Phase two. Every participant voted yes: the outcome is commit. The coordinator's
+        // COMMIT PREPARED makes it durable (its log row commits with it); recovery completes
+        // whatever cannot be finished here.
+        // (An unreachable coordinator is still prepared with all the others: recovery
+        // commits them all, never rolls them back.)
+        let mut pending = Vec::new();
         for (s, c) in conns.iter_mut() {
             let name = gid(id, mask, *s);
-            if let Err(e) = c.run(&format!("COMMIT PREPARED '{name}'")).await {
-                // The decision is commit; recovery finishes what this could not.
-                tracing::warn!(gid = %name, error = %e, "COMMIT PREPARED failed; left to recovery");
+            let sql = format!("COMMIT PREPARED '{name}'");
+            match self.finish_part(*s, Some(c), &sql).await {
+                // 42704: recovery (or an earlier attempt whose answer was lost) committed it.
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(gid = %name, error = %e, "COMMIT PREPARED failed; left to recovery");
+                    pending.push(format!("shard {}: {e}", self.shard_name(*s)));
+                }
+            }
+        }
+        if pending.is_empty() {
+            // Every participant committed: the log row has done its job.
+            let del = recovery::log_delete(id, mask);
+            let c = &mut conns[0].1;
+            let mut deleted = !c.broken && matches!(run_step(c, &del).await, Some(Ok(_)));
+            if !deleted {
+                // The coordinator's connection died on the way: one try on a fresh one.
+                if let Ok((mut c, _)) = self.acquire(Want::Primary, coord).await {
+                    deleted = matches!(run_step(&mut c, &del).await, Some(Ok(_)));
+                }
+            }
+            if !deleted {
+                tracing::debug!(gid = %log_key, "log row left to recovery");
+            }
+        } else {
+            let warning = notice(format!(
+                "transaction {log_key} is committed, but not yet on every shard ({}); \
+                 recovery completes it within about 30 s",
+                pending.join("; ")
+            ));
+            self.cout.extend_from_slice(&warning);
+        }
+        Ok("COMMIT")
+    }
+
+    /// The prepare phase failed: roll back every participant. The coordinator's part must
+    /// be gone before the client hears "rolled back" (a part whose PREPARE answer was lost
+    /// may be prepared after all, and recovery commits a transaction whose participants are
+    /// all prepared while its coordinator is).
+    async fn abort_prepared(
+        &mut self,
+        mut conns: Vec<(usize, Checkout)>,
+        prepared: &[usize],
+        id: u64,
+        mask: u64,
+        msg: String,
+    ) -> Result<&'static str, CommitError> {
+        let coord = conns[0].0;
+        let mut outcome = Ok(());
+        for (n, (s, c)) in conns.iter_mut().enumerate() {
+            if !prepared.contains(s) {
+                if c.broken || c.run("ROLLBACK").await.is_err() {
+                    c.broken = true;
+                }
+                continue;
+            }
+            let sql = format!("ROLLBACK PREPARED '{}'", gid(id, mask, *s));
+            if n == 0 {
+                outcome = match self.finish_part(*s, Some(c), &sql).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.logged(coord).await.map(|l| (l, id, mask))),
+                    Err(e) => Err(Err(e)),
+                };
+            } else if !matches!(run_step(c, &sql).await, Some(Ok(_))) {
                 c.broken = true;
             }
         }
-        Ok("COMMIT")
+        let rolled_back = || {
+            CommitError::Client(
+                PgError::error(
+                    "40000",
+                    format!("transaction rolled back: could not prepare it on {msg}"),
+                )
+                .with_hint("no shard committed any of its changes"),
+            )
+        };
+        match outcome {
+            Ok(()) => Err(rolled_back()),
+            Err(Ok((logged, id, mask))) => {
+                let name = recovery::txn_name(id, mask);
+                if logged.contains(&name) {
+                    // Recovery found every part prepared and committed it.
+                    Ok("COMMIT")
+                } else {
+                    Err(rolled_back())
+                }
+            }
+            Err(Err(e)) => Err(CommitError::Client(
+                PgError::error(
+                    "08007",
+                    format!(
+                        "transaction resolution unknown: the prepare phase failed ({msg}) and \
+                         the coordinator shard {} could not be reached to roll back ({e})",
+                        self.shard_name(coord)
+                    ),
+                )
+                .with_hint("recovery commits or rolls back every shard alike; check the rows later"),
+            )),
+        }
+    }
+
+    /// The log keys recorded on `shard` (a fresh connection).
+    async fn logged(&mut self, shard: usize) -> Result<Vec<String>, String> {
+        let (mut c, _) = self
+            .acquire(Want::Primary, shard)
+            .await
+            .map_err(|e| e.message)?;
+        let sql = format!("SELECT coalesce(string_agg(gid, ','), '') FROM {}", recovery::LOG_TABLE);
+        match tokio::time::timeout(STEP_TIMEOUT, c.query_row(&sql)).await {
+            Ok(Ok(v)) => Ok(v
+                .first()
+                .map(|s| s.split(',').map(str::to_string).collect())
+                .unwrap_or_default()),
+            Ok(Err(e)) => {
+                c.broken = true;
+                Err(e.to_string())
+            }
+            Err(_) => {
+                c.broken = true;
+                Err("timed out".into())
+            }
+        }
     }
 
     fn shard_name(&self, s: usize) -> String {
@@ -225,6 +1004,51 @@ impl Loop<'_> {
                 b'S' => protocol::ready_for_query(&mut self.cout, self.status),
                 _ => {}
             }
+        }
+    }
+}
+
+/// One round trip of the commit protocol, bounded by [`STEP_TIMEOUT`]; `None` when it timed
+/// out. A connection whose round trip did not end in an answer is marked broken.
+async fn run_step(c: &mut Checkout, sql: &str) -> Option<Result<u8, BackendError>> {
+    let r = tokio::time::timeout(STEP_TIMEOUT, c.run(sql)).await.ok();
+    if !matches!(r, Some(Ok(_)) | Some(Err(BackendError::Server { .. }))) {
+        c.broken = true;
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{control, Control};
+
+    #[test]
+    fn finds_transaction_control() {
+        let cases = [
+            ("COMMIT", Some(Control::Commit)),
+            ("end transaction", Some(Control::Commit)),
+            ("COMMIT AND NO CHAIN", Some(Control::Commit)),
+            ("commit/**/and/* x /* nested */ */chain", Some(Control::Chain)),
+            ("COMMIT WORK AND CHAIN", Some(Control::Chain)),
+            ("ROLLBACK AND CHAIN", Some(Control::Chain)),
+            ("abort", Some(Control::Rollback)),
+            ("ROLLBACK TRANSACTION", Some(Control::Rollback)),
+            ("ROLLBACK TO a", Some(Control::RollbackTo)),
+            ("rollback work to savepoint a", Some(Control::RollbackTo)),
+            ("-- c\nSAVEPOINT a", Some(Control::Savepoint)),
+            ("RELEASE a", Some(Control::Release)),
+            ("release savepoint a", Some(Control::Release)),
+            ("PREPARE TRANSACTION 'x'", Some(Control::Prepare)),
+            ("COMMIT PREPARED 'x'", Some(Control::Prepared)),
+            ("ROLLBACK PREPARED 'x'", Some(Control::Prepared)),
+            ("PREPARE s AS SELECT 1", None),
+            ("SELECT 'commit'", None),
+            ("committed", None),
+            ("\u{e9}commit", None),
+            ("", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(control(sql), want, "{sql}");
         }
     }
 }

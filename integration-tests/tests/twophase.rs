@@ -1,0 +1,449 @@
+//! Two-phase commit you can trust, against three real shard primaries
+//! (`max_prepared_transactions > 0`): transaction control that would reach one participant is
+//! refused (0A000) and rolls the transaction back on every shard; a participant's connection
+//! killed between PREPARE and COMMIT PREPARED still ends committed everywhere (the client told
+//! COMMIT); a proxy process killed there (`kill -9`) is resolved by the next instance, alike on
+//! every participant.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use integration_tests::{connect, sqlstate, stop_at_exit, wait_until, Proxy};
+use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use shardgate::config::{Config, KeyType};
+use shardgate::shard::route::ShardMap;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+struct Shards {
+    clusters: Vec<PgCluster>,
+    config: String,
+}
+
+/// Three shard primaries (role and database `app`), stopped when the test process exits.
+fn shards() -> &'static Shards {
+    static S: OnceLock<Shards> = OnceLock::new();
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    let s = S.get_or_init(|| {
+        let clusters: Vec<PgCluster> = (0..3)
+            .map(|_| {
+                let c = PgCluster::start(ClusterOptions {
+                    hba_method: "md5".into(),
+                    extra_conf: vec!["max_prepared_transactions = 20".into()],
+                    ..ClusterOptions::default()
+                })
+                .expect("start shard");
+                c.create_role("app", "app", PasswordMethod::Scram).unwrap();
+                c.create_database("app", "app").unwrap();
+                c
+            })
+            .collect();
+        let mut config = String::from(
+            "[proxy]\nlisten = \"#LISTEN#\"\n#PROXY_EXTRA#\n[pool]\nsize = 4\n\
+             [[users]]\nname = \"app\"\npassword = \"app\"\n\
+             [[databases]]\nname = \"app\"\ntwo_phase_commit = true\n#DB_EXTRA#\n",
+        );
+        for (i, c) in clusters.iter().enumerate() {
+            config.push_str(&format!(
+                "[[databases.shards]]\nname = \"s{i}\"\nprimary = \"{}\"\n",
+                c.addr()
+            ));
+        }
+        config.push_str(
+            "[[databases.sharded_tables]]\ntable = \"tp\"\ncolumn = \"k\"\ntype = \"bigint\"\n",
+        );
+        Shards { clusters, config }
+    });
+    REGISTERED.call_once(|| s.clusters.iter().for_each(stop_at_exit));
+    s
+}
+
+/// The config with a listen address, `[proxy]` lines and database lines.
+fn config(listen: &str, proxy_extra: &str, db_extra: &str) -> String {
+    shards()
+        .config
+        .replace("#LISTEN#", listen)
+        .replace("#PROXY_EXTRA#", proxy_extra)
+        .replace("#DB_EXTRA#", db_extra)
+}
+
+/// Recovery of an in-process proxy stays away from the other tests' transactions.
+fn proxy(proxy_extra: &str) -> Proxy {
+    Proxy::start(&config(
+        "127.0.0.1:0",
+        proxy_extra,
+        "two_phase_recovery_ms = 600000",
+    ))
+}
+
+fn owner(k: i64) -> usize {
+    let c = Config::parse(&config("127.0.0.1:0", "", ""), "test").unwrap();
+    ShardMap::new(&c.databases[0])
+        .unwrap()
+        .shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
+        .unwrap()
+}
+
+/// Two fresh keys on different shards, the first on a lower shard than the second.
+fn two_keys() -> (i64, i64) {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1000);
+    loop {
+        let a = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if owner(a) < owner(b) {
+            return (a, b);
+        }
+    }
+}
+
+async fn direct(c: &PgCluster, user: &str) -> Client {
+    connect(&format!(
+        "host=127.0.0.1 port={} user={user} password={user} dbname=app",
+        c.port()
+    ))
+    .await
+    .unwrap()
+}
+
+/// The keys among `keys` stored on any shard.
+async fn stored(keys: &[i64]) -> Vec<i64> {
+    let list = keys
+        .iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out = Vec::new();
+    for c in &shards().clusters {
+        let d = direct(c, "app").await;
+        for m in d
+            .simple_query(&format!("SELECT k FROM tp WHERE k IN ({list})"))
+            .await
+            .unwrap()
+        {
+            if let SimpleQueryMessage::Row(r) = m {
+                out.push(r.get(0).unwrap().parse().unwrap());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Prepared transactions and decision-log rows left on the shards.
+async fn leftovers() -> (usize, usize) {
+    let (mut prepared, mut logged) = (0, 0);
+    for c in &shards().clusters {
+        let d = direct(c, "app").await;
+        let n = |msgs: Vec<SimpleQueryMessage>| {
+            msgs.iter()
+                .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+                .count()
+        };
+        prepared += n(d
+            .simple_query("SELECT gid FROM pg_prepared_xacts")
+            .await
+            .unwrap());
+        logged += match d.simple_query("SELECT gid FROM shardgate_2pc_log").await {
+            Ok(m) => n(m),
+            Err(_) => 0,
+        };
+    }
+    (prepared, logged)
+}
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn schema(c: &Client) {
+    c.simple_query("CREATE TABLE IF NOT EXISTS tp (k bigint PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+}
+
+/// BEGIN and one row on each of two shards.
+async fn open(c: &Client) -> (i64, i64) {
+    let (a, b) = two_keys();
+    c.simple_query("BEGIN").await.unwrap();
+    for k in [a, b] {
+        c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({k}, 'x')"))
+            .await
+            .unwrap();
+    }
+    (a, b)
+}
+
+/// After a refusal: a failed transaction block until ROLLBACK, nothing stored, and the
+/// connection works on.
+async fn assert_rolled_back(c: &Client, keys: (i64, i64), case: &str) {
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"), "{case}: {e}");
+    assert_eq!(stored(&[keys.0, keys.1]).await, Vec::<i64>::new(), "{case}");
+    c.simple_query("ROLLBACK").await.unwrap();
+    let rows = c.simple_query("SELECT 41 + 1").await.unwrap();
+    assert!(
+        rows.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("42"))),
+        "{case}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere() {
+    let _serial = SERIAL.lock().await;
+    let p = proxy("");
+    let c = p.app("app").await;
+    schema(&c).await;
+    let simple = [
+        "SELECT 1; COMMIT",
+        "SELECT 1; END",
+        "SELECT 1; ROLLBACK",
+        "COMMIT AND CHAIN",
+        "ROLLBACK AND CHAIN",
+        "SAVEPOINT s",
+        "ROLLBACK TO SAVEPOINT s",
+        "RELEASE SAVEPOINT s",
+        "PREPARE TRANSACTION 'mine'",
+        "COMMIT PREPARED 'mine'",
+        "ROLLBACK PREPARED 'mine'",
+    ];
+    for sql in simple {
+        let keys = open(&c).await;
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{sql}: {e}");
+        assert!(
+            e.as_db_error().and_then(|d| d.hint()).is_some(),
+            "{sql}: a hint"
+        );
+        assert_rolled_back(&c, keys, sql).await;
+    }
+    // The extended protocol (Parse/Bind/Execute/Sync).
+    for sql in ["COMMIT AND CHAIN", "SAVEPOINT s", "RELEASE s", "ROLLBACK TO s"] {
+        let keys = open(&c).await;
+        let e = c.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "extended {sql}: {e}");
+        assert_rolled_back(&c, keys, sql).await;
+    }
+    // A failed block answers COMMIT with ROLLBACK: no commit is ever reported.
+    let keys = open(&c).await;
+    assert!(c.simple_query("SAVEPOINT s").await.is_err());
+    let msgs = c.simple_query("COMMIT").await.unwrap();
+    assert!(msgs
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))));
+    assert!(c.is_closed() || c.simple_query("SELECT 1").await.is_ok());
+    assert_eq!(stored(&[keys.0, keys.1]).await, Vec::<i64>::new());
+    // COMMIT of its own still commits every shard, in both protocols.
+    let keys = open(&c).await;
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(stored(&[keys.0, keys.1]).await, vec![keys.0, keys.1]);
+    let keys = open(&c).await;
+    c.execute("COMMIT", &[]).await.unwrap();
+    assert_eq!(stored(&[keys.0, keys.1]).await, vec![keys.0, keys.1]);
+    // Savepoints in a transaction on one shard work; it then stays on that shard.
+    let (a, b) = two_keys();
+    let a2 = (a + 1..).find(|k| owner(*k) == owner(a)).unwrap() + 100_000;
+    let a2 = (a2..).find(|k| owner(*k) == owner(a)).unwrap();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a}, 'x')"))
+        .await
+        .unwrap();
+    c.simple_query("SAVEPOINT s").await.unwrap();
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a2}, 'x')"))
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    let e = c
+        .simple_query(&format!("INSERT INTO tp (k, v) VALUES ({b}, 'x')"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    assert_rolled_back(&c, (a, b), "savepoint then another shard").await;
+    assert_eq!(stored(&[a, a2, b]).await, Vec::<i64>::new());
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a}, 'x')"))
+        .await
+        .unwrap();
+    c.simple_query("SAVEPOINT s").await.unwrap();
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({a2}, 'x')"))
+        .await
+        .unwrap();
+    c.simple_query("ROLLBACK TO s").await.unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(stored(&[a, a2, b]).await, vec![a]);
+    assert_eq!(leftovers().await, (0, 0));
+}
+
+/// Kills every `app` backend on the shards (superuser connections straight to Postgres).
+async fn kill_app_backends() {
+    for c in &shards().clusters {
+        let d = direct(c, "postgres").await;
+        d.simple_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE usename = 'app' AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn wait_for_file(path: &Path) {
+    assert!(
+        wait_until(Duration::from_secs(30), || async { path.exists() }).await,
+        "the session never reached the failpoint"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_killed_between_prepare_and_commit_still_commit() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pause = dir.path().join("pause");
+    let p = proxy(&format!(
+        "failpoints = [\"pause_after_prepare={}\"]",
+        pause.display()
+    ));
+    let c = p.app("app").await;
+    schema(&c).await;
+    let keys = open(&c).await;
+    let commit = tokio::spawn(async move {
+        let r = c.simple_query("COMMIT").await.map(|_| ());
+        (r, c)
+    });
+    wait_for_file(&pause).await;
+    assert_eq!(leftovers().await.0, 2, "both participants prepared");
+    // Every participant's connection dies between the phases.
+    kill_app_backends().await;
+    std::fs::remove_file(&pause).unwrap();
+    let (r, _c) = commit.await.unwrap();
+    r.expect("the client is told COMMIT");
+    assert_eq!(stored(&[keys.0, keys.1]).await, vec![keys.0, keys.1]);
+    assert_eq!(leftovers().await, (0, 0), "nothing left to recover");
+}
+
+/// The `shardgate` binary of this test's target directory when it is at least as new as
+/// the library this test was linked with (`deps/libshardgate-*.rlib`); else this test binary
+/// itself, re-run as the proxy (see `child_proxy`).
+fn proxy_command(config_path: &Path) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().map(PathBuf::from);
+    let fresh = deps.as_ref().and_then(|deps| {
+        let bin = deps.parent()?.join("shardgate");
+        let bin_time = std::fs::metadata(&bin).and_then(|m| m.modified()).ok()?;
+        let lib_time = std::fs::read_dir(deps)
+            .ok()?
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.starts_with("libshardgate-") && n.ends_with(".rlib")
+            })
+            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .max()?;
+        (bin_time >= lib_time).then_some(bin)
+    });
+    match fresh {
+        Some(bin) => {
+            eprintln!("proxy process: {}", bin.display());
+            let mut cmd = std::process::Command::new(bin);
+            cmd.arg("run").arg("--config").arg(config_path);
+            cmd
+        }
+        None => {
+            eprintln!("proxy process: this test binary (no fresh target/debug/shardgate)");
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["--exact", "child_proxy", "--ignored", "--nocapture"])
+                .env("TWOPHASE_CHILD_CONFIG", config_path);
+            cmd
+        }
+    }
+}
+
+/// Not a test: the proxy process of `a_proxy_killed_between_the_phases...` when no fresh
+/// `shardgate` binary is around (runs what `shardgate run --config F` runs).
+#[test]
+#[ignore]
+fn child_proxy() {
+    let Ok(path) = std::env::var("TWOPHASE_CHILD_CONFIG") else {
+        return;
+    };
+    let config = Config::load(Path::new(&path)).expect("config");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
+            .await
+            .unwrap();
+        let state = shardgate::state::ProxyState::new(config);
+        shardgate::server::run(listener, state, std::future::pending::<()>()).await;
+    });
+}
+
+/// The proxy process, killed if the test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_killed_between_the_phases_ends_alike_on_every_participant() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pause = dir.path().join("pause");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path().join("shardgate.toml");
+    std::fs::write(
+        &path,
+        config(
+            &format!("127.0.0.1:{port}"),
+            &format!("failpoints = [\"pause_after_prepare={}\"]", pause.display()),
+            "two_phase_recovery_ms = 600000",
+        ),
+    )
+    .unwrap();
+    let mut child = KillOnDrop(
+        proxy_command(&path)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("host=127.0.0.1 port={port} user=app password=app dbname=app");
+    let mut c = None;
+    for _ in 0..500 {
+        if let Ok(cl) = connect(&url).await {
+            c = Some(cl);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = c.expect("the proxy process accepts connections");
+    schema(&c).await;
+    let keys = open(&c).await;
+    let commit = tokio::spawn(async move { c.simple_query("COMMIT").await.map(|_| ()) });
+    wait_for_file(&pause).await;
+    child.0.kill().unwrap(); // SIGKILL
+    let _ = child.0.wait();
+    let told = commit.await.unwrap();
+    assert!(told.is_err(), "the client got no answer");
+    assert_eq!(leftovers().await.0, 2, "both participants stay prepared");
+    // A new instance resolves them at start-up: all prepared, so all commit.
+    let _p = Proxy::start(&config("127.0.0.1:0", "", "two_phase_recovery_ms = 0"));
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            leftovers().await == (0, 0)
+        })
+        .await,
+        "recovery resolved everything: {:?}",
+        leftovers().await
+    );
+    let rows = stored(&[keys.0, keys.1]).await;
+    assert!(
+        rows.is_empty() || rows == vec![keys.0, keys.1],
+        "all or none: {rows:?}"
+    );
+    assert_eq!(rows, vec![keys.0, keys.1], "every participant had prepared");
+}
