@@ -89,6 +89,8 @@ pub struct ServerPool {
     addr: String,
     checkout_timeout_ms: u64,
     params: Mutex<Option<ServerParams>>,
+    /// ParameterStatus sets for clients' startup settings (kept by the session handshake).
+    pub startup_params: Mutex<HashMap<std::collections::BTreeMap<String, String>, ServerParams>>,
     /// Connections checked out now (for least_connections balancing).
     in_use: Arc<AtomicUsize>,
     /// What the health checker knows about the server (shared by all pools of it).
@@ -139,6 +141,7 @@ impl ServerPool {
             addr: addr.to_string(),
             checkout_timeout_ms: p.checkout_timeout_ms,
             params: Mutex::new(None),
+            startup_params: Mutex::default(),
             in_use: Arc::default(),
             health,
         }

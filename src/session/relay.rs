@@ -211,7 +211,9 @@ impl Relay {
             if tag == b'Z' {
                 self.queue.pop_front();
             }
-            return false;
+            // A ParameterStatus is the server's value of a setting the proxy just made match
+            // the client's (a startup value restored after RESET, say): the client is told.
+            return tag == b'S';
         }
         // Asynchronous messages can arrive at any time.
         if matches!(tag, b'N' | b'S' | b'A') {
