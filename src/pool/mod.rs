@@ -18,6 +18,16 @@ use crate::health::{now_ms, spawn_checker, ServerHealth};
 /// ParameterStatus pairs a server reported at login.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
+/// What a server says when a client's startup settings are applied: the values of its reported
+/// parameters, and its notices (whole NoticeResponse messages).
+#[derive(Debug, Default)]
+pub struct StartupParams {
+    /// ParameterStatus pairs.
+    pub reported: Vec<(String, String)>,
+    /// NoticeResponse messages.
+    pub notices: Vec<bytes::Bytes>,
+}
+
 /// bb8 manager for raw server connections. `is_valid` makes no round trip: a connection in the
 /// pool is idle at ReadyForQuery by construction, and a broken one is flagged by the session.
 #[derive(Debug)]
@@ -90,7 +100,7 @@ pub struct ServerPool {
     checkout_timeout_ms: u64,
     params: Mutex<Option<ServerParams>>,
     /// ParameterStatus sets for clients' startup settings (kept by the session handshake).
-    pub startup_params: Mutex<HashMap<std::collections::BTreeMap<String, String>, ServerParams>>,
+    pub startup_params: Mutex<HashMap<std::collections::BTreeMap<String, String>, Arc<StartupParams>>>,
     /// Connections checked out now (for least_connections balancing).
     in_use: Arc<AtomicUsize>,
     /// What the health checker knows about the server (shared by all pools of it).

@@ -9,9 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::auth::{md5_verify, ScramServer, ScramVerifier, SCRAM_MECHANISM};
-use crate::backend::{BackendError, ServerConn};
+use crate::backend::ServerConn;
 use crate::config::{AuthMethod, PoolMode};
-use crate::pool::{ServerParams, ServerPool, ShardPools};
+use crate::pool::{ServerParams, ServerPool, ShardPools, StartupParams};
 use crate::protocol::{
     self, decode_password, split_frame, split_startup, sqlstate, PasswordKind, PasswordMessage,
     PgError, StartupPacket,
@@ -223,7 +223,7 @@ async fn startup_params(
     pool: &ServerPool,
     startup: &BTreeMap<String, String>,
     base: &ServerParams,
-) -> Result<ServerParams, PgError> {
+) -> Result<Arc<StartupParams>, PgError> {
     if let Some(p) = lock(&pool.startup_params).get(startup) {
         return Ok(p.clone());
     }
@@ -234,25 +234,34 @@ async fn startup_params(
         )
     };
     let mut conn = pool.get().await.map_err(|e| cannot(&e))?;
-    let applied = match apply_sql(startup, &conn.settings) {
-        Some(sql) => conn.run(&sql).await,
-        None => Ok(b'I'),
-    };
-    match applied {
-        Ok(b'I') => {}
-        Ok(_) => {
+    let mut notices = Vec::new();
+    if let Some(sql) = apply_sql(startup, &conn.settings) {
+        let mut q = BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
+        let (frames, status) = match conn.exchange(&q).await {
+            Ok(r) => r,
+            Err(e) => {
+                conn.broken = true;
+                return Err(cannot(&e));
+            }
+        };
+        if let Some(f) = frames.iter().find(|f| f.tag == b'E') {
+            // Nothing of the failed query stays applied, but the connection is not reused.
+            conn.broken = true;
+            let (code, message) = protocol::error_fields(f.body());
+            return Err(PgError::fatal(setting_sqlstate(&code), message));
+        }
+        if status != b'I' {
             conn.broken = true;
             return Err(cannot(&"settings left a transaction open"));
         }
-        Err(BackendError::Server { code, message, .. }) => {
-            // Nothing of the failed query stays applied, but the connection is not reused.
-            conn.broken = true;
-            return Err(PgError::fatal(setting_sqlstate(&code), message));
-        }
-        Err(e) => {
-            conn.broken = true;
-            return Err(cannot(&e));
-        }
+        // What the server said about the settings (an identifier truncated, ...), as it
+        // would during a direct login.
+        notices = frames
+            .iter()
+            .filter(|f| f.tag == b'N')
+            .map(|f| f.bytes.clone())
+            .collect();
     }
     conn.settings = startup.clone();
     let names: Vec<&String> = base.iter().map(|(k, _)| k).collect();
@@ -275,13 +284,16 @@ async fn startup_params(
             reported.push(("application_name".into(), a.clone()));
         }
     }
-    let reported: ServerParams = Arc::new(reported);
+    let learned = Arc::new(StartupParams {
+        reported,
+        notices,
+    });
     let mut cache = lock(&pool.startup_params);
     if cache.len() >= STARTUP_PARAMS_CACHE {
         cache.clear();
     }
-    cache.insert(startup.clone(), reported.clone());
-    Ok(reported)
+    cache.insert(startup.clone(), learned.clone());
+    Ok(learned)
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -392,9 +404,12 @@ async fn handshake_inner(
         )
     })?;
     let startup = ClientState::from_startup(&params).startup;
-    let reported = match (startup.is_empty(), params_pool) {
+    let learned = match (startup.is_empty(), params_pool) {
         (false, Some(pool)) => startup_params(pool, &startup, &server_params).await?,
-        _ => server_params,
+        _ => Arc::new(StartupParams {
+            reported: server_params.to_vec(),
+            notices: Vec::new(),
+        }),
     };
     let split = pool_mode != PoolMode::Session
         && state.config.routing.read_write_split
@@ -404,7 +419,10 @@ async fn handshake_inner(
     protocol::auth_ok(&mut out);
     // The client sees the server's values of its reported parameters with the client's own
     // startup settings applied (the proxy applies those on every server connection it uses).
-    for (k, v) in reported.iter() {
+    for n in &learned.notices {
+        out.extend_from_slice(n);
+    }
+    for (k, v) in &learned.reported {
         protocol::parameter_status(&mut out, k, v);
     }
     protocol::backend_key_data(&mut out, cancel_pid, secret);
