@@ -91,7 +91,11 @@ async fn login(port: u16, extra: &[(&str, &str)]) -> (TcpStream, Vec<(u8, Vec<u8
 
 async fn logged_in(port: u16, extra: &[(&str, &str)]) -> (TcpStream, Vec<(u8, Vec<u8>)>) {
     let (s, msgs) = login(port, extra).await;
-    assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'), "login failed: {msgs:?}");
+    assert_eq!(
+        msgs.last().map(|m| m.0),
+        Some(b'Z'),
+        "login failed: {msgs:?}"
+    );
     (s, msgs)
 }
 
@@ -121,7 +125,11 @@ async fn login_reports_the_servers_values_of_startup_settings() {
                 .filter(|(k, _)| k == name)
                 .map(|(_, v)| v)
                 .collect();
-            assert_eq!(v.len(), 1, "round {round}: one {name} at login: {reported:?}");
+            assert_eq!(
+                v.len(),
+                1,
+                "round {round}: one {name} at login: {reported:?}"
+            );
             v[0].clone()
         };
         assert_eq!(value("client_encoding"), "UTF8", "round {round}");

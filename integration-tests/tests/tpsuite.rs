@@ -149,9 +149,7 @@ fn start_postgres() -> PgCluster {
 
 fn proxy_config(pg: &str) -> String {
     let user = |name: &str, auth: &str, server_password: &str| {
-        format!(
-            "[[users]]\nname = \"{name}\"\n{auth}\nserver_password = \"{server_password}\"\n\n"
-        )
+        format!("[[users]]\nname = \"{name}\"\n{auth}\nserver_password = \"{server_password}\"\n\n")
     };
     format!(
         "[proxy]\nlisten = \"127.0.0.1:{SUITE_PORT}\"\n\n[pool]\nsize = 20\n\n{}{}{}{}\
@@ -173,7 +171,10 @@ fn proxy_config(pg: &str) -> String {
 fn start_proxy(
     listener: TcpListener,
     config: &str,
-) -> (tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>) {
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
     let config = Config::parse(config, "tpsuite").expect("parse config");
     let problems = config.validate();
     assert!(problems.is_empty(), "{problems:?}");
@@ -206,7 +207,10 @@ fn cargo_test(dir: &Path, args: &[&str]) -> (bool, String) {
     cmd.current_dir(dir)
         .args(["test", "--locked", "--all-features", "--test", "test", "--"])
         .args(args)
-        .env("CARGO_TARGET_DIR", workspace().join("target").join("tpsuite"))
+        .env(
+            "CARGO_TARGET_DIR",
+            workspace().join("target").join("tpsuite"),
+        )
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())

@@ -100,7 +100,8 @@ pub struct ServerPool {
     checkout_timeout_ms: u64,
     params: Mutex<Option<ServerParams>>,
     /// ParameterStatus sets for clients' startup settings (kept by the session handshake).
-    pub startup_params: Mutex<HashMap<std::collections::BTreeMap<String, String>, Arc<StartupParams>>>,
+    pub startup_params:
+        Mutex<HashMap<std::collections::BTreeMap<String, String>, Arc<StartupParams>>>,
     /// Connections checked out now (for least_connections balancing).
     in_use: Arc<AtomicUsize>,
     /// What the health checker knows about the server (shared by all pools of it).

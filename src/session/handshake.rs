@@ -269,7 +269,9 @@ async fn startup_params(
         Ok(v) if v.len() == names.len() => v,
         r => {
             conn.broken = true;
-            let e = r.err().map_or_else(|| "short row".to_string(), |e| e.to_string());
+            let e = r
+                .err()
+                .map_or_else(|| "short row".to_string(), |e| e.to_string());
             return Err(cannot(&e));
         }
     };
@@ -284,10 +286,7 @@ async fn startup_params(
             reported.push(("application_name".into(), a.clone()));
         }
     }
-    let learned = Arc::new(StartupParams {
-        reported,
-        notices,
-    });
+    let learned = Arc::new(StartupParams { reported, notices });
     let mut cache = lock(&pool.startup_params);
     if cache.len() >= STARTUP_PARAMS_CACHE {
         cache.clear();
@@ -312,7 +311,11 @@ fn setting_sqlstate(code: &str) -> &'static str {
         "3D000", // invalid_catalog_name
         "3F000", // invalid_schema_name
     ];
-    KNOWN.iter().copied().find(|k| *k == code).unwrap_or("22023")
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == code)
+        .unwrap_or("22023")
 }
 
 /// Runs the whole handshake. `Ok(None)` means the connection was a CancelRequest and is done.

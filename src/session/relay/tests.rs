@@ -151,3 +151,23 @@ fn garbage_from_server_is_an_error() {
         .process(&mut inbuf, &mut BytesMut::new(), &mut Vec::new())
         .is_err());
 }
+
+#[test]
+fn extended_copy_in_ignores_the_syncs_sent_in_copy_mode() {
+    // client: Bind Execute Sync, then (after CopyInResponse) CopyData CopyDone Sync; the server
+    // ignores the first Sync and answers one ReadyForQuery.
+    let mut r = Relay::default();
+    r.push(Expect::Client(Kind::Bind));
+    r.push(Expect::Client(Kind::Execute));
+    r.push(Expect::Client(Kind::Sync));
+    let (out, _) = run(&mut r, &[msg(b'2', b""), msg(b'G', b"\0\0\0")]);
+    assert_eq!(out.len(), 5 + 8);
+    assert!(r.sync_ignored());
+    assert_eq!(r.owed_ready(), 0);
+    r.copy_ended();
+    assert!(!r.sync_ignored());
+    r.push(Expect::Client(Kind::Sync));
+    let (_, events) = run(&mut r, &[msg(b'C', b"COPY 1\0"), msg(b'Z', b"I")]);
+    assert!(matches!(events[..], [Event::Ready(b'I')]));
+    assert!(r.idle());
+}
