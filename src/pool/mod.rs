@@ -18,6 +18,16 @@ use crate::health::{now_ms, spawn_checker, ServerHealth};
 /// ParameterStatus pairs a server reported at login.
 pub type ServerParams = Arc<Vec<(String, String)>>;
 
+/// What a server says when a client's startup settings are applied: the values of its reported
+/// parameters, and its notices (whole NoticeResponse messages).
+#[derive(Debug, Default)]
+pub struct StartupParams {
+    /// ParameterStatus pairs.
+    pub reported: Vec<(String, String)>,
+    /// NoticeResponse messages.
+    pub notices: Vec<bytes::Bytes>,
+}
+
 /// bb8 manager for raw server connections. `is_valid` makes no round trip: a connection in the
 /// pool is idle at ReadyForQuery by construction.
 ///
@@ -99,6 +109,9 @@ pub struct ServerPool {
     addr: String,
     checkout_timeout_ms: u64,
     params: Mutex<Option<ServerParams>>,
+    /// ParameterStatus sets for clients' startup settings (kept by the session handshake).
+    pub startup_params:
+        Mutex<HashMap<std::collections::BTreeMap<String, String>, Arc<StartupParams>>>,
     /// Connections checked out now (for least_connections balancing).
     in_use: Arc<AtomicUsize>,
     /// What the health checker knows about the server (shared by all pools of it).
@@ -149,6 +162,7 @@ impl ServerPool {
             addr: addr.to_string(),
             checkout_timeout_ms: p.checkout_timeout_ms,
             params: Mutex::new(None),
+            startup_params: Mutex::default(),
             in_use: Arc::default(),
             health,
         }

@@ -11,12 +11,17 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::auth::{md5_verify, ScramServer, ScramVerifier, SCRAM_MECHANISM};
 use crate::backend::ServerConn;
 use crate::config::{AuthMethod, PoolMode};
-use crate::pool::ShardPools;
+use crate::pool::{ServerParams, ServerPool, ShardPools, StartupParams};
 use crate::protocol::{
     self, decode_password, split_frame, split_startup, sqlstate, PasswordKind, PasswordMessage,
     PgError, StartupPacket,
 };
 use crate::state::{CancelSlot, ProxyState};
+
+use super::client_state::{apply_sql, read_back_sql, ClientState};
+
+/// Distinct startup-settings sets whose ParameterStatus values a pool remembers.
+const STARTUP_PARAMS_CACHE: usize = 256;
 
 /// A logged-in client.
 #[derive(Debug)]
@@ -209,6 +214,110 @@ async fn serve_cancel(state: &ProxyState, pid: i32, secret: &[u8]) {
     }
 }
 
+/// The server's values of its reported parameters once the client's startup settings
+/// (`client_encoding`, `DateStyle`, `options=-c ...`, ...) are applied: what a direct connection
+/// would report. Learned on a pooled connection of `pool` (which keeps the settings, recorded as
+/// its `settings`) and remembered per distinct set. A setting the server rejects fails the login
+/// with the server's error, as it would on a direct connection.
+async fn startup_params(
+    pool: &ServerPool,
+    startup: &BTreeMap<String, String>,
+    base: &ServerParams,
+) -> Result<Arc<StartupParams>, PgError> {
+    if let Some(p) = lock(&pool.startup_params).get(startup) {
+        return Ok(p.clone());
+    }
+    let cannot = |e: &dyn std::fmt::Display| {
+        PgError::fatal(
+            sqlstate::CANNOT_CONNECT,
+            format!("could not connect to the server: {e}"),
+        )
+    };
+    let mut conn = pool.get().await.map_err(|e| cannot(&e))?;
+    let mut notices = Vec::new();
+    if let Some(sql) = apply_sql(startup, &conn.settings) {
+        let mut q = BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
+        let (frames, status) = match conn.exchange(&q).await {
+            Ok(r) => r,
+            Err(e) => {
+                conn.broken = true;
+                return Err(cannot(&e));
+            }
+        };
+        if let Some(f) = frames.iter().find(|f| f.tag == b'E') {
+            // Nothing of the failed query stays applied, but the connection is not reused.
+            conn.broken = true;
+            let (code, message) = protocol::error_fields(f.body());
+            return Err(PgError::fatal(setting_sqlstate(&code), message));
+        }
+        if status != b'I' {
+            conn.broken = true;
+            return Err(cannot(&"settings left a transaction open"));
+        }
+        // What the server said about the settings (an identifier truncated, ...), as it
+        // would during a direct login.
+        notices = frames
+            .iter()
+            .filter(|f| f.tag == b'N')
+            .map(|f| f.bytes.clone())
+            .collect();
+    }
+    conn.settings = startup.clone();
+    let names: Vec<&String> = base.iter().map(|(k, _)| k).collect();
+    let values = match conn.query_row(&read_back_sql(&names)).await {
+        Ok(v) if v.len() == names.len() => v,
+        r => {
+            conn.broken = true;
+            let e = r
+                .err()
+                .map_or_else(|| "short row".to_string(), |e| e.to_string());
+            return Err(cannot(&e));
+        }
+    };
+    drop(conn);
+    let mut reported: Vec<(String, String)> = base
+        .iter()
+        .zip(values)
+        .map(|((k, _), v)| (k.clone(), v))
+        .collect();
+    if let Some(a) = startup.get("application_name") {
+        if !reported.iter().any(|(k, _)| k == "application_name") {
+            reported.push(("application_name".into(), a.clone()));
+        }
+    }
+    let learned = Arc::new(StartupParams { reported, notices });
+    let mut cache = lock(&pool.startup_params);
+    if cache.len() >= STARTUP_PARAMS_CACHE {
+        cache.clear();
+    }
+    cache.insert(startup.clone(), learned.clone());
+    Ok(learned)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The SQLSTATE to report for a startup setting the server refused.
+fn setting_sqlstate(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "22023", // invalid_parameter_value
+        "42704", // undefined_object (unrecognized configuration parameter)
+        "55P02", // cant_change_runtime_param
+        "42501", // insufficient_privilege
+        "22P02", // invalid_text_representation
+        "0A000", // feature_not_supported
+        "3D000", // invalid_catalog_name
+        "3F000", // invalid_schema_name
+    ];
+    KNOWN
+        .iter()
+        .copied()
+        .find(|k| *k == code)
+        .unwrap_or("22023")
+}
+
 /// Runs the whole handshake. `Ok(None)` means the connection was a CancelRequest and is done.
 pub(super) async fn handshake(
     rd: &mut OwnedReadHalf,
@@ -276,6 +385,7 @@ async fn handshake_inner(
         })?;
     // Parameters from the primary, or any server that answers (a replica's are the same).
     let mut server_params = Err(String::from("no server"));
+    let mut params_pool = None;
     for pool in shards[0]
         .primary()
         .into_iter()
@@ -284,6 +394,7 @@ async fn handshake_inner(
         match pool.server_params().await {
             Ok(p) => {
                 server_params = Ok(p);
+                params_pool = Some(pool);
                 break;
             }
             Err(e) => server_params = Err(e.to_string()),
@@ -295,29 +406,27 @@ async fn handshake_inner(
             format!("could not connect to the server of database \"{database}\": {e}"),
         )
     })?;
+    let startup = ClientState::from_startup(&params).startup;
+    let learned = match (startup.is_empty(), params_pool) {
+        (false, Some(pool)) => startup_params(pool, &startup, &server_params).await?,
+        _ => Arc::new(StartupParams {
+            reported: server_params.to_vec(),
+            notices: Vec::new(),
+        }),
+    };
     let split = pool_mode != PoolMode::Session
         && state.config.routing.read_write_split
         && shards.iter().any(|s| s.has_replicas());
     let (cancel_pid, secret, cancel_slot) = state.cancels.register();
     let mut out = BytesMut::with_capacity(512);
     protocol::auth_ok(&mut out);
-    // The client sees the server's parameters, overridden by what it asked for itself (the
-    // proxy applies those settings on every server connection it uses).
-    let own = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| {
-                k.eq_ignore_ascii_case(name) && !matches!(k.as_str(), "user" | "database")
-            })
-            .map(|(_, v)| v.as_str())
-    };
-    for (k, v) in server_params.iter() {
-        protocol::parameter_status(&mut out, k, own(k).unwrap_or(v));
+    // The client sees the server's values of its reported parameters with the client's own
+    // startup settings applied (the proxy applies those on every server connection it uses).
+    for n in &learned.notices {
+        out.extend_from_slice(n);
     }
-    if let Some(a) = own("application_name") {
-        if !server_params.iter().any(|(k, _)| k == "application_name") {
-            protocol::parameter_status(&mut out, "application_name", a);
-        }
+    for (k, v) in &learned.reported {
+        protocol::parameter_status(&mut out, k, v);
     }
     protocol::backend_key_data(&mut out, cancel_pid, secret);
     protocol::ready_for_query(&mut out, b'I');

@@ -103,6 +103,9 @@ pub struct Relay {
     forwarding: bool,
     /// Client-visible ReadyForQuery messages still owed.
     owed_ready: usize,
+    /// The server is in COPY FROM STDIN started by an extended-protocol Execute: it ignores
+    /// every Sync until the client's CopyDone or CopyFail.
+    copy_in: bool,
 }
 
 impl Relay {
@@ -135,6 +138,16 @@ impl Relay {
 
     pub fn owed_ready(&self) -> usize {
         self.owed_ready
+    }
+
+    /// Whether the server will ignore a client Sync sent now (COPY IN after an Execute).
+    pub fn sync_ignored(&self) -> bool {
+        self.copy_in
+    }
+
+    /// The client ended its COPY data (CopyDone or CopyFail): Syncs count again.
+    pub fn copy_ended(&mut self) {
+        self.copy_in = false;
     }
 
     /// Drops all state (the server connection is gone).
@@ -216,7 +229,23 @@ impl Relay {
             if tag == b'Z' {
                 self.queue.pop_front();
             }
-            return false;
+            // A ParameterStatus is the server's value of a setting the proxy just made match
+            // the client's (a startup value restored after RESET, say): the client is told.
+            return tag == b'S';
+        }
+        if tag == b'G' && matches!(front, Some(Expect::Client(Kind::Execute))) {
+            // COPY FROM STDIN in the extended protocol: the Syncs the client sent after the
+            // Execute reach the server in COPY IN mode and are ignored, with no ReadyForQuery.
+            self.copy_in = true;
+            let before = self.queue.len();
+            let mut first = true;
+            self.queue.retain(|e| {
+                let keep = first || !matches!(e, Expect::Client(Kind::Sync));
+                first = false;
+                keep
+            });
+            self.owed_ready = self.owed_ready.saturating_sub(before - self.queue.len());
+            return true;
         }
         // Asynchronous messages can arrive at any time.
         if matches!(tag, b'N' | b'S' | b'A') {

@@ -391,6 +391,10 @@ pub fn session_command(stmt: &str) -> SessionCommand {
         {
             SessionCommand::Pin("CREATE TEMPORARY TABLE")
         }
+        // `CREATE TABLE pg_temp.t`, `CREATE TYPE pg_temp.t`, ...: temporary objects too.
+        "create" if find_ci(stmt.as_bytes(), b"pg_temp").is_some() => {
+            SessionCommand::Pin("temporary object")
+        }
         _ => SessionCommand::None,
     };
     if cmd != SessionCommand::None {
@@ -589,6 +593,14 @@ mod tests {
         assert_eq!(session_command("PREPARE TRANSACTION 'x'"), None);
         assert_eq!(session_command("execute foo(1)"), Execute("foo".into()));
         assert_eq!(session_command("LISTEN ch"), Pin("LISTEN"));
+        assert_eq!(
+            session_command("CREATE TYPE pg_temp.mood AS ENUM ('ok')"),
+            Pin("temporary object")
+        );
+        assert_eq!(
+            session_command("create domain PG_TEMP.d as int"),
+            Pin("temporary object")
+        );
         assert_eq!(
             session_command("create temp table t (a int)"),
             Pin("CREATE TEMPORARY TABLE")

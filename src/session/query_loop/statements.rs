@@ -78,9 +78,14 @@ impl Loop<'_> {
             b'S' => {
                 self.discard_until_sync = false;
                 self.unsynced = false;
-                self.forward(&frame, Some(Kind::Sync));
+                let kind = (!self.relay.sync_ignored()).then_some(Kind::Sync);
+                self.forward(&frame, kind);
             }
             b'F' => self.forward(&frame, Some(Kind::Function)),
+            b'c' | b'f' => {
+                self.relay.copy_ended();
+                self.forward(&frame, None);
+            }
             _ => self.forward(&frame, None),
         }
         if matches!(tag, b'H' | b'E') {

@@ -98,7 +98,7 @@ fn error_skips_to_sync_and_reports_unprepared_statements() {
 }
 
 #[test]
-fn simple_query_error_waits_for_ready_and_injected_query_is_silent() {
+fn simple_query_error_waits_for_ready_and_injected_query_is_silent_but_for_parameter_status() {
     let mut r = Relay::default();
     r.push(Expect::InjectedQuery("settings"));
     r.push(Expect::Client(Kind::Query));
@@ -112,7 +112,8 @@ fn simple_query_error_waits_for_ready_and_injected_query_is_silent() {
         msg(b'Z', b"I"),
     ];
     let (out, events) = run(&mut r, &server);
-    let mut expected = server[5].clone();
+    let mut expected = server[2].clone();
+    expected.extend(&server[5]);
     expected.extend(&server[6]);
     assert_eq!(out, expected);
     assert!(matches!(events[..], [Event::Ready(b'I')]));
@@ -149,4 +150,24 @@ fn garbage_from_server_is_an_error() {
     assert!(r
         .process(&mut inbuf, &mut BytesMut::new(), &mut Vec::new())
         .is_err());
+}
+
+#[test]
+fn extended_copy_in_ignores_the_syncs_sent_in_copy_mode() {
+    // client: Bind Execute Sync, then (after CopyInResponse) CopyData CopyDone Sync; the server
+    // ignores the first Sync and answers one ReadyForQuery.
+    let mut r = Relay::default();
+    r.push(Expect::Client(Kind::Bind));
+    r.push(Expect::Client(Kind::Execute));
+    r.push(Expect::Client(Kind::Sync));
+    let (out, _) = run(&mut r, &[msg(b'2', b""), msg(b'G', b"\0\0\0")]);
+    assert_eq!(out.len(), 5 + 8);
+    assert!(r.sync_ignored());
+    assert_eq!(r.owed_ready(), 0);
+    r.copy_ended();
+    assert!(!r.sync_ignored());
+    r.push(Expect::Client(Kind::Sync));
+    let (_, events) = run(&mut r, &[msg(b'C', b"COPY 1\0"), msg(b'Z', b"I")]);
+    assert!(matches!(events[..], [Event::Ready(b'I')]));
+    assert!(r.idle());
 }
