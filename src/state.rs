@@ -156,6 +156,10 @@ pub struct Prepared {
     pub command: crate::sql::scan::SessionCommand,
     /// Settings it changes through `set_config('name', ...)`.
     pub set_config: Vec<String>,
+    /// What it may do to settings beyond that, found once at insert.
+    pub effect: crate::session::client_state::SettingsEffect,
+    /// The schema generation it was prepared in ([`StatementCache::bump_generation`]).
+    pub generation: u64,
     /// Routing facts, found on first use (only when routing needs them).
     pub route: std::sync::OnceLock<crate::sql::hints::RouteFacts>,
 }
@@ -171,16 +175,26 @@ impl Prepared {
 #[derive(Debug, Default)]
 pub struct StatementCache {
     map: Mutex<HashMap<bytes::Bytes, Arc<Prepared>>>,
+    /// Bumped by every schema change seen through the proxy: a statement prepared in an older
+    /// generation is not shared with clients that prepare its text afterwards (its parameter
+    /// types may name a type that was dropped and re-created).
+    generation: std::sync::atomic::AtomicU64,
+    /// Last statement id handed out.
+    last_id: std::sync::atomic::AtomicU64,
 }
 
 impl StatementCache {
     /// The shared statement for a Parse body tail (see [`crate::protocol::Parse::rest`]).
     pub fn get_or_insert(&self, rest: &[u8]) -> Arc<Prepared> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = map.get(rest) {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = map.get(rest).filter(|p| p.generation == generation) {
             return p.clone();
         }
-        let id = map.len() as u64 + 1;
+        let id = self
+            .last_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let name = format!("sg_{id}");
         let p = Arc::new(Prepared {
             id,
@@ -189,6 +203,10 @@ impl StatementCache {
             validated: Default::default(),
             command: crate::sql::scan::session_command(crate::protocol::query_text(rest)),
             set_config: crate::sql::scan::set_config_names(crate::protocol::query_text(rest)),
+            effect: crate::session::client_state::settings_effect(crate::protocol::query_text(
+                rest,
+            )),
+            generation,
             route: Default::default(),
         });
         map.insert(bytes::Bytes::copy_from_slice(rest), p.clone());
@@ -198,9 +216,17 @@ impl StatementCache {
     /// The shared statement for a Parse body tail, if a server has accepted it before.
     pub fn get_validated(&self, rest: &[u8]) -> Option<Arc<Prepared>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
         map.get(rest)
+            .filter(|p| p.generation == generation)
             .filter(|p| p.validated.load(std::sync::atomic::Ordering::Relaxed))
             .cloned()
+    }
+
+    /// After a schema change: statements prepared from now on are new ones.
+    pub fn bump_generation(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Number of distinct statements seen.
