@@ -390,17 +390,20 @@ pub fn settings_effect(stmt: &str) -> SettingsEffect {
         _ => {}
     }
     for (i, t) in toks.iter().enumerate() {
-        let Tok::Word(w) = t else {
-            continue;
+        // A quoted name is never a known builtin.
+        let w = match t {
+            Tok::Word(w) => w.as_str(),
+            Tok::Quoted => "\"",
+            _ => continue,
         };
         let prev = i.checked_sub(1).and_then(|p| toks.get(p));
-        if matches!(w.as_str(), "insert" | "delete" | "merge")
+        if matches!(w, "insert" | "delete" | "merge")
             || (w == "update" && !matches!(prev, Some(Tok::Word(p)) if p == "for" || p == "key"))
         {
             // A write in a CTE, or a rule's action.
             e.writes = true;
         }
-        if toks.get(i + 1) != Some(&Tok::Punct(b'(')) || NOT_CALLS.contains(&w.as_str()) {
+        if toks.get(i + 1) != Some(&Tok::Punct(b'(')) || NOT_CALLS.contains(&w) {
             continue;
         }
         match prev {
@@ -425,7 +428,7 @@ pub fn settings_effect(stmt: &str) -> SettingsEffect {
                 Some(Tok::Param(n)) if *n > 0 => e.name_params.push(*n),
                 _ => e.opaque = true,
             }
-        } else if !PURE_BUILTINS.contains(&w.as_str()) {
+        } else if !PURE_BUILTINS.contains(&w) {
             e.opaque = true;
         }
     }

@@ -47,7 +47,10 @@ impl Loop<'_> {
                 let Some(p) = parse_body(frame.body()) else {
                     return false;
                 };
-                if p.name.is_empty() || self.client.named.contains_key(p.name) {
+                if p.name.is_empty()
+                    || self.client.named.contains_key(p.name)
+                    || self.client.sql_prepared.contains_key(p.name)
+                {
                     return false;
                 }
                 if !matches!(session_command(p.query), SessionCommand::None) {
