@@ -113,6 +113,9 @@ pub struct ServerConn {
     pub sql_prepared: HashMap<String, Arc<str>>,
     /// Settings changed from the connection's defaults, as `current_setting` reports them.
     pub settings: BTreeMap<String, String>,
+    /// A statement may have changed settings that `settings` does not show (a fan-out or a
+    /// multi-shard transaction ran one): reset them all before the next use.
+    pub settings_unknown: bool,
 }
 
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -149,6 +152,7 @@ impl ServerConn {
             ),
             sql_prepared: HashMap::new(),
             settings: BTreeMap::new(),
+            settings_unknown: false,
         };
         let mut out = BytesMut::new();
         let params = [

@@ -142,6 +142,21 @@ pub fn apply_sql(
     (!sql.is_empty()).then_some(sql)
 }
 
+/// [`apply_sql`] for a server connection that may be in any state: when its settings are
+/// unknown it is reset first (`RESET ALL; RESET ROLE`, in the same query). Callers record
+/// `client` as the connection's settings once the query is sent.
+pub fn setup_sql(
+    client: &BTreeMap<String, String>,
+    conn: &mut crate::backend::ServerConn,
+) -> Option<String> {
+    if std::mem::take(&mut conn.settings_unknown) {
+        conn.settings.clear();
+        let apply = apply_sql(client, &conn.settings).unwrap_or_default();
+        return Some(format!("RESET ALL; RESET ROLE; {apply}"));
+    }
+    apply_sql(client, &conn.settings)
+}
+
 /// A query returning the current value of each setting in `names`, in order.
 pub fn read_back_sql(names: &[&String]) -> String {
     let cols: Vec<String> = names

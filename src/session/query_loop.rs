@@ -20,7 +20,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
 use super::client_state::{
-    apply_sql, read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows,
+    read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows, setup_sql,
     ClientState,
 };
 use super::relay::{Event, Expect, Relay};
@@ -458,7 +458,7 @@ impl Loop<'_> {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
         };
-        if let Some(sql) = apply_sql(&self.client.settings, &conn.settings) {
+        if let Some(sql) = setup_sql(&self.client.settings, conn) {
             let _ = postgres_protocol::message::frontend::query(&sql, &mut self.sout);
             self.relay.push(Expect::InjectedQuery(APPLY_SETTINGS));
             conn.settings = self.client.settings.clone();
