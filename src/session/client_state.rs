@@ -19,6 +19,9 @@ pub struct ClientState {
     /// (see [`settings_effect`]): at its end every session setting is read back and the server
     /// connection reset.
     pub opaque: bool,
+    /// A statement of the current transaction wrote rows, so triggers may have changed
+    /// settings: the server connection is reset before its next use (no read-back).
+    pub wrote: bool,
     /// The current transaction ran DDL: statements prepared before it are not shared after it.
     pub ddl: bool,
     /// `set_config($n, ...)` in the unnamed statement: the parameters whose values name

@@ -473,6 +473,9 @@ impl Loop<'_> {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
         };
+        // After writes (triggers may set something): reset before the next use, in the same
+        // write as the next client's settings; no round trip now.
+        conn.settings_unknown |= std::mem::take(&mut self.client.wrote);
         if std::mem::take(&mut self.client.opaque) {
             let mut names: Vec<String> = self.client.settings.keys().cloned().collect();
             names.extend(std::mem::take(&mut self.client.dirty));
@@ -483,6 +486,7 @@ impl Loop<'_> {
                     self.client.settings = settings_from_rows(rows);
                     // RESET ALL: the connection is back at its defaults.
                     conn.settings.clear();
+                    conn.settings_unknown = false;
                 }
                 _ => {
                     tracing::warn!(user = %self.login.user, "could not read back session settings; closing the server connection");

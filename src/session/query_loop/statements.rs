@@ -336,11 +336,10 @@ impl Loop<'_> {
     /// at the end of the transaction) and whether it changes the schema.
     fn note_effect(&mut self, e: &SettingsEffect) {
         let mode = self.state.config.pool.settings_read_back;
-        if e.opaque
-            || mode == SettingsReadBack::Always
-            || (e.writes && mode == SettingsReadBack::Auto)
-        {
+        if e.opaque || mode == SettingsReadBack::Always {
             self.client.opaque = true;
+        } else if e.writes && mode == SettingsReadBack::Auto {
+            self.client.wrote = true;
         }
         if e.ddl {
             self.client.ddl = true;
@@ -504,8 +503,10 @@ impl Loop<'_> {
                 if let Some(text) = self.client.sql_prepared.get(&name).filter(|_| !deallocate) {
                     let effect = settings_effect(text);
                     let mode = self.state.config.pool.settings_read_back;
-                    if effect.opaque || (effect.writes && mode == SettingsReadBack::Auto) {
+                    if effect.opaque {
                         self.client.opaque = true;
+                    } else if effect.writes && mode == SettingsReadBack::Auto {
+                        self.client.wrote = true;
                     }
                 }
                 if !self.client.sql_prepared.contains_key(&name)
