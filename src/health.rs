@@ -168,13 +168,17 @@ struct Probe {
     health: Arc<ServerHealth>,
     config: tokio_postgres::Config,
     client: Option<tokio_postgres::Client>,
+    allow_cleartext: bool,
 }
 
 impl Probe {
     async fn check(&mut self, timeout: Duration) -> Option<Observation> {
         let fut = async {
             if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await.ok()?;
+                let (client, conn) =
+                    crate::backend::pg_connect(&self.config, self.allow_cleartext)
+                        .await
+                        .ok()?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -244,6 +248,7 @@ pub fn spawn_checker(
             config: probe_config(config, db, &h.addr),
             health: h,
             client: None,
+            allow_cleartext: config.pool.allow_cleartext_server_password,
         })
         .collect();
     let mut lags = vec![Lag::default(); probes.len()];

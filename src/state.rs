@@ -156,6 +156,10 @@ pub struct Prepared {
     pub command: crate::sql::scan::SessionCommand,
     /// Settings it changes through `set_config('name', ...)`.
     pub set_config: Vec<String>,
+    /// What it may do to settings beyond that, found once at insert.
+    pub effect: crate::session::client_state::SettingsEffect,
+    /// The schema generation it was prepared in ([`StatementCache::bump_generation`]).
+    pub generation: u64,
     /// Routing facts, found on first use (only when routing needs them).
     pub route: std::sync::OnceLock<crate::sql::hints::RouteFacts>,
 }
@@ -179,6 +183,10 @@ pub const STATEMENT_CACHE_BYTES: usize = 32 << 20;
 #[derive(Debug)]
 pub struct StatementCache {
     inner: Mutex<CacheInner>,
+    /// Bumped by every schema change seen through the proxy: a statement prepared in an older
+    /// generation is not shared with clients that prepare its text afterwards (its parameter
+    /// types may name a type that was dropped and re-created).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -196,6 +204,7 @@ impl Default for StatementCache {
                 bytes: 0,
                 next_id: 1,
             }),
+            generation: Default::default(),
         }
     }
 }
@@ -204,7 +213,8 @@ impl StatementCache {
     /// The shared statement for a Parse body tail (see [`crate::protocol::Parse::rest`]).
     pub fn get_or_insert(&self, rest: &[u8]) -> Arc<Prepared> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = c.map.get(rest) {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = c.map.get(rest).filter(|p| p.generation == generation) {
             return p.clone();
         }
         let id = c.next_id;
@@ -217,10 +227,17 @@ impl StatementCache {
             validated: Default::default(),
             command: crate::sql::scan::session_command(crate::protocol::query_text(rest)),
             set_config: crate::sql::scan::set_config_names(crate::protocol::query_text(rest)),
+            effect: crate::session::client_state::settings_effect(crate::protocol::query_text(
+                rest,
+            )),
+            generation,
             route: Default::default(),
         });
         c.bytes += 2 * rest.len();
-        c.map.put(bytes::Bytes::copy_from_slice(rest), p.clone());
+        if c.map.put(bytes::Bytes::copy_from_slice(rest), p.clone()).is_some() {
+            // An older generation's entry of the same text was replaced.
+            c.bytes -= 2 * rest.len();
+        }
         while c.map.len() > STATEMENT_CACHE_ENTRIES || c.bytes > STATEMENT_CACHE_BYTES {
             match c.map.pop_lru() {
                 Some((k, _)) => c.bytes -= 2 * k.len(),
@@ -233,10 +250,18 @@ impl StatementCache {
     /// The shared statement for a Parse body tail, if a server has accepted it before.
     pub fn get_validated(&self, rest: &[u8]) -> Option<Arc<Prepared>> {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
         c.map
             .get(rest)
+            .filter(|p| p.generation == generation)
             .filter(|p| p.validated.load(std::sync::atomic::Ordering::Relaxed))
             .cloned()
+    }
+
+    /// After a schema change: statements prepared from now on are new ones.
+    pub fn bump_generation(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Number of distinct statements seen.

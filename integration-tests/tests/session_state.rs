@@ -1446,3 +1446,248 @@ async fn statement_mode_keeps_named_prepared_statements() {
         assert_eq!(simple_value(&c, "EXECUTE ss_stmt_mode").await, "11");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// settings made where the SQL does not show them, DEALLOCATE of protocol statements, DDL
+
+/// search_path and default_transaction_read_only of `c`, and its backend pid.
+async fn path_and_read_only(c: &Client) -> (String, String, i32) {
+    let row = c
+        .query_one(
+            "select current_setting('search_path'), \
+             current_setting('default_transaction_read_only'), pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_made_unseen_stay_with_their_client() {
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    let herder = Herder::new(&proxy, "app", "app").await;
+    let setup = proxy.app("app").await;
+    setup
+        .batch_execute(
+            "create or replace function ss_set_path_fn() returns int language plpgsql as \
+             $$ begin set search_path = ss_fn; return 1; end $$; \
+             create or replace procedure ss_set_path_proc() language plpgsql as \
+             $$ begin perform set_config('search_path', 'ss_proc', false); end $$",
+        )
+        .await
+        .unwrap();
+    let fresh = proxy.app("app").await;
+    let (default_path, default_ro, _) = path_and_read_only(&fresh).await;
+    assert_eq!(default_ro, "off");
+    drop(fresh);
+
+    type Case = (&'static str, &'static str, &'static str);
+    let cases: [Case; 5] = [
+        ("set_config with bind parameters", "ss_bind", "bind"),
+        ("set_config with bind parameters (read only)", "", "bind_ro"),
+        ("a DO block", "ss_do", "do"),
+        ("a function that SETs", "ss_fn", "function"),
+        ("a procedure that calls set_config", "ss_proc", "call"),
+    ];
+    let mut last = 0;
+    for (what, path, how) in cases {
+        let a = proxy.app("app").await;
+        let hold = herder.free(Free::Not(last)).await;
+        match how {
+            "bind" => {
+                let v: String = a
+                    .query_one("select set_config($1, $2, false)", &[&"search_path", &path])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(v, path);
+            }
+            "bind_ro" => {
+                a.query(
+                    "select set_config($1, $2, false)",
+                    &[&"default_transaction_read_only", &"on"],
+                )
+                .await
+                .unwrap();
+            }
+            "do" => a
+                .batch_execute(
+                    "do $$ begin perform set_config('search_path', 'ss_do', false); end $$",
+                )
+                .await
+                .unwrap(),
+            "function" => {
+                let one: i32 = a
+                    .query_one("select ss_set_path_fn()", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(one, 1);
+            }
+            _ => a.batch_execute("call ss_set_path_proc()").await.unwrap(),
+        }
+        // a brand-new client on the very connection A used sees the defaults
+        let b = proxy.app("app").await;
+        let (b_path, b_ro, p) = path_and_read_only(&b).await;
+        assert_eq!(p, hold.free, "{what}: B runs on A's server connection");
+        assert_eq!(
+            (b_path.as_str(), b_ro.as_str()),
+            (default_path.as_str(), "off"),
+            "{what}: client B inherited client A's setting on connection {p}"
+        );
+        last = hold.free;
+        hold.end().await;
+        // and A keeps its setting on both server connections
+        let (want_path, want_ro) = if how == "bind_ro" {
+            (default_path.as_str(), "on")
+        } else {
+            (path, "off")
+        };
+        for free in [Free::Is(last), Free::Not(last)] {
+            let hold = herder.free(free).await;
+            let (a_path, a_ro, p) = path_and_read_only(&a).await;
+            assert_eq!(p, hold.free);
+            assert_eq!(
+                (a_path.as_str(), a_ro.as_str()),
+                (want_path, want_ro),
+                "{what}: client A lost its own setting on connection {p}"
+            );
+            hold.end().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_deallocate_of_a_protocol_statement_frees_the_name() {
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    let herder = Herder::new(&proxy, "trusty", "").await;
+    let mut c = raw_login(proxy.port, "trusty", "app", &[]).await;
+    let mut last = 0;
+    for round in 0..4 {
+        let hold = herder.free(Free::Not(last)).await;
+        let msgs = c
+            .send(&[wire::parse("dp", "select 'proto'::text"), wire::sync()].concat(), 1)
+            .await;
+        assert_eq!(wire::tags(&msgs), "1Z", "round {round}: {msgs:?}");
+        last = hold.free;
+        hold.end().await;
+        // the DEALLOCATE runs on the other server connection, inside a transaction on odd
+        // rounds, through the extended protocol on rounds 2 and 3
+        let hold = herder.free(Free::Not(last)).await;
+        let sql = if round % 2 == 1 {
+            "begin; deallocate dp; commit"
+        } else {
+            "deallocate dp"
+        };
+        let msgs = if round >= 2 {
+            c.send(
+                &[
+                    wire::parse("", "deallocate dp"),
+                    wire::bind("", &[]),
+                    wire::execute(),
+                    wire::sync(),
+                ]
+                .concat(),
+                1,
+            )
+            .await
+        } else {
+            c.send(&wire::query(sql), 1).await
+        };
+        assert_eq!(error_code(&msgs), None, "round {round}: {sql}: {msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|(t, b)| *t == b'C' && b.starts_with(b"DEALLOCATE")),
+            "{msgs:?}"
+        );
+        last = hold.free;
+        hold.end().await;
+        // the statement is gone...
+        let msgs = c.send(&wire::run("dp", &[]), 1).await;
+        assert_eq!(error_code(&msgs).as_deref(), Some("26000"), "{msgs:?}");
+        let msgs = c.send(&wire::query("deallocate dp"), 1).await;
+        assert_eq!(error_code(&msgs).as_deref(), Some("26000"), "{msgs:?}");
+        // ...and its name is free for SQL PREPARE, which then holds it against Parse
+        assert_eq!(
+            simple_tags(&mut c, "prepare dp as select 'sql'::text").await,
+            "CZ"
+        );
+        assert_eq!(raw_value(&mut c, "execute dp").await, "sql");
+        let msgs = c
+            .send(&[wire::parse("dp", "select 1"), wire::sync()].concat(), 1)
+            .await;
+        assert_eq!(error_code(&msgs).as_deref(), Some("42P05"), "{msgs:?}");
+        assert_eq!(simple_tags(&mut c, "deallocate dp").await, "CZ");
+        // a protocol statement holds its name against PREPARE too
+        let msgs = c
+            .send(&[wire::parse("dp", "select 1"), wire::sync()].concat(), 1)
+            .await;
+        assert_eq!(wire::tags(&msgs), "1Z", "{msgs:?}");
+        let msgs = c.send(&wire::query("prepare dp as select 2"), 1).await;
+        assert_eq!(error_code(&msgs).as_deref(), Some("42P05"), "{msgs:?}");
+        let msgs = c
+            .send(&[wire::close_statement("dp"), wire::sync()].concat(), 1)
+            .await;
+        assert_eq!(wire::tags(&msgs), "3Z", "{msgs:?}");
+        assert_eq!(raw_value(&mut c, "select 'in sync'").await, "in sync");
+    }
+}
+
+/// The message tags of a raw simple query's answer.
+async fn simple_tags(c: &mut RawClient, sql: &str) -> String {
+    let msgs = c.send(&wire::query(sql), 1).await;
+    wire::tags(&msgs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_not_shared_across_a_dropped_and_recreated_type() {
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    let herder = Herder::new(&proxy, "trusty", "").await;
+    let setup = proxy.app("app").await;
+    setup
+        .batch_execute("drop type if exists ss_mood; create type ss_mood as enum ('ok', 'meh')")
+        .await
+        .unwrap();
+    let sql = "select $1::ss_mood::text || '!'";
+    // A prepares and runs the statement on both server connections
+    let mut a = raw_login(proxy.port, "trusty", "app", &[]).await;
+    let msgs = a
+        .send(&[wire::parse("m", sql), wire::sync()].concat(), 1)
+        .await;
+    assert_eq!(wire::tags(&msgs), "1Z", "{msgs:?}");
+    for free in [Free::Not(0), Free::Not(0)] {
+        let hold = herder.free(free).await;
+        let msgs = a.send(&wire::run("m", &["ok"]), 1).await;
+        assert_eq!(wire::data_rows(&msgs), vec![vec![Some("ok!".to_string())]]);
+        let other = hold.free;
+        hold.end().await;
+        let hold = herder.free(Free::Not(other)).await;
+        let msgs = a.send(&wire::run("m", &["meh"]), 1).await;
+        assert_eq!(wire::data_rows(&msgs), vec![vec![Some("meh!".to_string())]]);
+        hold.end().await;
+    }
+    // the type is dropped and created again (new OID)
+    setup
+        .batch_execute("drop type ss_mood; create type ss_mood as enum ('ok', 'meh', 'new')")
+        .await
+        .unwrap();
+    // a new client prepares the same text: it works on every server connection
+    let mut b = raw_login(proxy.port, "trusty", "app", &[]).await;
+    let msgs = b
+        .send(&[wire::parse("m2", sql), wire::sync()].concat(), 1)
+        .await;
+    assert_eq!(wire::tags(&msgs), "1Z", "{msgs:?}");
+    let mut last = 0;
+    for _ in 0..2 {
+        let hold = herder.free(Free::Not(last)).await;
+        let msgs = b.send(&wire::run("m2", &["new"]), 1).await;
+        assert_eq!(
+            wire::data_rows(&msgs),
+            vec![vec![Some("new!".to_string())]],
+            "a statement shared from before the type was re-created: {msgs:?}"
+        );
+        last = hold.free;
+        hold.end().await;
+    }
+}

@@ -15,8 +15,11 @@ use tokio::net::TcpStream;
 
 use crate::protocol::{error_fields, split_frame, Frame, FrameError};
 
-/// Where and as whom to connect.
-#[derive(Debug, Clone)]
+mod guard;
+pub use guard::{pg_connect, GuardedStream};
+
+/// Where and as whom to connect. `Debug` hides the password.
+#[derive(Clone)]
 pub struct ConnectParams {
     /// `host:port`.
     pub addr: String,
@@ -30,6 +33,22 @@ pub struct ConnectParams {
     pub connect_timeout: Duration,
     /// Capacity of the per-connection prepared statement set.
     pub prepared_capacity: usize,
+    /// Answer a server's request for a cleartext password (`password` authentication).
+    pub allow_cleartext: bool,
+}
+
+impl std::fmt::Debug for ConnectParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectParams")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("prepared_capacity", &self.prepared_capacity)
+            .field("allow_cleartext", &self.allow_cleartext)
+            .finish()
+    }
 }
 
 /// Why a server connection could not be used.
@@ -99,6 +118,9 @@ pub struct ServerConn {
     pub sql_prepared: HashMap<String, Arc<str>>,
     /// Settings changed from the connection's defaults, as `current_setting` reports them.
     pub settings: BTreeMap<String, String>,
+    /// A statement may have changed settings that `settings` does not show (a fan-out or a
+    /// multi-shard transaction ran one): reset them all before the next use.
+    pub settings_unknown: bool,
 }
 
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -136,6 +158,7 @@ impl ServerConn {
             ),
             sql_prepared: HashMap::new(),
             settings: BTreeMap::new(),
+            settings_unknown: false,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -165,8 +188,13 @@ impl ServerConn {
         }
     }
 
+    /// Answers the server's authentication requests. Refuses to send a cleartext password
+    /// unless allowed, and a SCRAM exchange must end with the server's proof (SASLFinal,
+    /// checked) before AuthenticationOk: a server that skips it has not shown it knows the
+    /// password.
     async fn authenticate(&mut self, p: &ConnectParams) -> Result<(), BackendError> {
         let mut scram: Option<sasl::ScramSha256> = None;
+        let mut server_proven = false;
         loop {
             let f = self.read_frame().await?;
             if f.tag == b'E' {
@@ -188,7 +216,22 @@ impl ServerConn {
                 })
             };
             match code {
+                0 if scram.is_some() && !server_proven => {
+                    return Err(self.protocol(
+                        "server ended SCRAM authentication without its final message \
+                         (it did not prove it knows the password); refused"
+                            .into(),
+                    ))
+                }
                 0 => return Ok(()),
+                3 if !p.allow_cleartext => {
+                    return Err(self.protocol(format!(
+                        "server asks for user \"{}\"'s password in cleartext; refused \
+                         (set pool.allow_cleartext_server_password = true to allow it, or \
+                         use scram-sha-256 or md5 in pg_hba.conf)",
+                        p.user
+                    )))
+                }
                 3 => {
                     let pw = need_password()?;
                     frontend::password_message(pw.as_bytes(), &mut out).map_err(|e| self.io(e))?;
@@ -198,6 +241,9 @@ impl ServerConn {
                     let salt = [data[0], data[1], data[2], data[3]];
                     let h = md5_hash(p.user.as_bytes(), pw.as_bytes(), salt);
                     frontend::password_message(h.as_bytes(), &mut out).map_err(|e| self.io(e))?;
+                }
+                10 if scram.is_some() => {
+                    return Err(self.protocol("a second SASL exchange".into()));
                 }
                 10 => {
                     let offers_scram = data
@@ -226,7 +272,11 @@ impl ServerConn {
                     let s = scram
                         .as_mut()
                         .ok_or_else(|| self.protocol("SASLFinal without SASL".into()))?;
+                    if server_proven {
+                        return Err(self.protocol("a second SASLFinal".into()));
+                    }
                     s.finish(data).map_err(|e| self.protocol(e.to_string()))?;
+                    server_proven = true;
                     continue;
                 }
                 c => return Err(self.protocol(format!("unsupported authentication request {c}"))),
@@ -337,6 +387,31 @@ impl ServerConn {
                         Some(e) => Err(e),
                         None => Ok(row),
                     }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs a simple query (maybe several statements) and returns the text values of every
+    /// row (NULL as ""), with the final transaction status, or the first error.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<(Vec<Vec<String>>, u8), BackendError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.send(&out).await?;
+        let mut rows = Vec::new();
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'D' => rows.push(data_row_texts(f.body())),
+                b'E' if err.is_none() => err = Some(self.server_error(&f)),
+                b'Z' => {
+                    let status = f.body().first().copied().unwrap_or(b'I');
+                    return match err {
+                        Some(e) => Err(e),
+                        None => Ok((rows, status)),
+                    };
                 }
                 _ => {}
             }

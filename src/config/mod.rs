@@ -143,6 +143,30 @@ pub struct PoolConfig {
     /// cursor, temporary table, SET SESSION AUTHORIZATION): `pin` keeps that server connection
     /// for the client until it disconnects; `error` refuses the statement with 0A000.
     pub session_state: SessionStatePolicy,
+    /// When a transaction-mode client's settings are read back from the server at the end of
+    /// a transaction in full (every setting of the session, then `RESET ALL` on the server
+    /// connection), beyond the settings its SQL names (`SET`, `RESET`, `set_config('name', ..)`
+    /// or `set_config($1, ..)`, always tracked): `auto` after statements that may change
+    /// settings unseen (`DO`, `CALL`, calls of functions that are not known builtins, writes,
+    /// which may fire triggers), `sql` the same except writes, `always` after every
+    /// transaction.
+    pub settings_read_back: SettingsReadBack,
+    /// Send a cleartext password to a server that asks for one (`password` authentication).
+    /// Off by default: such a server gets no password and the connection fails.
+    pub allow_cleartext_server_password: bool,
+}
+
+/// See [`PoolConfig::settings_read_back`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingsReadBack {
+    /// After statements the SQL does not prove settings-neutral, writes included.
+    #[default]
+    Auto,
+    /// After statements the SQL does not prove settings-neutral, writes excluded.
+    Sql,
+    /// After every transaction.
+    Always,
 }
 
 /// See [`PoolConfig::session_state`].
@@ -168,6 +192,8 @@ impl Default for PoolConfig {
             fifo_checkout: true,
             prepared_statements_cache: 500,
             session_state: SessionStatePolicy::Pin,
+            settings_read_back: SettingsReadBack::Auto,
+            allow_cleartext_server_password: false,
         }
     }
 }

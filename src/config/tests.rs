@@ -82,3 +82,61 @@ fn debug_output_never_shows_passwords() {
     let text = format!("{c:?}");
     assert!(!text.contains("secret"), "{text}");
 }
+
+#[test]
+fn no_debug_output_prints_a_password() {
+    let text = r#"
+[proxy]
+admin_password = "adm1n-s3cret"
+[pool]
+allow_cleartext_server_password = true
+settings_read_back = "always"
+[[users]]
+name = "app"
+password = "us3r-s3cret"
+server_password = "s3rver-s3cret"
+[[databases]]
+name = "app"
+[[databases.shards]]
+name = "s0"
+primary = "127.0.0.1:5432"
+"#;
+    let c = Config::parse(text, "t").unwrap();
+    assert!(c.pool.allow_cleartext_server_password);
+    assert_eq!(c.pool.settings_read_back, SettingsReadBack::Always);
+    let secrets = ["adm1n-s3cret", "us3r-s3cret", "s3rver-s3cret"];
+    let state_user = crate::auth::Secret::parse("app", &c.users[0].password);
+    let params = crate::backend::ConnectParams {
+        addr: "127.0.0.1:5432".into(),
+        user: "app".into(),
+        password: c.users[0].server_password().map(str::to_string),
+        database: "app".into(),
+        connect_timeout: std::time::Duration::from_secs(1),
+        prepared_capacity: 1,
+        allow_cleartext: false,
+    };
+    let messages = [
+        crate::protocol::PasswordMessage::Password("us3r-s3cret".into()),
+        crate::protocol::PasswordMessage::SaslInitial("SCRAM-SHA-256".into(), b"us3r-s3cret".to_vec()),
+        crate::protocol::PasswordMessage::Sasl(b"us3r-s3cret".to_vec()),
+    ];
+    let shown = [
+        format!("{c:?}"),
+        format!("{c:#?}"),
+        format!("{:?}", c.users),
+        format!("{state_user:?}"),
+        format!("{:?}", state_user.scram_verifier()),
+        format!("{params:?}"),
+        format!("{messages:?}"),
+    ];
+    for s in &shown {
+        for secret in secrets {
+            assert!(!s.contains(secret), "{secret} shown in {s}");
+        }
+    }
+    assert!(shown[5].contains("<redacted>"), "{}", shown[5]);
+    // defaults: no cleartext, auto read-back
+    let d = Config::parse(MINIMAL, "t").unwrap();
+    assert!(!d.pool.allow_cleartext_server_password);
+    assert_eq!(d.pool.settings_read_back, SettingsReadBack::Auto);
+}

@@ -136,6 +136,7 @@ impl ServerPool {
             database: db.server_database().to_string(),
             connect_timeout: Duration::from_millis(p.connect_timeout_ms),
             prepared_capacity: p.prepared_statements_cache,
+            allow_cleartext: p.allow_cleartext_server_password,
         };
         let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
         let pool = bb8::Pool::builder()

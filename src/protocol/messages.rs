@@ -149,7 +149,8 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
 }
 
 /// A decoded client 'p' message; which kind it is depends on the authentication state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` shows only which kind it is.
+#[derive(Clone, PartialEq, Eq)]
 pub enum PasswordMessage {
     /// PasswordMessage (cleartext or md5 response).
     Password(String),
@@ -157,6 +158,16 @@ pub enum PasswordMessage {
     SaslInitial(String, Vec<u8>),
     /// SASLResponse: client-final-message.
     Sasl(Vec<u8>),
+}
+
+impl std::fmt::Debug for PasswordMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PasswordMessage::Password(_) => f.write_str("Password(<redacted>)"),
+            PasswordMessage::SaslInitial(m, _) => write!(f, "SaslInitial({m:?}, <redacted>)"),
+            PasswordMessage::Sasl(_) => f.write_str("Sasl(<redacted>)"),
+        }
+    }
 }
 
 /// What kind of 'p' message the authentication state expects.

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::sql::scan::{dollar_quote, is_setting_name};
+
 use crate::state::Prepared;
 
 /// Startup parameters that are not settings.
@@ -14,6 +15,18 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 /// Per-client session state.
 #[derive(Debug, Default)]
 pub struct ClientState {
+    /// A statement of the current transaction may have changed settings the SQL does not name
+    /// (see [`settings_effect`]): at its end every session setting is read back and the server
+    /// connection reset.
+    pub opaque: bool,
+    /// A statement of the current transaction wrote rows, so triggers may have changed
+    /// settings: the server connection is reset before its next use (no read-back).
+    pub wrote: bool,
+    /// The current transaction ran DDL: statements prepared before it are not shared after it.
+    pub ddl: bool,
+    /// `set_config($n, ...)` in the unnamed statement: the parameters whose values name
+    /// settings (found at Parse, read at Bind).
+    pub unnamed_name_params: Vec<usize>,
     /// Client statement name -> pooled statement.
     pub named: HashMap<String, Arc<Prepared>>,
     /// SQL-level prepared statements: name -> PREPARE text.
@@ -132,6 +145,21 @@ pub fn apply_sql(
     (!sql.is_empty()).then_some(sql)
 }
 
+/// [`apply_sql`] for a server connection that may be in any state: when its settings are
+/// unknown it is reset first (`RESET ALL; RESET ROLE`, in the same query). Callers record
+/// `client` as the connection's settings once the query is sent.
+pub fn setup_sql(
+    client: &BTreeMap<String, String>,
+    conn: &mut crate::backend::ServerConn,
+) -> Option<String> {
+    if std::mem::take(&mut conn.settings_unknown) {
+        conn.settings.clear();
+        let apply = apply_sql(client, &conn.settings).unwrap_or_default();
+        return Some(format!("RESET ALL; RESET ROLE; {apply}"));
+    }
+    apply_sql(client, &conn.settings)
+}
+
 /// A query returning the current value of each setting in `names`, in order.
 pub fn read_back_sql(names: &[&String]) -> String {
     let cols: Vec<String> = names
@@ -141,9 +169,432 @@ pub fn read_back_sql(names: &[&String]) -> String {
     format!("SELECT {}", cols.join(", "))
 }
 
+/// What a statement may do to the session's settings beyond what `SET`/`RESET` and
+/// `set_config('literal', ...)` show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsEffect {
+    /// It may change settings the proxy cannot name from the SQL: a `DO` block, `CALL`, a call of
+    /// a function that is not a known builtin (it may `SET` or call `set_config`), or
+    /// `set_config` with a computed name.
+    pub opaque: bool,
+    /// It writes rows, so triggers (functions the SQL does not show) may run.
+    pub writes: bool,
+    /// `set_config($n, ...)`: the 1-based parameters whose Bind values name settings.
+    pub name_params: Vec<usize>,
+    /// It changes the schema (CREATE/ALTER/DROP ...).
+    pub ddl: bool,
+}
+
+/// One token of the settings scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    /// An unquoted word, lowercased (keyword or identifier).
+    Word(String),
+    /// A quoted identifier.
+    Quoted,
+    /// A string literal (plain, E'', dollar-quoted) or a number.
+    Literal,
+    /// `$n`.
+    Param(usize),
+    /// Any other character.
+    Punct(u8),
+}
+
+/// Tokenizes like Postgres as far as classification needs: comments (nested block comments
+/// too) are skipped, quotes and dollar quotes are single tokens. Never panics; non-UTF-8 bytes
+/// belong to words.
+fn tokens(sql: &str) -> Vec<Tok> {
+    let b = sql.as_bytes();
+    let word_start = |c: u8| c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
+    let word_char = |c: u8| word_start(c) || c.is_ascii_digit() || c == b'$';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let mut depth = 0usize;
+            while i < b.len() {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    depth += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if c == b'\'' {
+            // E'...' is handled with the word before it; here standard strings ('' escapes).
+            i = skip_quote(b, i + 1, b'\'', false);
+            out.push(Tok::Literal);
+        } else if c == b'"' {
+            i = skip_quote(b, i + 1, b'"', false);
+            out.push(Tok::Quoted);
+        } else if c == b'$' {
+            let mut j = i + 1;
+            if b.get(j).is_some_and(|d| d.is_ascii_digit()) {
+                let mut n = 0usize;
+                while let Some(d) = b.get(j).filter(|d| d.is_ascii_digit()) {
+                    n = n.saturating_mul(10).saturating_add((d - b'0') as usize);
+                    j += 1;
+                }
+                out.push(Tok::Param(n));
+                i = j;
+                continue;
+            }
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+                j += 1;
+            }
+            if b.get(j) == Some(&b'$') {
+                let tag = &b[i..=j];
+                let body = j + 1;
+                i = b[body..]
+                    .windows(tag.len())
+                    .position(|w| w == tag)
+                    .map_or(b.len(), |p| body + p + tag.len());
+                out.push(Tok::Literal);
+            } else {
+                out.push(Tok::Punct(b'$'));
+                i += 1;
+            }
+        } else if word_start(c) {
+            let start = i;
+            while i < b.len() && word_char(b[i]) {
+                i += 1;
+            }
+            let w = &b[start..i];
+            if matches!(w, b"e" | b"E") && b.get(i) == Some(&b'\'') {
+                i = skip_quote(b, i + 1, b'\'', true);
+                out.push(Tok::Literal);
+            } else if matches!(w, b"u" | b"U") && b.get(i) == Some(&b'&') {
+                // U&'...' / U&"...": the quote follows as its own token.
+                i += 1;
+            } else {
+                out.push(Tok::Word(
+                    String::from_utf8_lossy(w).to_ascii_lowercase(),
+                ));
+            }
+        } else if c.is_ascii_digit() {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                i += 1;
+            }
+            out.push(Tok::Literal);
+        } else {
+            out.push(Tok::Punct(c));
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The index after a quoted token whose opening quote is before `i`.
+fn skip_quote(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
+    while i < b.len() {
+        if backslash && b[i] == b'\\' {
+            i += 2;
+        } else if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
+/// Words that may stand before `(` without being a function call.
+const NOT_CALLS: &[&str] = &[
+    "all", "and", "any", "array", "as", "between", "by", "case", "cast", "check", "coalesce",
+    "collate", "conflict", "constraint", "cube", "default", "distinct", "else", "escape",
+    "except", "exists", "extract", "fetch", "filter", "from", "greatest", "group", "grouping",
+    "having", "ilike", "in", "intersect", "into", "is", "join", "key", "lateral", "least",
+    "like", "limit", "materialized", "not", "nullif", "offset", "on", "only", "or", "order",
+    "over", "overlay", "partition", "position", "primary", "recursive", "references",
+    "returning", "rollup", "row", "select", "set", "sets", "similar", "some", "substring",
+    "table", "tablesample", "then", "trim", "union", "unique", "using", "values", "when",
+    "where", "window", "with", "within", "foreign", "bernoulli", "system", "include",
+];
+
+/// Words after which `name (` names a table, type or new object, not a call.
+const OBJECT_BEFORE: &[&str] = &[
+    "into", "table", "references", "function", "procedure", "prepare", "view", "type", "index",
+    "trigger", "domain", "copy", "exists", "aggregate", "only", "update",
+];
+
+/// Builtin functions known not to change settings (set_config is handled apart). A call of
+/// anything else is assumed to possibly change settings.
+const PURE_BUILTINS: &[&str] = &[
+    "abs", "age", "array_agg", "array_append", "array_cat", "array_length", "array_position",
+    "array_positions", "array_prepend", "array_remove", "array_replace", "array_to_json",
+    "array_to_string", "array_lower", "array_upper", "array_ndims", "array_dims", "ascii",
+    "avg", "bit", "bit_and", "bit_length", "bit_or", "bool_and", "bool_or", "btrim",
+    "cardinality", "cbrt", "ceil", "ceiling", "char", "char_length", "character",
+    "character_length", "chr", "clock_timestamp", "concat", "concat_ws", "corr", "count",
+    "covar_pop", "covar_samp", "cume_dist", "current_database", "current_schema",
+    "current_schemas", "current_setting", "date", "date_bin", "date_part", "date_trunc",
+    "decimal", "decode", "degrees", "dense_rank", "div", "encode", "every", "exp", "first_value",
+    "float4", "float8", "floor", "format", "format_type", "gen_random_uuid", "generate_series",
+    "generate_subscripts", "has_table_privilege", "has_schema_privilege", "initcap", "int2",
+    "int4", "int8", "interval", "isfinite", "json_agg", "json_array_elements",
+    "json_array_length", "json_build_array", "json_build_object", "json_each", "json_extract_path",
+    "json_extract_path_text", "json_object", "json_object_agg", "json_object_keys",
+    "json_populate_record", "json_strip_nulls", "json_typeof", "jsonb_agg", "jsonb_array_elements",
+    "jsonb_array_elements_text", "jsonb_array_length", "jsonb_build_array", "jsonb_build_object",
+    "jsonb_each", "jsonb_each_text", "jsonb_extract_path", "jsonb_extract_path_text",
+    "jsonb_insert", "jsonb_object", "jsonb_object_agg", "jsonb_object_keys", "jsonb_path_query",
+    "jsonb_pretty", "jsonb_set", "jsonb_strip_nulls", "jsonb_typeof", "justify_days",
+    "justify_hours", "justify_interval", "lag", "last_value", "lead", "left", "length", "ln",
+    "log", "lower", "lpad", "ltrim", "make_date", "make_interval", "make_time", "make_timestamp",
+    "make_timestamptz", "max", "md5", "min", "mod", "mode", "now", "nth_value", "ntile",
+    "num_nonnulls", "num_nulls", "numeric", "octet_length", "percent_rank", "percentile_cont",
+    "percentile_disc", "pg_backend_pid", "pg_column_size", "pg_current_wal_insert_lsn",
+    "pg_current_wal_lsn", "pg_is_in_recovery", "pg_last_wal_replay_lsn", "pg_relation_size",
+    "pg_size_pretty", "pg_sleep", "pg_table_size", "pg_total_relation_size", "pg_typeof",
+    "pi", "power", "quote_ident", "quote_literal", "quote_nullable", "radians", "random",
+    "rank", "regexp_match", "regexp_matches", "regexp_replace", "regexp_split_to_array",
+    "regexp_split_to_table", "repeat", "replace", "reverse", "right", "round", "row_number",
+    "row_to_json", "rpad", "rtrim", "scale", "sign", "split_part", "sqrt", "starts_with",
+    "statement_timestamp", "stddev", "stddev_pop", "stddev_samp", "string_agg",
+    "string_to_array", "strpos", "substr", "sum", "time", "timeofday", "timestamp",
+    "timestamptz", "timetz", "to_char", "to_date", "to_hex", "to_json", "to_jsonb",
+    "to_number", "to_timestamp", "transaction_timestamp", "translate", "trunc", "unnest",
+    "upper", "uuid", "var_pop", "var_samp", "variance", "varbit", "varchar", "version",
+    "width_bucket", "txid_current", "pg_current_xact_id", "inet_client_addr",
+    "inet_server_addr", "inet_server_port", "pg_postmaster_start_time", "obj_description",
+    "col_description", "pg_get_indexdef", "pg_get_viewdef", "pg_get_constraintdef",
+    "pg_get_expr", "pg_get_userbyid", "pg_table_is_visible", "pg_type_is_visible",
+    "pg_encoding_to_char", "has_database_privilege", "has_column_privilege",
+    "has_function_privilege", "pg_has_role", "array_fill", "string", "bool", "text", "oid",
+    "regclass", "regtype", "float", "real", "double", "bigint", "integer", "smallint", "int",
+    "boolean", "bytea", "json", "jsonb", "inet", "cidr", "point", "tsvector", "to_tsvector",
+    "to_tsquery", "plainto_tsquery", "websearch_to_tsquery", "ts_rank", "setseed",
+];
+
+/// First words of statements that write rows (triggers may run).
+const WRITE_VERBS: &[&str] = &["insert", "update", "delete", "merge", "copy", "truncate"];
+
+/// First words of schema changes.
+const DDL_VERBS: &[&str] = &["create", "alter", "drop", "comment", "import", "reindex"];
+
+/// Classifies one statement for [`SettingsEffect`]: cheap (one pass over the text) and on the
+/// safe side: what it does not recognize counts as opaque.
+pub fn settings_effect(stmt: &str) -> SettingsEffect {
+    let toks = tokens(stmt);
+    let mut e = SettingsEffect::default();
+    let first = match toks.first() {
+        Some(Tok::Word(w)) => w.as_str(),
+        _ => "",
+    };
+    match first {
+        "do" | "call" => {
+            e.opaque = true;
+            e.ddl = true;
+        }
+        _ if DDL_VERBS.contains(&first) => e.ddl = true,
+        _ if WRITE_VERBS.contains(&first) => e.writes = true,
+        _ => {}
+    }
+    for (i, t) in toks.iter().enumerate() {
+        // A quoted name is never a known builtin.
+        let w = match t {
+            Tok::Word(w) => w.as_str(),
+            Tok::Quoted => "\"",
+            _ => continue,
+        };
+        let prev = i.checked_sub(1).and_then(|p| toks.get(p));
+        if matches!(w, "insert" | "delete" | "merge")
+            || (w == "update" && !matches!(prev, Some(Tok::Word(p)) if p == "for" || p == "key"))
+        {
+            // A write in a CTE, or a rule's action.
+            e.writes = true;
+        }
+        if toks.get(i + 1) != Some(&Tok::Punct(b'(')) || NOT_CALLS.contains(&w) {
+            continue;
+        }
+        match prev {
+            // a type modifier: `::numeric(10, 2)`
+            Some(Tok::Punct(b':')) => continue,
+            Some(Tok::Word(p)) if OBJECT_BEFORE.contains(&p.as_str()) => continue,
+            // `create index ... on t (col)`
+            Some(Tok::Word(p)) if p == "on" && e.ddl => continue,
+            // `schema.f(`: only pg_catalog's builtins are known
+            Some(Tok::Punct(b'.')) => {
+                let q = i.checked_sub(2).and_then(|p| toks.get(p));
+                if !matches!(q, Some(Tok::Word(q)) if q == "pg_catalog") {
+                    e.opaque = true;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        if w == "set_config" {
+            match toks.get(i + 2) {
+                Some(Tok::Literal) => {}
+                Some(Tok::Param(n)) if *n > 0 => e.name_params.push(*n),
+                _ => e.opaque = true,
+            }
+        } else if !PURE_BUILTINS.contains(&w) {
+            e.opaque = true;
+        }
+    }
+    e
+}
+
+/// Where [`read_all_settings_sql`] puts the settings it reads: a query returning (name, value)
+/// rows for every setting of the session that is not at its connection default, plus the
+/// custom `names` the client is known to have (placeholders are not in `pg_settings`) and
+/// `role` (neither), then resetting them all. The server connection then has no setting of
+/// this client left.
+pub fn read_all_settings_sql(names: &[&String]) -> String {
+    let mut sql = String::from(
+        "SELECT lower(name), current_setting(name) FROM pg_catalog.pg_settings \
+         WHERE source = 'session' \
+         UNION ALL SELECT 'role', current_setting('role')",
+    );
+    for n in names {
+        if n.contains('.') && is_setting_name(n) {
+            sql.push_str(&format!(
+                " UNION ALL SELECT {q}, current_setting({q}, true)",
+                q = dollar_quote(n)
+            ));
+        }
+    }
+    sql.push_str("; RESET ALL; RESET ROLE");
+    sql
+}
+
+/// The settings a client has after [`read_all_settings_sql`] returned `rows`: a custom setting
+/// without a value (NULL: never set) and `role = none` are left out.
+pub fn settings_from_rows(rows: Vec<Vec<String>>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for mut r in rows {
+        if r.len() != 2 {
+            continue;
+        }
+        let v = r.pop().unwrap_or_default();
+        let k = r.pop().unwrap_or_default();
+        if !is_setting_name(&k) || (k == "role" && v == "none") {
+            continue;
+        }
+        if k.contains('.') && v.is_empty() {
+            continue;
+        }
+        out.insert(k, v);
+    }
+    out
+}
+
+/// ParameterStatus names that report facts about the server, not settings a client can make.
+pub fn reported_not_settable(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "server_version"
+            | "server_encoding"
+            | "integer_datetimes"
+            | "in_hot_standby"
+            | "is_superuser"
+            | "session_authorization"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_effect_is_opaque_for_what_it_cannot_see() {
+        let opaque = |s: &str| settings_effect(s).opaque;
+        for s in [
+            "select set_config(lower($1), $2, false)",
+            "do $$ begin perform set_config('search_path', 'x', false); end $$",
+            "DO LANGUAGE plpgsql 'begin null; end'",
+            "call my_proc()",
+            "select my_fn()",
+            "select public.lower('a')",
+            "select \"my fn\"()",
+            "select * from t where a = f(1)",
+            "select set_config(name, 'x', false) from t",
+            "select 1; select ss_set()",
+            "with x as (select g()) select * from x",
+            "select count(*) from t join lateral myfn(t.a) on true",
+        ] {
+            assert!(opaque(s), "{s}");
+        }
+        for s in [
+            "select 1",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+            "select pg_backend_pid(), $1::int4 + 1",
+            "select count(*), max(a), now() from t where b in (1, 2) and exists (select 1)",
+            "select set_config('search_path', 'x', false)",
+            "select 'my_fn()' as text, $q$ f() $q$, e'\\' g()', \"col\" from t -- h()",
+            "select /* f() /* nested */ g() */ 1",
+            "insert into t (a, b) values (1, 2)",
+            "select a::numeric(10, 2) from t",
+            "create table t (a int, b varchar(10))",
+            "create index on t (a)",
+            "select pg_catalog.lower('A')",
+            "select * from t for update",
+            "",
+            "select 'unterminated",
+        ] {
+            assert!(!opaque(s), "{s}");
+        }
+        assert!(!opaque("select set_config($1, $2, false)"));
+        assert_eq!(
+            settings_effect("select set_config($2, $1, false), set_config($3, 'a', true)")
+                .name_params,
+            vec![2, 3]
+        );
+        let w = |s: &str| settings_effect(s).writes;
+        assert!(w("insert into t values (1)"));
+        assert!(w("with x as (delete from t returning *) select * from x"));
+        assert!(w("UPDATE t SET a = 1"));
+        assert!(!w("select * from t for update"));
+        assert!(!w("select * from t for no key update"));
+        let ddl = |s: &str| settings_effect(s).ddl;
+        assert!(ddl("drop type t") && ddl("CREATE TYPE t AS (a int)") && ddl("alter table t add b int"));
+        assert!(ddl("do $$ begin end $$"));
+        assert!(!ddl("select 1"));
+        // no panic on odd input
+        for s in ["$", "$1", "$a", "$a$", "e'", "u&'x'", "/*", "--", "\"", "é(", "f(", "(("] {
+            let _ = settings_effect(s);
+        }
+    }
+
+    #[test]
+    fn read_back_of_all_settings() {
+        let names = ["myapp.tenant".to_string(), "search_path".to_string()];
+        let refs: Vec<&String> = names.iter().collect();
+        let sql = read_all_settings_sql(&refs);
+        assert!(sql.contains("source = 'session'"));
+        assert!(sql.contains("current_setting($sg$myapp.tenant$sg$, true)"));
+        assert!(!sql.contains("$sg$search_path$sg$"));
+        assert!(sql.ends_with("RESET ALL; RESET ROLE"));
+        let rows = vec![
+            vec!["search_path".to_string(), "x".to_string()],
+            vec!["role".to_string(), "none".to_string()],
+            vec!["myapp.tenant".to_string(), String::new()],
+            vec!["myapp.other".to_string(), "7".to_string()],
+            vec!["bad name;".to_string(), "1".to_string()],
+        ];
+        let s = settings_from_rows(rows);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s["search_path"], "x");
+        assert_eq!(s["myapp.other"], "7");
+    }
 
     #[test]
     fn startup_settings_include_options() {

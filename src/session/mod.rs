@@ -1,7 +1,7 @@
 //! One client connection: the first packet (SSL/GSS refusal, cancel, startup), authentication,
 //! then the query loop that forwards messages to pooled server connections.
 
-mod client_state;
+pub(crate) mod client_state;
 mod handshake;
 mod query_loop;
 pub(crate) mod relay;

@@ -19,7 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-use super::client_state::{apply_sql, read_back_sql, ClientState};
+use super::client_state::{
+    read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows, setup_sql,
+    ClientState,
+};
 use super::relay::{Event, Expect, Relay};
 use super::Login;
 use crate::backend::ServerConn;
@@ -46,6 +49,9 @@ const MAX_OWED: usize = 65_536;
 const MAX_NAMED_STATEMENTS: usize = 10_000;
 /// Read granularity.
 const READ_CHUNK: usize = 16 * 1024;
+/// What the injected query that applies a client's settings is called (its failure closes
+/// the server connection).
+const APPLY_SETTINGS: &str = "apply client settings";
 /// Time allowed to roll back or reset a server connection a client left behind.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -579,20 +585,43 @@ impl Loop<'_> {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
         };
-        if let Some(sql) = apply_sql(&self.client.settings, &conn.settings) {
+        if let Some(sql) = setup_sql(&self.client.settings, conn) {
             let _ = postgres_protocol::message::frontend::query(&sql, &mut self.sout);
-            self.relay
-                .push(Expect::InjectedQuery("apply client settings"));
+            self.relay.push(Expect::InjectedQuery(APPLY_SETTINGS));
             conn.settings = self.client.settings.clone();
         }
     }
 
     /// At the end of a transaction, reads back the settings the client changed in it (the
-    /// server knows whether they survived a rollback) so they follow the client.
+    /// server knows whether they survived a rollback) so they follow the client. After a
+    /// transaction that may have changed settings the SQL does not name, reads every setting
+    /// of the session and resets the server connection (one round trip either way).
     async fn read_back_settings(&mut self) {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
         };
+        // After writes (triggers may set something): reset before the next use, in the same
+        // write as the next client's settings; no round trip now.
+        conn.settings_unknown |= std::mem::take(&mut self.client.wrote);
+        if std::mem::take(&mut self.client.opaque) {
+            let mut names: Vec<String> = self.client.settings.keys().cloned().collect();
+            names.extend(std::mem::take(&mut self.client.dirty));
+            let refs: Vec<&String> = names.iter().collect();
+            let sql = read_all_settings_sql(&refs);
+            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_rows(&sql)).await {
+                Ok(Ok((rows, b'I'))) => {
+                    self.client.settings = settings_from_rows(rows);
+                    // RESET ALL: the connection is back at its defaults.
+                    conn.settings.clear();
+                    conn.settings_unknown = false;
+                }
+                _ => {
+                    tracing::warn!(user = %self.login.user, "could not read back session settings; closing the server connection");
+                    conn.broken = true;
+                }
+            }
+            return;
+        }
         if self.client.dirty.is_empty() {
             return;
         }
@@ -615,6 +644,12 @@ impl Loop<'_> {
 
     /// Returns the server connection to the pool.
     async fn release(&mut self) {
+        // What the client is owed goes out before the round trips below.
+        if self.try_flush().is_err() {
+            if let Some(c) = self.server.as_deref_mut() {
+                c.broken = true;
+            }
+        }
         if !self.rt.parked.is_empty() {
             // The transaction ended on its current shard (ROLLBACK, or COMMIT after an
             // error): the others roll back too.
@@ -673,6 +708,10 @@ impl Loop<'_> {
                 Event::Ready(status) => {
                     server_status = Some(*status);
                     self.status = *status;
+                    if *status == b'I' && std::mem::take(&mut self.client.ddl) {
+                        // The schema changed: statements prepared from now on are new ones.
+                        self.state.statements.bump_generation();
+                    }
                     if self.rt.guard.abort_at_ready && self.relay.idle() {
                         // The end of a batch in which transaction control was refused
                         // (twophase.rs): the transaction fails everywhere.
@@ -727,6 +766,14 @@ impl Loop<'_> {
                         conn.broken = true;
                     }
                 }
+                Event::ParameterStatus(name) => match name {
+                    // A reported setting changed (by a trigger, a function, ...): read it back.
+                    Some(n) if reported_not_settable(n) => {}
+                    Some(n) if crate::sql::scan::is_setting_name(n) => {
+                        self.client.dirty.insert(n.to_ascii_lowercase());
+                    }
+                    _ => self.client.opaque = true,
+                },
             }
         }
         self.events = events;

@@ -91,6 +91,9 @@ pub enum Event {
     },
     /// A query the proxy injected failed (logged by the session).
     InjectedFailed(&'static str),
+    /// The server reported a setting's new value (ParameterStatus) in a client's exchange:
+    /// its name, if the message was whole in the buffer.
+    ParameterStatus(Option<String>),
 }
 
 /// The relay state of one client's server connection.
@@ -249,6 +252,13 @@ impl Relay {
         }
         // Asynchronous messages can arrive at any time.
         if matches!(tag, b'N' | b'S' | b'A') {
+            if tag == b'S' {
+                let name = inbuf.get(5..).and_then(|b| {
+                    let end = b.iter().position(|&c| c == 0)?;
+                    std::str::from_utf8(&b[..end]).ok().map(str::to_string)
+                });
+                events.push(Event::ParameterStatus(name));
+            }
             return true;
         }
         match front {

@@ -108,8 +108,8 @@ async fn connect(
     db: &DatabaseConfig,
     shard: &str,
 ) -> Result<tokio_postgres::Client, MaintenanceError> {
-    let (client, conn) = shard_pg_config(config, db, shard)?
-        .connect(tokio_postgres::NoTls)
+    let allow = config.pool.allow_cleartext_server_password;
+    let (client, conn) = crate::backend::pg_connect(&shard_pg_config(config, db, shard)?, allow)
         .await
         .map_err(|e| shard_err(shard, e))?;
     tokio::spawn(async move {

@@ -146,8 +146,9 @@ fn shard_config(
     super::maintenance::shard_pg_config(config, db, name).ok()
 }
 
-async fn connect(c: &tokio_postgres::Config) -> Option<tokio_postgres::Client> {
-    let (client, conn) = c.connect(tokio_postgres::NoTls).await.ok()?;
+async fn connect(c: &tokio_postgres::Config, config: &Config) -> Option<tokio_postgres::Client> {
+    let allow = config.pool.allow_cleartext_server_password;
+    let (client, conn) = crate::backend::pg_connect(c, allow).await.ok()?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -173,7 +174,7 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
     let mut clients = Vec::new();
     for shard in 0..db.shards.len() {
         let client = match shard_config(config, db, shard) {
-            Some(c) => connect(&c).await,
+            Some(c) => connect(&c, config).await,
             None => None,
         };
         clients.push(client);

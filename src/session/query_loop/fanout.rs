@@ -15,7 +15,7 @@ use super::{End, Loop};
 use crate::fanout::{self, CommandTag, MergeError, RowDescription, ShardResult};
 use crate::pool::Checkout;
 use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
-use crate::session::client_state::apply_sql;
+use crate::session::client_state::{settings_effect, setup_sql};
 use crate::sql::analyze::fanout::{fan_out_query, PlanSpec};
 use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
@@ -196,6 +196,15 @@ impl Loop<'_> {
             }
             results.push(r);
         }
+        // Settings a statement may have made unseen go with no client: reset before reuse.
+        let read_back = self.state.config.pool.settings_read_back;
+        if per_shard.iter().any(|(_, t)| {
+            let e = settings_effect(t);
+            e.opaque || e.writes && read_back == crate::config::SettingsReadBack::Auto
+        }) || read_back == crate::config::SettingsReadBack::Always
+        {
+            conns.iter_mut().for_each(|c| c.settings_unknown = true);
+        }
         if in_txn {
             self.status = if first_error.is_some() { b'E' } else { b'T' };
             self.park_all(&targets, conns);
@@ -291,7 +300,7 @@ impl Loop<'_> {
                 Ok(c) => c,
                 Err(e) => return failed(self, conns, e),
             };
-            let mut setup = apply_sql(&self.client.settings, &conn.settings);
+            let mut setup = setup_sql(&self.client.settings, &mut conn);
             if let Some(b) = &begin {
                 setup = Some(match setup {
                     Some(s) => format!("{s}; {b}"),

@@ -8,17 +8,18 @@ use std::sync::Arc;
 
 use super::{End, Loop};
 use crate::backend::ServerConn;
-use crate::config::SessionStatePolicy;
+use crate::config::{SessionStatePolicy, SettingsReadBack};
 use crate::protocol::{
     self, bind_names, empty_message, encode_target, parse_body, query_text, rename_bind, sqlstate,
     Frame, PgError,
 };
-use crate::session::client_state::apply_sql;
+use crate::session::client_state::{apply_sql, settings_effect, SettingsEffect};
 use crate::session::relay::{Expect, Kind, Relay};
 use crate::sql::scan::{
-    dollar_quote, is_pooled_statement_name, quote_ident, session_command, set_config_names,
-    split_statements, SessionCommand,
+    dollar_quote, is_pooled_statement_name, is_setting_name, quote_ident, session_command,
+    set_config_names, split_statements, SessionCommand,
 };
+use crate::shard::route::Params;
 use crate::state::Prepared;
 
 impl Loop<'_> {
@@ -46,7 +47,10 @@ impl Loop<'_> {
                 let Some(p) = parse_body(frame.body()) else {
                     return false;
                 };
-                if p.name.is_empty() || self.client.named.contains_key(p.name) {
+                if p.name.is_empty()
+                    || self.client.named.contains_key(p.name)
+                    || self.client.sql_prepared.contains_key(p.name)
+                {
                     return false;
                 }
                 if !matches!(session_command(p.query), SessionCommand::None) {
@@ -85,6 +89,11 @@ impl Loop<'_> {
             b'c' | b'f' => {
                 self.relay.copy_ended();
                 self.forward(&frame, None);
+            }
+            b'F' => {
+                // A function call may change any setting.
+                self.client.opaque = true;
+                self.forward(&frame, Some(Kind::Function));
             }
             _ => self.forward(&frame, None),
         }
@@ -158,6 +167,9 @@ impl Loop<'_> {
         }
         if p.name.is_empty() {
             // An unnamed statement runs right after: track what it does now.
+            let effect = settings_effect(p.query);
+            self.note_effect(&effect);
+            self.client.unnamed_name_params = effect.name_params;
             if !self.track_extended(p.query) {
                 return None;
             }
@@ -169,7 +181,9 @@ impl Loop<'_> {
             });
             return None;
         }
-        if self.client.named.contains_key(p.name) {
+        if self.client.named.contains_key(p.name) || self.client.sql_prepared.contains_key(p.name)
+        {
+            // Protocol-level and SQL-level statements share one namespace, as in Postgres.
             let msg = format!("prepared statement \"{}\" already exists", p.name);
             self.synthetic_error(PgError::error("42P05", msg));
             return None;
@@ -220,11 +234,18 @@ impl Loop<'_> {
             return self.malformed("Bind");
         };
         if !self.managed || name.is_empty() {
+            if self.managed {
+                let params = std::mem::take(&mut self.client.unnamed_name_params);
+                self.note_name_params(frame.body(), &params);
+                self.client.unnamed_name_params = params;
+            }
             self.forward(frame, Some(Kind::Bind));
             return None;
         }
         let name = name.to_string();
         if let Some(stmt) = self.ensure_statement(&name) {
+            self.note_effect(&stmt.effect);
+            self.note_name_params(frame.body(), &stmt.effect.name_params);
             if stmt.command != SessionCommand::None || !stmt.set_config.is_empty() {
                 let text = stmt.query().to_string();
                 if !self.track_extended(&text) {
@@ -283,7 +304,8 @@ impl Loop<'_> {
                 vec![single]
             };
             for stmt in stmts {
-                if let Err(e) = self.track_statement(stmt) {
+                self.note_effect(&settings_effect(stmt));
+                if let Err(e) = self.track_statement(stmt, false) {
                     self.client.after.clear();
                     let mut b = BytesMut::new();
                     e.encode(&mut b);
@@ -304,7 +326,7 @@ impl Loop<'_> {
     /// [`Self::track_statement`] for a statement run through the extended protocol; false
     /// (after a made-up error) if it is refused.
     fn track_extended(&mut self, sql: &str) -> bool {
-        let tracked = self.track_statement(sql);
+        let tracked = self.track_statement(sql, true);
         // A simple query injected here would destroy the unnamed statement.
         self.client.after.clear();
         match tracked {
@@ -316,9 +338,46 @@ impl Loop<'_> {
         }
     }
 
-    /// Records what one statement of a simple query does to the session; injects what the
-    /// server connection needs first (SQL-level prepared statements of this client).
-    fn track_statement(&mut self, stmt: &str) -> Result<(), PgError> {
+    /// Notes what a statement about to run may do to settings the SQL does not name (read back
+    /// at the end of the transaction) and whether it changes the schema.
+    fn note_effect(&mut self, e: &SettingsEffect) {
+        let mode = self.state.config.pool.settings_read_back;
+        if e.opaque || mode == SettingsReadBack::Always {
+            self.client.opaque = true;
+        } else if e.writes && mode == SettingsReadBack::Auto {
+            self.client.wrote = true;
+        }
+        if e.ddl {
+            self.client.ddl = true;
+        }
+    }
+
+    /// `set_config($n, ...)`: the settings named by the Bind's parameter values are read back
+    /// at the end of the transaction; a name that cannot be read makes the transaction opaque.
+    fn note_name_params(&mut self, bind: &[u8], params: &[usize]) {
+        if params.is_empty() {
+            return;
+        }
+        let values = Params::from_bind(bind);
+        for &n in params {
+            let name = values
+                .as_ref()
+                .and_then(|p| p.values.get(n.wrapping_sub(1)).copied().flatten())
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .filter(|v| is_setting_name(v));
+            match name {
+                Some(v) => {
+                    self.client.dirty.insert(v.to_ascii_lowercase());
+                }
+                None => self.client.opaque = true,
+            }
+        }
+    }
+
+    /// Records what one statement of a simple query (or of an extended-protocol Parse/Bind,
+    /// `extended`) does to the session; injects what the server connection needs first
+    /// (SQL-level prepared statements of this client).
+    fn track_statement(&mut self, stmt: &str, extended: bool) -> Result<(), PgError> {
         let cmd = session_command(stmt);
         let Some(conn) = self.server.as_deref_mut() else {
             return Ok(());
@@ -380,6 +439,51 @@ impl Loop<'_> {
                 )
                 .with_hint("names of the form sg_<number> are used for pooled statements"));
             }
+            SessionCommand::Prepare(name)
+                if self.client.named.contains_key(&name)
+                    || self.client.sql_prepared.contains_key(&name) =>
+            {
+                // Protocol-level and SQL-level statements share one namespace, as in Postgres.
+                return Err(PgError::error(
+                    "42P05",
+                    format!("prepared statement \"{name}\" already exists"),
+                ));
+            }
+            SessionCommand::Deallocate(name)
+                if self.client.named.contains_key(&name)
+                    && !self.client.sql_prepared.contains_key(&name) =>
+            {
+                // A statement the client prepared with the protocol lives under a pooled name
+                // that other clients share: forget the client's name, and give the server a
+                // statement of that name to deallocate, so the DEALLOCATE answers (and fails,
+                // inside an aborted transaction) exactly as on a direct connection.
+                self.client.named.remove(&name);
+                if conn.sql_prepared.remove(&name).is_some() {
+                    inject(
+                        format!("DEALLOCATE {}", quote_ident(&name)),
+                        &mut self.relay,
+                        &mut self.sout,
+                    );
+                }
+                if extended {
+                    // A simple query here would end the client's pipeline: a Parse instead.
+                    let mut rest = b"SELECT\0".to_vec();
+                    rest.extend_from_slice(&0i16.to_be_bytes());
+                    self.sout
+                        .extend_from_slice(&protocol::encode_parse(&name, &rest));
+                    self.relay.push(Expect::Parse {
+                        stmt: None,
+                        visible: false,
+                        client_name: None,
+                    });
+                } else {
+                    inject(
+                        format!("PREPARE {} AS SELECT", quote_ident(&name)),
+                        &mut self.relay,
+                        &mut self.sout,
+                    );
+                }
+            }
             SessionCommand::Execute(name) | SessionCommand::Deallocate(name)
                 if is_pooled_statement_name(&name)
                     && !self.client.sql_prepared.contains_key(&name) =>
@@ -402,6 +506,15 @@ impl Loop<'_> {
                 conn.sql_prepared.insert(name, text);
             }
             SessionCommand::Execute(name) | SessionCommand::Deallocate(name) => {
+                if let Some(text) = self.client.sql_prepared.get(&name).filter(|_| !deallocate) {
+                    let effect = settings_effect(text);
+                    let mode = self.state.config.pool.settings_read_back;
+                    if effect.opaque {
+                        self.client.opaque = true;
+                    } else if effect.writes && mode == SettingsReadBack::Auto {
+                        self.client.wrote = true;
+                    }
+                }
                 if !self.client.sql_prepared.contains_key(&name)
                     && conn.sql_prepared.remove(&name).is_some()
                 {

@@ -710,6 +710,10 @@ impl Loop<'_> {
         if let Some(c) = self.server.take() {
             conns.push((self.rt.shard, c));
         }
+        if self.client.opaque || self.client.wrote {
+            // No read-back here: whatever a statement set unseen is reset before reuse.
+            conns.iter_mut().for_each(|(_, c)| c.settings_unknown = true);
+        }
         *lock(&self.login.cancel_slot) = None;
         self.relay.reset();
         conns.sort_by_key(|(s, _)| *s);
@@ -963,6 +967,7 @@ impl Loop<'_> {
     /// current shard (ROLLBACK, or COMMIT of a failed transaction).
     pub(super) async fn release_parked(&mut self) {
         for (_, mut c) in std::mem::take(&mut self.rt.parked) {
+            c.settings_unknown |= self.client.opaque || self.client.wrote;
             if c.run("ROLLBACK").await.is_err() {
                 c.broken = true;
             }

@@ -16,6 +16,8 @@ fn stmt(id: u64) -> Arc<Prepared> {
         validated: Default::default(),
         command: crate::sql::scan::SessionCommand::None,
         set_config: Vec::new(),
+        effect: Default::default(),
+        generation: 0,
         route: Default::default(),
     })
 }
