@@ -85,7 +85,6 @@ impl Loop<'_> {
                 let kind = (!self.relay.sync_ignored()).then_some(Kind::Sync);
                 self.forward(&frame, kind);
             }
-            b'F' => self.forward(&frame, Some(Kind::Function)),
             b'c' | b'f' => {
                 self.relay.copy_ended();
                 self.forward(&frame, None);
