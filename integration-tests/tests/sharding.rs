@@ -1125,6 +1125,35 @@ async fn every_load_path_places_every_row_on_its_owner() {
         assert_eq!(tag(&m), 2, "DELETE IN ({a},{b})");
     }
     assert_eq!(placed_rows().await, want);
+    // Typed literals, negative keys and multibyte text before the key, written and read.
+    for (i, form) in [
+        "'{k}'::bigint",
+        "bigint '{k}'",
+        "CAST('{k}' AS bigint)",
+        "{k}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for k in [3_000_000 + i as i64 * 7, -(3_000_100 + i as i64 * 7)] {
+            let lit = form.replace("{k}", &k.to_string());
+            let m = c
+                .simple_query(&format!("INSERT INTO placed (v,k) VALUES ('éü{i}',{lit})"))
+                .await
+                .unwrap();
+            assert_eq!(tag(&m), 1);
+            want.push(k);
+            let got = rows(
+                &c,
+                &format!("SELECT k FROM placed WHERE v='éü{i}' and k={lit}"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(got, [[k.to_string()]], "{lit}");
+        }
+    }
+    want.sort_unstable();
+    assert_eq!(placed_rows().await, want);
     // A split INSERT that fails on one shard leaves no row on the others (simple and
     // extended protocol), and so does an UPDATE without a key that fails on one shard.
     let dup = want[0];
