@@ -504,10 +504,31 @@ async fn unroutable_statements_get_0a000() {
         "INSERT INTO accounts VALUES (1000, 1, 1, 'x')",
         "SELECT bid, count(*) FROM accounts GROUP BY bid HAVING count(*) > 1",
         "SELECT * FROM accounts WHERE aid = 1; SELECT * FROM accounts WHERE aid = 2",
+        // Observed bug 6: answered per shard before.
+        "SELECT name FROM users WHERE score > (SELECT avg(score) FROM users)",
+        "SELECT count(*) FROM accounts a JOIN accounts b ON a.bid = b.bid",
+        "SELECT * FROM accounts WHERE aid = 1 AND bid IN (SELECT bid FROM accounts)",
+        "SELECT aid, rank() OVER (ORDER BY abalance) FROM accounts",
+        "SELECT aid FROM accounts UNION SELECT aid FROM history",
+        "WITH x AS (SELECT * FROM accounts) SELECT count(*) FROM x",
+        "SELECT count(*) FROM (SELECT bid FROM accounts GROUP BY bid) s",
     ] {
         let e = c.simple_query(sql).await.unwrap_err();
         assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{sql}: {e}");
+        let hint = e.as_db_error().and_then(|d| d.hint());
+        assert!(hint.is_some_and(|h| !h.is_empty()), "{sql}: no hint");
     }
+    // Pinned to one shard by the key everywhere: runs there, like one database.
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT aid FROM accounts WHERE aid = 5 UNION ALL \
+             SELECT aid FROM accounts WHERE aid = 5 AND abalance > (SELECT min(abalance) - 1 FROM accounts WHERE aid = 5)"
+        )
+        .await
+        .unwrap(),
+        [["5"], ["5"]]
+    );
     // The client keeps working.
     assert_eq!(
         rows(&c, "SELECT count(*) FROM users").await.unwrap(),
@@ -1124,6 +1145,35 @@ async fn every_load_path_places_every_row_on_its_owner() {
             .unwrap();
         assert_eq!(tag(&m), 2, "DELETE IN ({a},{b})");
     }
+    assert_eq!(placed_rows().await, want);
+    // Typed literals, negative keys and multibyte text before the key, written and read.
+    for (i, form) in [
+        "'{k}'::bigint",
+        "bigint '{k}'",
+        "CAST('{k}' AS bigint)",
+        "{k}",
+    ]
+    .iter()
+    .enumerate()
+    {
+        for k in [3_000_000 + i as i64 * 7, -(3_000_100 + i as i64 * 7)] {
+            let lit = form.replace("{k}", &k.to_string());
+            let m = c
+                .simple_query(&format!("INSERT INTO placed (v,k) VALUES ('éü{i}',{lit})"))
+                .await
+                .unwrap();
+            assert_eq!(tag(&m), 1);
+            want.push(k);
+            let got = rows(
+                &c,
+                &format!("SELECT k FROM placed WHERE v='éü{i}' and k={lit}"),
+            )
+            .await
+            .unwrap();
+            assert_eq!(got, [[k.to_string()]], "{lit}");
+        }
+    }
+    want.sort_unstable();
     assert_eq!(placed_rows().await, want);
     // A split INSERT that fails on one shard leaves no row on the others (simple and
     // extended protocol), and so does an UPDATE without a key that fails on one shard.
