@@ -247,3 +247,25 @@ async fn a_startup_setting_the_server_rejects_fails_the_login() {
     let row = first_row(&run(&mut s, "select current_setting('TimeZone')").await);
     assert_eq!(row, ["Asia/Tokyo"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_clients_setting_does_not_shape_the_next_clients_startup_value() {
+    // one server connection: B gets the connection A changed
+    let proxy = Proxy::start(&config_text("", "size = 1"));
+    let (mut a, _) = logged_in(proxy.port, &[]).await;
+    run(&mut a, "SET DateStyle = 'German'").await;
+    // As on a direct login, `DateStyle=ISO` means "ISO, MDY" (the server's default order),
+    // not the order A left on the connection.
+    let (mut b, msgs) = logged_in(proxy.port, &[("options", "-c DateStyle=ISO")]).await;
+    assert_eq!(
+        last_status(&msgs, "DateStyle").as_deref(),
+        Some("ISO, MDY"),
+        "{msgs:?}"
+    );
+    let row = first_row(&run(&mut b, "select current_setting('DateStyle')").await);
+    assert_eq!(row, ["ISO, MDY"]);
+    let row = first_row(&run(&mut a, "select current_setting('DateStyle')").await);
+    assert_eq!(row, ["German, DMY"], "A keeps its own setting");
+    let row = first_row(&run(&mut b, "select current_setting('DateStyle')").await);
+    assert_eq!(row, ["ISO, MDY"]);
+}
