@@ -79,7 +79,11 @@ fn first_row(msgs: &[(u8, Vec<u8>)]) -> Vec<String> {
 /// Logs in as `trusty` to `app` with extra startup parameters; everything up to
 /// ReadyForQuery or ErrorResponse.
 async fn login(port: u16, extra: &[(&str, &str)]) -> (TcpStream, Vec<(u8, Vec<u8>)>) {
-    let mut params = vec![("user", "trusty"), ("database", "app")];
+    login_to(port, "app", extra).await
+}
+
+async fn login_to(port: u16, db: &str, extra: &[(&str, &str)]) -> (TcpStream, Vec<(u8, Vec<u8>)>) {
+    let mut params = vec![("user", "trusty"), ("database", db)];
     params.extend_from_slice(extra);
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(&startup(&params)).await.unwrap();
@@ -246,4 +250,63 @@ async fn a_startup_setting_the_server_rejects_fails_the_login() {
     let (mut s, _) = logged_in(proxy.port, &[("options", OPTIONS)]).await;
     let row = first_row(&run(&mut s, "select current_setting('TimeZone')").await);
     assert_eq!(row, ["Asia/Tokyo"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_clients_setting_does_not_shape_the_next_clients_startup_value() {
+    // one server connection: B gets the connection A changed
+    let proxy = Proxy::start(&config_text("", "size = 1"));
+    let (mut a, _) = logged_in(proxy.port, &[]).await;
+    run(&mut a, "SET DateStyle = 'German'").await;
+    // As on a direct login, `DateStyle=ISO` means "ISO, MDY" (the server's default order),
+    // not the order A left on the connection.
+    let (mut b, msgs) = logged_in(proxy.port, &[("options", "-c DateStyle=ISO")]).await;
+    assert_eq!(
+        last_status(&msgs, "DateStyle").as_deref(),
+        Some("ISO, MDY"),
+        "{msgs:?}"
+    );
+    let row = first_row(&run(&mut b, "select current_setting('DateStyle')").await);
+    assert_eq!(row, ["ISO, MDY"]);
+    let row = first_row(&run(&mut a, "select current_setting('DateStyle')").await);
+    assert_eq!(row, ["German, DMY"], "A keeps its own setting");
+    let row = first_row(&run(&mut b, "select current_setting('DateStyle')").await);
+    assert_eq!(row, ["ISO, MDY"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pool_mode_reports_and_applies_the_startup_settings() {
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    for db in ["app", "app_session", "app_statement"] {
+        let (mut s, msgs) = login_to(
+            proxy.port,
+            db,
+            &[("client_encoding", "utf8"), ("options", OPTIONS)],
+        )
+        .await;
+        assert_eq!(msgs.last().map(|m| m.0), Some(b'Z'), "{db}: {msgs:?}");
+        assert_eq!(
+            last_status(&msgs, "client_encoding").as_deref(),
+            Some("UTF8"),
+            "{db}"
+        );
+        assert_eq!(
+            last_status(&msgs, "DateStyle").as_deref(),
+            Some("SQL, DMY"),
+            "{db}"
+        );
+        assert_eq!(
+            last_status(&msgs, "TimeZone").as_deref(),
+            Some("Asia/Tokyo"),
+            "{db}"
+        );
+        let row = first_row(
+            &run(
+                &mut s,
+                "select current_setting('DateStyle'), current_setting('TimeZone')",
+            )
+            .await,
+        );
+        assert_eq!(row, ["SQL, DMY", "Asia/Tokyo"], "{db}");
+    }
 }

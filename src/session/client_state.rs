@@ -122,8 +122,14 @@ pub fn apply_sql(
         return None;
     }
     let mut sets = Vec::new();
+    let mut sql = String::new();
     for (k, v) in client {
         if conn.get(k) != Some(v) && is_setting_name(k) {
+            if conn.contains_key(k) {
+                // From the connection's default, as on a direct login: setting `DateStyle` to
+                // `ISO` keeps the day/month order a previous client chose otherwise.
+                sql.push_str(&format!("RESET {k};"));
+            }
             sets.push(format!(
                 "set_config({}, {}, false)",
                 dollar_quote(k),
@@ -131,7 +137,6 @@ pub fn apply_sql(
             ));
         }
     }
-    let mut sql = String::new();
     if !sets.is_empty() {
         sql.push_str("SELECT ");
         sql.push_str(&sets.join(", "));
@@ -628,6 +633,12 @@ mod tests {
         assert_eq!(
             apply_sql(&client, &conn).unwrap(),
             "SELECT set_config($sg$search_path$sg$, $sg$a$sg$, false);RESET statement_timeout;"
+        );
+        conn.insert("search_path".to_string(), "b".to_string());
+        assert_eq!(
+            apply_sql(&client, &conn).unwrap(),
+            "RESET search_path;SELECT set_config($sg$search_path$sg$, $sg$a$sg$, false);\
+             RESET statement_timeout;"
         );
         assert_eq!(apply_sql(&client, &client), None);
     }
