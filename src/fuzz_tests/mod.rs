@@ -10,7 +10,7 @@
 //! `SHARDGATE_FUZZ_CASES` (default 100000) cases per target: half with a fixed seed, half with
 //! a seed chosen per run; both are printed. `SHARDGATE_FUZZ_SEED=<n>` runs all cases with that
 //! one seed, to reproduce a failure. The long run (README, "Fuzzing"):
-//! `SHARDGATE_FUZZ_CASES=10000000 cargo test --release --lib fuzz_tests`.
+//! `SHARDGATE_FUZZ_CASES=10000000 cargo test --profile fuzz --lib fuzz_tests -- --test-threads=2`.
 
 mod alloc;
 mod protocol;
