@@ -216,10 +216,19 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
         assert_rolled_back(&c, keys, sql).await;
     }
     // The extended protocol (Parse/Bind/Execute/Sync).
-    for sql in ["COMMIT AND CHAIN", "SAVEPOINT s", "RELEASE s", "ROLLBACK TO s"] {
+    for sql in [
+        "COMMIT AND CHAIN",
+        "SAVEPOINT s",
+        "RELEASE s",
+        "ROLLBACK TO s",
+    ] {
         let keys = open(&c).await;
         let e = c.execute(sql, &[]).await.unwrap_err();
-        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "extended {sql}: {e}");
+        assert_eq!(
+            sqlstate(&e).as_deref(),
+            Some("0A000"),
+            "extended {sql}: {e}"
+        );
         assert_rolled_back(&c, keys, sql).await;
     }
     // A failed block answers COMMIT with ROLLBACK: no commit is ever reported.

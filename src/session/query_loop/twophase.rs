@@ -197,7 +197,9 @@ pub(super) struct TxnGuard {
 fn refusal(what: &str) -> PgError {
     PgError::error(
         sqlstate::FEATURE_NOT_SUPPORTED,
-        format!("{what} in a transaction across shards; the transaction was rolled back on every shard"),
+        format!(
+            "{what} in a transaction across shards; the transaction was rolled back on every shard"
+        ),
     )
     .with_hint(
         "send COMMIT or ROLLBACK as a statement of its own; savepoints, AND CHAIN and \
@@ -320,7 +322,8 @@ impl Loop<'_> {
             return Some(self.answer_failed(frame));
         }
         let tag = frame.tag;
-        let batch_start = !self.unsynced && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
+        let batch_start =
+            !self.unsynced && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
         let mid_batch = self.unsynced && !batch_start;
         if tag == b'P' && (mid_batch || !self.in_txn()) {
             // Frames checked with their batch are not looked at again (but their unnamed
@@ -674,11 +677,7 @@ impl Loop<'_> {
     /// Forgets that the log table exists on a server (an INSERT into it failed).
     fn forget_log(&self, addr: &str) {
         let key = format!("{addr}/{}", self.login.database);
-        if let Some(s) = LOG_READY
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(s) = LOG_READY.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             s.remove(&key);
         }
     }
@@ -923,7 +922,9 @@ impl Loop<'_> {
                         self.shard_name(coord)
                     ),
                 )
-                .with_hint("recovery commits or rolls back every shard alike; check the rows later"),
+                .with_hint(
+                    "recovery commits or rolls back every shard alike; check the rows later",
+                ),
             )),
         }
     }
@@ -934,7 +935,10 @@ impl Loop<'_> {
             .acquire(Want::Primary, shard)
             .await
             .map_err(|e| e.message)?;
-        let sql = format!("SELECT coalesce(string_agg(gid, ','), '') FROM {}", recovery::LOG_TABLE);
+        let sql = format!(
+            "SELECT coalesce(string_agg(gid, ','), '') FROM {}",
+            recovery::LOG_TABLE
+        );
         match tokio::time::timeout(STEP_TIMEOUT, c.query_row(&sql)).await {
             Ok(Ok(v)) => Ok(v
                 .first()
@@ -1028,7 +1032,10 @@ mod tests {
             ("COMMIT", Some(Control::Commit)),
             ("end transaction", Some(Control::Commit)),
             ("COMMIT AND NO CHAIN", Some(Control::Commit)),
-            ("commit/**/and/* x /* nested */ */chain", Some(Control::Chain)),
+            (
+                "commit/**/and/* x /* nested */ */chain",
+                Some(Control::Chain),
+            ),
             ("COMMIT WORK AND CHAIN", Some(Control::Chain)),
             ("ROLLBACK AND CHAIN", Some(Control::Chain)),
             ("abort", Some(Control::Rollback)),
