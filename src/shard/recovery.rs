@@ -315,6 +315,18 @@ pub fn spawn(config: &Config) {
     }
     let config = config.clone();
     tokio::spawn(async move {
+        // The decision log, before the first commit needs it (sessions create it too).
+        for db in &dbs {
+            for shard in 0..db.shards.len() {
+                if let Some(c) = shard_config(&config, db, shard) {
+                    if let Some(client) = connect(&c).await {
+                        if let Err(e) = ensure_log(&client).await {
+                            tracing::debug!(database = %db.name, shard, error = %e, "could not create the two-phase commit log");
+                        }
+                    }
+                }
+            }
+        }
         loop {
             for db in &dbs {
                 resolve(&config, db).await;
