@@ -278,6 +278,18 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
     c.simple_query("ROLLBACK TO s").await.unwrap();
     c.simple_query("COMMIT").await.unwrap();
     assert_eq!(stored(&[a, a2, b]).await, vec![a]);
+    // A coordinator whose part is READ ONLY has nothing to commit: the others commit.
+    let (a, b) = two_keys();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("SELECT * FROM tp WHERE k = {a}"))
+        .await
+        .unwrap();
+    c.simple_query("SET TRANSACTION READ ONLY").await.unwrap();
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({b}, 'x')"))
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(stored(&[a, b]).await, vec![b]);
     assert_eq!(leftovers().await, (0, 0));
 }
 

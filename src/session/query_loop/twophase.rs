@@ -235,98 +235,116 @@ impl Loop<'_> {
             .txn_begin
             .as_deref()
             .is_some_and(|b| matches!(self.facts_of(b).kind, Kind::Begin { read_only: true }));
-        if aborted || conns.len() == 1 || read_only {
-            let sql = if aborted { "ROLLBACK" } else { "COMMIT" };
-            let mut err = None;
-            for (_, c) in conns.iter_mut() {
-                if let Err(e) = c.run(sql).await {
-                    c.broken = true;
-                    err.get_or_insert(e);
+        let (id, mask, coord) = loop {
+            if aborted || conns.len() <= 1 || read_only {
+                let sql = if aborted { "ROLLBACK" } else { "COMMIT" };
+                let mut err = None;
+                for (_, c) in conns.iter_mut() {
+                    if let Err(e) = c.run(sql).await {
+                        c.broken = true;
+                        err.get_or_insert(e);
+                    }
                 }
+                return match err {
+                    Some(e) if !aborted => Err(CommitError::Client(PgError::error(
+                        "40000",
+                        format!("transaction failed at COMMIT: {e}"),
+                    ))),
+                    _ => Ok(if aborted { "ROLLBACK" } else { "COMMIT" }),
+                };
             }
-            return match err {
-                Some(e) if !aborted => Err(CommitError::Client(PgError::error(
-                    "40000",
-                    format!("transaction failed at COMMIT: {e}"),
-                ))),
-                _ => Ok(if aborted { "ROLLBACK" } else { "COMMIT" }),
-            };
-        }
-        let mask = conns
-            .iter()
-            .fold(0u64, |m, (s, _)| m | (1u64 << (*s as u64 % 64)));
-        let id: u64 = rand::random();
-        let coord = conns[0].0;
-        let coord_addr = conns[0].1.addr.clone();
-        if let Err(e) = self.ensure_log(coord, &coord_addr).await {
-            for (_, c) in conns.iter_mut() {
+            let mask = conns
+                .iter()
+                .fold(0u64, |m, (s, _)| m | (1u64 << (*s as u64 % 64)));
+            let id: u64 = rand::random();
+            let coord = conns[0].0;
+            let coord_addr = conns[0].1.addr.clone();
+            if let Err(e) = self.ensure_log(coord, &coord_addr).await {
+                for (_, c) in conns.iter_mut() {
+                    if c.run("ROLLBACK").await.is_err() {
+                        c.broken = true;
+                    }
+                }
+                return Err(CommitError::Client(
+                    PgError::error(
+                        "40000",
+                        format!(
+                            "transaction rolled back: could not create the two-phase commit log \
+                             {} on shard {}: {e}",
+                            recovery::LOG_TABLE,
+                            self.shard_name(coord)
+                        ),
+                    )
+                    .with_hint(
+                        "the proxy's server user needs CREATE on schema public of each shard",
+                    ),
+                ));
+            }
+            // Phase one. The coordinator records the decision inside its own transaction.
+            let mut prepared = Vec::new();
+            let mut failure = None;
+            let mut coord_read_only = false;
+            for (n, (s, c)) in conns.iter_mut().enumerate() {
+                let name = gid(id, mask, *s);
+                let prepare = format!("PREPARE TRANSACTION '{name}'");
+                let sql = match n {
+                    0 => format!("{}; {prepare}", recovery::log_insert(id, mask)),
+                    _ => prepare,
+                };
+                let mut q = BytesMut::new();
+                let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
+                match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
+                    Ok(Ok((frames, status))) => {
+                        let ok = frames
+                            .iter()
+                            .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
+                        // A failed log row stops the query before its PREPARE ('E').
+                        let error = frames.iter().find(|f| f.tag == b'E');
+                        if ok && error.is_none() && status == b'I' {
+                            prepared.push(*s);
+                            continue;
+                        }
+                        failure = Some(match error {
+                            Some(e) => {
+                                let (code, msg) = protocol::error_fields(e.body());
+                                if n == 0 && code == "42P01" {
+                                    self.forget_log(&coord_addr);
+                                }
+                                coord_read_only = n == 0 && code == "25006";
+                                msg
+                            }
+                            None if status != b'I' => "unexpected transaction state".into(),
+                            None => "the transaction was rolled back".into(),
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        c.broken = true;
+                        failure = Some(e.to_string());
+                    }
+                    Err(_) => {
+                        c.broken = true;
+                        failure = Some("timed out".into());
+                    }
+                }
+                let shard_name = self.shard_name(*s);
+                failure = failure.map(|f| format!("shard {shard_name}: {f}"));
+                break;
+            }
+            if coord_read_only {
+                // The coordinator's part is READ ONLY (SET TRANSACTION READ ONLY on that shard):
+                // it has nothing to commit, and its failed log row ended it. The others go on
+                // without it.
+                let (_, mut c) = conns.remove(0);
                 if c.run("ROLLBACK").await.is_err() {
                     c.broken = true;
                 }
+                continue;
             }
-            return Err(CommitError::Client(
-                PgError::error(
-                    "40000",
-                    format!(
-                        "transaction rolled back: could not create the two-phase commit log \
-                         {} on shard {}: {e}",
-                        recovery::LOG_TABLE,
-                        self.shard_name(coord)
-                    ),
-                )
-                .with_hint("the proxy's server user needs CREATE on schema public of each shard"),
-            ));
-        }
-        // Phase one. The coordinator records the decision inside its own transaction.
-        let mut prepared = Vec::new();
-        let mut failure = None;
-        for (n, (s, c)) in conns.iter_mut().enumerate() {
-            let name = gid(id, mask, *s);
-            let prepare = format!("PREPARE TRANSACTION '{name}'");
-            let sql = match n {
-                0 => format!("{}; {prepare}", recovery::log_insert(id, mask)),
-                _ => prepare,
-            };
-            let mut q = BytesMut::new();
-            let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
-            match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
-                Ok(Ok((frames, b'I'))) => {
-                    let ok = frames
-                        .iter()
-                        .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
-                    let error = frames.iter().find(|f| f.tag == b'E');
-                    if ok && error.is_none() {
-                        prepared.push(*s);
-                        continue;
-                    }
-                    failure = Some(match error {
-                        Some(e) => {
-                            let (code, msg) = protocol::error_fields(e.body());
-                            if n == 0 && code == "42P01" {
-                                self.forget_log(&coord_addr);
-                            }
-                            msg
-                        }
-                        None => "the transaction was rolled back".into(),
-                    });
-                }
-                Ok(Ok(_)) => failure = Some("unexpected transaction state".into()),
-                Ok(Err(e)) => {
-                    c.broken = true;
-                    failure = Some(e.to_string());
-                }
-                Err(_) => {
-                    c.broken = true;
-                    failure = Some("timed out".into());
-                }
+            if let Some(msg) = failure {
+                return self.abort_prepared(conns, &prepared, id, mask, msg).await;
             }
-            let shard_name = self.shard_name(*s);
-            failure = failure.map(|f| format!("shard {shard_name}: {f}"));
-            break;
-        }
-        if let Some(msg) = failure {
-            return self.abort_prepared(conns, &prepared, id, mask, msg).await;
-        }
+            break (id, mask, coord);
+        };
         let log_key = recovery::txn_name(id, mask);
         if self.failpoint_after_prepare(&log_key).await {
             for (_, c) in conns.iter_mut() {
