@@ -231,6 +231,15 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
         );
         assert_rolled_back(&c, keys, sql).await;
     }
+    // The failed block in the extended protocol: statements get 25P02, ROLLBACK ends it.
+    let keys = open(&c).await;
+    let e = c.execute("SAVEPOINT s", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    let e = c.execute("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"), "{e}");
+    c.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(stored(&[keys.0, keys.1]).await, Vec::<i64>::new());
+    assert_eq!(c.execute("SELECT 1", &[]).await.unwrap(), 1);
     // A failed block answers COMMIT with ROLLBACK: no commit is ever reported.
     let keys = open(&c).await;
     assert!(c.simple_query("SAVEPOINT s").await.is_err());
