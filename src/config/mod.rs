@@ -73,7 +73,8 @@ pub struct ProxyConfig {
     /// Seconds a client may take to send its startup packet and authenticate.
     pub client_login_timeout_ms: u64,
     /// Testing only: named failure points (`after_prepare`: a session dies between PREPARE
-    /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there).
+    /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there;
+    /// `pause_after_prepare=PATH`: it creates the file PATH there and waits while it exists).
     pub failpoints: Vec<String>,
 }
 
