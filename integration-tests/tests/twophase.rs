@@ -216,12 +216,30 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
         assert_rolled_back(&c, keys, sql).await;
     }
     // The extended protocol (Parse/Bind/Execute/Sync).
-    for sql in ["COMMIT AND CHAIN", "SAVEPOINT s", "RELEASE s", "ROLLBACK TO s"] {
+    for sql in [
+        "COMMIT AND CHAIN",
+        "SAVEPOINT s",
+        "RELEASE s",
+        "ROLLBACK TO s",
+    ] {
         let keys = open(&c).await;
         let e = c.execute(sql, &[]).await.unwrap_err();
-        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "extended {sql}: {e}");
+        assert_eq!(
+            sqlstate(&e).as_deref(),
+            Some("0A000"),
+            "extended {sql}: {e}"
+        );
         assert_rolled_back(&c, keys, sql).await;
     }
+    // The failed block in the extended protocol: statements get 25P02, ROLLBACK ends it.
+    let keys = open(&c).await;
+    let e = c.execute("SAVEPOINT s", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+    let e = c.execute("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"), "{e}");
+    c.execute("ROLLBACK", &[]).await.unwrap();
+    assert_eq!(stored(&[keys.0, keys.1]).await, Vec::<i64>::new());
+    assert_eq!(c.execute("SELECT 1", &[]).await.unwrap(), 1);
     // A failed block answers COMMIT with ROLLBACK: no commit is ever reported.
     let keys = open(&c).await;
     assert!(c.simple_query("SAVEPOINT s").await.is_err());
@@ -269,6 +287,18 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
     c.simple_query("ROLLBACK TO s").await.unwrap();
     c.simple_query("COMMIT").await.unwrap();
     assert_eq!(stored(&[a, a2, b]).await, vec![a]);
+    // A coordinator whose part is READ ONLY has nothing to commit: the others commit.
+    let (a, b) = two_keys();
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query(&format!("SELECT * FROM tp WHERE k = {a}"))
+        .await
+        .unwrap();
+    c.simple_query("SET TRANSACTION READ ONLY").await.unwrap();
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({b}, 'x')"))
+        .await
+        .unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(stored(&[a, b]).await, vec![b]);
     assert_eq!(leftovers().await, (0, 0));
 }
 

@@ -79,8 +79,9 @@ pub struct ProxyConfig {
     /// 0 disables (PgBouncer's `client_idle_timeout`).
     pub client_idle_timeout_ms: u64,
     /// Testing only: named failure points (`after_prepare`: a session dies between PREPARE
-    /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there; `panic`: a Query
-    /// containing `shardgate_failpoint_panic` panics its session).
+    /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there;
+    /// `pause_after_prepare=PATH`: it creates the file PATH there and waits while it exists;
+    /// `panic`: a Query containing `shardgate_failpoint_panic` panics its session).
     pub failpoints: Vec<String>,
 }
 

@@ -81,7 +81,10 @@ pub fn log_insert(id: u64, mask: u64) -> String {
 
 /// Deletes the transaction's log row once every participant committed.
 pub fn log_delete(id: u64, mask: u64) -> String {
-    format!("DELETE FROM {LOG_TABLE} WHERE gid = '{}'", txn_name(id, mask))
+    format!(
+        "DELETE FROM {LOG_TABLE} WHERE gid = '{}'",
+        txn_name(id, mask)
+    )
 }
 
 /// Parses a name made by [`gid`]: (id, mask, shard).
@@ -184,9 +187,8 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
     // transaction whose parts were all prepared before it, so any part still pending shows
     // up in the second read (and the row is kept).
     let mut old_rows: Vec<(usize, String)> = Vec::new();
-    let log_sql = format!(
-        "SELECT gid FROM {LOG_TABLE} WHERE created < now() - make_interval(secs => $1)"
-    );
+    let log_sql =
+        format!("SELECT gid FROM {LOG_TABLE} WHERE created < now() - make_interval(secs => $1)");
     for (shard, client) in clients.iter().enumerate() {
         if let Some(client) = client {
             if let Ok(rows) = client.query(&log_sql, &[&age]).await {
@@ -314,6 +316,18 @@ pub fn spawn(config: &Config) {
     }
     let config = config.clone();
     tokio::spawn(async move {
+        // The decision log, before the first commit needs it (sessions create it too).
+        for db in &dbs {
+            for shard in 0..db.shards.len() {
+                if let Some(c) = shard_config(&config, db, shard) {
+                    if let Some(client) = connect(&c).await {
+                        if let Err(e) = ensure_log(&client).await {
+                            tracing::debug!(database = %db.name, shard, error = %e, "could not create the two-phase commit log");
+                        }
+                    }
+                }
+            }
+        }
         loop {
             for db in &dbs {
                 resolve(&config, db).await;
@@ -340,7 +354,11 @@ mod tests {
     fn decisions_follow_the_coordinator_and_its_log() {
         let all = 0b111;
         // The coordinator (shard 0) is still prepared: nothing committed yet.
-        assert_eq!(decide(all, &[0, 1, 2], None), Decision::Commit, "all voted yes");
+        assert_eq!(
+            decide(all, &[0, 1, 2], None),
+            Decision::Commit,
+            "all voted yes"
+        );
         assert_eq!(
             decide(all, &[0, 1], None),
             Decision::Rollback,
@@ -355,7 +373,11 @@ mod tests {
         // A middle participant that failed to commit is still committed (the old rule, by
         // phase order, rolled it back).
         assert_eq!(decide(all, &[1], Some(true)), Decision::Commit);
-        assert_eq!(decide(0b110, &[1, 2], None), Decision::Commit, "coordinator 1");
+        assert_eq!(
+            decide(0b110, &[1, 2], None),
+            Decision::Commit,
+            "coordinator 1"
+        );
         assert_eq!(decide(0b110, &[2], Some(false)), Decision::Rollback);
         assert_eq!(coordinator(0b1100), Some(2));
         assert_eq!(coordinator(0), None);

@@ -24,17 +24,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::routing::{Step, Want};
+use super::routing::Want;
 use super::statements::inject_query;
-use super::{lock, Loop, CLEANUP_TIMEOUT};
+use super::{lock, Loop};
 use crate::backend::BackendError;
 use crate::pool::Checkout;
-use crate::protocol::{
-    self, bind_names, empty_message, parse_body, query_text, sqlstate, Frame, PgError,
-};
-use crate::session::relay::Expect;
+use crate::protocol::{self, empty_message, parse_body, PgError};
 use crate::shard::recovery::{self, gid};
-use crate::sql::scan::split_statements;
 use crate::sql::Kind;
 use crate::state::CancelTarget;
 
@@ -49,160 +45,16 @@ const PAUSE_MAX: Duration = Duration::from_secs(120);
 /// Shards (server address and database) where the decision log table is known to exist.
 static LOG_READY: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
+mod guard;
+
+pub(super) use guard::TxnGuard;
+
 /// Why a commit across shards did not succeed.
 pub(super) enum CommitError {
     /// Tell the client; the transaction is rolled back everywhere.
     Client(PgError),
     /// The `after_prepare` failpoint: die as if the proxy crashed.
     Crash,
-}
-
-/// A transaction-control statement, as far as transactions across shards care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Control {
-    /// COMMIT / END (AND NO CHAIN).
-    Commit,
-    /// ROLLBACK / ABORT.
-    Rollback,
-    /// COMMIT / ROLLBACK AND CHAIN.
-    Chain,
-    /// SAVEPOINT.
-    Savepoint,
-    /// ROLLBACK TO [SAVEPOINT].
-    RollbackTo,
-    /// RELEASE [SAVEPOINT].
-    Release,
-    /// PREPARE TRANSACTION.
-    Prepare,
-    /// COMMIT PREPARED / ROLLBACK PREPARED.
-    Prepared,
-}
-
-impl Control {
-    fn savepoint(self) -> bool {
-        matches!(
-            self,
-            Control::Savepoint | Control::RollbackTo | Control::Release
-        )
-    }
-
-    fn ends(self) -> bool {
-        matches!(self, Control::Commit | Control::Rollback)
-    }
-}
-
-/// The first `n` words of a statement, lowercased: comments count as spaces, a word is
-/// letters, digits, `_` and `$`, any other character is a word of its own.
-fn words(stmt: &str, n: usize) -> Vec<String> {
-    let b = stmt.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    while i < b.len() && out.len() < n {
-        let c = b[i];
-        if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            i = b[i..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(b.len(), |p| i + p + 1);
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else if c.is_ascii_whitespace() {
-            i += 1;
-        } else if word(c) {
-            let start = i;
-            while i < b.len() && word(b[i]) {
-                i += 1;
-            }
-            out.push(String::from_utf8_lossy(&b[start..i]).to_ascii_lowercase());
-        } else {
-            out.push((c as char).to_string());
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The transaction control one statement performs, if any.
-pub(super) fn control(stmt: &str) -> Option<Control> {
-    let w = words(stmt, 6);
-    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
-    // COMMIT/ROLLBACK [WORK | TRANSACTION] ...
-    let after = |i: usize| {
-        if matches!(at(i), "work" | "transaction") {
-            i + 1
-        } else {
-            i
-        }
-    };
-    let chain = |i: usize| at(i) == "and" && at(i + 1) == "chain";
-    match at(0) {
-        "commit" if at(1) == "prepared" => Some(Control::Prepared),
-        "rollback" if at(1) == "prepared" => Some(Control::Prepared),
-        "commit" | "end" => Some(if chain(after(1)) {
-            Control::Chain
-        } else {
-            Control::Commit
-        }),
-        "rollback" | "abort" => {
-            let i = after(1);
-            Some(if at(i) == "to" {
-                Control::RollbackTo
-            } else if chain(i) {
-                Control::Chain
-            } else {
-                Control::Rollback
-            })
-        }
-        "savepoint" => Some(Control::Savepoint),
-        "release" => Some(Control::Release),
-        "prepare" if at(1) == "transaction" => Some(Control::Prepare),
-        _ => None,
-    }
-}
-
-/// Transaction-control state of one client (see the module docs).
-#[derive(Debug, Default)]
-pub(super) struct TxnGuard {
-    /// A savepoint was set in the open transaction: it stays on its shard.
-    pub savepoint: bool,
-    /// The transaction was refused and rolled back everywhere: the client is in a failed
-    /// transaction block, answered by the proxy, until its COMMIT or ROLLBACK.
-    pub failed: bool,
-    /// Refused in the middle of an extended-protocol batch: at the batch's ReadyForQuery,
-    /// roll back everywhere and report 'E'.
-    pub abort_at_ready: bool,
-    /// The control statement of the unnamed statement last parsed.
-    unnamed: Option<Control>,
-    /// In a failed transaction: the control statement of the portal last bound.
-    portal: Option<Control>,
-    /// Frames of the current extended batch already checked at its start.
-    checked: usize,
-}
-
-fn refusal(what: &str) -> PgError {
-    PgError::error(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        format!("{what} in a transaction across shards; the transaction was rolled back on every shard"),
-    )
-    .with_hint(
-        "send COMMIT or ROLLBACK as a statement of its own; savepoints, AND CHAIN and \
-         PREPARE TRANSACTION work only in transactions that stay on one shard",
-    )
 }
 
 fn notice(message: String) -> BytesMut {
@@ -264,339 +116,6 @@ impl Loop<'_> {
         let begin = self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
         inject_query(&begin, &mut self.relay, &mut self.sout);
         Ok(())
-    }
-
-    fn two_phase(&self) -> bool {
-        self.login
-            .shard_map
-            .as_ref()
-            .is_some_and(|m| m.two_phase_commit)
-    }
-
-    /// The shards the open transaction has a connection to.
-    fn participants(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = self.rt.parked.iter().map(|(s, _)| *s).collect();
-        if self.server.is_some() && !self.rt.outside_txn && !v.contains(&self.rt.shard) {
-            v.push(self.rt.shard);
-        }
-        v
-    }
-
-    /// Whether `shard` may join the open transaction. A transaction that set a savepoint
-    /// stays on its shard: otherwise it fails (rolled back everywhere) with 0A000.
-    pub(super) async fn may_join(&mut self, shard: usize) -> Result<(), PgError> {
-        if !self.rt.guard.savepoint || !self.two_phase() {
-            return Ok(());
-        }
-        let parts = self.participants();
-        if parts.is_empty() || parts.contains(&shard) {
-            return Ok(());
-        }
-        self.abort_everywhere().await;
-        Err(PgError::error(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "a transaction that set a savepoint cannot reach another shard; \
-             it was rolled back",
-        )
-        .with_hint("savepoints exist on one shard only: keep such a transaction on one shard key"))
-    }
-
-    /// The control statement a Bind runs.
-    fn bound_control(&self, body: &[u8]) -> Option<Control> {
-        let (_, name, _) = bind_names(body)?;
-        if name.is_empty() {
-            return self.rt.guard.unnamed;
-        }
-        self.client.named.get(name).and_then(|s| control(s.query()))
-    }
-
-    /// Transaction control in a transaction across shards (see the module docs), checked
-    /// before a client message is routed: `Some` is what to do instead of routing it.
-    pub(super) async fn guard_txn(&mut self, frame: &Frame) -> Option<Step> {
-        if !self.two_phase() {
-            return None;
-        }
-        if self.rt.guard.failed {
-            return Some(self.answer_failed(frame));
-        }
-        let tag = frame.tag;
-        let batch_start = !self.unsynced && matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
-        let mid_batch = self.unsynced && !batch_start;
-        if tag == b'P' && (mid_batch || !self.in_txn()) {
-            // Frames checked with their batch are not looked at again (but their unnamed
-            // statement is remembered for a later Bind).
-            if let Some(p) = parse_body(frame.body()) {
-                if p.name.is_empty() {
-                    self.rt.guard.unnamed = control(p.query);
-                }
-            }
-        }
-        if !self.in_txn() {
-            self.rt.guard.savepoint = false;
-            return None;
-        }
-        let (found, executes) = if tag == b'Q' {
-            let stmts = split_statements(query_text(frame.body()));
-            let found: Vec<Control> = stmts.iter().filter_map(|s| control(s)).collect();
-            (found, stmts.len())
-        } else if batch_start {
-            self.batch_controls(frame)
-        } else if mid_batch {
-            if self.rt.guard.checked > 0 {
-                self.rt.guard.checked -= 1;
-                return None;
-            }
-            match tag {
-                b'B' => (self.bound_control(frame.body()).into_iter().collect(), 2),
-                _ => return None,
-            }
-        } else {
-            return None;
-        };
-        if found.is_empty() {
-            return None;
-        }
-        if self.participants().len() < 2 {
-            if found.iter().any(|c| c.savepoint()) {
-                self.rt.guard.savepoint = true;
-            }
-            return None;
-        }
-        if found.len() == 1 && executes == 1 && found[0].ends() {
-            // A COMMIT or ROLLBACK of its own: handled for all participants by the router.
-            return None;
-        }
-        let what = match found.iter().find(|c| !c.ends()) {
-            Some(Control::Chain) => "COMMIT/ROLLBACK AND CHAIN is not supported",
-            Some(Control::Savepoint | Control::RollbackTo | Control::Release) => {
-                "savepoints are not supported"
-            }
-            Some(Control::Prepare | Control::Prepared) => {
-                "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED are not supported"
-            }
-            _ => "COMMIT or ROLLBACK together with other statements is not supported",
-        };
-        if mid_batch {
-            // Earlier messages of the batch are on the server already: answer this one
-            // with the error in its place, and fail the transaction at the batch's end.
-            let mut b = BytesMut::new();
-            refusal(what).encode(&mut b);
-            self.relay.push(Expect::Synthetic(b.freeze()));
-            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
-            self.discard_until_sync = true;
-            self.rt.guard.abort_at_ready = true;
-            return Some(Step::Handled);
-        }
-        if self.server.is_some() && !self.relay.idle() {
-            // Answers to earlier statements are owed first.
-            return Some(Step::Hold);
-        }
-        self.abort_everywhere().await;
-        Some(Step::Refuse(refusal(what)))
-    }
-
-    fn in_txn(&self) -> bool {
-        self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty()
-    }
-
-    /// The control statements of an extended batch starting at `first` (as far as it has
-    /// arrived), and how many statements it executes. Remembers how many frames were seen.
-    fn batch_controls(&mut self, first: &Frame) -> (Vec<Control>, usize) {
-        let mut found = Vec::new();
-        let mut executes = 0;
-        let mut unnamed = self.rt.guard.unnamed;
-        let mut seen = 0usize;
-        let mut parsed: Vec<(String, Option<Control>)> = Vec::new();
-        let mut visit = |tag: u8, body: &[u8]| -> bool {
-            match tag {
-                b'P' => {
-                    if let Some(p) = parse_body(body) {
-                        if p.name.is_empty() {
-                            unnamed = control(p.query);
-                        } else {
-                            parsed.push((p.name.to_string(), control(p.query)));
-                        }
-                    }
-                }
-                b'B' => {
-                    executes += 1;
-                    let c = match bind_names(body) {
-                        Some((_, "", _)) => unnamed,
-                        Some((_, name, _)) => match parsed.iter().rev().find(|p| p.0 == name) {
-                            Some(p) => p.1,
-                            None => self.client.named.get(name).and_then(|s| control(s.query())),
-                        },
-                        None => None,
-                    };
-                    found.extend(c);
-                }
-                b'F' => executes += 1,
-                b'S' | b'Q' => return false,
-                _ => {}
-            }
-            true
-        };
-        let mut go = visit(first.tag, first.body());
-        for f in &self.rt.pending {
-            if !go {
-                break;
-            }
-            seen += 1;
-            go = visit(f.tag, f.body());
-        }
-        let mut rest: &[u8] = &self.cin;
-        while go && rest.len() >= 5 {
-            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
-            let end = len as usize + 1;
-            if len < 4 || rest.len() < end {
-                break;
-            }
-            seen += 1;
-            go = visit(rest[0], &rest[5..end]);
-            rest = &rest[end..];
-        }
-        self.rt.guard.unnamed = unnamed;
-        // The Sync itself (if seen) is not checked again either way.
-        self.rt.guard.checked = seen;
-        (found, executes)
-    }
-
-    /// Rolls the open transaction back on every participant and leaves the client in a
-    /// failed transaction block without a server connection.
-    pub(super) async fn abort_everywhere(&mut self) {
-        *lock(&self.login.cancel_slot) = None;
-        for (_, mut c) in std::mem::take(&mut self.rt.parked) {
-            match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
-                Ok(Ok(b'I')) => {}
-                _ => c.broken = true,
-            }
-        }
-        let clean = self.relay.idle() && !self.unsynced;
-        if let Some(c) = self.server.as_deref_mut() {
-            if !clean {
-                // Closing the connection rolls its part back.
-                c.broken = true;
-            } else {
-                match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
-                    Ok(Ok(b'I')) => {}
-                    _ => c.broken = true,
-                }
-            }
-        }
-        if self.server.as_ref().is_some_and(|c| !c.broken) {
-            // Settings changed in the transaction are undone: learn what survived.
-            self.read_back_settings().await;
-        }
-        self.server = None;
-        self.relay.reset();
-        self.unsynced = false;
-        self.rt.pending_begin = None;
-        self.rt.released();
-        self.status = b'E';
-        self.rt.guard.failed = true;
-    }
-
-    /// After a refusal in the middle of a batch, at its ReadyForQuery (the last one in
-    /// `self.cout[from..]`): the transaction fails everywhere and the client sees 'E'.
-    pub(super) async fn abort_refused_batch(&mut self, from: usize) {
-        self.rt.guard.abort_at_ready = false;
-        let from = from.min(self.cout.len());
-        if let Some(at) = self.cout[from..]
-            .windows(5)
-            .rposition(|w| w == [b'Z', 0, 0, 0, 5])
-        {
-            let at = from + at + 5;
-            if at < self.cout.len() {
-                self.cout[at] = b'E';
-            }
-        }
-        self.abort_everywhere().await;
-    }
-
-    /// Answers a client message in a failed transaction block the proxy keeps (see
-    /// [`TxnGuard::failed`]): COMMIT and ROLLBACK end it (tag ROLLBACK), anything else gets
-    /// 25P02 like Postgres.
-    fn answer_failed(&mut self, frame: &Frame) -> Step {
-        let aborted = || {
-            PgError::error(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block",
-            )
-            .with_hint("the proxy rolled the transaction back on every shard; send ROLLBACK")
-        };
-        let ends = |c: Option<Control>| c.is_some_and(Control::ends);
-        match frame.tag {
-            b'Q' => {
-                let stmts = split_statements(query_text(frame.body()));
-                if stmts.len() == 1 && ends(control(stmts[0])) {
-                    protocol::command_complete(&mut self.cout, "ROLLBACK");
-                    self.end_failed();
-                } else if stmts.is_empty() {
-                    self.cout.extend_from_slice(&empty_message(b'I'));
-                } else {
-                    aborted().encode(&mut self.cout);
-                }
-                protocol::ready_for_query(&mut self.cout, self.status);
-                Step::Handled
-            }
-            b'P' => {
-                let Some(p) = parse_body(frame.body()) else {
-                    return Step::Refuse(aborted());
-                };
-                let c = control(p.query);
-                if !ends(c) {
-                    return Step::Refuse(aborted());
-                }
-                if p.name.is_empty() {
-                    self.rt.guard.unnamed = c;
-                } else {
-                    let stmt = self.state.statements.get_or_insert(p.rest);
-                    self.client.named.insert(p.name.to_string(), stmt);
-                }
-                self.cout.extend_from_slice(&empty_message(b'1'));
-                Step::Handled
-            }
-            b'B' => {
-                let c = self.bound_control(frame.body());
-                if !ends(c) {
-                    return Step::Refuse(aborted());
-                }
-                self.rt.guard.portal = c;
-                self.cout.extend_from_slice(&empty_message(b'2'));
-                Step::Handled
-            }
-            b'D' => {
-                if frame.body().first() == Some(&b'S') {
-                    // ParameterDescription with no parameters.
-                    self.cout.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
-                }
-                self.cout.extend_from_slice(&empty_message(b'n'));
-                Step::Handled
-            }
-            b'E' => {
-                if !ends(self.rt.guard.portal.take()) {
-                    return Step::Refuse(aborted());
-                }
-                protocol::command_complete(&mut self.cout, "ROLLBACK");
-                self.end_failed();
-                Step::Handled
-            }
-            b'C' => {
-                self.cout.extend_from_slice(&empty_message(b'3'));
-                Step::Handled
-            }
-            b'S' => {
-                protocol::ready_for_query(&mut self.cout, self.status);
-                Step::Handled
-            }
-            b'F' => Step::Refuse(aborted()),
-            _ => Step::Handled,
-        }
-    }
-
-    fn end_failed(&mut self) {
-        self.rt.guard = Default::default();
-        self.status = b'I';
     }
 
     /// Runs `sql` (COMMIT or ROLLBACK PREPARED) for a participant until its server answers:
@@ -674,11 +193,7 @@ impl Loop<'_> {
     /// Forgets that the log table exists on a server (an INSERT into it failed).
     fn forget_log(&self, addr: &str) {
         let key = format!("{addr}/{}", self.login.database);
-        if let Some(s) = LOG_READY
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(s) = LOG_READY.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             s.remove(&key);
         }
     }
@@ -724,98 +239,116 @@ impl Loop<'_> {
             .txn_begin
             .as_deref()
             .is_some_and(|b| matches!(self.facts_of(b).kind, Kind::Begin { read_only: true }));
-        if aborted || conns.len() == 1 || read_only {
-            let sql = if aborted { "ROLLBACK" } else { "COMMIT" };
-            let mut err = None;
-            for (_, c) in conns.iter_mut() {
-                if let Err(e) = c.run(sql).await {
-                    c.broken = true;
-                    err.get_or_insert(e);
+        let (id, mask, coord) = loop {
+            if aborted || conns.len() <= 1 || read_only {
+                let sql = if aborted { "ROLLBACK" } else { "COMMIT" };
+                let mut err = None;
+                for (_, c) in conns.iter_mut() {
+                    if let Err(e) = c.run(sql).await {
+                        c.broken = true;
+                        err.get_or_insert(e);
+                    }
                 }
+                return match err {
+                    Some(e) if !aborted => Err(CommitError::Client(PgError::error(
+                        "40000",
+                        format!("transaction failed at COMMIT: {e}"),
+                    ))),
+                    _ => Ok(if aborted { "ROLLBACK" } else { "COMMIT" }),
+                };
             }
-            return match err {
-                Some(e) if !aborted => Err(CommitError::Client(PgError::error(
-                    "40000",
-                    format!("transaction failed at COMMIT: {e}"),
-                ))),
-                _ => Ok(if aborted { "ROLLBACK" } else { "COMMIT" }),
-            };
-        }
-        let mask = conns
-            .iter()
-            .fold(0u64, |m, (s, _)| m | (1u64 << (*s as u64 % 64)));
-        let id: u64 = rand::random();
-        let coord = conns[0].0;
-        let coord_addr = conns[0].1.addr.clone();
-        if let Err(e) = self.ensure_log(coord, &coord_addr).await {
-            for (_, c) in conns.iter_mut() {
+            let mask = conns
+                .iter()
+                .fold(0u64, |m, (s, _)| m | (1u64 << (*s as u64 % 64)));
+            let id: u64 = rand::random();
+            let coord = conns[0].0;
+            let coord_addr = conns[0].1.addr.clone();
+            if let Err(e) = self.ensure_log(coord, &coord_addr).await {
+                for (_, c) in conns.iter_mut() {
+                    if c.run("ROLLBACK").await.is_err() {
+                        c.broken = true;
+                    }
+                }
+                return Err(CommitError::Client(
+                    PgError::error(
+                        "40000",
+                        format!(
+                            "transaction rolled back: could not create the two-phase commit log \
+                             {} on shard {}: {e}",
+                            recovery::LOG_TABLE,
+                            self.shard_name(coord)
+                        ),
+                    )
+                    .with_hint(
+                        "the proxy's server user needs CREATE on schema public of each shard",
+                    ),
+                ));
+            }
+            // Phase one. The coordinator records the decision inside its own transaction.
+            let mut prepared = Vec::new();
+            let mut failure = None;
+            let mut coord_read_only = false;
+            for (n, (s, c)) in conns.iter_mut().enumerate() {
+                let name = gid(id, mask, *s);
+                let prepare = format!("PREPARE TRANSACTION '{name}'");
+                let sql = match n {
+                    0 => format!("{}; {prepare}", recovery::log_insert(id, mask)),
+                    _ => prepare,
+                };
+                let mut q = BytesMut::new();
+                let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
+                match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
+                    Ok(Ok((frames, status))) => {
+                        let ok = frames
+                            .iter()
+                            .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
+                        // A failed log row stops the query before its PREPARE ('E').
+                        let error = frames.iter().find(|f| f.tag == b'E');
+                        if ok && error.is_none() && status == b'I' {
+                            prepared.push(*s);
+                            continue;
+                        }
+                        failure = Some(match error {
+                            Some(e) => {
+                                let (code, msg) = protocol::error_fields(e.body());
+                                if n == 0 && code == "42P01" {
+                                    self.forget_log(&coord_addr);
+                                }
+                                coord_read_only = n == 0 && code == "25006";
+                                msg
+                            }
+                            None if status != b'I' => "unexpected transaction state".into(),
+                            None => "the transaction was rolled back".into(),
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        c.broken = true;
+                        failure = Some(e.to_string());
+                    }
+                    Err(_) => {
+                        c.broken = true;
+                        failure = Some("timed out".into());
+                    }
+                }
+                let shard_name = self.shard_name(*s);
+                failure = failure.map(|f| format!("shard {shard_name}: {f}"));
+                break;
+            }
+            if coord_read_only {
+                // The coordinator's part is READ ONLY (SET TRANSACTION READ ONLY on that shard):
+                // it has nothing to commit, and its failed log row ended it. The others go on
+                // without it.
+                let (_, mut c) = conns.remove(0);
                 if c.run("ROLLBACK").await.is_err() {
                     c.broken = true;
                 }
+                continue;
             }
-            return Err(CommitError::Client(
-                PgError::error(
-                    "40000",
-                    format!(
-                        "transaction rolled back: could not create the two-phase commit log \
-                         {} on shard {}: {e}",
-                        recovery::LOG_TABLE,
-                        self.shard_name(coord)
-                    ),
-                )
-                .with_hint("the proxy's server user needs CREATE on schema public of each shard"),
-            ));
-        }
-        // Phase one. The coordinator records the decision inside its own transaction.
-        let mut prepared = Vec::new();
-        let mut failure = None;
-        for (n, (s, c)) in conns.iter_mut().enumerate() {
-            let name = gid(id, mask, *s);
-            let prepare = format!("PREPARE TRANSACTION '{name}'");
-            let sql = match n {
-                0 => format!("{}; {prepare}", recovery::log_insert(id, mask)),
-                _ => prepare,
-            };
-            let mut q = BytesMut::new();
-            let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
-            match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
-                Ok(Ok((frames, b'I'))) => {
-                    let ok = frames
-                        .iter()
-                        .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
-                    let error = frames.iter().find(|f| f.tag == b'E');
-                    if ok && error.is_none() {
-                        prepared.push(*s);
-                        continue;
-                    }
-                    failure = Some(match error {
-                        Some(e) => {
-                            let (code, msg) = protocol::error_fields(e.body());
-                            if n == 0 && code == "42P01" {
-                                self.forget_log(&coord_addr);
-                            }
-                            msg
-                        }
-                        None => "the transaction was rolled back".into(),
-                    });
-                }
-                Ok(Ok(_)) => failure = Some("unexpected transaction state".into()),
-                Ok(Err(e)) => {
-                    c.broken = true;
-                    failure = Some(e.to_string());
-                }
-                Err(_) => {
-                    c.broken = true;
-                    failure = Some("timed out".into());
-                }
+            if let Some(msg) = failure {
+                return self.abort_prepared(conns, &prepared, id, mask, msg).await;
             }
-            let shard_name = self.shard_name(*s);
-            failure = failure.map(|f| format!("shard {shard_name}: {f}"));
-            break;
-        }
-        if let Some(msg) = failure {
-            return self.abort_prepared(conns, &prepared, id, mask, msg).await;
-        }
+            break (id, mask, coord);
+        };
         let log_key = recovery::txn_name(id, mask);
         if self.failpoint_after_prepare(&log_key).await {
             for (_, c) in conns.iter_mut() {
@@ -927,7 +460,9 @@ impl Loop<'_> {
                         self.shard_name(coord)
                     ),
                 )
-                .with_hint("recovery commits or rolls back every shard alike; check the rows later"),
+                .with_hint(
+                    "recovery commits or rolls back every shard alike; check the rows later",
+                ),
             )),
         }
     }
@@ -938,7 +473,10 @@ impl Loop<'_> {
             .acquire(Want::Primary, shard)
             .await
             .map_err(|e| e.message)?;
-        let sql = format!("SELECT coalesce(string_agg(gid, ','), '') FROM {}", recovery::LOG_TABLE);
+        let sql = format!(
+            "SELECT coalesce(string_agg(gid, ','), '') FROM {}",
+            recovery::LOG_TABLE
+        );
         match tokio::time::timeout(STEP_TIMEOUT, c.query_row(&sql)).await {
             Ok(Ok(v)) => Ok(v
                 .first()
@@ -1021,39 +559,4 @@ async fn run_step(c: &mut Checkout, sql: &str) -> Option<Result<u8, BackendError
         c.broken = true;
     }
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{control, Control};
-
-    #[test]
-    fn finds_transaction_control() {
-        let cases = [
-            ("COMMIT", Some(Control::Commit)),
-            ("end transaction", Some(Control::Commit)),
-            ("COMMIT AND NO CHAIN", Some(Control::Commit)),
-            ("commit/**/and/* x /* nested */ */chain", Some(Control::Chain)),
-            ("COMMIT WORK AND CHAIN", Some(Control::Chain)),
-            ("ROLLBACK AND CHAIN", Some(Control::Chain)),
-            ("abort", Some(Control::Rollback)),
-            ("ROLLBACK TRANSACTION", Some(Control::Rollback)),
-            ("ROLLBACK TO a", Some(Control::RollbackTo)),
-            ("rollback work to savepoint a", Some(Control::RollbackTo)),
-            ("-- c\nSAVEPOINT a", Some(Control::Savepoint)),
-            ("RELEASE a", Some(Control::Release)),
-            ("release savepoint a", Some(Control::Release)),
-            ("PREPARE TRANSACTION 'x'", Some(Control::Prepare)),
-            ("COMMIT PREPARED 'x'", Some(Control::Prepared)),
-            ("ROLLBACK PREPARED 'x'", Some(Control::Prepared)),
-            ("PREPARE s AS SELECT 1", None),
-            ("SELECT 'commit'", None),
-            ("committed", None),
-            ("\u{e9}commit", None),
-            ("", None),
-        ];
-        for (sql, want) in cases {
-            assert_eq!(control(sql), want, "{sql}");
-        }
-    }
 }
