@@ -1567,7 +1567,10 @@ async fn sql_deallocate_of_a_protocol_statement_frees_the_name() {
     for round in 0..4 {
         let hold = herder.free(Free::Not(last)).await;
         let msgs = c
-            .send(&[wire::parse("dp", "select 'proto'::text"), wire::sync()].concat(), 1)
+            .send(
+                &[wire::parse("dp", "select 'proto'::text"), wire::sync()].concat(),
+                1,
+            )
             .await;
         assert_eq!(wire::tags(&msgs), "1Z", "round {round}: {msgs:?}");
         last = hold.free;

@@ -280,9 +280,7 @@ fn tokens(sql: &str) -> Vec<Tok> {
                 // U&'...' / U&"...": the quote follows as its own token.
                 i += 1;
             } else {
-                out.push(Tok::Word(
-                    String::from_utf8_lossy(w).to_ascii_lowercase(),
-                ));
+                out.push(Tok::Word(String::from_utf8_lossy(w).to_ascii_lowercase()));
             }
         } else if c.is_ascii_digit() {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
@@ -316,6 +314,7 @@ fn skip_quote(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
 }
 
 /// Words that may stand before `(` without being a function call.
+#[rustfmt::skip]
 const NOT_CALLS: &[&str] = &[
     "all", "and", "any", "array", "as", "between", "by", "case", "cast", "check", "coalesce",
     "collate", "conflict", "constraint", "cube", "default", "distinct", "else", "escape",
@@ -329,6 +328,7 @@ const NOT_CALLS: &[&str] = &[
 ];
 
 /// Words after which `name (` names a table, type or new object, not a call.
+#[rustfmt::skip]
 const OBJECT_BEFORE: &[&str] = &[
     "into", "table", "references", "function", "procedure", "prepare", "view", "type", "index",
     "trigger", "domain", "copy", "exists", "aggregate", "only", "update",
@@ -336,6 +336,7 @@ const OBJECT_BEFORE: &[&str] = &[
 
 /// Builtin functions known not to change settings (set_config is handled apart). A call of
 /// anything else is assumed to possibly change settings.
+#[rustfmt::skip]
 const PURE_BUILTINS: &[&str] = &[
     "abs", "age", "array_agg", "array_append", "array_cat", "array_length", "array_position",
     "array_positions", "array_prepend", "array_remove", "array_replace", "array_to_json",
@@ -565,11 +566,15 @@ mod tests {
         assert!(!w("select * from t for update"));
         assert!(!w("select * from t for no key update"));
         let ddl = |s: &str| settings_effect(s).ddl;
-        assert!(ddl("drop type t") && ddl("CREATE TYPE t AS (a int)") && ddl("alter table t add b int"));
+        assert!(
+            ddl("drop type t") && ddl("CREATE TYPE t AS (a int)") && ddl("alter table t add b int")
+        );
         assert!(ddl("do $$ begin end $$"));
         assert!(!ddl("select 1"));
         // no panic on odd input
-        for s in ["$", "$1", "$a", "$a$", "e'", "u&'x'", "/*", "--", "\"", "é(", "f(", "(("] {
+        for s in [
+            "$", "$1", "$a", "$a$", "e'", "u&'x'", "/*", "--", "\"", "é(", "f(", "((",
+        ] {
             let _ = settings_effect(s);
         }
     }
