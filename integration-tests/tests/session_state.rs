@@ -1693,4 +1693,39 @@ async fn statements_are_not_shared_across_a_dropped_and_recreated_type() {
         last = hold.free;
         hold.end().await;
     }
+
+    // The same DDL made behind the proxy's back: the first client to hit a stale statement
+    // gets the server's error once; the proxy then renews shared statements and closes the
+    // server connections that hold stale ones as they report it.
+    direct_superuser()
+        .await
+        .batch_execute("drop type ss_mood; create type ss_mood as enum ('ok', 'meh', 'newer')")
+        .await
+        .unwrap();
+    let mut d = raw_login(proxy.port, "trusty", "app", &[]).await;
+    let msgs = d
+        .send(&[wire::parse("m3", sql), wire::sync()].concat(), 1)
+        .await;
+    assert_eq!(wire::tags(&msgs), "1Z", "{msgs:?}");
+    let hold = herder.free(Free::Not(0)).await;
+    let msgs = d.send(&wire::run("m3", &["newer"]), 1).await;
+    assert_eq!(error_code(&msgs).as_deref(), Some("XX000"), "{msgs:?}");
+    hold.end().await;
+    let mut e = raw_login(proxy.port, "trusty", "app", &[]).await;
+    let msgs = e
+        .send(&[wire::parse("m4", sql), wire::sync()].concat(), 1)
+        .await;
+    assert_eq!(wire::tags(&msgs), "1Z", "{msgs:?}");
+    let mut last = 0;
+    for _ in 0..2 {
+        let hold = herder.free(Free::Not(last)).await;
+        let msgs = e.send(&wire::run("m4", &["newer"]), 1).await;
+        assert_eq!(
+            wire::data_rows(&msgs),
+            vec![vec![Some("newer!".to_string())]],
+            "after a stale statement was reported: {msgs:?}"
+        );
+        last = hold.free;
+        hold.end().await;
+    }
 }
