@@ -179,6 +179,11 @@ impl Relay {
                 }
                 return Ok(());
             }
+            // ParameterStatus and ErrorResponse are looked into (see `classify`): wait for
+            // the whole message while it is small.
+            if matches!(tag, b'S' | b'E') && len < 8192 && inbuf.len() < len as usize + 1 {
+                return Ok(());
+            }
             self.forwarding = self.classify(tag, inbuf, events);
             self.remaining = len as usize + 1;
         }
