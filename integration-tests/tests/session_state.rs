@@ -1483,9 +1483,10 @@ async fn settings_made_unseen_stay_with_their_client() {
     drop(fresh);
 
     type Case = (&'static str, &'static str, &'static str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         ("set_config with bind parameters", "ss_bind", "bind"),
         ("set_config with bind parameters (read only)", "", "bind_ro"),
+        ("SET SESSION CHARACTERISTICS", "", "characteristics"),
         ("a DO block", "ss_do", "do"),
         ("a function that SETs", "ss_fn", "function"),
         ("a procedure that calls set_config", "ss_proc", "call"),
@@ -1511,6 +1512,10 @@ async fn settings_made_unseen_stay_with_their_client() {
                 .await
                 .unwrap();
             }
+            "characteristics" => a
+                .batch_execute("set session characteristics as transaction read only")
+                .await
+                .unwrap(),
             "do" => a
                 .batch_execute(
                     "do $$ begin perform set_config('search_path', 'ss_do', false); end $$",
@@ -1539,7 +1544,7 @@ async fn settings_made_unseen_stay_with_their_client() {
         last = hold.free;
         hold.end().await;
         // and A keeps its setting on both server connections
-        let (want_path, want_ro) = if how == "bind_ro" {
+        let (want_path, want_ro) = if how == "bind_ro" || how == "characteristics" {
             (default_path.as_str(), "on")
         } else {
             (path, "off")

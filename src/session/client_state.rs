@@ -399,7 +399,13 @@ pub fn settings_effect(stmt: &str) -> SettingsEffect {
         Some(Tok::Word(w)) => w.as_str(),
         _ => "",
     };
+    let word = |i: usize| match toks.get(i) {
+        Some(Tok::Word(w)) => w.as_str(),
+        _ => "",
+    };
     match first {
+        // sets default_transaction_{isolation,read_only,deferrable}
+        "set" if word(1) == "session" && word(2) == "characteristics" => e.opaque = true,
         "do" | "call" => {
             e.opaque = true;
             e.ddl = true;
@@ -531,6 +537,7 @@ mod tests {
             "select 1; select ss_set()",
             "with x as (select g()) select * from x",
             "select count(*) from t join lateral myfn(t.a) on true",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
         ] {
             assert!(opaque(s), "{s}");
         }
