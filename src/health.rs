@@ -175,10 +175,9 @@ impl Probe {
     async fn check(&mut self, timeout: Duration) -> Option<Observation> {
         let fut = async {
             if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-                let (client, conn) =
-                    crate::backend::pg_connect(&self.config, self.allow_cleartext)
-                        .await
-                        .ok()?;
+                let (client, conn) = crate::backend::pg_connect(&self.config, self.allow_cleartext)
+                    .await
+                    .ok()?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });

@@ -158,7 +158,11 @@ async fn fake_session(
             let pw = body.split(|&b| b == 0).next().unwrap_or_default();
             log.lock().unwrap().push(format!(
                 "password:{}",
-                if tag == b'p' { String::from_utf8_lossy(pw).into_owned() } else { "?".into() }
+                if tag == b'p' {
+                    String::from_utf8_lossy(pw).into_owned()
+                } else {
+                    "?".into()
+                }
             ));
         }
         FakeAuth::ScramWithoutFinal => {
@@ -179,7 +183,9 @@ async fn fake_session(
     s.write_all(&ok).await?;
     log.lock().unwrap().push("ok-sent".into());
     let (tag, _) = read_msg(&mut s).await?;
-    log.lock().unwrap().push(format!("after-ok:{}", tag as char));
+    log.lock()
+        .unwrap()
+        .push(format!("after-ok:{}", tag as char));
     Ok(())
 }
 
@@ -207,10 +213,17 @@ async fn no_cleartext_password_to_a_server_unless_allowed() {
     let (addr, log) = fake_server(FakeAuth::Cleartext).await;
     let proxy = Proxy::start(&fake_config(&addr, ""));
     // (the client sees a checkout timeout: the pool reports no connect error yet)
-    try_query(&proxy).await.expect_err("the fake server runs no query");
+    try_query(&proxy)
+        .await
+        .expect_err("the fake server runs no query");
     // the pool's connection and the health checker's both hung up without a password
     let closed = wait_until(Duration::from_secs(10), || async {
-        log.lock().unwrap().iter().filter(|l| l.starts_with("closed")).count() >= 1
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("closed"))
+            .count()
+            >= 1
     })
     .await;
     assert!(closed, "{:?}", log.lock().unwrap());
@@ -223,7 +236,10 @@ async fn no_cleartext_password_to_a_server_unless_allowed() {
 
     // allowed: the server gets it
     let (addr, log) = fake_server(FakeAuth::Cleartext).await;
-    let proxy = Proxy::start(&fake_config(&addr, "allow_cleartext_server_password = true"));
+    let proxy = Proxy::start(&fake_config(
+        &addr,
+        "allow_cleartext_server_password = true",
+    ));
     let _ = try_query(&proxy).await;
     let got = wait_until(Duration::from_secs(10), || async {
         log.lock().unwrap().iter().any(|l| l == "password:app")

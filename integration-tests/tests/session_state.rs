@@ -1483,9 +1483,10 @@ async fn settings_made_unseen_stay_with_their_client() {
     drop(fresh);
 
     type Case = (&'static str, &'static str, &'static str);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         ("set_config with bind parameters", "ss_bind", "bind"),
         ("set_config with bind parameters (read only)", "", "bind_ro"),
+        ("SET SESSION CHARACTERISTICS", "", "characteristics"),
         ("a DO block", "ss_do", "do"),
         ("a function that SETs", "ss_fn", "function"),
         ("a procedure that calls set_config", "ss_proc", "call"),
@@ -1511,6 +1512,10 @@ async fn settings_made_unseen_stay_with_their_client() {
                 .await
                 .unwrap();
             }
+            "characteristics" => a
+                .batch_execute("set session characteristics as transaction read only")
+                .await
+                .unwrap(),
             "do" => a
                 .batch_execute(
                     "do $$ begin perform set_config('search_path', 'ss_do', false); end $$",
@@ -1539,7 +1544,7 @@ async fn settings_made_unseen_stay_with_their_client() {
         last = hold.free;
         hold.end().await;
         // and A keeps its setting on both server connections
-        let (want_path, want_ro) = if how == "bind_ro" {
+        let (want_path, want_ro) = if how == "bind_ro" || how == "characteristics" {
             (default_path.as_str(), "on")
         } else {
             (path, "off")
@@ -1567,7 +1572,10 @@ async fn sql_deallocate_of_a_protocol_statement_frees_the_name() {
     for round in 0..4 {
         let hold = herder.free(Free::Not(last)).await;
         let msgs = c
-            .send(&[wire::parse("dp", "select 'proto'::text"), wire::sync()].concat(), 1)
+            .send(
+                &[wire::parse("dp", "select 'proto'::text"), wire::sync()].concat(),
+                1,
+            )
             .await;
         assert_eq!(wire::tags(&msgs), "1Z", "round {round}: {msgs:?}");
         last = hold.free;
@@ -1686,6 +1694,41 @@ async fn statements_are_not_shared_across_a_dropped_and_recreated_type() {
             wire::data_rows(&msgs),
             vec![vec![Some("new!".to_string())]],
             "a statement shared from before the type was re-created: {msgs:?}"
+        );
+        last = hold.free;
+        hold.end().await;
+    }
+
+    // The same DDL made behind the proxy's back: the first client to hit a stale statement
+    // gets the server's error once; the proxy then renews shared statements and closes the
+    // server connections that hold stale ones as they report it.
+    direct_superuser()
+        .await
+        .batch_execute("drop type ss_mood; create type ss_mood as enum ('ok', 'meh', 'newer')")
+        .await
+        .unwrap();
+    let mut d = raw_login(proxy.port, "trusty", "app", &[]).await;
+    let msgs = d
+        .send(&[wire::parse("m3", sql), wire::sync()].concat(), 1)
+        .await;
+    assert_eq!(wire::tags(&msgs), "1Z", "{msgs:?}");
+    let hold = herder.free(Free::Not(0)).await;
+    let msgs = d.send(&wire::run("m3", &["newer"]), 1).await;
+    assert_eq!(error_code(&msgs).as_deref(), Some("XX000"), "{msgs:?}");
+    hold.end().await;
+    let mut e = raw_login(proxy.port, "trusty", "app", &[]).await;
+    let msgs = e
+        .send(&[wire::parse("m4", sql), wire::sync()].concat(), 1)
+        .await;
+    assert_eq!(wire::tags(&msgs), "1Z", "{msgs:?}");
+    let mut last = 0;
+    for _ in 0..2 {
+        let hold = herder.free(Free::Not(last)).await;
+        let msgs = e.send(&wire::run("m4", &["newer"]), 1).await;
+        assert_eq!(
+            wire::data_rows(&msgs),
+            vec![vec![Some("newer!".to_string())]],
+            "after a stale statement was reported: {msgs:?}"
         );
         last = hold.free;
         hold.end().await;

@@ -117,7 +117,10 @@ primary = "127.0.0.1:5432"
     };
     let messages = [
         crate::protocol::PasswordMessage::Password("us3r-s3cret".into()),
-        crate::protocol::PasswordMessage::SaslInitial("SCRAM-SHA-256".into(), b"us3r-s3cret".to_vec()),
+        crate::protocol::PasswordMessage::SaslInitial(
+            "SCRAM-SHA-256".into(),
+            b"us3r-s3cret".to_vec(),
+        ),
         crate::protocol::PasswordMessage::Sasl(b"us3r-s3cret".to_vec()),
     ];
     let shown = [

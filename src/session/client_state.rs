@@ -285,9 +285,7 @@ fn tokens(sql: &str) -> Vec<Tok> {
                 // U&'...' / U&"...": the quote follows as its own token.
                 i += 1;
             } else {
-                out.push(Tok::Word(
-                    String::from_utf8_lossy(w).to_ascii_lowercase(),
-                ));
+                out.push(Tok::Word(String::from_utf8_lossy(w).to_ascii_lowercase()));
             }
         } else if c.is_ascii_digit() {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
@@ -321,6 +319,7 @@ fn skip_quote(b: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
 }
 
 /// Words that may stand before `(` without being a function call.
+#[rustfmt::skip]
 const NOT_CALLS: &[&str] = &[
     "all", "and", "any", "array", "as", "between", "by", "case", "cast", "check", "coalesce",
     "collate", "conflict", "constraint", "cube", "default", "distinct", "else", "escape",
@@ -334,6 +333,7 @@ const NOT_CALLS: &[&str] = &[
 ];
 
 /// Words after which `name (` names a table, type or new object, not a call.
+#[rustfmt::skip]
 const OBJECT_BEFORE: &[&str] = &[
     "into", "table", "references", "function", "procedure", "prepare", "view", "type", "index",
     "trigger", "domain", "copy", "exists", "aggregate", "only", "update",
@@ -341,6 +341,7 @@ const OBJECT_BEFORE: &[&str] = &[
 
 /// Builtin functions known not to change settings (set_config is handled apart). A call of
 /// anything else is assumed to possibly change settings.
+#[rustfmt::skip]
 const PURE_BUILTINS: &[&str] = &[
     "abs", "age", "array_agg", "array_append", "array_cat", "array_length", "array_position",
     "array_positions", "array_prepend", "array_remove", "array_replace", "array_to_json",
@@ -403,7 +404,13 @@ pub fn settings_effect(stmt: &str) -> SettingsEffect {
         Some(Tok::Word(w)) => w.as_str(),
         _ => "",
     };
+    let word = |i: usize| match toks.get(i) {
+        Some(Tok::Word(w)) => w.as_str(),
+        _ => "",
+    };
     match first {
+        // sets default_transaction_{isolation,read_only,deferrable}
+        "set" if word(1) == "session" && word(2) == "characteristics" => e.opaque = true,
         "do" | "call" => {
             e.opaque = true;
             e.ddl = true;
@@ -535,6 +542,7 @@ mod tests {
             "select 1; select ss_set()",
             "with x as (select g()) select * from x",
             "select count(*) from t join lateral myfn(t.a) on true",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
         ] {
             assert!(opaque(s), "{s}");
         }
@@ -570,11 +578,15 @@ mod tests {
         assert!(!w("select * from t for update"));
         assert!(!w("select * from t for no key update"));
         let ddl = |s: &str| settings_effect(s).ddl;
-        assert!(ddl("drop type t") && ddl("CREATE TYPE t AS (a int)") && ddl("alter table t add b int"));
+        assert!(
+            ddl("drop type t") && ddl("CREATE TYPE t AS (a int)") && ddl("alter table t add b int")
+        );
         assert!(ddl("do $$ begin end $$"));
         assert!(!ddl("select 1"));
         // no panic on odd input
-        for s in ["$", "$1", "$a", "$a$", "e'", "u&'x'", "/*", "--", "\"", "é(", "f(", "(("] {
+        for s in [
+            "$", "$1", "$a", "$a$", "e'", "u&'x'", "/*", "--", "\"", "é(", "f(", "((",
+        ] {
             let _ = settings_effect(s);
         }
     }

@@ -766,6 +766,15 @@ impl Loop<'_> {
                         conn.broken = true;
                     }
                 }
+                Event::StalePlan => {
+                    // Statements prepared on this connection no longer match the schema (DDL
+                    // the proxy did not see): new Parses get new statements, and this
+                    // connection (with its stale statements) is closed at release.
+                    self.state.statements.bump_generation();
+                    if let Some(conn) = self.server.as_deref_mut() {
+                        conn.broken = true;
+                    }
+                }
                 Event::ParameterStatus(name) => match name {
                     // A reported setting changed (by a trigger, a function, ...): read it back.
                     Some(n) if reported_not_settable(n) => {}

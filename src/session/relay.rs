@@ -94,6 +94,9 @@ pub enum Event {
     /// The server reported a setting's new value (ParameterStatus) in a client's exchange:
     /// its name, if the message was whole in the buffer.
     ParameterStatus(Option<String>),
+    /// The server reported that a prepared statement no longer matches the schema ("cache
+    /// lookup failed for type", "cached plan must not change result type").
+    StalePlan,
 }
 
 /// The relay state of one client's server connection.
@@ -194,6 +197,11 @@ impl Relay {
                 }
                 return Ok(());
             }
+            // ParameterStatus and ErrorResponse are looked into (see `classify`): wait for
+            // the whole message while it is small.
+            if matches!(tag, b'S' | b'E') && len < 8192 && inbuf.len() < len as usize + 1 {
+                return Ok(());
+            }
             self.forwarding = self.classify(tag, inbuf, events);
             self.remaining = len as usize + 1;
         }
@@ -249,6 +257,9 @@ impl Relay {
             });
             self.owed_ready = self.owed_ready.saturating_sub(before - self.queue.len());
             return true;
+        }
+        if tag == b'E' && is_stale_plan(inbuf) {
+            events.push(Event::StalePlan);
         }
         // Asynchronous messages can arrive at any time.
         if matches!(tag, b'N' | b'S' | b'A') {
@@ -342,6 +353,23 @@ impl Relay {
             }
         }
     }
+}
+
+/// Whether the ErrorResponse at the start of `inbuf` (if it is all there) says a prepared
+/// statement went stale with the schema.
+fn is_stale_plan(inbuf: &[u8]) -> bool {
+    let Some(len) = inbuf
+        .get(1..5)
+        .map(|l| i32::from_be_bytes([l[0], l[1], l[2], l[3]]).max(4) as usize)
+    else {
+        return false;
+    };
+    let Some(body) = inbuf.get(5..1 + len) else {
+        return false;
+    };
+    let (code, message) = crate::protocol::error_fields(body);
+    (code == "XX000" && message.starts_with("cache lookup failed for type"))
+        || (code == "0A000" && message.starts_with("cached plan must not change result type"))
 }
 
 #[cfg(test)]

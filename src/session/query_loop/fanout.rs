@@ -198,12 +198,17 @@ impl Loop<'_> {
         }
         // Settings a statement may have made unseen go with no client: reset before reuse.
         let read_back = self.state.config.pool.settings_read_back;
-        if per_shard.iter().any(|(_, t)| {
-            let e = settings_effect(t);
-            e.opaque || e.writes && read_back == crate::config::SettingsReadBack::Auto
-        }) || read_back == crate::config::SettingsReadBack::Always
+        let effects: Vec<_> = per_shard.iter().map(|(_, t)| settings_effect(t)).collect();
+        if effects
+            .iter()
+            .any(|e| e.opaque || e.writes && read_back == crate::config::SettingsReadBack::Auto)
+            || read_back == crate::config::SettingsReadBack::Always
         {
             conns.iter_mut().for_each(|c| c.settings_unknown = true);
+        }
+        if effects.iter().any(|e| e.ddl) {
+            // Statements prepared from now on are new ones (see `StatementCache`).
+            self.state.statements.bump_generation();
         }
         if in_txn {
             self.status = if first_error.is_some() { b'E' } else { b'T' };

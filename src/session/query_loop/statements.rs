@@ -15,11 +15,11 @@ use crate::protocol::{
 };
 use crate::session::client_state::{apply_sql, settings_effect, SettingsEffect};
 use crate::session::relay::{Expect, Kind, Relay};
+use crate::shard::route::Params;
 use crate::sql::scan::{
     dollar_quote, is_pooled_statement_name, is_setting_name, quote_ident, session_command,
     set_config_names, split_statements, SessionCommand,
 };
-use crate::shard::route::Params;
 use crate::state::Prepared;
 
 impl Loop<'_> {
@@ -180,8 +180,7 @@ impl Loop<'_> {
             });
             return None;
         }
-        if self.client.named.contains_key(p.name) || self.client.sql_prepared.contains_key(p.name)
-        {
+        if self.client.named.contains_key(p.name) || self.client.sql_prepared.contains_key(p.name) {
             // Protocol-level and SQL-level statements share one namespace, as in Postgres.
             let msg = format!("prepared statement \"{}\" already exists", p.name);
             self.synthetic_error(PgError::error("42P05", msg));

@@ -227,7 +227,9 @@ impl Loop<'_> {
         }
         if self.client.opaque || self.client.wrote {
             // No read-back here: whatever a statement set unseen is reset before reuse.
-            conns.iter_mut().for_each(|(_, c)| c.settings_unknown = true);
+            conns
+                .iter_mut()
+                .for_each(|(_, c)| c.settings_unknown = true);
         }
         *lock(&self.login.cancel_slot) = None;
         self.relay.reset();

@@ -173,3 +173,26 @@ fn extended_copy_in_ignores_the_syncs_sent_in_copy_mode() {
     assert!(matches!(events[..], [Event::Ready(b'I')]));
     assert!(r.idle());
 }
+
+#[test]
+fn parameter_status_and_stale_plan_errors_are_reported_whole() {
+    let mut r = Relay::default();
+    r.push(Expect::Client(Kind::Query));
+    let mut err = BytesMut::new();
+    crate::protocol::PgError::error("XX000", "cache lookup failed for type 16388").encode(&mut err);
+    let mut other = BytesMut::new();
+    crate::protocol::PgError::error("XX000", "something else").encode(&mut other);
+    let server = vec![
+        msg(b'S', b"TimeZone\0Asia/Tokyo\0"),
+        err.to_vec(),
+        other.to_vec(),
+        msg(b'Z', b"I"),
+    ];
+    // byte by byte: the messages are still seen whole
+    let (out, events) = run(&mut r, &server);
+    assert_eq!(out, server.concat());
+    assert!(
+        matches!(&events[..], [Event::ParameterStatus(Some(n)), Event::StalePlan, Event::Ready(b'I')] if n == "TimeZone"),
+        "{events:?}"
+    );
+}
