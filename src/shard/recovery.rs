@@ -320,7 +320,7 @@ pub fn spawn(config: &Config) {
         for db in &dbs {
             for shard in 0..db.shards.len() {
                 if let Some(c) = shard_config(&config, db, shard) {
-                    if let Some(client) = connect(&c).await {
+                    if let Some(client) = connect(&c, &config).await {
                         if let Err(e) = ensure_log(&client).await {
                             tracing::debug!(database = %db.name, shard, error = %e, "could not create the two-phase commit log");
                         }
