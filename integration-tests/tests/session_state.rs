@@ -1774,5 +1774,8 @@ async fn a_server_connection_that_cannot_take_a_clients_settings_is_closed() {
         gone,
         "server connection {other} stayed in the pool after re-applying settings failed"
     );
-    direct.batch_execute("drop role if exists ss_reapply_role").await.ok();
+    direct
+        .batch_execute("drop role if exists ss_reapply_role")
+        .await
+        .ok();
 }
