@@ -1734,3 +1734,48 @@ async fn statements_are_not_shared_across_a_dropped_and_recreated_type() {
         hold.end().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_connection_that_cannot_take_a_clients_settings_is_closed() {
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    let herder = Herder::new(&proxy, "app", "app").await;
+    let direct = direct_superuser().await;
+    direct
+        .batch_execute(
+            "do $$ begin create role ss_reapply_role; exception when duplicate_object then \
+             null; end $$; grant ss_reapply_role to app",
+        )
+        .await
+        .unwrap();
+    let a = proxy.app("app").await;
+    let hold = herder.free(Free::Not(0)).await;
+    a.batch_execute("set role ss_reapply_role").await.unwrap();
+    let first = hold.free;
+    hold.end().await;
+    // the role can no longer be set: re-applying A's settings elsewhere fails
+    direct
+        .batch_execute("revoke ss_reapply_role from app")
+        .await
+        .unwrap();
+    let hold = herder.free(Free::Not(first)).await;
+    let other = hold.free;
+    let _ = a.simple_query("select 1").await;
+    hold.end().await;
+    // that server connection never goes back to the pool: its backend ends
+    let gone = wait_until(Duration::from_secs(10), || async {
+        direct
+            .query_opt("select 1 from pg_stat_activity where pid = $1", &[&other])
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+    assert!(
+        gone,
+        "server connection {other} stayed in the pool after re-applying settings failed"
+    );
+    direct
+        .batch_execute("drop role if exists ss_reapply_role")
+        .await
+        .ok();
+}
