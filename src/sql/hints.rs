@@ -1,7 +1,8 @@
 //! What a client can tell the proxy itself, outside the SQL Postgres sees:
 //!
 //! - comment hints: `/* shardgate: primary */`, `/* shardgate: replica */` (and, for sharding,
-//!   `shard=NAME`, `key=VALUE`), anywhere in a block comment that starts with `shardgate:`;
+//!   `shard=NAME`, `key=VALUE`), anywhere in a block comment that starts with `shardgate:`
+//!   (a real comment: `/*` inside a string literal, quoted identifier or dollar quote is text);
 //! - proxy settings: `SET shardgate.NAME = value`, `RESET shardgate.NAME`,
 //!   `SHOW shardgate.NAME`, answered by the proxy and never sent to a server.
 //!
