@@ -234,7 +234,10 @@ impl StatementCache {
             route: Default::default(),
         });
         c.bytes += 2 * rest.len();
-        if c.map.put(bytes::Bytes::copy_from_slice(rest), p.clone()).is_some() {
+        if c.map
+            .put(bytes::Bytes::copy_from_slice(rest), p.clone())
+            .is_some()
+        {
             // An older generation's entry of the same text was replaced.
             c.bytes -= 2 * rest.len();
         }

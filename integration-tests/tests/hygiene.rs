@@ -63,7 +63,10 @@ async fn a_panicking_session_hands_nothing_to_the_next_client() {
         .batch_execute("drop table if exists hyg_panic; create table hyg_panic (id int)")
         .await
         .unwrap();
-    admin.batch_execute("grant all on hyg_panic to app").await.unwrap();
+    admin
+        .batch_execute("grant all on hyg_panic to app")
+        .await
+        .unwrap();
 
     for round in 0..3 {
         let mut a = login_trust(proxy.port, "trusty", "app").await;
@@ -73,7 +76,10 @@ async fn a_panicking_session_hands_nothing_to_the_next_client() {
         a.write_all(&query("select 'shardgate_failpoint_panic'"))
             .await
             .unwrap();
-        assert!(closed(&mut a).await, "round {round}: the panicked session must close");
+        assert!(
+            closed(&mut a).await,
+            "round {round}: the panicked session must close"
+        );
 
         let mut b = login_trust(proxy.port, "trusty", "app").await;
         let m = run(&mut b, "select count(*) from hyg_panic").await;
@@ -141,11 +147,12 @@ async fn clients_leaving_mid_message_cost_no_pooled_connection() {
     for i in 0..POOL * 2 {
         let t = Instant::now();
         let c = proxy.app("app").await;
-        let v: i32 = tokio::time::timeout(Duration::from_secs(5), c.query_one("select $1::int", &[&7]))
-            .await
-            .unwrap_or_else(|_| panic!("client {i}: no server connection within 5 s"))
-            .unwrap()
-            .get(0);
+        let v: i32 =
+            tokio::time::timeout(Duration::from_secs(5), c.query_one("select $1::int", &[&7]))
+                .await
+                .unwrap_or_else(|_| panic!("client {i}: no server connection within 5 s"))
+                .unwrap()
+                .get(0);
         assert_eq!(v, 7);
         let rows = c.simple_query("select 8").await.unwrap();
         let n = rows
@@ -160,7 +167,11 @@ async fn clients_leaving_mid_message_cost_no_pooled_connection() {
         stuck_backends(&admin).await == 0
     })
     .await;
-    assert!(settled, "{} backends stuck in ClientRead", stuck_backends(&admin).await);
+    assert!(
+        settled,
+        "{} backends stuck in ClientRead",
+        stuck_backends(&admin).await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,11 +209,23 @@ async fn idle_timeouts_end_idle_clients_and_roll_back() {
     assert_eq!(ready_status(&m), Some(b'T'));
     let t = Instant::now();
     let m = read_until(&mut a, b"E").await;
-    assert_eq!(integration_tests::raw::error_code(&m).as_deref(), Some("25P03"), "{m:?}");
-    assert!(t.elapsed() < Duration::from_millis(1400), "{:?}", t.elapsed());
+    assert_eq!(
+        integration_tests::raw::error_code(&m).as_deref(),
+        Some("25P03"),
+        "{m:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(closed(&mut a).await);
     let c = proxy.app("app").await;
-    let n: i64 = c.query_one("select count(*) from hyg_idle", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("select count(*) from hyg_idle", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0);
     // A client that keeps talking is not idle, even in a transaction.
     let mut b = login_trust(proxy.port, "trusty", "app").await;
@@ -214,7 +237,11 @@ async fn idle_timeouts_end_idle_clients_and_roll_back() {
     run(&mut b, "commit").await;
     // Idle outside a transaction: FATAL 57P05 after the longer timeout.
     let m = read_until(&mut b, b"E").await;
-    assert_eq!(integration_tests::raw::error_code(&m).as_deref(), Some("57P05"), "{m:?}");
+    assert_eq!(
+        integration_tests::raw::error_code(&m).as_deref(),
+        Some("57P05"),
+        "{m:?}"
+    );
     assert!(closed(&mut b).await);
 }
 

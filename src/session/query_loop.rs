@@ -564,7 +564,13 @@ impl Loop<'_> {
     /// Testing only: the `panic` failpoint makes a Query containing `shardgate_failpoint_panic`
     /// panic the session, wherever it is (e.g. holding a connection in a transaction).
     fn failpoint(&self, frame: &protocol::Frame) {
-        let armed = self.state.config.proxy.failpoints.iter().any(|f| f == "panic");
+        let armed = self
+            .state
+            .config
+            .proxy
+            .failpoints
+            .iter()
+            .any(|f| f == "panic");
         if armed && memchr::memmem::find(frame.body(), b"shardgate_failpoint_panic").is_some() {
             panic!("failpoint: panic");
         }
