@@ -287,3 +287,60 @@ async fn a_client_hoarding_prepared_statements_is_stopped() {
     let c = proxy.app("app").await;
     assert!(!c.simple_query("select 1").await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_text_the_proxy_cannot_read_keeps_its_effects_to_its_client() {
+    // A LATIN1 client's `SET search_path = 'café'; SELECT pg_advisory_lock(..), 'café'` is not
+    // UTF-8: the proxy's scanners cannot see what it does, so the client must keep its connection (and the server connection
+    // is reset when it leaves), never hand the setting to the next client.
+    let proxy = Proxy::start(&config_text("", "size = 1"));
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for s in [
+        "user",
+        "trusty",
+        "database",
+        "app",
+        "client_encoding",
+        "LATIN1",
+    ] {
+        body.extend_from_slice(s.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut start = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    start.extend(body);
+    let mut a = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    a.write_all(&start).await.unwrap();
+    let m = read_until(&mut a, b"ZE").await;
+    assert_eq!(m.last().map(|m| m.0), Some(b'Z'), "{m:?}");
+    let mut q = b"set search_path = 'caf\xe9'; select pg_advisory_lock(4242), 'caf\xe9'".to_vec();
+    let mut msg = vec![b'Q'];
+    msg.extend_from_slice(&((q.len() + 5) as i32).to_be_bytes());
+    msg.append(&mut q);
+    msg.push(0);
+    a.write_all(&msg).await.unwrap();
+    let m = read_until(&mut a, b"Z").await;
+    assert!(m.iter().all(|(t, _)| *t != b'E'), "{m:?}");
+    let m = run(&mut a, "show search_path").await;
+    let shown = data_text(&m);
+    assert!(shown.len() == 1 && shown[0].contains("caf"), "{shown:?}");
+    drop(a);
+    // The session lock it took goes away with it (the pinned connection is reset).
+    let admin = direct_superuser().await;
+    let released = wait_until(Duration::from_secs(10), || async {
+        let n: i64 = admin
+            .query_one(
+                "select count(*) from pg_locks where locktype = 'advisory' and objid = 4242",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    assert!(released, "the advisory lock stayed on a pooled connection");
+    let c = proxy.app("app").await;
+    let path: String = c.query_one("show search_path", &[]).await.unwrap().get(0);
+    assert_eq!(path, "\"$user\", public");
+}

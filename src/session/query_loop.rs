@@ -198,6 +198,12 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
+/// True if a Query body's SQL text (up to its NUL) is valid UTF-8.
+fn query_is_utf8(body: &[u8]) -> bool {
+    let end = memchr::memchr(0, body).unwrap_or(body.len());
+    std::str::from_utf8(&body[..end]).is_ok()
+}
+
 /// True if a simple-protocol query opens a transaction block (statement mode refuses those).
 fn starts_transaction(sql: &str) -> bool {
     let s = sql.trim_start().as_bytes();
@@ -317,6 +323,27 @@ impl Loop<'_> {
         End::Fatal
     }
 
+    /// SQL text that is not UTF-8 (a client_encoding other than UTF8) cannot be read by the
+    /// proxy's scanners: routing it would be a guess, so a database that routes refuses it; on
+    /// a plain pooled database it runs, but the client keeps its server connection (whatever
+    /// the text did to the session stays with it) as with other untracked session state.
+    fn non_utf8_query(&mut self) -> Option<PgError> {
+        let routes = self.login.split || self.login.shard_map.is_some();
+        if routes {
+            return Some(
+                PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "SQL text that is not valid UTF-8 cannot be routed",
+                )
+                .with_hint("connect with client_encoding UTF8"),
+            );
+        }
+        if self.managed {
+            return self.pin("SQL text that is not UTF-8").err();
+        }
+        None
+    }
+
     /// Per-client bounds on what the proxy keeps for a client: answers owed by the server
     /// (a pipeline that never reads), and named prepared statements.
     fn over_limits(&self) -> Option<PgError> {
@@ -434,6 +461,13 @@ impl Loop<'_> {
             }
             if tag == b'Q' && !self.state.config.proxy.failpoints.is_empty() {
                 self.failpoint(&frame);
+            }
+            if tag == b'Q' && !query_is_utf8(frame.body()) {
+                if let Some(e) = self.non_utf8_query() {
+                    e.encode(&mut self.cout);
+                    protocol::ready_for_query(&mut self.cout, self.status);
+                    continue;
+                }
             }
             if tag == b'Q' && self.proxy_command(&frame) {
                 continue;

@@ -129,7 +129,7 @@ impl Loop<'_> {
     }
 
     /// Handles session state that cannot move between server connections.
-    fn pin(&mut self, reason: &'static str) -> Result<(), PgError> {
+    pub(super) fn pin(&mut self, reason: &'static str) -> Result<(), PgError> {
         match self.state.config.pool.session_state {
             SessionStatePolicy::Pin => {
                 if self.client.pinned.is_none() {
