@@ -406,6 +406,17 @@ impl ShardMap {
                 let Some(c) = &facts.copy else {
                     return Ok(Route::One(0));
                 };
+                if let (true, true, Some(opt)) = (
+                    self.sharded(&c.table).is_some(),
+                    c.from_stdin,
+                    &c.unsupported,
+                ) {
+                    return Err(PgError::error(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("COPY option {opt} is not supported on a sharded table"),
+                    )
+                    .with_hint("use FORMAT, DELIMITER and HEADER only (text or CSV)"));
+                }
                 let everywhere = self.sharded(&c.table).is_some()
                     || (self.is_replicated(&c.table) && c.from_stdin);
                 return Ok(if everywhere {

@@ -242,6 +242,15 @@ fn unsharded_replicated_and_ddl() {
     );
     assert_eq!(route(&m, "SET search_path = x").unwrap(), Route::Any);
     assert_eq!(route(&m, "COPY accounts FROM STDIN").unwrap(), Route::All);
+    // Options the row splitter does not follow would cut or key rows wrongly: refused.
+    let r = route(&m, "COPY accounts FROM STDIN WITH (FORMAT csv, QUOTE '''')");
+    assert_eq!(code(r), "0A000");
+    assert_eq!(
+        code(route(&m, "COPY accounts FROM STDIN NULL AS 'x'")),
+        "0A000"
+    );
+    // Not on a table that is not split.
+    assert!(route(&m, "COPY other FROM STDIN NULL AS 'x'").is_ok());
 }
 
 #[test]

@@ -10,10 +10,10 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Expr,
-    FromTable, InTarget, Insert, JoinConstraint, JoinOperator, ObjectName, Query, Select, SetExpr,
-    Statement, TableFactor, TableObject, TableWithJoins, UnaryOperator, Value, ValueWithSpan,
-    Visit, Visitor,
+    AssignmentTarget, BinaryOperator, CopyLegacyCsvOption, CopyLegacyOption, CopyOption,
+    CopySource, CopyTarget, Expr, FromTable, InTarget, Insert, JoinConstraint, JoinOperator,
+    ObjectName, Query, Select, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
+    UnaryOperator, Value, ValueWithSpan, Visit, Visitor,
 };
 
 use super::{ident_name, object_name};
@@ -110,6 +110,9 @@ pub struct CopyFacts {
     pub delimiter: char,
     /// CSV header line.
     pub header: bool,
+    /// An option the row splitter does not implement (QUOTE, ESCAPE, NULL, ENCODING, ...):
+    /// rows cannot be cut and keyed exactly, so a split COPY is refused.
+    pub unsupported: Option<String>,
 }
 
 /// The shard-routing facts of one statement.
@@ -574,6 +577,7 @@ fn copy_facts(stmt: &Statement) -> Option<CopyFacts> {
         binary: false,
         delimiter: '\t',
         header: false,
+        unsupported: None,
     };
     let mut delimiter = None;
     for o in options {
@@ -584,16 +588,30 @@ fn copy_facts(stmt: &Statement) -> Option<CopyFacts> {
             }
             CopyOption::Delimiter(c) => delimiter = Some(*c),
             CopyOption::Header(h) => f.header = *h,
-            _ => {}
+            // No effect on how rows are cut or keyed on the way in.
+            CopyOption::Freeze(_) | CopyOption::ForceQuote(_) => {}
+            CopyOption::Quote('"') | CopyOption::Escape('"') => {}
+            other => f.unsupported = Some(other.to_string()),
         }
     }
     for o in legacy_options {
         match o {
-            CopyLegacyOption::Csv(_) => f.csv = true,
+            CopyLegacyOption::Csv(csv) => {
+                f.csv = true;
+                for o in csv {
+                    match o {
+                        CopyLegacyCsvOption::Header => f.header = true,
+                        CopyLegacyCsvOption::Quote('"')
+                        | CopyLegacyCsvOption::Escape('"')
+                        | CopyLegacyCsvOption::ForceQuote(_) => {}
+                        other => f.unsupported = Some(other.to_string()),
+                    }
+                }
+            }
             CopyLegacyOption::Binary => f.binary = true,
             CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
             CopyLegacyOption::Header => f.header = true,
-            _ => {}
+            other => f.unsupported = Some(other.to_string()),
         }
     }
     f.delimiter = delimiter.unwrap_or(if f.csv { ',' } else { '\t' });

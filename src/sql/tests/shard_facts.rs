@@ -132,6 +132,31 @@ fn copy_options() {
 }
 
 #[test]
+fn copy_options_the_splitter_cannot_follow_are_flagged() {
+    for sql in [
+        "COPY t FROM STDIN WITH (FORMAT csv, QUOTE '''')",
+        "COPY t FROM STDIN WITH (FORMAT csv, ESCAPE '\\')",
+        "COPY t FROM STDIN WITH (NULL 'x')",
+        "COPY t FROM STDIN WITH (ENCODING 'LATIN1')",
+        "COPY t FROM STDIN WITH (FORMAT csv, FORCE_NOT_NULL (a))",
+        "COPY t FROM STDIN CSV QUOTE AS ''''",
+        "COPY t FROM STDIN NULL AS 'x'",
+    ] {
+        let c = facts(sql).copy.unwrap_or_else(|| panic!("{sql}"));
+        assert!(c.unsupported.is_some(), "{sql}");
+    }
+    for sql in [
+        "COPY t FROM STDIN WITH (FORMAT csv, HEADER true, QUOTE '\"', FREEZE true)",
+        "COPY t FROM STDIN CSV HEADER",
+        "COPY t FROM STDIN WITH (DELIMITER '|')",
+    ] {
+        let c = facts(sql).copy.unwrap_or_else(|| panic!("{sql}"));
+        assert_eq!(c.unsupported, None, "{sql}");
+    }
+    assert!(facts("COPY t FROM STDIN CSV HEADER").copy.unwrap().header);
+}
+
+#[test]
 fn schema_changes_are_broadcast() {
     for sql in [
         "CREATE TABLE t (id int)",
