@@ -248,7 +248,7 @@ async fn idle_timeouts_end_idle_clients_and_roll_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hoarding_prepared_statements_is_stopped() {
     let proxy = Proxy::start(&config_text("", "size = 2"));
-    let mut s = login_trust(proxy.port, "trusty", "app").await;
+    let s = login_trust(proxy.port, "trusty", "app").await;
     let mut batch = Vec::new();
     for i in 0..10_001 {
         let name = format!("s{i}");
