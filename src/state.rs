@@ -32,11 +32,12 @@ pub struct CancelTarget {
     pub secret: Vec<u8>,
 }
 
-/// The server connection a client currently uses; `None` while it holds none. A std mutex:
+/// The server connections a client's running query is on: its current one, or every shard
+/// of a fan-out; empty while it holds none. A std mutex:
 /// it is taken twice per transaction and never held across an await. (A CancelRequest that
 /// arrives just as the transaction ends can, as with any pooler, reach the server after the
 /// connection moved on; the window is the cancel packet's flight time.)
-pub type CancelSlot = Arc<Mutex<Option<CancelTarget>>>;
+pub type CancelSlot = Arc<Mutex<Vec<CancelTarget>>>;
 
 /// Proxy-issued cancel keys: pid -> (secret, slot).
 #[derive(Debug, Default)]

@@ -440,6 +440,75 @@ pub mod raw {
     }
 }
 
+/// A set of real shard primaries for sharding tests, with a proxy config over them.
+pub struct ShardSet {
+    /// The shard primaries (role and database `app`, password `app`).
+    pub clusters: Vec<PgCluster>,
+    /// A config over them; `#LISTEN#`, `#PROXY_EXTRA#` (lines of `[proxy]`) and `#DB_EXTRA#`
+    /// (lines of the database) are filled in by [`ShardSet::config`].
+    pub template: String,
+}
+
+impl ShardSet {
+    /// Starts `n` shards with `max_prepared_transactions = max_prepared`, sharding each
+    /// `(table, column, type)` of `tables`; stopped when the test process exits.
+    pub fn start(n: usize, max_prepared: u32, tables: &[(&str, &str, &str)]) -> ShardSet {
+        let clusters: Vec<PgCluster> = (0..n)
+            .map(|_| {
+                let c = PgCluster::start(ClusterOptions {
+                    hba_method: "md5".into(),
+                    extra_conf: vec![format!("max_prepared_transactions = {max_prepared}")],
+                    ..ClusterOptions::default()
+                })
+                .expect("start shard");
+                c.create_role("app", "app", PasswordMethod::Scram).unwrap();
+                c.create_database("app", "app").unwrap();
+                c
+            })
+            .collect();
+        let mut template = String::from(
+            "[proxy]\nlisten = \"#LISTEN#\"\n#PROXY_EXTRA#\n[pool]\nsize = 4\n\
+             [[users]]\nname = \"app\"\npassword = \"app\"\n\
+             [[databases]]\nname = \"app\"\n#DB_EXTRA#\n",
+        );
+        for (i, c) in clusters.iter().enumerate() {
+            template.push_str(&format!(
+                "[[databases.shards]]\nname = \"s{i}\"\nprimary = \"{}\"\n",
+                c.addr()
+            ));
+        }
+        for (table, column, ty) in tables {
+            template.push_str(&format!(
+                "[[databases.sharded_tables]]\ntable = \"{table}\"\ncolumn = \"{column}\"\ntype = \"{ty}\"\n"
+            ));
+        }
+        ShardSet { clusters, template }
+    }
+
+    /// Registers the shards to be stopped at exit (for a set held in a `static`).
+    pub fn stop_at_exit(&'static self) {
+        self.clusters.iter().for_each(stop_at_exit);
+    }
+
+    /// The config with a listen address, `[proxy]` lines and database lines.
+    pub fn config(&self, listen: &str, proxy_extra: &str, db_extra: &str) -> String {
+        self.template
+            .replace("#LISTEN#", listen)
+            .replace("#PROXY_EXTRA#", proxy_extra)
+            .replace("#DB_EXTRA#", db_extra)
+    }
+
+    /// A direct connection to shard `i` as `app`.
+    pub async fn direct(&self, i: usize) -> Client {
+        connect(&format!(
+            "host=127.0.0.1 port={} user=app password=app dbname=app",
+            self.clusters[i].port()
+        ))
+        .await
+        .expect("direct connection to a shard")
+    }
+}
+
 static AT_EXIT: std::sync::Mutex<Vec<&'static PgCluster>> = std::sync::Mutex::new(Vec::new());
 
 extern "C" fn stop_registered_at_exit() {

@@ -9,62 +9,28 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use integration_tests::{connect, sqlstate, stop_at_exit, wait_until, Proxy};
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use integration_tests::{connect, sqlstate, wait_until, Proxy, ShardSet};
+use shardgate::cluster::PgCluster;
 use shardgate::config::{Config, KeyType};
 use shardgate::shard::route::ShardMap;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-struct Shards {
-    clusters: Vec<PgCluster>,
-    config: String,
-}
-
 /// Three shard primaries (role and database `app`), stopped when the test process exits.
-fn shards() -> &'static Shards {
-    static S: OnceLock<Shards> = OnceLock::new();
+fn shards() -> &'static ShardSet {
+    static S: OnceLock<ShardSet> = OnceLock::new();
     static REGISTERED: std::sync::Once = std::sync::Once::new();
-    let s = S.get_or_init(|| {
-        let clusters: Vec<PgCluster> = (0..3)
-            .map(|_| {
-                let c = PgCluster::start(ClusterOptions {
-                    hba_method: "md5".into(),
-                    extra_conf: vec!["max_prepared_transactions = 20".into()],
-                    ..ClusterOptions::default()
-                })
-                .expect("start shard");
-                c.create_role("app", "app", PasswordMethod::Scram).unwrap();
-                c.create_database("app", "app").unwrap();
-                c
-            })
-            .collect();
-        let mut config = String::from(
-            "[proxy]\nlisten = \"#LISTEN#\"\n#PROXY_EXTRA#\n[pool]\nsize = 4\n\
-             [[users]]\nname = \"app\"\npassword = \"app\"\n\
-             [[databases]]\nname = \"app\"\ntwo_phase_commit = true\n#DB_EXTRA#\n",
-        );
-        for (i, c) in clusters.iter().enumerate() {
-            config.push_str(&format!(
-                "[[databases.shards]]\nname = \"s{i}\"\nprimary = \"{}\"\n",
-                c.addr()
-            ));
-        }
-        config.push_str(
-            "[[databases.sharded_tables]]\ntable = \"tp\"\ncolumn = \"k\"\ntype = \"bigint\"\n",
-        );
-        Shards { clusters, config }
-    });
-    REGISTERED.call_once(|| s.clusters.iter().for_each(stop_at_exit));
+    let s = S.get_or_init(|| ShardSet::start(3, 20, &[("tp", "k", "bigint")]));
+    REGISTERED.call_once(|| s.stop_at_exit());
     s
 }
 
-/// The config with a listen address, `[proxy]` lines and database lines.
+/// The config with a listen address, `[proxy]` lines and database lines (2PC on).
 fn config(listen: &str, proxy_extra: &str, db_extra: &str) -> String {
-    shards()
-        .config
-        .replace("#LISTEN#", listen)
-        .replace("#PROXY_EXTRA#", proxy_extra)
-        .replace("#DB_EXTRA#", db_extra)
+    shards().config(
+        listen,
+        proxy_extra,
+        &format!("two_phase_commit = true\n{db_extra}"),
+    )
 }
 
 /// Recovery of an in-process proxy stays away from the other tests' transactions.

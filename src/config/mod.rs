@@ -78,6 +78,10 @@ pub struct ProxyConfig {
     /// A client idle outside a transaction for this long is disconnected (FATAL 57P05);
     /// 0 disables (PgBouncer's `client_idle_timeout`).
     pub client_idle_timeout_ms: u64,
+    /// Most bytes of shard answers one statement run on several shards may hold for its merge
+    /// (all shards together); above it the statement is cancelled on the shards and fails with
+    /// 54000. Keeps a client's fan-out memory bounded.
+    pub max_fanout_bytes: usize,
     /// Testing only: named failure points (`after_prepare`: a session dies between PREPARE
     /// TRANSACTION and COMMIT PREPARED, as if the proxy crashed there;
     /// `pause_after_prepare=PATH`: it creates the file PATH there and waits while it exists;
@@ -101,6 +105,7 @@ impl Default for ProxyConfig {
             client_login_timeout_ms: 15_000,
             idle_transaction_timeout_ms: 0,
             client_idle_timeout_ms: 0,
+            max_fanout_bytes: 128 * 1024 * 1024,
             failpoints: Vec::new(),
         }
     }

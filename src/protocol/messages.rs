@@ -32,6 +32,8 @@ pub mod sqlstate {
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     /// Internal error.
     pub const INTERNAL_ERROR: &str = "XX000";
+    /// in_failed_sql_transaction
+    pub const IN_FAILED_TRANSACTION: &str = "25P02";
 }
 
 fn put<M: Message>(buf: &mut BytesMut, m: M) {

@@ -200,18 +200,24 @@ async fn authenticate(
     }
 }
 
-/// Forwards a CancelRequest to the server connection the client is using, if any.
+/// Forwards a CancelRequest to the server connections the client's query runs on, if any.
 async fn serve_cancel(state: &ProxyState, pid: i32, secret: &[u8]) {
     let Some(slot) = state.cancels.find(pid, secret) else {
         tracing::debug!("cancel request with an unknown key ignored");
         return;
     };
-    let target = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(t) = target {
+    let targets = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    cancel_all(&targets).await;
+}
+
+/// Sends a CancelRequest to every one of `targets` at once (every shard of a fan-out).
+pub(crate) async fn cancel_all(targets: &[crate::state::CancelTarget]) {
+    let sent = targets.iter().map(|t| async move {
         if let Err(e) = ServerConn::cancel(&t.addr, t.pid, &t.secret).await {
             tracing::warn!(server = %t.addr, error = %e, "forwarding cancel request failed");
         }
-    }
+    });
+    futures_util::future::join_all(sent).await;
 }
 
 /// The server's values of its reported parameters once the client's startup settings

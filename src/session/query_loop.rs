@@ -100,6 +100,8 @@ struct Loop<'a> {
     /// Last bytes read from the client or the server (idle timeouts count from here).
     last_activity: tokio::time::Instant,
     shutting_down: bool,
+    /// The client closed its connection while the proxy waited on shards for it.
+    client_gone: bool,
     /// Read/write split state.
     rt: Routing,
 }
@@ -136,6 +138,7 @@ pub(super) async fn run(
         held: false,
         last_activity: tokio::time::Instant::now(),
         shutting_down: *shutdown.borrow(),
+        client_gone: false,
         rt: Routing::default(),
     };
     let end = l.main(&mut shutdown).await;
@@ -412,6 +415,9 @@ impl Loop<'_> {
         self.held = false;
         loop {
             // A client whose output is not moving is not read: its memory stays bounded.
+            if self.client_gone {
+                return Some(End::ClientGone);
+            }
             self.client_blocked = self.output_full();
             if self.client_blocked {
                 return None;
@@ -702,7 +708,7 @@ impl Loop<'_> {
         self.rt.released();
         if let Some(mut c) = self.server.take() {
             tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status as char), "release");
-            *lock(&self.login.cancel_slot) = None;
+            lock(&self.login.cancel_slot).clear();
             if !c.inbuf.is_empty() {
                 // Asynchronous messages after ReadyForQuery belong to this client's session.
                 c.broken = true;
@@ -862,7 +868,7 @@ impl Loop<'_> {
         let Some(mut conn) = self.server.take() else {
             return;
         };
-        *lock(&self.login.cancel_slot) = None;
+        lock(&self.login.cancel_slot).clear();
         if conn.broken {
             return;
         }
@@ -943,7 +949,7 @@ fn fatal_message(out: &[u8]) -> Option<&str> {
     found
 }
 
-fn lock(slot: &crate::state::CancelSlot) -> std::sync::MutexGuard<'_, Option<CancelTarget>> {
+fn lock(slot: &crate::state::CancelSlot) -> std::sync::MutexGuard<'_, Vec<CancelTarget>> {
     slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 

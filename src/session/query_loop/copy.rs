@@ -6,8 +6,10 @@
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::fanout::while_client_stays;
 use super::routing::Want;
-use super::Loop;
+use super::{lock, Loop};
+use crate::backend::Exchanged;
 use crate::fanout::CommandTag;
 use crate::pool::Checkout;
 use crate::protocol::{self, split_frame, sqlstate, PgError};
@@ -106,6 +108,8 @@ impl Loop<'_> {
         }
         let sharded = map.sharded(&c.table).cloned();
         let (mut conns, in_txn) = self.shard_conns(shards, Want::Primary).await?;
+        // A CancelRequest stops the COPY on every shard (the caller clears this).
+        self.cancel_to(&conns);
         // Where the key is in each row.
         let key = match &sharded {
             None => None,
@@ -357,13 +361,24 @@ impl Loop<'_> {
         let (mut conns, in_txn) = self.shard_conns(shards, Want::Read).await?;
         let mut q = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut q);
-        let answers =
-            futures_util::future::join_all(conns.iter_mut().map(|c| c.exchange(&q))).await;
+        let cap = self.fanout_cap(conns.len());
+        self.cancel_to(&conns);
+        let work =
+            futures_util::future::join_all(conns.iter_mut().map(|c| c.exchange_capped(&q, cap)));
+        let waited = while_client_stays(&mut self.crd, &mut self.cin, work).await;
+        lock(&self.login.cancel_slot).clear();
+        let Some(answers) = waited else {
+            return Err(self.abandon(&mut conns).await);
+        };
         let (mut head, mut data, mut error) = (None, BytesMut::new(), None);
         let mut total = 0u64;
         let mut done = None;
         for (conn, a) in conns.iter_mut().zip(answers) {
-            let Ok((frames, _)) = a else {
+            if matches!(&a, Ok(x) if x.overflow) {
+                error.get_or_insert(self.too_large().freeze());
+                continue;
+            }
+            let Ok(Exchanged { frames, .. }) = a else {
                 conn.broken = true;
                 let mut b = BytesMut::new();
                 PgError::error(sqlstate::CONNECTION_FAILURE, "shard lost during COPY")

@@ -11,11 +11,16 @@
 use bytes::{Bytes, BytesMut};
 
 use super::routing::Want;
-use super::{End, Loop};
+use std::future::Future;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+
+use super::{End, Loop, BUF_CAP, CLEANUP_TIMEOUT};
 use crate::fanout::{self, CommandTag, MergeError, RowDescription, ShardResult};
 use crate::pool::Checkout;
 use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
 use crate::session::client_state::{settings_effect, setup_sql};
+use crate::session::handshake::cancel_all;
 use crate::sql::analyze::fanout::{fan_out_query, PlanSpec};
 use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
@@ -37,7 +42,55 @@ fn merge_error(e: MergeError) -> PgError {
     e.to_pg_error()
 }
 
+/// Waits for `work` (answers being read on shard connections) while reading what the client
+/// sends meanwhile into `cin`, up to the loop's cap (it is handled afterwards). None: the
+/// client closed its connection first.
+pub(super) async fn while_client_stays<T>(
+    crd: &mut OwnedReadHalf,
+    cin: &mut BytesMut,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(work);
+    loop {
+        let room = cin.len() < BUF_CAP;
+        tokio::select! {
+            biased;
+            r = &mut work => return Some(r),
+            r = crd.read_buf(cin), if room => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 impl Loop<'_> {
+    /// Makes a CancelRequest of the client reach every one of `conns`.
+    pub(super) fn cancel_to(&self, conns: &[Checkout]) {
+        *super::lock(&self.login.cancel_slot) = conns.iter().map(|c| c.cancel_target()).collect();
+    }
+
+    /// The client left while `conns` worked for it: the statement is cancelled on each of them
+    /// and they are closed; the session ends.
+    pub(super) async fn abandon(&mut self, conns: &mut [Checkout]) -> PgError {
+        super::lock(&self.login.cancel_slot).clear();
+        let targets: Vec<_> = conns.iter().map(|c| c.cancel_target()).collect();
+        conns.iter_mut().for_each(|c| c.broken = true);
+        self.client_gone = true;
+        tracing::info!(user = %self.login.user, client = self.login.cancel_pid, shards = conns.len(), "client gone during a statement on several shards; cancelling it");
+        let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_all(&targets)).await;
+        PgError::error(
+            sqlstate::CONNECTION_FAILURE,
+            "client gone during a statement on several shards",
+        )
+    }
+
+    /// The per-shard cap of a fan-out's held answers over `n` shards.
+    pub(super) fn fanout_cap(&self, n: usize) -> usize {
+        self.state.config.proxy.max_fanout_bytes / n.max(1)
+    }
+
     /// Runs `frame` (a Query) on `shards` and answers the client.
     pub(super) async fn fan_out(
         &mut self,
@@ -73,7 +126,11 @@ impl Loop<'_> {
             Command::Copy => {
                 let copy = facts.analysis.shard.as_ref().and_then(|f| f.copy.clone());
                 return match copy {
-                    Some(c) if c.from_stdin => self.copy_in(sql, &c, shards).await,
+                    Some(c) if c.from_stdin => {
+                        let r = self.copy_in(sql, &c, shards).await;
+                        super::lock(&self.login.cancel_slot).clear();
+                        r
+                    }
                     Some(c) if c.to_stdout => self.copy_out(sql, shards).await,
                     _ => Err(PgError::error(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -155,16 +212,29 @@ impl Loop<'_> {
             requests.push(b);
         }
         let mut param_desc = None;
-        let answers = futures_util::future::join_all(
-            conns.iter_mut().zip(&requests).map(|(c, r)| c.exchange(r)),
-        )
-        .await;
+        let cap = self.fanout_cap(conns.len());
+        self.cancel_to(&conns);
+        let work = futures_util::future::join_all(
+            conns
+                .iter_mut()
+                .zip(&requests)
+                .map(|(c, r)| c.exchange_capped(r, cap)),
+        );
+        let waited = while_client_stays(&mut self.crd, &mut self.cin, work).await;
+        super::lock(&self.login.cancel_slot).clear();
+        let Some(answers) = waited else {
+            return Err(self.abandon(&mut conns).await);
+        };
         let mut results = Vec::with_capacity(answers.len());
         let mut notices = BytesMut::new();
         let mut first_error: Option<Bytes> = None;
         for (conn, answer) in conns.iter_mut().zip(answers) {
             let (frames, status) = match answer {
-                Ok(a) => a,
+                Ok(a) if a.overflow => {
+                    first_error.get_or_insert_with(|| self.too_large().freeze());
+                    (Vec::new(), a.status)
+                }
+                Ok(a) => (a.frames, a.status),
                 Err(e) => {
                     conn.broken = true;
                     return Err(PgError::error(
@@ -246,6 +316,21 @@ impl Loop<'_> {
         Ok(FanOutAnswer { out, param_desc })
     }
 
+    /// The error of a fan-out whose shard answers are over `max_fanout_bytes`.
+    pub(super) fn too_large(&self) -> BytesMut {
+        let mut b = BytesMut::new();
+        PgError::error(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!(
+                "the answers of this statement on several shards are over {} bytes",
+                self.state.config.proxy.max_fanout_bytes
+            ),
+        )
+        .with_hint("narrow the query (WHERE, LIMIT) or raise [proxy] max_fanout_bytes")
+        .encode(&mut b);
+        b
+    }
+
     /// Keeps a transaction's connections (in `shards` order) for its later statements.
     pub(super) fn park_all(&mut self, shards: &[usize], conns: Vec<Checkout>) {
         for (shard, c) in shards.iter().zip(conns) {
@@ -283,7 +368,7 @@ impl Loop<'_> {
         for shard in shards {
             if in_txn {
                 if self.server.is_some() && self.rt.shard == *shard {
-                    *super::lock(&self.login.cancel_slot) = None;
+                    super::lock(&self.login.cancel_slot).clear();
                     if let Some(c) = self.server.take() {
                         conns.push(c);
                         continue;

@@ -25,7 +25,7 @@ use crate::protocol::{
 use crate::shard::route::{Params, Route};
 use crate::sql::hints::{self, RouteFacts, Target};
 use crate::sql::Kind;
-use crate::state::{CancelTarget, Prepared};
+use crate::state::Prepared;
 
 /// Most frames a read keeps for a retry; a larger request is not retried.
 const MAX_REPLAY_BYTES: usize = 1024 * 1024;
@@ -594,6 +594,14 @@ impl Loop<'_> {
             return Step::Go(want, shard);
         }
         self.rt.outside_txn = false;
+        if self.status == b'E'
+            && !self.rt.parked.is_empty()
+            && !(single(Kind::Commit) || single(Kind::Rollback))
+        {
+            // The transaction failed (a statement on several shards): its connections may not
+            // know, so nothing more runs in it until its end, as in Postgres.
+            return Step::Refuse(super::twophase::aborted_transaction());
+        }
         if let Some((_, read_only)) = &self.rt.pending_begin {
             if single(Kind::Commit) || single(Kind::Rollback) {
                 // Nothing ran in the transaction: answer without a server.
@@ -782,11 +790,7 @@ impl Loop<'_> {
         let (conn, on_primary) = self.acquire(want, shard).await?;
         self.rt.outside_txn = outside_txn;
         self.rt.shard = shard;
-        *lock(&self.login.cancel_slot) = Some(CancelTarget {
-            addr: conn.addr.clone(),
-            pid: conn.pid,
-            secret: conn.secret.clone(),
-        });
+        *lock(&self.login.cancel_slot) = vec![conn.cancel_target()];
         self.relay.reset();
         self.unsynced = false;
         tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, server = %conn.addr, "checkout");
@@ -940,7 +944,7 @@ impl Loop<'_> {
             }
         }
         tracing::info!(server = %addr, "{what}; retrying the read on another server");
-        *lock(&self.login.cancel_slot) = None;
+        lock(&self.login.cancel_slot).clear();
         self.relay.reset();
         self.sout.clear();
         self.events.clear();

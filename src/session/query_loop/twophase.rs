@@ -32,7 +32,6 @@ use crate::pool::Checkout;
 use crate::protocol::{self, empty_message, parse_body, PgError};
 use crate::shard::recovery::{self, gid};
 use crate::sql::Kind;
-use crate::state::CancelTarget;
 
 /// How long the commit phase keeps trying one participant's COMMIT PREPARED (and a failed
 /// prepare phase its coordinator's ROLLBACK PREPARED), reconnecting as needed.
@@ -46,6 +45,7 @@ const PAUSE_MAX: Duration = Duration::from_secs(120);
 static LOG_READY: Mutex<Option<HashSet<String>>> = Mutex::new(None);
 
 mod guard;
+pub(super) use guard::aborted_transaction;
 
 pub(super) use guard::TxnGuard;
 
@@ -73,11 +73,7 @@ fn notice(message: String) -> BytesMut {
 impl Loop<'_> {
     /// Makes `conn` the current server connection of shard `shard`.
     pub(super) fn install(&mut self, conn: Checkout, shard: usize, on_primary: bool) {
-        *lock(&self.login.cancel_slot) = Some(CancelTarget {
-            addr: conn.addr.clone(),
-            pid: conn.pid,
-            secret: conn.secret.clone(),
-        });
+        *lock(&self.login.cancel_slot) = vec![conn.cancel_target()];
         self.relay.reset();
         self.unsynced = false;
         self.server = Some(conn);
@@ -98,7 +94,7 @@ impl Loop<'_> {
         if let Some(conn) = self.server.take() {
             self.rt.parked.push((self.rt.shard, conn));
         }
-        *lock(&self.login.cancel_slot) = None;
+        lock(&self.login.cancel_slot).clear();
         if let Some(conn) = self.unpark(shard) {
             self.install(conn, shard, true);
             return Ok(());
@@ -231,7 +227,7 @@ impl Loop<'_> {
                 .iter_mut()
                 .for_each(|(_, c)| c.settings_unknown = true);
         }
-        *lock(&self.login.cancel_slot) = None;
+        lock(&self.login.cancel_slot).clear();
         self.relay.reset();
         conns.sort_by_key(|(s, _)| *s);
         let aborted = self.status == b'E';

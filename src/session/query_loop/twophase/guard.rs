@@ -186,6 +186,12 @@ impl Loop<'_> {
         &mut self,
         shard: usize,
     ) -> Result<(), PgError> {
+        if self.status == b'E' {
+            // The transaction failed on some shard: as in Postgres, nothing more runs in it
+            // (the connection this needs may not know it failed); the block's end rolls back
+            // every shard.
+            return Err(aborted_transaction());
+        }
         if !self.rt.guard.savepoint || !self.two_phase() {
             return Ok(());
         }
@@ -369,7 +375,7 @@ impl Loop<'_> {
     /// Rolls the open transaction back on every participant and leaves the client in a
     /// failed transaction block without a server connection.
     pub(in crate::session::query_loop) async fn abort_everywhere(&mut self) {
-        *lock(&self.login.cancel_slot) = None;
+        lock(&self.login.cancel_slot).clear();
         for (_, mut c) in std::mem::take(&mut self.rt.parked) {
             match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
                 Ok(Ok(b'I')) => {}
@@ -503,6 +509,14 @@ impl Loop<'_> {
         self.rt.guard = Default::default();
         self.status = b'I';
     }
+}
+
+/// What a statement in a failed transaction gets, as from Postgres.
+pub(in crate::session::query_loop) fn aborted_transaction() -> PgError {
+    PgError::error(
+        sqlstate::IN_FAILED_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
 }
 
 #[cfg(test)]
