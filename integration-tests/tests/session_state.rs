@@ -1326,24 +1326,34 @@ async fn listen_pins_the_client_and_notifications_arrive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn temporary_table_pins_the_client() {
+async fn temporary_tables_pin_the_client() {
+    for (create, table) in [
+        ("create temp table ss_tmp (v int)", "ss_tmp"),
+        (
+            "select 0 as v into temp ss_tmp_into where false",
+            "ss_tmp_into",
+        ),
+    ] {
+        temporary_table_pins_the_client(create, table).await;
+    }
+}
+
+async fn temporary_table_pins_the_client(create: &str, table: &str) {
     let proxy = Proxy::start(&config_text("", "size = 2"));
     let c = proxy.app("app").await;
-    c.batch_execute("create temp table ss_tmp (v int)")
-        .await
-        .unwrap();
+    c.batch_execute(create).await.unwrap();
     let pinned = pid(&c).await;
     let churners = churn(&proxy, "app", 2, true);
     for i in 1..=10i64 {
-        c.execute("insert into ss_tmp values (1)", &[])
+        c.execute(&format!("insert into {table} values (1)"), &[])
             .await
             .unwrap();
         let n: i64 = c
-            .query_one("select count(*) from ss_tmp", &[])
+            .query_one(&format!("select count(*) from {table}"), &[])
             .await
             .unwrap()
             .get(0);
-        assert_eq!(n, i);
+        assert_eq!(n, i, "{create}");
         assert_eq!(pid(&c).await, pinned);
     }
     let churned = churners.finish().await;
@@ -1355,9 +1365,9 @@ async fn temporary_table_pins_the_client() {
         wait_until(Duration::from_secs(5), || async {
             let n: i64 = direct
                 .query_one(
-                    "select count(*) from pg_class where relname = 'ss_tmp' \
+                    "select count(*) from pg_class where relname = $1 \
                      and relpersistence = 't'",
-                    &[],
+                    &[&table],
                 )
                 .await
                 .unwrap()
@@ -1365,7 +1375,7 @@ async fn temporary_table_pins_the_client() {
             n == 0
         })
         .await,
-        "temporary table dropped when its client left"
+        "{create}: temporary table dropped when its client left"
     );
 }
 

@@ -435,7 +435,35 @@ pub fn pin_reason(stmt: &str) -> Option<&'static str> {
             return Some("cursor WITH HOLD");
         }
     }
+    // `SELECT ... INTO TEMP t` (also `INTO LOCAL TEMPORARY`): a temporary table.
+    let mut from = 0;
+    while let Some(p) = find_ci(&b[from..], b"into") {
+        let start = from + p;
+        from = start + 4;
+        if start > 0 && is_ident_char(b[start - 1]) {
+            continue;
+        }
+        let mut next = skip_blank(b, from);
+        if next == from {
+            continue;
+        }
+        for scope in [&b"local"[..], b"global"] {
+            if word_at(b, next, scope) {
+                next = skip_blank(b, next + scope.len());
+            }
+        }
+        if word_at(b, next, b"temp") || word_at(b, next, b"temporary") {
+            return Some("SELECT INTO a temporary table");
+        }
+    }
     None
+}
+
+/// True if the word `w` (ASCII, any case) is at `i` of `b`, as a whole word.
+fn word_at(b: &[u8], i: usize, w: &[u8]) -> bool {
+    b.len() >= i + w.len()
+        && b[i..i + w.len()].eq_ignore_ascii_case(w)
+        && b.get(i + w.len()).is_none_or(|&c| !is_ident_char(c))
 }
 
 /// The index of the first token at or after `i` that is not whitespace or a comment.
@@ -600,6 +628,22 @@ mod tests {
         assert_eq!(
             session_command("create domain PG_TEMP.d as int"),
             Pin("temporary object")
+        );
+        assert_eq!(
+            session_command("SELECT 1 AS a INTO TEMP t"),
+            Pin("SELECT INTO a temporary table")
+        );
+        assert_eq!(
+            session_command("select * into/**/local temporary t from x"),
+            Pin("SELECT INTO a temporary table")
+        );
+        assert_eq!(
+            session_command("select * into t from x"),
+            SessionCommand::None
+        );
+        assert_eq!(
+            session_command("insert into temperature values (1)"),
+            SessionCommand::None
         );
         assert_eq!(
             session_command("create temp table t (a int)"),
