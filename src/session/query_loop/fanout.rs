@@ -66,9 +66,12 @@ pub(super) async fn while_client_stays<T>(
 }
 
 impl Loop<'_> {
-    /// Makes a CancelRequest of the client reach every one of `conns`.
+    /// Makes a CancelRequest of the client reach every one of `conns` (and nothing else).
     pub(super) fn cancel_to(&self, conns: &[Checkout]) {
-        *super::lock(&self.login.cancel_slot) = conns.iter().map(|c| c.cancel_target()).collect();
+        // Refilled in place: the slot keeps its capacity across checkouts.
+        let mut slot = super::lock(&self.login.cancel_slot);
+        slot.clear();
+        slot.extend(conns.iter().map(|c| c.cancel_target()));
     }
 
     /// The client left while `conns` worked for it: the statement is cancelled on each of them

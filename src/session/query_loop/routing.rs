@@ -790,7 +790,7 @@ impl Loop<'_> {
         let (conn, on_primary) = self.acquire(want, shard).await?;
         self.rt.outside_txn = outside_txn;
         self.rt.shard = shard;
-        *lock(&self.login.cancel_slot) = vec![conn.cancel_target()];
+        self.cancel_to(std::slice::from_ref(&conn));
         self.relay.reset();
         self.unsynced = false;
         tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, server = %conn.addr, "checkout");

@@ -73,7 +73,7 @@ fn notice(message: String) -> BytesMut {
 impl Loop<'_> {
     /// Makes `conn` the current server connection of shard `shard`.
     pub(super) fn install(&mut self, conn: Checkout, shard: usize, on_primary: bool) {
-        *lock(&self.login.cancel_slot) = vec![conn.cancel_target()];
+        self.cancel_to(std::slice::from_ref(&conn));
         self.relay.reset();
         self.unsynced = false;
         self.server = Some(conn);
