@@ -369,16 +369,8 @@ impl ServerConn {
     /// message the server sends up to and including the next ReadyForQuery, with its status.
     /// Notices and ParameterStatus messages are included in order.
     pub async fn exchange(&mut self, bytes: &[u8]) -> Result<(Vec<Frame>, u8), BackendError> {
-        self.send(bytes).await?;
-        let mut frames = Vec::new();
-        loop {
-            let f = self.read_frame().await?;
-            if f.tag == b'Z' {
-                let status = f.body().first().copied().unwrap_or(b'I');
-                return Ok((frames, status));
-            }
-            frames.push(f);
-        }
+        let e = self.exchange_capped(bytes, usize::MAX).await?;
+        Ok((e.frames, e.status))
     }
 
     /// As [`ServerConn::exchange`], holding at most `cap` bytes of answer: past it the query

@@ -6,9 +6,8 @@
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::fanout::while_client_stays;
 use super::routing::Want;
-use super::{lock, Loop};
+use super::Loop;
 use crate::backend::Exchanged;
 use crate::fanout::CommandTag;
 use crate::pool::Checkout;
@@ -361,15 +360,8 @@ impl Loop<'_> {
         let (mut conns, in_txn) = self.shard_conns(shards, Want::Read).await?;
         let mut q = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut q);
-        let cap = self.fanout_cap(conns.len());
-        self.cancel_to(&conns);
-        let work =
-            futures_util::future::join_all(conns.iter_mut().map(|c| c.exchange_capped(&q, cap)));
-        let waited = while_client_stays(&mut self.crd, &mut self.cin, work).await;
-        lock(&self.login.cancel_slot).clear();
-        let Some(answers) = waited else {
-            return Err(self.abandon(&mut conns).await);
-        };
+        let requests = vec![&q[..]; conns.len()];
+        let answers = self.exchange_all(&mut conns, &requests).await?;
         let (mut head, mut data, mut error) = (None, BytesMut::new(), None);
         let mut total = 0u64;
         let mut done = None;

@@ -16,6 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::{End, Loop, BUF_CAP, CLEANUP_TIMEOUT};
+use crate::backend::{BackendError, Exchanged};
 use crate::fanout::{self, CommandTag, MergeError, RowDescription, ShardResult};
 use crate::pool::Checkout;
 use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
@@ -45,7 +46,7 @@ fn merge_error(e: MergeError) -> PgError {
 /// Waits for `work` (answers being read on shard connections) while reading what the client
 /// sends meanwhile into `cin`, up to the loop's cap (it is handled afterwards). None: the
 /// client closed its connection first.
-pub(super) async fn while_client_stays<T>(
+async fn while_client_stays<T>(
     crd: &mut OwnedReadHalf,
     cin: &mut BytesMut,
     work: impl Future<Output = T>,
@@ -74,10 +75,34 @@ impl Loop<'_> {
         slot.extend(conns.iter().map(|c| c.cancel_target()));
     }
 
+    /// Sends `requests[i]` on `conns[i]`, all at once, and reads every answer (each held up to
+    /// its share of `max_fanout_bytes`) while watching the client: a CancelRequest reaches
+    /// every connection meanwhile, and a client that leaves has the statement cancelled
+    /// everywhere (the error; the session then ends).
+    pub(super) async fn exchange_all(
+        &mut self,
+        conns: &mut [Checkout],
+        requests: &[&[u8]],
+    ) -> Result<Vec<Result<Exchanged, BackendError>>, PgError> {
+        let cap = self.state.config.proxy.max_fanout_bytes / conns.len().max(1);
+        self.cancel_to(conns);
+        let work = futures_util::future::join_all(
+            conns
+                .iter_mut()
+                .zip(requests)
+                .map(|(c, r)| c.exchange_capped(r, cap)),
+        );
+        let waited = while_client_stays(&mut self.crd, &mut self.cin, work).await;
+        super::lock(&self.login.cancel_slot).clear();
+        match waited {
+            Some(answers) => Ok(answers),
+            None => Err(self.abandon(conns).await),
+        }
+    }
+
     /// The client left while `conns` worked for it: the statement is cancelled on each of them
     /// and they are closed; the session ends.
-    pub(super) async fn abandon(&mut self, conns: &mut [Checkout]) -> PgError {
-        super::lock(&self.login.cancel_slot).clear();
+    async fn abandon(&mut self, conns: &mut [Checkout]) -> PgError {
         let targets: Vec<_> = conns.iter().map(|c| c.cancel_target()).collect();
         conns.iter_mut().for_each(|c| c.broken = true);
         self.client_gone = true;
@@ -87,11 +112,6 @@ impl Loop<'_> {
             sqlstate::CONNECTION_FAILURE,
             "client gone during a statement on several shards",
         )
-    }
-
-    /// The per-shard cap of a fan-out's held answers over `n` shards.
-    pub(super) fn fanout_cap(&self, n: usize) -> usize {
-        self.state.config.proxy.max_fanout_bytes / n.max(1)
     }
 
     /// Runs `frame` (a Query) on `shards` and answers the client.
@@ -215,19 +235,8 @@ impl Loop<'_> {
             requests.push(b);
         }
         let mut param_desc = None;
-        let cap = self.fanout_cap(conns.len());
-        self.cancel_to(&conns);
-        let work = futures_util::future::join_all(
-            conns
-                .iter_mut()
-                .zip(&requests)
-                .map(|(c, r)| c.exchange_capped(r, cap)),
-        );
-        let waited = while_client_stays(&mut self.crd, &mut self.cin, work).await;
-        super::lock(&self.login.cancel_slot).clear();
-        let Some(answers) = waited else {
-            return Err(self.abandon(&mut conns).await);
-        };
+        let requests: Vec<&[u8]> = requests.iter().map(|r| &r[..]).collect();
+        let answers = self.exchange_all(&mut conns, &requests).await?;
         let mut results = Vec::with_capacity(answers.len());
         let mut notices = BytesMut::new();
         let mut first_error: Option<Bytes> = None;
