@@ -253,18 +253,20 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
     c.simple_query("ROLLBACK TO s").await.unwrap();
     c.simple_query("COMMIT").await.unwrap();
     assert_eq!(stored(&[a, a2, b]).await, vec![a]);
-    // A coordinator whose part is READ ONLY has nothing to commit: the others commit.
+    // SET TRANSACTION READ ONLY follows the transaction to the next shard: the INSERT there
+    // fails with 25006, as in Postgres.
     let (a, b) = two_keys();
     c.simple_query("BEGIN").await.unwrap();
     c.simple_query(&format!("SELECT * FROM tp WHERE k = {a}"))
         .await
         .unwrap();
     c.simple_query("SET TRANSACTION READ ONLY").await.unwrap();
-    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({b}, 'x')"))
+    let e = c
+        .simple_query(&format!("INSERT INTO tp (k, v) VALUES ({b}, 'x')"))
         .await
-        .unwrap();
-    c.simple_query("COMMIT").await.unwrap();
-    assert_eq!(stored(&[a, b]).await, vec![b]);
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25006"), "{e}");
+    assert_rolled_back(&c, (a, b), "SET TRANSACTION then another shard").await;
     assert_eq!(leftovers().await, (0, 0));
 }
 
@@ -442,4 +444,165 @@ async fn a_proxy_killed_between_the_phases_ends_alike_on_every_participant() {
         "all or none: {rows:?}"
     );
     assert_eq!(rows, vec![keys.0, keys.1], "every participant had prepared");
+}
+
+/// The values of `SHOW name` on both pooled connections of shard `shard` (pool size 2),
+/// through the proxy: two clients in a transaction at once hold one each.
+async fn show_on(p: &Proxy, shard: usize, name: &str) -> Vec<String> {
+    let mut clients = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        let c = p.app("app").await;
+        c.simple_query(&format!("SET shardgate.shard = 's{shard}'"))
+            .await
+            .unwrap();
+        c.simple_query("BEGIN").await.unwrap();
+        let msgs = c.simple_query(&format!("SHOW {name}")).await.unwrap();
+        out.extend(msgs.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        }));
+        clients.push(c);
+    }
+    for c in clients {
+        c.simple_query("COMMIT").await.unwrap();
+    }
+    out
+}
+
+/// A setting changed inside a transaction exists on one server only: a transaction across
+/// shards refuses to change one (0A000, rolled back everywhere), and one that changed a
+/// setting stays on its shard. Before this, `SET search_path` after writes on two shards
+/// reached one of them, was committed there and left that pooled connection with the
+/// setting for every later client (which the proxy did not know).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_in_a_transaction_stay_on_one_shard() {
+    let _serial = SERIAL.lock().await;
+    // Two connections per shard (one for the transaction, one for creating the decision
+    // log): `show_on` sees both.
+    let p = Proxy::start(
+        &config("127.0.0.1:0", "", "two_phase_recovery_ms = 600000")
+            .replace("[pool]\nsize = 4", "[pool]\nsize = 2"),
+    );
+    let c = p.app("app").await;
+    schema(&c).await;
+    let default_path = show_on(&p, 0, "search_path").await;
+    for sql in [
+        "SET search_path = leaked_schema",
+        "SET LOCAL search_path = leaked_schema",
+        "RESET search_path",
+        "SELECT set_config('search_path', 'leaked_schema', false)",
+    ] {
+        let keys = open(&c).await;
+        let e = c.simple_query(sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{sql}: {e}");
+        assert_rolled_back(&c, keys, sql).await;
+        // The extended protocol, set_config with bind parameters included.
+        let keys = open(&c).await;
+        let e = c.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            sqlstate(&e).as_deref(),
+            Some("0A000"),
+            "extended {sql}: {e}"
+        );
+        assert_rolled_back(&c, keys, sql).await;
+    }
+    let keys = open(&c).await;
+    let e = c
+        .query(
+            "SELECT set_config($1, $2, false)",
+            &[&"search_path", &"leaked_schema"],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sqlstate(&e).as_deref(),
+        Some("0A000"),
+        "bound set_config: {e}"
+    );
+    assert_rolled_back(&c, keys, "bound set_config").await;
+    // A transaction that changed a session setting does not reach a second shard, whether
+    // the SET came in a Query of its own or after another statement.
+    for together in [false, true] {
+        let (a, b) = two_keys();
+        let insert = format!("INSERT INTO tp (k, v) VALUES ({a}, 'x')");
+        let set = "SET search_path = leaked_schema, public";
+        c.simple_query("BEGIN").await.unwrap();
+        c.simple_query(&insert).await.unwrap();
+        if together {
+            c.simple_query(&format!("SELECT 1; {set}")).await.unwrap();
+        } else {
+            c.simple_query(set).await.unwrap();
+        }
+        let e = c
+            .simple_query(&format!("INSERT INTO tp (k, v) VALUES ({b}, 'x')"))
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{together}: {e}");
+        assert_rolled_back(&c, (a, b), "SET then another shard").await;
+    }
+    // A transaction-scoped SET LOCAL follows the transaction to every shard it reaches.
+    for begin in [
+        "BEGIN; SET LOCAL application_name = 'local_two'",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ",
+    ] {
+        let (a, b) = two_keys();
+        c.simple_query(begin).await.unwrap();
+        if !begin.contains("LOCAL") {
+            c.simple_query("SET LOCAL application_name = 'local_two'")
+                .await
+                .unwrap();
+        }
+        for k in [a, b] {
+            c.simple_query(&format!(
+                "INSERT INTO tp (k, v) VALUES ({k}, current_setting('application_name') \
+                 || current_setting('transaction_isolation'))"
+            ))
+            .await
+            .unwrap();
+        }
+        c.simple_query("COMMIT").await.unwrap();
+        let rows = c
+            .query(&format!("SELECT v FROM tp WHERE k IN ({a}, {b})"), &[])
+            .await
+            .unwrap();
+        let v: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let iso = if begin.contains("REPEATABLE") {
+            "repeatable read"
+        } else {
+            "read committed"
+        };
+        let want = format!("local_two{iso}");
+        assert_eq!(v, [want.clone(), want], "{begin}");
+    }
+    // No pooled connection kept a setting of this client.
+    drop(c);
+    for shard in 0..3 {
+        assert_eq!(
+            show_on(&p, shard, "search_path").await,
+            default_path,
+            "shard {shard}"
+        );
+    }
+    // A setting made before BEGIN applies on every shard the transaction reaches.
+    let c = p.app("app").await;
+    c.simple_query("SET application_name = 'two_shards'")
+        .await
+        .unwrap();
+    let (a, b) = two_keys();
+    c.simple_query("BEGIN").await.unwrap();
+    for k in [a, b] {
+        c.simple_query(&format!(
+            "INSERT INTO tp (k, v) VALUES ({k}, current_setting('application_name'))"
+        ))
+        .await
+        .unwrap();
+    }
+    c.simple_query("COMMIT").await.unwrap();
+    let rows = c
+        .query(&format!("SELECT v FROM tp WHERE k IN ({a}, {b})"), &[])
+        .await
+        .unwrap();
+    let v: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(v, ["two_shards", "two_shards"]);
 }

@@ -492,8 +492,14 @@ fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
     })
 }
 
+/// Whether `stmt` mentions `set_config` anywhere (a cheap over-approximation of a call).
+pub fn mentions_set_config(stmt: &str) -> bool {
+    find_ci(stmt.as_bytes(), b"set_config").is_some()
+}
+
 /// Names of settings a statement changes through `set_config('name', ...)` calls with a
 /// literal name (the proxy reads their values back when the transaction ends).
+
 pub fn set_config_names(stmt: &str) -> Vec<String> {
     let b = stmt.as_bytes();
     let mut out = Vec::new();

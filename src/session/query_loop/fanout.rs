@@ -371,8 +371,9 @@ impl Loop<'_> {
                 Some((text, _)) => text,
                 None => self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into()),
             };
-            self.rt.txn_begin = Some(text.clone());
-            Some(text)
+            let sql = self.begin_sql(&text);
+            self.rt.txn_begin = Some(text);
+            Some(sql)
         } else {
             None
         };

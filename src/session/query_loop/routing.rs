@@ -154,7 +154,8 @@ impl Routing {
         self.retries = 0;
         self.wrote = false;
         self.outside_txn = false;
-        self.guard.savepoint = false;
+        self.guard.pinned = false;
+        self.guard.sets.clear();
         self.guard.abort_at_ready = false;
     }
 
@@ -809,7 +810,7 @@ impl Loop<'_> {
             self.rt.injected_begin = Some(begin);
         } else if self.status != b'I' {
             // A transaction across shards reaching one more shard.
-            let begin = self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
+            let begin = self.begin_sql(self.rt.txn_begin.as_deref().unwrap_or("BEGIN"));
             inject_query(&begin, &mut self.relay, &mut self.sout);
         }
         Ok(())

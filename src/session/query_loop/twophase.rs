@@ -109,7 +109,7 @@ impl Loop<'_> {
         };
         self.install(conn, shard, on_primary);
         self.apply_settings();
-        let begin = self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
+        let begin = self.begin_sql(self.rt.txn_begin.as_deref().unwrap_or("BEGIN"));
         inject_query(&begin, &mut self.relay, &mut self.sout);
         Ok(())
     }
@@ -221,8 +221,9 @@ impl Loop<'_> {
         if let Some(c) = self.server.take() {
             conns.push((self.rt.shard, c));
         }
-        if self.client.opaque || self.client.wrote {
-            // No read-back here: whatever a statement set unseen is reset before reuse.
+        if self.client.opaque || self.client.wrote || !self.client.dirty.is_empty() {
+            // No read-back here: whatever a statement set is reset before reuse (a statement
+            // that names a setting is refused in a transaction across shards; see guard.rs).
             conns
                 .iter_mut()
                 .for_each(|(_, c)| c.settings_unknown = true);

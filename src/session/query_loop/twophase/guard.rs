@@ -1,7 +1,10 @@
 //! Transaction control in transactions across shards: the statements that would reach one
 //! participant only are refused (see the parent module's docs), the transaction is rolled
 //! back on every participant, and the proxy answers for the failed transaction block until
-//! the client ends it. Savepoints pin a one-shard transaction to its shard.
+//! the client ends it. Savepoints and setting changes (`SET`, `SET LOCAL`, `RESET`,
+//! `set_config`) pin a one-shard transaction to its shard: a setting changed on one server
+//! only would make the other shards answer under other settings, and the connections the
+//! transaction leaves behind would differ from what the proxy knows of them.
 
 use bytes::BytesMut;
 
@@ -11,7 +14,7 @@ use crate::protocol::{
     self, bind_names, empty_message, parse_body, query_text, sqlstate, Frame, PgError,
 };
 use crate::session::relay::Expect;
-use crate::sql::scan::split_statements;
+use crate::sql::scan::{mentions_set_config, split_statements};
 
 /// A transaction-control statement, as far as transactions across shards care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +35,17 @@ pub(super) enum Control {
     Prepare,
     /// COMMIT PREPARED / ROLLBACK PREPARED.
     Prepared,
+    /// SET / SET LOCAL / SET TRANSACTION / RESET, or a call of `set_config`: changes a
+    /// setting on one server.
+    Set,
 }
 
 impl Control {
-    fn savepoint(self) -> bool {
+    /// Whether it keeps a one-shard transaction on its shard.
+    fn pins(self) -> bool {
         matches!(
             self,
-            Control::Savepoint | Control::RollbackTo | Control::Release
+            Control::Savepoint | Control::RollbackTo | Control::Release | Control::Set
         )
     }
 
@@ -93,6 +100,15 @@ fn words(stmt: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// `SET LOCAL`, `SET TRANSACTION` or `SET CONSTRAINTS`: a setting that ends with the
+/// transaction, which can be made again on another shard's connection.
+fn transaction_scoped(stmt: &str) -> bool {
+    let w = words(stmt, 2);
+    w.first().is_some_and(|v| v == "set")
+        && w.get(1)
+            .is_some_and(|v| matches!(v.as_str(), "local" | "transaction" | "constraints"))
+}
+
 /// The transaction control one statement performs, if any.
 pub(super) fn control(stmt: &str) -> Option<Control> {
     let w = words(stmt, 6);
@@ -127,6 +143,8 @@ pub(super) fn control(stmt: &str) -> Option<Control> {
         "savepoint" => Some(Control::Savepoint),
         "release" => Some(Control::Release),
         "prepare" if at(1) == "transaction" => Some(Control::Prepare),
+        "set" | "reset" => Some(Control::Set),
+        _ if mentions_set_config(stmt) => Some(Control::Set),
         _ => None,
     }
 }
@@ -134,8 +152,12 @@ pub(super) fn control(stmt: &str) -> Option<Control> {
 /// Transaction-control state of one client (see the module docs).
 #[derive(Debug, Default)]
 pub(in crate::session::query_loop) struct TxnGuard {
-    /// A savepoint was set in the open transaction: it stays on its shard.
-    pub savepoint: bool,
+    /// A savepoint was set or a session setting changed in the open transaction: it stays
+    /// on its shard.
+    pub pinned: bool,
+    /// The transaction-scoped SETs of the open one-shard transaction, sent after its BEGIN
+    /// to each further shard it reaches.
+    pub sets: Vec<String>,
     /// The transaction was refused and rolled back everywhere: the client is in a failed
     /// transaction block, answered by the proxy, until its COMMIT or ROLLBACK.
     pub failed: bool,
@@ -158,8 +180,9 @@ fn refusal(what: &str) -> PgError {
         ),
     )
     .with_hint(
-        "send COMMIT or ROLLBACK as a statement of its own; savepoints, AND CHAIN and \
-         PREPARE TRANSACTION work only in transactions that stay on one shard",
+        "send COMMIT or ROLLBACK as a statement of its own; savepoints, SET, AND CHAIN and \
+         PREPARE TRANSACTION work only in transactions that stay on one shard (SET before \
+         BEGIN applies to every shard)",
     )
 }
 
@@ -192,7 +215,7 @@ impl Loop<'_> {
             // every shard.
             return Err(aborted_transaction());
         }
-        if !self.rt.guard.savepoint || !self.two_phase() {
+        if !self.rt.guard.pinned || !self.two_phase() {
             return Ok(());
         }
         let parts = self.participants();
@@ -202,10 +225,13 @@ impl Loop<'_> {
         self.abort_everywhere().await;
         Err(PgError::error(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            "a transaction that set a savepoint cannot reach another shard; \
-             it was rolled back",
+            "a transaction that set a savepoint or changed a setting cannot reach another \
+             shard; it was rolled back",
         )
-        .with_hint("savepoints exist on one shard only: keep such a transaction on one shard key"))
+        .with_hint(
+            "savepoints and settings changed in a transaction exist on one shard only: keep \
+             such a transaction on one shard key, or SET before BEGIN",
+        ))
     }
 
     /// The control statement a Bind runs.
@@ -243,13 +269,28 @@ impl Loop<'_> {
             }
         }
         if !self.in_txn() {
-            self.rt.guard.savepoint = false;
+            // `BEGIN; SET ...` in one Query pins the transaction it opens.
+            self.rt.guard.pinned = false;
+            self.rt.guard.sets.clear();
+            if tag == b'Q' {
+                let stmts = split_statements(query_text(frame.body()));
+                let begins = |s: &&str| {
+                    matches!(
+                        words(s, 1).first().map(String::as_str),
+                        Some("begin" | "start")
+                    )
+                };
+                let opened: Vec<&str> = stmts.into_iter().skip_while(|s| !begins(s)).collect();
+                self.note_pins(&opened);
+            }
             return None;
         }
+        let mut texts = Vec::new();
         let (found, executes) = if tag == b'Q' {
             let stmts = split_statements(query_text(frame.body()));
             let found: Vec<Control> = stmts.iter().filter_map(|s| control(s)).collect();
-            (found, stmts.len())
+            texts = stmts;
+            (found, texts.len())
         } else if batch_start {
             self.batch_controls(frame)
         } else if mid_batch {
@@ -268,8 +309,10 @@ impl Loop<'_> {
             return None;
         }
         if self.participants().len() < 2 {
-            if found.iter().any(|c| c.savepoint()) {
-                self.rt.guard.savepoint = true;
+            if tag == b'Q' {
+                self.note_pins(&texts);
+            } else if found.iter().any(|c| c.pins()) {
+                self.rt.guard.pinned = true;
             }
             return None;
         }
@@ -285,6 +328,7 @@ impl Loop<'_> {
             Some(Control::Prepare | Control::Prepared) => {
                 "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED are not supported"
             }
+            Some(Control::Set) => "changing a setting (SET, RESET, set_config) is not supported",
             _ => "COMMIT or ROLLBACK together with other statements is not supported",
         };
         if mid_batch {
@@ -304,6 +348,33 @@ impl Loop<'_> {
         }
         self.abort_everywhere().await;
         Some(Step::Refuse(refusal(what)))
+    }
+
+    /// Statements of a one-shard transaction that keep it on its shard: a transaction-scoped
+    /// SET (`SET LOCAL`, `SET TRANSACTION`, `SET CONSTRAINTS`) is instead sent again, after
+    /// the BEGIN, to each further shard the transaction reaches; anything else that
+    /// [`Control::pins`] pins it.
+    fn note_pins(&mut self, stmts: &[&str]) {
+        for stmt in stmts {
+            match control(stmt) {
+                Some(Control::Set) if transaction_scoped(stmt) => {
+                    self.rt.guard.sets.push((*stmt).to_string());
+                }
+                Some(c) if c.pins() => self.rt.guard.pinned = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// The BEGIN that opens the transaction on a further shard, with the transaction-scoped
+    /// settings it made so far.
+    pub(in crate::session::query_loop) fn begin_sql(&self, begin: &str) -> String {
+        let mut sql = begin.to_string();
+        for set in &self.rt.guard.sets {
+            sql.push_str("; ");
+            sql.push_str(set);
+        }
+        sql
     }
 
     fn in_txn(&self) -> bool {
@@ -546,6 +617,16 @@ mod tests {
             ("COMMIT PREPARED 'x'", Some(Control::Prepared)),
             ("ROLLBACK PREPARED 'x'", Some(Control::Prepared)),
             ("PREPARE s AS SELECT 1", None),
+            ("SET search_path = a", Some(Control::Set)),
+            ("set/**/local statement_timeout = 5", Some(Control::Set)),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                Some(Control::Set),
+            ),
+            ("RESET ALL", Some(Control::Set)),
+            ("select SET_CONFIG($1, $2, true)", Some(Control::Set)),
+            ("SELECT 'set'", None),
+            ("settle", None),
             ("SELECT 'commit'", None),
             ("committed", None),
             ("\u{e9}commit", None),
