@@ -499,7 +499,6 @@ pub fn mentions_set_config(stmt: &str) -> bool {
 
 /// Names of settings a statement changes through `set_config('name', ...)` calls with a
 /// literal name (the proxy reads their values back when the transaction ends).
-
 pub fn set_config_names(stmt: &str) -> Vec<String> {
     let b = stmt.as_bytes();
     let mut out = Vec::new();
