@@ -73,8 +73,14 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!(
             remaining = sessions.len(),
-            "shutdown timeout reached; closing remaining connections"
+            "shutdown timeout reached; cancelling running statements and closing remaining connections"
         );
+        // Closing a server connection does not stop a statement that is still running on it
+        // (a fan-out, a COPY, a long query): cancel them first, so that the servers are not
+        // left working for clients that are gone.
+        let running = state.cancels.running();
+        let _ = tokio::time::timeout(Duration::from_secs(2), crate::session::cancel_all(&running))
+            .await;
         sessions.shutdown().await;
     }
     tracing::info!("shutdown complete");

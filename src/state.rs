@@ -69,6 +69,15 @@ impl CancelRegistry {
             .remove(&pid);
     }
 
+    /// Every server connection a client's query runs on right now (for the end of a
+    /// shutdown's grace period).
+    pub fn running(&self) -> Vec<CancelTarget> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .flat_map(|(_, slot)| slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+
     /// The slot for a (pid, secret) pair; the secret is compared in constant time.
     pub fn find(&self, pid: i32, secret: &[u8]) -> Option<CancelSlot> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -237,3 +237,29 @@ async fn count(c: &tokio_postgres::Client) -> String {
         })
         .expect("a row")
 }
+
+/// A proxy shutting down lets a running fan-out go on for `shutdown_timeout_ms`, then cancels
+/// it on every shard before it closes the connections (closing alone leaves the statements
+/// running on the shards until they next write to the socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cancels_a_running_fan_out_on_every_shard_after_its_grace() {
+    let _serial = SERIAL.lock().await;
+    let mut p = proxy("shutdown_timeout_ms = 500", 4).await;
+    let c = p.app("app").await;
+    let q = tokio::spawn(async move { c.simple_query(SLOW).await.map(|_| ()) });
+    assert!(
+        wait_until(Duration::from_secs(20), || sleeping_everywhere(1)).await,
+        "the statement never ran on every shard"
+    );
+    p.begin_shutdown();
+    let r = tokio::time::timeout(Duration::from_secs(20), q)
+        .await
+        .expect("the client's connection ends")
+        .unwrap();
+    assert!(r.is_err(), "the statement cannot have completed");
+    assert!(
+        wait_until(Duration::from_secs(5), || sleeping_everywhere(0)).await,
+        "a shard still runs the statement after the shutdown"
+    );
+    p.stop();
+}

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::protocol::PgError;
 use crate::state::ProxyState;
 
+pub(crate) use handshake::cancel_all;
 pub use handshake::Login;
 
 /// Runs one client connection to completion. Errors are reported to the client and logged here,
