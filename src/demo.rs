@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use tokio::net::TcpListener;
 
-use crate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
 use crate::config::Config;
 use crate::state::ProxyState;
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
     println!("starting two local PostgreSQL primaries (initdb) and a replica (pg_basebackup) ...");
     type Three = (PgCluster, PgCluster, PgCluster);
     let (s0, replica, s1) =
-        tokio::task::spawn_blocking(|| -> Result<Three, crate::cluster::ClusterError> {
+        tokio::task::spawn_blocking(|| -> Result<Three, testkit::ClusterError> {
             let opts = ClusterOptions {
                 extra_conf: vec!["max_prepared_transactions = 50".into()],
                 ..ClusterOptions::default()

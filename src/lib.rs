@@ -17,14 +17,15 @@
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel.
 //! - [`state`]: proxy-wide shared state (config, users, pools, cancel keys).
 //! - [`server`]: accept loop, client limit, graceful shutdown.
-//! - [`cluster`]: throw-away local Postgres clusters for `shardgate demo` and tests.
+// The proxy itself has no `unsafe` (the test-only counting allocator of the fuzz tests does).
+#![cfg_attr(not(test), forbid(unsafe_code))]
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_debug_implementations)]
 
 pub mod auth;
 pub mod backend;
-pub mod cluster;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod fanout;
 pub mod health;

@@ -23,6 +23,7 @@ enum Command {
     /// Validate a config file and print each problem with its key path.
     Check,
     /// Start a throw-away local Postgres and the proxy in front of it.
+    #[cfg(feature = "demo")]
     Demo {
         /// Proxy listen address.
         #[arg(long, default_value = "127.0.0.1:6432")]
@@ -202,6 +203,7 @@ fn main() -> ExitCode {
             })
         }),
         Command::Shard { command } => shard(cli.config, command),
+        #[cfg(feature = "demo")]
         Command::Demo { listen } => runtime(0)
             .map_err(|e| e.to_string())
             .and_then(|rt| {

@@ -4,8 +4,8 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
 use shardgate::config::Config;
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 use tokio_postgres::{Client, NoTls};
 
 /// The cluster shared by the tests of one binary. Roles: `app`/`app` (SCRAM-stored),

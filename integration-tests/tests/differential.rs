@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use integration_tests::{connect, stop_at_exit, Proxy};
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The fixed seed CI always runs.

@@ -4,9 +4,9 @@
 //! clean.
 
 use integration_tests::Proxy;
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
 use shardgate::config::Config;
 use shardgate::shard::{maintenance, tools};
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 
 fn shard_cluster() -> PgCluster {
     let c = PgCluster::start(ClusterOptions {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use integration_tests::{pgbench, pgbench_number, split_config, sqlstate, wait_psql, Proxy};
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 use tokio_postgres::Client;
 
 static SERIAL: Mutex<()> = Mutex::new(());

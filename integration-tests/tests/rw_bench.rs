@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use integration_tests::{pgbench, pgbench_number, split_config, wait_psql, Proxy};
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct we pass; no other preconditions.

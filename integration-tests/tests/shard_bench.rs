@@ -6,7 +6,7 @@
 //! cargo test --release -p integration-tests --test shard_bench -- --ignored --nocapture
 
 use integration_tests::{pgbench, pgbench_number, Proxy};
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct we pass; no other preconditions.

@@ -7,8 +7,8 @@
 //! the balances add up (atomic cross-shard transactions).
 
 use integration_tests::{pgbench, pgbench_number, Proxy};
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
 use shardgate::config::Config;
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 
 fn shard_cluster() -> PgCluster {
     let c = PgCluster::start(ClusterOptions {

@@ -6,9 +6,9 @@
 use std::sync::OnceLock;
 
 use integration_tests::{connect, sqlstate, stop_at_exit, Proxy};
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
 use shardgate::config::{Config, KeyType};
 use shardgate::shard::route::ShardMap;
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 struct Shards {

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shardgate::cluster::{ClusterOptions, PasswordMethod, PgCluster};
 use shardgate::config::Config;
+use testkit::{ClusterOptions, PasswordMethod, PgCluster};
 
 /// The port tokio-postgres's suite connects to.
 const SUITE_PORT: u16 = 5433;

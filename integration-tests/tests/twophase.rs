@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use integration_tests::{connect, sqlstate, wait_until, Proxy, ShardSet};
-use shardgate::cluster::PgCluster;
 use shardgate::config::{Config, KeyType};
 use shardgate::shard::route::ShardMap;
+use testkit::PgCluster;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// Three shard primaries (role and database `app`), stopped when the test process exits.

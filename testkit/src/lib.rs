@@ -1,4 +1,5 @@
-//! Throw-away local PostgreSQL clusters for `shardgate demo` and the tests.
+//! Throw-away local PostgreSQL clusters for Shardgate's tests and `shardgate demo`: the
+//! only process control (and the only `unsafe`) of the workspace, kept out of the proxy.
 //!
 //! A [`PgCluster`] owns a temporary directory holding a data directory, a
 //! private unix-socket directory and the server log. The server listens on
@@ -497,7 +498,7 @@ impl PgCluster {
     /// Appends our settings to `postgresql.conf` (later lines win, so this
     /// also overrides what a base backup copied from the primary).
     fn write_conf(&self, opts: &ClusterOptions, primary: bool) -> Result<(), ClusterError> {
-        let mut conf = String::from("\n# ---- added by shardgate::cluster ----\n");
+        let mut conf = String::from("\n# ---- added by testkit ----\n");
         if primary {
             for line in [
                 "listen_addresses = '127.0.0.1'",
@@ -540,7 +541,7 @@ impl PgCluster {
     fn write_hba(&self, method: &str) -> Result<(), ClusterError> {
         let path = self.data_dir.join("pg_hba.conf");
         let text = format!(
-            "# written by shardgate::cluster\n\
+            "# written by testkit\n\
              local all         all                 trust\n\
              local replication all                 trust\n\
              host  all         all  127.0.0.1/32   {method}\n\
