@@ -34,18 +34,43 @@ fn check_addr(problems: &mut Vec<Problem>, path: String, value: &str) {
     }
 }
 
+/// Problems found so far.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `path` must be at least `min`.
+    fn at_least(&mut self, path: &str, value: u64, min: u64) {
+        if value < min {
+            self.push(path, format!("must be at least {min}"));
+        }
+    }
+}
+
 impl Config {
     /// Returns every problem found; empty means the config is usable.
     pub fn validate(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        let mut push = |path: &str, message: String| {
-            p.push(Problem {
-                path: path.to_string(),
-                message,
-            })
-        };
+        let mut p = Problems::default();
+        self.validate_proxy(&mut p);
+        self.validate_users(&mut p);
+        self.validate_database_names(&mut p);
+        for (i, d) in self.databases.iter().enumerate() {
+            validate_database(&mut p, i, d);
+        }
+        p.0
+    }
+
+    /// `[proxy]`, `[pool]` and `[routing]`.
+    fn validate_proxy(&self, p: &mut Problems) {
         if self.proxy.listen.parse::<SocketAddr>().is_err() {
-            push(
+            p.push(
                 "proxy.listen",
                 format!("`{}` is not an ip:port address", self.proxy.listen),
             );
@@ -53,41 +78,42 @@ impl Config {
         if !self.proxy.metrics_listen.is_empty()
             && self.proxy.metrics_listen.parse::<SocketAddr>().is_err()
         {
-            push(
+            p.push(
                 "proxy.metrics_listen",
                 format!("`{}` is not an ip:port address", self.proxy.metrics_listen),
             );
         }
-        if self.proxy.max_client_connections == 0 {
-            push("proxy.max_client_connections", "must be at least 1".into());
-        }
-        if self.proxy.max_message_size < 1024 {
-            push("proxy.max_message_size", "must be at least 1024".into());
-        }
-        if self.pool.size == 0 {
-            push("pool.size", "must be at least 1".into());
-        }
-        if self.pool.prepared_statements_cache == 0 {
-            push(
-                "pool.prepared_statements_cache",
-                "must be at least 1".into(),
-            );
-        }
+        p.at_least(
+            "proxy.max_client_connections",
+            self.proxy.max_client_connections as u64,
+            1,
+        );
+        p.at_least(
+            "proxy.max_message_size",
+            self.proxy.max_message_size as u64,
+            1024,
+        );
+        p.at_least("pool.size", self.pool.size.into(), 1);
+        p.at_least(
+            "pool.prepared_statements_cache",
+            self.pool.prepared_statements_cache as u64,
+            1,
+        );
         if self.pool.min_idle > self.pool.size {
-            push("pool.min_idle", "must not exceed pool.size".into());
+            p.push("pool.min_idle", "must not exceed pool.size");
         }
         for (key, v) in [
             ("pool.connect_timeout_ms", self.pool.connect_timeout_ms),
             ("pool.checkout_timeout_ms", self.pool.checkout_timeout_ms),
         ] {
             if v == 0 {
-                push(key, "must be greater than 0".into());
+                p.push(key, "must be greater than 0");
             }
         }
         if !["round_robin", "random", "least_connections"]
             .contains(&self.routing.load_balancing.as_str())
         {
-            push(
+            p.push(
                 "routing.load_balancing",
                 format!(
                     "`{}` is not one of round_robin, random, least_connections",
@@ -95,179 +121,172 @@ impl Config {
                 ),
             );
         }
+        p.at_least(
+            "routing.analysis_cache_size",
+            self.routing.analysis_cache_size as u64,
+            1,
+        );
+        p.at_least(
+            "routing.healthcheck_interval_ms",
+            self.routing.healthcheck_interval_ms,
+            10,
+        );
+    }
+
+    /// `[[users]]`.
+    fn validate_users(&self, p: &mut Problems) {
         if self.users.is_empty() {
-            push("users", "at least one [[users]] entry is needed".into());
+            p.push("users", "at least one [[users]] entry is needed");
         }
         let mut names = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             let path = format!("users[{i}]");
             if u.name.is_empty() {
-                push(&format!("{path}.name"), "must not be empty".into());
+                p.push(format!("{path}.name"), "must not be empty");
             }
             if !names.insert(u.name.as_str()) {
-                push(
-                    &format!("{path}.name"),
+                p.push(
+                    format!("{path}.name"),
                     format!("user `{}` is defined twice", u.name),
                 );
             }
             if u.auth_method != AuthMethod::Trust && u.password.is_empty() {
-                push(
-                    &format!("{path}.password"),
-                    "is empty; set a password or auth_method = \"trust\"".into(),
+                p.push(
+                    format!("{path}.password"),
+                    "is empty; set a password or auth_method = \"trust\"",
                 );
             }
             if u.password.starts_with("SCRAM-SHA-256$")
                 && crate::auth::ScramVerifier::parse(&u.password).is_none()
             {
-                push(
-                    &format!("{path}.password"),
+                p.push(
+                    format!("{path}.password"),
                     "looks like a SCRAM-SHA-256 verifier but is malformed (expected \
-                     SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)"
-                        .into(),
+                     SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>)",
                 );
             }
             if u.auth_method == AuthMethod::Md5 && u.password.starts_with("SCRAM-SHA-256$") {
-                push(
-                    &format!("{path}.password"),
-                    "a SCRAM verifier cannot be used with auth_method = \"md5\"".into(),
+                p.push(
+                    format!("{path}.password"),
+                    "a SCRAM verifier cannot be used with auth_method = \"md5\"",
                 );
             }
             if u.server_password.is_none() && is_hashed(&u.password) {
-                push(
-                    &format!("{path}.server_password"),
-                    "is required when password is a hash (the proxy must log into Postgres)".into(),
+                p.push(
+                    format!("{path}.server_password"),
+                    "is required when password is a hash (the proxy must log into Postgres)",
                 );
             }
             if u.pool_size == Some(0) {
-                push(&format!("{path}.pool_size"), "must be at least 1".into());
+                p.push(format!("{path}.pool_size"), "must be at least 1");
             }
         }
+    }
+
+    /// `[[databases]]` names and their shards' names.
+    fn validate_database_names(&self, p: &mut Problems) {
         if self.databases.is_empty() {
-            push(
-                "databases",
-                "at least one [[databases]] entry is needed".into(),
-            );
+            p.push("databases", "at least one [[databases]] entry is needed");
         }
         let mut dbs = HashSet::new();
         for (i, d) in self.databases.iter().enumerate() {
             let path = format!("databases[{i}]");
             if d.name.is_empty() {
-                push(&format!("{path}.name"), "must not be empty".into());
+                p.push(format!("{path}.name"), "must not be empty");
             }
             if !dbs.insert(d.name.as_str()) {
-                push(
-                    &format!("{path}.name"),
+                p.push(
+                    format!("{path}.name"),
                     format!("database `{}` is defined twice", d.name),
                 );
             }
             if d.name == "shardgate" {
-                push(
-                    &format!("{path}.name"),
-                    "`shardgate` is reserved for the admin console".into(),
+                p.push(
+                    format!("{path}.name"),
+                    "`shardgate` is reserved for the admin console",
                 );
             }
             if d.shards.is_empty() {
-                push(
-                    &format!("{path}.shards"),
-                    "at least one [[databases.shards]] entry is needed".into(),
+                p.push(
+                    format!("{path}.shards"),
+                    "at least one [[databases.shards]] entry is needed",
                 );
             }
             let mut shard_names = HashSet::new();
             for (j, s) in d.shards.iter().enumerate() {
-                let sp = format!("{path}.shards[{j}]");
                 if !shard_names.insert(s.name.as_str()) {
-                    push(
-                        &format!("{sp}.name"),
+                    p.push(
+                        format!("{path}.shards[{j}].name"),
                         format!("shard `{}` is defined twice", s.name),
                     );
                 }
             }
         }
-        for (i, d) in self.databases.iter().enumerate() {
-            for (j, s) in d.shards.iter().enumerate() {
-                let sp = format!("databases[{i}].shards[{j}]");
-                if !s.primary.is_empty() {
-                    check_addr(&mut p, format!("{sp}.primary"), &s.primary);
-                }
-                for (k, r) in s.replicas.iter().enumerate() {
-                    check_addr(&mut p, format!("{sp}.replicas[{k}]"), r);
-                }
-                for (k, r) in s.servers.iter().enumerate() {
-                    check_addr(&mut p, format!("{sp}.servers[{k}].address"), &r.address);
-                }
-                let all = s.all_servers();
-                let problem = |message: String| Problem {
-                    path: sp.clone(),
-                    message,
-                };
-                if all.is_empty() {
-                    p.push(problem(
-                        "needs a `primary` or at least one `servers` entry".into(),
-                    ));
-                }
-                let primaries = all.iter().filter(|(_, r)| *r == Role::Primary).count();
-                if primaries > 1 {
-                    p.push(problem(format!(
-                        "declares {primaries} primaries; use role = \"auto\" for servers that may \
-                         be promoted"
-                    )));
-                }
-                let mut seen = HashSet::new();
-                for (addr, _) in &all {
-                    if !seen.insert(addr.as_str()) {
-                        p.push(problem(format!("server `{addr}` is listed twice")));
-                    }
-                }
-                if s.weight == 0 {
-                    p.push(Problem {
-                        path: format!("{sp}.weight"),
-                        message: "must be at least 1".into(),
-                    });
-                }
-            }
-            let dp = format!("databases[{i}]");
-            if d.virtual_nodes == 0 {
-                p.push(Problem {
-                    path: format!("{dp}.virtual_nodes"),
-                    message: "must be at least 1".into(),
-                });
-            }
-            let mut tables = HashSet::new();
-            for (k, t) in d.sharded_tables.iter().enumerate() {
-                if t.table.is_empty() || t.column.is_empty() {
-                    p.push(Problem {
-                        path: format!("{dp}.sharded_tables[{k}]"),
-                        message: "needs a table and a column".into(),
-                    });
-                }
-                if !tables.insert(t.table.as_str()) {
-                    p.push(Problem {
-                        path: format!("{dp}.sharded_tables[{k}].table"),
-                        message: format!("table `{}` is listed twice", t.table),
-                    });
-                }
-            }
-            for (k, t) in d.replicated_tables.iter().enumerate() {
-                if tables.contains(t.as_str()) {
-                    p.push(Problem {
-                        path: format!("{dp}.replicated_tables[{k}]"),
-                        message: format!("table `{t}` is also a sharded table"),
-                    });
-                }
-            }
-        }
-        if self.routing.analysis_cache_size == 0 {
-            p.push(Problem {
-                path: "routing.analysis_cache_size".into(),
-                message: "must be at least 1".into(),
-            });
-        }
-        if self.routing.healthcheck_interval_ms < 10 {
-            p.push(Problem {
-                path: "routing.healthcheck_interval_ms".into(),
-                message: "must be at least 10".into(),
-            });
-        }
-        p
     }
+}
+
+/// One database's shards (servers, weights), ring and table lists.
+fn validate_database(p: &mut Problems, i: usize, d: &super::DatabaseConfig) {
+    for (j, s) in d.shards.iter().enumerate() {
+        validate_shard(p, &format!("databases[{i}].shards[{j}]"), s);
+    }
+    let dp = format!("databases[{i}]");
+    p.at_least(&format!("{dp}.virtual_nodes"), d.virtual_nodes as u64, 1);
+    let mut tables = HashSet::new();
+    for (k, t) in d.sharded_tables.iter().enumerate() {
+        if t.table.is_empty() || t.column.is_empty() {
+            p.push(
+                format!("{dp}.sharded_tables[{k}]"),
+                "needs a table and a column",
+            );
+        }
+        if !tables.insert(t.table.as_str()) {
+            p.push(
+                format!("{dp}.sharded_tables[{k}].table"),
+                format!("table `{}` is listed twice", t.table),
+            );
+        }
+    }
+    for (k, t) in d.replicated_tables.iter().enumerate() {
+        if tables.contains(t.as_str()) {
+            p.push(
+                format!("{dp}.replicated_tables[{k}]"),
+                format!("table `{t}` is also a sharded table"),
+            );
+        }
+    }
+}
+
+/// One shard at key path `sp`: its addresses, one primary at most, no server twice.
+fn validate_shard(p: &mut Problems, sp: &str, s: &super::ShardConfig) {
+    if !s.primary.is_empty() {
+        check_addr(&mut p.0, format!("{sp}.primary"), &s.primary);
+    }
+    for (k, r) in s.replicas.iter().enumerate() {
+        check_addr(&mut p.0, format!("{sp}.replicas[{k}]"), r);
+    }
+    for (k, r) in s.servers.iter().enumerate() {
+        check_addr(&mut p.0, format!("{sp}.servers[{k}].address"), &r.address);
+    }
+    let all = s.all_servers();
+    if all.is_empty() {
+        p.push(sp, "needs a `primary` or at least one `servers` entry");
+    }
+    let primaries = all.iter().filter(|(_, r)| *r == Role::Primary).count();
+    if primaries > 1 {
+        p.push(
+            sp,
+            format!(
+                "declares {primaries} primaries; use role = \"auto\" for servers that may \
+                 be promoted"
+            ),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (addr, _) in &all {
+        if !seen.insert(addr.as_str()) {
+            p.push(sp, format!("server `{addr}` is listed twice"));
+        }
+    }
+    p.at_least(&format!("{sp}.weight"), s.weight.into(), 1);
 }
