@@ -169,34 +169,12 @@ async fn logged(client: &tokio_postgres::Client, name: &str) -> Option<bool> {
     }
 }
 
-/// Resolves this database's prepared transactions older than its recovery age, following
-/// the decision log (see the module docs). Returns one line per resolved participant (for
-/// logs and tests).
-pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
-    let mut done = Vec::new();
-    let mut clients = Vec::new();
-    for shard in 0..db.shards.len() {
-        let client = match shard_config(config, db, shard) {
-            Some(c) => connect(&c, config).await,
-            None => None,
-        };
-        clients.push(client);
-    }
-    let age = db.two_phase_recovery_ms as f64 / 1000.0;
-    // Log rows first, prepared transactions second: a row that is visible now belongs to a
-    // transaction whose parts were all prepared before it, so any part still pending shows
-    // up in the second read (and the row is kept).
-    let mut old_rows: Vec<(usize, String)> = Vec::new();
-    let log_sql =
-        format!("SELECT gid FROM {LOG_TABLE} WHERE created < now() - make_interval(secs => $1)");
-    for (shard, client) in clients.iter().enumerate() {
-        if let Some(client) = client {
-            if let Ok(rows) = client.query(&log_sql, &[&age]).await {
-                old_rows.extend(rows.iter().map(|r| (shard, r.get::<_, String>(0))));
-            }
-        }
-    }
-    // id -> (mask, shards where it is prepared, every part old enough)
+/// The prepared parts on every shard: id -> (mask, shards where it is prepared, every part
+/// older than `age` seconds), and whether every shard could be read.
+async fn prepared_parts(
+    clients: &[Option<tokio_postgres::Client>],
+    age: f64,
+) -> (BTreeMap<u64, (u64, Vec<usize>, bool)>, bool) {
     let mut found: BTreeMap<u64, (u64, Vec<usize>, bool)> = BTreeMap::new();
     let mut all_read = true;
     for (shard, client) in clients.iter().enumerate() {
@@ -224,6 +202,37 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
             Err(_) => all_read = false,
         }
     }
+    (found, all_read)
+}
+
+/// Resolves this database's prepared transactions older than its recovery age, following
+/// the decision log (see the module docs). Returns one line per resolved participant (for
+/// logs and tests).
+pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
+    let mut done = Vec::new();
+    let mut clients = Vec::new();
+    for shard in 0..db.shards.len() {
+        let client = match shard_config(config, db, shard) {
+            Some(c) => connect(&c, config).await,
+            None => None,
+        };
+        clients.push(client);
+    }
+    let age = db.two_phase_recovery_ms as f64 / 1000.0;
+    // Log rows first, prepared transactions second: a row that is visible now belongs to a
+    // transaction whose parts were all prepared before it, so any part still pending shows
+    // up in the second read (and the row is kept).
+    let mut old_rows: Vec<(usize, String)> = Vec::new();
+    let log_sql =
+        format!("SELECT gid FROM {LOG_TABLE} WHERE created < now() - make_interval(secs => $1)");
+    for (shard, client) in clients.iter().enumerate() {
+        if let Some(client) = client {
+            if let Ok(rows) = client.query(&log_sql, &[&age]).await {
+                old_rows.extend(rows.iter().map(|r| (shard, r.get::<_, String>(0))));
+            }
+        }
+    }
+    let (found, all_read) = prepared_parts(&clients, age).await;
     let client = |s: usize| clients.get(s).and_then(|c| c.as_ref());
     for (&id, (mask, present, old)) in &found {
         let (mask, old) = (*mask, *old);

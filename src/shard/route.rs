@@ -390,6 +390,31 @@ impl ShardMap {
         Ok(Route::One(s))
     }
 
+    /// COPY: a sharded table (and a replicated one, FROM STDIN) on every shard.
+    fn route_copy(&self, facts: &ShardFacts) -> Result<Route, PgError> {
+        let Some(c) = &facts.copy else {
+            return Ok(Route::One(0));
+        };
+        if let (true, true, Some(opt)) = (
+            self.sharded(&c.table).is_some(),
+            c.from_stdin,
+            &c.unsupported,
+        ) {
+            return Err(PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("COPY option {opt} is not supported on a sharded table"),
+            )
+            .with_hint("use FORMAT, DELIMITER and HEADER only (text or CSV)"));
+        }
+        let everywhere =
+            self.sharded(&c.table).is_some() || (self.is_replicated(&c.table) && c.from_stdin);
+        Ok(if everywhere {
+            Route::All
+        } else {
+            Route::One(0)
+        })
+    }
+
     /// [`ShardMap::route`] of one SELECT (or the outer statement) by its own tables and
     /// conditions.
     fn route_flat(
@@ -402,29 +427,7 @@ impl ShardMap {
         match facts.command {
             Command::Broadcast => return Ok(Route::All),
             Command::Other => return Ok(Route::Any),
-            Command::Copy => {
-                let Some(c) = &facts.copy else {
-                    return Ok(Route::One(0));
-                };
-                if let (true, true, Some(opt)) = (
-                    self.sharded(&c.table).is_some(),
-                    c.from_stdin,
-                    &c.unsupported,
-                ) {
-                    return Err(PgError::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!("COPY option {opt} is not supported on a sharded table"),
-                    )
-                    .with_hint("use FORMAT, DELIMITER and HEADER only (text or CSV)"));
-                }
-                let everywhere = self.sharded(&c.table).is_some()
-                    || (self.is_replicated(&c.table) && c.from_stdin);
-                return Ok(if everywhere {
-                    Route::All
-                } else {
-                    Route::One(0)
-                });
-            }
+            Command::Copy => return self.route_copy(facts),
             Command::Insert => return self.route_insert(facts, literals, params),
             Command::Select | Command::Update | Command::Delete => {}
         }

@@ -13,8 +13,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    Distinct, Expr, FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName, OrderByKind,
-    OrderBySort, Query, SelectItem, SetExpr, Statement, Value, Visit, Visitor,
+    Distinct, Expr, FunctionArguments, GroupByExpr, Ident, LimitClause, ObjectName, OrderBy,
+    OrderByKind, OrderBySort, Query, Select, SelectItem, SetExpr, Statement, Value, Visit, Visitor,
 };
 
 use crate::fanout::{Agg, AggFunc, MergeColumn, MergeError, MergePlan, SortKey};
@@ -228,7 +228,142 @@ fn plan_query(
     }
     let mut changed = false;
     let mut spec = PlanSpec::default();
-    // LIMIT / OFFSET.
+    limit_offset(q, param, used, &mut spec)?;
+    let SetExpr::Select(select) = q.body.as_mut() else {
+        return Err(unsupported(
+            "set operations (UNION, INTERSECT, EXCEPT) over several shards",
+            hint,
+        ));
+    };
+    if select.having.is_some() {
+        return Err(MergeError::having());
+    }
+    match &select.distinct {
+        None | Some(Distinct::All) => {}
+        Some(Distinct::Distinct) => spec.distinct = true,
+        Some(Distinct::On(_)) => {
+            return Err(unsupported("SELECT DISTINCT ON over several shards", hint))
+        }
+    }
+    let SelectList {
+        wildcard,
+        mut columns,
+        hidden,
+        texts,
+        names,
+    } = select_list(select, &mut changed)?;
+    let aggregate = columns.iter().any(|c| c.agg.is_aggregate())
+        || !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+    if wildcard && aggregate {
+        return Err(unsupported(
+            "SELECT * with aggregates over several shards",
+            "list the columns",
+        ));
+    }
+    // Where a GROUP BY / ORDER BY expression is in the select list.
+    let find = |e: &Expr| -> Option<usize> {
+        if let Some(n) = number(e, &|_| None, &mut Vec::new()) {
+            return (n as usize).checked_sub(1);
+        }
+        let text = e.to_string();
+        if let Some(i) = texts.iter().position(|t| *t == text) {
+            return Some(i);
+        }
+        match e {
+            Expr::Identifier(id) => names.iter().position(|n| *n == id.value.to_lowercase()),
+            _ => None,
+        }
+    };
+    match &select.group_by {
+        GroupByExpr::Expressions(exprs, mods) if mods.is_empty() => {
+            for e in exprs {
+                let i = find(e).ok_or_else(|| {
+                    unsupported(
+                        format!("GROUP BY {e} that is not selected"),
+                        "select the GROUP BY expressions",
+                    )
+                })?;
+                spec.group_by.push(i);
+            }
+        }
+        _ => return Err(unsupported("this GROUP BY form over several shards", hint)),
+    }
+    let visible = texts.len();
+    let order_hidden = order_by(
+        q.order_by.as_ref(),
+        &find,
+        OrderContext {
+            wildcard,
+            aggregate,
+            hidden_from: visible + hidden.len(),
+        },
+        &mut spec,
+    )?;
+    changed |= add_hidden(select, &mut columns, visible, hidden, order_hidden);
+    spec.columns = if wildcard { None } else { Some(columns) };
+    // What the shards run: no LIMIT when aggregating, LIMIT limit+offset otherwise.
+    if spec.limit.is_some() || spec.offset > 0 {
+        let shard_limit = if aggregate {
+            None
+        } else {
+            spec.limit.map(|l| l.saturating_add(spec.offset))
+        };
+        q.limit_clause = shard_limit.map(|l| LimitClause::LimitOffset {
+            limit: Some(Expr::value(Value::Number(l.to_string(), false))),
+            offset: None,
+            limit_by: Vec::new(),
+        });
+        changed = true;
+    }
+    if aggregate && q.order_by.is_some() {
+        q.order_by = None;
+        changed = true;
+    }
+    Ok((spec, changed))
+}
+
+/// Appends the columns the shards add after the `visible` ones: the counts of `avg` first,
+/// then sort keys. Returns whether the select list changed.
+fn add_hidden(
+    select: &mut Select,
+    columns: &mut Vec<MergeColumn>,
+    visible: usize,
+    hidden: Vec<Expr>,
+    order_hidden: Vec<Expr>,
+) -> bool {
+    let changed = !hidden.is_empty() || !order_hidden.is_empty();
+    let mut next = visible;
+    for c in columns.iter_mut() {
+        if let Agg::Avg { count_col, .. } = &mut c.agg {
+            *count_col = next;
+            next += 1;
+        }
+    }
+    for (n, e) in hidden.into_iter().enumerate() {
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: e,
+            alias: Ident::new(format!("_sg_count_{n}")),
+        });
+        columns.push(MergeColumn::hidden(Agg::Value(visible + n)));
+    }
+    for (n, e) in order_hidden.into_iter().enumerate() {
+        let idx = next + n;
+        select.projection.push(SelectItem::ExprWithAlias {
+            expr: e,
+            alias: Ident::new(format!("_sg_sort_{n}")),
+        });
+        columns.push(MergeColumn::hidden(Agg::Value(idx)));
+    }
+    changed
+}
+
+/// LIMIT / OFFSET into `spec` (a bind parameter by `param`, recorded in `used`).
+fn limit_offset(
+    q: &Query,
+    param: LimitParam,
+    used: &mut Vec<usize>,
+    spec: &mut PlanSpec,
+) -> Result<(), MergeError> {
     match &q.limit_clause {
         None => {}
         Some(LimitClause::LimitOffset {
@@ -254,23 +389,27 @@ fn plan_query(
         }
         Some(_) => return Err(unsupported("this LIMIT form", "use LIMIT n OFFSET m")),
     }
-    let SetExpr::Select(select) = q.body.as_mut() else {
-        return Err(unsupported(
-            "set operations (UNION, INTERSECT, EXCEPT) over several shards",
-            hint,
-        ));
-    };
-    if select.having.is_some() {
-        return Err(MergeError::having());
-    }
-    match &select.distinct {
-        None | Some(Distinct::All) => {}
-        Some(Distinct::Distinct) => spec.distinct = true,
-        Some(Distinct::On(_)) => {
-            return Err(unsupported("SELECT DISTINCT ON over several shards", hint))
-        }
-    }
-    // Select list.
+    Ok(())
+}
+
+/// The select list of a fan-out query, column by column.
+struct SelectList {
+    /// It has a `*`.
+    wildcard: bool,
+    /// How each column merges.
+    columns: Vec<MergeColumn>,
+    /// Columns the shards add (the counts of `avg`).
+    hidden: Vec<Expr>,
+    /// Each item's text (empty for `*`).
+    texts: Vec<String>,
+    /// Each item's output name, where known.
+    names: Vec<String>,
+}
+
+/// Plans the select list; `avg(x)` becomes `sum(x)` plus a hidden `count(x)` (`changed`).
+fn select_list(select: &mut Select, changed: &mut bool) -> Result<SelectList, MergeError> {
+    let hint =
+        "route the query to one shard (a shard key condition, or /* shardgate: shard=NAME */)";
     let mut wildcard = false;
     let mut columns = Vec::new();
     let mut hidden = Vec::new();
@@ -342,7 +481,7 @@ fn plan_query(
                     expr: Expr::Function(sum),
                     alias,
                 };
-                changed = true;
+                *changed = true;
                 Agg::Avg {
                     sum_col: i,
                     count_col: usize::MAX,
@@ -350,45 +489,33 @@ fn plan_query(
             }
         }));
     }
-    let aggregate = columns.iter().any(|c| c.agg.is_aggregate())
-        || !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
-    if wildcard && aggregate {
-        return Err(unsupported(
-            "SELECT * with aggregates over several shards",
-            "list the columns",
-        ));
-    }
-    // Where a GROUP BY / ORDER BY expression is in the select list.
-    let find = |e: &Expr| -> Option<usize> {
-        if let Some(n) = number(e, &|_| None, &mut Vec::new()) {
-            return (n as usize).checked_sub(1);
-        }
-        let text = e.to_string();
-        if let Some(i) = texts.iter().position(|t| *t == text) {
-            return Some(i);
-        }
-        match e {
-            Expr::Identifier(id) => names.iter().position(|n| *n == id.value.to_lowercase()),
-            _ => None,
-        }
-    };
-    match &select.group_by {
-        GroupByExpr::Expressions(exprs, mods) if mods.is_empty() => {
-            for e in exprs {
-                let i = find(e).ok_or_else(|| {
-                    unsupported(
-                        format!("GROUP BY {e} that is not selected"),
-                        "select the GROUP BY expressions",
-                    )
-                })?;
-                spec.group_by.push(i);
-            }
-        }
-        _ => return Err(unsupported("this GROUP BY form over several shards", hint)),
-    }
-    let visible = texts.len();
+    Ok(SelectList {
+        wildcard,
+        columns,
+        hidden,
+        texts,
+        names,
+    })
+}
+
+/// What ORDER BY planning needs to know of the select list.
+#[derive(Clone, Copy)]
+struct OrderContext {
+    wildcard: bool,
+    aggregate: bool,
+    /// The index of the first sort column the shards may add.
+    hidden_from: usize,
+}
+
+/// ORDER BY into `spec`; returns the sort keys the shards must add as hidden columns.
+fn order_by(
+    order: Option<&OrderBy>,
+    find: &dyn Fn(&Expr) -> Option<usize>,
+    cx: OrderContext,
+    spec: &mut PlanSpec,
+) -> Result<Vec<Expr>, MergeError> {
     let mut order_hidden = Vec::new();
-    if let Some(ob) = &q.order_by {
+    if let Some(ob) = order {
         let OrderByKind::Expressions(keys) = &ob.kind else {
             return Err(unsupported("ORDER BY ALL", "name the columns"));
         };
@@ -399,19 +526,19 @@ fn plan_query(
             }
             let target = match find(&k.expr) {
                 Some(i) => Target::Index(i),
-                None if wildcard => match &k.expr {
+                None if cx.wildcard => match &k.expr {
                     Expr::Identifier(id) => Target::Name(id.value.to_lowercase()),
                     Expr::CompoundIdentifier(p) => {
                         Target::Name(p.last().map(|x| x.value.to_lowercase()).unwrap_or_default())
                     }
                     _ => return Err(MergeError::order_by_not_selected(&k.expr.to_string())),
                 },
-                None if aggregate || spec.distinct => {
+                None if cx.aggregate || spec.distinct => {
                     return Err(MergeError::order_by_not_selected(&k.expr.to_string()))
                 }
                 None => {
                     // Sort on a hidden column the shards add.
-                    let idx = visible + hidden.len() + order_hidden.len();
+                    let idx = cx.hidden_from + order_hidden.len();
                     order_hidden.push(k.expr.clone());
                     Target::Index(idx)
                 }
@@ -419,51 +546,7 @@ fn plan_query(
             spec.order_by.push((target, desc, k.options.nulls_first));
         }
     }
-    // Hidden columns: avg counts first, then sort keys.
-    let mut next = visible;
-    for c in columns.iter_mut() {
-        if let Agg::Avg { count_col, .. } = &mut c.agg {
-            *count_col = next;
-            next += 1;
-        }
-    }
-    for (n, e) in hidden.into_iter().enumerate() {
-        select.projection.push(SelectItem::ExprWithAlias {
-            expr: e,
-            alias: Ident::new(format!("_sg_count_{n}")),
-        });
-        columns.push(MergeColumn::hidden(Agg::Value(visible + n)));
-        changed = true;
-    }
-    for (n, e) in order_hidden.into_iter().enumerate() {
-        let idx = next + n;
-        select.projection.push(SelectItem::ExprWithAlias {
-            expr: e,
-            alias: Ident::new(format!("_sg_sort_{n}")),
-        });
-        columns.push(MergeColumn::hidden(Agg::Value(idx)));
-        changed = true;
-    }
-    spec.columns = if wildcard { None } else { Some(columns) };
-    // What the shards run: no LIMIT when aggregating, LIMIT limit+offset otherwise.
-    if spec.limit.is_some() || spec.offset > 0 {
-        let shard_limit = if aggregate {
-            None
-        } else {
-            spec.limit.map(|l| l.saturating_add(spec.offset))
-        };
-        q.limit_clause = shard_limit.map(|l| LimitClause::LimitOffset {
-            limit: Some(Expr::value(Value::Number(l.to_string(), false))),
-            offset: None,
-            limit_by: Vec::new(),
-        });
-        changed = true;
-    }
-    if aggregate && q.order_by.is_some() {
-        q.order_by = None;
-        changed = true;
-    }
-    Ok((spec, changed))
+    Ok(order_hidden)
 }
 
 #[cfg(test)]

@@ -23,7 +23,9 @@ use super::write_functions;
 
 pub mod fanout;
 pub mod shard;
-pub use shard::{split_insert, split_insert_params, ShardFacts};
+mod split;
+pub use shard::ShardFacts;
+pub use split::{split_insert, split_insert_params};
 
 /// What a query string does, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
