@@ -152,6 +152,27 @@ async fn assert_rolled_back(c: &Client, keys: (i64, i64), case: &str) {
     );
 }
 
+/// `sql` in a transaction with a row on each of two shards: refused (0A000 with a hint) and
+/// rolled back everywhere, in the simple or the extended protocol.
+async fn assert_refused(c: &Client, sql: &str, extended: bool) {
+    let keys = open(c).await;
+    let e = if extended {
+        c.execute(sql, &[]).await.unwrap_err()
+    } else {
+        c.simple_query(sql).await.unwrap_err()
+    };
+    assert_eq!(
+        sqlstate(&e).as_deref(),
+        Some("0A000"),
+        "{sql} (extended: {extended}): {e}"
+    );
+    assert!(
+        e.as_db_error().and_then(|d| d.hint()).is_some(),
+        "{sql}: a hint"
+    );
+    assert_rolled_back(c, keys, sql).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere() {
     let _serial = SERIAL.lock().await;
@@ -172,14 +193,7 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
         "ROLLBACK PREPARED 'mine'",
     ];
     for sql in simple {
-        let keys = open(&c).await;
-        let e = c.simple_query(sql).await.unwrap_err();
-        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{sql}: {e}");
-        assert!(
-            e.as_db_error().and_then(|d| d.hint()).is_some(),
-            "{sql}: a hint"
-        );
-        assert_rolled_back(&c, keys, sql).await;
+        assert_refused(&c, sql, false).await;
     }
     // The extended protocol (Parse/Bind/Execute/Sync).
     for sql in [
@@ -188,14 +202,7 @@ async fn transaction_control_across_shards_is_refused_and_rolls_back_everywhere(
         "RELEASE s",
         "ROLLBACK TO s",
     ] {
-        let keys = open(&c).await;
-        let e = c.execute(sql, &[]).await.unwrap_err();
-        assert_eq!(
-            sqlstate(&e).as_deref(),
-            Some("0A000"),
-            "extended {sql}: {e}"
-        );
-        assert_rolled_back(&c, keys, sql).await;
+        assert_refused(&c, sql, true).await;
     }
     // The failed block in the extended protocol: statements get 25P02, ROLLBACK ends it.
     let keys = open(&c).await;
@@ -493,20 +500,10 @@ async fn settings_changed_in_a_transaction_stay_on_one_shard() {
         "RESET search_path",
         "SELECT set_config('search_path', 'leaked_schema', false)",
     ] {
-        let keys = open(&c).await;
-        let e = c.simple_query(sql).await.unwrap_err();
-        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{sql}: {e}");
-        assert_rolled_back(&c, keys, sql).await;
-        // The extended protocol, set_config with bind parameters included.
-        let keys = open(&c).await;
-        let e = c.execute(sql, &[]).await.unwrap_err();
-        assert_eq!(
-            sqlstate(&e).as_deref(),
-            Some("0A000"),
-            "extended {sql}: {e}"
-        );
-        assert_rolled_back(&c, keys, sql).await;
+        assert_refused(&c, sql, false).await;
+        assert_refused(&c, sql, true).await;
     }
+    // set_config with bind parameters for the name and the value.
     let keys = open(&c).await;
     let e = c
         .query(
