@@ -3,11 +3,13 @@
 //! No I/O here. Framing works on a `BytesMut` and returns `Ok(None)` when more bytes are needed;
 //! messages the proxy forwards are never re-encoded, only their tag and length are read.
 
+mod bind;
 mod extended;
 mod frame;
 mod messages;
 mod startup;
 
+pub use bind::Params;
 pub use extended::{
     bind_names, empty_message, encode_parse, encode_target, param_oids, parse_body, rename_bind,
     target, Parse,

@@ -338,6 +338,25 @@ pub(super) async fn handshake(
     }
 }
 
+/// The reported parameters of the first server of `shard` that answers (its primary first; a
+/// replica's are the same), and that server's pool.
+async fn first_server_params<'s>(
+    shard: &'s ShardPools,
+    database: &str,
+) -> Result<(ServerParams, &'s ServerPool), PgError> {
+    let mut last = String::from("no server");
+    for pool in shard.primary().into_iter().chain(shard.servers.iter()) {
+        match pool.server_params().await {
+            Ok(p) => return Ok((p, pool)),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(PgError::fatal(
+        sqlstate::CANNOT_CONNECT,
+        format!("could not connect to the server of database \"{database}\": {last}"),
+    ))
+}
+
 async fn handshake_inner(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
@@ -389,33 +408,11 @@ async fn handshake_inner(
                 format!("database \"{database}\" has no servers"),
             )
         })?;
-    // Parameters from the primary, or any server that answers (a replica's are the same).
-    let mut server_params = Err(String::from("no server"));
-    let mut params_pool = None;
-    for pool in shards[0]
-        .primary()
-        .into_iter()
-        .chain(shards[0].servers.iter())
-    {
-        match pool.server_params().await {
-            Ok(p) => {
-                server_params = Ok(p);
-                params_pool = Some(pool);
-                break;
-            }
-            Err(e) => server_params = Err(e.to_string()),
-        }
-    }
-    let server_params = server_params.map_err(|e| {
-        PgError::fatal(
-            sqlstate::CANNOT_CONNECT,
-            format!("could not connect to the server of database \"{database}\": {e}"),
-        )
-    })?;
+    let (server_params, params_pool) = first_server_params(&shards[0], &database).await?;
     let startup = ClientState::from_startup(&params).startup;
-    let learned = match (startup.is_empty(), params_pool) {
-        (false, Some(pool)) => startup_params(pool, &startup, &server_params).await?,
-        _ => Arc::new(StartupParams {
+    let learned = match startup.is_empty() {
+        false => startup_params(params_pool, &startup, &server_params).await?,
+        true => Arc::new(StartupParams {
             reported: server_params.to_vec(),
             notices: Vec::new(),
         }),
