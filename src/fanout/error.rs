@@ -3,7 +3,7 @@
 use crate::protocol::{sqlstate, PgError};
 
 /// SQLSTATE `22003`: a merged sum left its type's range (as `bigint out of range`).
-pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = sqlstate::NUMERIC_VALUE_OUT_OF_RANGE;
 
 /// Why a merge cannot produce the answer one database would give.
 ///

@@ -8,34 +8,6 @@ use pgwire::messages::Message;
 
 use super::frame::cstr;
 
-/// SQLSTATE codes the proxy itself reports.
-pub mod sqlstate {
-    /// Protocol violation.
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
-    /// Connection failure (server unreachable or lost).
-    pub const CONNECTION_FAILURE: &str = "08006";
-    /// Could not establish a server connection.
-    pub const CANNOT_CONNECT: &str = "08001";
-    /// Wrong password or unknown user.
-    pub const INVALID_PASSWORD: &str = "28P01";
-    /// Unknown database.
-    pub const INVALID_CATALOG: &str = "3D000";
-    /// Too many connections.
-    pub const TOO_MANY_CONNECTIONS: &str = "53300";
-    /// Feature not supported (e.g. a transaction in statement mode).
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    /// Administrator shutdown.
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
-    /// Query canceled / timeout waiting.
-    pub const QUERY_CANCELED: &str = "57014";
-    /// Program limit exceeded (message too large).
-    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
-    /// Internal error.
-    pub const INTERNAL_ERROR: &str = "XX000";
-    /// in_failed_sql_transaction
-    pub const IN_FAILED_TRANSACTION: &str = "25P02";
-}
-
 fn put<M: Message>(buf: &mut BytesMut, m: M) {
     // Encoding our own well-formed messages into a growable buffer cannot fail.
     let _ = m.encode(buf);
@@ -304,6 +276,7 @@ pub fn query_text(body: &[u8]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::sqlstate;
 
     #[test]
     fn error_round_trips_through_field_decoder() {
@@ -311,7 +284,7 @@ mod tests {
         PgError::error(sqlstate::INVALID_CATALOG, "database \"x\" does not exist").encode(&mut b);
         assert_eq!(b[0], b'E');
         let (code, msg) = error_fields(&b[5..]);
-        assert_eq!(code, "3D000");
+        assert_eq!(code, sqlstate::INVALID_CATALOG);
         assert_eq!(msg, "database \"x\" does not exist");
     }
 

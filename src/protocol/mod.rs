@@ -7,6 +7,7 @@ mod bind;
 mod extended;
 mod frame;
 mod messages;
+pub mod sqlstate;
 mod startup;
 
 pub use bind::Params;

@@ -308,20 +308,20 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The SQLSTATE to report for a startup setting the server refused.
 fn setting_sqlstate(code: &str) -> &'static str {
     const KNOWN: &[&str] = &[
-        "22023", // invalid_parameter_value
-        "42704", // undefined_object (unrecognized configuration parameter)
-        "55P02", // cant_change_runtime_param
-        "42501", // insufficient_privilege
-        "22P02", // invalid_text_representation
-        "0A000", // feature_not_supported
-        "3D000", // invalid_catalog_name
-        "3F000", // invalid_schema_name
+        sqlstate::INVALID_PARAMETER_VALUE,     // invalid_parameter_value
+        sqlstate::UNDEFINED_OBJECT, // undefined_object (unrecognized configuration parameter)
+        sqlstate::CANT_CHANGE_RUNTIME_PARAM, // cant_change_runtime_param
+        sqlstate::INSUFFICIENT_PRIVILEGE, // insufficient_privilege
+        sqlstate::INVALID_TEXT_REPRESENTATION, // invalid_text_representation
+        sqlstate::FEATURE_NOT_SUPPORTED, // feature_not_supported
+        sqlstate::INVALID_CATALOG,  // invalid_catalog_name
+        sqlstate::INVALID_SCHEMA_NAME, // invalid_schema_name
     ];
     KNOWN
         .iter()
         .copied()
         .find(|k| *k == code)
-        .unwrap_or("22023")
+        .unwrap_or(sqlstate::INVALID_PARAMETER_VALUE)
 }
 
 /// Runs the whole handshake. `Ok(None)` means the connection was a CancelRequest and is done.
@@ -376,7 +376,7 @@ async fn handshake_inner(
         .cloned()
         .ok_or_else(|| {
             PgError::fatal(
-                "28000",
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
                 "no PostgreSQL user name specified in startup packet",
             )
         })?;

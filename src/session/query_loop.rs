@@ -176,10 +176,13 @@ fn idle_limit(p: &crate::config::ProxyConfig, status: u8, settled: bool) -> Opti
 /// The error a client gets when its idle timeout strikes.
 fn idle_error(status: u8) -> PgError {
     if status == b'I' {
-        PgError::fatal("57P05", "terminating connection due to client idle timeout")
+        PgError::fatal(
+            sqlstate::IDLE_SESSION_TIMEOUT,
+            "terminating connection due to client idle timeout",
+        )
     } else {
         PgError::fatal(
-            "25P03",
+            sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
             "terminating connection due to idle-in-transaction timeout",
         )
     }

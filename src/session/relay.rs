@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::protocol::sqlstate;
 use crate::protocol::FrameError;
 use crate::state::Prepared;
 
@@ -368,8 +369,9 @@ fn is_stale_plan(inbuf: &[u8]) -> bool {
         return false;
     };
     let (code, message) = crate::protocol::error_fields(body);
-    (code == "XX000" && message.starts_with("cache lookup failed for type"))
-        || (code == "0A000" && message.starts_with("cached plan must not change result type"))
+    (code == sqlstate::INTERNAL_ERROR && message.starts_with("cache lookup failed for type"))
+        || (code == sqlstate::FEATURE_NOT_SUPPORTED
+            && message.starts_with("cached plan must not change result type"))
 }
 
 #[cfg(test)]

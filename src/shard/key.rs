@@ -13,6 +13,7 @@
 //! older versions), so the proxy never refuses a key the server would take.
 
 use crate::config::KeyType;
+use crate::protocol::sqlstate;
 use std::fmt;
 
 /// A parsed shard key. [`ShardKey::canonical`] gives the bytes the ring hashes.
@@ -93,10 +94,10 @@ impl KeyError {
     /// The SQLSTATE PostgreSQL uses for the same problem.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            KeyError::InvalidSyntax { .. } => "22P02",
-            KeyError::OutOfRange { .. } => "22003",
-            KeyError::BinaryFormat { .. } => "22P03",
-            KeyError::InvalidUtf8 => "22021",
+            KeyError::InvalidSyntax { .. } => sqlstate::INVALID_TEXT_REPRESENTATION,
+            KeyError::OutOfRange { .. } => sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+            KeyError::BinaryFormat { .. } => sqlstate::INVALID_BINARY_REPRESENTATION,
+            KeyError::InvalidUtf8 => sqlstate::CHARACTER_NOT_IN_REPERTOIRE,
         }
     }
 }

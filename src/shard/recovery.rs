@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::{Config, DatabaseConfig};
+use crate::protocol::sqlstate;
 
 /// How often recovery runs after start-up.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(30);
@@ -44,7 +45,7 @@ pub const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS public.shardgate_2pc_lo
 /// Whether an error of [`CREATE_LOG`] only means that another session created the table at
 /// the same moment (`IF NOT EXISTS` does not cover that race in Postgres).
 pub fn is_create_race(code: &str) -> bool {
-    matches!(code, "23505" | "42P07")
+    matches!(code, sqlstate::UNIQUE_VIOLATION | sqlstate::DUPLICATE_TABLE)
 }
 
 /// Creates [`LOG_TABLE`] on a shard if needed (outside a transaction).
@@ -164,7 +165,7 @@ async fn logged(client: &tokio_postgres::Client, name: &str) -> Option<bool> {
     let sql = format!("SELECT count(*) FROM {LOG_TABLE} WHERE gid = $1");
     match client.query_one(&sql, &[&name]).await {
         Ok(row) => Some(row.get::<_, i64>(0) > 0),
-        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => Some(false),
+        Err(e) if e.code().map(|c| c.code()) == Some(sqlstate::UNDEFINED_TABLE) => Some(false),
         Err(_) => None,
     }
 }

@@ -344,7 +344,11 @@ impl Loop<'_> {
         if let Some(e) = shard_error {
             out.extend_from_slice(&e);
         } else if let Some(m) = client_failed {
-            PgError::error("57014", format!("COPY from stdin failed: {m}")).encode(&mut out);
+            PgError::error(
+                sqlstate::QUERY_CANCELED,
+                format!("COPY from stdin failed: {m}"),
+            )
+            .encode(&mut out);
         } else {
             protocol::command_complete(&mut out, &format!("COPY {total}"));
         }

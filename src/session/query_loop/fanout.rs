@@ -506,7 +506,7 @@ async fn finish_implicit(conns: &mut [Checkout], commit: bool) -> Option<PgError
                         )
                     } else {
                         PgError::error(
-                            "40003",
+                            sqlstate::T_R_STATEMENT_COMPLETION_UNKNOWN,
                             format!(
                                 "the statement committed on {committed} shard(s) but its \
                                  COMMIT failed on another; its outcome there is unknown"

@@ -185,7 +185,7 @@ impl Loop<'_> {
             let p = parse_body(f.body()).ok_or_else(|| malformed("Parse"))?;
             if !p.name.is_empty() && self.client.named.contains_key(p.name) {
                 return Err(PgError::error(
-                    "42P05",
+                    sqlstate::DUPLICATE_PSTATEMENT,
                     format!("prepared statement \"{}\" already exists", p.name),
                 ));
             }
@@ -211,7 +211,7 @@ impl Loop<'_> {
                 Some(p) => p.parse.slice(5 + p.name.len() + 1..),
                 None => {
                     return Err(PgError::error(
-                        "26000",
+                        sqlstate::INVALID_SQL_STATEMENT_NAME,
                         format!("prepared statement \"{stmt}\" does not exist"),
                     ))
                 }

@@ -272,8 +272,11 @@ impl Loop<'_> {
         };
         if let Some(name) = &f.hints.shard {
             return map.shard_named(name).map(Route::One).ok_or_else(|| {
-                PgError::error("22023", format!("unknown shard \"{name}\" in hint"))
-                    .with_hint(format!("shards: {}", map.names.join(", ")))
+                PgError::error(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("unknown shard \"{name}\" in hint"),
+                )
+                .with_hint(format!("shards: {}", map.names.join(", ")))
             });
         }
         if let Some(key) = &f.hints.key {
@@ -697,7 +700,7 @@ impl Loop<'_> {
                     Some("replica") => self.rt.target = Some(Target::Replica),
                     Some(other) => {
                         PgError::error(
-                            "22023",
+                            sqlstate::INVALID_PARAMETER_VALUE,
                             format!(
                                 "invalid value for parameter \"shardgate.target\": \"{other}\""
                             ),
@@ -741,7 +744,7 @@ impl Loop<'_> {
                             .map(|m| m.names.join(", "))
                             .unwrap_or_else(|| "none: the database is not sharded".into());
                         PgError::error(
-                            "22023",
+                            sqlstate::INVALID_PARAMETER_VALUE,
                             format!("invalid value for parameter \"shardgate.shard\": \"{v}\""),
                         )
                         .with_hint(format!(
@@ -760,7 +763,7 @@ impl Loop<'_> {
             }
             hints::Command::Set { name, .. } | hints::Command::Show { name } => {
                 PgError::error(
-                    "42704",
+                    sqlstate::UNDEFINED_OBJECT,
                     format!("unrecognized configuration parameter \"shardgate.{name}\""),
                 )
                 .with_hint("The proxy knows shardgate.target and shardgate.shard.")
@@ -874,7 +877,7 @@ impl Loop<'_> {
                 }
             } else if Instant::now() >= deadline {
                 return Err(PgError::error(
-                    "57P03",
+                    sqlstate::CANNOT_CONNECT_NOW,
                     format!(
                         "no primary server is available for database \"{}\" (shard {})",
                         self.login.database, shard.name

@@ -183,7 +183,7 @@ impl Loop<'_> {
         if self.client.named.contains_key(p.name) || self.client.sql_prepared.contains_key(p.name) {
             // Protocol-level and SQL-level statements share one namespace, as in Postgres.
             let msg = format!("prepared statement \"{}\" already exists", p.name);
-            self.synthetic_error(PgError::error("42P05", msg));
+            self.synthetic_error(PgError::error(sqlstate::DUPLICATE_PSTATEMENT, msg));
             return None;
         }
         let stmt = self.state.statements.get_or_insert(p.rest);
@@ -210,7 +210,7 @@ impl Loop<'_> {
     fn ensure_statement(&mut self, name: &str) -> Option<Arc<Prepared>> {
         let Some(stmt) = self.client.named.get(name).cloned() else {
             let msg = format!("prepared statement \"{name}\" does not exist");
-            self.synthetic_error(PgError::error("26000", msg));
+            self.synthetic_error(PgError::error(sqlstate::INVALID_SQL_STATEMENT_NAME, msg));
             return None;
         };
         let conn = self.server.as_deref_mut()?;
@@ -432,7 +432,7 @@ impl Loop<'_> {
             }
             SessionCommand::Prepare(name) if is_pooled_statement_name(&name) => {
                 return Err(PgError::error(
-                    "42939",
+                    sqlstate::RESERVED_NAME,
                     format!("prepared statement name \"{name}\" is reserved by the proxy"),
                 )
                 .with_hint("names of the form sg_<number> are used for pooled statements"));
@@ -443,7 +443,7 @@ impl Loop<'_> {
             {
                 // Protocol-level and SQL-level statements share one namespace, as in Postgres.
                 return Err(PgError::error(
-                    "42P05",
+                    sqlstate::DUPLICATE_PSTATEMENT,
                     format!("prepared statement \"{name}\" already exists"),
                 ));
             }
@@ -487,7 +487,7 @@ impl Loop<'_> {
                     && !self.client.sql_prepared.contains_key(&name) =>
             {
                 return Err(PgError::error(
-                    "26000",
+                    sqlstate::INVALID_SQL_STATEMENT_NAME,
                     format!("prepared statement \"{name}\" does not exist"),
                 ));
             }

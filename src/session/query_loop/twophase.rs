@@ -29,6 +29,7 @@ use super::statements::inject_query;
 use super::{lock, Loop};
 use crate::backend::BackendError;
 use crate::pool::Checkout;
+use crate::protocol::sqlstate;
 use crate::protocol::{self, empty_message, parse_body, PgError};
 use crate::shard::recovery::{self, gid};
 use crate::sql::Kind;
@@ -61,7 +62,7 @@ fn notice(message: String) -> BytesMut {
     let mut b = BytesMut::new();
     PgError {
         severity: "WARNING",
-        code: "01000",
+        code: sqlstate::WARNING,
         message,
         hint: Some("the commit is decided; shardgate's recovery completes it".into()),
     }
@@ -139,7 +140,9 @@ impl Loop<'_> {
             };
             match answer {
                 Some(Ok(_)) => return Ok(true),
-                Some(Err(BackendError::Server { code, .. })) if code == "42704" => {
+                Some(Err(BackendError::Server { code, .. }))
+                    if code == sqlstate::UNDEFINED_OBJECT =>
+                {
                     return Ok(false)
                 }
                 Some(Err(e)) => last = e.to_string(),
@@ -250,7 +253,7 @@ impl Loop<'_> {
                 }
                 return match err {
                     Some(e) if !aborted => Err(CommitError::Client(PgError::error(
-                        "40000",
+                        sqlstate::TRANSACTION_ROLLBACK,
                         format!("transaction failed at COMMIT: {e}"),
                     ))),
                     _ => Ok(if aborted { "ROLLBACK" } else { "COMMIT" }),
@@ -270,7 +273,7 @@ impl Loop<'_> {
                 }
                 return Err(CommitError::Client(
                     PgError::error(
-                        "40000",
+                        sqlstate::TRANSACTION_ROLLBACK,
                         format!(
                             "transaction rolled back: could not create the two-phase commit log \
                              {} on shard {}: {e}",
@@ -310,10 +313,11 @@ impl Loop<'_> {
                         failure = Some(match error {
                             Some(e) => {
                                 let (code, msg) = protocol::error_fields(e.body());
-                                if n == 0 && code == "42P01" {
+                                if n == 0 && code == sqlstate::UNDEFINED_TABLE {
                                     self.forget_log(&coord_addr);
                                 }
-                                coord_read_only = n == 0 && code == "25006";
+                                coord_read_only =
+                                    n == 0 && code == sqlstate::READ_ONLY_SQL_TRANSACTION;
                                 msg
                             }
                             None if status != b'I' => "unexpected transaction state".into(),
@@ -433,7 +437,7 @@ impl Loop<'_> {
         let rolled_back = || {
             CommitError::Client(
                 PgError::error(
-                    "40000",
+                    sqlstate::TRANSACTION_ROLLBACK,
                     format!("transaction rolled back: could not prepare it on {msg}"),
                 )
                 .with_hint("no shard committed any of its changes"),
@@ -452,7 +456,7 @@ impl Loop<'_> {
             }
             Err(Err(e)) => Err(CommitError::Client(
                 PgError::error(
-                    "08007",
+                    sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
                     format!(
                         "transaction resolution unknown: the prepare phase failed ({msg}) and \
                          the coordinator shard {} could not be reached to roll back ({e})",

@@ -21,6 +21,7 @@ use sqlparser::parser::{Parser, ParserError};
 use super::patch::patch_tokens;
 use super::write_functions;
 
+mod copy;
 pub mod fanout;
 pub mod shard;
 mod split;

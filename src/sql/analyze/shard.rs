@@ -10,14 +10,18 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, BinaryOperator, CopyLegacyCsvOption, CopyLegacyOption, CopyOption,
-    CopySource, CopyTarget, Expr, FromTable, InTarget, Insert, JoinConstraint, JoinOperator,
-    ObjectName, Query, Select, SetExpr, Statement, TableFactor, TableObject, TableWithJoins,
-    UnaryOperator, Value, ValueWithSpan, Visit, Visitor,
+    AssignmentTarget, BinaryOperator, Expr, FromTable, InTarget, Insert, JoinConstraint,
+    JoinOperator, ObjectName, Query, Select, SetExpr, Statement, TableFactor, TableObject,
+    TableWithJoins, UnaryOperator, Value, ValueWithSpan, Visit, Visitor,
 };
 
+use super::copy::copy_facts;
+mod values;
+
+pub use super::copy::CopyFacts;
 use super::{ident_name, object_name};
 use crate::sql::shape::Literal;
+use values::value_ref;
 
 /// Where a value in a statement comes from. A `$n` parameter is referred to by its shape
 /// literal index like any constant (the shape's literal list says which parameter it is).
@@ -89,30 +93,6 @@ pub struct InsertFacts {
     pub rows: Vec<Vec<ValueRef>>,
     /// Has a RETURNING clause.
     pub returning: bool,
-}
-
-/// `COPY table (columns) FROM STDIN` / `TO STDOUT`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyFacts {
-    /// Table.
-    pub table: String,
-    /// Column list (empty: all columns in table order).
-    pub columns: Vec<String>,
-    /// `FROM STDIN` (else `TO STDOUT` or a file/program).
-    pub from_stdin: bool,
-    /// `TO STDOUT`.
-    pub to_stdout: bool,
-    /// CSV format (else text; binary is `binary`).
-    pub csv: bool,
-    /// Binary format.
-    pub binary: bool,
-    /// Field delimiter.
-    pub delimiter: char,
-    /// CSV header line.
-    pub header: bool,
-    /// An option the row splitter does not implement (QUOTE, ESCAPE, NULL, ENCODING, ...):
-    /// rows cannot be cut and keyed exactly, so a split COPY is refused.
-    pub unsupported: Option<String>,
 }
 
 /// The shard-routing facts of one statement.
@@ -287,85 +267,6 @@ impl Scope {
         };
         Some(ColumnRef { table, column })
     }
-}
-
-fn value_ref(expr: &Expr, pos: &Positions<'_>) -> ValueRef {
-    match expr {
-        Expr::Value(v) => match &v.value {
-            // A parameter is a shape literal too (`$?`), and statements of one shape may
-            // have a literal or a parameter there: refer to the shape position.
-            Value::Placeholder(p) => match pos.literal(v) {
-                Some(index) => ValueRef::Literal {
-                    index,
-                    negative: false,
-                },
-                None => p
-                    .strip_prefix('$')
-                    .and_then(|n| n.parse().ok())
-                    .map_or(ValueRef::Other, ValueRef::Param),
-            },
-            Value::Null => ValueRef::Null,
-            Value::Number(..)
-            | Value::SingleQuotedString(_)
-            | Value::EscapedStringLiteral(_)
-            | Value::DollarQuotedString(_) => match pos.literal(v) {
-                Some(index) => ValueRef::Literal {
-                    index,
-                    negative: false,
-                },
-                None => ValueRef::Other,
-            },
-            _ => ValueRef::Other,
-        },
-        Expr::TypedString(t) if value_preserving(&t.data_type) => match pos.literal(&t.value) {
-            Some(index) => ValueRef::Literal {
-                index,
-                negative: false,
-            },
-            None => ValueRef::Other,
-        },
-        // A cast keeps the key's value only to the key types themselves (`'abc'::char(2)`
-        // is `'ab'`, `4.6::int` is 5): other casts are not evaluated here.
-        Expr::Cast {
-            expr, data_type, ..
-        } if value_preserving(data_type) => value_ref(expr, pos),
-        Expr::Nested(expr) => value_ref(expr, pos),
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => match value_ref(expr, pos) {
-            ValueRef::Literal { index, negative } => ValueRef::Literal {
-                index,
-                negative: !negative,
-            },
-            _ => ValueRef::Other,
-        },
-        Expr::UnaryOp {
-            op: UnaryOperator::Plus,
-            expr,
-        } => value_ref(expr, pos),
-        _ => ValueRef::Other,
-    }
-}
-
-/// Whether a cast to this type leaves a key's text as it is (integer, text and uuid types
-/// without a length): then the key is read from the literal under the cast.
-fn value_preserving(t: &sqlparser::ast::DataType) -> bool {
-    let name = t.to_string().to_ascii_lowercase();
-    matches!(
-        name.as_str(),
-        "bigint"
-            | "int8"
-            | "integer"
-            | "int"
-            | "int4"
-            | "smallint"
-            | "int2"
-            | "text"
-            | "varchar"
-            | "character varying"
-            | "uuid"
-    )
 }
 
 /// Collects filters and column equalities from the top-level `AND` chain of `expr`.
@@ -551,71 +452,6 @@ fn insert_facts(ins: &Insert, pos: &Positions<'_>, facts: &mut ShardFacts) {
         rows,
         returning: ins.returning.is_some(),
     });
-}
-
-fn copy_facts(stmt: &Statement) -> Option<CopyFacts> {
-    let Statement::Copy {
-        source: CopySource::Table {
-            table_name,
-            columns,
-        },
-        to,
-        target,
-        options,
-        legacy_options,
-        ..
-    } = stmt
-    else {
-        return None;
-    };
-    let mut f = CopyFacts {
-        table: object_name(table_name),
-        columns: columns.iter().map(ident_name).collect(),
-        from_stdin: !*to && matches!(target, CopyTarget::Stdin),
-        to_stdout: *to && matches!(target, CopyTarget::Stdout),
-        csv: false,
-        binary: false,
-        delimiter: '\t',
-        header: false,
-        unsupported: None,
-    };
-    let mut delimiter = None;
-    for o in options {
-        match o {
-            CopyOption::Format(i) => {
-                f.csv = i.value.eq_ignore_ascii_case("csv");
-                f.binary = i.value.eq_ignore_ascii_case("binary");
-            }
-            CopyOption::Delimiter(c) => delimiter = Some(*c),
-            CopyOption::Header(h) => f.header = *h,
-            // No effect on how rows are cut or keyed on the way in.
-            CopyOption::Freeze(_) | CopyOption::ForceQuote(_) => {}
-            CopyOption::Quote('"') | CopyOption::Escape('"') => {}
-            other => f.unsupported = Some(other.to_string()),
-        }
-    }
-    for o in legacy_options {
-        match o {
-            CopyLegacyOption::Csv(csv) => {
-                f.csv = true;
-                for o in csv {
-                    match o {
-                        CopyLegacyCsvOption::Header => f.header = true,
-                        CopyLegacyCsvOption::Quote('"')
-                        | CopyLegacyCsvOption::Escape('"')
-                        | CopyLegacyCsvOption::ForceQuote(_) => {}
-                        other => f.unsupported = Some(other.to_string()),
-                    }
-                }
-            }
-            CopyLegacyOption::Binary => f.binary = true,
-            CopyLegacyOption::Delimiter(c) => delimiter = Some(*c),
-            CopyLegacyOption::Header => f.header = true,
-            other => f.unsupported = Some(other.to_string()),
-        }
-    }
-    f.delimiter = delimiter.unwrap_or(if f.csv { ',' } else { '\t' });
-    Some(f)
 }
 
 /// Facts of one parsed statement.

@@ -501,7 +501,7 @@ impl Loop<'_> {
     fn answer_failed(&mut self, frame: &Frame) -> Step {
         let aborted = || {
             PgError::error(
-                "25P02",
+                sqlstate::IN_FAILED_TRANSACTION,
                 "current transaction is aborted, commands ignored until end of transaction block",
             )
             .with_hint("the proxy rolled the transaction back on every shard; send ROLLBACK")
