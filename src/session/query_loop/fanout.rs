@@ -377,55 +377,84 @@ impl Loop<'_> {
         } else {
             None
         };
-        let mut conns = Vec::with_capacity(shards.len());
+        // The transaction's own connections first.
+        let mut slots: Vec<Option<Checkout>> = Vec::with_capacity(shards.len());
         for shard in shards {
+            let mut reused = None;
             if in_txn {
                 if self.server.is_some() && self.rt.shard == *shard {
                     super::lock(&self.login.cancel_slot).clear();
-                    if let Some(c) = self.server.take() {
-                        conns.push(c);
-                        continue;
-                    }
+                    reused = self.server.take();
                 }
-                if let Some(c) = self.unpark(*shard) {
+                if reused.is_none() {
+                    reused = self.unpark(*shard);
+                }
+            }
+            slots.push(reused);
+        }
+        // New ones on every other shard at once: one connect (or checkout) and one setup
+        // round trip of wait in all, not one per shard.
+        let this = &*self;
+        let begin = begin.as_deref();
+        let missing = shards.iter().zip(&slots).filter(|(_, c)| c.is_none());
+        let opened = futures_util::future::join_all(
+            missing.map(|(shard, _)| this.open_for_fan_out(want, *shard, begin)),
+        )
+        .await;
+        let mut opened = opened.into_iter();
+        let mut conns = Vec::with_capacity(shards.len());
+        let mut kept = Vec::with_capacity(shards.len());
+        let mut error = None;
+        for (shard, slot) in shards.iter().zip(slots) {
+            match slot.map(Ok).or_else(|| opened.next()) {
+                Some(Ok(c)) => {
+                    kept.push(*shard);
                     conns.push(c);
-                    continue;
                 }
-            }
-            let failed = |this: &mut Self, conns: Vec<Checkout>, e: PgError| {
-                if in_txn {
-                    this.park_all(shards, conns);
-                    this.status = b'E';
+                Some(Err(e)) => {
+                    error.get_or_insert(e);
                 }
-                Err(e)
-            };
-            let (mut conn, _) = match self.acquire(want, *shard).await {
-                Ok(c) => c,
-                Err(e) => return failed(self, conns, e),
-            };
-            let mut setup = setup_sql(&self.client.settings, &mut conn);
-            if let Some(b) = &begin {
-                setup = Some(match setup {
-                    Some(s) => format!("{s}; {b}"),
-                    None => b.clone(),
-                });
+                None => {}
             }
-            if let Some(sql) = setup {
-                match conn.run(&sql).await {
-                    Ok(_) => conn.settings = self.client.settings.clone(),
-                    Err(_) => {
-                        conn.broken = true;
-                        let e = PgError::error(
-                            sqlstate::CONNECTION_FAILURE,
-                            "could not prepare a shard connection for the statement",
-                        );
-                        return failed(self, conns, e);
-                    }
-                }
+        }
+        if let Some(e) = error {
+            if in_txn {
+                // The transaction failed; its connections stay until its end.
+                self.park_all(&kept, conns);
+                self.status = b'E';
             }
-            conns.push(conn);
+            return Err(e);
         }
         Ok((conns, in_txn))
+    }
+
+    /// A new connection to `shard` for a fan-out, with the client's settings and, inside a
+    /// transaction, its BEGIN (`begin`) applied.
+    async fn open_for_fan_out(
+        &self,
+        want: Want,
+        shard: usize,
+        begin: Option<&str>,
+    ) -> Result<Checkout, PgError> {
+        let (mut conn, _) = self.acquire(want, shard).await?;
+        let mut setup = setup_sql(&self.client.settings, &mut conn);
+        if let Some(b) = begin {
+            setup = Some(match setup {
+                Some(s) => format!("{s}; {b}"),
+                None => b.to_string(),
+            });
+        }
+        if let Some(sql) = setup {
+            if conn.run(&sql).await.is_err() {
+                conn.broken = true;
+                return Err(PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    "could not prepare a shard connection for the statement",
+                ));
+            }
+            conn.settings = self.client.settings.clone();
+        }
+        Ok(conn)
     }
 
     pub(super) fn is_split_insert(&self, facts: &RouteFacts) -> bool {
