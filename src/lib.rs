@@ -2,9 +2,10 @@
 //!
 //! Module map (dependencies point downwards; config, protocol and auth do no I/O):
 //! - [`config`]: serde types for `shard-config/*.toml`, loading and validation.
-//! - [`protocol`]: wire framing and the few messages the proxy decodes or writes itself.
+//! - [`protocol`]: wire framing, the few messages the proxy decodes or writes itself, Bind
+//!   parameter views, and every SQLSTATE ([`protocol::sqlstate`], generated from Postgres's
+//!   `errcodes.txt`).
 //! - [`auth`]: SCRAM-SHA-256 and md5 verification of clients.
-
 //! - [`sql`]: SQL text analysis: a scanner for session-state commands, statement shapes, and
 //!   read/write classification with sqlparser behind a shape-keyed cache.
 //! - [`shard`]: shard keys' canonical bytes, the consistent-hash ring, the shard router and
@@ -17,6 +18,12 @@
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel.
 //! - [`state`]: proxy-wide shared state (config, users, pools, cancel keys).
 //! - [`server`]: accept loop, client limit, graceful shutdown.
+//! - `demo` (default feature `demo`): `shardgate demo`, on the workspace crate `testkit`.
+//!
+//! Test Postgres clusters (process control, the workspace's only `unsafe`) live in the
+//! `testkit` crate, not here. `scripts/check_layout.py` (run by CI) keeps tokio out of
+//! `protocol`, `sql`, `fanout` and the shard router, SQLSTATEs out of inline strings, and
+//! files under 600 lines.
 // The proxy itself has no `unsafe` (the test-only counting allocator of the fuzz tests does).
 #![cfg_attr(not(test), forbid(unsafe_code))]
 #![forbid(unsafe_op_in_unsafe_fn)]
