@@ -20,7 +20,7 @@ use crate::health::{now_ms, parse_lsn};
 use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
 use crate::protocol::{
     self, bind_names, error_fields, error_severity, param_oids, parse_body, query_text, sqlstate,
-    Frame, PgError,
+    target, Frame, PgError,
 };
 use crate::shard::route::{Params, Route};
 use crate::sql::hints::{self, RouteFacts, Target};
@@ -314,7 +314,8 @@ impl Loop<'_> {
 
     /// What a batch of extended-protocol messages starting with `first` needs, looking ahead
     /// (without consuming) up to its Sync: a replica only if every statement it executes
-    /// reads (a Parse alone runs nothing; Parse and Describe work on a hot standby), and the
+    /// reads (a Parse alone runs nothing; Parse and Describe of reads work on a hot standby,
+    /// those of writes go to the primary, where the statement will run), and the
     /// one shard all its statements route to. A batch whose Sync has not arrived yet goes to
     /// the primary.
     fn batch_want(&mut self, first: &Frame) -> BatchPlan {
@@ -332,13 +333,33 @@ impl Loop<'_> {
         let mut complete = false;
         let mut flush = false;
         let mut executes = false;
+        // A statement prepared or described here will run on the primary: describe it there
+        // too (a replica may not have replayed the DDL it needs yet).
+        let mut prepares_write = false;
         {
             let mut visit = |tag: u8, body: &[u8]| -> bool {
                 let facts = match tag {
+                    b'D' => {
+                        if let Some((b'S', name)) = target(body) {
+                            prepares_write |= match parsed.iter().rev().find(|p| p.0 == name) {
+                                Some(p) => p.1.writes(),
+                                None if name.is_empty() => {
+                                    unnamed.as_ref().is_some_and(RouteFacts::writes)
+                                }
+                                None => self
+                                    .client
+                                    .named
+                                    .get(name)
+                                    .is_some_and(|stmt| self.stmt_facts(stmt).writes()),
+                            };
+                        }
+                        return true;
+                    }
                     b'P' => {
                         if let Some(p) = parse_body(body) {
                             let mut f = self.facts_of(p.query);
                             f.param_types = param_oids(p.rest);
+                            prepares_write |= f.writes();
                             texts.push((p.name.to_string(), p.query.to_string()));
                             if p.name.is_empty() {
                                 unnamed = Some(f);
@@ -453,7 +474,11 @@ impl Loop<'_> {
         let only_begin = begin.filter(|_| complete && commits == 0 && others == 0);
         BatchPlan {
             want: if complete {
-                want.unwrap_or(Want::Read)
+                want.unwrap_or(if prepares_write {
+                    Want::Primary
+                } else {
+                    Want::Read
+                })
             } else {
                 Want::Primary
             },
