@@ -494,6 +494,7 @@ async fn settings_changed_in_a_transaction_stay_on_one_shard() {
     let c = p.app("app").await;
     schema(&c).await;
     let default_path = show_on(&p, 0, "search_path").await;
+    let default_app = show_on(&p, 0, "application_name").await;
     for sql in [
         "SET search_path = leaked_schema",
         "SET LOCAL search_path = leaked_schema",
@@ -559,11 +560,7 @@ async fn settings_changed_in_a_transaction_stay_on_one_shard() {
             .unwrap();
         }
         c.simple_query("COMMIT").await.unwrap();
-        let rows = c
-            .query(&format!("SELECT v FROM tp WHERE k IN ({a}, {b})"), &[])
-            .await
-            .unwrap();
-        let v: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let v = values_of(&c, a, b).await;
         let iso = if begin.contains("REPEATABLE") {
             "repeatable read"
         } else {
@@ -578,6 +575,11 @@ async fn settings_changed_in_a_transaction_stay_on_one_shard() {
         assert_eq!(
             show_on(&p, shard, "search_path").await,
             default_path,
+            "shard {shard}"
+        );
+        assert_eq!(
+            show_on(&p, shard, "application_name").await,
+            default_app,
             "shard {shard}"
         );
     }
@@ -596,10 +598,14 @@ async fn settings_changed_in_a_transaction_stay_on_one_shard() {
         .unwrap();
     }
     c.simple_query("COMMIT").await.unwrap();
+    assert_eq!(values_of(&c, a, b).await, ["two_shards", "two_shards"]);
+}
+
+/// Column `v` of the rows with keys `a` and `b`, through the proxy.
+async fn values_of(c: &Client, a: i64, b: i64) -> Vec<String> {
     let rows = c
         .query(&format!("SELECT v FROM tp WHERE k IN ({a}, {b})"), &[])
         .await
         .unwrap();
-    let v: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(v, ["two_shards", "two_shards"]);
+    rows.iter().map(|r| r.get(0)).collect()
 }
