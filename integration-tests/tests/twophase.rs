@@ -609,3 +609,44 @@ async fn values_of(c: &Client, a: i64, b: i64) -> Vec<String> {
         .unwrap();
     rows.iter().map(|r| r.get(0)).collect()
 }
+
+/// The decision log is created on a connection outside the pool: with `[pool] size = 1` the
+/// transaction holds the coordinator's only pooled connection, and creating the log there
+/// used to wait for the checkout timeout and roll the transaction back (40000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_log_is_created_with_a_pool_of_one() {
+    let _serial = SERIAL.lock().await;
+    let p = Proxy::start(
+        &config("127.0.0.1:0", "", "two_phase_recovery_ms = 600000")
+            .replace("[pool]\nsize = 4", "[pool]\nsize = 1"),
+    );
+    let c = p.app("app").await;
+    schema(&c).await;
+    for cl in &shards().clusters {
+        direct(cl, "app")
+            .await
+            .simple_query("DROP TABLE IF EXISTS shardgate_2pc_log")
+            .await
+            .unwrap();
+    }
+    // The first commit may still believe the table exists (it was created by an earlier test
+    // of this process): its log insert then fails, it rolls back and forgets the table. The
+    // next one creates it.
+    let mut committed = None;
+    for _ in 0..2 {
+        let keys = open(&c).await;
+        match c.simple_query("COMMIT").await {
+            Ok(_) => {
+                committed = Some(keys);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(stored(&[keys.0, keys.1]).await, Vec::<i64>::new(), "{e}");
+                c.simple_query("ROLLBACK").await.ok();
+            }
+        }
+    }
+    let keys = committed.expect("a commit across shards with a pool of one");
+    assert_eq!(stored(&[keys.0, keys.1]).await, vec![keys.0, keys.1]);
+    assert_eq!(leftovers().await, (0, 0));
+}

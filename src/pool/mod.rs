@@ -107,6 +107,8 @@ pub struct ServerPool {
     pool: bb8::Pool<ServerManager>,
     gate: Option<Arc<Semaphore>>,
     addr: String,
+    /// How the pool's connections are opened (for [`ServerPool::connect_unpooled`]).
+    connect: ConnectParams,
     checkout_timeout_ms: u64,
     params: Mutex<Option<ServerParams>>,
     /// ParameterStatus sets for clients' startup settings (kept by the session handshake).
@@ -154,9 +156,12 @@ impl ServerPool {
             .test_on_check_out(false)
             .retry_connection(false)
             .queue_strategy(bb8::QueueStrategy::Lifo)
-            .build_unchecked(ServerManager { params });
+            .build_unchecked(ServerManager {
+                params: params.clone(),
+            });
         ServerPool {
             pool,
+            connect: params,
             gate: p
                 .fifo_checkout
                 .then(|| Arc::new(Semaphore::new(size as usize))),
@@ -167,6 +172,13 @@ impl ServerPool {
             in_use: Arc::default(),
             health,
         }
+    }
+
+    /// A connection of this pool's user and database outside the pool (not counted against
+    /// its size; closed when dropped): for the proxy's own short housekeeping while a client
+    /// may hold every pooled connection (creating the two-phase commit log).
+    pub async fn connect_unpooled(&self) -> Result<ServerConn, BackendError> {
+        ServerConn::connect(&self.connect).await
     }
 
     /// Server address of this pool.

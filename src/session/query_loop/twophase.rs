@@ -171,15 +171,24 @@ impl Loop<'_> {
         if known(&key) {
             return Ok(());
         }
-        let (mut c, _) = self
-            .acquire(Want::Primary, shard)
+        // On a connection of its own, outside the pool: the transaction may hold every pooled
+        // connection of the coordinator (`[pool] size = 1`), and the table must be committed
+        // before the PREPARE that writes the decision into it.
+        let pool = self
+            .login
+            .shards
+            .get(shard)
+            .and_then(|s| s.servers.iter().find(|p| p.addr() == addr))
+            .ok_or_else(|| format!("no pool for {addr}"))?;
+        let mut c = tokio::time::timeout(STEP_TIMEOUT, pool.connect_unpooled())
             .await
-            .map_err(|e| e.message)?;
-        match run_step(&mut c, recovery::CREATE_LOG).await {
-            Some(Ok(_)) => {}
-            Some(Err(BackendError::Server { code, .. })) if recovery::is_create_race(&code) => {}
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("timed out".into()),
+            .map_err(|_| "timed out connecting".to_string())?
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(STEP_TIMEOUT, c.run(recovery::CREATE_LOG)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(BackendError::Server { code, .. })) if recovery::is_create_race(&code) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("timed out".into()),
         }
         LOG_READY
             .lock()
