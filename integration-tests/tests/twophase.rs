@@ -497,13 +497,53 @@ async fn settings_changed_in_a_transaction_stay_on_one_shard() {
     let default_app = show_on(&p, 0, "application_name").await;
     for sql in [
         "SET search_path = leaked_schema",
-        "SET LOCAL search_path = leaked_schema",
         "RESET search_path",
         "SELECT set_config('search_path', 'leaked_schema', false)",
     ] {
         assert_refused(&c, sql, false).await;
         assert_refused(&c, sql, true).await;
     }
+    // SET LOCAL in an extended batch is refused there; in a simple Query it is made on every
+    // participant, and on the shards the transaction reaches afterwards.
+    assert_refused(&c, "SET LOCAL search_path = leaked_schema", true).await;
+    let (a, b) = open(&c).await;
+    c.simple_query("SET LOCAL application_name = 'after_two'")
+        .await
+        .unwrap();
+    let later = (b + 5_000_000..)
+        .find(|k| owner(*k) != owner(a) && owner(*k) != owner(b))
+        .unwrap();
+    c.simple_query(&format!("INSERT INTO tp (k, v) VALUES ({later}, 'x')"))
+        .await
+        .unwrap();
+    for k in [a, b, later] {
+        c.simple_query(&format!(
+            "UPDATE tp SET v = current_setting('application_name') WHERE k = {k}"
+        ))
+        .await
+        .unwrap();
+    }
+    c.simple_query("COMMIT").await.unwrap();
+    let rows = c
+        .query(
+            &format!("SELECT v FROM tp WHERE k IN ({a}, {b}, {later})"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let v: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(v, ["after_two"; 3]);
+    // A value a shard refuses: the transaction fails everywhere, nothing is stored.
+    let keys = open(&c).await;
+    let e = c
+        .simple_query("SET LOCAL statement_timeout = 'not a duration'")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(sqlstate(&e).as_deref(), Some("0A000" | "22023")),
+        "{e}"
+    );
+    assert_rolled_back(&c, keys, "a bad SET LOCAL").await;
     // set_config with bind parameters for the name and the value.
     let keys = open(&c).await;
     let e = c

@@ -316,6 +316,17 @@ impl Loop<'_> {
             }
             return None;
         }
+        let only_scoped_sets = tag == b'Q'
+            && texts.iter().all(|s| match control(s) {
+                None => true,
+                Some(c) => c == Control::Set && transaction_scoped(s),
+            });
+        if only_scoped_sets && self.status != b'E' {
+            if self.server.is_some() && !self.relay.idle() {
+                return Some(Step::Hold);
+            }
+            return self.set_everywhere(&texts).await;
+        }
         if found.len() == 1 && executes == 1 && found[0].ends() {
             // A COMMIT or ROLLBACK of its own: handled for all participants by the router.
             return None;
@@ -364,6 +375,50 @@ impl Loop<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// `SET LOCAL` / `SET TRANSACTION` / `SET CONSTRAINTS` in a transaction with two or more
+    /// participants: made on every parked participant now (the current one gets the client's
+    /// Query as usual) and on every shard the transaction reaches later. A parked participant
+    /// that refuses it fails the transaction everywhere (0A000 with its message).
+    async fn set_everywhere(&mut self, stmts: &[&str]) -> Option<Step> {
+        let sets: Vec<String> = stmts
+            .iter()
+            .filter(|s| control(s) == Some(Control::Set))
+            .map(|s| (*s).to_string())
+            .collect();
+        let sql = sets.join("; ");
+        let mut failure = None;
+        for (shard, c) in self.rt.parked.iter_mut() {
+            match tokio::time::timeout(CLEANUP_TIMEOUT, c.run(&sql)).await {
+                Ok(Ok(b'T')) => {}
+                Ok(Ok(_)) => failure = Some((*shard, "the transaction ended there".to_string())),
+                Ok(Err(e)) => failure = Some((*shard, e.to_string())),
+                Err(_) => {
+                    c.broken = true;
+                    failure = Some((*shard, "no answer".to_string()));
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        if let Some((shard, why)) = failure {
+            let name = self.shard_name(shard);
+            self.abort_everywhere().await;
+            return Some(Step::Refuse(
+                PgError::error(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "the setting could not be made on shard {name} ({why}); the \
+                         transaction was rolled back on every shard"
+                    ),
+                )
+                .with_hint("SET LOCAL must be valid on every shard the transaction reaches"),
+            ));
+        }
+        self.rt.guard.sets.extend(sets);
+        None
     }
 
     /// The BEGIN that opens the transaction on a further shard, with the transaction-scoped
