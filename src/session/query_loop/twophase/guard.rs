@@ -18,8 +18,8 @@ use crate::sql::scan::split_statements;
 
 mod control;
 
+use control::transaction_scoped;
 pub(super) use control::{control, Control};
-use control::{transaction_scoped, words};
 
 /// Transaction-control state of one client (see the module docs).
 #[derive(Debug, Default)]
@@ -148,7 +148,9 @@ impl Loop<'_> {
                 let stmts = split_statements(query_text(frame.body()));
                 let begins = |s: &&str| {
                     matches!(
-                        words(s, 1).first().map(String::as_str),
+                        crate::sql::scan::leading_words(s, 1)
+                            .first()
+                            .map(String::as_str),
                         Some("begin" | "start")
                     )
                 };

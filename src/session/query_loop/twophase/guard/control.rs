@@ -1,7 +1,7 @@
 //! Which transaction-control statement (or setting change) a statement is, read from its
 //! first words like Postgres's grammar: comments count as spaces.
 
-use crate::sql::scan::mentions_set_config;
+use crate::sql::scan::{leading_words, mentions_set_config};
 
 /// A transaction-control statement, as far as transactions across shards care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,56 +41,10 @@ impl Control {
     }
 }
 
-/// The first `n` words of a statement, lowercased: comments count as spaces, a word is
-/// letters, digits, `_` and `$`, any other character is a word of its own.
-pub(super) fn words(stmt: &str, n: usize) -> Vec<String> {
-    let b = stmt.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    while i < b.len() && out.len() < n {
-        let c = b[i];
-        if c == b'-' && b.get(i + 1) == Some(&b'-') {
-            i = b[i..]
-                .iter()
-                .position(|&c| c == b'\n')
-                .map_or(b.len(), |p| i + p + 1);
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if b[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else if c.is_ascii_whitespace() {
-            i += 1;
-        } else if word(c) {
-            let start = i;
-            while i < b.len() && word(b[i]) {
-                i += 1;
-            }
-            out.push(String::from_utf8_lossy(&b[start..i]).to_ascii_lowercase());
-        } else {
-            out.push((c as char).to_string());
-            i += 1;
-        }
-    }
-    out
-}
-
 /// `SET LOCAL`, `SET TRANSACTION` or `SET CONSTRAINTS`: a setting that ends with the
 /// transaction, which can be made again on another shard's connection.
 pub(super) fn transaction_scoped(stmt: &str) -> bool {
-    let w = words(stmt, 2);
+    let w = leading_words(stmt, 2);
     w.first().is_some_and(|v| v == "set")
         && w.get(1)
             .is_some_and(|v| matches!(v.as_str(), "local" | "transaction" | "constraints"))
@@ -98,7 +52,7 @@ pub(super) fn transaction_scoped(stmt: &str) -> bool {
 
 /// The transaction control one statement performs, if any.
 pub(in crate::session::query_loop) fn control(stmt: &str) -> Option<Control> {
-    let w = words(stmt, 6);
+    let w = leading_words(stmt, 6);
     let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
     // COMMIT/ROLLBACK [WORK | TRANSACTION] ...
     let after = |i: usize| {
