@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CI layout checks (issue 10): run from the repository root; exits 1 on any finding.
 
-- No tokio in the pure layers: src/protocol, src/sql, src/fanout and the shard router
+- No tokio in the pure layers: src/protocol, src/sql, src/fanout, the session's
+  decisions (src/session/machine) and the shard router
   (src/shard/route*, ring, key) neither `use tokio` nor name `tokio::`.
 - No SQLSTATE written inline: outside src/protocol/sqlstate.rs and test code, no string
   literal equals a code of that table (use `sqlstate::NAME`).
@@ -14,7 +15,7 @@ import sys
 root = pathlib.Path(".")
 problems = []
 
-pure = [root / "src/protocol", root / "src/sql", root / "src/fanout"]
+pure = [root / "src/protocol", root / "src/sql", root / "src/fanout", root / "src/session/machine"]
 pure_files = [p for d in pure for p in d.rglob("*.rs")]
 pure_files += [root / "src/shard/route.rs", root / "src/shard/ring.rs", root / "src/shard/key.rs"]
 pure_files += list((root / "src/shard/route").rglob("*.rs"))

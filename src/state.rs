@@ -39,24 +39,73 @@ pub struct CancelTarget {
 /// connection moved on; the window is the cancel packet's flight time.)
 pub type CancelSlot = Arc<Mutex<Vec<CancelTarget>>>;
 
-/// Proxy-issued cancel keys: pid -> (secret, slot).
+/// How a client's session learns that a CancelRequest for it arrived (a statement streamed
+/// from several shards stops relaying rows at once, so shards blocked writing to a slow
+/// client can take the cancel).
+#[derive(Debug, Default)]
+pub struct CancelSignal {
+    requests: std::sync::atomic::AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelSignal {
+    /// Counts a CancelRequest and wakes the session if it waits for one.
+    pub fn raise(&self) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// How many CancelRequests have arrived so far.
+    pub fn count(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits for the next [`CancelSignal::raise`] (create, `enable`, then check
+    /// [`CancelSignal::count`] to miss none).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+/// A client's cancel key's registration: its slot and signal.
+#[derive(Debug, Clone)]
+pub struct CancelKey {
+    /// Proxy-issued BackendKeyData pid.
+    pub pid: i32,
+    /// Proxy-issued BackendKeyData secret.
+    pub secret: i32,
+    /// Where CancelRequests for the client go.
+    pub slot: CancelSlot,
+    /// Raised by every CancelRequest for the client.
+    pub signal: Arc<CancelSignal>,
+}
+
+/// Proxy-issued cancel keys by pid.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<i32, (i32, CancelSlot)>>,
+    map: Mutex<HashMap<i32, CancelKey>>,
 }
 
 impl CancelRegistry {
-    /// Issues a fresh (pid, secret) for a client and registers its slot.
-    pub fn register(&self) -> (i32, i32, CancelSlot) {
+    /// Issues a fresh (pid, secret) for a client and registers its slot and signal.
+    pub fn register(&self) -> CancelKey {
         let slot: CancelSlot = Arc::default();
+        let signal: Arc<CancelSignal> = Arc::default();
         let mut rng = rand::rng();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let pid = rng.random_range(1..i32::MAX);
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(pid) {
                 let secret = rng.random::<i32>();
-                e.insert((secret, slot.clone()));
-                return (pid, secret, slot);
+                let key = CancelKey {
+                    pid,
+                    secret,
+                    slot,
+                    signal,
+                };
+                e.insert(key.clone());
+                return key;
             }
         }
     }
@@ -74,16 +123,16 @@ impl CancelRegistry {
     pub fn running(&self) -> Vec<CancelTarget> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.values()
-            .flat_map(|(_, slot)| slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .flat_map(|k| k.slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
     }
 
-    /// The slot for a (pid, secret) pair; the secret is compared in constant time.
-    pub fn find(&self, pid: i32, secret: &[u8]) -> Option<CancelSlot> {
+    /// The slot and signal for a (pid, secret) pair; the secret is compared in constant time.
+    pub fn find(&self, pid: i32, secret: &[u8]) -> Option<(CancelSlot, Arc<CancelSignal>)> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let (s, slot) = map.get(&pid)?;
-        let ok: bool = s.to_be_bytes().ct_eq(secret).into();
-        ok.then(|| slot.clone())
+        let key = map.get(&pid)?;
+        let ok: bool = key.secret.to_be_bytes().ct_eq(secret).into();
+        ok.then(|| (key.slot.clone(), key.signal.clone()))
     }
 }
 

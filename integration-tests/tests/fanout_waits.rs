@@ -1,7 +1,7 @@
 //! Waits on several shards at once (fan-out reads, COPY TO STDOUT) against three real shard
 //! primaries: a CancelRequest stops the statement on every shard, a client that leaves
-//! mid-statement has it cancelled on every shard (and the pool recovers), and the answers held
-//! for a merge are bounded by `max_fanout_bytes` (54000; the session goes on).
+//! mid-statement has it cancelled on every shard (and the pool recovers), and what a merge
+//! holds (groups, COPY rows) is bounded by `max_fanout_bytes` (54000; the session goes on).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -145,12 +145,20 @@ async fn a_client_leaving_mid_fan_out_has_it_cancelled_on_every_shard() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fan_out_answers_over_the_cap_fail_with_54000_and_the_session_goes_on() {
+async fn fan_out_merges_holding_more_than_the_cap_fail_with_54000_and_the_session_goes_on() {
     let _serial = SERIAL.lock().await;
     let p = proxy("max_fanout_bytes = 8192", 4).await;
     let c = p.app("app").await;
-    let e = c.simple_query("SELECT * FROM fw").await.unwrap_err();
+    // A merge that keeps what it has seen (groups) is held to the cap.
+    let e = c.simple_query(GROUPED).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("54000"), "{e}");
+    // Rows that stream through are not held: over the cap in total, they are answered.
+    let r = c.simple_query("SELECT * FROM fw ORDER BY k").await.unwrap();
+    let rows = r
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 300);
     // Under the cap, the same session answers.
     let r = c
         .simple_query("SELECT k FROM fw ORDER BY k LIMIT 3")
@@ -181,7 +189,7 @@ async fn fan_out_answers_over_the_cap_fail_with_54000_and_the_session_goes_on() 
     // Inside a transaction the statement fails as on one database: the transaction is
     // aborted until ROLLBACK.
     c.simple_query("BEGIN").await.unwrap();
-    let e = c.simple_query("SELECT * FROM fw").await.unwrap_err();
+    let e = c.simple_query(GROUPED).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("54000"), "{e:?}");
     let e = c.simple_query("SELECT count(*) FROM fw").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("25P02"));
@@ -226,6 +234,9 @@ async fn a_transaction_that_failed_on_one_shard_has_failed_on_all() {
     };
     assert_eq!(total, 300);
 }
+
+/// A grouped read whose groups (about 36 KB over all shards) a merge must hold.
+const GROUPED: &str = "SELECT k, pad, count(*) FROM fw GROUP BY k, pad";
 
 /// `SELECT count(*) FROM fw` through `c`.
 async fn count(c: &tokio_postgres::Client) -> String {

@@ -332,18 +332,8 @@ impl ServerConn {
     /// Reads one whole message from the server.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
-            match split_frame(&mut self.inbuf, MAX_SERVER_MESSAGE) {
-                Ok(Some(f)) => {
-                    if f.tag == b'Z' {
-                        self.at_rest = f.body() == b"I" && self.inbuf.is_empty();
-                    }
-                    return Ok(f);
-                }
-                Ok(None) => {}
-                Err(e @ (FrameError::BadLength(_) | FrameError::TooLarge { .. })) => {
-                    self.broken = true;
-                    return Err(self.protocol(e.to_string()));
-                }
+            if let Some(f) = self.buffered_frame()? {
+                return Ok(f);
             }
             let n = self.rd.read_buf(&mut self.inbuf).await.map_err(|e| {
                 self.broken = true;
@@ -354,6 +344,29 @@ impl ServerConn {
                 return Err(self.io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
+    }
+
+    /// The next whole message already read from the server, if there is one (the I/O is the
+    /// caller's: more bytes go into `inbuf`).
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, BackendError> {
+        match split_frame(&mut self.inbuf, MAX_SERVER_MESSAGE) {
+            Ok(Some(f)) => {
+                if f.tag == b'Z' {
+                    self.at_rest = f.body() == b"I" && self.inbuf.is_empty();
+                }
+                Ok(Some(f))
+            }
+            Ok(None) => Ok(None),
+            Err(e @ (FrameError::BadLength(_) | FrameError::TooLarge { .. })) => {
+                self.broken = true;
+                Err(self.protocol(e.to_string()))
+            }
+        }
+    }
+
+    /// Whether `inbuf` holds a whole message (see [`ServerConn::buffered_frame`]).
+    pub fn has_buffered_frame(&self) -> bool {
+        crate::protocol::frame_ready(&self.inbuf)
     }
 
     /// Runs a simple query and reads up to ReadyForQuery, discarding the output. Returns the

@@ -26,8 +26,23 @@ use super::wire::{encode_data_row, parse_data_row, CommandTag, RowDescription};
 struct Shard {
     desc: Option<RowDescription>,
     rows: VecDeque<Bytes>,
+    /// Bytes of the DataRows in `rows`.
+    row_bytes: usize,
     in_heap: bool,
     tag: Option<CommandTag>,
+}
+
+impl Shard {
+    fn pop_row(&mut self) -> Option<Bytes> {
+        let row = self.rows.pop_front()?;
+        self.row_bytes -= row.len();
+        Some(row)
+    }
+
+    fn clear_rows(&mut self) {
+        self.rows.clear();
+        self.row_bytes = 0;
+    }
 }
 
 /// A merged row: values of all merged columns, and the shard's message when the plan
@@ -135,6 +150,17 @@ impl Merger {
         self.shards.get(shard).map_or(0, |s| s.rows.len())
     }
 
+    /// Bytes of the DataRows counted by [`Merger::buffered_rows`].
+    pub fn buffered_bytes(&self, shard: usize) -> usize {
+        self.shards.get(shard).map_or(0, |s| s.row_bytes)
+    }
+
+    /// True when the merge keeps state that grows with the rows it has seen: groups of an
+    /// aggregating plan, or the rows a DISTINCT without a matching ORDER BY has sent.
+    pub fn accumulates(&self) -> bool {
+        matches!(self.mode, Mode::Aggregate(_)) || matches!(self.dedup, Dedup::Seen(_))
+    }
+
     /// Takes one message from shard `shard`: RowDescription ('T'), DataRow ('D') or
     /// CommandComplete ('C'), tag and length included. After an error from `push` or
     /// [`Merger::drain`] the merge is over: the client gets an ErrorResponse instead.
@@ -159,6 +185,7 @@ impl Merger {
                 Err(malformed(shard, "DataRow before RowDescription"))
             }
             Some(b'D') => {
+                s.row_bytes += msg.len();
                 s.rows.push_back(msg);
                 Ok(())
             }
@@ -317,7 +344,7 @@ impl Merger {
 
     fn drain_stream(&mut self, out: &mut BytesMut) -> Result<(), MergeError> {
         for i in 0..self.shards.len() {
-            while let Some(msg) = self.shards[i].rows.pop_front() {
+            while let Some(msg) = self.shards[i].pop_row() {
                 if self.limit_reached() {
                     break;
                 }
@@ -336,7 +363,7 @@ impl Merger {
         if self.shards[i].in_heap {
             return Ok(());
         }
-        let Some(msg) = self.shards[i].rows.pop_front() else {
+        let Some(msg) = self.shards[i].pop_row() else {
             return Ok(());
         };
         let row = self.row(i, msg)?;
@@ -383,7 +410,7 @@ impl Merger {
             return Ok(());
         };
         for (i, s) in self.shards.iter_mut().enumerate() {
-            while let Some(msg) = s.rows.pop_front() {
+            while let Some(msg) = s.pop_row() {
                 let values = parse_data_row(&msg, b.in_types.len()).map_err(|e| malformed(i, e))?;
                 groups.add(b, &self.plan.group_by, i, &values)?;
             }
@@ -414,7 +441,7 @@ impl Merger {
             heap.clear();
         }
         for s in &mut self.shards {
-            s.rows.clear();
+            s.clear_rows();
             s.in_heap = false;
         }
     }

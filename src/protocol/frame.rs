@@ -55,6 +55,16 @@ fn header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
     Ok(Some((buf[0], total)))
 }
 
+/// Whether [`split_frame`] would return a message or an error for `buf` (rather than wait for
+/// more bytes).
+pub fn frame_ready(buf: &[u8]) -> bool {
+    match header(buf, usize::MAX) {
+        Ok(Some((_, total))) => buf.len() >= total,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
 /// Splits one complete message off the front of `buf`.
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
     match header(buf, max)? {

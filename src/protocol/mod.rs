@@ -9,12 +9,14 @@ mod frame;
 mod messages;
 pub mod sqlstate;
 mod startup;
+mod status;
 
 pub use bind::Params;
 pub use extended::{
     bind_names, empty_message, encode_parse, encode_target, param_oids, parse_body, rename_bind,
     target, Parse,
 };
-pub use frame::{cstr, split_frame, Frame, FrameError};
+pub use frame::{cstr, frame_ready, split_frame, Frame, FrameError};
 pub use messages::*;
 pub use startup::{split_startup, StartupPacket, MAX_STARTUP_LEN};
+pub use status::TxStatus;

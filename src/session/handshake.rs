@@ -16,7 +16,7 @@ use crate::protocol::{
     self, decode_password, split_frame, split_startup, sqlstate, PasswordKind, PasswordMessage,
     PgError, StartupPacket,
 };
-use crate::state::{CancelSlot, ProxyState};
+use crate::state::{CancelSignal, CancelSlot, ProxyState};
 
 use super::client_state::{apply_sql, read_back_sql, ClientState};
 
@@ -38,6 +38,8 @@ pub struct Login {
     pub cancel_pid: i32,
     /// Where CancelRequests for this client go.
     pub cancel_slot: CancelSlot,
+    /// Raised by each CancelRequest for this client.
+    pub cancel_signal: Arc<CancelSignal>,
     /// The startup packet's parameters (user, database, application_name, options, ...).
     pub params: BTreeMap<String, String>,
     /// Reads may go to replicas: transaction or statement mode, `routing.read_write_split`
@@ -202,10 +204,11 @@ async fn authenticate(
 
 /// Forwards a CancelRequest to the server connections the client's query runs on, if any.
 async fn serve_cancel(state: &ProxyState, pid: i32, secret: &[u8]) {
-    let Some(slot) = state.cancels.find(pid, secret) else {
+    let Some((slot, signal)) = state.cancels.find(pid, secret) else {
         tracing::debug!("cancel request with an unknown key ignored");
         return;
     };
+    signal.raise();
     let targets = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
     cancel_all(&targets).await;
 }
@@ -420,7 +423,8 @@ async fn handshake_inner(
     let split = pool_mode != PoolMode::Session
         && state.config.routing.read_write_split
         && shards.iter().any(|s| s.has_replicas());
-    let (cancel_pid, secret, cancel_slot) = state.cancels.register();
+    let key = state.cancels.register();
+    let (cancel_pid, secret) = (key.pid, key.secret);
     let mut out = BytesMut::with_capacity(512);
     protocol::auth_ok(&mut out);
     // The client sees the server's values of its reported parameters with the client's own
@@ -448,7 +452,8 @@ async fn handshake_inner(
         shards,
         pool_mode,
         cancel_pid,
-        cancel_slot,
+        cancel_slot: key.slot,
+        cancel_signal: key.signal,
         params,
         split,
         shard_map,

@@ -3,6 +3,7 @@
 
 pub(crate) mod client_state;
 mod handshake;
+pub(crate) mod machine;
 mod query_loop;
 pub(crate) mod relay;
 

@@ -35,6 +35,7 @@ use std::sync::Arc;
 mod copy;
 mod fanout;
 mod fanout_batch;
+mod fanout_stream;
 mod routing;
 mod statements;
 mod twophase;

@@ -22,6 +22,7 @@ use crate::pool::Checkout;
 use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
 use crate::session::client_state::{settings_effect, setup_sql};
 use crate::session::handshake::cancel_all;
+use crate::session::machine::fan_out_read::too_large;
 use crate::sql::analyze::fanout::{fan_out_query, PlanSpec};
 use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
@@ -102,7 +103,7 @@ impl Loop<'_> {
 
     /// The client left while `conns` worked for it: the statement is cancelled on each of them
     /// and they are closed; the session ends.
-    async fn abandon(&mut self, conns: &mut [Checkout]) -> PgError {
+    pub(super) async fn abandon(&mut self, conns: &mut [Checkout]) -> PgError {
         let targets: Vec<_> = conns.iter().map(|c| c.cancel_target()).collect();
         conns.iter_mut().for_each(|c| c.broken = true);
         self.client_gone = true;
@@ -141,10 +142,13 @@ impl Loop<'_> {
         let (per_shard, plan): Work = match command {
             Command::Select => {
                 let q = fan_out_query(sql).map_err(merge_error)?;
-                (
-                    shards.iter().map(|s| (*s, q.shard_sql.clone())).collect(),
-                    Some(q.spec),
-                )
+                let want = if facts.reads() {
+                    Want::Read
+                } else {
+                    Want::Primary
+                };
+                self.stream_read(q, shards, want).await?;
+                return Ok(BytesMut::new());
             }
             Command::Copy => {
                 let copy = facts.analysis.shard.as_ref().and_then(|f| f.copy.clone());
@@ -278,20 +282,7 @@ impl Loop<'_> {
             }
             results.push(r);
         }
-        // Settings a statement may have made unseen go with no client: reset before reuse.
-        let read_back = self.state.config.pool.settings_read_back;
-        let effects: Vec<_> = per_shard.iter().map(|(_, t)| settings_effect(t)).collect();
-        if effects
-            .iter()
-            .any(|e| e.opaque || e.writes && read_back == crate::config::SettingsReadBack::Auto)
-            || read_back == crate::config::SettingsReadBack::Always
-        {
-            conns.iter_mut().for_each(|c| c.settings_unknown = true);
-        }
-        if effects.iter().any(|e| e.ddl) {
-            // Statements prepared from now on are new ones (see `StatementCache`).
-            self.state.statements.bump_generation();
-        }
+        self.note_effects(&mut conns, per_shard.iter().map(|(_, t)| t.as_str()));
         if in_txn {
             self.status = if first_error.is_some() { b'E' } else { b'T' };
             self.park_all(&targets, conns);
@@ -328,18 +319,33 @@ impl Loop<'_> {
         Ok(FanOutAnswer { out, param_desc })
     }
 
+    /// What statements `texts` that ran on `conns` may have done that the proxy did not see:
+    /// settings changed go with no client (the connections are reset before reuse), and a
+    /// schema change makes statements prepared from now on new ones (see `StatementCache`).
+    pub(super) fn note_effects<'t>(
+        &self,
+        conns: &mut [Checkout],
+        texts: impl Iterator<Item = &'t str>,
+    ) {
+        use crate::config::SettingsReadBack;
+        let read_back = self.state.config.pool.settings_read_back;
+        let (mut unknown, mut ddl) = (read_back == SettingsReadBack::Always, false);
+        for e in texts.map(settings_effect) {
+            unknown |= e.opaque || e.writes && read_back == SettingsReadBack::Auto;
+            ddl |= e.ddl;
+        }
+        if unknown {
+            conns.iter_mut().for_each(|c| c.settings_unknown = true);
+        }
+        if ddl {
+            self.state.statements.bump_generation();
+        }
+    }
+
     /// The error of a fan-out whose shard answers are over `max_fanout_bytes`.
     pub(super) fn too_large(&self) -> BytesMut {
         let mut b = BytesMut::new();
-        PgError::error(
-            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-            format!(
-                "the answers of this statement on several shards are over {} bytes",
-                self.state.config.proxy.max_fanout_bytes
-            ),
-        )
-        .with_hint("narrow the query (WHERE, LIMIT) or raise [proxy] max_fanout_bytes")
-        .encode(&mut b);
+        too_large(self.state.config.proxy.max_fanout_bytes).encode(&mut b);
         b
     }
 

@@ -1,0 +1,7 @@
+//! The session's decisions without I/O (no tokio, no sockets): each part takes the messages
+//! of the client and of the servers and says what to send where; the I/O drivers in
+//! `query_loop` execute that. Unit-tested without Postgres.
+//!
+//! - [`fan_out_read`]: a read statement streamed from several shards through the merge.
+
+pub mod fan_out_read;

@@ -1,0 +1,224 @@
+//! The I/O driver of a read streamed from several shards: the decisions are
+//! [`FanOutRead`]'s; this loop owns the sockets. It reads a shard only while the merge wants
+//! it and the client's output is under its cap (a slow client slows the shards, it does not
+//! grow the proxy), writes merged rows to the client as it takes them, watches the client
+//! (a client that leaves has the statement cancelled on every shard), and routes the
+//! client's CancelRequest to every shard through the cancel slot.
+
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
+
+use super::routing::Want;
+use super::{reserve, Loop, BUF_CAP, CLEANUP_TIMEOUT};
+use crate::pool::Checkout;
+use crate::protocol::{sqlstate, PgError, TxStatus};
+use crate::session::handshake::cancel_all;
+use crate::session::machine::fan_out_read::{FanOutRead, ShardEnd, Step};
+use crate::sql::analyze::fanout::FanOutQuery;
+
+/// Why the driver stopped before every shard answered.
+enum Stop {
+    ClientGone,
+    Stalled,
+}
+
+/// Reads from the first of `conns` (from `start` on, round robin) marked `readable` that has
+/// bytes: its index and the read's result.
+async fn read_any(
+    conns: &mut [Checkout],
+    readable: &[bool],
+    start: usize,
+) -> (usize, std::io::Result<usize>) {
+    let n = conns.len();
+    std::future::poll_fn(|cx| {
+        for k in 0..n {
+            let i = (start + k) % n;
+            if !readable[i] {
+                continue;
+            }
+            let conn = &mut *conns[i];
+            reserve(&mut conn.inbuf);
+            let polled = tokio_util::io::poll_read_buf(Pin::new(&mut conn.rd), cx, &mut conn.inbuf);
+            if let Poll::Ready(r) = polled {
+                return Poll::Ready((i, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+impl Loop<'_> {
+    /// Runs read `q` on `shards` and streams the merged answer into the client's output
+    /// (without the ReadyForQuery, which is the caller's).
+    pub(super) async fn stream_read(
+        &mut self,
+        q: FanOutQuery,
+        shards: &[usize],
+        want: Want,
+    ) -> Result<(), PgError> {
+        let (mut conns, in_txn) = self.shard_conns(shards, want).await?;
+        let mut request = BytesMut::new();
+        let _ = postgres_protocol::message::frontend::query(&q.shard_sql, &mut request);
+        let sent = futures_util::future::join_all(conns.iter_mut().map(|c| c.send(&request))).await;
+        if sent.iter().any(Result::is_err) {
+            conns.iter_mut().for_each(|c| c.broken = true);
+            self.end_shard_statement(shards, conns, in_txn, true);
+            return Err(PgError::error(
+                sqlstate::CONNECTION_FAILURE,
+                "could not send the statement to every shard",
+            ));
+        }
+        self.cancel_to(&conns);
+        let cap = self.state.config.proxy.max_fanout_bytes;
+        let mut machine = FanOutRead::new(q.spec, conns.len(), cap);
+        let mut cancel = None;
+        let driven = self.drive(&mut machine, &mut conns, &mut cancel).await;
+        super::lock(&self.login.cancel_slot).clear();
+        match driven {
+            Ok(()) => {}
+            Err(Stop::ClientGone) => return Err(self.abandon(&mut conns).await),
+            Err(Stop::Stalled) => {
+                conns.iter_mut().for_each(|c| c.broken = true);
+                self.end_shard_statement(shards, conns, in_txn, true);
+                return Err(PgError::error(
+                    sqlstate::INTERNAL_ERROR,
+                    "a statement on several shards stalled",
+                ));
+            }
+        }
+        // A cancel still in flight could stop a connection's next statement: the connections
+        // are not reused before the servers have taken it.
+        if let Some(c) = cancel {
+            if tokio::time::timeout(CLEANUP_TIMEOUT, c).await.is_err() {
+                conns.iter_mut().for_each(|c| c.broken = true);
+            }
+        }
+        for (c, end) in conns.iter_mut().zip(machine.shard_ends()) {
+            match end {
+                ShardEnd::Ready(s) if s.in_transaction() == in_txn => {}
+                _ => c.broken = true,
+            }
+        }
+        self.note_effects(&mut conns, std::iter::once(q.shard_sql.as_str()));
+        self.end_shard_statement(shards, conns, in_txn, machine.failed());
+        Ok(())
+    }
+
+    /// Inside a transaction the connections stay with it (failed if `failed`); outside, they
+    /// go back to their pools (or are closed when broken).
+    fn end_shard_statement(
+        &mut self,
+        shards: &[usize],
+        conns: Vec<Checkout>,
+        in_txn: bool,
+        failed: bool,
+    ) {
+        if in_txn {
+            self.status = if failed {
+                TxStatus::Failed.byte()
+            } else {
+                TxStatus::InTransaction.byte()
+            };
+            self.park_all(shards, conns);
+        }
+    }
+
+    /// Moves messages from the shards through `machine` to the client until every shard is at
+    /// ReadyForQuery.
+    async fn drive(
+        &mut self,
+        machine: &mut FanOutRead,
+        conns: &mut [Checkout],
+        cancel: &mut Option<JoinHandle<()>>,
+    ) -> Result<(), Stop> {
+        let mut start = 0;
+        let mut readable = vec![false; conns.len()];
+        let signal = self.login.cancel_signal.clone();
+        let mut cancels_seen = signal.count();
+        loop {
+            // Registered before the count is read: a CancelRequest in between is not missed.
+            let cancelled = signal.notified();
+            tokio::pin!(cancelled);
+            cancelled.as_mut().enable();
+            if signal.count() != cancels_seen {
+                cancels_seen = signal.count();
+                let step = machine.on_cancel_requested();
+                react(step, 0, machine, conns, cancel);
+            }
+            for i in 0..conns.len() {
+                while machine.wants(i) && (machine.discarding() || self.cout.len() < BUF_CAP) {
+                    let step = match conns[i].buffered_frame() {
+                        Ok(Some(f)) => machine.on_message(i, f, &mut self.cout),
+                        Ok(None) => break,
+                        Err(_) => machine.on_lost(i, &mut self.cout),
+                    };
+                    react(step, i, machine, conns, cancel);
+                }
+            }
+            if machine.is_done() {
+                return Ok(());
+            }
+            if self.try_flush().is_err() {
+                return Err(Stop::ClientGone);
+            }
+            let room = machine.discarding() || self.cout.len() < BUF_CAP;
+            for (i, r) in readable.iter_mut().enumerate() {
+                *r = room && machine.wants(i) && !conns[i].has_buffered_frame();
+            }
+            let any = readable.iter().any(|r| *r);
+            tokio::select! {
+                r = self.crd.read_buf(&mut self.cin), if self.cin.len() < BUF_CAP => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        return Err(Stop::ClientGone);
+                    }
+                }
+                r = tokio::io::AsyncWriteExt::write(&mut self.cwr, &self.cout), if !self.cout.is_empty() => match r {
+                    Ok(n) => bytes::Buf::advance(&mut self.cout, n),
+                    Err(_) => return Err(Stop::ClientGone),
+                },
+                (i, r) = read_any(conns, &readable, start), if any => {
+                    start = i + 1;
+                    if !matches!(r, Ok(n) if n > 0) {
+                        conns[i].broken = true;
+                        let step = machine.on_lost(i, &mut self.cout);
+                        react(step, i, machine, conns, cancel);
+                    }
+                }
+                () = &mut cancelled => {}
+                else => return Err(Stop::Stalled),
+            }
+        }
+    }
+}
+
+/// Carries out `step`, taken after a message of shard `i`.
+fn react(
+    step: Step,
+    i: usize,
+    machine: &FanOutRead,
+    conns: &mut [Checkout],
+    cancel: &mut Option<JoinHandle<()>>,
+) {
+    match step {
+        Step::Continue => return,
+        Step::Broken => conns[i].broken = true,
+        Step::CancelOthers => {}
+    }
+    if cancel.is_some() {
+        return;
+    }
+    let targets: Vec<_> = conns
+        .iter()
+        .zip(machine.shard_ends())
+        .filter(|(_, end)| !matches!(end, ShardEnd::Ready(_)))
+        .map(|(c, _)| c.cancel_target())
+        .collect();
+    if !targets.is_empty() {
+        *cancel = Some(tokio::spawn(async move { cancel_all(&targets).await }));
+    }
+}
