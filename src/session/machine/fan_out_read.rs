@@ -16,6 +16,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::framing::{Extended, Framing};
 use crate::fanout::{MergeError, Merger, RowDescription};
 use crate::protocol::{sqlstate, Frame, PgError, TxStatus};
 use crate::sql::analyze::fanout::PlanSpec;
@@ -67,6 +68,9 @@ pub struct FanOutRead {
     /// Bytes of rows given to a merge that keeps them (see [`Merger::accumulates`]).
     held: usize,
     cap: usize,
+    /// For the extended protocol: the merge's output, framed for the client from here.
+    framing: Option<Box<Framing>>,
+    merged: BytesMut,
 }
 
 /// The error of a merge holding more than `cap` bytes.
@@ -88,7 +92,23 @@ impl FanOutRead {
             error: None,
             held: 0,
             cap,
+            framing: None,
+            merged: BytesMut::new(),
         }
+    }
+
+    /// The same for a client that asked through the extended protocol: the shards were asked
+    /// `Parse, Describe (statement), Bind (text results), Execute, Sync`, and the client gets
+    /// its own batch's answer (see [`Extended`]).
+    pub fn extended(mut self, ext: Extended) -> FanOutRead {
+        self.framing = Some(Box::new(Framing::new(ext)));
+        self
+    }
+
+    /// Whether the client was told its Parse and Bind completed (a named statement it
+    /// prepared now exists).
+    pub fn parse_answered(&self) -> bool {
+        self.framing.as_ref().is_some_and(|f| f.started())
     }
 
     /// Whether the driver should read more from shard `i` (ignoring the client's output,
@@ -148,6 +168,15 @@ impl FanOutRead {
             // changed any).
             b'S' | b'A' => Step::Continue,
             b'T' | b'D' | b'C' => self.merge_message(i, frame.bytes, out),
+            // Answers to the extended protocol's Parse, Bind and Describe.
+            b'1' | b'2' if self.framing.is_some() => Step::Continue,
+            b't' => match &mut self.framing {
+                Some(f) => {
+                    f.param_desc(frame.bytes);
+                    Step::Continue
+                }
+                None => self.lose(i, "an unexpected message", out),
+            },
             _ => self.lose(i, "an unexpected message", out),
         }
     }
@@ -239,11 +268,21 @@ impl FanOutRead {
         } else {
             0
         };
-        let r = m.push(i, msg).and_then(|()| m.drain(out));
+        let target = match self.framing {
+            Some(_) => &mut self.merged,
+            None => &mut *out,
+        };
+        let r = m.push(i, msg).and_then(|()| m.drain(target));
         if let Err(e) = r {
             return self.merge_error(&e);
         }
-        if m.accumulates() {
+        let accumulates = m.accumulates();
+        if let Some(f) = &mut self.framing {
+            if let Err(e) = f.relay(&mut self.merged, out) {
+                return self.fail(encoded(&e));
+            }
+        }
+        if accumulates {
             self.held = self.held.saturating_add(row_bytes);
             if self.held > self.cap {
                 return self.fail(encoded(&too_large(self.cap)));

@@ -2,6 +2,8 @@
 //! of the client and of the servers and says what to send where; the I/O drivers in
 //! `query_loop` execute that. Unit-tested without Postgres.
 //!
-//! - [`fan_out_read`]: a read statement streamed from several shards through the merge.
+//! - [`fan_out_read`]: a read statement streamed from several shards through the merge;
+//!   [`framing`] frames its answer for the extended protocol.
 
 pub mod fan_out_read;
+pub mod framing;

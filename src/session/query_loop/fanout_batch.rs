@@ -7,18 +7,19 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 
-use super::fanout::Work;
+use super::routing::Want;
 use super::{End, Loop};
-use crate::fanout::binary::text_to_binary;
-use crate::fanout::wire::{encode_data_row, parse_data_row, RowDescription};
+use crate::fanout::oid;
 use crate::protocol::{
-    self, bind_names, empty_message, param_oids, parse_body, query_text, split_frame, sqlstate,
-    Frame, PgError,
+    self, bind_names, param_oids, parse_body, query_text, split_frame, sqlstate, Frame, PgError,
 };
+use crate::session::machine::fan_out_read::FanOutRead;
+use crate::session::machine::framing::{Extended, Framing};
 use crate::shard::route::Params;
-use crate::sql::analyze::fanout::fan_out_query_with;
+use crate::sql::analyze::fanout::{fan_out_query_with, FanOutQuery};
 use crate::sql::analyze::shard::Command;
 use crate::sql::analyze::split_insert_params;
+use crate::sql::hints::RouteFacts;
 
 /// The one statement of a batch.
 struct Batch {
@@ -98,50 +99,6 @@ fn param_count(params: &Params<'_>, n: usize) -> Option<u64> {
         _ => return None,
     };
     u64::try_from(signed).ok()
-}
-
-/// Rows in the formats of `desc` (which carries the client's result formats); the values
-/// arrive in text.
-fn rows_in_formats(
-    rows: &[Bytes],
-    desc: &RowDescription,
-    out: &mut BytesMut,
-) -> Result<(), PgError> {
-    if desc.fields.iter().all(|f| f.format == 0) {
-        for r in rows {
-            out.extend_from_slice(r);
-        }
-        return Ok(());
-    }
-    let n = desc.fields.len();
-    for r in rows {
-        let values = parse_data_row(r, n).map_err(|e| {
-            PgError::error(
-                sqlstate::INTERNAL_ERROR,
-                format!("bad DataRow from a shard: {e}"),
-            )
-        })?;
-        let mut converted: Vec<Option<Vec<u8>>> = Vec::with_capacity(n);
-        for (v, f) in values.iter().zip(&desc.fields) {
-            converted.push(match v {
-                None => None,
-                Some(v) if f.format == 0 => Some(v.to_vec()),
-                Some(v) => Some(text_to_binary(f.type_oid, v).ok_or_else(|| {
-                    PgError::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!(
-                            "binary format for column \"{}\" (type oid {}) is not supported \
-                             for a statement on several shards",
-                            f.name, f.type_oid
-                        ),
-                    )
-                    .with_hint("ask for this column in text format")
-                })?),
-            });
-        }
-        encode_data_row(out, converted.iter().map(|v| v.as_deref()));
-    }
-    Ok(())
 }
 
 impl Loop<'_> {
@@ -253,186 +210,211 @@ impl Loop<'_> {
     ) -> Result<BytesMut, PgError> {
         let batch = self.batch_shape(frames)?;
         let sql = query_text(&batch.rest).to_string();
-        let mut types = param_oids(&batch.rest);
         let params = Params::from_bind(&batch.bind).ok_or_else(|| malformed("Bind"))?;
         let (bind_params, result_formats) =
             bind_tail(&batch.bind).ok_or_else(|| malformed("Bind"))?;
         let mut facts = self.facts_of(&sql);
-        facts.param_types = types.clone();
+        facts.param_types = param_oids(&batch.rest);
+        let ext = Extended {
+            parse_complete: batch.parse.is_some(),
+            describe: batch.describe,
+            result_formats,
+            param_types: facts.param_types.clone(),
+        };
         let command = facts.shard_command();
-        // For a split INSERT: the original parameter numbers each part's parameters take.
-        let mut orders: Vec<Vec<usize>> = Vec::new();
-        let (per_shard, plan): Work = match command {
+        let (parsed, out) = match command {
             Command::Select => {
                 let value = |n: usize| param_count(&params, n);
                 let q = fan_out_query_with(&sql, &value).map_err(|e| e.to_pg_error())?;
-                // A LIMIT/OFFSET parameter may be gone from the shards' SQL: declare its type.
-                for n in &q.limit_params {
-                    if types.len() < *n {
-                        types.resize(*n, 0);
-                    }
-                    if types[n - 1] == 0 {
-                        types[n - 1] = 20;
-                    }
-                }
-                let per_shard = shards.iter().map(|s| (*s, q.shard_sql.clone())).collect();
-                (per_shard, Some(q.spec))
+                let parsed = self
+                    .batch_select(q, ext, bind_params, &facts, shards)
+                    .await?;
+                (parsed, BytesMut::new())
             }
             Command::Copy => return Err(unsupported("COPY")),
-            Command::Insert
-                if shards.len() < self.login.shards.len() || self.is_split_insert(&facts) =>
-            {
-                let (Some(map), Some(sf)) = (&self.login.shard_map, &facts.analysis.shard) else {
-                    return Err(unsupported("this INSERT"));
-                };
-                let mut typed = params.clone();
-                typed.types = types.clone();
-                let rows = map.insert_row_shards(sf, &facts.literals, Some(&typed))?;
-                let parts = split_insert_params(&sql, &rows).map_err(|e| {
-                    PgError::error(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        format!("cannot split this INSERT by shard: {e}"),
-                    )
-                })?;
-                let mut per_shard = Vec::with_capacity(parts.len());
-                for (shard, text, order) in parts {
-                    per_shard.push((shard, text));
-                    orders.push(order);
-                }
-                (per_shard, None)
+            _ => {
+                let mut out = BytesMut::new();
+                let parsed = self
+                    .batch_write(&sql, ext, &params, bind_params, &facts, shards, &mut out)
+                    .await?;
+                (parsed, out)
             }
-            _ => (shards.iter().map(|s| (*s, sql.clone())).collect(), None),
         };
+        if parsed {
+            if let Some((name, rest)) = &batch.parse {
+                if !name.is_empty() {
+                    let stmt = self.state.statements.get_or_insert(rest);
+                    self.client.named.insert(name.clone(), stmt);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A read: streamed from the shards through the merge into the client's output. Returns
+    /// whether the client was told its Parse completed.
+    async fn batch_select(
+        &mut self,
+        q: FanOutQuery,
+        mut ext: Extended,
+        bind_params: &[u8],
+        facts: &RouteFacts,
+        shards: &[usize],
+    ) -> Result<bool, PgError> {
+        // A LIMIT/OFFSET parameter may be gone from the shards' SQL: declare its type.
+        let types = &mut ext.param_types;
+        for n in &q.limit_params {
+            if types.len() < *n {
+                types.resize(*n, 0);
+            }
+            if types[n - 1] == 0 {
+                types[n - 1] = oid::INT8;
+            }
+        }
+        let mut request = BytesMut::new();
+        shard_request(&q.shard_sql, types, &bind_of(bind_params), &mut request);
+        let want = if facts.reads() {
+            Want::Read
+        } else {
+            Want::Primary
+        };
+        let cap = self.state.config.proxy.max_fanout_bytes;
+        let machine = FanOutRead::new(q.spec, shards.len(), cap).extended(ext);
+        let machine = self
+            .stream_fan_out(shards, want, &request, machine, &q.shard_sql)
+            .await?;
+        Ok(machine.parse_answered())
+    }
+
+    /// A write (split by key, or the same on every shard): run on every shard at once, the
+    /// counts summed, the answer framed for the client into `out`. Returns whether the client
+    /// was told its Parse completed.
+    #[allow(clippy::too_many_arguments)]
+    async fn batch_write(
+        &mut self,
+        sql: &str,
+        ext: Extended,
+        params: &Params<'_>,
+        bind_params: &[u8],
+        facts: &RouteFacts,
+        shards: &[usize],
+        out: &mut BytesMut,
+    ) -> Result<bool, PgError> {
+        let command = facts.shard_command();
+        let types = &ext.param_types;
         // Each request's parameter types and Bind (unnamed portal and statement, the
         // client's parameters, every result column in text).
         let mut requests: Vec<(Vec<u32>, BytesMut)> = Vec::new();
-        let bind_of = |params: &[u8]| {
-            let mut bind = BytesMut::with_capacity(params.len() + 4);
-            bind.put_slice(&[0, 0]);
-            bind.put_slice(params);
-            bind.put_i16(0);
-            bind
-        };
-        if orders.is_empty() {
+        let split = command == Command::Insert
+            && (shards.len() < self.login.shards.len() || self.is_split_insert(facts));
+        let per_shard: Vec<(usize, String)> = if split {
+            let mut per_shard = Vec::new();
+            for (shard, text, order) in self.split_insert_batch(sql, params, types, facts)? {
+                per_shard.push((shard, text));
+                requests.push(part_request(&order, params, types));
+            }
+            per_shard
+        } else {
             requests.push((types.clone(), bind_of(bind_params)));
-        }
-        for order in &orders {
-            let format = |n: usize| match params.formats.as_slice() {
-                [] => 0,
-                [one] => *one,
-                many => many.get(n - 1).copied().unwrap_or(0),
-            };
-            let mut b = BytesMut::new();
-            b.put_i16(order.len() as i16);
-            for n in order {
-                b.put_i16(format(*n));
-            }
-            b.put_i16(order.len() as i16);
-            for n in order {
-                match params.values.get(n - 1).copied().flatten() {
-                    Some(v) => {
-                        b.put_i32(v.len() as i32);
-                        b.put_slice(v);
-                    }
-                    None => b.put_i32(-1),
-                }
-            }
-            let part_types = order
-                .iter()
-                .map(|n| types.get(n - 1).copied().unwrap_or(0))
-                .collect();
-            requests.push((part_types, bind_of(&b)));
-        }
+            shards.iter().map(|s| (*s, sql.to_string())).collect()
+        };
         let encode = |i: usize, sql: &str, b: &mut BytesMut| {
             let (types, bind) = &requests[i.min(requests.len() - 1)];
-            let _ = frontend::parse("", sql, types.iter().copied(), b);
-            let _ = frontend::describe(b'S', "", b);
-            b.put_u8(b'B');
-            b.put_i32(bind.len() as i32 + 4);
-            b.put_slice(bind);
-            let _ = frontend::execute("", 0, b);
-            frontend::sync(b);
+            shard_request(sql, types, bind, b);
         };
-        let split = !orders.is_empty();
         let answer = self
             .run_on_shards(
                 per_shard,
-                plan,
+                None,
                 facts.reads(),
-                self.one_copy(&facts),
+                self.one_copy(facts),
                 super::fanout::is_write(command),
                 &encode,
             )
             .await?;
-        let mut out = BytesMut::new();
-        let mut desc = None;
-        let mut rows = Vec::new();
-        let mut complete = Bytes::new();
-        let mut msgs = answer.out.freeze();
-        while msgs.len() >= 5 {
-            let len = i32::from_be_bytes([msgs[1], msgs[2], msgs[3], msgs[4]]).max(4) as usize;
-            let msg = msgs.split_to((len + 1).min(msgs.len()));
-            match msg[0] {
-                b'E' => {
-                    out.extend_from_slice(&msg);
-                    return Ok(out);
-                }
-                b'T' => {
-                    desc = Some(RowDescription::parse(&msg).map_err(|e| {
-                        PgError::error(sqlstate::INTERNAL_ERROR, format!("bad RowDescription: {e}"))
-                    })?)
-                }
-                b'D' => rows.push(msg),
-                b'C' => complete = msg,
-                _ => out.extend_from_slice(&msg),
-            }
+        let mut framing = Framing::new(ext);
+        if let Some(t) = answer.param_desc.filter(|_| !split) {
+            framing.param_desc(t);
         }
-        if let Some((name, rest)) = &batch.parse {
-            out.extend_from_slice(&empty_message(b'1'));
-            if !name.is_empty() {
-                let stmt = self.state.statements.get_or_insert(rest);
-                self.client.named.insert(name.clone(), stmt);
-            }
-        }
-        out.extend_from_slice(&empty_message(b'2'));
-        let client_desc = match &desc {
-            Some(d) => Some(
-                d.clone()
-                    .with_result_formats(&result_formats)
-                    .map_err(|e| {
-                        PgError::error(sqlstate::PROTOCOL_VIOLATION, format!("invalid Bind: {e}"))
-                    })?,
-            ),
-            None => None,
-        };
-        match (batch.describe, &desc, &client_desc) {
-            (None, ..) => {}
-            (Some(b'S'), d, _) => {
-                match answer.param_desc.filter(|_| !split) {
-                    Some(t) => out.extend_from_slice(&t),
-                    None => {
-                        out.put_u8(b't');
-                        out.put_i32(6 + 4 * types.len() as i32);
-                        out.put_i16(types.len() as i16);
-                        for t in &types {
-                            out.put_u32(*t);
-                        }
-                    }
-                }
-                match d {
-                    Some(d) => d.encode(&mut out),
-                    None => out.extend_from_slice(&empty_message(b'n')),
-                }
-            }
-            (Some(_), _, Some(d)) => d.encode(&mut out),
-            (Some(_), _, None) => out.extend_from_slice(&empty_message(b'n')),
-        }
-        if let Some(d) = &client_desc {
-            rows_in_formats(&rows, d, &mut out)?;
-        }
-        out.extend_from_slice(&complete);
-        Ok(out)
+        let mut merged = answer.out;
+        framing.relay(&mut merged, out)?;
+        Ok(framing.started())
     }
+
+    /// The parts of a multi-row INSERT with bound parameters: (shard, SQL, the original
+    /// parameter numbers the part's parameters take).
+    fn split_insert_batch(
+        &self,
+        sql: &str,
+        params: &Params<'_>,
+        types: &[u32],
+        facts: &RouteFacts,
+    ) -> Result<Vec<(usize, String, Vec<usize>)>, PgError> {
+        let (Some(map), Some(sf)) = (&self.login.shard_map, &facts.analysis.shard) else {
+            return Err(unsupported("this INSERT"));
+        };
+        let mut typed = params.clone();
+        typed.types = types.to_vec();
+        let rows = map.insert_row_shards(sf, &facts.literals, Some(&typed))?;
+        split_insert_params(sql, &rows).map_err(|e| {
+            PgError::error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("cannot split this INSERT by shard: {e}"),
+            )
+        })
+    }
+}
+
+/// A Bind body for the unnamed portal and statement with `params` (formats and values) and
+/// every result column in text.
+fn bind_of(params: &[u8]) -> BytesMut {
+    let mut bind = BytesMut::with_capacity(params.len() + 4);
+    bind.put_slice(&[0, 0]);
+    bind.put_slice(params);
+    bind.put_i16(0);
+    bind
+}
+
+/// The parameter types and Bind of one part of a split INSERT: the client's parameters
+/// numbered `order`.
+fn part_request(order: &[usize], params: &Params<'_>, types: &[u32]) -> (Vec<u32>, BytesMut) {
+    let format = |n: usize| match params.formats.as_slice() {
+        [] => 0,
+        [one] => *one,
+        many => many.get(n - 1).copied().unwrap_or(0),
+    };
+    let mut b = BytesMut::new();
+    b.put_i16(order.len() as i16);
+    for n in order {
+        b.put_i16(format(*n));
+    }
+    b.put_i16(order.len() as i16);
+    for n in order {
+        match params.values.get(n - 1).copied().flatten() {
+            Some(v) => {
+                b.put_i32(v.len() as i32);
+                b.put_slice(v);
+            }
+            None => b.put_i32(-1),
+        }
+    }
+    let part_types = order
+        .iter()
+        .map(|n| types.get(n - 1).copied().unwrap_or(0))
+        .collect();
+    (part_types, bind_of(&b))
+}
+
+/// What a shard is asked: Parse of `sql` with `types`, Describe of the statement, `bind`,
+/// Execute, Sync.
+fn shard_request(sql: &str, types: &[u32], bind: &[u8], b: &mut BytesMut) {
+    let _ = frontend::parse("", sql, types.iter().copied(), b);
+    let _ = frontend::describe(b'S', "", b);
+    b.put_u8(b'B');
+    b.put_i32(bind.len() as i32 + 4);
+    b.put_slice(bind);
+    let _ = frontend::execute("", 0, b);
+    frontend::sync(b);
 }
 
 #[cfg(test)]

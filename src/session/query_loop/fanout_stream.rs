@@ -53,18 +53,36 @@ async fn read_any(
 }
 
 impl Loop<'_> {
-    /// Runs read `q` on `shards` and streams the merged answer into the client's output
-    /// (without the ReadyForQuery, which is the caller's).
+    /// Runs read `q` (a simple Query) on `shards` and streams the merged answer into the
+    /// client's output (without the ReadyForQuery, which is the caller's).
     pub(super) async fn stream_read(
         &mut self,
         q: FanOutQuery,
         shards: &[usize],
         want: Want,
     ) -> Result<(), PgError> {
-        let (mut conns, in_txn) = self.shard_conns(shards, want).await?;
         let mut request = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(&q.shard_sql, &mut request);
-        let sent = futures_util::future::join_all(conns.iter_mut().map(|c| c.send(&request))).await;
+        let cap = self.state.config.proxy.max_fanout_bytes;
+        let machine = FanOutRead::new(q.spec, shards.len(), cap);
+        self.stream_fan_out(shards, want, &request, machine, &q.shard_sql)
+            .await
+            .map(|_| ())
+    }
+
+    /// Sends `request` (the statement `sql`) to every one of `shards` and runs `machine` over
+    /// their answers, streaming the client's messages into its output. Returns the machine at
+    /// its end (the caller reads how it went).
+    pub(super) async fn stream_fan_out(
+        &mut self,
+        shards: &[usize],
+        want: Want,
+        request: &[u8],
+        mut machine: FanOutRead,
+        sql: &str,
+    ) -> Result<FanOutRead, PgError> {
+        let (mut conns, in_txn) = self.shard_conns(shards, want).await?;
+        let sent = futures_util::future::join_all(conns.iter_mut().map(|c| c.send(request))).await;
         if sent.iter().any(Result::is_err) {
             conns.iter_mut().for_each(|c| c.broken = true);
             self.end_shard_statement(shards, conns, in_txn, true);
@@ -74,8 +92,6 @@ impl Loop<'_> {
             ));
         }
         self.cancel_to(&conns);
-        let cap = self.state.config.proxy.max_fanout_bytes;
-        let mut machine = FanOutRead::new(q.spec, conns.len(), cap);
         let mut cancel = None;
         let driven = self.drive(&mut machine, &mut conns, &mut cancel).await;
         super::lock(&self.login.cancel_slot).clear();
@@ -104,9 +120,9 @@ impl Loop<'_> {
                 _ => c.broken = true,
             }
         }
-        self.note_effects(&mut conns, std::iter::once(q.shard_sql.as_str()));
+        self.note_effects(&mut conns, std::iter::once(sql));
         self.end_shard_statement(shards, conns, in_txn, machine.failed());
-        Ok(())
+        Ok(machine)
     }
 
     /// Inside a transaction the connections stay with it (failed if `failed`); outside, they
