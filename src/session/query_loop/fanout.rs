@@ -17,21 +17,31 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use super::{End, Loop, BUF_CAP, CLEANUP_TIMEOUT};
 use crate::backend::{BackendError, Exchanged};
-use crate::fanout::{self, CommandTag, MergeError, RowDescription, ShardResult};
+use crate::fanout::{CommandTag, MergeError, ShardResult};
 use crate::pool::Checkout;
 use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
 use crate::session::client_state::{settings_effect, setup_sql};
 use crate::session::handshake::cancel_all;
 use crate::session::machine::fan_out_read::too_large;
-use crate::sql::analyze::fanout::{fan_out_query, PlanSpec};
+use crate::sql::analyze::fanout::fan_out_query;
 use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
 
-/// What each shard runs, and the merge of a read (None: sum the counts).
-pub(super) type Work = (Vec<(usize, String)>, Option<PlanSpec>);
+/// What each shard runs.
+pub(super) type Work = Vec<(usize, String)>;
 
 /// Puts the SQL text of the `i`th shard's work into a request.
 pub(super) type Encode<'a> = &'a (dyn Fn(usize, &str, &mut BytesMut) + Sync);
+
+/// The shards' answers to a statement, sorted (see `Loop::collect_answers`).
+struct Collected {
+    results: Vec<ShardResult>,
+    /// Notices, for the client.
+    out: BytesMut,
+    /// The first ErrorResponse.
+    error: Option<Bytes>,
+    param_desc: Option<Bytes>,
+}
 
 /// The merged answer of several shards: notices, then an ErrorResponse or the rows and
 /// CommandComplete; and a ParameterDescription if the shards were asked for one.
@@ -139,7 +149,7 @@ impl Loop<'_> {
     ) -> Result<BytesMut, PgError> {
         let command = facts.shard_command();
         // What each shard runs, and how the answers combine.
-        let (per_shard, plan): Work = match command {
+        let per_shard: Work = match command {
             Command::Select => {
                 let q = fan_out_query(sql).map_err(merge_error)?;
                 let want = if facts.reads() {
@@ -171,14 +181,13 @@ impl Loop<'_> {
             {
                 self.split_insert(sql, facts)?
             }
-            _ => (shards.iter().map(|s| (*s, sql.to_string())).collect(), None),
+            _ => shards.iter().map(|s| (*s, sql.to_string())).collect(),
         };
         let one_copy = self.one_copy(facts);
         let atomic = is_write(command);
         let answer = self
             .run_on_shards(
                 per_shard,
-                plan,
                 facts.reads(),
                 one_copy,
                 atomic,
@@ -200,13 +209,12 @@ impl Loop<'_> {
     }
 
     /// Runs each shard's SQL (asked as `encode` puts it) on one connection per shard, all at
-    /// once, reads every answer to its ReadyForQuery and merges them by `plan` (None: sums
-    /// the counts, or with `one_copy` answers as the first shard did). Any shard's error is
-    /// the answer.
+    /// once, reads every answer to its ReadyForQuery and sums the counts (with `one_copy`,
+    /// answers as the first shard did): writes, schema changes and maintenance. Any shard's
+    /// error is the answer. (Reads stream instead: see `fanout_stream.rs`.)
     pub(super) async fn run_on_shards(
         &mut self,
-        per_shard: Vec<(usize, String)>,
-        plan: Option<PlanSpec>,
+        per_shard: Work,
         reads: bool,
         one_copy: bool,
         atomic: bool,
@@ -232,22 +240,69 @@ impl Loop<'_> {
                 ));
             }
         }
-        let mut requests = Vec::with_capacity(per_shard.len());
-        for (i, (_, text)) in per_shard.iter().enumerate() {
-            let mut b = BytesMut::new();
-            encode(i, text, &mut b);
-            requests.push(b);
-        }
-        let mut param_desc = None;
+        let requests: Vec<BytesMut> = per_shard
+            .iter()
+            .enumerate()
+            .map(|(i, (_, text))| {
+                let mut b = BytesMut::new();
+                encode(i, text, &mut b);
+                b
+            })
+            .collect();
         let requests: Vec<&[u8]> = requests.iter().map(|r| &r[..]).collect();
         let answers = self.exchange_all(&mut conns, &requests).await?;
-        let mut results = Vec::with_capacity(answers.len());
-        let mut notices = BytesMut::new();
-        let mut first_error: Option<Bytes> = None;
+        let collected = self.collect_answers(&mut conns, answers, in_txn || implicit)?;
+        self.note_effects(&mut conns, per_shard.iter().map(|(_, t)| t.as_str()));
+        if in_txn {
+            self.status = if collected.error.is_some() { b'E' } else { b'T' };
+            self.park_all(&targets, conns);
+        } else if implicit {
+            let commit = collected.error.is_none() && !conns.iter().any(|c| c.broken);
+            let commit_error = finish_implicit(&mut conns, commit).await;
+            drop(conns);
+            if let Some(e) = commit_error {
+                return Err(e);
+            }
+        } else {
+            drop(conns);
+        }
+        let Collected {
+            results,
+            mut out,
+            error,
+            param_desc,
+        } = collected;
+        if let Some(e) = error {
+            out.extend_from_slice(&e);
+            return Ok(FanOutAnswer { out, param_desc });
+        }
+        let merged = match one_copy {
+            true => sum_results(&results[..results.len().min(1)])?,
+            false => sum_results(&results)?,
+        };
+        out.extend_from_slice(&merged);
+        Ok(FanOutAnswer { out, param_desc })
+    }
+
+    /// Sorts the shards' answers into results, notices, the first error and a
+    /// ParameterDescription; a connection whose status is not what `in_txn` expects, or
+    /// that sent something a fan-out cannot relay, is marked broken.
+    fn collect_answers(
+        &self,
+        conns: &mut [Checkout],
+        answers: Vec<Result<Exchanged, BackendError>>,
+        in_txn: bool,
+    ) -> Result<Collected, PgError> {
+        let mut c = Collected {
+            results: Vec::with_capacity(answers.len()),
+            out: BytesMut::new(),
+            error: None,
+            param_desc: None,
+        };
         for (conn, answer) in conns.iter_mut().zip(answers) {
             let (frames, status) = match answer {
                 Ok(a) if a.overflow => {
-                    first_error.get_or_insert_with(|| self.too_large().freeze());
+                    c.error.get_or_insert_with(|| self.too_large().freeze());
                     (Vec::new(), a.status)
                 }
                 Ok(a) => (a.frames, a.status),
@@ -259,7 +314,7 @@ impl Loop<'_> {
                     ));
                 }
             };
-            if (status != b'I') != (in_txn || implicit) {
+            if (status != b'I') != in_txn {
                 conn.broken = true;
             }
             let mut r = ShardResult::default();
@@ -269,10 +324,10 @@ impl Loop<'_> {
                     b'D' => r.data_rows.push(f.bytes),
                     b'C' => r.command_complete = f.bytes,
                     b'E' => {
-                        first_error.get_or_insert(f.bytes);
+                        c.error.get_or_insert(f.bytes);
                     }
-                    b'N' => notices.extend_from_slice(&f.bytes),
-                    b't' => param_desc = Some(f.bytes),
+                    b'N' => c.out.extend_from_slice(&f.bytes),
+                    b't' => c.param_desc = Some(f.bytes),
                     // Parse, Bind, NoData of an extended-protocol request.
                     b'1' | b'2' | b'n' => {}
                     // CopyOut/CopyIn or anything else a fan-out cannot relay.
@@ -280,43 +335,9 @@ impl Loop<'_> {
                     _ => conn.broken = true,
                 }
             }
-            results.push(r);
+            c.results.push(r);
         }
-        self.note_effects(&mut conns, per_shard.iter().map(|(_, t)| t.as_str()));
-        if in_txn {
-            self.status = if first_error.is_some() { b'E' } else { b'T' };
-            self.park_all(&targets, conns);
-        } else if implicit {
-            let commit = first_error.is_none() && !conns.iter().any(|c| c.broken);
-            let commit_error = finish_implicit(&mut conns, commit).await;
-            drop(conns);
-            if let Some(e) = commit_error {
-                return Err(e);
-            }
-        } else {
-            drop(conns);
-        }
-        let mut out = notices;
-        if let Some(e) = first_error {
-            out.extend_from_slice(&e);
-            return Ok(FanOutAnswer { out, param_desc });
-        }
-        let merged = match plan {
-            Some(spec) => {
-                let names: Vec<String> = results
-                    .iter()
-                    .find_map(|r| r.row_description.as_ref())
-                    .and_then(|t| RowDescription::parse(t).ok())
-                    .map(|d| d.fields.iter().map(|f| f.name.clone()).collect())
-                    .unwrap_or_default();
-                let plan = spec.resolve(&names).map_err(merge_error)?;
-                fanout::merge(&plan, &results).map_err(merge_error)?
-            }
-            None if one_copy => sum_results(&results[..results.len().min(1)])?,
-            None => sum_results(&results)?,
-        };
-        out.extend_from_slice(&merged);
-        Ok(FanOutAnswer { out, param_desc })
+        Ok(c)
     }
 
     /// What statements `texts` that ran on `conns` may have done that the proxy did not see:
@@ -497,7 +518,7 @@ impl Loop<'_> {
                 format!("cannot split this INSERT by shard: {e}"),
             )
         })?;
-        Ok((parts, None))
+        Ok(parts)
     }
 }
 

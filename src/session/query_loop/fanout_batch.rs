@@ -325,7 +325,6 @@ impl Loop<'_> {
         let answer = self
             .run_on_shards(
                 per_shard,
-                None,
                 facts.reads(),
                 self.one_copy(facts),
                 super::fanout::is_write(command),
