@@ -186,15 +186,9 @@ impl Loop<'_> {
         let one_copy = self.one_copy(facts);
         let atomic = is_write(command);
         let answer = self
-            .run_on_shards(
-                per_shard,
-                facts.reads(),
-                one_copy,
-                atomic,
-                &|_, sql, b| {
-                    let _ = postgres_protocol::message::frontend::query(sql, b);
-                },
-            )
+            .run_on_shards(per_shard, facts.reads(), one_copy, atomic, &|_, sql, b| {
+                let _ = postgres_protocol::message::frontend::query(sql, b);
+            })
             .await?;
         Ok(answer.out)
     }
@@ -254,7 +248,11 @@ impl Loop<'_> {
         let collected = self.collect_answers(&mut conns, answers, in_txn || implicit)?;
         self.note_effects(&mut conns, per_shard.iter().map(|(_, t)| t.as_str()));
         if in_txn {
-            self.status = if collected.error.is_some() { b'E' } else { b'T' };
+            self.status = if collected.error.is_some() {
+                b'E'
+            } else {
+                b'T'
+            };
             self.park_all(&targets, conns);
         } else if implicit {
             let commit = collected.error.is_none() && !conns.iter().any(|c| c.broken);
