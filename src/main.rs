@@ -1,4 +1,5 @@
 //! The `shardgate` binary: parses flags, sets up tracing, loads the config and calls the library.
+#![warn(clippy::too_many_lines)]
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -19,28 +19,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-use super::client_state::{
-    read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows, setup_sql,
-    ClientState,
-};
+use super::client_state::{setup_sql, ClientState};
 use super::relay::{Event, Expect, Relay};
 use super::Login;
 use crate::backend::ServerConn;
 use crate::config::PoolMode;
 use crate::pool::Checkout;
-use crate::protocol::{self, query_text, split_frame, sqlstate, FrameError, PgError};
+use crate::protocol::{sqlstate, PgError};
 use crate::state::{CancelTarget, ProxyState};
-use std::sync::Arc;
 
+mod client_frames;
 mod copy;
 mod fanout;
 mod fanout_batch;
 mod fanout_stream;
 mod routing;
+mod server_input;
+mod shard_conns;
 mod statements;
 mod twophase;
 
-use routing::{ReadHold, Routing, Step};
+use routing::Routing;
 
 /// Above this many buffered bytes in one direction, stop reading from the sender.
 const BUF_CAP: usize = 256 * 1024;
@@ -205,24 +204,6 @@ fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// True if a Query body's SQL text (up to its NUL) is valid UTF-8.
-fn query_is_utf8(body: &[u8]) -> bool {
-    let end = memchr::memchr(0, body).unwrap_or(body.len());
-    std::str::from_utf8(&body[..end]).is_ok()
-}
-
-/// True if a simple-protocol query opens a transaction block (statement mode refuses those).
-fn starts_transaction(sql: &str) -> bool {
-    let s = sql.trim_start().as_bytes();
-    let word = |w: &str| {
-        s.len() >= w.len()
-            && s[..w.len()].eq_ignore_ascii_case(w.as_bytes())
-            && s.get(w.len())
-                .is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_')
-    };
-    word("begin") || word("start")
-}
-
 impl Loop<'_> {
     async fn main(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
         loop {
@@ -330,40 +311,6 @@ impl Loop<'_> {
         End::Fatal
     }
 
-    /// SQL text that is not UTF-8 (a client_encoding other than UTF8) cannot be read by the
-    /// proxy's scanners: routing it would be a guess, so a database that routes refuses it; on
-    /// a plain pooled database it runs, but the client keeps its server connection (whatever
-    /// the text did to the session stays with it) as with other untracked session state.
-    fn non_utf8_query(&mut self) -> Option<PgError> {
-        let routes = self.login.split || self.login.shard_map.is_some();
-        if routes {
-            return Some(
-                PgError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "SQL text that is not valid UTF-8 cannot be routed",
-                )
-                .with_hint("connect with client_encoding UTF8"),
-            );
-        }
-        if self.managed {
-            return self.pin("SQL text that is not UTF-8").err();
-        }
-        None
-    }
-
-    /// Per-client bounds on what the proxy keeps for a client: answers owed by the server
-    /// (a pipeline that never reads), and named prepared statements.
-    fn over_limits(&self) -> Option<PgError> {
-        let what = if self.relay.len() > MAX_OWED {
-            format!("more than {MAX_OWED} messages await an answer; read the answers (or Sync) before sending more")
-        } else if self.client.named.len() > MAX_NAMED_STATEMENTS {
-            format!("more than {MAX_NAMED_STATEMENTS} prepared statements on one connection; close some")
-        } else {
-            return None;
-        };
-        Some(PgError::fatal(sqlstate::PROGRAM_LIMIT_EXCEEDED, what))
-    }
-
     /// Output towards the server or the client is at its cap: reading more from the client
     /// waits until it moves.
     fn output_full(&self) -> bool {
@@ -413,223 +360,6 @@ impl Loop<'_> {
         End::Fatal
     }
 
-    /// Moves complete client messages to `sout`, checking out a server when needed.
-    async fn handle_client_frames(&mut self) -> Option<End> {
-        let max = self.state.config.proxy.max_message_size;
-        self.held = false;
-        loop {
-            // A client whose output is not moving is not read: its memory stays bounded.
-            if self.client_gone {
-                return Some(End::ClientGone);
-            }
-            self.client_blocked = self.output_full();
-            if self.client_blocked {
-                return None;
-            }
-            if let Some(e) = self.over_limits() {
-                return Some(self.fatal(e));
-            }
-            let next = match self.rt.pending.pop_front() {
-                Some(f) => Ok(Some(f)),
-                None => split_frame(&mut self.cin, max),
-            };
-            let frame = match next {
-                Ok(Some(f)) => f,
-                Ok(None) => return None,
-                Err(e) => {
-                    let code = match e {
-                        FrameError::TooLarge { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                        FrameError::BadLength(_) => sqlstate::PROTOCOL_VIOLATION,
-                    };
-                    let e = PgError::fatal(code, format!("invalid message from client: {e}"));
-                    return Some(self.fatal(e));
-                }
-            };
-            let tag = frame.tag;
-            if tag == b'X' {
-                return Some(End::Terminate);
-            }
-            if !matches!(
-                tag,
-                b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f'
-            ) {
-                let e = PgError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!("invalid frontend message type {tag}"),
-                );
-                return Some(self.fatal(e));
-            }
-            if self.skip_until_sync {
-                if tag == b'S' {
-                    self.skip_until_sync = false;
-                    protocol::ready_for_query(&mut self.cout, self.status);
-                }
-                continue;
-            }
-            if self.discard_until_sync && tag != b'S' {
-                continue;
-            }
-            if tag == b'Q' && !self.state.config.proxy.failpoints.is_empty() {
-                self.failpoint(&frame);
-            }
-            if tag == b'Q' && !query_is_utf8(frame.body()) {
-                if let Some(e) = self.non_utf8_query() {
-                    e.encode(&mut self.cout);
-                    protocol::ready_for_query(&mut self.cout, self.status);
-                    continue;
-                }
-            }
-            if tag == b'Q' && self.proxy_command(&frame) {
-                continue;
-            }
-            if self.server.is_none() && self.managed && self.answer_locally(&frame) {
-                continue;
-            }
-            if self.server.is_none() {
-                if matches!(tag, b'd' | b'c' | b'f') {
-                    // COPY data after the COPY already failed: the server would ignore it too.
-                    continue;
-                }
-                if self.login.pool_mode == PoolMode::Statement
-                    && tag == b'Q'
-                    && starts_transaction(query_text(frame.body()))
-                {
-                    self.refuse_transaction();
-                    continue;
-                }
-            }
-            // Transaction control across shards is checked first (twophase.rs).
-            let step = match self.guard_txn(&frame).await {
-                Some(step) => step,
-                None => self.plan(&frame),
-            };
-            let (want, shard) = match step {
-                Step::Handled => continue,
-                Step::Hold => {
-                    self.rt.pending.push_front(frame);
-                    self.client_blocked = true;
-                    self.held = true;
-                    return None;
-                }
-                Step::Refuse(e) => {
-                    e.encode(&mut self.cout);
-                    if tag == b'Q' {
-                        protocol::ready_for_query(&mut self.cout, self.status);
-                    } else {
-                        self.skip_until_sync = true;
-                    }
-                    continue;
-                }
-                Step::NeedInput => {
-                    self.rt.pending.push_front(frame);
-                    // The batch waits for its Sync; what it may take is bounded.
-                    let held: usize = self.rt.pending.iter().map(|f| f.bytes.len()).sum();
-                    let cap = max.max(1 << 20);
-                    if held + self.cin.len() > cap {
-                        let e = PgError::fatal(
-                            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                            format!("an extended-protocol batch for several shards exceeds {cap} bytes before its Sync"),
-                        );
-                        return Some(self.fatal(e));
-                    }
-                    return None;
-                }
-                Step::FanOutBatch(shards) => {
-                    if let Some(end) = self.fan_out_batch(frame, &shards).await {
-                        return Some(end);
-                    }
-                    continue;
-                }
-                Step::FanOut(facts, shards) => {
-                    if let Some(end) = self.fan_out(&frame, &facts, &shards).await {
-                        return Some(end);
-                    }
-                    continue;
-                }
-                Step::Switch(want, shard) => {
-                    if let Err(e) = self.switch_shard(want, shard).await {
-                        // The transaction cannot continue: fail it like Postgres would.
-                        e.encode(&mut self.cout);
-                        self.status = b'E';
-                        if tag == b'Q' {
-                            protocol::ready_for_query(&mut self.cout, self.status);
-                        } else {
-                            self.skip_until_sync = true;
-                        }
-                        continue;
-                    }
-                    (want, shard)
-                }
-                Step::Commit | Step::CommitBatch => {
-                    let batch = matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H');
-                    let result = match self.commit_all().await {
-                        Ok(tag) => Ok(tag),
-                        Err(twophase::CommitError::Client(e)) => Err(e),
-                        Err(twophase::CommitError::Crash) => return Some(End::Fatal),
-                    };
-                    self.status = b'I';
-                    self.rt.released();
-                    if batch {
-                        self.answer_batch(frame, result);
-                    } else {
-                        match result {
-                            Ok(tag) => protocol::command_complete(&mut self.cout, tag),
-                            Err(e) => e.encode(&mut self.cout),
-                        }
-                        protocol::ready_for_query(&mut self.cout, b'I');
-                    }
-                    continue;
-                }
-                Step::Go(want, shard) => (want, shard),
-            };
-            if self.server.is_none() {
-                if let Err(e) = self.checkout(want, shard).await {
-                    e.encode(&mut self.cout);
-                    if matches!(tag, b'Q' | b'F' | b'S') {
-                        protocol::ready_for_query(&mut self.cout, self.status);
-                    } else {
-                        self.skip_until_sync = true;
-                    }
-                    continue;
-                }
-            }
-            self.rt.record(&frame);
-            let before = self.cout.len();
-            if let Some(end) = self.route(frame) {
-                return Some(end);
-            }
-
-            if self.cout.len() > before {
-                self.rt.retryable = false;
-            }
-        }
-    }
-
-    /// Testing only: the `panic` failpoint makes a Query containing `shardgate_failpoint_panic`
-    /// panic the session, wherever it is (e.g. holding a connection in a transaction).
-    fn failpoint(&self, frame: &protocol::Frame) {
-        let armed = self
-            .state
-            .config
-            .proxy
-            .failpoints
-            .iter()
-            .any(|f| f == "panic");
-        if armed && memchr::memmem::find(frame.body(), b"shardgate_failpoint_panic").is_some() {
-            panic!("failpoint: panic");
-        }
-    }
-
-    fn refuse_transaction(&mut self) {
-        PgError::error(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "transaction blocks are not allowed in statement pooling mode",
-        )
-        .with_hint("use a database in transaction or session pool mode")
-        .encode(&mut self.cout);
-        protocol::ready_for_query(&mut self.cout, b'I');
-    }
-
     /// Makes the server connection's settings match the client's, ahead of its messages.
     fn apply_settings(&mut self) {
         let Some(conn) = self.server.as_deref_mut() else {
@@ -640,214 +370,6 @@ impl Loop<'_> {
             self.relay.push(Expect::InjectedQuery(APPLY_SETTINGS));
             conn.settings = self.client.settings.clone();
         }
-    }
-
-    /// At the end of a transaction, reads back the settings the client changed in it (the
-    /// server knows whether they survived a rollback) so they follow the client. After a
-    /// transaction that may have changed settings the SQL does not name, reads every setting
-    /// of the session and resets the server connection (one round trip either way).
-    async fn read_back_settings(&mut self) {
-        let Some(conn) = self.server.as_deref_mut() else {
-            return;
-        };
-        // After writes (triggers may set something): reset before the next use, in the same
-        // write as the next client's settings; no round trip now.
-        conn.settings_unknown |= std::mem::take(&mut self.client.wrote);
-        if std::mem::take(&mut self.client.opaque) {
-            let mut names: Vec<String> = self.client.settings.keys().cloned().collect();
-            names.extend(std::mem::take(&mut self.client.dirty));
-            let refs: Vec<&String> = names.iter().collect();
-            let sql = read_all_settings_sql(&refs);
-            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_rows(&sql)).await {
-                Ok(Ok((rows, b'I'))) => {
-                    self.client.settings = settings_from_rows(rows);
-                    // RESET ALL: the connection is back at its defaults.
-                    conn.settings.clear();
-                    conn.settings_unknown = false;
-                }
-                _ => {
-                    tracing::warn!(user = %self.login.user, "could not read back session settings; closing the server connection");
-                    conn.broken = true;
-                }
-            }
-            return;
-        }
-        if self.client.dirty.is_empty() {
-            return;
-        }
-        let names: Vec<String> = std::mem::take(&mut self.client.dirty).into_iter().collect();
-        let refs: Vec<&String> = names.iter().collect();
-        let sql = read_back_sql(&refs);
-        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(&sql)).await {
-            Ok(Ok(values)) if values.len() == names.len() => {
-                for (k, v) in names.into_iter().zip(values) {
-                    conn.settings.insert(k.clone(), v.clone());
-                    self.client.settings.insert(k, v);
-                }
-            }
-            _ => {
-                tracing::warn!(user = %self.login.user, "could not read back session settings; closing the server connection");
-                conn.broken = true;
-            }
-        }
-    }
-
-    /// Returns the server connection to the pool.
-    async fn release(&mut self) {
-        // What the client is owed goes out before the round trips below.
-        if self.try_flush().is_err() {
-            if let Some(c) = self.server.as_deref_mut() {
-                c.broken = true;
-            }
-        }
-        if !self.rt.parked.is_empty() {
-            // The transaction ended on its current shard (ROLLBACK, or COMMIT after an
-            // error): the others roll back too.
-            self.release_parked().await;
-        }
-        self.note_write().await;
-        if self.managed {
-            self.read_back_settings().await;
-        }
-        self.rt.released();
-        if let Some(mut c) = self.server.take() {
-            tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status as char), "release");
-            lock(&self.login.cancel_slot).clear();
-            if !c.inbuf.is_empty() {
-                // Asynchronous messages after ReadyForQuery belong to this client's session.
-                c.broken = true;
-            }
-            drop(c);
-        }
-    }
-
-    fn releasable(&self) -> bool {
-        self.managed
-            && self.client.pinned.is_none()
-            && self.relay.idle()
-            && !self.unsynced
-            && (self.status == b'I' || self.rt.outside_txn)
-    }
-
-    /// Forwards what the server sent through the relay, handling each ReadyForQuery.
-    async fn handle_server_input(&mut self) -> Option<End> {
-        let statement_mode = self.login.pool_mode == PoolMode::Statement;
-        match self.read_hold() {
-            ReadHold::Go => {}
-            ReadHold::Wait => return None,
-            ReadHold::Dying => return self.lost("server terminated the connection"),
-        }
-        let conn = self.server.as_deref_mut()?;
-        // In statement mode a ReadyForQuery that opens a transaction is not forwarded.
-        let before = self.cout.len();
-        if let Err(e) = self
-            .relay
-            .process(&mut conn.inbuf, &mut self.cout, &mut self.events)
-        {
-            return Some(self.server_lost(&format!("invalid data from server: {e}")));
-        }
-        if self.cout.len() > before {
-            self.rt.retryable = false;
-        }
-        let events = std::mem::take(&mut self.events);
-        // The server's own status after the last ReadyForQuery of this input (the client may
-        // be shown another one, see below).
-        let mut server_status = None;
-        for ev in &events {
-            match ev {
-                Event::Ready(status) => {
-                    server_status = Some(*status);
-                    self.status = *status;
-                    if *status == b'I' && std::mem::take(&mut self.client.ddl) {
-                        // The schema changed: statements prepared from now on are new ones.
-                        self.state.statements.bump_generation();
-                    }
-                    if self.rt.guard.abort_at_ready && self.relay.idle() {
-                        // The end of a batch in which transaction control was refused
-                        // (twophase.rs): the transaction fails everywhere.
-                        self.abort_refused_batch(before).await;
-                        continue;
-                    }
-                    if self.rt.outside_txn && *status == b'I' {
-                        // A Parse/Describe batch while the client's BEGIN waits: the client
-                        // is still in its transaction.
-                        let from = before.min(self.cout.len());
-                        let z = [b'Z', 0, 0, 0, 5, b'I'];
-                        if let Some(at) = self.cout[from..].windows(6).rposition(|w| w == z) {
-                            let at = from + at + 5;
-                            self.cout[at] = b'T';
-                        }
-                        self.status = b'T';
-                    }
-                    if statement_mode && *status != b'I' && self.relay.idle() {
-                        // The client opened a transaction: undo it instead of pinning the
-                        // connection. The ReadyForQuery just forwarded is the last 6 bytes.
-                        let cut = self.cout.len().saturating_sub(6).max(before);
-                        self.cout.truncate(cut);
-                        let conn = self.server.as_deref_mut()?;
-                        match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await {
-                            Ok(Ok(b'I')) => server_status = Some(b'I'),
-                            _ => conn.broken = true,
-                        }
-                        self.status = b'I';
-                        self.refuse_transaction();
-                    }
-                }
-                Event::ParseFailed { stmt, client_name } => {
-                    if let Some(conn) = self.server.as_deref_mut() {
-                        conn.prepared.pop(&stmt.id);
-                    }
-                    if let Some(n) = client_name {
-                        if self
-                            .client
-                            .named
-                            .get(n)
-                            .is_some_and(|s| Arc::ptr_eq(s, stmt))
-                        {
-                            self.client.named.remove(n);
-                        }
-                    }
-                }
-                Event::InjectedFailed(what) => {
-                    // The connection's state is not what the proxy believes (e.g. the client's
-                    // settings were not applied): it must never be reused.
-                    tracing::warn!(user = %self.login.user, "{what} query failed on the server; the server connection will be closed");
-                    if let Some(conn) = self.server.as_deref_mut() {
-                        conn.broken = true;
-                    }
-                }
-                Event::StalePlan => {
-                    // Statements prepared on this connection no longer match the schema (DDL
-                    // the proxy did not see): new Parses get new statements, and this
-                    // connection (with its stale statements) is closed at release.
-                    self.state.statements.bump_generation();
-                    if let Some(conn) = self.server.as_deref_mut() {
-                        conn.broken = true;
-                    }
-                }
-                Event::ParameterStatus(name) => match name {
-                    // A reported setting changed (by a trigger, a function, ...): read it back.
-                    Some(n) if reported_not_settable(n) => {}
-                    Some(n) if crate::sql::scan::is_setting_name(n) => {
-                        self.client.dirty.insert(n.to_ascii_lowercase());
-                    }
-                    _ => self.client.opaque = true,
-                },
-            }
-        }
-        self.events = events;
-        self.events.clear();
-        if let (Some(status), Some(conn)) = (server_status, self.server.as_deref_mut()) {
-            conn.at_rest = status == b'I'
-                && self.relay.idle()
-                && !self.unsynced
-                && self.sout.is_empty()
-                && conn.inbuf.is_empty();
-        }
-        if self.releasable() {
-            self.release().await;
-        }
-        None
     }
 
     /// Flushes what is owed to the client and leaves the server connection clean or broken.
@@ -959,7 +481,7 @@ fn lock(slot: &crate::state::CancelSlot) -> std::sync::MutexGuard<'_, Vec<Cancel
 
 #[cfg(test)]
 mod tests {
-    use super::{fatal_message, starts_transaction};
+    use super::fatal_message;
 
     #[test]
     fn the_cause_of_a_closed_connection_is_read_from_its_fatal() {
@@ -968,14 +490,5 @@ mod tests {
         crate::protocol::PgError::fatal("08006", "server closed the connection").encode(&mut out);
         assert_eq!(fatal_message(&out), Some("server closed the connection"));
         assert_eq!(fatal_message(b"E\0\0"), None);
-    }
-
-    #[test]
-    fn detects_transaction_starts() {
-        assert!(starts_transaction("BEGIN"));
-        assert!(starts_transaction("  begin isolation level serializable"));
-        assert!(starts_transaction("START TRANSACTION;"));
-        assert!(!starts_transaction("beginning"));
-        assert!(!starts_transaction("select 1"));
     }
 }

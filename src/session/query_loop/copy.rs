@@ -9,10 +9,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::routing::Want;
 use super::Loop;
 use crate::backend::Exchanged;
+use crate::config::KeyType;
 use crate::fanout::CommandTag;
 use crate::pool::Checkout;
 use crate::protocol::{self, split_frame, sqlstate, PgError};
 use crate::shard::copy::{CopySplitter, RowTarget};
+use crate::shard::route::ShardMap;
 use crate::sql::analyze::shard::CopyFacts;
 
 /// Rows are sent to a shard in CopyData messages of about this size.
@@ -76,6 +78,184 @@ async fn finish_one(c: &mut Checkout) -> (Option<bytes::Bytes>, u64) {
     }
 }
 
+/// Where the shard key is in each row of a COPY into `c.table` (`sharded`: its key column
+/// and type; None for a table that is not sharded), from the COPY's column list or else the
+/// table's columns (read on the first connection).
+async fn key_position(
+    conns: &mut [Checkout],
+    c: &CopyFacts,
+    sharded: Option<&(String, KeyType)>,
+) -> Result<Option<(usize, KeyType)>, PgError> {
+    let Some((column, ty)) = sharded else {
+        return Ok(None);
+    };
+    let columns = if c.columns.is_empty() {
+        table_columns(&mut conns[0], &c.table).await
+    } else {
+        c.columns.clone()
+    };
+    match columns.iter().position(|x| x == column) {
+        Some(i) => Ok(Some((i, *ty))),
+        None => Err(PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "COPY into sharded table \"{}\" without its shard key \"{column}\"",
+                c.table
+            ),
+        )
+        .with_hint("include the shard key column in the COPY column list")),
+    }
+}
+
+/// The columns of `table` in order (none if they cannot be read).
+async fn table_columns(conn: &mut Checkout, table: &str) -> Vec<String> {
+    let q = format!(
+        "SELECT attname FROM pg_attribute WHERE attrelid = {}::regclass \
+         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        crate::sql::scan::dollar_quote(table)
+    );
+    let mut b = BytesMut::new();
+    let _ = postgres_protocol::message::frontend::query(&q, &mut b);
+    match conn.exchange(&b).await {
+        Ok((frames, _)) => frames
+            .iter()
+            .filter(|f| f.tag == b'D')
+            .filter_map(|f| {
+                let b = f.body();
+                let len = i32::from_be_bytes([*b.get(2)?, *b.get(3)?, *b.get(4)?, *b.get(5)?]);
+                let v = b.get(6..6 + usize::try_from(len).ok()?)?;
+                Some(String::from_utf8_lossy(v).into_owned())
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Starts the COPY `sql` on every connection: the CopyInResponse for the client, or, if
+/// any shard failed to start it, the answer for the client (its error) once every COPY that
+/// started was failed and finished.
+async fn start_everywhere(conns: &mut [Checkout], sql: &str) -> Result<bytes::Bytes, BytesMut> {
+    let mut q = BytesMut::new();
+    let _ = postgres_protocol::message::frontend::query(sql, &mut q);
+    let mut copy_in_response = None;
+    let mut first_error = None;
+    let mut copying = vec![false; conns.len()];
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if conn.send(&q).await.is_err() {
+            conn.broken = true;
+            first_error.get_or_insert_with(|| {
+                let mut b = BytesMut::new();
+                PgError::error(sqlstate::CONNECTION_FAILURE, "shard lost before COPY")
+                    .encode(&mut b);
+                b.freeze()
+            });
+            continue;
+        }
+        loop {
+            match conn.read_frame().await {
+                Ok(f) if f.tag == b'G' => {
+                    copying[i] = true;
+                    copy_in_response.get_or_insert(f.bytes);
+                    break;
+                }
+                Ok(f) if f.tag == b'E' => {
+                    first_error.get_or_insert(f.bytes);
+                }
+                Ok(f) if f.tag == b'Z' => break,
+                Ok(_) => {}
+                Err(_) => {
+                    conn.broken = true;
+                    break;
+                }
+            }
+        }
+    }
+    match copy_in_response {
+        Some(g) if first_error.is_none() => return Ok(g),
+        _ => {}
+    }
+    let fail = copy_fail("COPY failed on another shard");
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if copying[i] && conn.send(&fail).await.is_ok() {
+            let _ = finish_one(conn).await;
+        }
+    }
+    let mut out = BytesMut::new();
+    if let Some(e) = first_error {
+        out.extend_from_slice(&e);
+    } else {
+        PgError::error(
+            sqlstate::CONNECTION_FAILURE,
+            "COPY did not start on every shard",
+        )
+        .encode(&mut out);
+    }
+    Err(out)
+}
+
+/// Sends every shard's buffer that reached [`FLUSH_AT`] bytes; `Err` when a shard is lost.
+async fn send_full_buffers(conns: &mut [Checkout], bufs: &mut [Vec<u8>]) -> Result<(), PgError> {
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if bufs[i].len() >= FLUSH_AT {
+            let m = copy_data(&bufs[i]);
+            bufs[i].clear();
+            if conn.send(&m).await.is_err() {
+                conn.broken = true;
+                return Err(PgError::error(
+                    sqlstate::CONNECTION_FAILURE,
+                    "shard lost during COPY",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ends the COPY on every connection still up: the rest of its rows and CopyDone, or
+/// CopyFail with `failed`'s message. Returns the rows copied (a table that is not sharded,
+/// `by_key` false, holds a copy on every shard: counted once) and the first shard's error.
+async fn end_everywhere(
+    conns: &mut [Checkout],
+    bufs: &[Vec<u8>],
+    failed: Option<&str>,
+    by_key: bool,
+) -> (u64, Option<bytes::Bytes>) {
+    let mut done = BytesMut::new();
+    postgres_protocol::message::frontend::copy_done(&mut done);
+    let fail = copy_fail(failed.unwrap_or_default());
+    let mut total = 0u64;
+    let mut shard_error = None;
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if conn.broken {
+            continue;
+        }
+        let mut msg = BytesMut::new();
+        if failed.is_none() {
+            if !bufs[i].is_empty() {
+                msg.extend_from_slice(&copy_data(&bufs[i]));
+            }
+            msg.extend_from_slice(&done);
+        } else {
+            msg.extend_from_slice(&fail);
+        }
+        if conn.send(&msg).await.is_err() {
+            conn.broken = true;
+            continue;
+        }
+        let (err, rows) = finish_one(conn).await;
+        // A replicated table holds a copy on every shard: count one.
+        total = if by_key {
+            total + rows
+        } else {
+            total.max(rows)
+        };
+        if let Some(e) = err {
+            shard_error.get_or_insert(e);
+        }
+    }
+    (total, shard_error)
+}
+
 impl Loop<'_> {
     /// Hands the connections back: kept by an open transaction, else returned to the pool.
     fn copy_done(&mut self, shards: &[usize], conns: Vec<Checkout>, in_txn: bool, failed: bool) {
@@ -110,114 +290,23 @@ impl Loop<'_> {
         // A CancelRequest stops the COPY on every shard (the caller clears this).
         self.cancel_to(&conns);
         // Where the key is in each row.
-        let key = match &sharded {
-            None => None,
-            Some((column, ty)) => {
-                let columns = if c.columns.is_empty() {
-                    let q = format!(
-                        "SELECT attname FROM pg_attribute WHERE attrelid = {}::regclass \
-                         AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                        crate::sql::scan::dollar_quote(&c.table)
-                    );
-                    let mut b = BytesMut::new();
-                    let _ = postgres_protocol::message::frontend::query(&q, &mut b);
-                    match conns[0].exchange(&b).await {
-                        Ok((frames, _)) => frames
-                            .iter()
-                            .filter(|f| f.tag == b'D')
-                            .filter_map(|f| {
-                                let b = f.body();
-                                let len = i32::from_be_bytes([
-                                    *b.get(2)?,
-                                    *b.get(3)?,
-                                    *b.get(4)?,
-                                    *b.get(5)?,
-                                ]);
-                                let v = b.get(6..6 + usize::try_from(len).ok()?)?;
-                                Some(String::from_utf8_lossy(v).into_owned())
-                            })
-                            .collect(),
-                        Err(_) => Vec::new(),
-                    }
-                } else {
-                    c.columns.clone()
-                };
-                match columns.iter().position(|x| x == column) {
-                    Some(i) => Some((i, *ty)),
-                    None => {
-                        self.copy_done(shards, conns, in_txn, true);
-                        return Err(PgError::error(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            format!(
-                                "COPY into sharded table \"{}\" without its shard key \"{column}\"",
-                                c.table
-                            ),
-                        )
-                        .with_hint("include the shard key column in the COPY column list"));
-                    }
-                }
+        let key = match key_position(&mut conns, c, sharded.as_ref()).await {
+            Ok(key) => key,
+            Err(e) => {
+                self.copy_done(shards, conns, in_txn, true);
+                return Err(e);
             }
         };
         // Start the COPY everywhere.
-        let mut q = BytesMut::new();
-        let _ = postgres_protocol::message::frontend::query(sql, &mut q);
-        let mut copy_in_response = None;
-        let mut first_error = None;
-        let mut copying = vec![false; conns.len()];
-        for (i, conn) in conns.iter_mut().enumerate() {
-            if conn.send(&q).await.is_err() {
-                conn.broken = true;
-                first_error.get_or_insert_with(|| {
-                    let mut b = BytesMut::new();
-                    PgError::error(sqlstate::CONNECTION_FAILURE, "shard lost before COPY")
-                        .encode(&mut b);
-                    b.freeze()
-                });
-                continue;
+        let copy_in_response = match start_everywhere(&mut conns, sql).await {
+            Ok(g) => g,
+            Err(out) => {
+                self.copy_done(shards, conns, in_txn, true);
+                return Ok(out);
             }
-            loop {
-                match conn.read_frame().await {
-                    Ok(f) if f.tag == b'G' => {
-                        copying[i] = true;
-                        copy_in_response.get_or_insert(f.bytes);
-                        break;
-                    }
-                    Ok(f) if f.tag == b'E' => {
-                        first_error.get_or_insert(f.bytes);
-                    }
-                    Ok(f) if f.tag == b'Z' => break,
-                    Ok(_) => {}
-                    Err(_) => {
-                        conn.broken = true;
-                        break;
-                    }
-                }
-            }
-        }
-        if first_error.is_some() || copy_in_response.is_none() {
-            let fail = copy_fail("COPY failed on another shard");
-            for (i, conn) in conns.iter_mut().enumerate() {
-                if copying[i] && conn.send(&fail).await.is_ok() {
-                    let _ = finish_one(conn).await;
-                }
-            }
-            self.copy_done(shards, conns, in_txn, true);
-            let mut out = BytesMut::new();
-            if let Some(e) = first_error {
-                out.extend_from_slice(&e);
-            } else {
-                PgError::error(
-                    sqlstate::CONNECTION_FAILURE,
-                    "COPY did not start on every shard",
-                )
-                .encode(&mut out);
-            }
-            return Ok(out);
-        }
+        };
         // Tell the client to send its data.
-        if let Some(g) = &copy_in_response {
-            self.cout.extend_from_slice(g);
-        }
+        self.cout.extend_from_slice(&copy_in_response);
         if self.cwr.write_all(&self.cout).await.is_err() {
             for conn in conns.iter_mut() {
                 conn.broken = true;
@@ -229,12 +318,54 @@ impl Loop<'_> {
         }
         self.cout.clear();
         let mut splitter = CopySplitter::new(c.csv, c.delimiter, c.header, key);
-        let n = conns.len();
-        let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); n];
+        let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); conns.len()];
+        let (failure, client_failed) = self
+            .relay_rows(&mut conns, &mut splitter, &map, shards, &mut bufs)
+            .await?;
+        let ok = failure.is_none() && client_failed.is_none();
+        let fail = match (&failure, &client_failed) {
+            (Some(e), _) => e.message.clone(),
+            (None, Some(m)) => m.clone(),
+            _ => String::new(),
+        };
+        let end = if ok { None } else { Some(fail.as_str()) };
+        let (total, shard_error) = end_everywhere(&mut conns, &bufs, end, key.is_some()).await;
+        let failed = !ok || shard_error.is_some();
+        self.copy_done(shards, conns, in_txn, failed);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut out = BytesMut::new();
+        if let Some(e) = shard_error {
+            out.extend_from_slice(&e);
+        } else if let Some(m) = client_failed {
+            PgError::error(
+                sqlstate::QUERY_CANCELED,
+                format!("COPY from stdin failed: {m}"),
+            )
+            .encode(&mut out);
+        } else {
+            protocol::command_complete(&mut out, &format!("COPY {total}"));
+        }
+        Ok(out)
+    }
+
+    /// Reads the client's COPY data and sends each row to its shard's buffer in `bufs` (in
+    /// `conns` order), sending a buffer once it is full, up to CopyDone or CopyFail. Returns
+    /// why the COPY fails (an invalid row or message, a lost shard) and the client's CopyFail
+    /// message; `Err` if the client is gone.
+    async fn relay_rows(
+        &mut self,
+        conns: &mut [Checkout],
+        splitter: &mut CopySplitter,
+        map: &ShardMap,
+        shards: &[usize],
+        bufs: &mut [Vec<u8>],
+    ) -> Result<(Option<PgError>, Option<String>), PgError> {
         let max = self.state.config.proxy.max_message_size;
         let mut failure: Option<PgError> = None;
         let mut client_failed = None;
-        'read: loop {
+        loop {
             let frame = match split_frame(&mut self.cin, max) {
                 Ok(Some(f)) => f,
                 Ok(None) => match self.crd.read_buf(&mut self.cin).await {
@@ -256,29 +387,19 @@ impl Loop<'_> {
             };
             match frame.tag {
                 b'd' => {
-                    let mut route = |t: RowTarget, row: &[u8]| route_row(&mut bufs, shards, t, row);
-                    if let Err(e) = splitter.push(frame.body(), &map, &mut route) {
+                    let mut route = |t: RowTarget, row: &[u8]| route_row(bufs, shards, t, row);
+                    if let Err(e) = splitter.push(frame.body(), map, &mut route) {
                         failure = Some(e);
                         break;
                     }
-                    for (i, conn) in conns.iter_mut().enumerate() {
-                        if bufs[i].len() >= FLUSH_AT {
-                            let m = copy_data(&bufs[i]);
-                            bufs[i].clear();
-                            if conn.send(&m).await.is_err() {
-                                conn.broken = true;
-                                failure = Some(PgError::error(
-                                    sqlstate::CONNECTION_FAILURE,
-                                    "shard lost during COPY",
-                                ));
-                                break 'read;
-                            }
-                        }
+                    if let Err(e) = send_full_buffers(conns, bufs).await {
+                        failure = Some(e);
+                        break;
                     }
                 }
                 b'c' => {
-                    let mut route = |t: RowTarget, row: &[u8]| route_row(&mut bufs, shards, t, row);
-                    if let Err(e) = splitter.finish(&map, &mut route) {
+                    let mut route = |t: RowTarget, row: &[u8]| route_row(bufs, shards, t, row);
+                    if let Err(e) = splitter.finish(map, &mut route) {
                         failure = Some(e);
                     }
                     break;
@@ -297,62 +418,7 @@ impl Loop<'_> {
                 }
             }
         }
-        let ok = failure.is_none() && client_failed.is_none();
-        let mut done = BytesMut::new();
-        postgres_protocol::message::frontend::copy_done(&mut done);
-        let fail = copy_fail(&match (&failure, &client_failed) {
-            (Some(e), _) => e.message.clone(),
-            (None, Some(m)) => m.clone(),
-            _ => String::new(),
-        });
-        let mut total = 0u64;
-        let mut shard_error = None;
-        for (i, conn) in conns.iter_mut().enumerate() {
-            if conn.broken {
-                continue;
-            }
-            let mut msg = BytesMut::new();
-            if ok {
-                if !bufs[i].is_empty() {
-                    msg.extend_from_slice(&copy_data(&bufs[i]));
-                }
-                msg.extend_from_slice(&done);
-            } else {
-                msg.extend_from_slice(&fail);
-            }
-            if conn.send(&msg).await.is_err() {
-                conn.broken = true;
-                continue;
-            }
-            let (err, rows) = finish_one(conn).await;
-            // A replicated table holds a copy on every shard: count one.
-            total = if key.is_some() {
-                total + rows
-            } else {
-                total.max(rows)
-            };
-            if let Some(e) = err {
-                shard_error.get_or_insert(e);
-            }
-        }
-        let failed = !ok || shard_error.is_some();
-        self.copy_done(shards, conns, in_txn, failed);
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let mut out = BytesMut::new();
-        if let Some(e) = shard_error {
-            out.extend_from_slice(&e);
-        } else if let Some(m) = client_failed {
-            PgError::error(
-                sqlstate::QUERY_CANCELED,
-                format!("COPY from stdin failed: {m}"),
-            )
-            .encode(&mut out);
-        } else {
-            protocol::command_complete(&mut out, &format!("COPY {total}"));
-        }
-        Ok(out)
+        Ok((failure, client_failed))
     }
 
     /// `COPY ... TO STDOUT` from every shard, concatenated.

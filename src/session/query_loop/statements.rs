@@ -380,9 +380,6 @@ impl Loop<'_> {
         let Some(conn) = self.server.as_deref_mut() else {
             return Ok(());
         };
-        let inject = |sql: String, relay: &mut Relay, sout: &mut BytesMut| {
-            inject_query(&sql, relay, sout);
-        };
         for name in set_config_names(stmt) {
             self.client.dirty.insert(name);
         }
@@ -405,24 +402,7 @@ impl Loop<'_> {
                 self.client.dirty.insert(name);
             }
             SessionCommand::ResetAll | SessionCommand::DiscardAll => {
-                if let Some(sql) = apply_sql(&self.client.startup, &Default::default()) {
-                    self.client.after.push(sql);
-                }
-                // Read every setting either side knows about back from the server.
-                let keys: Vec<String> = self
-                    .client
-                    .settings
-                    .keys()
-                    .chain(conn.settings.keys())
-                    .cloned()
-                    .collect();
-                self.client.dirty.extend(keys);
-                if cmd == SessionCommand::DiscardAll {
-                    self.client.named.clear();
-                    self.client.sql_prepared.clear();
-                    conn.prepared.clear();
-                    conn.sql_prepared.clear();
-                }
+                self.track_reset_all(cmd == SessionCommand::DiscardAll);
             }
             SessionCommand::DeallocateAll => {
                 self.client.named.clear();
@@ -451,36 +431,7 @@ impl Loop<'_> {
                 if self.client.named.contains_key(&name)
                     && !self.client.sql_prepared.contains_key(&name) =>
             {
-                // A statement the client prepared with the protocol lives under a pooled name
-                // that other clients share: forget the client's name, and give the server a
-                // statement of that name to deallocate, so the DEALLOCATE answers (and fails,
-                // inside an aborted transaction) exactly as on a direct connection.
-                self.client.named.remove(&name);
-                if conn.sql_prepared.remove(&name).is_some() {
-                    inject(
-                        format!("DEALLOCATE {}", quote_ident(&name)),
-                        &mut self.relay,
-                        &mut self.sout,
-                    );
-                }
-                if extended {
-                    // A simple query here would end the client's pipeline: a Parse instead.
-                    let mut rest = b"SELECT\0".to_vec();
-                    rest.extend_from_slice(&0i16.to_be_bytes());
-                    self.sout
-                        .extend_from_slice(&protocol::encode_parse(&name, &rest));
-                    self.relay.push(Expect::Parse {
-                        stmt: None,
-                        visible: false,
-                        client_name: None,
-                    });
-                } else {
-                    inject(
-                        format!("PREPARE {} AS SELECT", quote_ident(&name)),
-                        &mut self.relay,
-                        &mut self.sout,
-                    );
-                }
+                self.track_protocol_deallocate(&name, extended);
             }
             SessionCommand::Execute(name) | SessionCommand::Deallocate(name)
                 if is_pooled_statement_name(&name)
@@ -493,59 +444,125 @@ impl Loop<'_> {
             }
             SessionCommand::Prepare(name) => {
                 if conn.sql_prepared.contains_key(&name) {
-                    inject(
-                        format!("DEALLOCATE {}", quote_ident(&name)),
-                        &mut self.relay,
-                        &mut self.sout,
-                    );
+                    inject_deallocate(&name, &mut self.relay, &mut self.sout);
                 }
                 let text: Arc<str> = Arc::from(stmt);
                 self.client.sql_prepared.insert(name.clone(), text.clone());
                 conn.sql_prepared.insert(name, text);
             }
             SessionCommand::Execute(name) | SessionCommand::Deallocate(name) => {
-                if let Some(text) = self.client.sql_prepared.get(&name).filter(|_| !deallocate) {
-                    let effect = settings_effect(text);
-                    let mode = self.state.config.pool.settings_read_back;
-                    if effect.opaque {
-                        self.client.opaque = true;
-                    } else if effect.writes && mode == SettingsReadBack::Auto {
-                        self.client.wrote = true;
-                    }
-                }
-                if !self.client.sql_prepared.contains_key(&name)
-                    && conn.sql_prepared.remove(&name).is_some()
-                {
-                    // Another client's (or this client's deallocated) statement: remove it so
-                    // the server answers 26000 as it would on a direct connection.
-                    inject(
-                        format!("DEALLOCATE {}", quote_ident(&name)),
-                        &mut self.relay,
-                        &mut self.sout,
-                    );
-                }
-                if let Some(text) = self.client.sql_prepared.get(&name).cloned() {
-                    if conn.sql_prepared.get(&name) != Some(&text) {
-                        if conn.sql_prepared.contains_key(&name) {
-                            inject(
-                                format!("DEALLOCATE {}", quote_ident(&name)),
-                                &mut self.relay,
-                                &mut self.sout,
-                            );
-                        }
-                        inject(text.to_string(), &mut self.relay, &mut self.sout);
-                        conn.sql_prepared.insert(name.clone(), text);
-                    }
-                }
-                if deallocate {
-                    self.client.sql_prepared.remove(&name);
-                    conn.sql_prepared.remove(&name);
-                }
+                self.track_sql_statement_use(&name, deallocate);
             }
             SessionCommand::Pin(reason) => self.pin(reason)?,
         }
         Ok(())
     }
+
+    /// RESET ALL, or DISCARD ALL (`discard`): the client's startup parameters are applied
+    /// again after the statement, and every setting either side knows about is read back;
+    /// DISCARD ALL also drops the client's prepared statements and the connection's.
+    fn track_reset_all(&mut self, discard: bool) {
+        // `track_statement` only calls this with a server connection.
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        if let Some(sql) = apply_sql(&self.client.startup, &Default::default()) {
+            self.client.after.push(sql);
+        }
+        // Read every setting either side knows about back from the server.
+        let keys: Vec<String> = self
+            .client
+            .settings
+            .keys()
+            .chain(conn.settings.keys())
+            .cloned()
+            .collect();
+        self.client.dirty.extend(keys);
+        if discard {
+            self.client.named.clear();
+            self.client.sql_prepared.clear();
+            conn.prepared.clear();
+            conn.sql_prepared.clear();
+        }
+    }
+
+    /// SQL-level DEALLOCATE of a statement the client prepared with the protocol (`extended`:
+    /// the DEALLOCATE itself runs through the extended protocol).
+    fn track_protocol_deallocate(&mut self, name: &str, extended: bool) {
+        // `track_statement` only calls this with a server connection.
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        // A statement the client prepared with the protocol lives under a pooled name
+        // that other clients share: forget the client's name, and give the server a
+        // statement of that name to deallocate, so the DEALLOCATE answers (and fails,
+        // inside an aborted transaction) exactly as on a direct connection.
+        self.client.named.remove(name);
+        if conn.sql_prepared.remove(name).is_some() {
+            inject_deallocate(name, &mut self.relay, &mut self.sout);
+        }
+        if extended {
+            // A simple query here would end the client's pipeline: a Parse instead.
+            let mut rest = b"SELECT\0".to_vec();
+            rest.extend_from_slice(&0i16.to_be_bytes());
+            self.sout
+                .extend_from_slice(&protocol::encode_parse(name, &rest));
+            self.relay.push(Expect::Parse {
+                stmt: None,
+                visible: false,
+                client_name: None,
+            });
+        } else {
+            inject_query(
+                &format!("PREPARE {} AS SELECT", quote_ident(name)),
+                &mut self.relay,
+                &mut self.sout,
+            );
+        }
+    }
+
+    /// EXECUTE or DEALLOCATE (`deallocate`) of an SQL-level prepared statement: the server
+    /// connection gets the client's statement of that name first (or loses another one), so
+    /// the statement answers as on a direct connection.
+    fn track_sql_statement_use(&mut self, name: &str, deallocate: bool) {
+        // `track_statement` only calls this with a server connection.
+        let Some(conn) = self.server.as_deref_mut() else {
+            return;
+        };
+        if let Some(text) = self.client.sql_prepared.get(name).filter(|_| !deallocate) {
+            let effect = settings_effect(text);
+            let mode = self.state.config.pool.settings_read_back;
+            if effect.opaque {
+                self.client.opaque = true;
+            } else if effect.writes && mode == SettingsReadBack::Auto {
+                self.client.wrote = true;
+            }
+        }
+        if !self.client.sql_prepared.contains_key(name) && conn.sql_prepared.remove(name).is_some()
+        {
+            // Another client's (or this client's deallocated) statement: remove it so
+            // the server answers 26000 as it would on a direct connection.
+            inject_deallocate(name, &mut self.relay, &mut self.sout);
+        }
+        if let Some(text) = self.client.sql_prepared.get(name).cloned() {
+            if conn.sql_prepared.get(name) != Some(&text) {
+                if conn.sql_prepared.contains_key(name) {
+                    inject_deallocate(name, &mut self.relay, &mut self.sout);
+                }
+                inject_query(&text, &mut self.relay, &mut self.sout);
+                conn.sql_prepared.insert(name.to_string(), text);
+            }
+        }
+        if deallocate {
+            self.client.sql_prepared.remove(name);
+            conn.sql_prepared.remove(name);
+        }
+    }
+}
+
+/// Sends a DEALLOCATE of the SQL-level prepared statement `name` (see [`inject_query`]).
+fn inject_deallocate(name: &str, relay: &mut Relay, sout: &mut BytesMut) {
+    inject_query(&format!("DEALLOCATE {}", quote_ident(name)), relay, sout);
 }
 
 /// Sends a query of the proxy's own whose results nobody sees.

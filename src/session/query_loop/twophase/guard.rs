@@ -58,6 +58,21 @@ fn refusal(what: &str) -> PgError {
     )
 }
 
+/// What is refused about the control statements `found` (see [`refusal`]).
+fn refused_control(found: &[Control]) -> &'static str {
+    match found.iter().find(|c| !c.ends()) {
+        Some(Control::Chain) => "COMMIT/ROLLBACK AND CHAIN is not supported",
+        Some(Control::Savepoint | Control::RollbackTo | Control::Release) => {
+            "savepoints are not supported"
+        }
+        Some(Control::Prepare | Control::Prepared) => {
+            "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED are not supported"
+        }
+        Some(Control::Set) => "changing a setting (SET, RESET, set_config) is not supported",
+        _ => "COMMIT or ROLLBACK together with other statements is not supported",
+    }
+}
+
 impl Loop<'_> {
     fn two_phase(&self) -> bool {
         self.login
@@ -141,22 +156,7 @@ impl Loop<'_> {
             }
         }
         if !self.in_txn() {
-            // `BEGIN; SET ...` in one Query pins the transaction it opens.
-            self.rt.guard.pinned = false;
-            self.rt.guard.sets.clear();
-            if tag == b'Q' {
-                let stmts = split_statements(query_text(frame.body()));
-                let begins = |s: &&str| {
-                    matches!(
-                        crate::sql::scan::leading_words(s, 1)
-                            .first()
-                            .map(String::as_str),
-                        Some("begin" | "start")
-                    )
-                };
-                let opened: Vec<&str> = stmts.into_iter().skip_while(|s| !begins(s)).collect();
-                self.note_pins(&opened);
-            }
+            self.note_pins_outside_txn(frame);
             return None;
         }
         let mut texts = Vec::new();
@@ -205,17 +205,35 @@ impl Loop<'_> {
             // A COMMIT or ROLLBACK of its own: handled for all participants by the router.
             return None;
         }
-        let what = match found.iter().find(|c| !c.ends()) {
-            Some(Control::Chain) => "COMMIT/ROLLBACK AND CHAIN is not supported",
-            Some(Control::Savepoint | Control::RollbackTo | Control::Release) => {
-                "savepoints are not supported"
-            }
-            Some(Control::Prepare | Control::Prepared) => {
-                "PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED are not supported"
-            }
-            Some(Control::Set) => "changing a setting (SET, RESET, set_config) is not supported",
-            _ => "COMMIT or ROLLBACK together with other statements is not supported",
-        };
+        self.refuse_control(refused_control(&found), mid_batch)
+            .await
+    }
+
+    /// Outside a transaction: a Query that opens one (`BEGIN; SET ...`) may pin it already.
+    fn note_pins_outside_txn(&mut self, frame: &Frame) {
+        // `BEGIN; SET ...` in one Query pins the transaction it opens.
+        self.rt.guard.pinned = false;
+        self.rt.guard.sets.clear();
+        if frame.tag == b'Q' {
+            let stmts = split_statements(query_text(frame.body()));
+            let begins = |s: &&str| {
+                matches!(
+                    crate::sql::scan::leading_words(s, 1)
+                        .first()
+                        .map(String::as_str),
+                    Some("begin" | "start")
+                )
+            };
+            let opened: Vec<&str> = stmts.into_iter().skip_while(|s| !begins(s)).collect();
+            self.note_pins(&opened);
+        }
+    }
+
+    /// Refuses transaction control (`what` is refused) in a transaction with two or more
+    /// participants, which is rolled back everywhere: in the middle of an extended-protocol
+    /// batch (`mid_batch`) in place of the message's answer, else once the answers owed
+    /// for earlier statements are out.
+    async fn refuse_control(&mut self, what: &str, mid_batch: bool) -> Option<Step> {
         if mid_batch {
             // Earlier messages of the batch are on the server already: answer this one
             // with the error in its place, and fail the transaction at the batch's end.

@@ -1,0 +1,280 @@
+//! The look-ahead through an extended-protocol batch (up to its Sync, without consuming
+//! anything) that finds what the batch needs: which server, the one shard all its
+//! statements route to, and whether it only begins or only commits a transaction.
+
+use super::super::Loop;
+use super::Want;
+use crate::protocol::{bind_names, param_oids, parse_body, sqlstate, target, Frame, PgError};
+use crate::shard::route::{Params, Route};
+use crate::sql::hints::RouteFacts;
+use crate::sql::Kind;
+
+/// What an extended-protocol batch needs (see `Loop::batch_want`).
+pub(super) struct BatchPlan {
+    pub(super) want: Want,
+    pub(super) writes: bool,
+    pub(super) route: Result<Route, PgError>,
+    /// The batch only commits.
+    pub(super) only_commit: bool,
+    /// The batch only begins a transaction: its text, and whether it is READ ONLY.
+    pub(super) only_begin: Option<(String, bool)>,
+    /// Its Sync has arrived.
+    pub(super) complete: bool,
+    /// It binds or calls something (not only Parse, Describe, Close).
+    pub(super) executes: bool,
+    /// It holds a Flush.
+    pub(super) flush: bool,
+}
+
+/// What the look-ahead has found so far, message by message.
+struct BatchScan {
+    /// Statements that are a lone COMMIT.
+    commits: usize,
+    /// Statements other than a lone COMMIT or the batch's first lone BEGIN.
+    others: usize,
+    /// The batch's lone BEGIN: its text, and whether it is READ ONLY.
+    begin: Option<(String, bool)>,
+    /// SQL text of the statements parsed in this batch, by name.
+    texts: Vec<(String, String)>,
+    want: Option<Want>,
+    writes: bool,
+    route: Result<Route, PgError>,
+    /// Facts of the unnamed statement as of the message looked at.
+    unnamed: Option<RouteFacts>,
+    /// Named statements parsed earlier in this batch.
+    parsed: Vec<(String, RouteFacts)>,
+    complete: bool,
+    flush: bool,
+    executes: bool,
+    /// A statement prepared or described here will run on the primary: describe it there
+    /// too (a replica may not have replayed the DDL it needs yet).
+    prepares_write: bool,
+}
+
+/// The route of a batch whose statements so far route to `prev`, after one more that routes
+/// to `next`: all must go to one shard (or any).
+fn merge_route(prev: Route, next: Result<Route, PgError>) -> Result<Route, PgError> {
+    match (prev, next) {
+        (_, Err(e)) => Err(e),
+        (Route::Any, r) => r,
+        (p, Ok(Route::Any)) => Ok(p),
+        (p, Ok(r)) if p == r => Ok(p),
+        _ => Err(PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "statements of one extended-protocol batch route to different shards",
+        )
+        .with_hint("Sync between statements for different shard keys")),
+    }
+}
+
+impl BatchScan {
+    /// A look-ahead starting with the facts of the client's last unnamed statement.
+    fn new(unnamed: Option<RouteFacts>) -> Self {
+        BatchScan {
+            commits: 0,
+            others: 0,
+            begin: None,
+            texts: Vec::new(),
+            want: None,
+            writes: false,
+            route: Ok(Route::Any),
+            unnamed,
+            parsed: Vec::new(),
+            complete: false,
+            flush: false,
+            executes: false,
+            prepares_write: false,
+        }
+    }
+
+    /// Looks at one message of the batch; false once the batch ends (its Sync, or a Query).
+    fn visit(&mut self, session: &Loop<'_>, tag: u8, body: &[u8]) -> bool {
+        let facts = match tag {
+            b'D' => {
+                self.describe(session, body);
+                return true;
+            }
+            b'P' => {
+                self.parse(session, body);
+                return true;
+            }
+            b'B' => self.bind(session, body),
+            b'F' => {
+                self.executes = true;
+                self.want = Some(Want::Primary);
+                self.writes = true;
+                return true;
+            }
+            b'S' => {
+                self.complete = true;
+                return false;
+            }
+            b'Q' => return false,
+            b'H' => {
+                self.flush = true;
+                return true;
+            }
+            _ => return true,
+        };
+        self.add_statement(session, body, facts.as_ref());
+        true
+    }
+
+    /// A Describe of a statement that writes makes the batch prepare a write.
+    fn describe(&mut self, session: &Loop<'_>, body: &[u8]) {
+        if let Some((b'S', name)) = target(body) {
+            self.prepares_write |= match self.parsed.iter().rev().find(|p| p.0 == name) {
+                Some(p) => p.1.writes(),
+                None if name.is_empty() => self.unnamed.as_ref().is_some_and(RouteFacts::writes),
+                None => session
+                    .client
+                    .named
+                    .get(name)
+                    .is_some_and(|stmt| session.stmt_facts(stmt).writes()),
+            };
+        }
+    }
+
+    /// A Parse: remembers the statement's text and facts for the Binds after it.
+    fn parse(&mut self, session: &Loop<'_>, body: &[u8]) {
+        if let Some(p) = parse_body(body) {
+            let mut f = session.facts_of(p.query);
+            f.param_types = param_oids(p.rest);
+            self.prepares_write |= f.writes();
+            self.texts.push((p.name.to_string(), p.query.to_string()));
+            if p.name.is_empty() {
+                self.unnamed = Some(f);
+            } else {
+                self.parsed.push((p.name.to_string(), f));
+            }
+        }
+    }
+
+    /// A Bind: the facts of the statement it binds (parsed in this batch, or earlier), if
+    /// known.
+    fn bind(&mut self, session: &Loop<'_>, body: &[u8]) -> Option<RouteFacts> {
+        match bind_names(body).inspect(|_| self.executes = true) {
+            Some((_, "", _)) => self.unnamed.clone(),
+            Some((_, name, _)) => self
+                .parsed
+                .iter()
+                .rev()
+                .find(|p| p.0 == name)
+                .map(|p| p.1.clone())
+                .or_else(|| {
+                    session
+                        .client
+                        .named
+                        .get(name)
+                        .map(|stmt| session.stmt_facts(stmt).clone())
+                }),
+            None => None,
+        }
+    }
+
+    /// A statement the batch executes (`facts`: None if unknown, which takes the primary and
+    /// counts as a write): what it needs joins what the batch needs.
+    fn add_statement(&mut self, session: &Loop<'_>, body: &[u8], facts: Option<&RouteFacts>) {
+        let (w, wr) = match facts {
+            Some(f) => (session.want(f), f.writes()),
+            None => (Want::Primary, true),
+        };
+        self.count_control(session, body, facts);
+        if let (Some(f), Ok(prev)) = (facts, &self.route) {
+            let params = Params::from_bind(body).map(|mut p| {
+                p.types = f.param_types.clone();
+                p
+            });
+            self.route = merge_route(prev.clone(), session.shard_route(f, params.as_ref()));
+        }
+        self.want = Some(self.want.map_or(w, |x| x.and(w)));
+        self.writes |= wr;
+    }
+
+    /// Counts a lone COMMIT, the first lone BEGIN whose text is known, or another statement.
+    fn count_control(&mut self, session: &Loop<'_>, body: &[u8], facts: Option<&RouteFacts>) {
+        match facts {
+            Some(f) if f.kind == Kind::Commit && f.statements == 1 => self.commits += 1,
+            Some(f) if f.statements == 1 && matches!(f.kind, Kind::Begin { .. }) => {
+                // Deferred like a simple BEGIN if its text is known.
+                let name = bind_names(body).map(|b| b.1).unwrap_or_default();
+                let text = self
+                    .texts
+                    .iter()
+                    .rev()
+                    .find(|t| t.0 == name)
+                    .map(|t| t.1.clone())
+                    .or_else(|| {
+                        (!name.is_empty())
+                            .then(|| session.client.named.get(name))
+                            .flatten()
+                            .map(|s| s.query().to_string())
+                    });
+                match (text, f.kind) {
+                    (Some(t), Kind::Begin { read_only }) if self.begin.is_none() => {
+                        self.begin = Some((t, read_only))
+                    }
+                    _ => self.others += 1,
+                }
+            }
+            _ => self.others += 1,
+        }
+    }
+
+    /// What the batch looked at needs.
+    fn into_plan(self) -> BatchPlan {
+        let complete = self.complete;
+        let only_commit = complete && self.commits > 0 && self.others == 0 && self.begin.is_none();
+        let only_begin_alone = complete && self.commits == 0 && self.others == 0;
+        let only_begin = self.begin.filter(|_| only_begin_alone);
+        BatchPlan {
+            want: if complete {
+                self.want.unwrap_or(if self.prepares_write {
+                    Want::Primary
+                } else {
+                    Want::Read
+                })
+            } else {
+                Want::Primary
+            },
+            writes: self.writes || !complete,
+            route: self.route,
+            only_commit,
+            only_begin,
+            complete,
+            executes: self.executes,
+            flush: self.flush,
+        }
+    }
+}
+
+impl Loop<'_> {
+    /// What a batch of extended-protocol messages starting with `first` needs, looking ahead
+    /// (without consuming) up to its Sync: a replica only if every statement it executes
+    /// reads (a Parse alone runs nothing; Parse and Describe of reads work on a hot standby,
+    /// those of writes go to the primary, where the statement will run), and the
+    /// one shard all its statements route to. A batch whose Sync has not arrived yet goes to
+    /// the primary.
+    pub(super) fn batch_want(&mut self, first: &Frame) -> BatchPlan {
+        let mut scan = BatchScan::new(self.rt.unnamed.clone());
+        let mut go = scan.visit(self, first.tag, first.body());
+        for f in &self.rt.pending {
+            if !go {
+                break;
+            }
+            go = scan.visit(self, f.tag, f.body());
+        }
+        let mut rest: &[u8] = &self.cin;
+        while go && rest.len() >= 5 {
+            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
+            let end = len as usize + 1;
+            if len < 4 || rest.len() < end {
+                break;
+            }
+            go = scan.visit(self, rest[0], &rest[5..end]);
+            rest = &rest[end..];
+        }
+        self.rt.unnamed = scan.unnamed.take();
+        scan.into_plan()
+    }
+}

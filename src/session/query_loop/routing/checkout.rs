@@ -1,0 +1,176 @@
+//! Checking out a server connection for what a statement needs (a replica by the balancing
+//! policy when one qualifies, else the primary), preparing it for the client (settings, a
+//! deferred BEGIN), and read-your-writes after a transaction that wrote.
+
+use std::time::{Duration, Instant};
+
+use super::super::statements::inject_query;
+use super::super::{Loop, CLEANUP_TIMEOUT};
+use super::Want;
+use crate::config::{ReadYourWrites, Role};
+use crate::health::{now_ms, parse_lsn};
+use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
+use crate::protocol::{sqlstate, PgError};
+
+/// How often a write waiting for a primary looks again.
+const PRIMARY_POLL: Duration = Duration::from_millis(20);
+
+/// The error a client gets when no server connection could be checked out.
+fn pool_error(e: PoolError) -> PgError {
+    match e {
+        PoolError::Timeout(_) => PgError::error(sqlstate::TOO_MANY_CONNECTIONS, e.to_string())
+            .with_hint("all server connections stayed busy; retry, or raise pool.size"),
+        PoolError::Connect(e) => PgError::error(
+            sqlstate::CANNOT_CONNECT,
+            format!("could not connect to server: {e}"),
+        ),
+    }
+}
+
+impl Loop<'_> {
+    /// Checks out a server for `want` and prepares it for the client's next message.
+    pub(in crate::session::query_loop) async fn checkout(
+        &mut self,
+        want: Want,
+        shard: usize,
+    ) -> Result<(), PgError> {
+        if let Some(conn) = self.unpark(shard) {
+            self.install(conn, shard, true);
+            return Ok(());
+        }
+        // A transaction pinned to its shard by a savepoint fails here (twophase.rs).
+        self.may_join(shard).await?;
+        let outside_txn = std::mem::take(&mut self.rt.outside_txn);
+        let (conn, on_primary) = self.acquire(want, shard).await?;
+        self.rt.outside_txn = outside_txn;
+        self.rt.shard = shard;
+        self.cancel_to(std::slice::from_ref(&conn));
+        self.relay.reset();
+        self.unsynced = false;
+        tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, server = %conn.addr, "checkout");
+        self.server = Some(conn);
+        self.rt.on_primary = on_primary;
+        self.rt.retryable =
+            self.login.split && want != Want::Primary && self.state.config.routing.retry_reads;
+        self.rt.replay.clear();
+        self.rt.replay_bytes = 0;
+        self.apply_settings();
+        if self.rt.outside_txn {
+            // Prepares for a transaction that has not begun yet: no BEGIN here.
+        } else if let Some(begin) = self.rt.pending_begin.take() {
+            inject_query(&begin.0, &mut self.relay, &mut self.sout);
+            self.rt.txn_begin = Some(begin.0.clone());
+            self.rt.injected_begin = Some(begin);
+        } else if self.status != b'I' {
+            // A transaction across shards reaching one more shard.
+            let begin = self.begin_sql(self.rt.txn_begin.as_deref().unwrap_or("BEGIN"));
+            inject_query(&begin, &mut self.relay, &mut self.sout);
+        }
+        Ok(())
+    }
+
+    /// A server connection for `want`: a replica by the balancing policy when one qualifies,
+    /// else the primary (waiting up to the checkout timeout while no primary is known).
+    pub(in crate::session::query_loop) async fn acquire(
+        &self,
+        want: Want,
+        shard: usize,
+    ) -> Result<(Checkout, bool), PgError> {
+        let Some(shard) = self.login.shards.get(shard) else {
+            return Err(PgError::error(sqlstate::INTERNAL_ERROR, "no such shard"));
+        };
+        let r = &self.state.config.routing;
+        if want != Want::Primary && self.login.split {
+            let ryw = want == Want::Read;
+            let primary_only = ryw && now_ms() < self.rt.primary_until;
+            let mut avoid = self.rt.avoid.clone();
+            while !primary_only && avoid.len() <= shard.servers.len() {
+                let policy = ReadPolicy {
+                    balance: Balance::parse(&r.load_balancing),
+                    include_primary: r.include_primary,
+                    max_lag_ms: r.max_replica_lag_ms,
+                    min_lsn: if ryw && r.read_your_writes == ReadYourWrites::Lsn {
+                        self.rt.min_lsn
+                    } else {
+                        0
+                    },
+                    avoid: &avoid,
+                };
+                let Some(pool) = shard.reader(&policy) else {
+                    break;
+                };
+                match pool.get().await {
+                    Ok(c) => return Ok((c, pool.health.is_primary())),
+                    Err(PoolError::Connect(e)) => {
+                        pool.health.ban(r.ban_time_ms, "connect failed");
+                        tracing::warn!(server = %pool.addr(), error = %e, "read goes elsewhere");
+                        avoid.push(pool.addr().to_string());
+                    }
+                    Err(e) => return Err(pool_error(e)),
+                }
+            }
+        }
+        let deadline =
+            Instant::now() + Duration::from_millis(self.state.config.pool.checkout_timeout_ms);
+        loop {
+            if let Some(pool) = shard.primary() {
+                match pool.get().await {
+                    Ok(c) => return Ok((c, true)),
+                    Err(PoolError::Connect(e))
+                        if pool.health.declared == Role::Auto && Instant::now() < deadline =>
+                    {
+                        // Maybe a failover: wait for the health checker to find the primary.
+                        tracing::warn!(server = %pool.addr(), error = %e, "primary unreachable");
+                        pool.health.mark_down();
+                    }
+                    Err(e) => return Err(pool_error(e)),
+                }
+            } else if Instant::now() >= deadline {
+                return Err(PgError::error(
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    format!(
+                        "no primary server is available for database \"{}\" (shard {})",
+                        self.login.database, shard.name
+                    ),
+                )
+                .with_hint(
+                    "no server of the shard answered as a primary within \
+                     pool.checkout_timeout_ms; the health checker is still looking",
+                ));
+            }
+            tokio::time::sleep(PRIMARY_POLL).await;
+        }
+    }
+
+    /// After a transaction that wrote on the primary, notes what the client's next reads
+    /// must see.
+    pub(in crate::session::query_loop) async fn note_write(&mut self) {
+        if !(self.login.split && self.rt.wrote && self.rt.on_primary) {
+            return;
+        }
+        let r = &self.state.config.routing;
+        let window = now_ms() + r.read_your_writes_ms;
+        match r.read_your_writes {
+            ReadYourWrites::Off => {}
+            ReadYourWrites::PrimaryForMs => self.rt.primary_until = window,
+            ReadYourWrites::Lsn => {
+                let Some(conn) = self.server.as_deref_mut() else {
+                    return;
+                };
+                // The insert position covers the commit record even when
+                // synchronous_commit = off returns before the WAL is written.
+                let sql = "SELECT pg_current_wal_insert_lsn()::text";
+                match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(sql)).await {
+                    Ok(Ok(v)) => match v.first().and_then(|s| parse_lsn(s)) {
+                        Some(lsn) => self.rt.min_lsn = self.rt.min_lsn.max(lsn),
+                        None => self.rt.primary_until = window,
+                    },
+                    _ => {
+                        conn.broken = true;
+                        self.rt.primary_until = window;
+                    }
+                }
+            }
+        }
+    }
+}
