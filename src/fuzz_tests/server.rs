@@ -264,7 +264,10 @@ fn expect(code: u8) -> crate::session::relay::Expect {
         7 => Expect::InjectedClose,
         8 => Expect::InjectedQuery("fuzz"),
         9 => Expect::Synthetic(Bytes::from(message(b'1', b""))),
-        10 => Expect::SyntheticReady(Bytes::from(message(b'C', b"SET\0")), b'I'),
+        10 => Expect::SyntheticReady(
+            Bytes::from(message(b'C', b"SET\0")),
+            crate::protocol::TxStatus::Idle,
+        ),
         _ => Expect::Client(Kind::Function),
     }
 }

@@ -75,11 +75,11 @@ impl std::fmt::Display for PgError {
 }
 
 /// Appends ReadyForQuery with the given status byte.
-pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
+pub fn ready_for_query(buf: &mut BytesMut, status: super::TxStatus) {
     let status = match status {
-        b'T' => TransactionStatus::Transaction,
-        b'E' => TransactionStatus::Error,
-        _ => TransactionStatus::Idle,
+        super::TxStatus::InTransaction => TransactionStatus::Transaction,
+        super::TxStatus::Failed => TransactionStatus::Error,
+        super::TxStatus::Idle => TransactionStatus::Idle,
     };
     put(buf, ReadyForQuery::new(status));
 }

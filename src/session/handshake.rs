@@ -1,6 +1,7 @@
 //! Connection start: refuse TLS/GSS (for now), serve CancelRequest, read the StartupMessage,
 //! authenticate the client (SCRAM-SHA-256, md5 or trust) and greet it like a Postgres server.
 
+use crate::protocol::TxStatus;
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -436,7 +437,7 @@ async fn handshake_inner(
         protocol::parameter_status(&mut out, k, v);
     }
     protocol::backend_key_data(&mut out, cancel_pid, secret);
-    protocol::ready_for_query(&mut out, b'I');
+    protocol::ready_for_query(&mut out, TxStatus::Idle);
     if let Err(e) = send(wr, &out).await {
         state.cancels.unregister(cancel_pid);
         return Err(e);

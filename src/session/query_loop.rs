@@ -12,6 +12,7 @@
 //! - A server connection leaves this loop idle and outside a transaction, or flagged broken so
 //!   the pool closes it. Nothing the previous client did is visible to the next.
 
+use crate::protocol::TxStatus;
 use bytes::{Buf, BytesMut};
 use std::future::pending;
 use std::time::Duration;
@@ -87,7 +88,7 @@ struct Loop<'a> {
     managed: bool,
     unsynced: bool,
     /// Last transaction status reported to the client.
-    status: u8,
+    status: TxStatus,
     /// After a failed checkout in the extended protocol: drop messages until Sync.
     skip_until_sync: bool,
     /// After an error the proxy made up in the extended protocol: drop messages until Sync,
@@ -131,7 +132,7 @@ pub(super) async fn run(
         client,
         managed,
         unsynced: false,
-        status: b'I',
+        status: TxStatus::Idle,
         skip_until_sync: false,
         discard_until_sync: false,
         client_blocked: false,
@@ -164,18 +165,18 @@ async fn sleep_opt(until: Option<tokio::time::Instant>) {
 
 /// The idle timeout (ms) that applies while it is the client's turn to speak (`settled`: the
 /// server owes nothing); `status` tells which one.
-fn idle_limit(p: &crate::config::ProxyConfig, status: u8, settled: bool) -> Option<u64> {
+fn idle_limit(p: &crate::config::ProxyConfig, status: TxStatus, settled: bool) -> Option<u64> {
     let ms = match status {
         _ if !settled => 0,
-        b'I' => p.client_idle_timeout_ms,
+        TxStatus::Idle => p.client_idle_timeout_ms,
         _ => p.idle_transaction_timeout_ms,
     };
     (ms > 0).then_some(ms)
 }
 
 /// The error a client gets when its idle timeout strikes.
-fn idle_error(status: u8) -> PgError {
-    if status == b'I' {
+fn idle_error(status: TxStatus) -> PgError {
+    if status == TxStatus::Idle {
         PgError::fatal(
             sqlstate::IDLE_SESSION_TIMEOUT,
             "terminating connection due to client idle timeout",
@@ -220,7 +221,7 @@ impl Loop<'_> {
             if self.shutting_down {
                 let idle = match &self.server {
                     None => true,
-                    Some(_) => self.relay.idle() && !self.unsynced && self.status == b'I',
+                    Some(_) => self.relay.idle() && !self.unsynced && self.status == TxStatus::Idle,
                 };
                 if idle {
                     PgError::fatal(
@@ -425,7 +426,7 @@ impl Loop<'_> {
             return;
         }
         let cleanup = async {
-            if status != b'I' {
+            if status != TxStatus::Idle {
                 conn.run("ROLLBACK").await?;
             }
             if !reset.is_empty() {
@@ -486,7 +487,7 @@ mod tests {
     #[test]
     fn the_cause_of_a_closed_connection_is_read_from_its_fatal() {
         let mut out = bytes::BytesMut::new();
-        crate::protocol::ready_for_query(&mut out, b'I');
+        crate::protocol::ready_for_query(&mut out, crate::protocol::TxStatus::Idle);
         crate::protocol::PgError::fatal("08006", "server closed the connection").encode(&mut out);
         assert_eq!(fatal_message(&out), Some("server closed the connection"));
         assert_eq!(fatal_message(b"E\0\0"), None);

@@ -9,6 +9,7 @@
 //! After an ErrorResponse in the extended protocol the server skips to Sync, and so does the
 //! queue.
 
+use crate::protocol::TxStatus;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,14 +76,14 @@ pub enum Expect {
     /// A response made up by the proxy, emitted when it reaches the front.
     Synthetic(Bytes),
     /// A made-up response ending in ReadyForQuery with this status (a refused Query).
-    SyntheticReady(Bytes, u8),
+    SyntheticReady(Bytes, TxStatus),
 }
 
 /// Something the session must act on.
 #[derive(Debug)]
 pub enum Event {
     /// A client-visible ReadyForQuery with its status byte.
-    Ready(u8),
+    Ready(TxStatus),
     /// A Parse failed or was skipped: the server does not have the statement.
     ParseFailed {
         /// The statement.
@@ -324,7 +325,9 @@ impl Relay {
                     self.queue.pop_front();
                     if tag == b'Z' {
                         self.owed_ready = self.owed_ready.saturating_sub(1);
-                        events.push(Event::Ready(inbuf[5]));
+                        // An unknown status byte never counts as idle: the connection is not released.
+                        let status = TxStatus::from_byte(inbuf[5]).unwrap_or(TxStatus::Failed);
+                        events.push(Event::Ready(status));
                     }
                 }
                 true

@@ -2,6 +2,7 @@
 //! or drops what needs no server, and carries out the routing decision for the rest (hold it,
 //! refuse it, fan it out, commit across shards, or send it to a checked-out server).
 
+use crate::protocol::TxStatus;
 use std::ops::ControlFlow;
 
 use super::routing::{Step, Want};
@@ -192,7 +193,7 @@ impl Loop<'_> {
                 Err(e) => {
                     // The transaction cannot continue: fail it like Postgres would.
                     e.encode(&mut self.cout);
-                    self.status = b'E';
+                    self.status = TxStatus::Failed;
                     self.end_refused(tag);
                     Next::Continue
                 }
@@ -239,7 +240,7 @@ impl Loop<'_> {
             Err(twophase::CommitError::Client(e)) => Err(e),
             Err(twophase::CommitError::Crash) => return Next::Stop(Some(End::Fatal)),
         };
-        self.status = b'I';
+        self.status = TxStatus::Idle;
         self.rt.released();
         if batch {
             self.answer_batch(frame, result);
@@ -248,7 +249,7 @@ impl Loop<'_> {
                 Ok(tag) => protocol::command_complete(&mut self.cout, tag),
                 Err(e) => e.encode(&mut self.cout),
             }
-            protocol::ready_for_query(&mut self.cout, b'I');
+            protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
         }
         Next::Continue
     }
@@ -337,7 +338,7 @@ impl Loop<'_> {
         )
         .with_hint("use a database in transaction or session pool mode")
         .encode(&mut self.cout);
-        protocol::ready_for_query(&mut self.cout, b'I');
+        protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
     }
 }
 

@@ -3,6 +3,7 @@
 //! transaction the COPY joins it on every shard (so it commits with two-phase commit);
 //! outside one each shard's COPY commits on its own.
 
+use crate::protocol::TxStatus;
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -260,7 +261,11 @@ impl Loop<'_> {
     /// Hands the connections back: kept by an open transaction, else returned to the pool.
     fn copy_done(&mut self, shards: &[usize], conns: Vec<Checkout>, in_txn: bool, failed: bool) {
         if in_txn {
-            self.status = if failed { b'E' } else { b'T' };
+            self.status = if failed {
+                TxStatus::Failed
+            } else {
+                TxStatus::InTransaction
+            };
             self.park_all(shards, conns);
         }
     }

@@ -19,7 +19,7 @@ use super::{End, Loop, BUF_CAP, CLEANUP_TIMEOUT};
 use crate::backend::{BackendError, Exchanged};
 use crate::fanout::{CommandTag, MergeError, ShardResult};
 use crate::pool::Checkout;
-use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
+use crate::protocol::{self, query_text, sqlstate, Frame, PgError, TxStatus};
 use crate::session::client_state::settings_effect;
 use crate::session::handshake::cancel_all;
 use crate::session::machine::fan_out_read::too_large;
@@ -249,9 +249,9 @@ impl Loop<'_> {
         self.note_effects(&mut conns, per_shard.iter().map(|(_, t)| t.as_str()));
         if in_txn {
             self.status = if collected.error.is_some() {
-                b'E'
+                TxStatus::Failed
             } else {
-                b'T'
+                TxStatus::InTransaction
             };
             self.park_all(&targets, conns);
         } else if implicit {

@@ -136,9 +136,9 @@ impl Loop<'_> {
     ) {
         if in_txn {
             self.status = if failed {
-                TxStatus::Failed.byte()
+                TxStatus::Failed
             } else {
-                TxStatus::InTransaction.byte()
+                TxStatus::InTransaction
             };
             self.park_all(shards, conns);
         }

@@ -13,6 +13,7 @@
 //! `batch`, checkout and read-your-writes in `checkout`, `SET/SHOW shardgate.*` in
 //! `proxy_command`, and the retry of a failed read in `retry`.
 
+use crate::protocol::TxStatus;
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
@@ -292,7 +293,7 @@ impl Loop<'_> {
             Err(e) => return Step::Refuse(e),
         };
         let standing = Standing {
-            in_transaction: self.status != b'I' || self.rt.pending_begin.is_some(),
+            in_transaction: self.status != TxStatus::Idle || self.rt.pending_begin.is_some(),
             two_phase: self
                 .login
                 .shard_map
@@ -434,12 +435,15 @@ impl Loop<'_> {
         let want = needs.want;
         let facts = needs.facts.as_ref();
         let single = |k: Kind| facts.is_some_and(|f| f.statements == 1 && f.kind == k);
-        if needs.prepare_only && self.rt.pending_begin.is_some() && self.status == b'T' {
+        if needs.prepare_only
+            && self.rt.pending_begin.is_some()
+            && self.status == TxStatus::InTransaction
+        {
             self.rt.outside_txn = true;
             return Step::Go(want, shard);
         }
         self.rt.outside_txn = false;
-        if self.status == b'E'
+        if self.status == TxStatus::Failed
             && !self.rt.parked.is_empty()
             && !(single(Kind::Commit) || single(Kind::Rollback))
         {
@@ -450,10 +454,10 @@ impl Loop<'_> {
         if let Some(read_only) = self.rt.pending_begin.as_ref().map(|b| b.1) {
             return self.plan_after_deferred_begin(facts, read_only, shard);
         }
-        if let Some(begin) = needs.only_begin.filter(|_| self.status == b'I') {
+        if let Some(begin) = needs.only_begin.filter(|_| self.status == TxStatus::Idle) {
             // An extended-protocol BEGIN is deferred too: answered here, up to its Sync.
             self.rt.pending_begin = Some(begin);
-            self.status = b'T';
+            self.status = TxStatus::InTransaction;
             self.answer_batch(frame.clone(), Ok("BEGIN"));
             return Step::Handled;
         }
@@ -463,8 +467,8 @@ impl Loop<'_> {
                 // ONLY) decides where it runs.
                 self.rt.pending_begin = Some((query_text(frame.body()).to_string(), read_only));
                 protocol::command_complete(&mut self.cout, "BEGIN");
-                self.status = b'T';
-                protocol::ready_for_query(&mut self.cout, b'T');
+                self.status = TxStatus::InTransaction;
+                protocol::ready_for_query(&mut self.cout, TxStatus::InTransaction);
                 return Step::Handled;
             }
         }
@@ -490,8 +494,8 @@ impl Loop<'_> {
             };
             self.rt.pending_begin = None;
             protocol::command_complete(&mut self.cout, tag);
-            self.status = b'I';
-            protocol::ready_for_query(&mut self.cout, b'I');
+            self.status = TxStatus::Idle;
+            protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
             return Step::Handled;
         }
         let read_only = read_only || facts.is_some_and(|f| f.kind == Kind::SetTransactionReadOnly);

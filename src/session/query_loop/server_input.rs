@@ -3,6 +3,7 @@
 //! queries, stale plans, reported settings), and returns the server connection to the pool
 //! once the client's transaction is over.
 
+use crate::protocol::TxStatus;
 use std::sync::Arc;
 
 use super::routing::ReadHold;
@@ -50,7 +51,7 @@ impl Loop<'_> {
         self.events = events;
         self.events.clear();
         if let (Some(status), Some(conn)) = (server_status, self.server.as_deref_mut()) {
-            conn.at_rest = status == b'I'
+            conn.at_rest = status == TxStatus::Idle
                 && self.relay.idle()
                 && !self.unsynced
                 && self.sout.is_empty()
@@ -67,9 +68,14 @@ impl Loop<'_> {
     /// Parse/Describe batch outside the client's deferred transaction, a transaction opened
     /// in statement mode. Returns the server's own status after it; None if the server
     /// connection is gone.
-    async fn on_ready(&mut self, status: u8, before: usize, statement_mode: bool) -> Option<u8> {
+    async fn on_ready(
+        &mut self,
+        status: TxStatus,
+        before: usize,
+        statement_mode: bool,
+    ) -> Option<TxStatus> {
         self.status = status;
-        if status == b'I' && std::mem::take(&mut self.client.ddl) {
+        if status == TxStatus::Idle && std::mem::take(&mut self.client.ddl) {
             // The schema changed: statements prepared from now on are new ones.
             self.state.statements.bump_generation();
         }
@@ -79,7 +85,7 @@ impl Loop<'_> {
             self.abort_refused_batch(before).await;
             return Some(status);
         }
-        if self.rt.outside_txn && status == b'I' {
+        if self.rt.outside_txn && status == TxStatus::Idle {
             // A Parse/Describe batch while the client's BEGIN waits: the client
             // is still in its transaction.
             let from = before.min(self.cout.len());
@@ -88,20 +94,20 @@ impl Loop<'_> {
                 let at = from + at + 5;
                 self.cout[at] = b'T';
             }
-            self.status = b'T';
+            self.status = TxStatus::InTransaction;
         }
         let mut server_status = status;
-        if statement_mode && status != b'I' && self.relay.idle() {
+        if statement_mode && status != TxStatus::Idle && self.relay.idle() {
             // The client opened a transaction: undo it instead of pinning the
             // connection. The ReadyForQuery just forwarded is the last 6 bytes.
             let cut = self.cout.len().saturating_sub(6).max(before);
             self.cout.truncate(cut);
             let conn = self.server.as_deref_mut()?;
             match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await {
-                Ok(Ok(b'I')) => server_status = b'I',
+                Ok(Ok(b'I')) => server_status = TxStatus::Idle,
                 _ => conn.broken = true,
             }
-            self.status = b'I';
+            self.status = TxStatus::Idle;
             self.refuse_transaction();
         }
         Some(server_status)
@@ -224,7 +230,7 @@ impl Loop<'_> {
         }
         self.rt.released();
         if let Some(mut c) = self.server.take() {
-            tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status as char), "release");
+            tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status.byte() as char), "release");
             lock(&self.login.cancel_slot).clear();
             if !c.inbuf.is_empty() {
                 // Asynchronous messages after ReadyForQuery belong to this client's session.
@@ -241,6 +247,6 @@ impl Loop<'_> {
             && self.client.pinned.is_none()
             && self.relay.idle()
             && !self.unsynced
-            && (self.status == b'I' || self.rt.outside_txn)
+            && (self.status == TxStatus::Idle || self.rt.outside_txn)
     }
 }

@@ -5,6 +5,7 @@
 use super::routing::Want;
 use super::Loop;
 use crate::pool::Checkout;
+use crate::protocol::TxStatus;
 use crate::protocol::{sqlstate, PgError};
 use crate::session::client_state::setup_sql;
 
@@ -24,8 +25,9 @@ impl Loop<'_> {
         shards: &[usize],
         want: Want,
     ) -> Result<(Vec<Checkout>, bool), PgError> {
-        let in_txn =
-            self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty();
+        let in_txn = self.status != TxStatus::Idle
+            || self.rt.pending_begin.is_some()
+            || !self.rt.parked.is_empty();
         if in_txn {
             // A transaction pinned to its shard by a savepoint fails here (twophase.rs).
             for s in shards {
@@ -87,7 +89,7 @@ impl Loop<'_> {
             if in_txn {
                 // The transaction failed; its connections stay until its end.
                 self.park_all(&kept, conns);
-                self.status = b'E';
+                self.status = TxStatus::Failed;
             }
             return Err(e);
         }

@@ -69,7 +69,7 @@ fn injected_parse_is_swallowed_and_synthetic_parse_complete_is_ordered() {
         expected.extend_from_slice(m);
     }
     assert_eq!(out, expected, "ParseComplete first, injected one swallowed");
-    assert!(matches!(events[..], [Event::Ready(b'I')]));
+    assert!(matches!(events[..], [Event::Ready(TxStatus::Idle)]));
     assert!(r.idle());
     assert_eq!(r.owed_ready(), 0);
 }
@@ -95,7 +95,7 @@ fn error_skips_to_sync_and_reports_unprepared_statements() {
     assert!(
         matches!(&events[0], Event::ParseFailed { stmt, client_name: Some(n) } if stmt.id == 3 && n == "c")
     );
-    assert!(matches!(events[1], Event::Ready(b'I')));
+    assert!(matches!(events[1], Event::Ready(TxStatus::Idle)));
     assert!(r.idle());
 }
 
@@ -118,7 +118,7 @@ fn simple_query_error_waits_for_ready_and_injected_query_is_silent_but_for_param
     expected.extend(&server[5]);
     expected.extend(&server[6]);
     assert_eq!(out, expected);
-    assert!(matches!(events[..], [Event::Ready(b'I')]));
+    assert!(matches!(events[..], [Event::Ready(TxStatus::Idle)]));
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn extended_copy_in_ignores_the_syncs_sent_in_copy_mode() {
     assert!(!r.sync_ignored());
     r.push(Expect::Client(Kind::Sync));
     let (_, events) = run(&mut r, &[msg(b'C', b"COPY 1\0"), msg(b'Z', b"I")]);
-    assert!(matches!(events[..], [Event::Ready(b'I')]));
+    assert!(matches!(events[..], [Event::Ready(TxStatus::Idle)]));
     assert!(r.idle());
 }
 
@@ -192,7 +192,7 @@ fn parameter_status_and_stale_plan_errors_are_reported_whole() {
     let (out, events) = run(&mut r, &server);
     assert_eq!(out, server.concat());
     assert!(
-        matches!(&events[..], [Event::ParameterStatus(Some(n)), Event::StalePlan, Event::Ready(b'I')] if n == "TimeZone"),
+        matches!(&events[..], [Event::ParameterStatus(Some(n)), Event::StalePlan, Event::Ready(TxStatus::Idle)] if n == "TimeZone"),
         "{events:?}"
     );
 }

@@ -2,6 +2,7 @@
 //! policy when one qualifies, else the primary), preparing it for the client (settings, a
 //! deferred BEGIN), and read-your-writes after a transaction that wrote.
 
+use crate::protocol::TxStatus;
 use std::time::{Duration, Instant};
 
 use super::super::statements::inject_query;
@@ -61,7 +62,7 @@ impl Loop<'_> {
             inject_query(&begin.0, &mut self.relay, &mut self.sout);
             self.rt.txn_begin = Some(begin.0.clone());
             self.rt.injected_begin = Some(begin);
-        } else if self.status != b'I' {
+        } else if self.status != TxStatus::Idle {
             // A transaction across shards reaching one more shard.
             let begin = self.begin_sql(self.rt.txn_begin.as_deref().unwrap_or("BEGIN"));
             inject_query(&begin, &mut self.relay, &mut self.sout);

@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(scan_answer(&answer), None);
         assert_eq!(scan_answer(&answer[..7]), None);
         let mut done = answer.clone();
-        protocol::ready_for_query(&mut done, b'I');
+        protocol::ready_for_query(&mut done, crate::protocol::TxStatus::Idle);
         assert_eq!(scan_answer(&done), Some(ReadHold::Go));
         // An ordinary notice or error keeps waiting; a shutdown notice or FATAL is a goodbye.
         let mut v = answer.to_vec();

@@ -2,6 +2,7 @@
 //! coordinator (see the `twophase` module for the protocol), or a plain COMMIT/ROLLBACK on
 //! each participant when there is nothing to make atomic.
 
+use crate::protocol::TxStatus;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -90,7 +91,7 @@ impl Loop<'_> {
         &mut self,
     ) -> Result<&'static str, CommitError> {
         let mut conns = self.take_participants();
-        let aborted = self.status == b'E';
+        let aborted = self.status == TxStatus::Failed;
         // A READ ONLY transaction (its BEGIN goes to every shard) has nothing to make atomic.
         let read_only = self
             .rt

@@ -6,6 +6,7 @@
 //! only would make the other shards answer under other settings, and the connections the
 //! transaction leaves behind would differ from what the proxy knows of them.
 
+use crate::protocol::TxStatus;
 use bytes::BytesMut;
 
 use super::super::routing::Step;
@@ -96,7 +97,7 @@ impl Loop<'_> {
         &mut self,
         shard: usize,
     ) -> Result<(), PgError> {
-        if self.status == b'E' {
+        if self.status == TxStatus::Failed {
             // The transaction failed on some shard: as in Postgres, nothing more runs in it
             // (the connection this needs may not know it failed); the block's end rolls back
             // every shard.
@@ -195,7 +196,7 @@ impl Loop<'_> {
                 None => true,
                 Some(c) => c == Control::Set && transaction_scoped(s),
             });
-        if only_scoped_sets && self.status != b'E' {
+        if only_scoped_sets && self.status != TxStatus::Failed {
             if self.server.is_some() && !self.relay.idle() {
                 return Some(Step::Hold);
             }
@@ -325,7 +326,9 @@ impl Loop<'_> {
     }
 
     fn in_txn(&self) -> bool {
-        self.status != b'I' || self.rt.pending_begin.is_some() || !self.rt.parked.is_empty()
+        self.status != TxStatus::Idle
+            || self.rt.pending_begin.is_some()
+            || !self.rt.parked.is_empty()
     }
 
     /// The control statements of an extended batch starting at `first` (as far as it has
@@ -421,7 +424,7 @@ impl Loop<'_> {
         self.unsynced = false;
         self.rt.pending_begin = None;
         self.rt.released();
-        self.status = b'E';
+        self.status = TxStatus::Failed;
         self.rt.guard.failed = true;
     }
 
@@ -525,7 +528,7 @@ impl Loop<'_> {
 
     fn end_failed(&mut self) {
         self.rt.guard = Default::default();
-        self.status = b'I';
+        self.status = TxStatus::Idle;
     }
 }
 
