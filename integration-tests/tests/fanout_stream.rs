@@ -2,7 +2,8 @@
 //! 1,000,000-row table on three real shard primaries, read by a slow client, keeps the
 //! proxy's memory bounded (its own test binary: it measures the resident size of this
 //! process, which runs the proxy), reaches the client before the shards have finished, and a
-//! CancelRequest stops the statement on all three shards within a second.
+//! CancelRequest stops the statement on all three shards within a second; `COPY big TO
+//! STDOUT` streams the same way.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -36,6 +37,14 @@ fn rss_kib() -> u64 {
 /// `id % 3 = i` (a read of the whole table reads every shard, so where the ring would put a
 /// key does not matter here), 100 bytes of padding a row: about 130 MB in all.
 async fn load() {
+    static LOADED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    LOADED.get_or_init(load_once).await;
+}
+
+/// The tests measure this process's memory: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn load_once() {
     let loads = (0..3).map(|i| async move {
         let d = shards().direct(i).await;
         d.batch_execute(&format!(
@@ -84,6 +93,7 @@ async fn running_on(i: usize) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_row_merge_streams_to_a_slow_client_in_bounded_memory_and_cancels_fast() {
+    let _serial = SERIAL.lock().await;
     load().await;
     let p = Proxy::start(&shards().config("127.0.0.1:0", "", ""));
     // Warm up: pools, caches and allocator arenas are in place before the baseline.
@@ -206,5 +216,55 @@ async fn a_million_row_merge_streams_to_a_slow_client_in_bounded_memory_and_canc
     eprintln!("read all rows; RSS grew by at most {grown_max} KiB");
     assert_eq!(expect - 1, ROWS);
     assert_eq!(tag, Some(ROWS as u64));
+    assert!(grown_max < 64 * 1024, "RSS grew by {grown_max} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_copy_to_stdout_streams_in_bounded_memory() {
+    use std::io::BufRead;
+    let _serial = SERIAL.lock().await;
+    load().await;
+    let p = Proxy::start(&shards().config("127.0.0.1:0", "", ""));
+    let warm = p.app("app").await;
+    for _ in 0..20 {
+        warm.simple_query("SELECT count(*) FROM big WHERE id < 10")
+            .await
+            .unwrap();
+    }
+    let before = rss_kib();
+    let url = p.url("app", "app", "app");
+    // psql (the simple protocol) writes the rows to a pipe read here.
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(integration_tests::pg_bin("psql"))
+            .args([&url, "-X", "-c", "COPY big TO STDOUT"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (mut lines, mut grown_max, mut ids) = (0u64, 0, 0i64);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            ids += line.split('\t').next().unwrap().parse::<i64>().unwrap();
+            lines += 1;
+            if lines % 100_000 == 0 {
+                grown_max = grown_max.max(rss_kib().saturating_sub(before));
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (lines, ids, grown_max)
+    });
+    let (lines, ids, grown_max) = tokio::time::timeout(Duration::from_secs(300), reader)
+        .await
+        .expect("the COPY ends within 5 minutes")
+        .unwrap();
+    eprintln!("COPY of {lines} rows; RSS grew by at most {grown_max} KiB");
+    assert_eq!(lines, ROWS as u64);
+    assert_eq!(ids, ROWS * (ROWS + 1) / 2, "every id exactly once");
     assert!(grown_max < 64 * 1024, "RSS grew by {grown_max} KiB");
 }

@@ -17,38 +17,15 @@
 use bytes::{Bytes, BytesMut};
 
 use super::framing::{Extended, Framing};
+pub use super::shard_stream::Step;
+use super::shard_stream::{encoded, Progress, ShardStream};
 use crate::fanout::{MergeError, Merger, RowDescription};
-use crate::protocol::{sqlstate, Frame, PgError, TxStatus};
+use crate::protocol::{sqlstate, Frame, PgError};
 use crate::sql::analyze::fanout::PlanSpec;
 
 /// Above this many bytes of rows waiting in the merge for slower shards, a shard is not read
 /// until the others catch up.
 pub const PAUSE_BYTES: usize = 64 * 1024;
-
-/// What the driver does after a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub enum Step {
-    /// Go on reading.
-    Continue,
-    /// The statement failed: cancel it on every shard still running, keep reading them to
-    /// their ReadyForQuery.
-    CancelOthers,
-    /// The shard's connection is in an unknown state: close it, do not read it again, and
-    /// cancel the statement on the other shards.
-    Broken,
-}
-
-/// Where one shard is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShardEnd {
-    /// Still answering.
-    Running,
-    /// Sent its ReadyForQuery with this status.
-    Ready(TxStatus),
-    /// Its connection failed or sent something unexpected; it must be closed.
-    Lost,
-}
 
 #[derive(Debug)]
 enum Merge {
@@ -63,8 +40,7 @@ enum Merge {
 #[derive(Debug)]
 pub struct FanOutRead {
     merge: Merge,
-    shards: Vec<ShardEnd>,
-    error: Option<Bytes>,
+    progress: Progress,
     /// Bytes of rows given to a merge that keeps them (see [`Merger::accumulates`]).
     held: usize,
     cap: usize,
@@ -88,8 +64,7 @@ impl FanOutRead {
     pub fn new(spec: PlanSpec, shards: usize, cap: usize) -> FanOutRead {
         FanOutRead {
             merge: Merge::Waiting(spec),
-            shards: vec![ShardEnd::Running; shards],
-            error: None,
+            progress: Progress::new(shards),
             held: 0,
             cap,
             framing: None,
@@ -111,126 +86,10 @@ impl FanOutRead {
         self.framing.as_ref().is_some_and(|f| f.started())
     }
 
-    /// Whether the driver should read more from shard `i` (ignoring the client's output,
-    /// which the driver checks unless [`FanOutRead::discarding`]).
-    pub fn wants(&self, i: usize) -> bool {
-        if self.shards.get(i) != Some(&ShardEnd::Running) {
-            return false;
-        }
-        match &self.merge {
-            Merge::Running(m) => m.buffered_bytes(i) < PAUSE_BYTES,
-            Merge::Waiting(_) | Merge::Failed => true,
-        }
-    }
-
-    /// The statement has failed: what the shards still send is read and dropped, so reading
-    /// them does not wait for the client.
-    pub fn discarding(&self) -> bool {
-        matches!(self.merge, Merge::Failed)
-    }
-
-    /// Every shard has answered to its ReadyForQuery (or was lost).
-    pub fn is_done(&self) -> bool {
-        self.shards.iter().all(|s| *s != ShardEnd::Running)
-    }
-
-    /// Where each shard is.
-    pub fn shard_ends(&self) -> &[ShardEnd] {
-        &self.shards
-    }
-
-    /// Whether the client gets an error for the statement.
-    pub fn failed(&self) -> bool {
-        self.error.is_some()
-    }
-
-    /// Takes message `frame` of shard `i`; anything for the client is appended to `out`.
-    pub fn on_message(&mut self, i: usize, frame: Frame, out: &mut BytesMut) -> Step {
-        if self.shards.get(i) != Some(&ShardEnd::Running) {
-            return self.lose(i, "a message after its ReadyForQuery", out);
-        }
-        match frame.tag {
-            b'Z' => match frame.body().first().copied().and_then(TxStatus::from_byte) {
-                Some(s) if frame.body().len() == 1 => {
-                    self.shards[i] = ShardEnd::Ready(s);
-                    self.end_if_done(out);
-                    Step::Continue
-                }
-                _ => self.lose(i, "a malformed ReadyForQuery", out),
-            },
-            b'E' => self.fail(frame.bytes),
-            b'N' => {
-                out.extend_from_slice(&frame.bytes);
-                Step::Continue
-            }
-            // Settings and notifications of a statement on several shards are not relayed
-            // (the driver resets the connections' settings when the statement may have
-            // changed any).
-            b'S' | b'A' => Step::Continue,
-            b'T' | b'D' | b'C' => self.merge_message(i, frame.bytes, out),
-            // Answers to the extended protocol's Parse, Bind and Describe.
-            b'1' | b'2' if self.framing.is_some() => Step::Continue,
-            b't' => match &mut self.framing {
-                Some(f) => {
-                    f.param_desc(frame.bytes);
-                    Step::Continue
-                }
-                None => self.lose(i, "an unexpected message", out),
-            },
-            _ => self.lose(i, "an unexpected message", out),
-        }
-    }
-
-    /// Shard `i`'s connection failed (read error, end of stream).
-    pub fn on_lost(&mut self, i: usize, out: &mut BytesMut) -> Step {
-        if self.shards.get(i) != Some(&ShardEnd::Running) {
-            return Step::Continue;
-        }
-        self.shards[i] = ShardEnd::Lost;
-        let e = PgError::error(
-            sqlstate::CONNECTION_FAILURE,
-            "a shard's connection failed during the statement",
-        );
-        let step = self.fail(encoded(&e));
-        self.end_if_done(out);
-        match step {
-            Step::Continue => Step::Continue,
-            _ => Step::CancelOthers,
-        }
-    }
-
-    /// The client sent a CancelRequest (forwarded to every shard): rows stop flowing at once,
-    /// so a shard blocked writing to a slow client can take the cancel, and the statement's
-    /// answer is the cancel error (also when a shard finishes before the cancel reaches it:
-    /// rows have been dropped). Nothing changes once the statement has failed.
-    pub fn on_cancel_requested(&mut self) -> Step {
-        self.fail(encoded(&PgError::error(
-            sqlstate::QUERY_CANCELED,
-            "canceling statement due to user request",
-        )))
-    }
-
-    fn lose(&mut self, i: usize, what: &str, out: &mut BytesMut) -> Step {
-        let e = PgError::error(
-            sqlstate::PROTOCOL_VIOLATION,
-            format!("shard {i} sent {what} during a statement on several shards"),
-        );
-        let _ = self.fail(encoded(&e));
-        if let Some(s) = self.shards.get_mut(i) {
-            *s = ShardEnd::Lost;
-        }
-        self.end_if_done(out);
-        Step::Broken
-    }
-
-    /// The first error is the statement's; later ones are dropped.
+    /// The first error is the statement's; the merge is over.
     fn fail(&mut self, error: Bytes) -> Step {
         self.merge = Merge::Failed;
-        if self.error.is_some() {
-            return Step::Continue;
-        }
-        self.error = Some(error);
-        Step::CancelOthers
+        self.progress.fail(error)
     }
 
     fn merge_error(&mut self, e: &MergeError) -> Step {
@@ -254,7 +113,7 @@ impl FanOutRead {
             };
             let merger = spec
                 .resolve(&names)
-                .and_then(|plan| Merger::new(plan, self.shards.len()));
+                .and_then(|plan| Merger::new(plan, self.progress.shard_count()));
             match merger {
                 Ok(m) => self.merge = Merge::Running(Box::new(m)),
                 Err(e) => return self.merge_error(&e),
@@ -293,33 +152,98 @@ impl FanOutRead {
 
     /// Once every shard is at ReadyForQuery: the error, or a check that the merge completed.
     fn end_if_done(&mut self, out: &mut BytesMut) {
-        if !self.is_done() {
+        if !self.progress.is_done() {
             return;
         }
-        if self.error.is_none() {
-            let complete = match &self.merge {
-                Merge::Running(m) => m.is_finished(),
-                // Every shard answered without a row description or command tag.
-                Merge::Waiting(_) => false,
-                Merge::Failed => true,
-            };
-            if !complete {
-                self.error = Some(encoded(&PgError::error(
-                    sqlstate::INTERNAL_ERROR,
-                    "the shards' answers to the statement are incomplete",
-                )));
-            }
+        let complete = match &self.merge {
+            Merge::Running(m) => m.is_finished(),
+            // Every shard answered without a row description or command tag.
+            Merge::Waiting(_) => false,
+            Merge::Failed => true,
+        };
+        if !complete {
+            self.progress.incomplete();
         }
-        if let Some(e) = &self.error {
+        if let Some(e) = self.progress.error() {
             out.extend_from_slice(e);
         }
     }
 }
 
-fn encoded(e: &PgError) -> Bytes {
-    let mut b = BytesMut::new();
-    e.encode(&mut b);
-    b.freeze()
+impl ShardStream for FanOutRead {
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    fn wants(&self, i: usize) -> bool {
+        if !self.progress.running(i) {
+            return false;
+        }
+        match &self.merge {
+            Merge::Running(m) => m.buffered_bytes(i) < PAUSE_BYTES,
+            Merge::Waiting(_) | Merge::Failed => true,
+        }
+    }
+
+    fn discarding(&self) -> bool {
+        matches!(self.merge, Merge::Failed)
+    }
+
+    fn on_message(&mut self, i: usize, frame: Frame, out: &mut BytesMut) -> Step {
+        if !self.progress.running(i) {
+            return self.lose(i, "a message after its ReadyForQuery", out);
+        }
+        match frame.tag {
+            b'Z' if self.progress.ready(i, &frame) => {
+                self.end_if_done(out);
+                Step::Continue
+            }
+            b'Z' => self.lose(i, "a malformed ReadyForQuery", out),
+            b'E' => self.fail(frame.bytes),
+            b'N' => {
+                out.extend_from_slice(&frame.bytes);
+                Step::Continue
+            }
+            // Settings and notifications of a statement on several shards are not relayed
+            // (the driver resets the connections' settings when the statement may have
+            // changed any).
+            b'S' | b'A' => Step::Continue,
+            b'T' | b'D' | b'C' => self.merge_message(i, frame.bytes, out),
+            // Answers to the extended protocol's Parse, Bind and Describe.
+            b'1' | b'2' if self.framing.is_some() => Step::Continue,
+            b't' => match &mut self.framing {
+                Some(f) => {
+                    f.param_desc(frame.bytes);
+                    Step::Continue
+                }
+                None => self.lose(i, "an unexpected message", out),
+            },
+            _ => self.lose(i, "an unexpected message", out),
+        }
+    }
+
+    fn on_lost(&mut self, i: usize, out: &mut BytesMut) -> Step {
+        let step = self.progress.lost(i);
+        if self.progress.failed() {
+            self.merge = Merge::Failed;
+        }
+        self.end_if_done(out);
+        step
+    }
+
+    fn on_cancel_requested(&mut self) -> Step {
+        self.merge = Merge::Failed;
+        self.progress.cancel_requested()
+    }
+}
+
+impl FanOutRead {
+    fn lose(&mut self, i: usize, what: &str, out: &mut BytesMut) -> Step {
+        self.merge = Merge::Failed;
+        let step = self.progress.lose(i, what);
+        self.end_if_done(out);
+        step
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 use bytes::{Bytes, BytesMut};
 
-use super::{FanOutRead, ShardEnd, Step, PAUSE_BYTES};
+use super::{FanOutRead, ShardStream, Step, PAUSE_BYTES};
 use crate::fanout::wire::test_util::{complete, data_row, row_desc};
 use crate::protocol::{split_frame, sqlstate, Frame, PgError, TxStatus};
+use crate::session::machine::shard_stream::ShardEnd;
 use crate::sql::analyze::fanout::fan_out_query;
 
 const INT8: u32 = 20;
@@ -127,7 +128,7 @@ fn unordered_rows_reach_the_client_before_every_shard_has_finished() {
     );
     assert!(steps.iter().all(|s| *s == Step::Continue));
     assert_eq!(flat(&outs), ["T", "D:1", "D:2"]);
-    assert!(!f.is_done());
+    assert!(!f.progress().is_done());
 }
 
 #[test]
@@ -163,8 +164,11 @@ fn a_complete_answer_ends_with_one_summed_tag() {
         ],
     );
     assert_eq!(flat(&outs), ["T", "D:1", "D:5", "D:6", "C:SELECT 3"]);
-    assert!(f.is_done() && !f.failed());
-    assert_eq!(f.shard_ends(), [ShardEnd::Ready(TxStatus::Idle); 3]);
+    assert!(f.progress().is_done() && !f.progress().failed());
+    assert_eq!(
+        f.progress().shard_ends(),
+        [ShardEnd::Ready(TxStatus::Idle); 3]
+    );
 }
 
 #[test]
@@ -275,7 +279,7 @@ fn a_shards_error_cancels_the_others_and_is_the_last_message() {
         ["E:22012"],
         "the error comes once every shard is ready"
     );
-    assert!(f.failed() && f.is_done());
+    assert!(f.progress().failed() && f.progress().is_done());
 }
 
 #[test]
@@ -337,10 +341,10 @@ fn unexpected_messages_break_that_shard_and_fail_the_statement() {
             ],
         );
         assert_eq!(steps[1], Step::Broken);
-        assert_eq!(f.shard_ends()[1], ShardEnd::Lost);
+        assert_eq!(f.progress().shard_ends()[1], ShardEnd::Lost);
         assert!(!f.wants(1));
         assert_eq!(flat(&outs), ["E:08P01"]);
-        assert!(f.is_done());
+        assert!(f.progress().is_done());
     }
 }
 
@@ -356,7 +360,7 @@ fn a_message_after_ready_for_query_breaks_the_shard() {
         ],
     );
     assert_eq!(steps[2], Step::Broken);
-    assert_eq!(f.shard_ends()[0], ShardEnd::Lost);
+    assert_eq!(f.progress().shard_ends()[0], ShardEnd::Lost);
 }
 
 #[test]
@@ -367,12 +371,12 @@ fn a_lost_shard_fails_the_statement_with_08006() {
     assert_eq!(f.on_message(0, frame(&M::T(ID)), &mut out), Step::Continue);
     assert_eq!(f.on_lost(1, &mut out), Step::CancelOthers);
     assert_eq!(f.on_lost(1, &mut out), Step::Continue, "lost once");
-    assert!(!f.is_done());
+    assert!(!f.progress().is_done());
     let _ = f.on_message(0, frame(&M::C("SELECT 0")), &mut out);
     let _ = f.on_message(0, frame(&M::Z(b'I')), &mut out);
     assert_eq!(read_out(&mut out), ["E:08006"]);
     assert_eq!(
-        f.shard_ends(),
+        f.progress().shard_ends(),
         [ShardEnd::Ready(TxStatus::Idle), ShardEnd::Lost]
     );
 }
@@ -469,7 +473,7 @@ fn a_stream_without_accumulation_is_not_capped() {
         (1, M::Z(b'I')),
     ]);
     let (f, _, outs) = run_capped("SELECT id FROM t", 2, 40, &script);
-    assert!(!f.failed());
+    assert!(!f.progress().failed());
     assert_eq!(flat(&outs).last().map(String::as_str), Some("C:SELECT 100"));
 }
 
@@ -485,7 +489,7 @@ fn an_unordered_distinct_counts_against_the_cap() {
 #[test]
 fn a_statement_without_any_answer_is_an_internal_error() {
     let (f, _, outs) = run("SELECT id FROM t", 2, &[(0, M::Z(b'I')), (1, M::Z(b'I'))]);
-    assert!(f.failed());
+    assert!(f.progress().failed());
     assert_eq!(flat(&outs), ["E:XX000"]);
 }
 
@@ -503,7 +507,7 @@ fn statuses_inside_a_transaction_are_reported_per_shard() {
         ],
     );
     assert_eq!(
-        f.shard_ends(),
+        f.progress().shard_ends(),
         [
             ShardEnd::Ready(TxStatus::Failed),
             ShardEnd::Ready(TxStatus::InTransaction)

@@ -4,7 +4,8 @@ use super::{Extended, Framing};
 use crate::fanout::wire::test_util::{complete, data_row, row_desc};
 use crate::fanout::wire::{parse_data_row, RowDescription};
 use crate::protocol::{split_frame, PgError};
-use crate::session::machine::fan_out_read::{FanOutRead, Step};
+use crate::session::machine::fan_out_read::FanOutRead;
+use crate::session::machine::shard_stream::{ShardStream, Step};
 use crate::sql::analyze::fanout::fan_out_query;
 
 const INT8: u32 = 20;
@@ -192,7 +193,7 @@ fn the_extended_machine_ignores_parse_and_bind_complete_and_frames_the_merge() {
         };
         assert_eq!(m.on_message(i, frame, &mut out), Step::Continue);
     }
-    assert!(m.parse_answered() && !m.failed());
+    assert!(m.parse_answered() && !m.progress().failed());
     let (tags, msgs) = messages(&mut out);
     assert_eq!(tags, "12TDDC");
     let first = parse_data_row(&msgs[3], 1).unwrap();

@@ -4,6 +4,10 @@
 //!
 //! - [`fan_out_read`]: a read statement streamed from several shards through the merge;
 //!   [`framing`] frames its answer for the extended protocol.
+//! - [`copy_out`]: `COPY ... TO STDOUT` streamed from several shards.
+//! - [`shard_stream`]: what those share (shard progress, first error, the driver's steps).
 
+pub mod copy_out;
 pub mod fan_out_read;
 pub mod framing;
+pub mod shard_stream;

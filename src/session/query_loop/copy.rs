@@ -3,13 +3,12 @@
 //! transaction the COPY joins it on every shard (so it commits with two-phase commit);
 //! outside one each shard's COPY commits on its own.
 
-use crate::protocol::TxStatus;
+use crate::session::machine::copy_out::CopyOut;
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::routing::Want;
 use super::Loop;
-use crate::backend::Exchanged;
 use crate::config::KeyType;
 use crate::fanout::CommandTag;
 use crate::pool::Checkout;
@@ -258,18 +257,6 @@ async fn end_everywhere(
 }
 
 impl Loop<'_> {
-    /// Hands the connections back: kept by an open transaction, else returned to the pool.
-    fn copy_done(&mut self, shards: &[usize], conns: Vec<Checkout>, in_txn: bool, failed: bool) {
-        if in_txn {
-            self.status = if failed {
-                TxStatus::Failed
-            } else {
-                TxStatus::InTransaction
-            };
-            self.park_all(shards, conns);
-        }
-    }
-
     /// `COPY ... FROM STDIN` on every shard, rows split by key.
     pub(super) async fn copy_in(
         &mut self,
@@ -298,7 +285,7 @@ impl Loop<'_> {
         let key = match key_position(&mut conns, c, sharded.as_ref()).await {
             Ok(key) => key,
             Err(e) => {
-                self.copy_done(shards, conns, in_txn, true);
+                self.end_shard_statement(shards, conns, in_txn, true);
                 return Err(e);
             }
         };
@@ -306,7 +293,7 @@ impl Loop<'_> {
         let copy_in_response = match start_everywhere(&mut conns, sql).await {
             Ok(g) => g,
             Err(out) => {
-                self.copy_done(shards, conns, in_txn, true);
+                self.end_shard_statement(shards, conns, in_txn, true);
                 return Ok(out);
             }
         };
@@ -336,7 +323,7 @@ impl Loop<'_> {
         let end = if ok { None } else { Some(fail.as_str()) };
         let (total, shard_error) = end_everywhere(&mut conns, &bufs, end, key.is_some()).await;
         let failed = !ok || shard_error.is_some();
-        self.copy_done(shards, conns, in_txn, failed);
+        self.end_shard_statement(shards, conns, in_txn, failed);
         if let Some(e) = failure {
             return Err(e);
         }
@@ -426,70 +413,18 @@ impl Loop<'_> {
         Ok((failure, client_failed))
     }
 
-    /// `COPY ... TO STDOUT` from every shard, concatenated.
+    /// `COPY ... TO STDOUT` of a sharded table: streamed from every shard (see
+    /// [`CopyOut`]); the answer goes straight into the client's output.
     pub(super) async fn copy_out(
         &mut self,
         sql: &str,
         shards: &[usize],
     ) -> Result<BytesMut, PgError> {
-        let (mut conns, in_txn) = self.shard_conns(shards, Want::Read).await?;
         let mut q = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut q);
-        let requests = vec![&q[..]; conns.len()];
-        let answers = self.exchange_all(&mut conns, &requests).await?;
-        let (mut head, mut data, mut error) = (None, BytesMut::new(), None);
-        let mut total = 0u64;
-        let mut done = None;
-        for (conn, a) in conns.iter_mut().zip(answers) {
-            if matches!(&a, Ok(x) if x.overflow) {
-                error.get_or_insert(self.too_large().freeze());
-                continue;
-            }
-            let Ok(Exchanged { frames, .. }) = a else {
-                conn.broken = true;
-                let mut b = BytesMut::new();
-                PgError::error(sqlstate::CONNECTION_FAILURE, "shard lost during COPY")
-                    .encode(&mut b);
-                error.get_or_insert(b.freeze());
-                continue;
-            };
-            for f in frames {
-                match f.tag {
-                    b'H' => {
-                        head.get_or_insert(f.bytes);
-                    }
-                    b'd' => data.extend_from_slice(&f.bytes),
-                    b'c' => {
-                        done.get_or_insert(f.bytes);
-                    }
-                    b'C' => {
-                        total += CommandTag::parse(&f.bytes)
-                            .ok()
-                            .and_then(|t| t.rows)
-                            .unwrap_or(0)
-                    }
-                    b'E' => {
-                        error.get_or_insert(f.bytes);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let failed = error.is_some();
-        self.copy_done(shards, conns, in_txn, failed);
-        let mut out = BytesMut::new();
-        if let Some(e) = error {
-            out.extend_from_slice(&e);
-            return Ok(out);
-        }
-        if let Some(h) = head {
-            out.extend_from_slice(&h);
-        }
-        out.extend_from_slice(&data);
-        if let Some(c) = done {
-            out.extend_from_slice(&c);
-        }
-        protocol::command_complete(&mut out, &format!("COPY {total}"));
-        Ok(out)
+        let machine = CopyOut::new(shards.len());
+        self.stream_fan_out(shards, Want::Read, &q, machine, sql)
+            .await?;
+        Ok(BytesMut::new())
     }
 }

@@ -17,7 +17,8 @@ use super::{reserve, Loop, BUF_CAP, CLEANUP_TIMEOUT};
 use crate::pool::Checkout;
 use crate::protocol::{sqlstate, PgError, TxStatus};
 use crate::session::handshake::cancel_all;
-use crate::session::machine::fan_out_read::{FanOutRead, ShardEnd, Step};
+use crate::session::machine::fan_out_read::FanOutRead;
+use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
 use crate::sql::analyze::fanout::FanOutQuery;
 
 /// Why the driver stopped before every shard answered.
@@ -73,14 +74,14 @@ impl Loop<'_> {
     /// Sends `request` (the statement `sql`) to every one of `shards` and runs `machine` over
     /// their answers, streaming the client's messages into its output. Returns the machine at
     /// its end (the caller reads how it went).
-    pub(super) async fn stream_fan_out(
+    pub(super) async fn stream_fan_out<M: ShardStream>(
         &mut self,
         shards: &[usize],
         want: Want,
         request: &[u8],
-        mut machine: FanOutRead,
+        mut machine: M,
         sql: &str,
-    ) -> Result<FanOutRead, PgError> {
+    ) -> Result<M, PgError> {
         let (mut conns, in_txn) = self.shard_conns(shards, want).await?;
         let sent = futures_util::future::join_all(conns.iter_mut().map(|c| c.send(request))).await;
         if sent.iter().any(Result::is_err) {
@@ -114,20 +115,20 @@ impl Loop<'_> {
                 conns.iter_mut().for_each(|c| c.broken = true);
             }
         }
-        for (c, end) in conns.iter_mut().zip(machine.shard_ends()) {
+        for (c, end) in conns.iter_mut().zip(machine.progress().shard_ends()) {
             match end {
                 ShardEnd::Ready(s) if s.in_transaction() == in_txn => {}
                 _ => c.broken = true,
             }
         }
         self.note_effects(&mut conns, std::iter::once(sql));
-        self.end_shard_statement(shards, conns, in_txn, machine.failed());
+        self.end_shard_statement(shards, conns, in_txn, machine.progress().failed());
         Ok(machine)
     }
 
     /// Inside a transaction the connections stay with it (failed if `failed`); outside, they
     /// go back to their pools (or are closed when broken).
-    fn end_shard_statement(
+    pub(super) fn end_shard_statement(
         &mut self,
         shards: &[usize],
         conns: Vec<Checkout>,
@@ -146,9 +147,9 @@ impl Loop<'_> {
 
     /// Moves messages from the shards through `machine` to the client until every shard is at
     /// ReadyForQuery.
-    async fn drive(
+    async fn drive<M: ShardStream>(
         &mut self,
-        machine: &mut FanOutRead,
+        machine: &mut M,
         conns: &mut [Checkout],
         cancel: &mut Option<JoinHandle<()>>,
     ) -> Result<(), Stop> {
@@ -176,7 +177,7 @@ impl Loop<'_> {
                     react(step, i, machine, conns, cancel);
                 }
             }
-            if machine.is_done() {
+            if machine.progress().is_done() {
                 return Ok(());
             }
             if self.try_flush().is_err() {
@@ -213,10 +214,10 @@ impl Loop<'_> {
 }
 
 /// Carries out `step`, taken after a message of shard `i`.
-fn react(
+fn react<M: ShardStream>(
     step: Step,
     i: usize,
-    machine: &FanOutRead,
+    machine: &M,
     conns: &mut [Checkout],
     cancel: &mut Option<JoinHandle<()>>,
 ) {
@@ -230,7 +231,7 @@ fn react(
     }
     let targets: Vec<_> = conns
         .iter()
-        .zip(machine.shard_ends())
+        .zip(machine.progress().shard_ends())
         .filter(|(_, end)| !matches!(end, ShardEnd::Ready(_)))
         .map(|(c, _)| c.cancel_target())
         .collect();
