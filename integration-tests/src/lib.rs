@@ -440,6 +440,17 @@ pub mod raw {
     }
 }
 
+/// This process's resident set size in KiB (the proxy of a test runs in it).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
 /// A set of real shard primaries for sharding tests, with a proxy config over them.
 pub struct ShardSet {
     /// The shard primaries (role and database `app`, password `app`).

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use integration_tests::{sqlstate, wait_until, Proxy, ShardSet};
+use integration_tests::{rss_kib, sqlstate, wait_until, Proxy, ShardSet};
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 const ROWS: i64 = 1_000_000;
@@ -21,16 +21,6 @@ fn shards() -> &'static ShardSet {
     let s = S.get_or_init(|| ShardSet::start(3, 0, &[("big", "id", "bigint")]));
     REGISTERED.call_once(|| s.stop_at_exit());
     s
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 /// Loads `big` on each shard directly: ids 1..=ROWS, shard `i` holding those with
@@ -57,6 +47,19 @@ async fn load_once() {
         d.batch_execute("VACUUM ANALYZE big").await.unwrap();
     });
     futures_util::future::join_all(loads).await;
+}
+
+/// A proxy over the shards, warmed up (pools, caches and allocator arenas in place), and
+/// this process's RSS then: the baseline of the memory checks.
+async fn warm_proxy() -> (Proxy, u64) {
+    let p = Proxy::start(&shards().config("127.0.0.1:0", "", ""));
+    let warm = p.app("app").await;
+    for _ in 0..20 {
+        warm.simple_query("SELECT count(*) FROM big WHERE id < 10")
+            .await
+            .unwrap();
+    }
+    (p, rss_kib())
 }
 
 /// Whether every shard runs the query right now.
@@ -95,15 +98,7 @@ async fn running_on(i: usize) -> i64 {
 async fn a_million_row_merge_streams_to_a_slow_client_in_bounded_memory_and_cancels_fast() {
     let _serial = SERIAL.lock().await;
     load().await;
-    let p = Proxy::start(&shards().config("127.0.0.1:0", "", ""));
-    // Warm up: pools, caches and allocator arenas are in place before the baseline.
-    let warm = p.app("app").await;
-    for _ in 0..20 {
-        warm.simple_query("SELECT count(*) FROM big WHERE id < 10")
-            .await
-            .unwrap();
-    }
-    let before = rss_kib();
+    let (p, before) = warm_proxy().await;
     let c = p.app("app").await;
     let token = c.cancel_token();
     let mut rows = Box::pin(c.simple_query_raw(QUERY).await.unwrap());
@@ -224,14 +219,7 @@ async fn a_million_row_copy_to_stdout_streams_in_bounded_memory() {
     use std::io::BufRead;
     let _serial = SERIAL.lock().await;
     load().await;
-    let p = Proxy::start(&shards().config("127.0.0.1:0", "", ""));
-    let warm = p.app("app").await;
-    for _ in 0..20 {
-        warm.simple_query("SELECT count(*) FROM big WHERE id < 10")
-            .await
-            .unwrap();
-    }
-    let before = rss_kib();
+    let (p, before) = warm_proxy().await;
     let url = p.url("app", "app", "app");
     // psql (the simple protocol) writes the rows to a pipe read here.
     let reader = tokio::task::spawn_blocking(move || {

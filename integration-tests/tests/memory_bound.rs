@@ -3,19 +3,9 @@
 //! measures the resident size of this process, which runs the proxy.)
 
 use integration_tests::raw::login_trust;
-use integration_tests::{config_text, Proxy};
+use integration_tests::{config_text, rss_kib, Proxy};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_megabytes_of_syncs_without_reading_stay_bounded() {

@@ -65,6 +65,32 @@ pub fn frame_ready(buf: &[u8]) -> bool {
     }
 }
 
+/// The whole messages at the start of `buf` as (tag, body), without consuming them; stops at
+/// the first partial or malformed one.
+pub fn whole_messages(buf: &[u8]) -> WholeMessages<'_> {
+    WholeMessages { rest: buf }
+}
+
+/// The iterator of [`whole_messages`].
+#[derive(Debug, Clone)]
+pub struct WholeMessages<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for WholeMessages<'a> {
+    type Item = (u8, &'a [u8]);
+
+    fn next(&mut self) -> Option<(u8, &'a [u8])> {
+        let (tag, total) = header(self.rest, usize::MAX).ok().flatten()?;
+        if self.rest.len() < total {
+            return None;
+        }
+        let (msg, rest) = self.rest.split_at(total);
+        self.rest = rest;
+        Some((tag, &msg[5..]))
+    }
+}
+
 /// Splits one complete message off the front of `buf`.
 pub fn split_frame(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
     match header(buf, max)? {
@@ -93,6 +119,15 @@ pub fn cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn whole_messages_stop_at_a_partial_or_malformed_one() {
+        let buf = [b'S', 0, 0, 0, 4, b'Q', 0, 0, 0, 6, b'x', 0, b'H', 0, 0];
+        let v: Vec<_> = super::whole_messages(&buf).collect();
+        assert_eq!(v, [(b'S', &b""[..]), (b'Q', &b"x\0"[..])]);
+        let bad = [b'S', 0, 0, 0, 2, b'S', 0, 0, 0, 4];
+        assert_eq!(super::whole_messages(&bad).count(), 0);
+    }
+
     use super::*;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {

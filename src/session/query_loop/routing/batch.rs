@@ -264,15 +264,11 @@ impl Loop<'_> {
             }
             go = scan.visit(self, f.tag, f.body());
         }
-        let mut rest: &[u8] = &self.cin;
-        while go && rest.len() >= 5 {
-            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
-            let end = len as usize + 1;
-            if len < 4 || rest.len() < end {
+        for (tag, body) in crate::protocol::whole_messages(&self.cin) {
+            if !go {
                 break;
             }
-            go = scan.visit(self, rest[0], &rest[5..end]);
-            rest = &rest[end..];
+            go = scan.visit(self, tag, body);
         }
         self.rt.unnamed = scan.unnamed.take();
         scan.into_plan()

@@ -376,16 +376,12 @@ impl Loop<'_> {
             seen += 1;
             go = visit(f.tag, f.body());
         }
-        let mut rest: &[u8] = &self.cin;
-        while go && rest.len() >= 5 {
-            let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]);
-            let end = len as usize + 1;
-            if len < 4 || rest.len() < end {
+        for (tag, body) in crate::protocol::whole_messages(&self.cin) {
+            if !go {
                 break;
             }
             seen += 1;
-            go = visit(rest[0], &rest[5..end]);
-            rest = &rest[end..];
+            go = visit(tag, body);
         }
         self.rt.guard.unnamed = unnamed;
         // The Sync itself (if seen) is not checked again either way.
