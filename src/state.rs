@@ -151,6 +151,8 @@ pub struct ProxyState {
     pub statements: StatementCache,
     /// Statement analyses by shape (routing).
     pub analysis: crate::sql::AnalysisCache,
+    /// Fan-out plans by statement text.
+    pub fan_out_plans: crate::sql::FanOutCache,
     /// Shard maps of the databases with more than one shard.
     pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
 }
@@ -185,6 +187,7 @@ impl ProxyState {
             .collect();
         Arc::new(ProxyState {
             shard_maps,
+            fan_out_plans: crate::sql::FanOutCache::default(),
             analysis: crate::sql::AnalysisCache::new(
                 config.routing.analysis_cache_size,
                 config.routing.write_functions.clone(),

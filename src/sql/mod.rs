@@ -8,17 +8,20 @@
 //!   effects.
 //! - [`hints`]: comment hints and `SET shardgate.*` proxy settings; [`hints::RouteFacts`].
 //! - [`cache`]: [`AnalysisCache`], analyses cached by shape; the entry point for sessions.
+//! - [`plan_cache`]: [`FanOutCache`], fan-out plans cached by statement text.
 
 pub mod analyze;
 pub mod cache;
 pub mod hints;
 mod patch;
+pub mod plan_cache;
 pub mod scan;
 pub mod shape;
 pub mod write_functions;
 
 pub use analyze::{classify, Analysis, Kind};
 pub use cache::AnalysisCache;
+pub use plan_cache::FanOutCache;
 pub use shape::{shape, Literal, Shape};
 
 #[cfg(test)]

@@ -100,6 +100,8 @@ impl ShardStream for CopyOut {
         let step = match frame.tag {
             b'Z' if self.progress.ready(i, &frame) => Step::Continue,
             b'E' => self.progress.fail(frame.bytes),
+            // Read whatever the client's output holds once failed: notices go too.
+            b'N' if self.progress.failed() => Step::Continue,
             b'N' => {
                 out.extend_from_slice(&frame.bytes);
                 Step::Continue

@@ -572,3 +572,20 @@ fn a_cancel_after_an_error_keeps_the_first_error() {
     let _ = f.on_message(0, frame(&M::Z(b'I')), &mut out);
     assert_eq!(read_out(&mut out), ["E:22012"]);
 }
+
+#[test]
+fn notices_of_a_failed_statement_are_dropped() {
+    let (_, _, outs) = run(
+        "SELECT id FROM t",
+        2,
+        &[
+            (0, M::N),
+            (1, M::E(sqlstate::DIVISION_BY_ZERO)),
+            (0, M::N),
+            (0, M::N),
+            (0, M::Z(b'I')),
+            (1, M::Z(b'I')),
+        ],
+    );
+    assert_eq!(flat(&outs), ["N", "E:22012"]);
+}

@@ -178,3 +178,7 @@ impl Progress {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "shard_stream_tests.rs"]
+mod tests;

@@ -23,7 +23,6 @@ use crate::protocol::{self, query_text, sqlstate, Frame, PgError, TxStatus};
 use crate::session::client_state::settings_effect;
 use crate::session::handshake::cancel_all;
 use crate::session::machine::fan_out_read::too_large;
-use crate::sql::analyze::fanout::fan_out_query;
 use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
 
@@ -151,7 +150,11 @@ impl Loop<'_> {
         // What each shard runs, and how the answers combine.
         let per_shard: Work = match command {
             Command::Select => {
-                let q = fan_out_query(sql).map_err(merge_error)?;
+                let q = self
+                    .state
+                    .fan_out_plans
+                    .plan(sql, &|_| None)
+                    .map_err(merge_error)?;
                 let want = if facts.reads() {
                     Want::Read
                 } else {

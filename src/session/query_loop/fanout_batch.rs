@@ -16,7 +16,7 @@ use crate::protocol::{
 use crate::session::machine::fan_out_read::FanOutRead;
 use crate::session::machine::framing::{Extended, Framing};
 use crate::shard::route::Params;
-use crate::sql::analyze::fanout::{fan_out_query_with, FanOutQuery};
+use crate::sql::analyze::fanout::FanOutQuery;
 use crate::sql::analyze::shard::Command;
 use crate::sql::analyze::split_insert_params;
 use crate::sql::hints::RouteFacts;
@@ -225,7 +225,11 @@ impl Loop<'_> {
         let (parsed, out) = match command {
             Command::Select => {
                 let value = |n: usize| param_count(&params, n);
-                let q = fan_out_query_with(&sql, &value).map_err(|e| e.to_pg_error())?;
+                let q = self
+                    .state
+                    .fan_out_plans
+                    .plan(&sql, &value)
+                    .map_err(|e| e.to_pg_error())?;
                 let parsed = self
                     .batch_select(q, ext, bind_params, &facts, shards)
                     .await?;
