@@ -2,8 +2,8 @@
 //! 1,000,000-row table on three real shard primaries, read by a slow client, keeps the
 //! proxy's memory bounded (its own test binary: it measures the resident size of this
 //! process, which runs the proxy), reaches the client before the shards have finished, and a
-//! CancelRequest stops the statement on all three shards within a second; `COPY big TO
-//! STDOUT` streams the same way.
+//! CancelRequest stops the statement on all three shards within a second; a slow client that
+//! leaves mid-stream has it cancelled everywhere; `COPY big TO STDOUT` streams the same way.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -255,4 +255,51 @@ async fn a_million_row_copy_to_stdout_streams_in_bounded_memory() {
     assert_eq!(lines, ROWS as u64);
     assert_eq!(ids, ROWS * (ROWS + 1) / 2, "every id exactly once");
     assert!(grown_max < 64 * 1024, "RSS grew by {grown_max} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_leaving_mid_stream_has_the_read_cancelled_on_every_shard() {
+    let _serial = SERIAL.lock().await;
+    load().await;
+    // One connection per shard: the pool must get them back for the next client.
+    let text = shards()
+        .config("127.0.0.1:0", "", "")
+        .replace("size = 4", "size = 1");
+    let p = Proxy::start(&text);
+    let (client, conn) = tokio_postgres::connect(&p.conn_str("app", "app", "app"), NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let mut rows = Box::pin(client.simple_query_raw(QUERY).await.unwrap());
+    let first = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(Ok(SimpleQueryMessage::Row(_))) = rows.next().await {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(first.is_ok(), "no first row within a minute");
+    assert!(running_everywhere().await, "the shards finished early");
+    // The client's socket closes with its connection task, its output still full.
+    task.abort();
+    drop(rows);
+    drop(client);
+    assert!(
+        wait_until(Duration::from_secs(10), stopped_everywhere).await,
+        "a shard still runs the read of a client that left"
+    );
+    let c = p.app("app").await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        c.simple_query("SELECT count(*) FROM big"),
+    )
+    .await
+    .expect("a new client is served")
+    .unwrap();
+    let count = r.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("1000000"));
 }

@@ -164,7 +164,7 @@ fn fuzz_text_to_binary() {
 }
 
 /// Shards' answers for a merge: a description, rows and a tag, each possibly corrupted.
-fn shard_answers() -> impl Strategy<Value = (u32, i16, Vec<Vec<u8>>)> + Clone {
+pub(super) fn shard_answers() -> impl Strategy<Value = (u32, i16, Vec<Vec<u8>>)> + Clone {
     (
         proptest::sample::select(OIDS.to_vec()),
         prop_oneof![Just(0i16), Just(1)],

@@ -1,7 +1,6 @@
 //! Connection start: refuse TLS/GSS (for now), serve CancelRequest, read the StartupMessage,
 //! authenticate the client (SCRAM-SHA-256, md5 or trust) and greet it like a Postgres server.
 
-use crate::protocol::TxStatus;
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use crate::config::{AuthMethod, PoolMode};
 use crate::pool::{ServerParams, ServerPool, ShardPools, StartupParams};
 use crate::protocol::{
     self, decode_password, split_frame, split_startup, sqlstate, PasswordKind, PasswordMessage,
-    PgError, StartupPacket,
+    PgError, StartupPacket, TxStatus,
 };
 use crate::state::{CancelSignal, CancelSlot, ProxyState};
 

@@ -12,7 +12,6 @@
 //! - A server connection leaves this loop idle and outside a transaction, or flagged broken so
 //!   the pool closes it. Nothing the previous client did is visible to the next.
 
-use crate::protocol::TxStatus;
 use bytes::{Buf, BytesMut};
 use std::future::pending;
 use std::time::Duration;
@@ -26,7 +25,7 @@ use super::Login;
 use crate::backend::ServerConn;
 use crate::config::PoolMode;
 use crate::pool::Checkout;
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::{sqlstate, PgError, TxStatus};
 use crate::state::{CancelTarget, ProxyState};
 
 mod client_frames;

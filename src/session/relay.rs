@@ -9,13 +9,12 @@
 //! After an ErrorResponse in the extended protocol the server skips to Sync, and so does the
 //! queue.
 
-use crate::protocol::TxStatus;
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::protocol::sqlstate;
 use crate::protocol::FrameError;
+use crate::protocol::{sqlstate, TxStatus};
 use crate::state::Prepared;
 
 /// The client message a forwarded response belongs to, by the tags that end its response.

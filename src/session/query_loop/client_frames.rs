@@ -2,13 +2,14 @@
 //! or drops what needs no server, and carries out the routing decision for the rest (hold it,
 //! refuse it, fan it out, commit across shards, or send it to a checked-out server).
 
-use crate::protocol::TxStatus;
 use std::ops::ControlFlow;
 
 use super::routing::{Step, Want};
 use super::{twophase, End, Loop, MAX_NAMED_STATEMENTS, MAX_OWED};
 use crate::config::PoolMode;
-use crate::protocol::{self, query_text, split_frame, sqlstate, Frame, FrameError, PgError};
+use crate::protocol::{
+    self, query_text, split_frame, sqlstate, Frame, FrameError, PgError, TxStatus,
+};
 
 /// What the client-message loop does once a routing step was carried out.
 enum Next {

@@ -13,13 +13,14 @@
 //! `batch`, checkout and read-your-writes in `checkout`, `SET/SHOW shardgate.*` in
 //! `proxy_command`, and the retry of a failed read in `retry`.
 
-use crate::protocol::TxStatus;
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 
 use super::Loop;
 use crate::pool::Checkout;
-use crate::protocol::{self, param_oids, parse_body, query_text, sqlstate, Frame, PgError};
+use crate::protocol::{
+    self, param_oids, parse_body, query_text, sqlstate, Frame, PgError, TxStatus,
+};
 use crate::shard::route::{Params, Route};
 use crate::sql::hints::{RouteFacts, Target};
 use crate::sql::Kind;

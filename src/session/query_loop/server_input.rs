@@ -3,12 +3,12 @@
 //! queries, stale plans, reported settings), and returns the server connection to the pool
 //! once the client's transaction is over.
 
-use crate::protocol::TxStatus;
 use std::sync::Arc;
 
 use super::routing::ReadHold;
 use super::{lock, End, Loop, CLEANUP_TIMEOUT};
 use crate::config::PoolMode;
+use crate::protocol::TxStatus;
 use crate::session::client_state::{
     read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows,
 };

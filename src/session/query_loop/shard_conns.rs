@@ -5,8 +5,7 @@
 use super::routing::Want;
 use super::Loop;
 use crate::pool::Checkout;
-use crate::protocol::TxStatus;
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::{sqlstate, PgError, TxStatus};
 use crate::session::client_state::setup_sql;
 
 impl Loop<'_> {

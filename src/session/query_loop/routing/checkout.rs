@@ -2,7 +2,6 @@
 //! policy when one qualifies, else the primary), preparing it for the client (settings, a
 //! deferred BEGIN), and read-your-writes after a transaction that wrote.
 
-use crate::protocol::TxStatus;
 use std::time::{Duration, Instant};
 
 use super::super::statements::inject_query;
@@ -11,7 +10,7 @@ use super::Want;
 use crate::config::{ReadYourWrites, Role};
 use crate::health::{now_ms, parse_lsn};
 use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::{sqlstate, PgError, TxStatus};
 
 /// How often a write waiting for a primary looks again.
 const PRIMARY_POLL: Duration = Duration::from_millis(20);

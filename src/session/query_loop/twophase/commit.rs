@@ -2,7 +2,6 @@
 //! coordinator (see the `twophase` module for the protocol), or a plain COMMIT/ROLLBACK on
 //! each participant when there is nothing to make atomic.
 
-use crate::protocol::TxStatus;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use super::super::routing::Want;
 use super::super::{lock, Loop};
 use crate::backend::BackendError;
 use crate::pool::Checkout;
-use crate::protocol::{self, sqlstate, PgError};
+use crate::protocol::{self, sqlstate, PgError, TxStatus};
 use crate::shard::recovery::{self, gid};
 use crate::sql::Kind;
 

@@ -6,13 +6,12 @@
 //! only would make the other shards answer under other settings, and the connections the
 //! transaction leaves behind would differ from what the proxy knows of them.
 
-use crate::protocol::TxStatus;
 use bytes::BytesMut;
 
 use super::super::routing::Step;
 use super::super::{lock, Loop, CLEANUP_TIMEOUT};
 use crate::protocol::{
-    self, bind_names, empty_message, parse_body, query_text, sqlstate, Frame, PgError,
+    self, bind_names, empty_message, parse_body, query_text, sqlstate, Frame, PgError, TxStatus,
 };
 use crate::session::relay::Expect;
 use crate::sql::scan::split_statements;
