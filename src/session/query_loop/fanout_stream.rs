@@ -188,6 +188,11 @@ impl Loop<'_> {
                 *r = room && machine.wants(i) && !conns[i].has_buffered_frame();
             }
             let any = readable.iter().any(|r| *r);
+            if !any && self.cout.is_empty() {
+                // No shard is wanted and nothing is owed to the client: a machine that can
+                // no longer move (the select below would wait only for the client).
+                return Err(Stop::Stalled);
+            }
             tokio::select! {
                 r = self.crd.read_buf(&mut self.cin), if self.cin.len() < BUF_CAP => {
                     if !matches!(r, Ok(n) if n > 0) {
@@ -207,7 +212,6 @@ impl Loop<'_> {
                     }
                 }
                 () = &mut cancelled => {}
-                else => return Err(Stop::Stalled),
             }
         }
     }
