@@ -10,4 +10,5 @@
 pub mod copy_out;
 pub mod fan_out_read;
 pub mod framing;
+pub mod plan;
 pub mod shard_stream;

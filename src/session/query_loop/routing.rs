@@ -14,13 +14,13 @@
 //! `proxy_command`, and the retry of a failed read in `retry`.
 
 use std::collections::VecDeque;
-use std::ops::ControlFlow;
 
 use super::Loop;
 use crate::pool::Checkout;
 use crate::protocol::{
     self, param_oids, parse_body, query_text, sqlstate, Frame, PgError, TxStatus,
 };
+use crate::session::machine::plan::{self, CrossShard, Decision, Form, Held, Standing, Statement};
 use crate::shard::route::{Params, Route};
 use crate::sql::hints::{RouteFacts, Target};
 use crate::sql::Kind;
@@ -36,27 +36,7 @@ pub(super) use retry::ReadHold;
 /// Most frames a read keeps for a retry; a larger request is not retried.
 const MAX_REPLAY_BYTES: usize = 1024 * 1024;
 
-/// The server a statement needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Want {
-    /// The primary.
-    Primary,
-    /// A read: a replica that satisfies read-your-writes, else the primary.
-    Read,
-    /// A replica because a hint or `SET shardgate.target` says so (no read-your-writes).
-    Replica,
-}
-
-impl Want {
-    /// The want of a batch holding statements that want `self` and `other`.
-    fn and(self, other: Want) -> Want {
-        match (self, other) {
-            (Want::Primary, _) | (_, Want::Primary) => Want::Primary,
-            (Want::Replica, _) | (_, Want::Replica) => Want::Replica,
-            _ => Want::Read,
-        }
-    }
-}
+pub(super) use crate::session::machine::plan::Want;
 
 /// What to do with a client message at a routing point.
 pub(super) enum Step {
@@ -82,29 +62,12 @@ pub(super) enum Step {
     CommitBatch,
 }
 
-/// What a client message at a routing point needs (see `Loop::needs_of`).
-struct Needs {
-    want: Want,
-    writes: bool,
-    /// Routing facts of a simple Query (None for an extended-protocol batch).
-    facts: Option<RouteFacts>,
-    /// It only commits.
-    only_commit: bool,
-    /// A batch that only begins a transaction: its text, and whether it is READ ONLY.
-    only_begin: Option<(String, bool)>,
-    /// A complete batch that executes nothing (Parse, Describe).
-    prepare_only: bool,
-}
-
-/// Where the client stands when a statement is planned (see `Loop::plan`).
-#[derive(Clone, Copy)]
-struct Standing {
-    /// In a transaction, or a BEGIN the proxy answered waits for its first statement.
-    in_transaction: bool,
-    /// Transactions may span shards (`two_phase_commit`).
-    two_phase: bool,
-    /// The current server connection owes answers or awaits a Sync.
-    busy: bool,
+/// What the query loop knows of a planned message beyond its [`Statement`].
+enum Known {
+    /// A simple Query's routing facts.
+    Query(RouteFacts),
+    /// An extended-protocol batch; `begin`: the text of its lone BEGIN.
+    Batch { begin: Option<String> },
 }
 
 /// Routing state of one client.
@@ -210,12 +173,7 @@ impl Loop<'_> {
 
     /// The server a statement with these facts needs.
     fn want(&self, f: &RouteFacts) -> Want {
-        match f.hints.target.or(self.rt.target) {
-            Some(Target::Primary) => Want::Primary,
-            Some(Target::Replica) => Want::Replica,
-            None if f.reads() => Want::Read,
-            None => Want::Primary,
-        }
+        Want::of(f.hints.target.or(self.rt.target), f.reads())
     }
 
     /// The shard route of a statement: hints, `SET shardgate.shard`, then the router.
@@ -267,274 +225,138 @@ impl Loop<'_> {
     }
 
     /// Decides what to do with a client message at a routing point (reads to replicas,
-    /// statements to shards).
+    /// statements to shards): gathers where the client stands and what the message needs,
+    /// lets [`plan::decide`] decide, and carries out what the decision changes here.
     pub(super) fn plan(&mut self, frame: &Frame) -> Step {
         if !self.login.split && self.login.shard_map.is_none() {
             return Step::Go(Want::Primary, 0);
         }
-        let (needs, route) = match self.needs_of(frame) {
-            ControlFlow::Continue(needs) => needs,
-            ControlFlow::Break(step) => return step,
+        let Some((stmt, known)) = self.statement_of(frame) else {
+            return Step::Go(Want::Primary, self.rt.shard);
         };
-        let multi_shard = !self.rt.parked.is_empty();
-        if multi_shard && needs.only_commit {
-            // Never let a COMMIT reach just one participant: wait until the current
-            // connection has answered everything, then commit them all.
-            if self.server.is_some() && !self.relay.idle() {
-                return Step::Hold;
-            }
-            return if frame.tag == b'Q' {
-                Step::Commit
-            } else {
-                Step::CommitBatch
-            };
+        let at = self.standing();
+        let plan = plan::decide(&at, stmt);
+        self.rt.wrote |= plan.wrote;
+        if self.server.is_none() {
+            self.rt.outside_txn = matches!(plan.decision, Decision::GoOutsideTransaction(..));
         }
-        let route = match route {
-            Ok(r) => r,
-            Err(e) => return Step::Refuse(e),
-        };
-        let standing = Standing {
-            in_transaction: self.status != TxStatus::Idle || self.rt.pending_begin.is_some(),
-            two_phase: self
-                .login
-                .shard_map
-                .as_ref()
-                .is_some_and(|m| m.two_phase_commit),
-            busy: self.server.is_some() && (!self.relay.idle() || self.unsynced),
-        };
-        let shard = match route {
-            Route::Any => None,
-            Route::One(s) => Some(s),
-            Route::Many(shards) => return self.plan_fan_out(shards, needs.facts, standing),
-            Route::All => {
-                let n = self.login.shards.len();
-                return self.plan_fan_out((0..n).collect(), needs.facts, standing);
+        match plan.decision {
+            Decision::Go(want, shard) | Decision::GoOutsideTransaction(want, shard) => {
+                Step::Go(want, shard)
             }
-        };
-        self.rt.wrote |= needs.writes;
-        if self.server.is_some() {
-            return self.plan_on_current_server(needs.want, shard, standing);
+            Decision::Hold => Step::Hold,
+            Decision::NeedInput => Step::NeedInput,
+            Decision::FanOut(shards) => match known {
+                Known::Query(f) => Step::FanOut(f, shards),
+                Known::Batch { .. } => Step::FanOutBatch(shards),
+            },
+            Decision::Switch(want, shard) => Step::Switch(want, shard),
+            Decision::Commit if frame.tag == b'Q' => Step::Commit,
+            Decision::Commit => Step::CommitBatch,
+            Decision::DeferBegin { read_only } => {
+                let text = match known {
+                    Known::Batch { begin: Some(text) } => text,
+                    _ => query_text(frame.body()).to_string(),
+                };
+                self.defer_begin(frame, text, read_only)
+            }
+            Decision::EndEmpty(tag) => {
+                self.rt.pending_begin = None;
+                protocol::command_complete(&mut self.cout, tag);
+                self.status = TxStatus::Idle;
+                protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
+                Step::Handled
+            }
+            Decision::RefuseAborted => Step::Refuse(super::twophase::aborted_transaction()),
+            Decision::RefuseCrossShard(why) => Step::Refuse(self.cross_shard_transaction(why)),
+            Decision::Refuse(e) => Step::Refuse(e),
         }
-        let shard = shard.or(self.rt.parked.first().map(|p| p.0));
-        let shard = shard.unwrap_or(0);
-        self.plan_checkout(frame, shard, needs)
     }
 
-    /// What a client message at a routing point needs, and its shard route: a simple Query
-    /// by its routing facts, the first message of an extended-protocol batch by looking ahead
-    /// up to its Sync. `Break`: the step to take right away (wait for more of the batch,
-    /// refuse a Flush, or send a message in the middle of a batch where the batch went).
-    fn needs_of(&mut self, frame: &Frame) -> ControlFlow<Step, (Needs, Result<Route, PgError>)> {
-        let extended_start =
-            !self.unsynced && matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
+    /// Where the client stands, for [`plan::decide`].
+    fn standing(&self) -> Standing {
+        let held = self.server.as_ref().map(|_| Held {
+            shard: self.rt.shard,
+            on_primary: self.rt.on_primary,
+            owes: !self.relay.idle(),
+            unsynced: self.unsynced,
+        });
+        let map = self.login.shard_map.as_ref();
+        Standing {
+            status: self.status,
+            deferred_begin: self.rt.pending_begin.as_ref().map(|b| b.1),
+            held,
+            parked: self.rt.parked.first().map(|p| p.0),
+            two_phase: map.is_some_and(|m| m.two_phase_commit),
+            target: self.rt.target,
+            sharded: map.is_some(),
+            shards: self.login.shards.len(),
+        }
+    }
+
+    /// What a client message at a routing point needs, for [`plan::decide`] (and the routing
+    /// facts of a simple Query): a simple Query by its routing facts, the first message of an
+    /// extended-protocol batch by looking ahead up to its Sync. None for a message in the
+    /// middle of a batch (it goes where the batch went).
+    fn statement_of(&mut self, frame: &Frame) -> Option<(Statement, Known)> {
         if frame.tag == b'Q' {
             let f = self.facts_of(query_text(frame.body()));
-            let route = self.shard_route(&f, None);
-            let commit = f.kind == Kind::Commit && f.statements == 1;
-            let needs = Needs {
+            let single = (f.statements == 1).then_some(f.kind);
+            let stmt = Statement {
                 want: self.want(&f),
                 writes: f.writes(),
-                facts: Some(f),
-                only_commit: commit,
-                only_begin: None,
-                prepare_only: false,
+                route: self.shard_route(&f, None),
+                only_commit: single == Some(Kind::Commit),
+                form: Form::Simple {
+                    single,
+                    hint: f.hints.target,
+                },
             };
-            return ControlFlow::Continue((needs, route));
+            return Some((stmt, Known::Query(f)));
         }
+        let extended_start =
+            !self.unsynced && matches!(frame.tag, b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'F');
         if !extended_start {
-            return ControlFlow::Break(Step::Go(Want::Primary, self.rt.shard));
+            return None;
         }
         let b = self.batch_want(frame);
-        if matches!(b.route, Ok(Route::Many(_) | Route::All)) && !b.complete {
-            // Several shards: the whole batch is needed before anything is sent.
-            if b.flush {
-                return ControlFlow::Break(Step::Refuse(PgError::error(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "a statement for several shards must be followed by Sync, not Flush",
-                )));
-            }
-            return ControlFlow::Break(Step::NeedInput);
-        }
-        if self.login.shard_map.is_some() && !b.complete && !b.flush {
-            // Sharded: a batch is routed by its Binds, which may not have arrived yet
-            // (a long Parse and its Bind in separate reads). Routing the part that has
-            // would send the rest to that shard too: wait for the Sync.
-            return ControlFlow::Break(Step::NeedInput);
-        }
-        let needs = Needs {
+        let (begin, only_begin) = b.only_begin.unzip();
+        let stmt = Statement {
             want: b.want,
             writes: b.writes,
-            facts: None,
+            route: b.route,
             only_commit: b.only_commit,
-            only_begin: b.only_begin,
-            prepare_only: b.complete && !b.executes,
-        };
-        ControlFlow::Continue((needs, b.route))
-    }
-
-    /// A statement (or batch) for several shards: fanned out to `shards` when the client
-    /// holds no server connection outside a transaction (or the transaction spans shards
-    /// with two-phase commit), else held or refused.
-    fn plan_fan_out(
-        &self,
-        shards: Vec<usize>,
-        facts: Option<RouteFacts>,
-        standing: Standing,
-    ) -> Step {
-        if standing.in_transaction && !standing.two_phase {
-            return Step::Refuse(
-                self.cross_shard_transaction("this statement needs several shards"),
-            );
-        }
-        if standing.busy {
-            return Step::Hold;
-        }
-        if self.server.is_some() && !standing.in_transaction {
-            return self.hold_or_refuse();
-        }
-        match facts {
-            None => Step::FanOutBatch(shards),
-            Some(f) => Step::FanOut(f, shards),
-        }
-    }
-
-    /// A statement for one shard (or any) while the client holds a server connection: it
-    /// goes there, or the open transaction switches to its shard, or it waits or is refused.
-    fn plan_on_current_server(&self, want: Want, shard: Option<usize>, standing: Standing) -> Step {
-        if let Some(s) = shard.filter(|s| *s != self.rt.shard) {
-            if !standing.in_transaction {
-                return self.hold_or_refuse();
-            }
-            if !standing.two_phase {
-                return Step::Refuse(
-                    self.cross_shard_transaction("this statement belongs to another shard"),
-                );
-            }
-            if standing.busy {
-                return if self.unsynced {
-                    Step::Refuse(self.cross_shard_transaction(
-                        "an extended-protocol batch cannot change shards before its Sync",
-                    ))
-                } else {
-                    Step::Hold
-                };
-            }
-            return Step::Switch(want, s);
-        }
-        // Inside a transaction (or a batch) everything stays where it is. Outside one, a
-        // statement for the primary waits until a replica connection is released.
-        let busy = !self.relay.idle();
-        if !standing.in_transaction && want == Want::Primary && !self.rt.on_primary && busy {
-            return Step::Hold;
-        }
-        Step::Go(want, self.rt.shard)
-    }
-
-    /// A statement for `shard` while the client holds no server connection: checked out for,
-    /// unless it is a BEGIN (deferred: answered here) or ends a transaction nothing ran in.
-    fn plan_checkout(&mut self, frame: &Frame, shard: usize, needs: Needs) -> Step {
-        let want = needs.want;
-        let facts = needs.facts.as_ref();
-        let single = |k: Kind| facts.is_some_and(|f| f.statements == 1 && f.kind == k);
-        if needs.prepare_only
-            && self.rt.pending_begin.is_some()
-            && self.status == TxStatus::InTransaction
-        {
-            self.rt.outside_txn = true;
-            return Step::Go(want, shard);
-        }
-        self.rt.outside_txn = false;
-        if self.status == TxStatus::Failed
-            && !self.rt.parked.is_empty()
-            && !(single(Kind::Commit) || single(Kind::Rollback))
-        {
-            // The transaction failed (a statement on several shards): its connections may not
-            // know, so nothing more runs in it until its end, as in Postgres.
-            return Step::Refuse(super::twophase::aborted_transaction());
-        }
-        if let Some(read_only) = self.rt.pending_begin.as_ref().map(|b| b.1) {
-            return self.plan_after_deferred_begin(facts, read_only, shard);
-        }
-        if let Some(begin) = needs.only_begin.filter(|_| self.status == TxStatus::Idle) {
-            // An extended-protocol BEGIN is deferred too: answered here, up to its Sync.
-            self.rt.pending_begin = Some(begin);
-            self.status = TxStatus::InTransaction;
-            self.answer_batch(frame.clone(), Ok("BEGIN"));
-            return Step::Handled;
-        }
-        if let Some(f) = facts {
-            if let (Kind::Begin { read_only }, 1) = (f.kind, f.statements) {
-                // Defer BEGIN: the transaction's first statement (or a SET TRANSACTION READ
-                // ONLY) decides where it runs.
-                self.rt.pending_begin = Some((query_text(frame.body()).to_string(), read_only));
-                protocol::command_complete(&mut self.cout, "BEGIN");
-                self.status = TxStatus::InTransaction;
-                protocol::ready_for_query(&mut self.cout, TxStatus::InTransaction);
-                return Step::Handled;
-            }
-        }
-        Step::Go(want, shard)
-    }
-
-    /// The first statement after a BEGIN the proxy answered and has not sent (`read_only`:
-    /// the BEGIN said READ ONLY): a lone COMMIT or ROLLBACK is answered here; anything else
-    /// decides which server of `shard` the transaction runs on.
-    fn plan_after_deferred_begin(
-        &mut self,
-        facts: Option<&RouteFacts>,
-        read_only: bool,
-        shard: usize,
-    ) -> Step {
-        let single = |k: Kind| facts.is_some_and(|f| f.statements == 1 && f.kind == k);
-        if single(Kind::Commit) || single(Kind::Rollback) {
-            // Nothing ran in the transaction: answer without a server.
-            let tag = if single(Kind::Commit) {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            };
-            self.rt.pending_begin = None;
-            protocol::command_complete(&mut self.cout, tag);
-            self.status = TxStatus::Idle;
-            protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
-            return Step::Handled;
-        }
-        let read_only = read_only || facts.is_some_and(|f| f.kind == Kind::SetTransactionReadOnly);
-        let hinted = facts.and_then(|f| f.hints.target).or(self.rt.target);
-        Step::Go(
-            match hinted {
-                Some(Target::Primary) => Want::Primary,
-                Some(Target::Replica) => Want::Replica,
-                None if read_only => Want::Read,
-                None => Want::Primary,
+            form: Form::Batch {
+                complete: b.complete,
+                flush: b.flush,
+                only_begin,
+                prepare_only: b.complete && !b.executes,
             },
-            shard,
-        )
+        };
+        Some((stmt, Known::Batch { begin }))
     }
 
-    /// Outside a transaction, waits for the current server connection to be released; a
-    /// client that cannot release it (pinned, or mid-batch) gets an error.
-    fn hold_or_refuse(&self) -> Step {
-        if !self.relay.idle() {
-            return Step::Hold;
+    /// Answers a BEGIN without a server (simple Query, or a batch up to its Sync): the
+    /// transaction's first statement decides where it runs.
+    fn defer_begin(&mut self, frame: &Frame, text: String, read_only: bool) -> Step {
+        self.status = TxStatus::InTransaction;
+        self.rt.pending_begin = Some((text, read_only));
+        if frame.tag == b'Q' {
+            protocol::command_complete(&mut self.cout, "BEGIN");
+            protocol::ready_for_query(&mut self.cout, TxStatus::InTransaction);
+        } else {
+            self.answer_batch(frame.clone(), Ok("BEGIN"));
         }
-        Step::Refuse(self.cross_shard_transaction("this statement belongs to another shard"))
+        Step::Handled
     }
 
-    fn cross_shard_transaction(&self, what: &str) -> PgError {
+    fn cross_shard_transaction(&self, why: CrossShard) -> PgError {
         let name = self
             .login
             .shard_map
             .as_ref()
             .and_then(|m| m.names.get(self.rt.shard).cloned())
             .unwrap_or_default();
-        PgError::error(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("{what}, but the transaction (or pinned session) runs on shard {name}"),
-        )
-        .with_hint(
-            "keep each transaction on one shard key; transactions across shards \
-             (two_phase_commit) are not supported yet",
-        )
+        plan::cross_shard(why, &name)
     }
 }
