@@ -77,6 +77,14 @@ pub struct WholeMessages<'a> {
     rest: &'a [u8],
 }
 
+impl WholeMessages<'_> {
+    /// What follows the messages seen so far is not the start of a valid message (a bad
+    /// length), as opposed to one that has not fully arrived.
+    pub fn malformed(&self) -> bool {
+        header(self.rest, usize::MAX).is_err()
+    }
+}
+
 impl<'a> Iterator for WholeMessages<'a> {
     type Item = (u8, &'a [u8]);
 

@@ -26,6 +26,7 @@ use crate::backend::ServerConn;
 use crate::config::PoolMode;
 use crate::pool::Checkout;
 use crate::protocol::{sqlstate, PgError, TxStatus};
+use crate::session::machine::sync::SkipToSync;
 use crate::state::{CancelTarget, ProxyState};
 
 mod client_frames;
@@ -88,11 +89,8 @@ struct Loop<'a> {
     unsynced: bool,
     /// Last transaction status reported to the client.
     status: TxStatus,
-    /// After a failed checkout in the extended protocol: drop messages until Sync.
-    skip_until_sync: bool,
-    /// After an error the proxy made up in the extended protocol: drop messages until Sync,
-    /// then forward the Sync.
-    discard_until_sync: bool,
+    /// After an error in the extended protocol: messages are dropped until Sync.
+    skip: SkipToSync,
     /// Client frames wait because the output is full (see `output_full`) or a frame is held.
     client_blocked: bool,
     /// A frame waits in `rt.pending` for the server to answer what was sent before.
@@ -132,8 +130,7 @@ pub(super) async fn run(
         managed,
         unsynced: false,
         status: TxStatus::Idle,
-        skip_until_sync: false,
-        discard_until_sync: false,
+        skip: SkipToSync::Off,
         client_blocked: false,
         held: false,
         last_activity: tokio::time::Instant::now(),

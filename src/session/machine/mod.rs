@@ -11,4 +11,7 @@ pub mod copy_out;
 pub mod fan_out_read;
 pub mod framing;
 pub mod plan;
+pub mod ready;
+pub mod retry;
 pub mod shard_stream;
+pub mod sync;

@@ -10,6 +10,8 @@ use crate::config::PoolMode;
 use crate::protocol::{
     self, query_text, split_frame, sqlstate, Frame, FrameError, PgError, TxStatus,
 };
+use crate::session::machine::ready::starts_transaction;
+use crate::session::machine::sync::OnClient;
 
 /// What the client-message loop does once a routing step was carried out.
 enum Next {
@@ -25,18 +27,6 @@ enum Next {
 fn query_is_utf8(body: &[u8]) -> bool {
     let end = memchr::memchr(0, body).unwrap_or(body.len());
     std::str::from_utf8(&body[..end]).is_ok()
-}
-
-/// True if a simple-protocol query opens a transaction block (statement mode refuses those).
-fn starts_transaction(sql: &str) -> bool {
-    let s = sql.trim_start().as_bytes();
-    let word = |w: &str| {
-        s.len() >= w.len()
-            && s[..w.len()].eq_ignore_ascii_case(w.as_bytes())
-            && s.get(w.len())
-                .is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_')
-    };
-    word("begin") || word("start")
 }
 
 impl Loop<'_> {
@@ -122,15 +112,13 @@ impl Loop<'_> {
     /// `shardgate.*` command, or answered without a server. True if the message was consumed.
     fn handled_before_routing(&mut self, frame: &Frame) -> bool {
         let tag = frame.tag;
-        if self.skip_until_sync {
-            if tag == b'S' {
-                self.skip_until_sync = false;
+        match self.skip.on_client(tag) {
+            OnClient::Handle => {}
+            OnClient::Drop => return true,
+            OnClient::AnswerReady => {
                 protocol::ready_for_query(&mut self.cout, self.status);
+                return true;
             }
-            return true;
-        }
-        if self.discard_until_sync && tag != b'S' {
-            return true;
         }
         if tag == b'Q' && !self.state.config.proxy.failpoints.is_empty() {
             self.failpoint(frame);
@@ -208,10 +196,8 @@ impl Loop<'_> {
     /// gets its ReadyForQuery; in the extended protocol the rest of the batch is skipped up to
     /// its Sync, which gets it.
     fn end_refused(&mut self, tag: u8) {
-        if tag == b'Q' {
+        if !self.skip.refused(tag) {
             protocol::ready_for_query(&mut self.cout, self.status);
-        } else {
-            self.skip_until_sync = true;
         }
     }
 
@@ -262,22 +248,20 @@ impl Loop<'_> {
         if self.server.is_none() {
             if let Err(e) = self.checkout(want, shard).await {
                 e.encode(&mut self.cout);
-                if matches!(tag, b'Q' | b'F' | b'S') {
+                if !self.skip.refused(tag) {
                     protocol::ready_for_query(&mut self.cout, self.status);
-                } else {
-                    self.skip_until_sync = true;
                 }
                 return None;
             }
         }
-        self.rt.record(&frame);
+        self.rt.retry.record(&frame);
         let before = self.cout.len();
         if let Some(end) = self.route(frame) {
             return Some(end);
         }
 
         if self.cout.len() > before {
-            self.rt.retryable = false;
+            self.rt.retry.answered();
         }
         None
     }
@@ -340,19 +324,5 @@ impl Loop<'_> {
         .with_hint("use a database in transaction or session pool mode")
         .encode(&mut self.cout);
         protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::starts_transaction;
-
-    #[test]
-    fn detects_transaction_starts() {
-        assert!(starts_transaction("BEGIN"));
-        assert!(starts_transaction("  begin isolation level serializable"));
-        assert!(starts_transaction("START TRANSACTION;"));
-        assert!(!starts_transaction("beginning"));
-        assert!(!starts_transaction("select 1"));
     }
 }

@@ -15,6 +15,7 @@ use crate::protocol::{
 };
 use crate::session::machine::fan_out_read::FanOutRead;
 use crate::session::machine::framing::{Extended, Framing};
+use crate::session::machine::sync::SkipToSync;
 use crate::shard::route::Params;
 use crate::sql::analyze::fanout::FanOutQuery;
 use crate::sql::analyze::shard::Command;
@@ -113,7 +114,7 @@ impl Loop<'_> {
         if frames.last().is_some_and(|f| f.tag == b'S') {
             protocol::ready_for_query(&mut self.cout, self.status);
         } else {
-            self.skip_until_sync = true;
+            self.skip = SkipToSync::Answer;
         }
         None
     }

@@ -31,10 +31,8 @@ mod checkout;
 mod proxy_command;
 mod retry;
 
-pub(super) use retry::ReadHold;
-
-/// Most frames a read keeps for a retry; a larger request is not retried.
-const MAX_REPLAY_BYTES: usize = 1024 * 1024;
+pub(super) use crate::session::machine::retry::ReadHold;
+use crate::session::machine::retry::ReadRetry;
 
 pub(super) use crate::session::machine::plan::Want;
 
@@ -81,14 +79,8 @@ pub(super) struct Routing {
     injected_begin: Option<(String, bool)>,
     /// Frames to handle before those in `cin`: held back, or replayed after a failure.
     pub pending: VecDeque<Frame>,
-    /// Frames sent since a read's checkout, for a retry on another server.
-    replay: Vec<Frame>,
-    replay_bytes: usize,
-    /// The frames since checkout may be replayed: a read, and nothing reached the client.
-    pub retryable: bool,
-    /// Servers that failed the current request.
-    avoid: Vec<String>,
-    retries: u32,
+    /// The transparent retry of a read.
+    pub retry: ReadRetry,
     /// A statement that may write was sent since checkout.
     pub wrote: bool,
     /// `SET shardgate.target`: None = auto.
@@ -120,36 +112,12 @@ impl Routing {
     pub fn released(&mut self) {
         self.injected_begin = None;
         self.txn_begin = None;
-        self.replay.clear();
-        self.replay_bytes = 0;
-        self.retryable = false;
-        self.avoid.clear();
-        self.retries = 0;
+        self.retry.released();
         self.wrote = false;
         self.outside_txn = false;
         self.guard.pinned = false;
         self.guard.sets.clear();
         self.guard.abort_at_ready = false;
-    }
-
-    /// Records a frame about to be sent, for a possible retry.
-    pub fn record(&mut self, frame: &Frame) {
-        if !self.retryable {
-            return;
-        }
-        let replayable = match frame.tag {
-            b'Q' | b'B' | b'E' | b'D' | b'S' | b'H' => true,
-            // A named Parse or Close changes the client's statement map.
-            b'P' => parse_body(frame.body()).is_some_and(|p| p.name.is_empty()),
-            _ => false,
-        };
-        self.replay_bytes += frame.bytes.len();
-        if !replayable || self.replay_bytes > MAX_REPLAY_BYTES {
-            self.retryable = false;
-            self.replay.clear();
-            return;
-        }
-        self.replay.push(frame.clone());
     }
 }
 

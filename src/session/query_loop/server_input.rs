@@ -12,6 +12,7 @@ use crate::protocol::TxStatus;
 use crate::session::client_state::{
     read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows,
 };
+use crate::session::machine::ready::{at_ready, AtReady, Ready, Releasable};
 use crate::session::relay::Event;
 
 impl Loop<'_> {
@@ -33,7 +34,7 @@ impl Loop<'_> {
             return Some(self.server_lost(&format!("invalid data from server: {e}")));
         }
         if self.cout.len() > before {
-            self.rt.retryable = false;
+            self.rt.retry.answered();
         }
         let events = std::mem::take(&mut self.events);
         // The server's own status after the last ReadyForQuery of this input (the client may
@@ -79,38 +80,51 @@ impl Loop<'_> {
             // The schema changed: statements prepared from now on are new ones.
             self.state.statements.bump_generation();
         }
-        if self.rt.guard.abort_at_ready && self.relay.idle() {
-            // The end of a batch in which transaction control was refused
-            // (twophase.rs): the transaction fails everywhere.
-            self.abort_refused_batch(before).await;
-            return Some(status);
-        }
-        if self.rt.outside_txn && status == TxStatus::Idle {
-            // A Parse/Describe batch while the client's BEGIN waits: the client
-            // is still in its transaction.
-            let from = before.min(self.cout.len());
-            let z = [b'Z', 0, 0, 0, 5, b'I'];
-            if let Some(at) = self.cout[from..].windows(6).rposition(|w| w == z) {
-                let at = from + at + 5;
-                self.cout[at] = b'T';
+        let at = AtReady {
+            status,
+            settled: self.relay.idle(),
+            abort_at_ready: self.rt.guard.abort_at_ready,
+            outside_deferred: self.rt.outside_txn,
+            statement_mode,
+        };
+        match at_ready(at) {
+            Ready::Pass => {}
+            Ready::AbortRefusedBatch => {
+                // The end of a batch in which transaction control was refused
+                // (twophase.rs): the transaction fails everywhere.
+                self.abort_refused_batch(before).await;
             }
-            self.status = TxStatus::InTransaction;
-        }
-        let mut server_status = status;
-        if statement_mode && status != TxStatus::Idle && self.relay.idle() {
-            // The client opened a transaction: undo it instead of pinning the
-            // connection. The ReadyForQuery just forwarded is the last 6 bytes.
-            let cut = self.cout.len().saturating_sub(6).max(before);
-            self.cout.truncate(cut);
-            let conn = self.server.as_deref_mut()?;
-            match tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await {
-                Ok(Ok(b'I')) => server_status = TxStatus::Idle,
-                _ => conn.broken = true,
+            Ready::StillInTransaction => {
+                // A Parse/Describe batch while the client's BEGIN waits: the client
+                // is still in its transaction.
+                let from = before.min(self.cout.len());
+                let z = [b'Z', 0, 0, 0, 5, b'I'];
+                if let Some(at) = self.cout[from..].windows(6).rposition(|w| w == z) {
+                    let at = from + at + 5;
+                    self.cout[at] = b'T';
+                }
+                self.status = TxStatus::InTransaction;
             }
-            self.status = TxStatus::Idle;
-            self.refuse_transaction();
+            Ready::UndoTransaction => {
+                // The client opened a transaction: undo it instead of pinning the
+                // connection. The ReadyForQuery just forwarded is the last 6 bytes.
+                let cut = self.cout.len().saturating_sub(6).max(before);
+                self.cout.truncate(cut);
+                let conn = self.server.as_deref_mut()?;
+                self.status = TxStatus::Idle;
+                let undone = tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await;
+                let server_status = match undone {
+                    Ok(Ok(b'I')) => TxStatus::Idle,
+                    _ => {
+                        conn.broken = true;
+                        status
+                    }
+                };
+                self.refuse_transaction();
+                return Some(server_status);
+            }
         }
-        Some(server_status)
+        Some(status)
     }
 
     /// Reacts to what the relay noticed in the server's input other than a ReadyForQuery
@@ -243,10 +257,14 @@ impl Loop<'_> {
     /// The server connection can go back to the pool now: a managed mode, no pinned session
     /// state, nothing owed or awaiting a Sync, and outside a transaction.
     fn releasable(&self) -> bool {
-        self.managed
-            && self.client.pinned.is_none()
-            && self.relay.idle()
-            && !self.unsynced
-            && (self.status == TxStatus::Idle || self.rt.outside_txn)
+        Releasable {
+            managed: self.managed,
+            pinned: self.client.pinned.is_some(),
+            settled: self.relay.idle(),
+            unsynced: self.unsynced,
+            status: self.status,
+            outside_deferred: self.rt.outside_txn,
+        }
+        .now()
     }
 }

@@ -30,7 +30,6 @@ impl Loop<'_> {
     pub(super) fn answer_locally(&mut self, frame: &Frame) -> bool {
         match frame.tag {
             b'S' => {
-                self.discard_until_sync = false;
                 protocol::ready_for_query(&mut self.cout, self.status);
                 true
             }
@@ -80,7 +79,6 @@ impl Loop<'_> {
             b'D' | b'C' => return self.on_describe_or_close(&frame),
             b'E' => self.forward(&frame, Some(Kind::Execute)),
             b'S' => {
-                self.discard_until_sync = false;
                 self.unsynced = false;
                 let kind = (!self.relay.sync_ignored()).then_some(Kind::Sync);
                 self.forward(&frame, kind);
@@ -125,7 +123,7 @@ impl Loop<'_> {
         err.encode(&mut b);
         self.relay.push(Expect::Synthetic(b.freeze()));
         self.relay.emit_synthetic(&mut self.cout, &mut self.events);
-        self.discard_until_sync = true;
+        self.skip.errored_mid_batch();
     }
 
     /// Handles session state that cannot move between server connections.

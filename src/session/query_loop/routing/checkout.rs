@@ -50,10 +50,9 @@ impl Loop<'_> {
         tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, server = %conn.addr, "checkout");
         self.server = Some(conn);
         self.rt.on_primary = on_primary;
-        self.rt.retryable =
-            self.login.split && want != Want::Primary && self.state.config.routing.retry_reads;
-        self.rt.replay.clear();
-        self.rt.replay_bytes = 0;
+        self.rt.retry.checked_out(
+            self.login.split && want != Want::Primary && self.state.config.routing.retry_reads,
+        );
         self.apply_settings();
         if self.rt.outside_txn {
             // Prepares for a transaction that has not begun yet: no BEGIN here.
@@ -83,7 +82,7 @@ impl Loop<'_> {
         if want != Want::Primary && self.login.split {
             let ryw = want == Want::Read;
             let primary_only = ryw && now_ms() < self.rt.primary_until;
-            let mut avoid = self.rt.avoid.clone();
+            let mut avoid = self.rt.retry.avoid().to_vec();
             while !primary_only && avoid.len() <= shard.servers.len() {
                 let policy = ReadPolicy {
                     balance: Balance::parse(&r.load_balancing),

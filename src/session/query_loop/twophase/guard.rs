@@ -241,7 +241,7 @@ impl Loop<'_> {
             refusal(what).encode(&mut b);
             self.relay.push(Expect::Synthetic(b.freeze()));
             self.relay.emit_synthetic(&mut self.cout, &mut self.events);
-            self.discard_until_sync = true;
+            self.skip.errored_mid_batch();
             self.rt.guard.abort_at_ready = true;
             return Some(Step::Handled);
         }

@@ -1,0 +1,144 @@
+//! The transparent retry of a read whose server failed before any byte of its answer
+//! reached the client, without I/O: which frames are kept for a replay, when the server's
+//! input is held back (until the answer is complete, so a failure can still be hidden),
+//! and what a retry replays on which servers it avoids.
+
+use crate::protocol::{error_fields, error_severity, parse_body, Frame};
+
+/// A read is retried on at most this many other servers.
+pub const MAX_RETRIES: u32 = 3;
+/// Most frames a read keeps for a retry; a larger request is not retried.
+pub const MAX_REPLAY_BYTES: usize = 1024 * 1024;
+/// Most server bytes a retryable read keeps back while waiting for its ReadyForQuery.
+pub const HOLD_BYTES: usize = 64 * 1024;
+
+/// What to do with a retryable read's server input (see [`hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadHold {
+    /// Forward it.
+    Go,
+    /// Keep it back until the answer is complete, so a failure can still be hidden.
+    Wait,
+    /// The server said goodbye before answering in full: retry elsewhere.
+    Dying,
+}
+
+/// The retry state of one client's current server connection.
+#[derive(Debug, Default)]
+pub struct ReadRetry {
+    /// Frames sent since the read's checkout, for a replay on another server.
+    replay: Vec<Frame>,
+    replay_bytes: usize,
+    /// The frames since checkout may be replayed: a read, and nothing reached the client.
+    retryable: bool,
+    /// Servers that failed the current request.
+    avoid: Vec<String>,
+    retries: u32,
+}
+
+impl ReadRetry {
+    /// A server connection was checked out; `retryable`: for a read that may be retried.
+    pub fn checked_out(&mut self, retryable: bool) {
+        self.retryable = retryable;
+        self.replay.clear();
+        self.replay_bytes = 0;
+    }
+
+    /// The server connection was released: the next request starts afresh.
+    pub fn released(&mut self) {
+        *self = ReadRetry::default();
+    }
+
+    /// Records a frame about to be sent, for a possible replay. A named Parse or Close (it
+    /// changes the client's statement map), COPY data or a request over
+    /// [`MAX_REPLAY_BYTES`] makes the read not retryable.
+    pub fn record(&mut self, frame: &Frame) {
+        if !self.retryable {
+            return;
+        }
+        let replayable = match frame.tag {
+            b'Q' | b'B' | b'E' | b'D' | b'S' | b'H' => true,
+            b'P' => parse_body(frame.body()).is_some_and(|p| p.name.is_empty()),
+            _ => false,
+        };
+        self.replay_bytes += frame.bytes.len();
+        if !replayable || self.replay_bytes > MAX_REPLAY_BYTES {
+            self.answered();
+            return;
+        }
+        self.replay.push(frame.clone());
+    }
+
+    /// Something reached the client: a failure can no longer be hidden.
+    pub fn answered(&mut self) {
+        self.retryable = false;
+        self.replay.clear();
+        self.replay_bytes = 0;
+    }
+
+    /// The read may still be retried.
+    pub fn retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// A failure of the server can be hidden by a retry elsewhere.
+    pub fn can_retry(&self) -> bool {
+        self.retryable && self.retries < MAX_RETRIES
+    }
+
+    /// The server at `addr` failed: it is avoided from now on, and the frames to replay (in
+    /// order) are returned. Only one retry per checkout: the replay is checked out afresh.
+    pub fn retry(&mut self, addr: String) -> Vec<Frame> {
+        self.retries += 1;
+        self.retryable = false;
+        self.avoid.push(addr);
+        self.replay_bytes = 0;
+        std::mem::take(&mut self.replay)
+    }
+
+    /// Servers that failed the current request.
+    pub fn avoid(&self) -> &[String] {
+        &self.avoid
+    }
+}
+
+/// Whether a retryable read's server input (`buf`, from a message boundary) may go to the
+/// client yet: only once the answer is complete (up to [`HOLD_BYTES`]), so that a server
+/// dying mid-answer (a notice already sent, or rows without their ReadyForQuery) never shows
+/// on the client. `owed_ready`: ReadyForQuery messages the server still owes (after a Flush
+/// without one the client waits for what has come so far).
+pub fn hold(buf: &[u8], owed_ready: usize) -> ReadHold {
+    if buf.is_empty() {
+        return ReadHold::Go;
+    }
+    match scan_answer(buf) {
+        Some(h) => h,
+        None if buf.len() < HOLD_BYTES && owed_ready > 0 => ReadHold::Wait,
+        None => ReadHold::Go,
+    }
+}
+
+/// Looks through the complete messages of `buf` (from a message boundary) for the end of an
+/// answer or a server's goodbye: an ErrorResponse of severity FATAL or PANIC, or the
+/// NoticeResponse with SQLSTATE class 57P (operator intervention) that Postgres sends when it
+/// is shut down or crashes (`WARNING_CLIENT_ONLY`).
+fn scan_answer(buf: &[u8]) -> Option<ReadHold> {
+    let mut messages = crate::protocol::whole_messages(buf);
+    for (tag, body) in messages.by_ref() {
+        match tag {
+            b'E' if matches!(error_severity(body), "FATAL" | "PANIC") => {
+                return Some(ReadHold::Dying)
+            }
+            b'N' if error_fields(body).0.starts_with("57P") => return Some(ReadHold::Dying),
+            // The end of an answer, or the server waits for the client (COPY).
+            b'Z' | b'G' | b'W' => return Some(ReadHold::Go),
+            _ => {}
+        }
+    }
+    // A bad length: forward, and the relay reports it.
+    messages.malformed().then_some(ReadHold::Go)
+}
+
+#[cfg(test)]
+#[path = "retry_tests.rs"]
+mod tests;
