@@ -26,6 +26,7 @@ use crate::backend::ServerConn;
 use crate::config::PoolMode;
 use crate::pool::Checkout;
 use crate::protocol::{sqlstate, PgError, TxStatus};
+use crate::session::machine::leave::{on_leave, Cleanup, Leaving};
 use crate::session::machine::sync::SkipToSync;
 use crate::state::{CancelTarget, ProxyState};
 
@@ -376,7 +377,7 @@ impl Loop<'_> {
             tracing::warn!(
                 user = %self.login.user,
                 "closing the client connection: {}",
-                fatal_message(&self.cout).unwrap_or("fatal error")
+                fatal_message(&self.cout).as_deref().unwrap_or("fatal error")
             );
         }
         if matches!(end, End::Fatal | End::Shutdown) && !self.cout.is_empty() {
@@ -392,48 +393,44 @@ impl Loop<'_> {
             return;
         };
         lock(&self.login.cancel_slot).clear();
-        if conn.broken {
-            return;
-        }
-        if !self.relay.idle() || self.unsynced {
-            // The client left mid-query: stop the query and close the connection, which makes
-            // Postgres roll back and release its locks.
-            if self.relay.owed_ready() > 0 {
+        let reset_query = &self.state.config.proxy.server_reset_query;
+        let leaving = Leaving {
+            broken: conn.broken,
+            owes: !self.relay.idle(),
+            owes_ready: self.relay.owed_ready() > 0,
+            unsynced: self.unsynced,
+            status: self.status,
+            pinned: self.client.pinned.is_some(),
+            session_mode: self.login.pool_mode == PoolMode::Session,
+            has_reset_query: !reset_query.is_empty(),
+        };
+        let (rollback, reset) = match on_leave(leaving) {
+            Cleanup::Close => {
+                conn.broken = true;
+                return;
+            }
+            Cleanup::CancelAndClose => {
                 let (addr, pid, secret) = (conn.addr.clone(), conn.pid, conn.secret.clone());
                 tokio::spawn(async move {
                     let _ = ServerConn::cancel(&addr, pid, &secret).await;
                 });
+                conn.broken = true;
+                return;
             }
-            conn.broken = true;
-            return;
-        }
-        let status = self.status;
-        // A pinned client may leave advisory locks, LISTENs or temp tables behind: reset like a
-        // session-mode client (DISCARD ALL releases all of those); without a reset query,
-        // close the connection instead.
-        let pinned = self.client.pinned.is_some();
-        let reset = if self.login.pool_mode == PoolMode::Session || pinned {
-            self.state.config.proxy.server_reset_query.clone()
-        } else {
-            String::new()
+            Cleanup::Clean { rollback, reset } => (rollback, reset.then(|| reset_query.clone())),
         };
-        if pinned && reset.is_empty() {
-            conn.broken = true;
-            return;
-        }
         let cleanup = async {
-            if status != TxStatus::Idle {
+            if rollback {
                 conn.run("ROLLBACK").await?;
             }
-            if !reset.is_empty() {
-                conn.run(&reset).await
-            } else {
-                Ok(b'I')
+            match &reset {
+                Some(q) => conn.run(q).await,
+                None => Ok(b'I'),
             }
         };
         match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
             Ok(Ok(b'I')) if conn.inbuf.is_empty() => {
-                if !reset.is_empty() {
+                if reset.is_some() {
                     // DISCARD ALL (or the configured reset) dropped statements and settings.
                     conn.prepared.clear();
                     conn.sql_prepared.clear();
@@ -449,27 +446,11 @@ impl Loop<'_> {
 }
 
 /// The message of the last ErrorResponse in `out` (what a closing session sent).
-fn fatal_message(out: &[u8]) -> Option<&str> {
-    let mut rest = out;
-    let mut found = None;
-    while rest.len() >= 5 {
-        let len = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]).max(4) as usize;
-        let end = (len + 1).min(rest.len());
-        if rest[0] == b'E' {
-            let mut fields = &rest[5..end];
-            while let Some((&t, tail)) = fields.split_first() {
-                let Some(z) = tail.iter().position(|&b| b == 0) else {
-                    break;
-                };
-                if t == b'M' {
-                    found = std::str::from_utf8(&tail[..z]).ok();
-                }
-                fields = &tail[z + 1..];
-            }
-        }
-        rest = &rest[end..];
-    }
-    found
+fn fatal_message(out: &[u8]) -> Option<String> {
+    crate::protocol::whole_messages(out)
+        .filter(|(tag, _)| *tag == b'E')
+        .last()
+        .map(|(_, body)| crate::protocol::error_fields(body).1)
 }
 
 fn lock(slot: &crate::state::CancelSlot) -> std::sync::MutexGuard<'_, Vec<CancelTarget>> {
@@ -485,7 +466,10 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         crate::protocol::ready_for_query(&mut out, crate::protocol::TxStatus::Idle);
         crate::protocol::PgError::fatal("08006", "server closed the connection").encode(&mut out);
-        assert_eq!(fatal_message(&out), Some("server closed the connection"));
+        assert_eq!(
+            fatal_message(&out).as_deref(),
+            Some("server closed the connection")
+        );
         assert_eq!(fatal_message(b"E\0\0"), None);
     }
 }

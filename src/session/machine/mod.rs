@@ -10,8 +10,10 @@
 pub mod copy_out;
 pub mod fan_out_read;
 pub mod framing;
+pub mod leave;
 pub mod plan;
 pub mod ready;
 pub mod retry;
 pub mod shard_stream;
+pub mod statements;
 pub mod sync;

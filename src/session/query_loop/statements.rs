@@ -7,13 +7,13 @@ use bytes::BytesMut;
 use std::sync::Arc;
 
 use super::{End, Loop};
-use crate::backend::ServerConn;
 use crate::config::{SessionStatePolicy, SettingsReadBack};
 use crate::protocol::{
     self, bind_names, empty_message, encode_target, parse_body, query_text, rename_bind, sqlstate,
     Frame, PgError,
 };
 use crate::session::client_state::{apply_sql, settings_effect, SettingsEffect};
+use crate::session::machine::statements::{self as machine, Needs};
 use crate::session::relay::{Expect, Kind, Relay};
 use crate::shard::route::Params;
 use crate::sql::scan::{
@@ -178,8 +178,9 @@ impl Loop<'_> {
             });
             return None;
         }
-        if self.client.named.contains_key(p.name) || self.client.sql_prepared.contains_key(p.name) {
-            // Protocol-level and SQL-level statements share one namespace, as in Postgres.
+        let taken =
+            self.client.named.contains_key(p.name) || self.client.sql_prepared.contains_key(p.name);
+        if taken {
             let msg = format!("prepared statement \"{}\" already exists", p.name);
             self.synthetic_error(PgError::error(sqlstate::DUPLICATE_PSTATEMENT, msg));
             return None;
@@ -188,17 +189,20 @@ impl Loop<'_> {
         let name = p.name.to_string();
         self.client.named.insert(name.clone(), stmt.clone());
         let conn = self.server.as_deref_mut()?;
-        if conn.prepared.get(&stmt.id).is_some() {
-            self.relay.push(Expect::Synthetic(empty_message(b'1')));
-            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
-        } else {
-            mark_prepared(conn, &mut self.relay, &mut self.sout, stmt.id);
-            self.sout.extend_from_slice(&stmt.parse);
-            self.relay.push(Expect::Parse {
-                stmt: Some(stmt),
-                visible: true,
-                client_name: Some(name),
-            });
+        match machine::use_on(&mut conn.prepared, stmt.id) {
+            Needs::Nothing => {
+                self.relay.push(Expect::Synthetic(empty_message(b'1')));
+                self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+            }
+            Needs::Parse { close_first } => {
+                close_evicted(close_first, &mut self.relay, &mut self.sout);
+                self.sout.extend_from_slice(&stmt.parse);
+                self.relay.push(Expect::Parse {
+                    stmt: Some(stmt),
+                    visible: true,
+                    client_name: Some(name),
+                });
+            }
         }
         None
     }
@@ -212,8 +216,8 @@ impl Loop<'_> {
             return None;
         };
         let conn = self.server.as_deref_mut()?;
-        if conn.prepared.get(&stmt.id).is_none() {
-            mark_prepared(conn, &mut self.relay, &mut self.sout, stmt.id);
+        if let Needs::Parse { close_first } = machine::use_on(&mut conn.prepared, stmt.id) {
+            close_evicted(close_first, &mut self.relay, &mut self.sout);
             self.sout.extend_from_slice(&stmt.parse);
             self.relay.push(Expect::Parse {
                 stmt: Some(stmt.clone()),
@@ -569,13 +573,10 @@ pub(super) fn inject_query(sql: &str, relay: &mut Relay, sout: &mut BytesMut) {
     relay.push(Expect::InjectedQuery("session state"));
 }
 
-/// Records that `id` is (about to be) prepared on `conn`; if that evicts the least recently
-/// used statement, closes it on the server first.
-fn mark_prepared(conn: &mut ServerConn, relay: &mut Relay, sout: &mut BytesMut, id: u64) {
-    if let Some((evicted, ())) = conn.prepared.push(id, ()) {
-        if evicted != id {
-            sout.extend_from_slice(&encode_target(b'C', b'S', &format!("sg_{evicted}")));
-            relay.push(Expect::InjectedClose);
-        }
+/// Closes on the server the pooled statement evicted to make room for another.
+fn close_evicted(evicted: Option<u64>, relay: &mut Relay, sout: &mut BytesMut) {
+    if let Some(id) = evicted {
+        sout.extend_from_slice(&encode_target(b'C', b'S', &format!("sg_{id}")));
+        relay.push(Expect::InjectedClose);
     }
 }
