@@ -6,6 +6,12 @@
 //!   [`framing`] frames its answer for the extended protocol.
 //! - [`copy_out`]: `COPY ... TO STDOUT` streamed from several shards.
 //! - [`shard_stream`]: what those share (shard progress, first error, the driver's steps).
+//! - [`plan`]: the routing decision at a routing point (go, hold, fan out, switch shards,
+//!   commit across shards, defer BEGIN, refuse).
+//! - [`retry`]: the transparent retry of a read; [`sync`]: skip-to-Sync after an error.
+//! - [`ready`]: what a ReadyForQuery means, when a connection is released, statement mode.
+//! - [`statements`]: pooled statements re-Parsed on connections that lack them.
+//! - [`leave`]: what becomes of the held connection when a session ends.
 
 pub mod copy_out;
 pub mod fan_out_read;
