@@ -35,6 +35,7 @@ mod copy;
 mod fanout;
 mod fanout_batch;
 mod fanout_stream;
+mod pipeline;
 mod routing;
 mod server_input;
 mod shard_conns;

@@ -17,6 +17,7 @@ pub mod copy_out;
 pub mod fan_out_read;
 pub mod framing;
 pub mod leave;
+pub mod pipeline;
 pub mod plan;
 pub mod ready;
 pub mod retry;

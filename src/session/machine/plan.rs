@@ -121,6 +121,9 @@ pub enum Form {
         only_begin: Option<bool>,
         /// Complete and it executes nothing (Parse, Describe, Close).
         prepare_only: bool,
+        /// Its statements route to different shards, each to one (its route is
+        /// `Route::Many` of those shards): a pipeline across shards.
+        split: bool,
     },
 }
 
@@ -164,6 +167,9 @@ pub enum Decision {
     NeedInput,
     /// Run it on these shards and merge.
     FanOut(Vec<ShardId>),
+    /// Run the batch's statements in order, each on its own one of these shards, with one
+    /// Sync for the client (a pipeline across shards).
+    Pipeline(Vec<ShardId>),
     /// Continue the open transaction on another shard.
     Switch(Want, ShardId),
     /// COMMIT of a transaction across shards.
@@ -235,8 +241,11 @@ pub fn decide(at: &Standing, stmt: Statement) -> Plan {
         Err(e) => return decision(Decision::Refuse(e)),
         Ok(Route::Any) => None,
         Ok(Route::One(s)) => Some(s),
-        Ok(Route::Many(shards)) => return decision(fan_out(at, shards)),
-        Ok(Route::All) => return decision(fan_out(at, (0..at.shards).collect())),
+        Ok(Route::Many(shards)) if matches!(stmt.form, Form::Batch { split: true, .. }) => {
+            return decision(several(at, Decision::Pipeline(shards)))
+        }
+        Ok(Route::Many(shards)) => return decision(several(at, Decision::FanOut(shards))),
+        Ok(Route::All) => return decision(several(at, Decision::FanOut((0..at.shards).collect()))),
     };
     let decision = match at.held {
         Some(held) => on_held(at, held, stmt.want, shard),
@@ -248,10 +257,10 @@ pub fn decide(at: &Standing, stmt: Statement) -> Plan {
     }
 }
 
-/// A statement for several shards: fanned out when the client holds no server connection
-/// outside a transaction (or the transaction spans shards with two-phase commit), else held
-/// or refused.
-fn fan_out(at: &Standing, shards: Vec<ShardId>) -> Decision {
+/// A statement (or a pipeline) for several shards: `run` (fanned out, or pipelined) when the
+/// client holds no server connection outside a transaction (or the transaction spans shards
+/// with two-phase commit), else held or refused.
+fn several(at: &Standing, run: Decision) -> Decision {
     if at.in_transaction() && !at.two_phase {
         return Decision::RefuseCrossShard(CrossShard::NeedsSeveral);
     }
@@ -261,7 +270,7 @@ fn fan_out(at: &Standing, shards: Vec<ShardId>) -> Decision {
     if let Some(held) = at.held.filter(|_| !at.in_transaction()) {
         return hold_or_refuse(held);
     }
-    Decision::FanOut(shards)
+    run
 }
 
 /// A statement for one shard (or any) while the client holds a server connection: it goes

@@ -155,12 +155,31 @@ fn batch(want: Want, route: Route) -> Statement {
             flush: false,
             only_begin: None,
             prepare_only: false,
+            split: false,
         },
     }
 }
 
+/// A complete batch whose statements route to `shards`, each to one.
+fn pipeline(want: Want, shards: Vec<ShardId>) -> Statement {
+    let stmt = batch(want, Many(shards));
+    Statement {
+        form: Form::Batch {
+            complete: true,
+            flush: false,
+            only_begin: None,
+            prepare_only: false,
+            split: true,
+        },
+        ..stmt
+    }
+}
+
 fn incomplete(stmt: Statement, flush: bool) -> Statement {
-    let Form::Batch { only_begin, .. } = stmt.form else {
+    let Form::Batch {
+        only_begin, split, ..
+    } = stmt.form
+    else {
         return stmt;
     };
     Statement {
@@ -169,6 +188,7 @@ fn incomplete(stmt: Statement, flush: bool) -> Statement {
             flush,
             only_begin,
             prepare_only: false,
+            split,
         },
         ..stmt
     }
@@ -182,6 +202,7 @@ fn prepare_only(route: Route) -> Statement {
             flush: false,
             only_begin: None,
             prepare_only: true,
+            split: false,
         },
         ..batch(Want::Read, route)
     }
@@ -194,6 +215,7 @@ fn batch_begin(read_only: bool) -> Statement {
             flush: false,
             only_begin: Some(read_only),
             prepare_only: false,
+            split: false,
         },
         ..batch(Want::Primary, Route::Any)
     }
@@ -299,6 +321,20 @@ cases! {
     unsharded_batch_goes_before_its_sync: unsharded_split(), incomplete(batch(Want::Primary, Any), false) => Go(Want::Primary, 0);
     complete_batch_for_all_shards_fans_out: idle(), batch(Want::Read, All) => FanOut(vec![0, 1, 2]);
 
+    // Pipelines across shards: a batch whose statements route to different shards.
+    pipeline_outside_a_transaction_runs: idle(), pipeline(Want::Primary, vec![0, 2]) => Pipeline(vec![0, 2]);
+    pipeline_waits_for_its_sync: idle(), incomplete(pipeline(Want::Primary, vec![0, 1]), false) => NeedInput;
+    pipeline_with_flush_is_refused: idle(), incomplete(pipeline(Want::Primary, vec![0, 1]), true) =>
+        Refuse(PgError::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "a statement for several shards must be followed by Sync, not Flush",
+        ));
+    pipeline_in_a_transaction_without_two_phase_is_refused: in_txn(), pipeline(Want::Primary, vec![0, 1]) => RefuseCrossShard(CrossShard::NeedsSeveral);
+    pipeline_after_deferred_begin_without_two_phase_is_refused: deferred(false), pipeline(Want::Primary, vec![0, 1]) => RefuseCrossShard(CrossShard::NeedsSeveral);
+    pipeline_in_a_two_phase_transaction_runs_on_its_participants: two_phase(holding(in_txn(), 0)), pipeline(Want::Primary, vec![0, 1]) => Pipeline(vec![0, 1]);
+    pipeline_waits_for_a_busy_connection: owing(holding(idle(), 0)), pipeline(Want::Read, vec![0, 1]) => Hold;
+    pipeline_on_a_pinned_session_is_refused: holding(idle(), 0), pipeline(Want::Read, vec![0, 1]) => RefuseCrossShard(CrossShard::OtherShard);
+
     // Transactions across shards (two-phase commit).
     commit_across_shards_commits_everywhere: parked(two_phase(holding(in_txn(), 1)), 0), query(Kind::Commit, Any) => Commit;
     commit_across_shards_waits_for_answers: owing(parked(two_phase(holding(in_txn(), 1)), 0)), query(Kind::Commit, Any) => Hold;
@@ -384,6 +420,8 @@ fn invariants_over_every_combination() {
         stmts.push(incomplete(batch(Want::Primary, r.clone()), true));
         stmts.push(prepare_only(r.clone()));
     }
+    stmts.push(pipeline(Want::Primary, vec![0, 1]));
+    stmts.push(incomplete(pipeline(Want::Read, vec![1, 2]), false));
     stmts.push(batch_begin(false));
     stmts.push(batch_commit());
     for at in stands {
@@ -400,7 +438,7 @@ fn invariants_over_every_combination() {
             // Nothing fans out or switches shards inside a transaction without 2PC.
             if at.in_transaction() && !at.two_phase {
                 assert!(
-                    !matches!(d, FanOut(_) | Switch(..)),
+                    !matches!(d, FanOut(_) | Pipeline(_) | Switch(..)),
                     "{at:?} {stmt:?}: {d:?}"
                 );
             }
@@ -409,7 +447,7 @@ fn invariants_over_every_combination() {
                 assert_eq!(h.shard, *s, "{at:?} {stmt:?}");
             }
             // Fan-outs reach shards of the database only.
-            if let FanOut(shards) = &d {
+            if let FanOut(shards) | Pipeline(shards) = &d {
                 assert!(shards.iter().all(|s| *s < at.shards));
             }
             // A deferred BEGIN is only ever answered outside a transaction.

@@ -173,6 +173,10 @@ impl Loop<'_> {
                 Some(end) => Next::Stop(Some(end)),
                 None => Next::Continue,
             },
+            Step::Pipeline(shards) => match self.pipeline(frame, &shards).await {
+                Some(end) => Next::Stop(Some(end)),
+                None => Next::Continue,
+            },
             Step::FanOut(facts, shards) => match self.fan_out(&frame, &facts, &shards).await {
                 Some(end) => Next::Stop(Some(end)),
                 None => Next::Continue,

@@ -420,7 +420,7 @@ pub(super) fn is_write(c: Command) -> bool {
 /// committed yet; the error says whether earlier shards had committed (one-phase commit: a
 /// shard failing inside its COMMIT after another committed is the one window left; with
 /// `two_phase_commit` use an explicit transaction to close it).
-async fn finish_implicit(conns: &mut [Checkout], commit: bool) -> Option<PgError> {
+pub(super) async fn finish_implicit(conns: &mut [Checkout], commit: bool) -> Option<PgError> {
     let mut committed = 0;
     let mut error = None;
     for c in conns.iter_mut() {

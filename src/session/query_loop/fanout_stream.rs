@@ -8,8 +8,8 @@
 use std::pin::Pin;
 use std::task::Poll;
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::task::JoinHandle;
 
 use super::routing::Want;
@@ -27,15 +27,34 @@ enum Stop {
     Stalled,
 }
 
-/// Reads from the first of `conns` (from `start` on, round robin) marked `readable` that has
-/// bytes: its index and the read's result.
-async fn read_any(
+/// What happened on a shard connection.
+enum ShardIo {
+    /// Shard `i` read: bytes taken, or the error.
+    Read(usize, std::io::Result<usize>),
+    /// Shard `i` written to: bytes sent, or the error.
+    Wrote(usize, std::io::Result<usize>),
+}
+
+/// Writes what is `outgoing` to its shard, or reads from the first of `conns` (from `start`
+/// on, round robin) marked `readable` that has bytes, whichever can go first: a shard's
+/// request goes out while the answers of the others (and its own) are read, so neither
+/// side waits for the other however large the request.
+async fn shard_io(
     conns: &mut [Checkout],
     readable: &[bool],
+    outgoing: &[Bytes],
     start: usize,
-) -> (usize, std::io::Result<usize>) {
+) -> ShardIo {
     let n = conns.len();
     std::future::poll_fn(|cx| {
+        for (i, out) in outgoing.iter().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            if let Poll::Ready(r) = Pin::new(&mut conns[i].wr).poll_write(cx, out) {
+                return Poll::Ready(ShardIo::Wrote(i, r));
+            }
+        }
         for k in 0..n {
             let i = (start + k) % n;
             if !readable[i] {
@@ -45,7 +64,7 @@ async fn read_any(
             reserve(&mut conn.inbuf);
             let polled = tokio_util::io::poll_read_buf(Pin::new(&mut conn.rd), cx, &mut conn.inbuf);
             if let Poll::Ready(r) = polled {
-                return Poll::Ready((i, r));
+                return Poll::Ready(ShardIo::Read(i, r));
             }
         }
         Poll::Pending
@@ -79,22 +98,42 @@ impl Loop<'_> {
         shards: &[usize],
         want: Want,
         request: &[u8],
-        mut machine: M,
+        machine: M,
         sql: &str,
     ) -> Result<M, PgError> {
-        let (mut conns, in_txn) = self.shard_conns(shards, want).await?;
-        let sent = futures_util::future::join_all(conns.iter_mut().map(|c| c.send(request))).await;
-        if sent.iter().any(Result::is_err) {
-            conns.iter_mut().for_each(|c| c.broken = true);
-            self.end_shard_statement(shards, conns, in_txn, true);
-            return Err(PgError::error(
-                sqlstate::CONNECTION_FAILURE,
-                "could not send the statement to every shard",
-            ));
-        }
+        let (conns, in_txn) = self.shard_conns(shards, want).await?;
+        let request = Bytes::copy_from_slice(request);
+        let outgoing = vec![request; shards.len()];
+        let (machine, conns) = self
+            .run_stream(shards, conns, in_txn, outgoing, machine, in_txn, &[sql])
+            .await?;
+        self.end_shard_statement(shards, conns, in_txn, machine.progress().failed());
+        Ok(machine)
+    }
+
+    /// Sends each of `conns` (those of `shards`, `in_txn`: in the client's transaction) its
+    /// request in `outgoing` and runs `machine` over their answers, streaming the client's
+    /// messages into its output. A connection whose last ReadyForQuery is not in a
+    /// transaction block exactly when `ends_in_txn` is marked broken. Returns the machine and
+    /// the connections, for the caller to end the statement; on an error the statement is
+    /// ended here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn run_stream<M: ShardStream>(
+        &mut self,
+        shards: &[usize],
+        mut conns: Vec<Checkout>,
+        in_txn: bool,
+        mut outgoing: Vec<Bytes>,
+        mut machine: M,
+        ends_in_txn: bool,
+        texts: &[&str],
+    ) -> Result<(M, Vec<Checkout>), PgError> {
+        conns.iter_mut().for_each(|c| c.at_rest = false);
         self.cancel_to(&conns);
         let mut cancel = None;
-        let driven = self.drive(&mut machine, &mut conns, &mut cancel).await;
+        let driven = self
+            .drive(&mut machine, &mut conns, &mut outgoing, &mut cancel)
+            .await;
         super::lock(&self.login.cancel_slot).clear();
         match driven {
             Ok(()) => {}
@@ -117,13 +156,12 @@ impl Loop<'_> {
         }
         for (c, end) in conns.iter_mut().zip(machine.progress().shard_ends()) {
             match end {
-                ShardEnd::Ready(s) if s.in_transaction() == in_txn => {}
+                ShardEnd::Ready(s) if s.in_transaction() == ends_in_txn => {}
                 _ => c.broken = true,
             }
         }
-        self.note_effects(&mut conns, std::iter::once(sql));
-        self.end_shard_statement(shards, conns, in_txn, machine.progress().failed());
-        Ok(machine)
+        self.note_effects(&mut conns, texts.iter().copied());
+        Ok((machine, conns))
     }
 
     /// Inside a transaction the connections stay with it (failed if `failed`); outside, they
@@ -145,12 +183,39 @@ impl Loop<'_> {
         }
     }
 
+    /// Passes `machine` the messages already read from the shards while it wants them and the
+    /// client's output has room, until none is left that it wants (a message of one shard
+    /// can make it want another's, read before).
+    fn take_buffered<M: ShardStream>(
+        &mut self,
+        machine: &mut M,
+        conns: &mut [Checkout],
+        cancel: &mut Option<JoinHandle<()>>,
+    ) {
+        let mut moved = true;
+        while moved {
+            moved = false;
+            for i in 0..conns.len() {
+                while machine.wants(i) && (machine.discarding() || self.cout.len() < BUF_CAP) {
+                    let step = match conns[i].buffered_frame() {
+                        Ok(Some(f)) => machine.on_message(i, f, &mut self.cout),
+                        Ok(None) => break,
+                        Err(_) => machine.on_lost(i, &mut self.cout),
+                    };
+                    moved = true;
+                    react(step, i, machine, conns, cancel);
+                }
+            }
+        }
+    }
+
     /// Moves messages from the shards through `machine` to the client until every shard is at
     /// ReadyForQuery.
     async fn drive<M: ShardStream>(
         &mut self,
         machine: &mut M,
         conns: &mut [Checkout],
+        outgoing: &mut [Bytes],
         cancel: &mut Option<JoinHandle<()>>,
     ) -> Result<(), Stop> {
         let mut start = 0;
@@ -167,16 +232,7 @@ impl Loop<'_> {
                 let step = machine.on_cancel_requested();
                 react(step, 0, machine, conns, cancel);
             }
-            for i in 0..conns.len() {
-                while machine.wants(i) && (machine.discarding() || self.cout.len() < BUF_CAP) {
-                    let step = match conns[i].buffered_frame() {
-                        Ok(Some(f)) => machine.on_message(i, f, &mut self.cout),
-                        Ok(None) => break,
-                        Err(_) => machine.on_lost(i, &mut self.cout),
-                    };
-                    react(step, i, machine, conns, cancel);
-                }
-            }
+            self.take_buffered(machine, conns, cancel);
             if machine.progress().is_done() {
                 return Ok(());
             }
@@ -187,7 +243,7 @@ impl Loop<'_> {
             for (i, r) in readable.iter_mut().enumerate() {
                 *r = room && machine.wants(i) && !conns[i].has_buffered_frame();
             }
-            let any = readable.iter().any(|r| *r);
+            let any = readable.iter().any(|r| *r) || outgoing.iter().any(|o| !o.is_empty());
             if !any && self.cout.is_empty() {
                 // No shard is wanted and nothing is owed to the client: a machine that can
                 // no longer move (the select below would wait only for the client).
@@ -203,10 +259,22 @@ impl Loop<'_> {
                     Ok(n) => bytes::Buf::advance(&mut self.cout, n),
                     Err(_) => return Err(Stop::ClientGone),
                 },
-                (i, r) = read_any(conns, &readable, start), if any => {
-                    start = i + 1;
+                io = shard_io(conns, &readable, outgoing, start), if any => {
+                    let (i, r) = match io {
+                        ShardIo::Read(i, r) => {
+                            start = i + 1;
+                            (i, r)
+                        }
+                        ShardIo::Wrote(i, r) => {
+                            if let Ok(n) = r {
+                                bytes::Buf::advance(&mut outgoing[i], n);
+                            }
+                            (i, r)
+                        }
+                    };
                     if !matches!(r, Ok(n) if n > 0) {
                         conns[i].broken = true;
+                        outgoing[i].clear();
                         let step = machine.on_lost(i, &mut self.cout);
                         react(step, i, machine, conns, cancel);
                     }

@@ -48,6 +48,9 @@ pub(super) enum Step {
     FanOut(RouteFacts, Vec<usize>),
     /// Run the extended-protocol batch it starts on these shards and merge.
     FanOutBatch(Vec<usize>),
+    /// Run the statements of the extended-protocol batch it starts, each on its own one of
+    /// these shards.
+    Pipeline(Vec<usize>),
     /// Wait for more of the client's batch.
     NeedInput,
     /// Answer with this error.
@@ -140,13 +143,17 @@ impl Loop<'_> {
     }
 
     /// The server a statement with these facts needs.
-    fn want(&self, f: &RouteFacts) -> Want {
+    pub(super) fn want(&self, f: &RouteFacts) -> Want {
         Want::of(f.hints.target.or(self.rt.target), f.reads())
     }
 
     /// The shard route of a statement: hints, `SET shardgate.shard`, then the router.
     /// `Route::Any` for databases without sharding.
-    fn shard_route(&self, f: &RouteFacts, params: Option<&Params<'_>>) -> Result<Route, PgError> {
+    pub(super) fn shard_route(
+        &self,
+        f: &RouteFacts,
+        params: Option<&Params<'_>>,
+    ) -> Result<Route, PgError> {
         let Some(map) = &self.login.shard_map else {
             return Ok(Route::Any);
         };
@@ -218,6 +225,7 @@ impl Loop<'_> {
                 Known::Query(f) => Step::FanOut(f, shards),
                 Known::Batch { .. } => Step::FanOutBatch(shards),
             },
+            Decision::Pipeline(shards) => Step::Pipeline(shards),
             Decision::Switch(want, shard) => Step::Switch(want, shard),
             Decision::Commit if frame.tag == b'Q' => Step::Commit,
             Decision::Commit => Step::CommitBatch,
@@ -299,6 +307,7 @@ impl Loop<'_> {
                 flush: b.flush,
                 only_begin,
                 prepare_only: b.complete && !b.executes,
+                split: b.split,
             },
         };
         Some((stmt, Known::Batch { begin }))

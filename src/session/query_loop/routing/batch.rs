@@ -18,6 +18,8 @@ pub(super) struct BatchPlan {
     pub(super) only_commit: bool,
     /// The batch only begins a transaction: its text, and whether it is READ ONLY.
     pub(super) only_begin: Option<(String, bool)>,
+    /// Its statements route to different shards, each to one (`route` is `Route::Many`).
+    pub(super) split: bool,
     /// Its Sync has arrived.
     pub(super) complete: bool,
     /// It binds or calls something (not only Parse, Describe, Close).
@@ -39,6 +41,8 @@ struct BatchScan {
     want: Option<Want>,
     writes: bool,
     route: Result<Route, PgError>,
+    /// Statements route to different shards, each to one.
+    split: bool,
     /// Facts of the unnamed statement as of the message looked at.
     unnamed: Option<RouteFacts>,
     /// Named statements parsed earlier in this batch.
@@ -52,18 +56,33 @@ struct BatchScan {
 }
 
 /// The route of a batch whose statements so far route to `prev`, after one more that routes
-/// to `next`: all must go to one shard (or any).
-fn merge_route(prev: Route, next: Result<Route, PgError>) -> Result<Route, PgError> {
+/// to `next`: one shard (or any) for all, or (`split`) each statement to one of several
+/// shards, a pipeline across shards; a statement for several shards must be alone.
+fn merge_route(
+    prev: Route,
+    next: Result<Route, PgError>,
+    split: &mut bool,
+) -> Result<Route, PgError> {
     match (prev, next) {
         (_, Err(e)) => Err(e),
         (Route::Any, r) => r,
         (p, Ok(Route::Any)) => Ok(p),
-        (p, Ok(r)) if p == r => Ok(p),
+        (p, Ok(r)) if p == r && !*split => Ok(p),
+        (Route::One(a), Ok(Route::One(b))) => {
+            *split = true;
+            Ok(Route::Many(vec![a, b]))
+        }
+        (Route::Many(mut shards), Ok(Route::One(b))) if *split => {
+            if !shards.contains(&b) {
+                shards.push(b);
+            }
+            Ok(Route::Many(shards))
+        }
         _ => Err(PgError::error(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "statements of one extended-protocol batch route to different shards",
         )
-        .with_hint("Sync between statements for different shard keys")),
+        .with_hint("send a statement for several shards in a batch of its own (Sync after it)")),
     }
 }
 
@@ -78,6 +97,7 @@ impl BatchScan {
             want: None,
             writes: false,
             route: Ok(Route::Any),
+            split: false,
             unnamed,
             parsed: Vec::new(),
             complete: false,
@@ -185,7 +205,8 @@ impl BatchScan {
                 p.types = f.param_types.clone();
                 p
             });
-            self.route = merge_route(prev.clone(), session.shard_route(f, params.as_ref()));
+            let next = session.shard_route(f, params.as_ref());
+            self.route = merge_route(prev.clone(), next, &mut self.split);
         }
         self.want = Some(self.want.map_or(w, |x| x.and(w)));
         self.writes |= wr;
@@ -238,7 +259,14 @@ impl BatchScan {
                 Want::Primary
             },
             writes: self.writes || !complete,
-            route: self.route,
+            route: self.route.map(|r| match r {
+                Route::Many(mut shards) if self.split => {
+                    shards.sort_unstable();
+                    Route::Many(shards)
+                }
+                r => r,
+            }),
+            split: self.split,
             only_commit,
             only_begin,
             complete,
