@@ -382,3 +382,81 @@ conn.close()
     }
     assert_eq!(placed.len(), 50);
 }
+
+/// Measurement (not run by default): psycopg 3 loading `PB_ROWS` rows (default 10,000) with
+/// `executemany` in autocommit, `PB_ROUNDS` interleaved rounds (default 2): straight into
+/// the plain Postgres, through Shardgate over three shards as one pipeline across shards, and
+/// through Shardgate row by row (what a loader had to do when such a batch was refused).
+/// Prints rows per second and the proxy's CPU per 1,000 rows (this process's getrusage; the
+/// clients are other processes).
+///
+/// cargo test --release -p integration-tests --test pipeline -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run explicitly"]
+async fn bench_executemany() {
+    let _serial = SERIAL.lock().await;
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (rows, rounds) = (env("PB_ROWS", 10_000), env("PB_ROUNDS", 2));
+    let script = r#"
+import sys, time, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+how, lo, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+data = [(k, f"b{k}") for k in range(lo, lo + n)]
+sql = "INSERT INTO pl (k, v) VALUES (%s, %s)"
+t = time.perf_counter()
+with conn.cursor() as cur:
+    if how == "many":
+        cur.executemany(sql, data)
+    else:
+        for row in data:
+            cur.execute(sql, row)
+print(time.perf_counter() - t)
+"#;
+    let p = proxy("").await;
+    let via = format!("host=127.0.0.1 port={} user=app dbname=app", p.port);
+    let direct = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres",
+        plain().port()
+    );
+    let mut lo = 1_000_000u64;
+    for round in 0..rounds {
+        for (name, url, how) in [
+            ("direct, executemany", &direct, "many"),
+            ("shardgate 3 shards, executemany (pipeline)", &via, "many"),
+            ("shardgate 3 shards, row by row", &via, "each"),
+        ] {
+            let cpu0 = cpu_seconds();
+            let out = tokio::process::Command::new("python3")
+                .args(["-c", script, url, how, &lo.to_string(), &rows.to_string()])
+                .output()
+                .await
+                .unwrap();
+            let cpu = cpu_seconds() - cpu0;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let secs: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            println!(
+                "round {round} {name:45} {:>9.0} rows/s  proxy CPU {:.3} ms/1000 rows",
+                rows as f64 / secs,
+                cpu * 1e6 / rows as f64
+            );
+            lo += rows;
+        }
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass; no other preconditions.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}

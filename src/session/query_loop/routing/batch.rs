@@ -276,7 +276,33 @@ impl BatchScan {
     }
 }
 
+impl BatchPlan {
+    /// A batch on a sharded database whose Sync (or Flush) has not arrived.
+    fn waiting() -> BatchPlan {
+        BatchPlan {
+            want: Want::Primary,
+            writes: true,
+            route: Ok(Route::Any),
+            split: false,
+            only_commit: false,
+            only_begin: None,
+            complete: false,
+            executes: true,
+            flush: false,
+        }
+    }
+}
+
 impl Loop<'_> {
+    /// Whether the batch starting with `first` has arrived up to its Sync, a Flush or a
+    /// Query: a walk over the message tags only.
+    fn batch_may_go(&self, first: &Frame) -> bool {
+        let ends = |tag: u8| matches!(tag, b'S' | b'H' | b'Q');
+        ends(first.tag)
+            || self.rt.pending.iter().any(|f| ends(f.tag))
+            || crate::protocol::whole_messages(&self.cin).any(|(tag, _)| ends(tag))
+    }
+
     /// What a batch of extended-protocol messages starting with `first` needs, looking ahead
     /// (without consuming) up to its Sync: a replica only if every statement it executes
     /// reads (a Parse alone runs nothing; Parse and Describe of reads work on a hot standby,
@@ -284,6 +310,11 @@ impl Loop<'_> {
     /// one shard all its statements route to. A batch whose Sync has not arrived yet goes to
     /// the primary.
     pub(super) fn batch_want(&mut self, first: &Frame) -> BatchPlan {
+        if self.login.shard_map.is_some() && !self.batch_may_go(first) {
+            // Sharded, no Sync nor Flush yet: the batch waits for its Binds whatever it holds
+            // (see `plan::decide`), and is read through once, when it can go.
+            return BatchPlan::waiting();
+        }
         let mut scan = BatchScan::new(self.rt.unnamed.clone());
         let mut go = scan.visit(self, first.tag, first.body());
         for f in &self.rt.pending {
