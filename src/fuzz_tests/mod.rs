@@ -14,6 +14,7 @@
 
 mod alloc;
 mod machine;
+mod pipeline;
 mod protocol;
 mod server;
 mod sql;
