@@ -5,6 +5,8 @@
 //! - [`fan_out_read`]: a read statement streamed from several shards through the merge;
 //!   [`framing`] frames its answer for the extended protocol.
 //! - [`copy_out`]: `COPY ... TO STDOUT` streamed from several shards.
+//! - [`pipeline`]: an extended-protocol batch whose statements go to different shards, each
+//!   statement on its own shard, answered in the client's order.
 //! - [`shard_stream`]: what those share (shard progress, first error, the driver's steps).
 //! - [`plan`]: the routing decision at a routing point (go, hold, fan out, switch shards,
 //!   commit across shards, defer BEGIN, refuse).

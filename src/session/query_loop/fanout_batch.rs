@@ -2,7 +2,8 @@
 //! `[Parse] Bind [Describe] Execute Sync` (what drivers send for one query) runs on every
 //! shard it needs with the client's parameters, each shard asked for text results (what the
 //! merge reads); the merged answer goes back in the result formats the client's Bind asked for.
-//! Other batch shapes (named portals, fetch sizes, several statements per Sync) get 0A000.
+//! Other batch shapes (named portals, fetch sizes, other statements before the same Sync) get
+//! 0A000; several statements each for one shard are a pipeline (`pipeline.rs`).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use postgres_protocol::message::frontend;

@@ -1,6 +1,7 @@
 //! The look-ahead through an extended-protocol batch (up to its Sync, without consuming
 //! anything) that finds what the batch needs: which server, the one shard all its
-//! statements route to, and whether it only begins or only commits a transaction.
+//! statements route to (or the shards of a pipeline across shards, each statement on one),
+//! and whether it only begins or only commits a transaction.
 
 use super::super::Loop;
 use super::Want;
