@@ -93,6 +93,17 @@ pub fn sql_text() -> impl Strategy<Value = String> + Clone {
             "values",
             "insert",
             "into",
+            "INSERT",
+            "Update",
+            "delete",
+            "merge",
+            "do",
+            "CALL",
+            "copy",
+            "truncate",
+            "drop",
+            "characteristics",
+            "ShardGate",
             "\0",
         ])
         .prop_map(str::to_string),
@@ -139,6 +150,37 @@ fn fuzz_scan() {
         }
         bounded(sql.len(), 16, 512, || leading_words(sql, 4));
         bounded(sql.len(), 0, 0, || pin_reason(sql));
+    });
+}
+
+/// The naive case-insensitive search [`crate::sql::scan::find_ci`] must agree with.
+fn naive_find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    (0..=hay.len().checked_sub(needle.len())?)
+        .find(|&i| hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
+}
+
+#[test]
+fn fuzz_session_scanner_fast_paths() {
+    use crate::session::client_state::{settings_effect, tokenized_effect};
+    use crate::sql::scan::find_ci;
+    let needles: [&[u8]; 8] = [
+        b"shardgate",
+        b"advisory_lock",
+        b"with",
+        b"into",
+        b"set_config",
+        b"insert",
+        b"pg_temp",
+        b"m",
+    ];
+    fuzz("session scanner fast paths", sql_text(), |sql| {
+        let b = sql.as_bytes();
+        for n in needles {
+            assert_eq!(find_ci(b, n), naive_find_ci(b, n), "{n:?} in {sql:?}");
+        }
+        for stmt in split_statements(sql) {
+            assert_eq!(settings_effect(stmt), tokenized_effect(stmt), "{stmt:?}");
+        }
     });
 }
 

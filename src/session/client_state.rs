@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::sql::scan::{dollar_quote, is_setting_name};
+use crate::sql::scan::{dollar_quote, find_ci, first_word, is_setting_name};
 
 use crate::state::Prepared;
 
@@ -398,6 +398,34 @@ const DDL_VERBS: &[&str] = &["create", "alter", "drop", "comment", "import", "re
 /// Classifies one statement for [`SettingsEffect`]: cheap (one pass over the text) and on the
 /// safe side: what it does not recognize counts as opaque.
 pub fn settings_effect(stmt: &str) -> SettingsEffect {
+    plain_effect(stmt).unwrap_or_else(|| tokenized_effect(stmt))
+}
+
+/// [`settings_effect`] of a statement without a `(` (so without a call) and without a word
+/// that writes anywhere in its text (inside strings too), whose first word is not SET, DO or
+/// CALL: its first word says it all, with no tokens made. None for any other statement.
+fn plain_effect(stmt: &str) -> Option<SettingsEffect> {
+    let b = stmt.as_bytes();
+    if memchr::memchr(b'(', b).is_some() {
+        return None;
+    }
+    let writes = [&b"insert"[..], b"update", b"delete", b"merge"];
+    if writes.iter().any(|w| find_ci(b, w).is_some()) {
+        return None;
+    }
+    let first = first_word(stmt).to_ascii_lowercase();
+    let mut e = SettingsEffect::default();
+    match first.as_str() {
+        "set" | "do" | "call" => return None,
+        f if DDL_VERBS.contains(&f) => e.ddl = true,
+        f if WRITE_VERBS.contains(&f) => e.writes = true,
+        _ => {}
+    }
+    Some(e)
+}
+
+/// [`settings_effect`] from the statement's tokens.
+pub(crate) fn tokenized_effect(stmt: &str) -> SettingsEffect {
     let toks = tokens(stmt);
     let mut e = SettingsEffect::default();
     let first = match toks.first() {

@@ -6,13 +6,11 @@
 //! - proxy settings: `SET shardgate.NAME = value`, `RESET shardgate.NAME`,
 //!   `SHOW shardgate.NAME`, answered by the proxy and never sent to a server.
 //!
-//! Both are found only in text that contains `shardgate` (lowercase or uppercase, one
-//! `memchr::memmem` search), so statements without them cost one substring scan.
-
-use memchr::memmem;
+//! Both are found only in text that contains `shardgate` (in any case, one substring scan),
+//! so statements without them cost that scan.
 
 use super::analyze::{Analysis, Kind};
-use super::scan::{strip_comments, tokens, Tok};
+use super::scan::{find_ci, strip_comments, tokens, Tok};
 
 /// Where a hint or setting sends statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +32,10 @@ pub struct Hints {
     pub key: Option<String>,
 }
 
-/// Whether `sql` mentions the proxy at all (fast pre-check for [`hints`] and [`command`]).
+/// Whether `sql` mentions the proxy at all, in any case (fast pre-check for [`hints`] and
+/// [`command`]).
 pub fn mentions_proxy(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    memmem::find(b, b"shardgate").is_some() || memmem::find(b, b"SHARDGATE").is_some()
+    find_ci(sql.as_bytes(), b"shardgate").is_some()
 }
 
 /// Hints in the block comments of `sql` (the first value of each kind wins).
@@ -314,11 +312,8 @@ mod tests {
             command("set SESSION shardgate.target TO 'primary';"),
             Some(set("primary"))
         );
-        assert_eq!(
-            command("SET Shardgate.Target=auto"),
-            None,
-            "mixed case is not detected"
-        );
+        // Unquoted names fold to lowercase, as in Postgres: any case is the proxy's.
+        assert_eq!(command("SET Shardgate.Target=auto"), Some(set("auto")));
         assert_eq!(command("SET shardgate.TARGET=auto"), Some(set("auto")));
         assert_eq!(
             command("RESET shardgate.target"),

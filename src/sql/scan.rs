@@ -326,7 +326,7 @@ const SESSION_VERBS: &[&str] = &[
 ];
 
 /// The first word of a statement (after whitespace and comments), as written.
-fn first_word(stmt: &str) -> &str {
+pub fn first_word(stmt: &str) -> &str {
     tokens(stmt.as_bytes())
         .find(|(t, _, _)| !matches!(t, Tok::Space | Tok::LineComment | Tok::BlockComment))
         .filter(|(t, _, _)| *t == Tok::Word)
@@ -477,19 +477,21 @@ fn skip_blank(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// ASCII case-insensitive substring search; `needle` must be lowercase.
-fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if hay.len() < needle.len() {
-        return None;
+/// ASCII case-insensitive substring search; `needle` must be lowercase (and not empty). Jumps
+/// between the places the needle's first letter appears in either case (`memchr2`).
+pub fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    let (&first, rest) = needle.split_first()?;
+    let upper = first.to_ascii_uppercase();
+    let mut from = 0;
+    while let Some(p) = memchr::memchr2(first, upper, hay.get(from..)?) {
+        let i = from + p;
+        let tail = hay.get(i + 1..i + needle.len())?;
+        if tail.eq_ignore_ascii_case(rest) {
+            return Some(i);
+        }
+        from = i + 1;
     }
-    let first = needle[0];
-    (0..=hay.len() - needle.len()).find(|&i| {
-        hay[i].to_ascii_lowercase() == first
-            && hay[i..i + needle.len()]
-                .iter()
-                .zip(needle)
-                .all(|(a, b)| a.to_ascii_lowercase() == *b)
-    })
+    None
 }
 
 /// Whether `stmt` mentions `set_config` anywhere (a cheap over-approximation of a call).

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# callgrind_tx.sh — instructions the proxy executes per transaction, for Shardgate builds and
+# PgBouncer, counted by valgrind's callgrind: the same binary and workload give the same count
+# whatever else the machine is doing, so two builds compare exactly where a timed run is noise.
+#
+# Starts one throw-away Postgres on 127.0.0.1 (pgbench -i -s 1), then for each binary of BINS
+# (Shardgate builds; "pgbouncer" for PgBouncer) and each workload of WORKLOADS runs the proxy
+# under callgrind (transaction mode, pool 4) twice, for `pgbench -t $WARM` and for
+# `-t $WARM+$TX` per client, and prints the difference per transaction (start-up, logins and
+# shutdown cancel out), with the functions that take most of the longer run (self cost) in
+# $OUT/<name>-<workload>.txt.
+#
+# Usage:
+#   BINS="/work/shardgate-old target/release/shardgate pgbouncer" \
+#       integration-tests/bench/callgrind_tx.sh
+# Environment: BINS (required) WORKLOADS ["select:simple tpcb:simple"] CLIENTS [4] TX [500]
+#   (per client) WARM [50] (per client) OUT [/tmp/callgrind-tx] PGBOUNCER_BIN [/usr/sbin/pgbouncer]
+set -euo pipefail
+BINS=${BINS:?set BINS}
+WORKLOADS=${WORKLOADS:-select:simple tpcb:simple}
+CLIENTS=${CLIENTS:-4}
+TX=${TX:-500}
+WARM=${WARM:-50}
+OUT=${OUT:-/tmp/callgrind-tx}
+PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
+PGBIN=$(pg_config --bindir)
+PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 40000))
+        [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] && { echo "$p"; return; }
+    done
+    exit 1
+}
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/sg-callgrind.XXXXXX)
+PROXY=
+cleanup() {
+    set +e
+    [[ -n $PROXY ]] && kill "$PROXY" 2>/dev/null && wait "$PROXY" 2>/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+chmod 755 "$TMP"
+mkdir -p "$TMP/data" "$TMP/sock"
+[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$TMP"
+PG_PORT=$(free_port)
+as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --no-locale >/dev/null
+cat >>"$TMP/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$TMP/sock'
+fsync = off
+synchronous_commit = off
+EOF
+as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/pg.log" -w start >/dev/null
+"$PGBIN/psql" -X -q -h "$TMP/sock" -p "$PG_PORT" -U postgres -c "create role app login password 'app'" -c "create database app owner app"
+export PGPASSWORD=app
+"$PGBENCH" -i -s 1 -q -h 127.0.0.1 -p "$PG_PORT" -U app app >/dev/null 2>&1
+
+pgbench_args() { # WORKLOAD -> pgbench options
+    local script=${1%%:*} mode=${1##*:}
+    [[ $script == select ]] && printf -- '-S '
+    printf -- '-M %s' "$mode"
+}
+start_proxy() { # BIN NAME PORT -> sets PROXY
+    local bin=$1 name=$2 port=$3
+    local vg=(valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.%p.out" --dump-line=no)
+    if [[ $bin == pgbouncer ]]; then
+        printf '"app" "app"\n' >"$TMP/userlist.txt"
+        cat >"$TMP/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$PG_PORT dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = plain
+auth_file = $TMP/userlist.txt
+pool_mode = transaction
+default_pool_size = 4
+logfile = $TMP/pgbouncer.log
+EOF
+        chmod 644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
+        if [[ $(id -u) -eq 0 ]]; then
+            chmod 777 "$OUT"
+            setpriv --reuid=postgres --regid=postgres --init-groups -- \
+                "${vg[@]}" "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$TMP/proxy.log" 2>&1 &
+        else
+            "${vg[@]}" "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$TMP/proxy.log" 2>&1 &
+        fi
+    else
+        cat >"$TMP/sg.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$port"
+pool_mode = "transaction"
+[pool]
+size = 4
+[[users]]
+name = "app"
+password = "app"
+[[databases]]
+name = "app"
+[[databases.shards]]
+name = "s0"
+primary = "127.0.0.1:$PG_PORT"
+EOF
+        RUST_LOG=warn "${vg[@]}" "$bin" run --config "$TMP/sg.toml" >"$TMP/proxy.log" 2>&1 &
+    fi
+    PROXY=$!
+    for _ in $(seq 240); do
+        "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$port" -U app -d app -c 'select 1' >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    echo "proxy $name did not start: $(tail -5 "$TMP/proxy.log")" >&2
+    exit 1
+}
+# Instructions of one proxy run: start it under callgrind, run `pgbench -t $2` per client, stop
+# it (callgrind writes its counts at exit).
+measure() { # BIN NAME WORKLOAD TX -> total instructions
+    local bin=$1 name=$2 w=$3 tx=$4 port
+    rm -f "$OUT/$name".*
+    port=$(free_port)
+    start_proxy "$bin" "$name" "$port"
+    # shellcheck disable=SC2046
+    "$PGBENCH" $(pgbench_args "$w") -c "$CLIENTS" -j 1 -t "$tx" -n -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
+    kill "$PROXY"
+    wait "$PROXY" 2>/dev/null || true
+    local pid=$PROXY
+    PROXY=
+    { callgrind_annotate --threshold=90 "$OUT/$name.$pid.out" 2>/dev/null || true; } | sed -n 1,80p >"$OUT/$name.txt"
+    { callgrind_annotate "$OUT/$name.$pid.out" 2>/dev/null || true; } | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
+for w in $WORKLOADS; do
+    echo
+    echo "### $w: instructions per transaction (runs of $WARM and $((WARM + TX)) transactions per client, $CLIENTS clients, subtracted)"
+    for bin in $BINS; do
+        name=$(basename "$bin")-$(echo "$w" | tr ':' '-')
+        short=$(measure "$bin" "$name-short" "$w" "$WARM")
+        long=$(measure "$bin" "$name" "$w" $((WARM + TX)))
+        awk -v n="$name" -v a="${short:-0}" -v b="${long:-0}" -v tx=$((TX * CLIENTS)) \
+            'BEGIN {printf "%s: %.0f instructions/tx\n", n, (b - a) / tx}'
+    done
+done
