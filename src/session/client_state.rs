@@ -190,11 +190,47 @@ pub struct SettingsEffect {
     pub ddl: bool,
 }
 
+/// Longest word the settings scanner tells apart (longer than every name it knows).
+const WORD_MAX: usize = 32;
+
+/// An unquoted word, lowercased without allocating: every name the settings scanner compares
+/// words with is short ASCII, so a longer or non-ASCII word is kept as one that equals none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word {
+    bytes: [u8; WORD_MAX],
+    /// 0: a word that equals no name.
+    len: u8,
+}
+
+impl Word {
+    fn new(w: &[u8]) -> Word {
+        let mut bytes = [0; WORD_MAX];
+        if w.len() > WORD_MAX || !w.is_ascii() {
+            return Word { bytes, len: 0 };
+        }
+        for (d, c) in bytes.iter_mut().zip(w) {
+            *d = c.to_ascii_lowercase();
+        }
+        Word {
+            bytes,
+            len: w.len() as u8,
+        }
+    }
+
+    /// The lowercased word; one that equals no name for a word kept as such.
+    fn as_str(&self) -> &str {
+        match std::str::from_utf8(&self.bytes[..usize::from(self.len)]) {
+            Ok(s) if self.len > 0 => s,
+            _ => "\u{fffd}",
+        }
+    }
+}
+
 /// One token of the settings scanner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
     /// An unquoted word, lowercased (keyword or identifier).
-    Word(String),
+    Word(Word),
     /// A quoted identifier.
     Quoted,
     /// A string literal (plain, E'', dollar-quoted) or a number.
@@ -285,7 +321,7 @@ fn tokens(sql: &str) -> Vec<Tok> {
                 // U&'...' / U&"...": the quote follows as its own token.
                 i += 1;
             } else {
-                out.push(Tok::Word(String::from_utf8_lossy(w).to_ascii_lowercase()));
+                out.push(Tok::Word(Word::new(w)));
             }
         } else if c.is_ascii_digit() {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
@@ -456,7 +492,8 @@ pub(crate) fn tokenized_effect(stmt: &str) -> SettingsEffect {
         };
         let prev = i.checked_sub(1).and_then(|p| toks.get(p));
         if matches!(w, "insert" | "delete" | "merge")
-            || (w == "update" && !matches!(prev, Some(Tok::Word(p)) if p == "for" || p == "key"))
+            || (w == "update"
+                && !matches!(prev, Some(Tok::Word(p)) if matches!(p.as_str(), "for" | "key")))
         {
             // A write in a CTE, or a rule's action.
             e.writes = true;
@@ -469,11 +506,11 @@ pub(crate) fn tokenized_effect(stmt: &str) -> SettingsEffect {
             Some(Tok::Punct(b':')) => continue,
             Some(Tok::Word(p)) if OBJECT_BEFORE.contains(&p.as_str()) => continue,
             // `create index ... on t (col)`
-            Some(Tok::Word(p)) if p == "on" && e.ddl => continue,
+            Some(Tok::Word(p)) if p.as_str() == "on" && e.ddl => continue,
             // `schema.f(`: only pg_catalog's builtins are known
             Some(Tok::Punct(b'.')) => {
                 let q = i.checked_sub(2).and_then(|p| toks.get(p));
-                if !matches!(q, Some(Tok::Word(q)) if q == "pg_catalog") {
+                if !matches!(q, Some(Tok::Word(q)) if q.as_str() == "pg_catalog") {
                     e.opaque = true;
                     continue;
                 }
