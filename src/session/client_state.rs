@@ -217,13 +217,18 @@ impl Word {
         }
     }
 
-    /// The lowercased word; one that equals no name for a word kept as such.
-    fn as_str(&self) -> &str {
-        match std::str::from_utf8(&self.bytes[..usize::from(self.len)]) {
-            Ok(s) if self.len > 0 => s,
-            _ => "\u{fffd}",
+    /// The lowercased word; one that equals no name (not ASCII) for a word kept as such.
+    fn as_bytes(&self) -> &[u8] {
+        match self.len {
+            0 => b"\xff",
+            n => &self.bytes[..usize::from(n)],
         }
     }
+}
+
+/// Whether `list` holds `w`.
+fn listed(list: &[&str], w: &[u8]) -> bool {
+    list.iter().any(|x| x.as_bytes() == w)
 }
 
 /// One token of the settings scanner.
@@ -465,65 +470,65 @@ pub(crate) fn tokenized_effect(stmt: &str) -> SettingsEffect {
     let toks = tokens(stmt);
     let mut e = SettingsEffect::default();
     let first = match toks.first() {
-        Some(Tok::Word(w)) => w.as_str(),
-        _ => "",
+        Some(Tok::Word(w)) => w.as_bytes(),
+        _ => b"",
     };
     let word = |i: usize| match toks.get(i) {
-        Some(Tok::Word(w)) => w.as_str(),
-        _ => "",
+        Some(Tok::Word(w)) => w.as_bytes(),
+        _ => b"",
     };
     match first {
         // sets default_transaction_{isolation,read_only,deferrable}
-        "set" if word(1) == "session" && word(2) == "characteristics" => e.opaque = true,
-        "do" | "call" => {
+        b"set" if word(1) == b"session" && word(2) == b"characteristics" => e.opaque = true,
+        b"do" | b"call" => {
             e.opaque = true;
             e.ddl = true;
         }
-        _ if DDL_VERBS.contains(&first) => e.ddl = true,
-        _ if WRITE_VERBS.contains(&first) => e.writes = true,
+        _ if listed(DDL_VERBS, first) => e.ddl = true,
+        _ if listed(WRITE_VERBS, first) => e.writes = true,
         _ => {}
     }
     for (i, t) in toks.iter().enumerate() {
         // A quoted name is never a known builtin.
         let w = match t {
-            Tok::Word(w) => w.as_str(),
-            Tok::Quoted => "\"",
+            Tok::Word(w) => w.as_bytes(),
+            Tok::Quoted => b"\"",
             _ => continue,
         };
         let prev = i.checked_sub(1).and_then(|p| toks.get(p));
-        if matches!(w, "insert" | "delete" | "merge")
-            || (w == "update"
-                && !matches!(prev, Some(Tok::Word(p)) if matches!(p.as_str(), "for" | "key")))
+        if matches!(w, b"insert" | b"delete" | b"merge")
+            || (w == b"update"
+                && !matches!(prev, Some(Tok::Word(p)) if matches!(p.as_bytes(), b"for" | b"key")))
         {
             // A write in a CTE, or a rule's action.
             e.writes = true;
         }
-        if toks.get(i + 1) != Some(&Tok::Punct(b'(')) || NOT_CALLS.contains(&w) {
+        if toks.get(i + 1) != Some(&Tok::Punct(b'(')) || listed(NOT_CALLS, w) {
             continue;
         }
         match prev {
             // a type modifier: `::numeric(10, 2)`
             Some(Tok::Punct(b':')) => continue,
-            Some(Tok::Word(p)) if OBJECT_BEFORE.contains(&p.as_str()) => continue,
+            Some(Tok::Word(p)) if listed(OBJECT_BEFORE, p.as_bytes()) => continue,
             // `create index ... on t (col)`
-            Some(Tok::Word(p)) if p.as_str() == "on" && e.ddl => continue,
+            Some(Tok::Word(p)) if p.as_bytes() == b"on" && e.ddl => continue,
             // `schema.f(`: only pg_catalog's builtins are known
             Some(Tok::Punct(b'.')) => {
                 let q = i.checked_sub(2).and_then(|p| toks.get(p));
-                if !matches!(q, Some(Tok::Word(q)) if q.as_str() == "pg_catalog") {
+                if !matches!(q, Some(Tok::Word(q)) if q.as_bytes() == b"pg_catalog") {
                     e.opaque = true;
                     continue;
                 }
             }
             _ => {}
         }
-        if w == "set_config" {
+        if w == b"set_config" {
             match toks.get(i + 2) {
                 Some(Tok::Literal) => {}
                 Some(Tok::Param(n)) if *n > 0 => e.name_params.push(*n),
                 _ => e.opaque = true,
             }
-        } else if !PURE_BUILTINS.contains(&w) {
+        } else if !listed(PURE_BUILTINS, w) {
             e.opaque = true;
         }
     }
