@@ -81,11 +81,16 @@ pub struct Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.conn.broken = true;
-        }
+        self.conn.broken = !returnable(self.conn.broken);
         self.in_use.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The panic guard of a connection being dropped: it may go back to its pool only if it is
+/// not broken and the thread is not unwinding from a panic (the session's state, and so the
+/// connection's, is unknown then).
+pub fn returnable(broken: bool) -> bool {
+    !broken && !std::thread::panicking()
 }
 
 impl std::ops::Deref for Checkout {
@@ -407,5 +412,52 @@ impl Registry {
         self.map
             .get(&(user.to_string(), database.to_string()))
             .cloned()
+    }
+}
+
+#[cfg(test)]
+mod panic_guard_tests {
+    use super::returnable;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+
+    /// Records what [`returnable`] says when it is dropped: 1 returnable, 2 not.
+    struct Held(Arc<AtomicU8>, bool);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            let v = if returnable(self.1) { 1 } else { 2 };
+            self.0.store(v, Ordering::SeqCst);
+        }
+    }
+
+    fn dropped(broken: bool, panics: bool) -> u8 {
+        let seen = Arc::new(AtomicU8::new(0));
+        let held = Held(seen.clone(), broken);
+        let joined = std::thread::spawn(move || {
+            let _held = held;
+            if panics {
+                panic!("a session panics while holding a connection");
+            }
+        })
+        .join();
+        assert_eq!(joined.is_err(), panics);
+        seen.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_clean_connection_goes_back() {
+        assert_eq!(dropped(false, false), 1);
+    }
+
+    #[test]
+    fn a_connection_dropped_by_a_panicking_session_is_closed() {
+        assert_eq!(dropped(false, true), 2);
+    }
+
+    #[test]
+    fn a_broken_connection_is_closed() {
+        assert_eq!(dropped(true, false), 2);
+        assert_eq!(dropped(true, true), 2);
     }
 }
