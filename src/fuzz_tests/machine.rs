@@ -1,5 +1,5 @@
-//! The session's stream machines ([`FanOutRead`], its extended-protocol framing, and
-//! [`CopyOut`]) fed what shards may send: well-formed answers, corrupted ones, and stray
+//! The session's stream machines ([`FanOutRead`], its extended-protocol framing,
+//! [`CopyOut`] and [`SumWrites`]) fed what shards may send: well-formed answers, corrupted ones, and stray
 //! messages (errors, notices, ReadyForQuery with any status, COPY messages, unknown tags) in
 //! any interleaving. No panic; once every shard has sent a ReadyForQuery the statement is
 //! done; the client's output stays within a constant factor of what the shards sent.
@@ -14,6 +14,7 @@ use crate::session::machine::copy_out::CopyOut;
 use crate::session::machine::fan_out_read::FanOutRead;
 use crate::session::machine::framing::Extended;
 use crate::session::machine::shard_stream::ShardStream;
+use crate::session::machine::sum_writes::SumWrites;
 use crate::sql::analyze::fanout::fan_out_query;
 
 /// A message a shard may send besides its answer.
@@ -128,7 +129,7 @@ fn fuzz_stream_machines() {
     fuzz_share(
         "stream machines",
         4,
-        (interleaved(), 0u8..4),
+        (interleaved(), 0u8..5),
         |(script, which)| {
             let mut m: Box<dyn ShardStream> = match which {
                 0 => Box::new(FanOutRead::new(
@@ -147,7 +148,8 @@ fn fuzz_stream_machines() {
                         },
                     ),
                 ),
-                _ => Box::new(CopyOut::new(2)),
+                3 => Box::new(CopyOut::new(2)),
+                _ => Box::new(SumWrites::new(2, false, 1 << 16)),
             };
             let (given, out) = drive(m.as_mut(), script);
             assert!(out <= 8 * given + 4096, "{out} bytes out for {given} in");

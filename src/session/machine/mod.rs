@@ -7,6 +7,8 @@
 //! - [`copy_out`]: `COPY ... TO STDOUT` streamed from several shards.
 //! - [`pipeline`]: an extended-protocol batch whose statements go to different shards, each
 //!   statement on its own shard, answered in the client's order.
+//! - [`sum_writes`]: a write or schema change on several shards, answered as one (counts
+//!   summed).
 //! - [`shard_stream`]: what those share (shard progress, first error, the driver's steps).
 //! - [`plan`]: the routing decision at a routing point (go, hold, fan out, switch shards,
 //!   commit across shards, defer BEGIN, refuse).
@@ -25,4 +27,5 @@ pub mod ready;
 pub mod retry;
 pub mod shard_stream;
 pub mod statements;
+pub mod sum_writes;
 pub mod sync;

@@ -3,26 +3,23 @@
 //! key, and writes, schema changes and maintenance run everywhere with their counts summed.
 //!
 //! One server connection per shard is checked out, the client's settings applied, the
-//! statement sent to all of them at once and every answer read to its ReadyForQuery before
-//! anything goes to the client: an error on any shard is the answer (its first ErrorResponse),
-//! never a partial result presented as success. (A write that failed on one shard may have
+//! statement sent to all of them at once and, through the stream driver, every answer read to
+//! its ReadyForQuery before anything goes to the client (`machine::sum_writes`): an error on
+//! any shard is the answer (its first ErrorResponse), never a partial result presented as
+//! success. (A write that failed on one shard may have
 //! succeeded on another; transactions across shards need two-phase commit.)
 
 use bytes::{Bytes, BytesMut};
 
 use super::routing::Want;
-use std::future::Future;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
-
-use super::{End, Loop, BUF_CAP, CLEANUP_TIMEOUT};
-use crate::backend::{BackendError, Exchanged};
-use crate::fanout::{CommandTag, MergeError, ShardResult};
+use super::{End, Loop, CLEANUP_TIMEOUT};
+use crate::fanout::MergeError;
 use crate::pool::Checkout;
-use crate::protocol::{self, query_text, sqlstate, Frame, PgError, TxStatus};
+use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
 use crate::session::client_state::settings_effect;
 use crate::session::handshake::cancel_all;
-use crate::session::machine::fan_out_read::too_large;
+use crate::session::machine::shard_stream::ShardStream;
+use crate::session::machine::sum_writes::SumWrites;
 use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
 
@@ -31,16 +28,6 @@ pub(super) type Work = Vec<(usize, String)>;
 
 /// Puts the SQL text of the `i`th shard's work into a request.
 pub(super) type Encode<'a> = &'a (dyn Fn(usize, &str, &mut BytesMut) + Sync);
-
-/// The shards' answers to a statement, sorted (see `Loop::collect_answers`).
-struct Collected {
-    results: Vec<ShardResult>,
-    /// Notices, for the client.
-    out: BytesMut,
-    /// The first ErrorResponse.
-    error: Option<Bytes>,
-    param_desc: Option<Bytes>,
-}
 
 /// The merged answer of several shards: notices, then an ErrorResponse or the rows and
 /// CommandComplete; and a ParameterDescription if the shards were asked for one.
@@ -53,29 +40,6 @@ fn merge_error(e: MergeError) -> PgError {
     e.to_pg_error()
 }
 
-/// Waits for `work` (answers being read on shard connections) while reading what the client
-/// sends meanwhile into `cin`, up to the loop's cap (it is handled afterwards). None: the
-/// client closed its connection first.
-async fn while_client_stays<T>(
-    crd: &mut OwnedReadHalf,
-    cin: &mut BytesMut,
-    work: impl Future<Output = T>,
-) -> Option<T> {
-    tokio::pin!(work);
-    loop {
-        let room = cin.len() < BUF_CAP;
-        tokio::select! {
-            biased;
-            r = &mut work => return Some(r),
-            r = crd.read_buf(cin), if room => {
-                if !matches!(r, Ok(n) if n > 0) {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
 impl Loop<'_> {
     /// Makes a CancelRequest of the client reach every one of `conns` (and nothing else).
     pub(super) fn cancel_to(&self, conns: &[Checkout]) {
@@ -83,31 +47,6 @@ impl Loop<'_> {
         let mut slot = super::lock(&self.login.cancel_slot);
         slot.clear();
         slot.extend(conns.iter().map(|c| c.cancel_target()));
-    }
-
-    /// Sends `requests[i]` on `conns[i]`, all at once, and reads every answer (each held up to
-    /// its share of `max_fanout_bytes`) while watching the client: a CancelRequest reaches
-    /// every connection meanwhile, and a client that leaves has the statement cancelled
-    /// everywhere (the error; the session then ends).
-    pub(super) async fn exchange_all(
-        &mut self,
-        conns: &mut [Checkout],
-        requests: &[&[u8]],
-    ) -> Result<Vec<Result<Exchanged, BackendError>>, PgError> {
-        let cap = self.state.config.proxy.max_fanout_bytes / conns.len().max(1);
-        self.cancel_to(conns);
-        let work = futures_util::future::join_all(
-            conns
-                .iter_mut()
-                .zip(requests)
-                .map(|(c, r)| c.exchange_capped(r, cap)),
-        );
-        let waited = while_client_stays(&mut self.crd, &mut self.cin, work).await;
-        super::lock(&self.login.cancel_slot).clear();
-        match waited {
-            Some(answers) => Ok(answers),
-            None => Err(self.abandon(conns).await),
-        }
     }
 
     /// The client left while `conns` worked for it: the statement is cancelled on each of them
@@ -206,7 +145,7 @@ impl Loop<'_> {
     }
 
     /// Runs each shard's SQL (asked as `encode` puts it) on one connection per shard, all at
-    /// once, reads every answer to its ReadyForQuery and sums the counts (with `one_copy`,
+    /// once, through the stream driver, and sums the answers ([`SumWrites`]; with `one_copy`,
     /// answers as the first shard did): writes, schema changes and maintenance. Any shard's
     /// error is the answer. (Reads stream instead: see `fanout_stream.rs`.)
     pub(super) async fn run_on_shards(
@@ -237,108 +176,49 @@ impl Loop<'_> {
                 ));
             }
         }
-        let requests: Vec<BytesMut> = per_shard
+        let outgoing = per_shard
             .iter()
             .enumerate()
             .map(|(i, (_, text))| {
                 let mut b = BytesMut::new();
                 encode(i, text, &mut b);
-                b
+                b.freeze()
             })
             .collect();
-        let requests: Vec<&[u8]> = requests.iter().map(|r| &r[..]).collect();
-        let answers = self.exchange_all(&mut conns, &requests).await?;
-        let collected = self.collect_answers(&mut conns, answers, in_txn || implicit)?;
-        self.note_effects(&mut conns, per_shard.iter().map(|(_, t)| t.as_str()));
+        let machine = SumWrites::new(
+            conns.len(),
+            one_copy,
+            self.state.config.proxy.max_fanout_bytes,
+        );
+        let texts: Vec<&str> = per_shard.iter().map(|(_, t)| t.as_str()).collect();
+        let ends_in_txn = in_txn || implicit;
+        let (machine, mut conns) = self
+            .run_stream(
+                &targets,
+                conns,
+                in_txn,
+                outgoing,
+                machine,
+                ends_in_txn,
+                &texts,
+            )
+            .await?;
+        let failed = machine.progress().failed();
         if in_txn {
-            self.status = if collected.error.is_some() {
-                TxStatus::Failed
-            } else {
-                TxStatus::InTransaction
-            };
-            self.park_all(&targets, conns);
+            self.end_shard_statement(&targets, conns, true, failed);
         } else if implicit {
-            let commit = collected.error.is_none() && !conns.iter().any(|c| c.broken);
+            let commit = !failed && !conns.iter().any(|c| c.broken);
             let commit_error = finish_implicit(&mut conns, commit).await;
             drop(conns);
             if let Some(e) = commit_error {
                 return Err(e);
             }
-        } else {
-            drop(conns);
         }
-        let Collected {
-            results,
-            mut out,
-            error,
-            param_desc,
-        } = collected;
-        if let Some(e) = error {
-            out.extend_from_slice(&e);
-            return Ok(FanOutAnswer { out, param_desc });
-        }
-        let merged = match one_copy {
-            true => sum_results(&results[..results.len().min(1)])?,
-            false => sum_results(&results)?,
-        };
-        out.extend_from_slice(&merged);
-        Ok(FanOutAnswer { out, param_desc })
-    }
-
-    /// Sorts the shards' answers into results, notices, the first error and a
-    /// ParameterDescription; a connection whose status is not what `in_txn` expects, or
-    /// that sent something a fan-out cannot relay, is marked broken.
-    fn collect_answers(
-        &self,
-        conns: &mut [Checkout],
-        answers: Vec<Result<Exchanged, BackendError>>,
-        in_txn: bool,
-    ) -> Result<Collected, PgError> {
-        let mut c = Collected {
-            results: Vec::with_capacity(answers.len()),
-            out: BytesMut::new(),
-            error: None,
-            param_desc: None,
-        };
-        for (conn, answer) in conns.iter_mut().zip(answers) {
-            let (frames, status) = match answer {
-                Ok(a) if a.overflow => {
-                    c.error.get_or_insert_with(|| self.too_large().freeze());
-                    (Vec::new(), a.status)
-                }
-                Ok(a) => (a.frames, a.status),
-                Err(e) => {
-                    conn.broken = true;
-                    return Err(PgError::error(
-                        sqlstate::CONNECTION_FAILURE,
-                        format!("a shard failed during the statement: {e}"),
-                    ));
-                }
-            };
-            if (status != b'I') != in_txn {
-                conn.broken = true;
-            }
-            let mut r = ShardResult::default();
-            for f in frames {
-                match f.tag {
-                    b'T' => r.row_description = Some(f.bytes),
-                    b'D' => r.data_rows.push(f.bytes),
-                    b'C' => r.command_complete = f.bytes,
-                    b'E' => {
-                        c.error.get_or_insert(f.bytes);
-                    }
-                    b'N' => c.out.extend_from_slice(&f.bytes),
-                    b't' => c.param_desc = Some(f.bytes),
-                    // Parse, Bind, NoData of an extended-protocol request.
-                    b'1' | b'2' | b'n' => {}
-                    // CopyOut/CopyIn or anything else a fan-out cannot relay.
-                    b'I' | b'S' | b'A' => {}
-                    _ => conn.broken = true,
-                }
-            }
-            c.results.push(r);
-        }
-        Ok(c)
+        let summed = machine.answer();
+        Ok(FanOutAnswer {
+            out: summed.out,
+            param_desc: summed.param_desc,
+        })
     }
 
     /// What statements `texts` that ran on `conns` may have done that the proxy did not see:
@@ -362,13 +242,6 @@ impl Loop<'_> {
         if ddl {
             self.state.statements.bump_generation();
         }
-    }
-
-    /// The error of a fan-out whose shard answers are over `max_fanout_bytes`.
-    pub(super) fn too_large(&self) -> BytesMut {
-        let mut b = BytesMut::new();
-        too_large(self.state.config.proxy.max_fanout_bytes).encode(&mut b);
-        b
     }
 
     pub(super) fn is_split_insert(&self, facts: &RouteFacts) -> bool {
@@ -461,43 +334,4 @@ pub(super) async fn finish_implicit(conns: &mut [Checkout], commit: bool) -> Opt
         }
     }
     error
-}
-
-/// Answers of a write or schema change on several shards: the first RowDescription (for
-/// RETURNING), every DataRow, and one CommandComplete with the counts summed.
-fn sum_results(results: &[ShardResult]) -> Result<BytesMut, PgError> {
-    let mut out = BytesMut::new();
-    if let Some(t) = results.iter().find_map(|r| r.row_description.as_ref()) {
-        out.extend_from_slice(t);
-    }
-    for r in results {
-        for d in &r.data_rows {
-            out.extend_from_slice(d);
-        }
-    }
-    let mut total: Option<CommandTag> = None;
-    for r in results {
-        if r.command_complete.is_empty() {
-            continue;
-        }
-        let tag = CommandTag::parse(&r.command_complete).map_err(|e| {
-            PgError::error(
-                sqlstate::INTERNAL_ERROR,
-                format!("bad CommandComplete from a shard: {e}"),
-            )
-        })?;
-        total = Some(match total {
-            None => tag,
-            Some(mut t) => {
-                if let (Some(a), Some(b)) = (t.rows, tag.rows) {
-                    t.rows = Some(a + b);
-                }
-                t
-            }
-        });
-    }
-    if let Some(t) = total {
-        t.encode(&mut out);
-    }
-    Ok(out)
 }
