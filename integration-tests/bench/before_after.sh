@@ -36,16 +36,8 @@ PGBOUNCER=${PGBOUNCER:-1}
 PGBIN=$(pg_config --bindir)
 PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
 CLK_TCK=$(getconf CLK_TCK)
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
-        [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] && { echo "$p"; return; }
-    done
-    exit 1
-}
+# shellcheck source=integration-tests/bench/common.sh
+source "$(dirname "$0")/common.sh"
 cpu_ticks() { local s; s=$(<"/proc/$1/stat"); awk '{print $12 + $13}' <<<"${s##*) }"; }
 
 TMP=$(mktemp -d /tmp/sg-before-after.XXXXXX)
@@ -53,27 +45,11 @@ PIDS=()
 cleanup() {
     set +e
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
+    stop_pg "$TMP"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-chmod 755 "$TMP"
-mkdir -p "$TMP/data" "$TMP/sock"
-[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$TMP"
-PG_PORT=$(free_port)
-as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --no-locale >/dev/null
-cat >>"$TMP/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$TMP/sock'
-max_connections = 200
-fsync = off
-synchronous_commit = off
-EOF
-as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/pg.log" -w start >/dev/null
-"$PGBIN/psql" -X -q -h "$TMP/sock" -p "$PG_PORT" -U postgres -c "create role app login password 'app'" -c "create database app owner app"
-export PGPASSWORD=app
-"$PGBENCH" -i -s "$SCALE" -q -h 127.0.0.1 -p "$PG_PORT" -U app app >/dev/null 2>&1
+start_pg "$TMP" "$SCALE" "max_connections = 200"
 
 declare -A PORT PID
 for t in before after; do
@@ -136,11 +112,6 @@ for t in "${TARGETS[@]}"; do
     done
 done
 
-pgbench_args() { # WORKLOAD -> pgbench options
-    local script=${1%%:*} mode=${1##*:}
-    [[ $script == select ]] && printf -- '-S '
-    printf -- '-M %s' "$mode"
-}
 skip() { [[ $1 == pgbouncer && $2 == *:prepared ]] && ! "$PGBOUNCER_BIN" --version | grep -qE '1\.(2[1-9]|[3-9][0-9])'; }
 run() { # run TARGET WORKLOAD SECS -> "tps cpu_per_1k"
     local t=$1 b a out tps tx

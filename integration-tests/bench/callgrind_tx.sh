@@ -25,48 +25,20 @@ OUT=${OUT:-/tmp/callgrind-tx}
 PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
 PGBIN=$(pg_config --bindir)
 PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 40000))
-        [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] && { echo "$p"; return; }
-    done
-    exit 1
-}
+# shellcheck source=integration-tests/bench/common.sh
+source "$(dirname "$0")/common.sh"
 mkdir -p "$OUT"
 TMP=$(mktemp -d /tmp/sg-callgrind.XXXXXX)
 PROXY=
 cleanup() {
     set +e
     [[ -n $PROXY ]] && kill "$PROXY" 2>/dev/null && wait "$PROXY" 2>/dev/null
-    as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -m immediate -w stop >/dev/null 2>&1
+    stop_pg "$TMP"
     rm -rf "$TMP"
 }
 trap cleanup EXIT
-chmod 755 "$TMP"
-mkdir -p "$TMP/data" "$TMP/sock"
-[[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$TMP"
-PG_PORT=$(free_port)
-as_pg "$PGBIN/initdb" -D "$TMP/data" -U postgres -A trust -E UTF8 --no-locale >/dev/null
-cat >>"$TMP/data/postgresql.conf" <<EOF
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$TMP/sock'
-fsync = off
-synchronous_commit = off
-EOF
-as_pg "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/pg.log" -w start >/dev/null
-"$PGBIN/psql" -X -q -h "$TMP/sock" -p "$PG_PORT" -U postgres -c "create role app login password 'app'" -c "create database app owner app"
-export PGPASSWORD=app
-"$PGBENCH" -i -s 1 -q -h 127.0.0.1 -p "$PG_PORT" -U app app >/dev/null 2>&1
+start_pg "$TMP" 1
 
-pgbench_args() { # WORKLOAD -> pgbench options
-    local script=${1%%:*} mode=${1##*:}
-    [[ $script == select ]] && printf -- '-S '
-    printf -- '-M %s' "$mode"
-}
 start_proxy() { # BIN NAME PORT -> sets PROXY
     local bin=$1 name=$2 port=$3
     local vg=(valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.%p.out" --dump-line=no)

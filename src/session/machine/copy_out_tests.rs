@@ -1,19 +1,10 @@
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::CopyOut;
 use crate::fanout::wire::test_util::complete;
-use crate::protocol::{split_frame, sqlstate, Frame, PgError};
+use crate::protocol::{split_frame, sqlstate, Frame};
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
-
-fn msg(tag: u8, body: &[u8]) -> Frame {
-    let mut b = vec![tag];
-    b.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    b.extend_from_slice(body);
-    Frame {
-        tag,
-        bytes: Bytes::from(b),
-    }
-}
+use crate::session::machine::test_frames::{error, msg};
 
 /// A text-format CopyOutResponse of `cols` columns.
 fn header(cols: u16) -> Frame {
@@ -32,15 +23,6 @@ fn data(row: &str) -> Frame {
 fn tag(t: &str) -> Frame {
     let bytes = complete(t);
     Frame { tag: b'C', bytes }
-}
-
-fn error(code: &'static str) -> Frame {
-    let mut b = BytesMut::new();
-    PgError::error(code, "boom").encode(&mut b);
-    Frame {
-        tag: b'E',
-        bytes: b.freeze(),
-    }
 }
 
 /// The client's messages: tags, with CopyData payloads and CommandComplete texts.

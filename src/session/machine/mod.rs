@@ -29,3 +29,5 @@ pub mod shard_stream;
 pub mod statements;
 pub mod sum_writes;
 pub mod sync;
+#[cfg(test)]
+pub mod test_frames;

@@ -1,18 +1,9 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{plan, Message, Pipeline, Plan};
-use crate::protocol::{error_fields, split_frame, sqlstate, Frame, PgError};
+use crate::protocol::{error_fields, split_frame, sqlstate, Frame};
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
-
-fn msg(tag: u8, body: &[u8]) -> Frame {
-    let mut b = vec![tag];
-    b.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    b.extend_from_slice(body);
-    Frame {
-        tag,
-        bytes: Bytes::from(b),
-    }
-}
+use crate::session::machine::test_frames::{error, error_bytes, msg, ready, tag};
 
 fn rest(sql: &str) -> Bytes {
     let mut b = sql.as_bytes().to_vec();
@@ -43,29 +34,6 @@ fn bind(name: &str, sql: &str, v: &str, shard: Option<usize>) -> Message {
 
 fn execute() -> Message {
     Message::Execute(Bytes::from_static(&[0, 0, 0, 0, 0]))
-}
-
-fn error_bytes(code: &'static str) -> Bytes {
-    let mut b = BytesMut::new();
-    PgError::error(code, "boom").encode(&mut b);
-    b.freeze()
-}
-
-fn error(code: &'static str) -> Frame {
-    Frame {
-        tag: b'E',
-        bytes: error_bytes(code),
-    }
-}
-
-fn tag(t: &str) -> Frame {
-    let mut body = t.as_bytes().to_vec();
-    body.push(0);
-    msg(b'C', &body)
-}
-
-fn ready(s: u8) -> Frame {
-    msg(b'Z', &[s])
 }
 
 /// The messages of `buf`: tags, with CommandComplete texts and SQLSTATEs.

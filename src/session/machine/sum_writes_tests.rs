@@ -1,21 +1,12 @@
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::SumWrites;
-use crate::protocol::{error_fields, split_frame, sqlstate, Frame, PgError};
+use crate::protocol::{error_fields, split_frame, sqlstate, Frame};
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
+use crate::session::machine::test_frames::{error, msg, tag};
 
-fn msg(tag: u8, body: &[u8]) -> Frame {
-    let mut b = vec![tag];
-    b.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    b.extend_from_slice(body);
-    Frame {
-        tag,
-        bytes: Bytes::from(b),
-    }
-}
-
-fn tag(t: &str) -> Frame {
-    msg(b'C', format!("{t}\0").as_bytes())
+fn ready() -> Frame {
+    crate::session::machine::test_frames::ready(b'I')
 }
 
 fn row(v: &str) -> Frame {
@@ -23,19 +14,6 @@ fn row(v: &str) -> Frame {
     b.extend_from_slice(&(v.len() as i32).to_be_bytes());
     b.extend_from_slice(v.as_bytes());
     msg(b'D', &b)
-}
-
-fn error(code: &'static str) -> Frame {
-    let mut b = BytesMut::new();
-    PgError::error(code, "boom").encode(&mut b);
-    Frame {
-        tag: b'E',
-        bytes: b.freeze(),
-    }
-}
-
-fn ready() -> Frame {
-    msg(b'Z', b"I")
 }
 
 /// Feeds each shard's frames in turn (shard 0 first) and returns what the client gets.

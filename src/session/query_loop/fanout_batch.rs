@@ -46,7 +46,8 @@ fn unsupported(what: &str) -> PgError {
     )
 }
 
-fn malformed(what: &str) -> PgError {
+/// The error for a client message that does not decode.
+pub(super) fn malformed(what: &str) -> PgError {
     PgError::error(
         sqlstate::PROTOCOL_VIOLATION,
         format!("malformed {what} message"),

@@ -10,6 +10,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::fanout::finish_implicit;
+use super::fanout_batch::malformed;
 use super::routing::Want;
 use super::twophase::CommitError;
 use super::{End, Loop};
@@ -42,13 +43,6 @@ fn unsupported(what: &str) -> PgError {
     .with_hint(
         "send it in a batch of its own (Sync before it), or keep the batch's statements on one \
          shard key",
-    )
-}
-
-fn malformed(what: &str) -> PgError {
-    PgError::error(
-        sqlstate::PROTOCOL_VIOLATION,
-        format!("malformed {what} message"),
     )
 }
 

@@ -1,0 +1,49 @@
+# common.sh — what the benchmark scripts share (sourced, not run): logging, running as the
+# `postgres` OS user when root, a free loopback port, and a throw-away Postgres with pgbench's
+# tables. Needs PGBIN and PGBENCH set.
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((20000 + RANDOM % 40000))
+        [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]] && { echo "$p"; return; }
+    done
+    exit 1
+}
+
+# pgbench_args WORKLOAD: pgbench options for `select:MODE` (-S) or `tpcb:MODE` (the default
+# TPC-B-like script), MODE one of simple, extended, prepared.
+pgbench_args() {
+    local script=${1%%:*} mode=${1##*:}
+    [[ $script == select ]] && printf -- '-S '
+    printf -- '-M %s' "$mode"
+}
+
+# start_pg DIR SCALE [CONF_LINES]: a Postgres (trust logins, fsync off) in DIR/data on a free
+# port (sets PG_PORT) with role and database `app` (password `app`) holding
+# `pgbench -i -s SCALE`; exports PGPASSWORD=app.
+start_pg() {
+    local dir=$1 scale=$2 extra=${3:-}
+    chmod 755 "$dir"
+    mkdir -p "$dir/data" "$dir/sock"
+    [[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$dir"
+    PG_PORT=$(free_port)
+    as_pg "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale >/dev/null
+    cat >>"$dir/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$dir/sock'
+fsync = off
+synchronous_commit = off
+$extra
+EOF
+    as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w start >/dev/null
+    "$PGBIN/psql" -X -q -h "$dir/sock" -p "$PG_PORT" -U postgres -c "create role app login password 'app'" -c "create database app owner app"
+    export PGPASSWORD=app
+    "$PGBENCH" -i -s "$scale" -q -h 127.0.0.1 -p "$PG_PORT" -U app app >/dev/null 2>&1
+}
+
+# stop_pg DIR: stops the Postgres of start_pg.
+stop_pg() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1; }
