@@ -344,3 +344,41 @@ async fn sql_text_the_proxy_cannot_read_keeps_its_effects_to_its_client() {
     let path: String = c.query_one("show search_path", &[]).await.unwrap().get(0);
     assert_eq!(path, "\"$user\", public");
 }
+
+/// A Bind of the unnamed statement and an Execute of the unnamed portal, then Sync.
+fn bind_unnamed_and_execute() -> Vec<u8> {
+    let mut m = vec![b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    m.extend_from_slice(&SYNC);
+    m
+}
+
+/// One client's unnamed statement stays its own: on a pool of one connection, client B's Bind
+/// of the unnamed statement (without a Parse of its own) gets 26000, as on a connection of
+/// its own, never client A's statement and its rows; A's own later Bind still runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clients_unnamed_statement_is_never_run() {
+    let proxy = Proxy::start(&config_text("", "size = 1"));
+    let mut a = login_trust(proxy.port, "trusty", "app").await;
+    let mut parse_a = parse("select 'secret of a'");
+    parse_a.extend_from_slice(&SYNC);
+    a.write_all(&parse_a).await.unwrap();
+    let m = read_until(&mut a, b"Z").await;
+    assert_eq!(m.first().map(|x| x.0), Some(b'1'), "{m:?}");
+    let mut b = login_trust(proxy.port, "trusty", "app").await;
+    b.write_all(&bind_unnamed_and_execute()).await.unwrap();
+    let m = read_until(&mut b, b"Z").await;
+    assert!(
+        data_text(&m).is_empty(),
+        "client b ran client a's statement: {m:?}"
+    );
+    assert_eq!(
+        integration_tests::raw::error_code(&m).as_deref(),
+        Some("26000"),
+        "{m:?}"
+    );
+    // B's error changed nothing on the connection: A's statement still answers A.
+    a.write_all(&bind_unnamed_and_execute()).await.unwrap();
+    let m = read_until(&mut a, b"Z").await;
+    assert_eq!(data_text(&m), vec!["secret of a".to_string()], "{m:?}");
+}

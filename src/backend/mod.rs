@@ -109,6 +109,10 @@ pub struct ServerConn {
     /// [`crate::pool::ServerManager`]). Cleared by every send, set by the reader of each
     /// ReadyForQuery.
     pub at_rest: bool,
+    /// The session whose Parse of the unnamed statement was the last one sent on this
+    /// connection (0: none, or the proxy's own): only that session may Bind or Describe the
+    /// unnamed statement here (see `query_loop::statements`).
+    pub unnamed_owner: u64,
     /// When the connection was opened.
     pub created: Instant,
     /// Proxy-named statements (by cache id) prepared on this connection, least recently used
@@ -163,6 +167,7 @@ impl ServerConn {
             params: Vec::new(),
             broken: false,
             at_rest: false,
+            unnamed_owner: 0,
             created: Instant::now(),
             prepared: LruCache::new(
                 NonZeroUsize::new(p.prepared_capacity).unwrap_or(NonZeroUsize::MIN),

@@ -128,7 +128,11 @@ impl Loop<'_> {
         ends_in_txn: bool,
         texts: &[&str],
     ) -> Result<(M, Vec<Checkout>), PgError> {
-        conns.iter_mut().for_each(|c| c.at_rest = false);
+        // The proxy's own statements on the shards take their unnamed statements.
+        conns.iter_mut().for_each(|c| {
+            c.at_rest = false;
+            c.unnamed_owner = 0;
+        });
         self.cancel_to(&conns);
         let mut cancel = None;
         let driven = self

@@ -126,6 +126,24 @@ impl Loop<'_> {
         self.skip.errored_mid_batch();
     }
 
+    /// Whether the unnamed statement of the current server connection is this client's (its
+    /// last Parse of it went there): under transaction pooling the connection may have served
+    /// another client since, whose statement must never run for this one.
+    fn owns_unnamed(&self) -> bool {
+        self.server
+            .as_deref()
+            .is_some_and(|c| c.unnamed_owner == self.session)
+    }
+
+    /// The answer to a Bind or Describe of an unnamed statement this client has not prepared
+    /// on its connection (as Postgres answers where there is none).
+    fn no_unnamed_statement(&mut self) {
+        self.synthetic_error(PgError::error(
+            sqlstate::INVALID_SQL_STATEMENT_NAME,
+            "unnamed prepared statement does not exist",
+        ));
+    }
+
     /// Handles session state that cannot move between server connections.
     pub(super) fn pin(&mut self, reason: &'static str) -> Result<(), PgError> {
         match self.state.config.pool.session_state {
@@ -169,6 +187,9 @@ impl Loop<'_> {
             self.client.unnamed_name_params = effect.name_params;
             if !self.track_extended(p.query) {
                 return None;
+            }
+            if let Some(conn) = self.server.as_deref_mut() {
+                conn.unnamed_owner = self.session;
             }
             self.sout.extend_from_slice(&frame.bytes);
             self.relay.push(Expect::Parse {
@@ -234,6 +255,10 @@ impl Loop<'_> {
             return self.malformed("Bind");
         };
         if !self.managed || name.is_empty() {
+            if self.managed && !self.owns_unnamed() {
+                self.no_unnamed_statement();
+                return None;
+            }
             if self.managed {
                 let params = std::mem::take(&mut self.client.unnamed_name_params);
                 self.note_name_params(frame.body(), &params);
@@ -274,6 +299,16 @@ impl Loop<'_> {
         let Some((target, name)) = protocol::target(frame.body()) else {
             return self.malformed(if tag == b'D' { "Describe" } else { "Close" });
         };
+        if self.managed && target == b'S' && name.is_empty() && !self.owns_unnamed() {
+            // Another session's unnamed statement: not this client's to describe or close.
+            if tag == b'D' {
+                self.no_unnamed_statement();
+            } else {
+                self.relay.push(Expect::Synthetic(empty_message(b'3')));
+                self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+            }
+            return None;
+        }
         if !self.managed || target != b'S' || name.is_empty() {
             self.forward(frame, Some(kind));
             return None;
