@@ -14,13 +14,18 @@ use crate::protocol::{
 };
 use crate::session::client_state::{apply_sql, settings_effect, SettingsEffect};
 use crate::session::machine::statements::{self as machine, Needs};
-use crate::session::relay::{Expect, Kind, Relay};
+use crate::session::relay::{Expect, Kind};
 use crate::shard::route::Params;
 use crate::sql::scan::{
     dollar_quote, is_pooled_statement_name, is_setting_name, quote_ident, session_command,
     set_config_names, split_statements, SessionCommand,
 };
 use crate::state::Prepared;
+
+mod injected;
+mod unnamed;
+pub(super) use injected::inject_query;
+use injected::{close_evicted, inject_deallocate};
 
 impl Loop<'_> {
     /// Without a server connection (so outside a transaction), answers what needs no server:
@@ -124,24 +129,6 @@ impl Loop<'_> {
         self.relay.push(Expect::Synthetic(b.freeze()));
         self.relay.emit_synthetic(&mut self.cout, &mut self.events);
         self.skip.errored_mid_batch();
-    }
-
-    /// Whether the unnamed statement of the current server connection is this client's (its
-    /// last Parse of it went there): under transaction pooling the connection may have served
-    /// another client since, whose statement must never run for this one.
-    fn owns_unnamed(&self) -> bool {
-        self.server
-            .as_deref()
-            .is_some_and(|c| c.unnamed_owner == self.session)
-    }
-
-    /// The answer to a Bind or Describe of an unnamed statement this client has not prepared
-    /// on its connection (as Postgres answers where there is none).
-    fn no_unnamed_statement(&mut self) {
-        self.synthetic_error(PgError::error(
-            sqlstate::INVALID_SQL_STATEMENT_NAME,
-            "unnamed prepared statement does not exist",
-        ));
     }
 
     /// Handles session state that cannot move between server connections.
@@ -594,24 +581,5 @@ impl Loop<'_> {
             self.client.sql_prepared.remove(name);
             conn.sql_prepared.remove(name);
         }
-    }
-}
-
-/// Sends a DEALLOCATE of the SQL-level prepared statement `name` (see [`inject_query`]).
-fn inject_deallocate(name: &str, relay: &mut Relay, sout: &mut BytesMut) {
-    inject_query(&format!("DEALLOCATE {}", quote_ident(name)), relay, sout);
-}
-
-/// Sends a query of the proxy's own whose results nobody sees.
-pub(super) fn inject_query(sql: &str, relay: &mut Relay, sout: &mut BytesMut) {
-    let _ = postgres_protocol::message::frontend::query(sql, sout);
-    relay.push(Expect::InjectedQuery("session state"));
-}
-
-/// Closes on the server the pooled statement evicted to make room for another.
-fn close_evicted(evicted: Option<u64>, relay: &mut Relay, sout: &mut BytesMut) {
-    if let Some(id) = evicted {
-        sout.extend_from_slice(&encode_target(b'C', b'S', &format!("sg_{id}")));
-        relay.push(Expect::InjectedClose);
     }
 }
