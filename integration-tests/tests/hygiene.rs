@@ -355,7 +355,8 @@ fn bind_unnamed_and_execute() -> Vec<u8> {
 
 /// One client's unnamed statement stays its own: on a pool of one connection, client B's Bind
 /// of the unnamed statement (without a Parse of its own) gets 26000, as on a connection of
-/// its own, never client A's statement and its rows; A's own later Bind still runs it.
+/// its own, never client A's statement and its rows; each client's later Binds run its own
+/// statement, wherever the other's was parsed since, until a simple Query drops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_clients_unnamed_statement_is_never_run() {
     let proxy = Proxy::start(&config_text("", "size = 1"));
@@ -381,4 +382,33 @@ async fn another_clients_unnamed_statement_is_never_run() {
     a.write_all(&bind_unnamed_and_execute()).await.unwrap();
     let m = read_until(&mut a, b"Z").await;
     assert_eq!(data_text(&m), vec!["secret of a".to_string()], "{m:?}");
+    // B parses its own on the one connection; each client's Bind then runs its own statement
+    // (the proxy parses it again, unseen, where the connection holds the other's).
+    let mut parse_b = parse("select 'b'");
+    parse_b.extend_from_slice(&bind_unnamed_and_execute());
+    b.write_all(&parse_b).await.unwrap();
+    let m = read_until(&mut b, b"Z").await;
+    assert_eq!(data_text(&m), vec!["b".to_string()], "{m:?}");
+    for _ in 0..2 {
+        a.write_all(&bind_unnamed_and_execute()).await.unwrap();
+        let m = read_until(&mut a, b"Z").await;
+        assert_eq!(
+            m.first().map(|x| x.0),
+            Some(b'2'),
+            "no ParseComplete seen: {m:?}"
+        );
+        assert_eq!(data_text(&m), vec!["secret of a".to_string()], "{m:?}");
+        b.write_all(&bind_unnamed_and_execute()).await.unwrap();
+        let m = read_until(&mut b, b"Z").await;
+        assert_eq!(data_text(&m), vec!["b".to_string()], "{m:?}");
+    }
+    // A simple Query drops the unnamed statement, as in Postgres.
+    run(&mut a, "select 1").await;
+    a.write_all(&bind_unnamed_and_execute()).await.unwrap();
+    let m = read_until(&mut a, b"Z").await;
+    assert_eq!(
+        integration_tests::raw::error_code(&m).as_deref(),
+        Some("26000"),
+        "{m:?}"
+    );
 }

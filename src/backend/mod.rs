@@ -109,9 +109,9 @@ pub struct ServerConn {
     /// [`crate::pool::ServerManager`]). Cleared by every send, set by the reader of each
     /// ReadyForQuery.
     pub at_rest: bool,
-    /// The session whose Parse of the unnamed statement was the last one sent on this
-    /// connection (0: none, or the proxy's own): only that session may Bind or Describe the
-    /// unnamed statement here (see `query_loop::statements`).
+    /// The number of the client Parse of the unnamed statement last sent on this connection
+    /// (0: none, or the proxy's own): a client may Bind or Describe the unnamed statement here
+    /// only if it is its current one (see `ClientState::unnamed_parse`).
     pub unnamed_owner: u64,
     /// When the connection was opened.
     pub created: Instant,

@@ -27,6 +27,9 @@ pub struct ClientState {
     /// `set_config($n, ...)` in the unnamed statement: the parameters whose values name
     /// settings (found at Parse, read at Bind).
     pub unnamed_name_params: Vec<usize>,
+    /// The client's last Parse of the unnamed statement (a number no other gets, the message)
+    /// while Postgres would hold it: sent again, unseen, where a connection holds another.
+    pub unnamed_parse: Option<(u64, bytes::Bytes)>,
     /// Client statement name -> pooled statement.
     pub named: HashMap<String, Arc<Prepared>>,
     /// SQL-level prepared statements: name -> PREPARE text.

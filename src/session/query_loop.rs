@@ -71,9 +71,6 @@ enum End {
     Shutdown,
 }
 
-/// The number of the next session (see `Loop::session`).
-static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 struct Loop<'a> {
     state: &'a ProxyState,
     login: Login,
@@ -91,8 +88,6 @@ struct Loop<'a> {
     client: ClientState,
     /// Transaction or statement mode: statements and settings are managed across connections.
     managed: bool,
-    /// This session's number, never reused (see `ServerConn::unnamed_owner`).
-    session: u64,
     unsynced: bool,
     /// Last transaction status reported to the client.
     status: TxStatus,
@@ -135,7 +130,6 @@ pub(super) async fn run(
         events: Vec::new(),
         client,
         managed,
-        session: NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         unsynced: false,
         status: TxStatus::Idle,
         skip: SkipToSync::Off,

@@ -112,6 +112,10 @@ impl Loop<'_> {
     /// `shardgate.*` command, or answered without a server. True if the message was consumed.
     fn handled_before_routing(&mut self, frame: &Frame) -> bool {
         let tag = frame.tag;
+        if tag == b'Q' {
+            // A simple Query drops the unnamed statement, as in Postgres.
+            self.client.unnamed_parse = None;
+        }
         match self.skip.on_client(tag) {
             OnClient::Handle => {}
             OnClient::Drop => return true,

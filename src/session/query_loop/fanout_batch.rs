@@ -135,6 +135,12 @@ impl Loop<'_> {
                 None => break,
             }
         }
+        // The batch runs on the shards' connections: the client's unnamed statement, if it
+        // parses one, is not there to be parsed again later (a later Bind of it gets 26000).
+        let unnamed_parse = |f: &Frame| f.tag == b'P' && f.body().first() == Some(&0);
+        if frames.iter().any(unnamed_parse) {
+            self.client.unnamed_parse = None;
+        }
         frames
     }
 

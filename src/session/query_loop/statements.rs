@@ -175,9 +175,7 @@ impl Loop<'_> {
             if !self.track_extended(p.query) {
                 return None;
             }
-            if let Some(conn) = self.server.as_deref_mut() {
-                conn.unnamed_owner = self.session;
-            }
+            self.parsed_unnamed(frame);
             self.sout.extend_from_slice(&frame.bytes);
             self.relay.push(Expect::Parse {
                 stmt: None,
@@ -242,8 +240,7 @@ impl Loop<'_> {
             return self.malformed("Bind");
         };
         if !self.managed || name.is_empty() {
-            if self.managed && !self.owns_unnamed() {
-                self.no_unnamed_statement();
+            if self.managed && !self.ensure_unnamed() {
                 return None;
             }
             if self.managed {
@@ -286,15 +283,18 @@ impl Loop<'_> {
         let Some((target, name)) = protocol::target(frame.body()) else {
             return self.malformed(if tag == b'D' { "Describe" } else { "Close" });
         };
-        if self.managed && target == b'S' && name.is_empty() && !self.owns_unnamed() {
-            // Another session's unnamed statement: not this client's to describe or close.
-            if tag == b'D' {
-                self.no_unnamed_statement();
-            } else {
+        if self.managed && target == b'S' && name.is_empty() {
+            if tag == b'D' && !self.ensure_unnamed() {
+                return None;
+            }
+            if tag == b'C' {
+                // The client has no unnamed statement from now on; what the connection holds
+                // is no one's (its number matches no client's), so nothing is sent.
+                self.client.unnamed_parse = None;
                 self.relay.push(Expect::Synthetic(empty_message(b'3')));
                 self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+                return None;
             }
-            return None;
         }
         if !self.managed || target != b'S' || name.is_empty() {
             self.forward(frame, Some(kind));
