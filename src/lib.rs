@@ -16,7 +16,9 @@
 //! - [`health`]: background health checks of servers: role, WAL positions, lag, bans.
 //! - [`pool`]: bb8 pools per (user, database, server) and the FIFO checkout gate.
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel; its
-//!   decisions without I/O in `session::machine` (streamed fan-out reads so far).
+//!   decisions without I/O in `session::machine` (routing, read retry, skip-to-Sync,
+//!   release rules, end of session, and the machines of statements on several shards: reads,
+//!   COPY TO, writes, pipelines).
 //! - [`state`]: proxy-wide shared state (config, users, pools, cancel keys).
 //! - [`server`]: accept loop, client limit, graceful shutdown.
 //! - `demo` (default feature `demo`): `shardgate demo`, on the workspace crate `testkit`.
