@@ -55,21 +55,7 @@ declare -A PORT PID
 for t in before after; do
     PORT[$t]=$(free_port)
     bin=$BEFORE_BIN; [[ $t == after ]] && bin=$AFTER_BIN
-    cat >"$TMP/$t.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:${PORT[$t]}"
-pool_mode = "transaction"
-[pool]
-size = 20
-[[users]]
-name = "app"
-password = "app"
-[[databases]]
-name = "app"
-[[databases.shards]]
-name = "s0"
-primary = "127.0.0.1:$PG_PORT"
-EOF
+    shardgate_toml "$TMP/$t.toml" "${PORT[$t]}" 20
     RUST_LOG=warn "$bin" run --config "$TMP/$t.toml" >"$TMP/$t.log" 2>&1 &
     PID[$t]=$!
     PIDS+=("$!")
@@ -77,22 +63,7 @@ done
 TARGETS=(before after)
 if [[ $PGBOUNCER == 1 ]]; then
     PORT[pgbouncer]=$(free_port)
-    printf '"app" "app"\n' >"$TMP/userlist.txt"
-    cat >"$TMP/pgbouncer.ini" <<EOF
-[databases]
-app = host=127.0.0.1 port=$PG_PORT dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = ${PORT[pgbouncer]}
-unix_socket_dir =
-auth_type = plain
-auth_file = $TMP/userlist.txt
-pool_mode = transaction
-default_pool_size = 20
-max_client_conn = 1000
-ignore_startup_parameters = extra_float_digits
-logfile = $TMP/pgbouncer.log
-EOF
+    pgbouncer_ini "$TMP" "${PORT[pgbouncer]}" 20
     [[ $(id -u) -eq 0 ]] && chown postgres:postgres "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
     if [[ $(id -u) -eq 0 ]]; then
         # pgbouncer refuses to run as root; setpriv execs, so $! is pgbouncer's own pid

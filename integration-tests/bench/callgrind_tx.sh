@@ -43,20 +43,7 @@ start_proxy() { # BIN NAME PORT -> sets PROXY
     local bin=$1 name=$2 port=$3
     local vg=(valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.%p.out" --dump-line=no)
     if [[ $bin == pgbouncer ]]; then
-        printf '"app" "app"\n' >"$TMP/userlist.txt"
-        cat >"$TMP/pgbouncer.ini" <<EOF
-[databases]
-app = host=127.0.0.1 port=$PG_PORT dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-unix_socket_dir =
-auth_type = plain
-auth_file = $TMP/userlist.txt
-pool_mode = transaction
-default_pool_size = 4
-logfile = $TMP/pgbouncer.log
-EOF
+        pgbouncer_ini "$TMP" "$port" 4
         chmod 644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
         if [[ $(id -u) -eq 0 ]]; then
             chmod 777 "$OUT"
@@ -66,21 +53,7 @@ EOF
             "${vg[@]}" "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$TMP/proxy.log" 2>&1 &
         fi
     else
-        cat >"$TMP/sg.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$port"
-pool_mode = "transaction"
-[pool]
-size = 4
-[[users]]
-name = "app"
-password = "app"
-[[databases]]
-name = "app"
-[[databases.shards]]
-name = "s0"
-primary = "127.0.0.1:$PG_PORT"
-EOF
+        shardgate_toml "$TMP/sg.toml" "$port" 4
         RUST_LOG=warn "${vg[@]}" "$bin" run --config "$TMP/sg.toml" >"$TMP/proxy.log" 2>&1 &
     fi
     PROXY=$!

@@ -47,3 +47,44 @@ EOF
 
 # stop_pg DIR: stops the Postgres of start_pg.
 stop_pg() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1; }
+
+# shardgate_toml FILE PORT POOL: a Shardgate config in FILE listening on PORT, transaction
+# mode, a pool of POOL in front of the Postgres of start_pg.
+shardgate_toml() {
+    cat >"$1" <<EOF
+[proxy]
+listen = "127.0.0.1:$2"
+pool_mode = "transaction"
+[pool]
+size = $3
+[[users]]
+name = "app"
+password = "app"
+[[databases]]
+name = "app"
+[[databases.shards]]
+name = "s0"
+primary = "127.0.0.1:$PG_PORT"
+EOF
+}
+
+# pgbouncer_ini DIR PORT POOL: DIR/pgbouncer.ini (and DIR/userlist.txt) for a PgBouncer on
+# PORT, transaction mode, a pool of POOL in front of the Postgres of start_pg.
+pgbouncer_ini() {
+    printf '"app" "app"\n' >"$1/userlist.txt"
+    cat >"$1/pgbouncer.ini" <<EOF
+[databases]
+app = host=127.0.0.1 port=$PG_PORT dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $2
+unix_socket_dir =
+auth_type = plain
+auth_file = $1/userlist.txt
+pool_mode = transaction
+default_pool_size = $3
+max_client_conn = 1000
+ignore_startup_parameters = extra_float_digits
+logfile = $1/pgbouncer.log
+EOF
+}

@@ -129,17 +129,6 @@ pub struct ServerConn {
 
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
-/// The answer of [`ServerConn::exchange_capped`].
-#[derive(Debug)]
-pub struct Exchanged {
-    /// Every message before ReadyForQuery (none if `overflow`).
-    pub frames: Vec<Frame>,
-    /// The transaction status of the ReadyForQuery.
-    pub status: u8,
-    /// The answer was larger than the cap and was discarded.
-    pub overflow: bool,
-}
-
 impl ServerConn {
     /// Connects, authenticates and waits for the first ReadyForQuery.
     pub async fn connect(p: &ConnectParams) -> Result<ServerConn, BackendError> {
@@ -387,51 +376,13 @@ impl ServerConn {
     /// message the server sends up to and including the next ReadyForQuery, with its status.
     /// Notices and ParameterStatus messages are included in order.
     pub async fn exchange(&mut self, bytes: &[u8]) -> Result<(Vec<Frame>, u8), BackendError> {
-        let e = self.exchange_capped(bytes, usize::MAX).await?;
-        Ok((e.frames, e.status))
-    }
-
-    /// As [`ServerConn::exchange`], holding at most `cap` bytes of answer: past it the query
-    /// is cancelled on the server, the rest of the answer is read and discarded, and
-    /// `overflow` is set (the frames are then empty). Returns once the server has taken the
-    /// cancel, so it cannot hit a later statement.
-    pub async fn exchange_capped(
-        &mut self,
-        bytes: &[u8],
-        cap: usize,
-    ) -> Result<Exchanged, BackendError> {
         self.send(bytes).await?;
         let mut frames = Vec::new();
-        let mut held = 0usize;
-        let mut overflow = false;
-        let mut cancel = None;
         loop {
             let f = self.read_frame().await?;
             if f.tag == b'Z' {
                 let status = f.body().first().copied().unwrap_or(b'I');
-                // A cancel still in flight could stop the connection's next statement: the
-                // connection is not reused before the server has taken it.
-                if let Some(c) = cancel {
-                    let _ = c.await;
-                }
-                return Ok(Exchanged {
-                    frames,
-                    status,
-                    overflow,
-                });
-            }
-            if overflow {
-                continue;
-            }
-            held = held.saturating_add(f.bytes.len());
-            if held > cap {
-                overflow = true;
-                frames = Vec::new();
-                let t = self.cancel_target();
-                cancel = Some(tokio::spawn(async move {
-                    ServerConn::cancel(&t.addr, t.pid, &t.secret).await
-                }));
-                continue;
+                return Ok((frames, status));
             }
             frames.push(f);
         }

@@ -156,7 +156,7 @@ fn fuzz_pipeline_answers_like_one_server() {
         let answers = (0..SHARDS)
             .map(|s| server(&p.requests[s], fail.filter(|f| f.0 == s).map(|f| f.1)))
             .collect();
-        let mut m = Pipeline::new(&p);
+        let mut m = Pipeline::new(p.clone()).0;
         let tags = run(&mut m, answers, picks);
         assert!(m.progress().is_done(), "every shard ends");
         let want = expected(messages);
@@ -191,7 +191,7 @@ fn fuzz_pipeline_with_stray_messages() {
                 let at = (*at).min(answers[*s].len());
                 answers[*s].insert(at, f.clone());
             }
-            let mut m = Pipeline::new(&p);
+            let mut m = Pipeline::new(p.clone()).0;
             let _ = run(&mut m, answers, picks);
             assert!(m.progress().is_done(), "every shard ends");
         },

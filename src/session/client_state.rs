@@ -229,9 +229,9 @@ impl Word {
     }
 }
 
-/// Whether `list` holds `w`.
+/// Whether `list` (lowercase names) holds `w`, in any case.
 fn listed(list: &[&str], w: &[u8]) -> bool {
-    list.iter().any(|x| x.as_bytes() == w)
+    list.iter().any(|x| x.as_bytes().eq_ignore_ascii_case(w))
 }
 
 /// One token of the settings scanner.
@@ -457,14 +457,13 @@ fn plain_effect(stmt: &str) -> Option<SettingsEffect> {
     if writes.iter().any(|w| find_ci(b, w).is_some()) {
         return None;
     }
-    let first = first_word(stmt).to_ascii_lowercase();
+    let first = first_word(stmt).as_bytes();
     let mut e = SettingsEffect::default();
-    match first.as_str() {
-        "set" | "do" | "call" => return None,
-        f if DDL_VERBS.contains(&f) => e.ddl = true,
-        f if WRITE_VERBS.contains(&f) => e.writes = true,
-        _ => {}
+    if listed(&["set", "do", "call"], first) {
+        return None;
     }
+    e.ddl = listed(DDL_VERBS, first);
+    e.writes = !e.ddl && listed(WRITE_VERBS, first);
     Some(e)
 }
 

@@ -87,7 +87,7 @@ enum Turn {
 }
 
 /// The requests of a pipeline, one per shard, and its answers in the client's order.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// What to send to each shard (in the order of the batch's shards).
     pub requests: Vec<BytesMut>,
@@ -252,16 +252,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// The answer to `plan` from its shards.
-    pub fn new(plan: &Plan) -> Pipeline {
-        Pipeline {
+    /// The answer to `plan` from its shards, and the requests to send the shards.
+    pub fn new(plan: Plan) -> (Pipeline, Vec<BytesMut>) {
+        let machine = Pipeline {
             progress: Progress::new(plan.requests.len()),
-            turns: plan.turns.clone(),
+            turns: plan.turns,
             next: 0,
             partway: false,
             reported: false,
             answered: 0,
-        }
+        };
+        (machine, plan.requests)
     }
 
     /// Answers what the proxy answers before any shard has (a leading Close).

@@ -132,7 +132,7 @@ fn the_proxys_begin_leads_every_request() {
 #[test]
 fn answers_reach_the_client_in_its_order_without_the_proxys_messages() {
     let p = plan(&executemany(), 2, Some("BEGIN"));
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     m.start(&mut out);
     let begin = || vec![msg(b'1', b""), msg(b'2', b""), tag("BEGIN")];
@@ -184,7 +184,7 @@ fn answers_reach_the_client_in_its_order_without_the_proxys_messages() {
 #[test]
 fn the_first_error_ends_the_answer_and_the_rest_is_dropped() {
     let p = plan(&executemany(), 2, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     feed(
         &mut m,
@@ -221,7 +221,7 @@ fn the_first_error_ends_the_answer_and_the_rest_is_dropped() {
 #[test]
 fn a_shard_lacking_a_table_fails_the_hidden_parse_with_its_error() {
     let p = plan(&executemany(), 2, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     feed(
         &mut m,
@@ -257,7 +257,7 @@ fn close_and_flush_are_answered_by_the_proxy_in_order() {
     let p = plan(&msgs, 2, None);
     assert_eq!(request(&p, 0), ["P:SELECT 1", "S"]);
     assert_eq!(request(&p, 1), ["S"]);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     m.start(&mut out);
     assert_eq!(seen(&mut out), ["3"]);
@@ -282,7 +282,7 @@ fn a_proxy_error_mid_batch_stops_what_follows_from_being_sent() {
         ["P:INSERT INTO t VALUES ($1)", "B", "E", "S"]
     );
     assert_eq!(request(&p, 1), ["S"]);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     m.start(&mut out);
     feed(
@@ -320,7 +320,7 @@ fn a_statement_describe_is_relayed_and_its_bind_needs_no_second_parse() {
         request(&p, 0),
         ["P:SELECT v FROM t WHERE id = $1", "D", "B", "E", "S"]
     );
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     let row = || msg(b'D', &[0, 1, 0, 0, 0, 1, b'x']);
     let desc = || msg(b'T', &[0, 0]);
@@ -372,7 +372,7 @@ fn a_statement_describe_is_relayed_and_its_bind_needs_no_second_parse() {
 #[test]
 fn notices_are_relayed_and_parameter_status_dropped() {
     let p = plan(&[parse("", "SELECT 1")], 1, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     let notice = msg(b'N', b"Mhi\0\0");
     feed(
@@ -393,7 +393,7 @@ fn a_portal_suspended_ends_an_execute() {
         execute(),
     ];
     let p = plan(&msgs, 1, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     let row = || msg(b'D', &[0, 0]);
     let frames = vec![
@@ -413,7 +413,7 @@ fn a_portal_suspended_ends_an_execute() {
 #[test]
 fn a_ready_for_query_before_the_answers_closes_the_shard() {
     let p = plan(&executemany(), 2, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     let step = feed_step(&mut m, 0, vec![msg(b'1', b""), ready(b'I')], &mut out);
     assert_eq!(step, Step::Broken);
@@ -426,10 +426,10 @@ fn a_ready_for_query_before_the_answers_closes_the_shard() {
 #[test]
 fn an_unexpected_or_out_of_turn_message_closes_the_shard() {
     let p = plan(&executemany(), 2, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     assert_eq!(m.on_message(1, msg(b'1', b""), &mut out), Step::Broken);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     assert_eq!(m.on_message(0, msg(b'G', b""), &mut out), Step::Broken);
     assert!(m.progress().failed());
 }
@@ -437,7 +437,7 @@ fn an_unexpected_or_out_of_turn_message_closes_the_shard() {
 #[test]
 fn a_lost_shard_fails_the_batch_with_a_connection_error() {
     let p = plan(&executemany(), 2, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     feed(&mut m, 0, vec![msg(b'1', b"")], &mut out);
     assert_eq!(m.on_lost(0, &mut out), Step::CancelOthers);
@@ -450,7 +450,7 @@ fn a_lost_shard_fails_the_batch_with_a_connection_error() {
 #[test]
 fn a_cancel_request_fails_the_batch_once() {
     let p = plan(&executemany(), 2, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     assert_eq!(m.on_cancel_requested(), Step::CancelOthers);
     assert_eq!(m.on_cancel_requested(), Step::Continue);
@@ -468,7 +468,7 @@ fn a_cancel_request_fails_the_batch_once() {
 #[test]
 fn shards_that_end_with_answers_missing_fail_the_batch() {
     let p = plan(&[parse("", "SELECT 1")], 2, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     // Shard 0 owes a ParseComplete but is lost; shard 1 owes nothing.
     let _ = m.on_lost(0, &mut out);
@@ -496,7 +496,7 @@ fn a_bind_without_a_shard_stays_where_the_batch_is() {
 #[test]
 fn messages_after_a_shards_ready_for_query_close_it() {
     let p = plan(&[], 1, None);
-    let mut m = Pipeline::new(&p);
+    let mut m = Pipeline::new(p.clone()).0;
     let mut out = BytesMut::new();
     feed(&mut m, 0, vec![ready(b'I')], &mut out);
     assert!(m.progress().is_done());

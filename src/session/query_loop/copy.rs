@@ -423,7 +423,7 @@ impl Loop<'_> {
         let mut q = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut q);
         let machine = CopyOut::new(shards.len());
-        self.stream_fan_out(shards, Want::Read, &q, machine, sql)
+        self.stream_fan_out(shards, Want::Read, q.freeze(), machine, sql)
             .await?;
         Ok(BytesMut::new())
     }

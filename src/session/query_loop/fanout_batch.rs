@@ -294,7 +294,7 @@ impl Loop<'_> {
         let cap = self.state.config.proxy.max_fanout_bytes;
         let machine = FanOutRead::new(q.spec, shards.len(), cap).extended(ext);
         let machine = self
-            .stream_fan_out(shards, want, &request, machine, &q.shard_sql)
+            .stream_fan_out(shards, want, request.freeze(), machine, &q.shard_sql)
             .await?;
         Ok(machine.parse_answered())
     }

@@ -85,7 +85,7 @@ impl Loop<'_> {
         let _ = postgres_protocol::message::frontend::query(&q.shard_sql, &mut request);
         let cap = self.state.config.proxy.max_fanout_bytes;
         let machine = FanOutRead::new(q.spec, shards.len(), cap);
-        self.stream_fan_out(shards, want, &request, machine, &q.shard_sql)
+        self.stream_fan_out(shards, want, request.freeze(), machine, &q.shard_sql)
             .await
             .map(|_| ())
     }
@@ -97,12 +97,11 @@ impl Loop<'_> {
         &mut self,
         shards: &[usize],
         want: Want,
-        request: &[u8],
+        request: Bytes,
         machine: M,
         sql: &str,
     ) -> Result<M, PgError> {
         let (conns, in_txn) = self.shard_conns(shards, want).await?;
-        let request = Bytes::copy_from_slice(request);
         let outgoing = vec![request; shards.len()];
         let (machine, conns) = self
             .run_stream(shards, conns, in_txn, outgoing, machine, in_txn, &[sql])

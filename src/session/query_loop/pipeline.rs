@@ -31,7 +31,8 @@ struct Decoded {
     closes: Vec<(usize, String)>,
     want: Want,
     writes: bool,
-    /// The SQL text of every statement the batch executes.
+    /// The SQL text of every statement the batch executes, each once (an `executemany` binds
+    /// one statement many times; its effects are looked at once).
     texts: Vec<String>,
 }
 
@@ -81,9 +82,9 @@ impl Loop<'_> {
         let (conns, in_txn) = self.shard_conns(shards, d.want).await?;
         // Outside a transaction the batch is one: the proxy opens it on every shard.
         let plan = pipeline::plan(&d.messages, shards.len(), (!in_txn).then_some("BEGIN"));
-        let mut machine = Pipeline::new(&plan);
+        let (mut machine, requests) = Pipeline::new(plan);
         machine.start(&mut self.cout);
-        let outgoing = plan.requests.into_iter().map(BytesMut::freeze).collect();
+        let outgoing = requests.into_iter().map(BytesMut::freeze).collect();
         let texts: Vec<&str> = d.texts.iter().map(String::as_str).collect();
         let (mut machine, mut conns) = self
             .run_stream(shards, conns, in_txn, outgoing, machine, true, &texts)
@@ -276,7 +277,9 @@ impl Loop<'_> {
         };
         d.want = d.want.and(self.want(&facts));
         d.writes |= facts.writes();
-        d.texts.push(text.to_string());
+        if !d.texts.iter().any(|t| t == text) {
+            d.texts.push(text.to_string());
+        }
         Ok(Message::Bind {
             stmt: stmt.to_string(),
             rest,
