@@ -230,6 +230,55 @@ async fn statement_mode_refuses_transactions_but_runs_statements() {
     );
 }
 
+/// Statement mode, queries pipelined in one write: the refused BEGIN gets its error and one
+/// ReadyForQuery `I`, and each statement after it its own answer and ReadyForQuery (the
+/// proxy writes the client's ReadyForQuery itself instead of cutting it out of the output).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_mode_refusal_keeps_pipelined_answers_in_order() {
+    use integration_tests::raw::{error_code, login_trust, read_until};
+    use tokio::io::AsyncWriteExt;
+
+    let proxy = Proxy::start(&config_text("", "size = 2"));
+    let mut s = login_trust(proxy.port, "trusty", "app_statement").await;
+    let query = |sql: &str| {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m
+    };
+    for round in 0..20 {
+        let batch = [query("begin"), query("select 41 + 1"), query("select 'x'")].concat();
+        s.write_all(&batch).await.unwrap();
+        let first = read_until(&mut s, b"Z").await;
+        assert_eq!(
+            error_code(&first).as_deref(),
+            Some("0A000"),
+            "round {round}: {first:?}"
+        );
+        assert_eq!(first.last().map(|m| m.1.clone()), Some(b"I".to_vec()));
+        assert!(
+            !first.iter().any(|m| m.0 == b'D'),
+            "round {round}: {first:?}"
+        );
+        let second = read_until(&mut s, b"Z").await;
+        let rows: Vec<&Vec<u8>> = second
+            .iter()
+            .filter(|m| m.0 == b'D')
+            .map(|m| &m.1)
+            .collect();
+        assert_eq!(rows.len(), 1, "round {round}: {second:?}");
+        assert!(rows[0].ends_with(b"42"), "round {round}: {second:?}");
+        assert_eq!(second.last().map(|m| m.1.clone()), Some(b"I".to_vec()));
+        let third = read_until(&mut s, b"Z").await;
+        assert!(
+            third.iter().any(|m| m.0 == b'D' && m.1.ends_with(b"x")),
+            "round {round}: {third:?}"
+        );
+        assert_eq!(third.last().map(|m| m.1.clone()), Some(b"I".to_vec()));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_parameter_status_and_function_call_pass_through() {
     use integration_tests::raw::{login_trust, read_until};

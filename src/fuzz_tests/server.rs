@@ -264,10 +264,7 @@ fn expect(code: u8) -> crate::session::relay::Expect {
         7 => Expect::InjectedClose,
         8 => Expect::InjectedQuery("fuzz"),
         9 => Expect::Synthetic(Bytes::from(message(b'1', b""))),
-        10 => Expect::SyntheticReady(
-            Bytes::from(message(b'C', b"SET\0")),
-            crate::protocol::TxStatus::Idle,
-        ),
+        10 => Expect::SyntheticReady(Bytes::from(message(b'C', b"SET\0"))),
         _ => Expect::Client(Kind::Function),
     }
 }
@@ -304,8 +301,15 @@ fn fuzz_relay() {
             bounded(input.len(), 16, 4096, || {
                 for piece in input.chunks(*chunk) {
                     inbuf.extend_from_slice(piece);
-                    if r.process(&mut inbuf, &mut out, &mut events).is_err() {
-                        return;
+                    // As the session does: again after each ReadyForQuery it returned at.
+                    loop {
+                        let before = (inbuf.len(), events.len());
+                        if r.process(&mut inbuf, &mut out, &mut events).is_err() {
+                            return;
+                        }
+                        if (inbuf.len(), events.len()) == before {
+                            break;
+                        }
                     }
                 }
             });

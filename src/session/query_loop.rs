@@ -28,6 +28,7 @@ use crate::pool::Checkout;
 use crate::protocol::{sqlstate, PgError, TxStatus};
 use crate::session::machine::leave::{on_leave, Cleanup, Leaving};
 use crate::session::machine::sync::SkipToSync;
+use crate::session::machine::txn::Txn;
 use crate::state::{CancelTarget, ProxyState};
 
 mod client_frames;
@@ -65,23 +66,23 @@ enum End {
     ClientGone,
     /// The client sent Terminate.
     Terminate,
-    /// The proxy sent a FATAL error (in `cout`) and closes the connection.
+    /// The proxy sent a FATAL error (in `to_client`) and closes the connection.
     Fatal,
-    /// Proxy shutdown; a FATAL 57P01 is in `cout`.
+    /// Proxy shutdown; a FATAL 57P01 is in `to_client`.
     Shutdown,
 }
 
 struct Loop<'a> {
     state: &'a ProxyState,
     login: Login,
-    crd: OwnedReadHalf,
-    cwr: OwnedWriteHalf,
+    client_reader: OwnedReadHalf,
+    client_writer: OwnedWriteHalf,
     /// Bytes from the client not yet handled.
-    cin: BytesMut,
+    from_client: BytesMut,
     /// Bytes for the client.
-    cout: BytesMut,
+    to_client: BytesMut,
     /// Bytes for the server.
-    sout: BytesMut,
+    to_server: BytesMut,
     server: Option<Checkout>,
     relay: Relay,
     events: Vec<Event>,
@@ -89,13 +90,13 @@ struct Loop<'a> {
     /// Transaction or statement mode: statements and settings are managed across connections.
     managed: bool,
     unsynced: bool,
-    /// Last transaction status reported to the client.
-    status: TxStatus,
+    /// The client's transaction (its status is what the client was last told).
+    txn: Txn,
     /// After an error in the extended protocol: messages are dropped until Sync.
     skip: SkipToSync,
     /// Client frames wait because the output is full (see `output_full`) or a frame is held.
     client_blocked: bool,
-    /// A frame waits in `rt.pending` for the server to answer what was sent before.
+    /// A frame waits in `routing.pending` for the server to answer what was sent before.
     held: bool,
     /// Last bytes read from the client or the server (idle timeouts count from here).
     last_activity: tokio::time::Instant,
@@ -103,14 +104,14 @@ struct Loop<'a> {
     /// The client closed its connection while the proxy waited on shards for it.
     client_gone: bool,
     /// Read/write split state.
-    rt: Routing,
+    routing: Routing,
 }
 
 /// Runs the loop until the client leaves, then cleans up its server connection.
 pub(super) async fn run(
-    crd: OwnedReadHalf,
-    cwr: OwnedWriteHalf,
-    cin: BytesMut,
+    client_reader: OwnedReadHalf,
+    client_writer: OwnedWriteHalf,
+    from_client: BytesMut,
     login: Login,
     state: &ProxyState,
     mut shutdown: watch::Receiver<bool>,
@@ -120,25 +121,25 @@ pub(super) async fn run(
     let mut l = Loop {
         state,
         login,
-        crd,
-        cwr,
-        cin,
-        cout: BytesMut::new(),
-        sout: BytesMut::new(),
+        client_reader,
+        client_writer,
+        from_client,
+        to_client: BytesMut::new(),
+        to_server: BytesMut::new(),
         server: None,
         relay: Relay::default(),
         events: Vec::new(),
         client,
         managed,
         unsynced: false,
-        status: TxStatus::Idle,
+        txn: Txn::Idle,
         skip: SkipToSync::Off,
         client_blocked: false,
         held: false,
         last_activity: tokio::time::Instant::now(),
         shutting_down: *shutdown.borrow(),
         client_gone: false,
-        rt: Routing::default(),
+        routing: Routing::default(),
     };
     let end = l.main(&mut shutdown).await;
     l.finish(end).await;
@@ -219,14 +220,16 @@ impl Loop<'_> {
             if self.shutting_down {
                 let idle = match &self.server {
                     None => true,
-                    Some(_) => self.relay.idle() && !self.unsynced && self.status == TxStatus::Idle,
+                    Some(_) => {
+                        self.relay.idle() && !self.unsynced && self.txn.status() == TxStatus::Idle
+                    }
                 };
                 if idle {
                     PgError::fatal(
                         sqlstate::ADMIN_SHUTDOWN,
                         "terminating connection due to administrator command",
                     )
-                    .encode(&mut self.cout);
+                    .encode(&mut self.to_client);
                     return End::Shutdown;
                 }
             }
@@ -240,7 +243,7 @@ impl Loop<'_> {
                 // the Sync after a large Parse) must be handled before waiting for anything.
                 continue;
             }
-            reserve(&mut self.cin);
+            reserve(&mut self.from_client);
             let (srd, swr, sin) = match self.server.as_deref_mut() {
                 Some(ServerConn { rd, wr, inbuf, .. }) => {
                     reserve(inbuf);
@@ -248,14 +251,14 @@ impl Loop<'_> {
                 }
                 None => (None, None, None),
             };
-            let read_server = srd.is_some() && self.cout.len() < BUF_CAP;
+            let read_server = srd.is_some() && self.to_client.len() < BUF_CAP;
             let idle_limit = idle_limit(
                 &self.state.config.proxy,
-                self.status,
-                self.relay.idle() && !self.unsynced && self.sout.is_empty(),
+                self.txn.status(),
+                self.relay.idle() && !self.unsynced && self.to_server.is_empty(),
             );
             tokio::select! {
-                r = self.crd.read_buf(&mut self.cin), if !self.client_blocked => {
+                r = self.client_reader.read_buf(&mut self.from_client), if !self.client_blocked => {
                     if !matches!(r, Ok(n) if n > 0) {
                         if let Err(e) = &r {
                             tracing::warn!(user = %self.login.user, "client connection lost: {e}");
@@ -265,7 +268,7 @@ impl Loop<'_> {
                     self.last_activity = tokio::time::Instant::now();
                 }
                 _ = sleep_opt(idle_limit.map(|ms| self.last_activity + Duration::from_millis(ms))) => {
-                    return self.fatal(idle_error(self.status));
+                    return self.fatal(idle_error(self.txn.status()));
                 }
                 r = read_opt(srd, sin), if read_server => {
                     self.last_activity = tokio::time::Instant::now();
@@ -275,16 +278,16 @@ impl Loop<'_> {
                         }
                     }
                 }
-                r = self.cwr.write(&self.cout), if !self.cout.is_empty() => match r {
-                    Ok(n) => self.cout.advance(n),
+                r = self.client_writer.write(&self.to_client), if !self.to_client.is_empty() => match r {
+                    Ok(n) => self.to_client.advance(n),
                     Err(e) => {
                         tracing::warn!(user = %self.login.user, "client connection lost: {e}");
                         return End::ClientGone;
                     }
                 },
-                r = write_opt(swr, &self.sout), if !self.sout.is_empty() => match r {
+                r = write_opt(swr, &self.to_server), if !self.to_server.is_empty() => match r {
                     Ok(n) => {
-                        self.sout.advance(n);
+                        self.to_server.advance(n);
                         if let Some(c) = self.server.as_deref_mut() {
                             c.at_rest = false;
                         }
@@ -306,23 +309,23 @@ impl Loop<'_> {
     /// Ends the session with a FATAL error to the client, logged with its cause.
     fn fatal(&mut self, e: PgError) -> End {
         tracing::warn!(user = %self.login.user, client = self.login.cancel_pid, code = e.code, "closing the client connection: {}", e.message);
-        e.encode(&mut self.cout);
+        e.encode(&mut self.to_client);
         End::Fatal
     }
 
     /// Output towards the server or the client is at its cap: reading more from the client
     /// waits until it moves.
     fn output_full(&self) -> bool {
-        self.sout.len() >= BUF_CAP || self.cout.len() >= BUF_CAP
+        self.to_server.len() >= BUF_CAP || self.to_client.len() >= BUF_CAP
     }
 
     /// Writes pending output in both directions without waiting.
     fn try_flush(&mut self) -> Result<(), End> {
-        if !self.sout.is_empty() {
+        if !self.to_server.is_empty() {
             if let Some(conn) = self.server.as_deref_mut() {
-                match conn.wr.try_write(&self.sout) {
+                match conn.wr.try_write(&self.to_server) {
                     Ok(n) => {
-                        self.sout.advance(n);
+                        self.to_server.advance(n);
                         conn.at_rest = false;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -334,9 +337,9 @@ impl Loop<'_> {
                 }
             }
         }
-        if !self.cout.is_empty() {
-            match self.cwr.try_write(&self.cout) {
-                Ok(n) => self.cout.advance(n),
+        if !self.to_client.is_empty() {
+            match self.client_writer.try_write(&self.to_client) {
+                Ok(n) => self.to_client.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(End::ClientGone),
             }
@@ -355,7 +358,7 @@ impl Loop<'_> {
         };
         tracing::warn!(server = %addr, "{what}");
         PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{what} ({addr})"))
-            .encode(&mut self.cout);
+            .encode(&mut self.to_client);
         End::Fatal
     }
 
@@ -365,7 +368,7 @@ impl Loop<'_> {
             return;
         };
         if let Some(sql) = setup_sql(&self.client.settings, conn) {
-            let _ = postgres_protocol::message::frontend::query(&sql, &mut self.sout);
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut self.to_server);
             self.relay.push(Expect::InjectedQuery(APPLY_SETTINGS));
             conn.settings = self.client.settings.clone();
         }
@@ -378,15 +381,18 @@ impl Loop<'_> {
             tracing::warn!(
                 user = %self.login.user,
                 "closing the client connection: {}",
-                fatal_message(&self.cout).as_deref().unwrap_or("fatal error")
+                fatal_message(&self.to_client).as_deref().unwrap_or("fatal error")
             );
         }
-        if matches!(end, End::Fatal | End::Shutdown) && !self.cout.is_empty() {
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), self.cwr.write_all(&self.cout)).await;
+        if matches!(end, End::Fatal | End::Shutdown) && !self.to_client.is_empty() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.client_writer.write_all(&self.to_client),
+            )
+            .await;
         }
-        let _ = self.cwr.shutdown().await;
-        for (_, mut c) in std::mem::take(&mut self.rt.parked) {
+        let _ = self.client_writer.shutdown().await;
+        for (_, mut c) in std::mem::take(&mut self.routing.parked) {
             // Closing the connection rolls its part of the transaction back.
             c.broken = true;
         }
@@ -400,7 +406,7 @@ impl Loop<'_> {
             owes: !self.relay.idle(),
             owes_ready: self.relay.owed_ready() > 0,
             unsynced: self.unsynced,
-            status: self.status,
+            status: self.txn.status(),
             pinned: self.client.pinned.is_some(),
             session_mode: self.login.pool_mode == PoolMode::Session,
             has_reset_query: !reset_query.is_empty(),

@@ -74,15 +74,20 @@ pub enum Expect {
     InjectedQuery(&'static str),
     /// A response made up by the proxy, emitted when it reaches the front.
     Synthetic(Bytes),
-    /// A made-up response ending in ReadyForQuery with this status (a refused Query).
-    SyntheticReady(Bytes, TxStatus),
+    /// A made-up response ending in its ReadyForQuery (a refused Query).
+    SyntheticReady(Bytes),
 }
 
 /// Something the session must act on.
 #[derive(Debug)]
 pub enum Event {
-    /// A client-visible ReadyForQuery with its status byte.
+    /// The server's ReadyForQuery that answers a client's Sync, Query or FunctionCall, with
+    /// its status byte. It is not written to the output: the session writes the
+    /// ReadyForQuery the client is to see (its own transaction status), and `process`
+    /// returns right after it so that nothing the server sent later comes before it.
     Ready(TxStatus),
+    /// A made-up response ending in ReadyForQuery was written to the output.
+    ProxyReady,
     /// A Parse failed or was skipped: the server does not have the statement.
     ParseFailed {
         /// The statement.
@@ -113,6 +118,8 @@ pub struct Relay {
     /// The server is in COPY FROM STDIN started by an extended-protocol Execute: it ignores
     /// every Sync until the client's CopyDone or CopyFail.
     copy_in: bool,
+    /// The message being classified is the client's ReadyForQuery (see [`Event::Ready`]).
+    client_ready: bool,
 }
 
 impl Relay {
@@ -163,7 +170,8 @@ impl Relay {
     }
 
     /// Moves what the server sent (`inbuf`) to the client (`out`), swallowing and synthesizing
-    /// as the queue says. Stops when `inbuf` holds no complete header.
+    /// as the queue says. Stops when `inbuf` holds no complete header, or right after the
+    /// client's ReadyForQuery (which it does not write: see [`Event::Ready`]).
     pub fn process(
         &mut self,
         inbuf: &mut BytesMut,
@@ -204,6 +212,11 @@ impl Relay {
                 return Ok(());
             }
             self.forwarding = self.classify(tag, inbuf, events);
+            if std::mem::take(&mut self.client_ready) {
+                // The client's ReadyForQuery: the session writes it (see `Event::Ready`).
+                inbuf.advance(6);
+                return Ok(());
+            }
             self.remaining = len as usize + 1;
         }
     }
@@ -221,10 +234,10 @@ impl Relay {
             }
             match self.queue.pop_front() {
                 Some(Expect::Synthetic(b)) => out.extend_from_slice(&b),
-                Some(Expect::SyntheticReady(b, status)) => {
+                Some(Expect::SyntheticReady(b)) => {
                     out.extend_from_slice(&b);
                     self.owed_ready = self.owed_ready.saturating_sub(1);
-                    events.push(Event::Ready(status));
+                    events.push(Event::ProxyReady);
                 }
                 _ => return,
             }
@@ -327,6 +340,8 @@ impl Relay {
                         // An unknown status byte never counts as idle: the connection is not released.
                         let status = TxStatus::from_byte(inbuf[5]).unwrap_or(TxStatus::Failed);
                         events.push(Event::Ready(status));
+                        self.client_ready = true;
+                        return false;
                     }
                 }
                 true

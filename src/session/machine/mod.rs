@@ -16,6 +16,7 @@
 //! - [`ready`]: what a ReadyForQuery means, when a connection is released, statement mode.
 //! - [`statements`]: pooled statements re-Parsed on connections that lack them.
 //! - [`leave`]: what becomes of the held connection when a session ends.
+//! - [`txn`]: the client's transaction as one value (deferred BEGIN, open, failed, aborted).
 
 pub mod copy_out;
 pub mod fan_out_read;
@@ -31,3 +32,4 @@ pub mod sum_writes;
 pub mod sync;
 #[cfg(test)]
 pub mod test_frames;
+pub mod txn;

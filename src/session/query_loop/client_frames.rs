@@ -12,6 +12,7 @@ use crate::protocol::{
 };
 use crate::session::machine::ready::starts_transaction;
 use crate::session::machine::sync::OnClient;
+use crate::session::machine::txn::Txn;
 
 /// What the client-message loop does once a routing step was carried out.
 enum Next {
@@ -30,7 +31,7 @@ fn query_is_utf8(body: &[u8]) -> bool {
 }
 
 impl Loop<'_> {
-    /// Moves complete client messages to `sout`, checking out a server when needed.
+    /// Moves complete client messages to `to_server`, checking out a server when needed.
     pub(super) async fn handle_client_frames(&mut self) -> Option<End> {
         let max = self.state.config.proxy.max_message_size;
         self.held = false;
@@ -74,9 +75,9 @@ impl Loop<'_> {
         if let Some(e) = self.over_limits() {
             return ControlFlow::Break(Some(self.fatal(e)));
         }
-        let next = match self.rt.pending.pop_front() {
+        let next = match self.routing.pending.pop_front() {
             Some(f) => Ok(Some(f)),
-            None => split_frame(&mut self.cin, max),
+            None => split_frame(&mut self.from_client, max),
         };
         let frame = match next {
             Ok(Some(f)) => f,
@@ -120,7 +121,7 @@ impl Loop<'_> {
             OnClient::Handle => {}
             OnClient::Drop => return true,
             OnClient::AnswerReady => {
-                protocol::ready_for_query(&mut self.cout, self.status);
+                protocol::ready_for_query(&mut self.to_client, self.txn.status());
                 return true;
             }
         }
@@ -129,8 +130,8 @@ impl Loop<'_> {
         }
         if tag == b'Q' && !query_is_utf8(frame.body()) {
             if let Some(e) = self.non_utf8_query() {
-                e.encode(&mut self.cout);
-                protocol::ready_for_query(&mut self.cout, self.status);
+                e.encode(&mut self.to_client);
+                protocol::ready_for_query(&mut self.to_client, self.txn.status());
                 return true;
             }
         }
@@ -162,13 +163,13 @@ impl Loop<'_> {
         match step {
             Step::Handled => Next::Continue,
             Step::Hold => {
-                self.rt.pending.push_front(frame);
+                self.routing.pending.push_front(frame);
                 self.client_blocked = true;
                 self.held = true;
                 Next::Stop(None)
             }
             Step::Refuse(e) => {
-                e.encode(&mut self.cout);
+                e.encode(&mut self.to_client);
                 self.end_refused(tag);
                 Next::Continue
             }
@@ -189,8 +190,8 @@ impl Loop<'_> {
                 Ok(()) => Next::Send(frame, want, shard),
                 Err(e) => {
                     // The transaction cannot continue: fail it like Postgres would.
-                    e.encode(&mut self.cout);
-                    self.status = TxStatus::Failed;
+                    e.encode(&mut self.to_client);
+                    self.txn.fail();
                     self.end_refused(tag);
                     Next::Continue
                 }
@@ -200,23 +201,23 @@ impl Loop<'_> {
         }
     }
 
-    /// Ends the answer to a refused message whose error is already in `cout`: a simple Query
+    /// Ends the answer to a refused message whose error is already in `to_client`: a simple Query
     /// gets its ReadyForQuery; in the extended protocol the rest of the batch is skipped up to
     /// its Sync, which gets it.
     fn end_refused(&mut self, tag: u8) {
         if !self.skip.refused(tag) {
-            protocol::ready_for_query(&mut self.cout, self.status);
+            protocol::ready_for_query(&mut self.to_client, self.txn.status());
         }
     }
 
     /// Keeps the start of an extended-protocol batch until its Sync arrives, within a bound
     /// on what the batch may take; Some when the bound ends the session.
     fn wait_for_batch(&mut self, frame: Frame, max: usize) -> Option<End> {
-        self.rt.pending.push_front(frame);
+        self.routing.pending.push_front(frame);
         // The batch waits for its Sync; what it may take is bounded.
-        let held: usize = self.rt.pending.iter().map(|f| f.bytes.len()).sum();
+        let held: usize = self.routing.pending.iter().map(|f| f.bytes.len()).sum();
         let cap = max.max(1 << 20);
-        if held + self.cin.len() > cap {
+        if held + self.from_client.len() > cap {
             let e = PgError::fatal(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 format!("an extended-protocol batch for several shards exceeds {cap} bytes before its Sync"),
@@ -235,16 +236,16 @@ impl Loop<'_> {
             Err(twophase::CommitError::Client(e)) => Err(e),
             Err(twophase::CommitError::Crash) => return Next::Stop(Some(End::Fatal)),
         };
-        self.status = TxStatus::Idle;
-        self.rt.released();
+        self.txn = Txn::Idle;
+        self.routing.released();
         if batch {
             self.answer_batch(frame, result);
         } else {
             match result {
-                Ok(tag) => protocol::command_complete(&mut self.cout, tag),
-                Err(e) => e.encode(&mut self.cout),
+                Ok(tag) => protocol::command_complete(&mut self.to_client, tag),
+                Err(e) => e.encode(&mut self.to_client),
             }
-            protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
+            protocol::ready_for_query(&mut self.to_client, TxStatus::Idle);
         }
         Next::Continue
     }
@@ -255,21 +256,21 @@ impl Loop<'_> {
         let tag = frame.tag;
         if self.server.is_none() {
             if let Err(e) = self.checkout(want, shard).await {
-                e.encode(&mut self.cout);
+                e.encode(&mut self.to_client);
                 if !self.skip.refused(tag) {
-                    protocol::ready_for_query(&mut self.cout, self.status);
+                    protocol::ready_for_query(&mut self.to_client, self.txn.status());
                 }
                 return None;
             }
         }
-        self.rt.retry.record(&frame);
-        let before = self.cout.len();
+        self.routing.retry.record(&frame);
+        let before = self.to_client.len();
         if let Some(end) = self.route(frame) {
             return Some(end);
         }
 
-        if self.cout.len() > before {
-            self.rt.retry.answered();
+        if self.to_client.len() > before {
+            self.routing.retry.answered();
         }
         None
     }
@@ -330,7 +331,7 @@ impl Loop<'_> {
             "transaction blocks are not allowed in statement pooling mode",
         )
         .with_hint("use a database in transaction or session pool mode")
-        .encode(&mut self.cout);
-        protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
+        .encode(&mut self.to_client);
+        protocol::ready_for_query(&mut self.to_client, TxStatus::Idle);
     }
 }

@@ -298,8 +298,8 @@ impl Loop<'_> {
             }
         };
         // Tell the client to send its data.
-        self.cout.extend_from_slice(&copy_in_response);
-        if self.cwr.write_all(&self.cout).await.is_err() {
+        self.to_client.extend_from_slice(&copy_in_response);
+        if self.client_writer.write_all(&self.to_client).await.is_err() {
             for conn in conns.iter_mut() {
                 conn.broken = true;
             }
@@ -308,7 +308,7 @@ impl Loop<'_> {
                 "client gone during COPY",
             ));
         }
-        self.cout.clear();
+        self.to_client.clear();
         let mut splitter = CopySplitter::new(c.csv, c.delimiter, c.header, key);
         let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); conns.len()];
         let (failure, client_failed) = self
@@ -358,9 +358,9 @@ impl Loop<'_> {
         let mut failure: Option<PgError> = None;
         let mut client_failed = None;
         loop {
-            let frame = match split_frame(&mut self.cin, max) {
+            let frame = match split_frame(&mut self.from_client, max) {
                 Ok(Some(f)) => f,
-                Ok(None) => match self.crd.read_buf(&mut self.cin).await {
+                Ok(None) => match self.client_reader.read_buf(&mut self.from_client).await {
                     Ok(k) if k > 0 => continue,
                     _ => {
                         for conn in conns.iter_mut() {

@@ -72,10 +72,10 @@ impl Loop<'_> {
     ) -> Option<End> {
         let sql = query_text(frame.body()).to_string();
         match self.fan_out_inner(&sql, facts, shards).await {
-            Ok(out) => self.cout.extend_from_slice(&out),
-            Err(e) => e.encode(&mut self.cout),
+            Ok(out) => self.to_client.extend_from_slice(&out),
+            Err(e) => e.encode(&mut self.to_client),
         }
-        protocol::ready_for_query(&mut self.cout, self.status);
+        protocol::ready_for_query(&mut self.to_client, self.txn.status());
         None
     }
 

@@ -110,11 +110,11 @@ impl Loop<'_> {
     pub(super) async fn fan_out_batch(&mut self, first: Frame, shards: &[usize]) -> Option<End> {
         let frames = self.take_batch(first);
         match self.fan_out_batch_inner(&frames, shards).await {
-            Ok(b) => self.cout.extend_from_slice(&b),
-            Err(e) => e.encode(&mut self.cout),
+            Ok(b) => self.to_client.extend_from_slice(&b),
+            Err(e) => e.encode(&mut self.to_client),
         }
         if frames.last().is_some_and(|f| f.tag == b'S') {
-            protocol::ready_for_query(&mut self.cout, self.status);
+            protocol::ready_for_query(&mut self.to_client, self.txn.status());
         } else {
             self.skip = SkipToSync::Answer;
         }
@@ -126,9 +126,9 @@ impl Loop<'_> {
         let max = self.state.config.proxy.max_message_size;
         let mut frames = vec![first];
         while frames.last().is_some_and(|f| f.tag != b'S') {
-            let next = match self.rt.pending.pop_front() {
+            let next = match self.routing.pending.pop_front() {
                 Some(f) => Some(f),
-                None => split_frame(&mut self.cin, max).ok().flatten(),
+                None => split_frame(&mut self.from_client, max).ok().flatten(),
             };
             match next {
                 Some(f) => frames.push(f),

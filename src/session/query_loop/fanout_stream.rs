@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::routing::Want;
 use super::{reserve, Loop, BUF_CAP, CLEANUP_TIMEOUT};
 use crate::pool::Checkout;
-use crate::protocol::{sqlstate, PgError, TxStatus};
+use crate::protocol::{sqlstate, PgError};
 use crate::session::handshake::cancel_all;
 use crate::session::machine::fan_out_read::FanOutRead;
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
@@ -177,11 +177,9 @@ impl Loop<'_> {
         failed: bool,
     ) {
         if in_txn {
-            self.status = if failed {
-                TxStatus::Failed
-            } else {
-                TxStatus::InTransaction
-            };
+            if failed {
+                self.txn.fail();
+            }
             self.park_all(shards, conns);
         }
     }
@@ -199,11 +197,11 @@ impl Loop<'_> {
         while moved {
             moved = false;
             for i in 0..conns.len() {
-                while machine.wants(i) && (machine.discarding() || self.cout.len() < BUF_CAP) {
+                while machine.wants(i) && (machine.discarding() || self.to_client.len() < BUF_CAP) {
                     let step = match conns[i].buffered_frame() {
-                        Ok(Some(f)) => machine.on_message(i, f, &mut self.cout),
+                        Ok(Some(f)) => machine.on_message(i, f, &mut self.to_client),
                         Ok(None) => break,
-                        Err(_) => machine.on_lost(i, &mut self.cout),
+                        Err(_) => machine.on_lost(i, &mut self.to_client),
                     };
                     moved = true;
                     react(step, i, machine, conns, cancel);
@@ -242,24 +240,24 @@ impl Loop<'_> {
             if self.try_flush().is_err() {
                 return Err(Stop::ClientGone);
             }
-            let room = machine.discarding() || self.cout.len() < BUF_CAP;
+            let room = machine.discarding() || self.to_client.len() < BUF_CAP;
             for (i, r) in readable.iter_mut().enumerate() {
                 *r = room && machine.wants(i) && !conns[i].has_buffered_frame();
             }
             let any = readable.iter().any(|r| *r) || outgoing.iter().any(|o| !o.is_empty());
-            if !any && self.cout.is_empty() {
+            if !any && self.to_client.is_empty() {
                 // No shard is wanted and nothing is owed to the client: a machine that can
                 // no longer move (the select below would wait only for the client).
                 return Err(Stop::Stalled);
             }
             tokio::select! {
-                r = self.crd.read_buf(&mut self.cin), if self.cin.len() < BUF_CAP => {
+                r = self.client_reader.read_buf(&mut self.from_client), if self.from_client.len() < BUF_CAP => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return Err(Stop::ClientGone);
                     }
                 }
-                r = tokio::io::AsyncWriteExt::write(&mut self.cwr, &self.cout), if !self.cout.is_empty() => match r {
-                    Ok(n) => bytes::Buf::advance(&mut self.cout, n),
+                r = tokio::io::AsyncWriteExt::write(&mut self.client_writer, &self.to_client), if !self.to_client.is_empty() => match r {
+                    Ok(n) => bytes::Buf::advance(&mut self.to_client, n),
                     Err(_) => return Err(Stop::ClientGone),
                 },
                 io = shard_io(conns, &readable, outgoing, start), if any => {
@@ -278,7 +276,7 @@ impl Loop<'_> {
                     if !matches!(r, Ok(n) if n > 0) {
                         conns[i].broken = true;
                         outgoing[i].clear();
-                        let step = machine.on_lost(i, &mut self.cout);
+                        let step = machine.on_lost(i, &mut self.to_client);
                         react(step, i, machine, conns, cancel);
                     }
                 }

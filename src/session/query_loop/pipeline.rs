@@ -16,11 +16,11 @@ use super::twophase::CommitError;
 use super::{End, Loop};
 use crate::protocol::{
     self, bind_names, param_oids, parse_body, query_text, sqlstate, target, Frame, PgError,
-    TxStatus,
 };
 use crate::session::machine::pipeline::{self, Message, Pipeline};
 use crate::session::machine::shard_stream::{encoded, ShardStream};
 use crate::session::machine::sync::SkipToSync;
+use crate::session::machine::txn::Txn;
 use crate::shard::route::{Params, Route};
 use crate::sql::Kind;
 
@@ -62,10 +62,10 @@ impl Loop<'_> {
         match self.pipeline_inner(&frames, shards).await {
             Ok(Some(end)) => return Some(end),
             Ok(None) => {}
-            Err(e) => e.encode(&mut self.cout),
+            Err(e) => e.encode(&mut self.to_client),
         }
         if frames.last().is_some_and(|f| f.tag == b'S') {
-            protocol::ready_for_query(&mut self.cout, self.status);
+            protocol::ready_for_query(&mut self.to_client, self.txn.status());
         } else {
             self.skip = SkipToSync::Answer;
         }
@@ -83,13 +83,13 @@ impl Loop<'_> {
         // Outside a transaction the batch is one: the proxy opens it on every shard.
         let plan = pipeline::plan(&d.messages, shards.len(), (!in_txn).then_some("BEGIN"));
         let (mut machine, requests) = Pipeline::new(plan);
-        machine.start(&mut self.cout);
+        machine.start(&mut self.to_client);
         let outgoing = requests.into_iter().map(BytesMut::freeze).collect();
         let texts: Vec<&str> = d.texts.iter().map(String::as_str).collect();
         let (mut machine, mut conns) = self
             .run_stream(shards, conns, in_txn, outgoing, machine, true, &texts)
             .await?;
-        machine.finish(&mut self.cout);
+        machine.finish(&mut self.to_client);
         self.note_pipeline_statements(&d, machine.answered());
         let failed = machine.progress().failed();
         if in_txn {
@@ -105,11 +105,10 @@ impl Loop<'_> {
         if commit && d.writes && two_phase && conns.len() > 1 {
             // The batch's transaction commits like a client's across shards.
             self.park_all(shards, conns);
-            self.status = TxStatus::InTransaction;
-            self.rt.txn_begin = Some("BEGIN".into());
+            self.txn = Txn::open("BEGIN");
             let committed = self.commit_all().await;
-            self.status = TxStatus::Idle;
-            self.rt.released();
+            self.txn = Txn::Idle;
+            self.routing.released();
             return match committed {
                 Ok(_) => Ok(None),
                 Err(CommitError::Client(e)) => Err(e),

@@ -21,6 +21,7 @@ use crate::protocol::{
     self, param_oids, parse_body, query_text, sqlstate, Frame, PgError, TxStatus,
 };
 use crate::session::machine::plan::{self, CrossShard, Decision, Form, Held, Standing, Statement};
+use crate::session::machine::txn::{Begin, Txn};
 use crate::shard::route::{Params, Route};
 use crate::sql::hints::{RouteFacts, Target};
 use crate::sql::Kind;
@@ -76,11 +77,7 @@ enum Known {
 pub(super) struct Routing {
     /// The current server connection takes writes.
     pub on_primary: bool,
-    /// `BEGIN` answered by the proxy and not yet sent: its text and whether it is READ ONLY.
-    pub pending_begin: Option<(String, bool)>,
-    /// The `BEGIN` sent ahead of the current checkout's first statement.
-    injected_begin: Option<(String, bool)>,
-    /// Frames to handle before those in `cin`: held back, or replayed after a failure.
+    /// Frames to handle before those in `from_client`: held back, or replayed after a failure.
     pub pending: VecDeque<Frame>,
     /// The transparent retry of a read.
     pub retry: ReadRetry,
@@ -100,12 +97,6 @@ pub(super) struct Routing {
     pub session_shard: Option<usize>,
     /// Connections of the open transaction on shards other than the current one.
     pub parked: Vec<(usize, Checkout)>,
-    /// The BEGIN of the open transaction (sent to each further shard it reaches).
-    pub txn_begin: Option<String>,
-    /// The current server connection serves a batch that executes nothing (Parse,
-    /// Describe) while the client's BEGIN waits for its first statement: it stays outside
-    /// the transaction and is released after the batch.
-    pub outside_txn: bool,
     /// Transaction control across shards (savepoints, a refused transaction).
     pub guard: super::twophase::TxnGuard,
 }
@@ -113,11 +104,8 @@ pub(super) struct Routing {
 impl Routing {
     /// Forgets what belonged to the released server connection.
     pub fn released(&mut self) {
-        self.injected_begin = None;
-        self.txn_begin = None;
         self.retry.released();
         self.wrote = false;
-        self.outside_txn = false;
         self.guard.pinned = false;
         self.guard.sets.clear();
         self.guard.abort_at_ready = false;
@@ -144,7 +132,7 @@ impl Loop<'_> {
 
     /// The server a statement with these facts needs.
     pub(super) fn want(&self, f: &RouteFacts) -> Want {
-        Want::of(f.hints.target.or(self.rt.target), f.reads())
+        Want::of(f.hints.target.or(self.routing.target), f.reads())
     }
 
     /// The shard route of a statement: hints, `SET shardgate.shard`, then the router.
@@ -178,7 +166,7 @@ impl Loop<'_> {
                 .map(Route::One)
                 .map_err(|e| PgError::error(e.sqlstate(), e.to_string()));
         }
-        if let Some(s) = self.rt.session_shard {
+        if let Some(s) = self.routing.session_shard {
             return Ok(Route::One(s));
         }
         match &f.analysis.shard {
@@ -207,13 +195,14 @@ impl Loop<'_> {
             return Step::Go(Want::Primary, 0);
         }
         let Some((stmt, known)) = self.statement_of(frame) else {
-            return Step::Go(Want::Primary, self.rt.shard);
+            return Step::Go(Want::Primary, self.routing.shard);
         };
         let at = self.standing();
         let plan = plan::decide(&at, stmt);
-        self.rt.wrote |= plan.wrote;
+        self.routing.wrote |= plan.wrote;
         if self.server.is_none() {
-            self.rt.outside_txn = matches!(plan.decision, Decision::GoOutsideTransaction(..));
+            self.txn
+                .set_outside(matches!(plan.decision, Decision::GoOutsideTransaction(..)));
         }
         match plan.decision {
             Decision::Go(want, shard) | Decision::GoOutsideTransaction(want, shard) => {
@@ -237,10 +226,9 @@ impl Loop<'_> {
                 self.defer_begin(frame, text, read_only)
             }
             Decision::EndEmpty(tag) => {
-                self.rt.pending_begin = None;
-                protocol::command_complete(&mut self.cout, tag);
-                self.status = TxStatus::Idle;
-                protocol::ready_for_query(&mut self.cout, TxStatus::Idle);
+                protocol::command_complete(&mut self.to_client, tag);
+                self.txn = Txn::Idle;
+                protocol::ready_for_query(&mut self.to_client, TxStatus::Idle);
                 Step::Handled
             }
             Decision::RefuseAborted => Step::Refuse(super::twophase::aborted_transaction()),
@@ -252,19 +240,19 @@ impl Loop<'_> {
     /// Where the client stands, for [`plan::decide`].
     fn standing(&self) -> Standing {
         let held = self.server.as_ref().map(|_| Held {
-            shard: self.rt.shard,
-            on_primary: self.rt.on_primary,
+            shard: self.routing.shard,
+            on_primary: self.routing.on_primary,
             owes: !self.relay.idle(),
             unsynced: self.unsynced,
         });
         let map = self.login.shard_map.as_ref();
         Standing {
-            status: self.status,
-            deferred_begin: self.rt.pending_begin.as_ref().map(|b| b.1),
+            status: self.txn.status(),
+            deferred_begin: self.txn.held_begin().map(|b| b.read_only),
             held,
-            parked: self.rt.parked.first().map(|p| p.0),
+            parked: self.routing.parked.first().map(|p| p.0),
             two_phase: map.is_some_and(|m| m.two_phase_commit),
-            target: self.rt.target,
+            target: self.routing.target,
             sharded: map.is_some(),
             shards: self.login.shards.len(),
         }
@@ -316,11 +304,10 @@ impl Loop<'_> {
     /// Answers a BEGIN without a server (simple Query, or a batch up to its Sync): the
     /// transaction's first statement decides where it runs.
     fn defer_begin(&mut self, frame: &Frame, text: String, read_only: bool) -> Step {
-        self.status = TxStatus::InTransaction;
-        self.rt.pending_begin = Some((text, read_only));
+        self.txn = Txn::deferred(Begin { text, read_only });
         if frame.tag == b'Q' {
-            protocol::command_complete(&mut self.cout, "BEGIN");
-            protocol::ready_for_query(&mut self.cout, TxStatus::InTransaction);
+            protocol::command_complete(&mut self.to_client, "BEGIN");
+            protocol::ready_for_query(&mut self.to_client, TxStatus::InTransaction);
         } else {
             self.answer_batch(frame.clone(), Ok("BEGIN"));
         }
@@ -332,7 +319,7 @@ impl Loop<'_> {
             .login
             .shard_map
             .as_ref()
-            .and_then(|m| m.names.get(self.rt.shard).cloned())
+            .and_then(|m| m.names.get(self.routing.shard).cloned())
             .unwrap_or_default();
         plan::cross_shard(why, &name)
     }

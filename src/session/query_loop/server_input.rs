@@ -8,11 +8,12 @@ use std::sync::Arc;
 use super::routing::ReadHold;
 use super::{lock, End, Loop, CLEANUP_TIMEOUT};
 use crate::config::PoolMode;
-use crate::protocol::TxStatus;
+use crate::protocol::{self, TxStatus};
 use crate::session::client_state::{
     read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows,
 };
 use crate::session::machine::ready::{at_ready, AtReady, Ready, Releasable};
+use crate::session::machine::txn::Txn;
 use crate::session::relay::Event;
 
 impl Loop<'_> {
@@ -24,38 +25,45 @@ impl Loop<'_> {
             ReadHold::Wait => return None,
             ReadHold::Dying => return self.lost("server terminated the connection"),
         }
-        let conn = self.server.as_deref_mut()?;
-        // In statement mode a ReadyForQuery that opens a transaction is not forwarded.
-        let before = self.cout.len();
-        if let Err(e) = self
-            .relay
-            .process(&mut conn.inbuf, &mut self.cout, &mut self.events)
-        {
-            return Some(self.server_lost(&format!("invalid data from server: {e}")));
-        }
-        if self.cout.len() > before {
-            self.rt.retry.answered();
-        }
-        let events = std::mem::take(&mut self.events);
         // The server's own status after the last ReadyForQuery of this input (the client may
         // be shown another one, see `on_ready`).
         let mut server_status = None;
-        for ev in &events {
-            match ev {
-                // Without a server connection left, the rest of the input is not looked at.
-                Event::Ready(status) => {
-                    server_status = Some(self.on_ready(*status, before, statement_mode).await?);
+        // The relay stops after each ReadyForQuery for the client, which `on_ready` writes.
+        loop {
+            let conn = self.server.as_deref_mut()?;
+            let before = self.to_client.len();
+            if let Err(e) =
+                self.relay
+                    .process(&mut conn.inbuf, &mut self.to_client, &mut self.events)
+            {
+                return Some(self.server_lost(&format!("invalid data from server: {e}")));
+            }
+            let events = std::mem::take(&mut self.events);
+            let mut ready = false;
+            for ev in &events {
+                match ev {
+                    // Without a server connection left, the rest of the input is not looked at.
+                    Event::Ready(status) => {
+                        ready = true;
+                        server_status = Some(self.on_ready(*status, statement_mode).await?);
+                    }
+                    other => self.note_server_event(other),
                 }
-                other => self.note_server_event(other),
+            }
+            if self.to_client.len() > before {
+                self.routing.retry.answered();
+            }
+            self.events = events;
+            self.events.clear();
+            if !ready {
+                break;
             }
         }
-        self.events = events;
-        self.events.clear();
         if let (Some(status), Some(conn)) = (server_status, self.server.as_deref_mut()) {
             conn.at_rest = status == TxStatus::Idle
                 && self.relay.idle()
                 && !self.unsynced
-                && self.sout.is_empty()
+                && self.to_server.is_empty()
                 && conn.inbuf.is_empty();
         }
         if self.releasable() {
@@ -64,18 +72,15 @@ impl Loop<'_> {
         None
     }
 
-    /// Handles a ReadyForQuery the relay forwarded (`before`: where this input's output
-    /// starts in `cout`): the end of a batch whose transaction control was refused, a
-    /// Parse/Describe batch outside the client's deferred transaction, a transaction opened
-    /// in statement mode. Returns the server's own status after it; None if the server
-    /// connection is gone.
-    async fn on_ready(
-        &mut self,
-        status: TxStatus,
-        before: usize,
-        statement_mode: bool,
-    ) -> Option<TxStatus> {
-        self.status = status;
+    /// Handles the server's ReadyForQuery for the client and writes the one the client sees:
+    /// the server's status, or the client's own where it differs (a Parse/Describe batch
+    /// outside the client's deferred transaction is still inside it for the client; the end
+    /// of a batch whose transaction control was refused fails the transaction everywhere; a
+    /// transaction opened in statement mode is undone and refused). Returns the server's own
+    /// status after it; None if the server connection is gone.
+    async fn on_ready(&mut self, status: TxStatus, statement_mode: bool) -> Option<TxStatus> {
+        let outside = self.txn.outside();
+        self.txn.on_server_ready(status);
         if status == TxStatus::Idle && std::mem::take(&mut self.client.ddl) {
             // The schema changed: statements prepared from now on are new ones.
             self.state.statements.bump_generation();
@@ -83,35 +88,28 @@ impl Loop<'_> {
         let at = AtReady {
             status,
             settled: self.relay.idle(),
-            abort_at_ready: self.rt.guard.abort_at_ready,
-            outside_deferred: self.rt.outside_txn,
+            abort_at_ready: self.routing.guard.abort_at_ready,
+            outside_deferred: outside,
             statement_mode,
         };
         match at_ready(at) {
-            Ready::Pass => {}
+            // A Parse/Describe batch while the client's BEGIN waits leaves the client in its
+            // transaction: `txn` says so.
+            Ready::Pass | Ready::StillInTransaction => {
+                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+            }
             Ready::AbortRefusedBatch => {
                 // The end of a batch in which transaction control was refused
                 // (twophase.rs): the transaction fails everywhere.
-                self.abort_refused_batch(before).await;
-            }
-            Ready::StillInTransaction => {
-                // A Parse/Describe batch while the client's BEGIN waits: the client
-                // is still in its transaction.
-                let from = before.min(self.cout.len());
-                let z = [b'Z', 0, 0, 0, 5, b'I'];
-                if let Some(at) = self.cout[from..].windows(6).rposition(|w| w == z) {
-                    let at = from + at + 5;
-                    self.cout[at] = b'T';
-                }
-                self.status = TxStatus::InTransaction;
+                self.abort_refused_batch().await;
+                protocol::ready_for_query(&mut self.to_client, self.txn.status());
             }
             Ready::UndoTransaction => {
                 // The client opened a transaction: undo it instead of pinning the
-                // connection. The ReadyForQuery just forwarded is the last 6 bytes.
-                let cut = self.cout.len().saturating_sub(6).max(before);
-                self.cout.truncate(cut);
+                // connection, and answer with the refusal and `I`.
+                self.txn = Txn::Idle;
+                self.refuse_transaction();
                 let conn = self.server.as_deref_mut()?;
-                self.status = TxStatus::Idle;
                 let undone = tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await;
                 let server_status = match undone {
                     Ok(Ok(b'I')) => TxStatus::Idle,
@@ -120,7 +118,6 @@ impl Loop<'_> {
                         status
                     }
                 };
-                self.refuse_transaction();
                 return Some(server_status);
             }
         }
@@ -131,7 +128,7 @@ impl Loop<'_> {
     /// (see `on_ready`).
     fn note_server_event(&mut self, ev: &Event) {
         match ev {
-            Event::Ready(_) => {}
+            Event::Ready(_) | Event::ProxyReady => {}
             Event::ParseFailed { stmt, client_name } => {
                 if let Some(conn) = self.server.as_deref_mut() {
                     conn.prepared.pop(&stmt.id);
@@ -233,7 +230,7 @@ impl Loop<'_> {
                 c.broken = true;
             }
         }
-        if !self.rt.parked.is_empty() {
+        if !self.routing.parked.is_empty() {
             // The transaction ended on its current shard (ROLLBACK, or COMMIT after an
             // error): the others roll back too.
             self.release_parked().await;
@@ -242,9 +239,10 @@ impl Loop<'_> {
         if self.managed {
             self.read_back_settings().await;
         }
-        self.rt.released();
+        self.routing.released();
+        self.txn.released();
         if let Some(mut c) = self.server.take() {
-            tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.status.byte() as char), "release");
+            tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.txn.status().byte() as char), "release");
             lock(&self.login.cancel_slot).clear();
             if !c.inbuf.is_empty() {
                 // Asynchronous messages after ReadyForQuery belong to this client's session.
@@ -262,8 +260,8 @@ impl Loop<'_> {
             pinned: self.client.pinned.is_some(),
             settled: self.relay.idle(),
             unsynced: self.unsynced,
-            status: self.status,
-            outside_deferred: self.rt.outside_txn,
+            status: self.txn.status(),
+            outside_deferred: self.txn.outside(),
         }
         .now()
     }

@@ -5,14 +5,14 @@
 use super::routing::Want;
 use super::Loop;
 use crate::pool::Checkout;
-use crate::protocol::{sqlstate, PgError, TxStatus};
+use crate::protocol::{sqlstate, PgError};
 use crate::session::client_state::setup_sql;
 
 impl Loop<'_> {
     /// Keeps a transaction's connections (in `shards` order) for its later statements.
     pub(super) fn park_all(&mut self, shards: &[usize], conns: Vec<Checkout>) {
         for (shard, c) in shards.iter().zip(conns) {
-            self.rt.parked.push((*shard, c));
+            self.routing.parked.push((*shard, c));
         }
     }
 
@@ -24,9 +24,7 @@ impl Loop<'_> {
         shards: &[usize],
         want: Want,
     ) -> Result<(Vec<Checkout>, bool), PgError> {
-        let in_txn = self.status != TxStatus::Idle
-            || self.rt.pending_begin.is_some()
-            || !self.rt.parked.is_empty();
+        let in_txn = self.txn.in_block() || !self.routing.parked.is_empty();
         if in_txn {
             // A transaction pinned to its shard by a savepoint fails here (twophase.rs).
             for s in shards {
@@ -34,13 +32,8 @@ impl Loop<'_> {
             }
         }
         let begin = if in_txn {
-            let text = match self.rt.pending_begin.take() {
-                Some((text, _)) => text,
-                None => self.rt.txn_begin.clone().unwrap_or_else(|| "BEGIN".into()),
-            };
-            let sql = self.begin_sql(&text);
-            self.rt.txn_begin = Some(text);
-            Some(sql)
+            let text = self.txn.open_on_shards();
+            Some(self.begin_sql(&text))
         } else {
             None
         };
@@ -49,7 +42,7 @@ impl Loop<'_> {
         for shard in shards {
             let mut reused = None;
             if in_txn {
-                if self.server.is_some() && self.rt.shard == *shard {
+                if self.server.is_some() && self.routing.shard == *shard {
                     super::lock(&self.login.cancel_slot).clear();
                     reused = self.server.take();
                 }
@@ -88,7 +81,7 @@ impl Loop<'_> {
             if in_txn {
                 // The transaction failed; its connections stay until its end.
                 self.park_all(&kept, conns);
-                self.status = TxStatus::Failed;
+                self.txn.fail();
             }
             return Err(e);
         }

@@ -35,14 +35,14 @@ impl Loop<'_> {
     pub(super) fn answer_locally(&mut self, frame: &Frame) -> bool {
         match frame.tag {
             b'S' => {
-                protocol::ready_for_query(&mut self.cout, self.status);
+                protocol::ready_for_query(&mut self.to_client, self.txn.status());
                 true
             }
             b'H' => true,
             b'C' => match protocol::target(frame.body()) {
                 Some((b'S', name)) if !name.is_empty() => {
                     self.client.named.remove(name);
-                    self.cout.extend_from_slice(&empty_message(b'3'));
+                    self.to_client.extend_from_slice(&empty_message(b'3'));
                     true
                 }
                 _ => false,
@@ -63,7 +63,7 @@ impl Loop<'_> {
                 match self.state.statements.get_validated(p.rest) {
                     Some(stmt) => {
                         self.client.named.insert(p.name.to_string(), stmt);
-                        self.cout.extend_from_slice(&empty_message(b'1'));
+                        self.to_client.extend_from_slice(&empty_message(b'1'));
                         true
                     }
                     None => false,
@@ -106,7 +106,7 @@ impl Loop<'_> {
     }
 
     fn forward(&mut self, frame: &Frame, kind: Option<Kind>) {
-        self.sout.extend_from_slice(&frame.bytes);
+        self.to_server.extend_from_slice(&frame.bytes);
         if let Some(k) = kind {
             self.relay.push(Expect::Client(k));
         }
@@ -117,7 +117,7 @@ impl Loop<'_> {
             sqlstate::PROTOCOL_VIOLATION,
             format!("malformed {what} message"),
         )
-        .encode(&mut self.cout);
+        .encode(&mut self.to_client);
         Some(End::Fatal)
     }
 
@@ -127,7 +127,8 @@ impl Loop<'_> {
         let mut b = BytesMut::new();
         err.encode(&mut b);
         self.relay.push(Expect::Synthetic(b.freeze()));
-        self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+        self.relay
+            .emit_synthetic(&mut self.to_client, &mut self.events);
         self.skip.errored_mid_batch();
     }
 
@@ -159,7 +160,7 @@ impl Loop<'_> {
             return self.malformed("Parse");
         };
         if !self.managed {
-            self.sout.extend_from_slice(&frame.bytes);
+            self.to_server.extend_from_slice(&frame.bytes);
             self.relay.push(Expect::Parse {
                 stmt: None,
                 visible: true,
@@ -176,7 +177,7 @@ impl Loop<'_> {
                 return None;
             }
             self.parsed_unnamed(frame);
-            self.sout.extend_from_slice(&frame.bytes);
+            self.to_server.extend_from_slice(&frame.bytes);
             self.relay.push(Expect::Parse {
                 stmt: None,
                 visible: true,
@@ -198,11 +199,12 @@ impl Loop<'_> {
         match machine::use_on(&mut conn.prepared, stmt.id) {
             Needs::Nothing => {
                 self.relay.push(Expect::Synthetic(empty_message(b'1')));
-                self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+                self.relay
+                    .emit_synthetic(&mut self.to_client, &mut self.events);
             }
             Needs::Parse { close_first } => {
-                close_evicted(close_first, &mut self.relay, &mut self.sout);
-                self.sout.extend_from_slice(&stmt.parse);
+                close_evicted(close_first, &mut self.relay, &mut self.to_server);
+                self.to_server.extend_from_slice(&stmt.parse);
                 self.relay.push(Expect::Parse {
                     stmt: Some(stmt),
                     visible: true,
@@ -223,8 +225,8 @@ impl Loop<'_> {
         };
         let conn = self.server.as_deref_mut()?;
         if let Needs::Parse { close_first } = machine::use_on(&mut conn.prepared, stmt.id) {
-            close_evicted(close_first, &mut self.relay, &mut self.sout);
-            self.sout.extend_from_slice(&stmt.parse);
+            close_evicted(close_first, &mut self.relay, &mut self.to_server);
+            self.to_server.extend_from_slice(&stmt.parse);
             self.relay.push(Expect::Parse {
                 stmt: Some(stmt.clone()),
                 visible: false,
@@ -262,7 +264,7 @@ impl Loop<'_> {
                 }
             }
             match rename_bind(frame.body(), &stmt.name) {
-                Some(b) => self.sout.extend_from_slice(&b),
+                Some(b) => self.to_server.extend_from_slice(&b),
                 None => return self.malformed("Bind"),
             }
             self.relay.push(Expect::Client(Kind::Bind));
@@ -292,7 +294,8 @@ impl Loop<'_> {
                 // is no one's (its number matches no client's), so nothing is sent.
                 self.client.unnamed_parse = None;
                 self.relay.push(Expect::Synthetic(empty_message(b'3')));
-                self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+                self.relay
+                    .emit_synthetic(&mut self.to_client, &mut self.events);
                 return None;
             }
         }
@@ -305,9 +308,10 @@ impl Loop<'_> {
             // The pooled statement stays prepared on servers for other clients.
             self.client.named.remove(&name);
             self.relay.push(Expect::Synthetic(empty_message(b'3')));
-            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+            self.relay
+                .emit_synthetic(&mut self.to_client, &mut self.events);
         } else if let Some(stmt) = self.ensure_statement(&name) {
-            self.sout
+            self.to_server
                 .extend_from_slice(&encode_target(b'D', b'S', &stmt.name));
             self.relay.push(Expect::Client(Kind::Describe));
         }
@@ -331,17 +335,17 @@ impl Loop<'_> {
                     self.client.after.clear();
                     let mut b = BytesMut::new();
                     e.encode(&mut b);
-                    protocol::ready_for_query(&mut b, self.status);
+                    protocol::ready_for_query(&mut b, self.txn.status());
+                    self.relay.push(Expect::SyntheticReady(b.freeze()));
                     self.relay
-                        .push(Expect::SyntheticReady(b.freeze(), self.status));
-                    self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+                        .emit_synthetic(&mut self.to_client, &mut self.events);
                     return;
                 }
             }
         }
         self.forward(frame, Some(Kind::Query));
         for sql in std::mem::take(&mut self.client.after) {
-            inject_query(&sql, &mut self.relay, &mut self.sout);
+            inject_query(&sql, &mut self.relay, &mut self.to_server);
         }
     }
 
@@ -468,7 +472,7 @@ impl Loop<'_> {
             }
             SessionCommand::Prepare(name) => {
                 if conn.sql_prepared.contains_key(&name) {
-                    inject_deallocate(&name, &mut self.relay, &mut self.sout);
+                    inject_deallocate(&name, &mut self.relay, &mut self.to_server);
                 }
                 let text: Arc<str> = Arc::from(stmt);
                 self.client.sql_prepared.insert(name.clone(), text.clone());
@@ -523,13 +527,13 @@ impl Loop<'_> {
         // inside an aborted transaction) exactly as on a direct connection.
         self.client.named.remove(name);
         if conn.sql_prepared.remove(name).is_some() {
-            inject_deallocate(name, &mut self.relay, &mut self.sout);
+            inject_deallocate(name, &mut self.relay, &mut self.to_server);
         }
         if extended {
             // A simple query here would end the client's pipeline: a Parse instead.
             let mut rest = b"SELECT\0".to_vec();
             rest.extend_from_slice(&0i16.to_be_bytes());
-            self.sout
+            self.to_server
                 .extend_from_slice(&protocol::encode_parse(name, &rest));
             self.relay.push(Expect::Parse {
                 stmt: None,
@@ -540,7 +544,7 @@ impl Loop<'_> {
             inject_query(
                 &format!("PREPARE {} AS SELECT", quote_ident(name)),
                 &mut self.relay,
-                &mut self.sout,
+                &mut self.to_server,
             );
         }
     }
@@ -566,14 +570,14 @@ impl Loop<'_> {
         {
             // Another client's (or this client's deallocated) statement: remove it so
             // the server answers 26000 as it would on a direct connection.
-            inject_deallocate(name, &mut self.relay, &mut self.sout);
+            inject_deallocate(name, &mut self.relay, &mut self.to_server);
         }
         if let Some(text) = self.client.sql_prepared.get(name).cloned() {
             if conn.sql_prepared.get(name) != Some(&text) {
                 if conn.sql_prepared.contains_key(name) {
-                    inject_deallocate(name, &mut self.relay, &mut self.sout);
+                    inject_deallocate(name, &mut self.relay, &mut self.to_server);
                 }
-                inject_query(&text, &mut self.relay, &mut self.sout);
+                inject_query(&text, &mut self.relay, &mut self.to_server);
                 conn.sql_prepared.insert(name.to_string(), text);
             }
         }

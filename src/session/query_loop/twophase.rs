@@ -38,14 +38,14 @@ impl Loop<'_> {
         self.relay.reset();
         self.unsynced = false;
         self.server = Some(conn);
-        self.rt.shard = shard;
-        self.rt.on_primary = on_primary;
+        self.routing.shard = shard;
+        self.routing.on_primary = on_primary;
     }
 
     /// Takes the parked connection of `shard`, if the transaction has one.
     pub(super) fn unpark(&mut self, shard: usize) -> Option<Checkout> {
-        let pos = self.rt.parked.iter().position(|(s, _)| *s == shard)?;
-        Some(self.rt.parked.remove(pos).1)
+        let pos = self.routing.parked.iter().position(|(s, _)| *s == shard)?;
+        Some(self.routing.parked.remove(pos).1)
     }
 
     /// Moves an open transaction to `shard`: parks the current connection and continues on
@@ -53,7 +53,7 @@ impl Loop<'_> {
     pub(super) async fn switch_shard(&mut self, want: Want, shard: usize) -> Result<(), PgError> {
         self.may_join(shard).await?;
         if let Some(conn) = self.server.take() {
-            self.rt.parked.push((self.rt.shard, conn));
+            self.routing.parked.push((self.routing.shard, conn));
         }
         lock(&self.login.cancel_slot).clear();
         if let Some(conn) = self.unpark(shard) {
@@ -70,8 +70,8 @@ impl Loop<'_> {
         };
         self.install(conn, shard, on_primary);
         self.apply_settings();
-        let begin = self.begin_sql(self.rt.txn_begin.as_deref().unwrap_or("BEGIN"));
-        inject_query(&begin, &mut self.relay, &mut self.sout);
+        let begin = self.begin_sql(&self.txn.further_begin());
+        inject_query(&begin, &mut self.relay, &mut self.to_server);
         Ok(())
     }
 
@@ -86,7 +86,7 @@ impl Loop<'_> {
     /// Rolls back and returns the parked connections of a transaction that ended on its
     /// current shard (ROLLBACK, or COMMIT of a failed transaction).
     pub(super) async fn release_parked(&mut self) {
-        for (_, mut c) in std::mem::take(&mut self.rt.parked) {
+        for (_, mut c) in std::mem::take(&mut self.routing.parked) {
             c.settings_unknown |= self.client.opaque || self.client.wrote;
             if c.run("ROLLBACK").await.is_err() {
                 c.broken = true;
@@ -108,25 +108,25 @@ impl Loop<'_> {
                             self.client.named.insert(p.name.to_string(), stmt);
                         }
                     }
-                    self.cout.extend_from_slice(&empty_message(b'1'));
+                    self.to_client.extend_from_slice(&empty_message(b'1'));
                 }
-                b'B' if !failed => self.cout.extend_from_slice(&empty_message(b'2')),
+                b'B' if !failed => self.to_client.extend_from_slice(&empty_message(b'2')),
                 b'D' if !failed => {
                     if f.body().first() == Some(&b'S') {
                         // ParameterDescription with no parameters.
-                        self.cout.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
+                        self.to_client.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
                     }
-                    self.cout.extend_from_slice(&empty_message(b'n'));
+                    self.to_client.extend_from_slice(&empty_message(b'n'));
                 }
                 b'E' if !failed => match &result {
-                    Ok(tag) => protocol::command_complete(&mut self.cout, tag),
+                    Ok(tag) => protocol::command_complete(&mut self.to_client, tag),
                     Err(e) => {
-                        e.encode(&mut self.cout);
+                        e.encode(&mut self.to_client);
                         failed = true;
                     }
                 },
-                b'C' if !failed => self.cout.extend_from_slice(&empty_message(b'3')),
-                b'S' => protocol::ready_for_query(&mut self.cout, self.status),
+                b'C' if !failed => self.to_client.extend_from_slice(&empty_message(b'3')),
+                b'S' => protocol::ready_for_query(&mut self.to_client, self.txn.status()),
                 _ => {}
             }
         }

@@ -30,10 +30,80 @@ fn run(relay: &mut Relay, server: &[Vec<u8>]) -> (Vec<u8>, Vec<Event>) {
     for m in server {
         for b in m {
             inbuf.extend_from_slice(&[*b]);
-            relay.process(&mut inbuf, &mut out, &mut events).unwrap();
+            process_all(relay, &mut inbuf, &mut out, &mut events);
         }
     }
     (out.to_vec(), events)
+}
+
+/// What the session does with server input: processes it, writes each ReadyForQuery the
+/// relay reports (with the server's status), and goes on after it.
+fn process_all(
+    relay: &mut Relay,
+    inbuf: &mut BytesMut,
+    out: &mut BytesMut,
+    events: &mut Vec<Event>,
+) {
+    loop {
+        let seen = events.len();
+        relay.process(inbuf, out, events).unwrap();
+        let Some(Event::Ready(status)) = events[seen..].last() else {
+            return;
+        };
+        crate::protocol::ready_for_query(out, *status);
+    }
+}
+
+#[test]
+fn stops_after_the_clients_ready_for_query_without_writing_it() {
+    let mut r = Relay::default();
+    r.push(Expect::Client(Kind::Query));
+    r.push(Expect::Client(Kind::Query));
+    let server = [
+        msg(b'C', b"BEGIN\0"),
+        msg(b'Z', b"T"),
+        msg(b'C', b"SELECT 1\0"),
+        msg(b'Z', b"T"),
+    ]
+    .concat();
+    let mut inbuf = BytesMut::from(&server[..]);
+    let (mut out, mut events) = (BytesMut::new(), Vec::new());
+    r.process(&mut inbuf, &mut out, &mut events).unwrap();
+    assert_eq!(
+        &out[..],
+        &msg(b'C', b"BEGIN\0")[..],
+        "the ReadyForQuery is the session's"
+    );
+    assert!(matches!(
+        events[..],
+        [Event::Ready(TxStatus::InTransaction)]
+    ));
+    assert_eq!(&inbuf[..], &server[11 + 6..], "the second answer waits");
+    r.process(&mut inbuf, &mut out, &mut events).unwrap();
+    assert!(inbuf.is_empty());
+    assert_eq!(events.len(), 2);
+    assert!(r.idle());
+}
+
+#[test]
+fn a_made_up_answer_keeps_its_ready_for_query() {
+    let mut r = Relay::default();
+    r.push(Expect::Client(Kind::Query));
+    let mut made = BytesMut::new();
+    crate::protocol::command_complete(&mut made, "SET");
+    crate::protocol::ready_for_query(&mut made, TxStatus::Idle);
+    r.push(Expect::SyntheticReady(made.clone().freeze()));
+    assert_eq!(r.owed_ready(), 2);
+    let (out, events) = run(&mut r, &[msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")]);
+    let mut expected = msg(b'C', b"SELECT 1\0");
+    expected.extend(msg(b'Z', b"I"));
+    expected.extend_from_slice(&made);
+    assert_eq!(out, expected);
+    assert!(matches!(
+        events[..],
+        [Event::Ready(TxStatus::Idle), Event::ProxyReady]
+    ));
+    assert_eq!(r.owed_ready(), 0);
 }
 
 #[test]

@@ -300,8 +300,8 @@ impl Loop<'_> {
     fn batch_may_go(&self, first: &Frame) -> bool {
         let ends = |tag: u8| matches!(tag, b'S' | b'H' | b'Q');
         ends(first.tag)
-            || self.rt.pending.iter().any(|f| ends(f.tag))
-            || crate::protocol::whole_messages(&self.cin).any(|(tag, _)| ends(tag))
+            || self.routing.pending.iter().any(|f| ends(f.tag))
+            || crate::protocol::whole_messages(&self.from_client).any(|(tag, _)| ends(tag))
     }
 
     /// What a batch of extended-protocol messages starting with `first` needs, looking ahead
@@ -316,21 +316,21 @@ impl Loop<'_> {
             // (see `plan::decide`), and is read through once, when it can go.
             return BatchPlan::waiting();
         }
-        let mut scan = BatchScan::new(self.rt.unnamed.clone());
+        let mut scan = BatchScan::new(self.routing.unnamed.clone());
         let mut go = scan.visit(self, first.tag, first.body());
-        for f in &self.rt.pending {
+        for f in &self.routing.pending {
             if !go {
                 break;
             }
             go = scan.visit(self, f.tag, f.body());
         }
-        for (tag, body) in crate::protocol::whole_messages(&self.cin) {
+        for (tag, body) in crate::protocol::whole_messages(&self.from_client) {
             if !go {
                 break;
             }
             go = scan.visit(self, tag, body);
         }
-        self.rt.unnamed = scan.unnamed.take();
+        self.routing.unnamed = scan.unnamed.take();
         scan.into_plan()
     }
 }

@@ -10,7 +10,7 @@ use super::Want;
 use crate::config::{ReadYourWrites, Role};
 use crate::health::{now_ms, parse_lsn};
 use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
-use crate::protocol::{sqlstate, PgError, TxStatus};
+use crate::protocol::{sqlstate, PgError};
 
 /// How often a write waiting for a primary looks again.
 const PRIMARY_POLL: Duration = Duration::from_millis(20);
@@ -40,30 +40,28 @@ impl Loop<'_> {
         }
         // A transaction pinned to its shard by a savepoint fails here (twophase.rs).
         self.may_join(shard).await?;
-        let outside_txn = std::mem::take(&mut self.rt.outside_txn);
         let (conn, on_primary) = self.acquire(want, shard).await?;
-        self.rt.outside_txn = outside_txn;
-        self.rt.shard = shard;
+        self.routing.shard = shard;
         self.cancel_to(std::slice::from_ref(&conn));
         self.relay.reset();
         self.unsynced = false;
         tracing::trace!(client = self.login.cancel_pid, pid = conn.pid, server = %conn.addr, "checkout");
         self.server = Some(conn);
-        self.rt.on_primary = on_primary;
-        self.rt.retry.checked_out(
+        self.routing.on_primary = on_primary;
+        self.routing.retry.checked_out(
             self.login.split && want != Want::Primary && self.state.config.routing.retry_reads,
         );
         self.apply_settings();
-        if self.rt.outside_txn {
-            // Prepares for a transaction that has not begun yet: no BEGIN here.
-        } else if let Some(begin) = self.rt.pending_begin.take() {
-            inject_query(&begin.0, &mut self.relay, &mut self.sout);
-            self.rt.txn_begin = Some(begin.0.clone());
-            self.rt.injected_begin = Some(begin);
-        } else if self.status != TxStatus::Idle {
-            // A transaction across shards reaching one more shard.
-            let begin = self.begin_sql(self.rt.txn_begin.as_deref().unwrap_or("BEGIN"));
-            inject_query(&begin, &mut self.relay, &mut self.sout);
+        // The held-back BEGIN, or the open transaction's for one more shard (none outside a
+        // transaction, or for a batch outside the deferred one).
+        let deferred = self.txn.held_begin().is_some();
+        if let Some(begin) = self.txn.on_checkout() {
+            let sql = if deferred {
+                begin
+            } else {
+                self.begin_sql(&begin)
+            };
+            inject_query(&sql, &mut self.relay, &mut self.to_server);
         }
         Ok(())
     }
@@ -81,15 +79,15 @@ impl Loop<'_> {
         let r = &self.state.config.routing;
         if want != Want::Primary && self.login.split {
             let ryw = want == Want::Read;
-            let primary_only = ryw && now_ms() < self.rt.primary_until;
-            let mut avoid = self.rt.retry.avoid().to_vec();
+            let primary_only = ryw && now_ms() < self.routing.primary_until;
+            let mut avoid = self.routing.retry.avoid().to_vec();
             while !primary_only && avoid.len() <= shard.servers.len() {
                 let policy = ReadPolicy {
                     balance: Balance::parse(&r.load_balancing),
                     include_primary: r.include_primary,
                     max_lag_ms: r.max_replica_lag_ms,
                     min_lsn: if ryw && r.read_your_writes == ReadYourWrites::Lsn {
-                        self.rt.min_lsn
+                        self.routing.min_lsn
                     } else {
                         0
                     },
@@ -144,14 +142,14 @@ impl Loop<'_> {
     /// After a transaction that wrote on the primary, notes what the client's next reads
     /// must see.
     pub(in crate::session::query_loop) async fn note_write(&mut self) {
-        if !(self.login.split && self.rt.wrote && self.rt.on_primary) {
+        if !(self.login.split && self.routing.wrote && self.routing.on_primary) {
             return;
         }
         let r = &self.state.config.routing;
         let window = now_ms() + r.read_your_writes_ms;
         match r.read_your_writes {
             ReadYourWrites::Off => {}
-            ReadYourWrites::PrimaryForMs => self.rt.primary_until = window,
+            ReadYourWrites::PrimaryForMs => self.routing.primary_until = window,
             ReadYourWrites::Lsn => {
                 let Some(conn) = self.server.as_deref_mut() else {
                     return;
@@ -161,12 +159,12 @@ impl Loop<'_> {
                 let sql = "SELECT pg_current_wal_insert_lsn()::text";
                 match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(sql)).await {
                     Ok(Ok(v)) => match v.first().and_then(|s| parse_lsn(s)) {
-                        Some(lsn) => self.rt.min_lsn = self.rt.min_lsn.max(lsn),
-                        None => self.rt.primary_until = window,
+                        Some(lsn) => self.routing.min_lsn = self.routing.min_lsn.max(lsn),
+                        None => self.routing.primary_until = window,
                     },
                     _ => {
                         conn.broken = true;
-                        self.rt.primary_until = window;
+                        self.routing.primary_until = window;
                     }
                 }
             }

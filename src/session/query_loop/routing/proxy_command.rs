@@ -18,9 +18,9 @@ impl Loop<'_> {
             hints::Command::Set { name, value } if name == "target" => {
                 let value = value.map(|v| v.to_ascii_lowercase());
                 match value.as_deref() {
-                    None | Some("auto") => self.rt.target = None,
-                    Some("primary") => self.rt.target = Some(Target::Primary),
-                    Some("replica") => self.rt.target = Some(Target::Replica),
+                    None | Some("auto") => self.routing.target = None,
+                    Some("primary") => self.routing.target = Some(Target::Primary),
+                    Some("replica") => self.routing.target = Some(Target::Replica),
                     Some(other) => {
                         PgError::error(
                             sqlstate::INVALID_PARAMETER_VALUE,
@@ -37,7 +37,7 @@ impl Loop<'_> {
                 }
             }
             hints::Command::Show { name } if name == "target" => {
-                let v = match self.rt.target {
+                let v = match self.routing.target {
                     None => "auto",
                     Some(Target::Primary) => "primary",
                     Some(Target::Replica) => "replica",
@@ -46,7 +46,7 @@ impl Loop<'_> {
             }
             hints::Command::Set { name, value } if name == "shard" => match value {
                 None => {
-                    self.rt.session_shard = None;
+                    self.routing.session_shard = None;
                     protocol::command_complete(&mut b, "SET");
                 }
                 Some(v) => match self
@@ -56,7 +56,7 @@ impl Loop<'_> {
                     .and_then(|m| m.shard_named(&v))
                 {
                     Some(i) => {
-                        self.rt.session_shard = Some(i);
+                        self.routing.session_shard = Some(i);
                         protocol::command_complete(&mut b, "SET");
                     }
                     None => {
@@ -78,7 +78,7 @@ impl Loop<'_> {
                 },
             },
             hints::Command::Show { name } if name == "shard" => {
-                let v = match (self.rt.session_shard, &self.login.shard_map) {
+                let v = match (self.routing.session_shard, &self.login.shard_map) {
                     (Some(i), Some(m)) => m.names.get(i).cloned().unwrap_or_default(),
                     _ => "auto".to_string(),
                 };
@@ -93,14 +93,14 @@ impl Loop<'_> {
                 .encode(&mut b);
             }
         }
-        protocol::ready_for_query(&mut b, self.status);
+        protocol::ready_for_query(&mut b, self.txn.status());
         if self.server.is_some() {
             // After the responses still owed by the server.
+            self.relay.push(Expect::SyntheticReady(b.freeze()));
             self.relay
-                .push(Expect::SyntheticReady(b.freeze(), self.status));
-            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+                .emit_synthetic(&mut self.to_client, &mut self.events);
         } else {
-            self.cout.extend_from_slice(&b);
+            self.to_client.extend_from_slice(&b);
         }
         true
     }

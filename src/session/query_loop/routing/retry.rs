@@ -8,7 +8,7 @@ use crate::session::machine::retry::{hold, ReadHold};
 impl Loop<'_> {
     /// Whether a failure of the current server can be hidden by retrying elsewhere.
     fn can_retry(&self) -> bool {
-        self.rt.retry.can_retry() && self.server.is_some()
+        self.routing.retry.can_retry() && self.server.is_some()
     }
 
     /// The server connection failed: retry the read elsewhere if nothing reached the client
@@ -32,15 +32,13 @@ impl Loop<'_> {
         tracing::info!(server = %addr, "{what}; retrying the read on another server");
         lock(&self.login.cancel_slot).clear();
         self.relay.reset();
-        self.sout.clear();
+        self.to_server.clear();
         self.events.clear();
         self.unsynced = false;
-        for f in self.rt.retry.retry(addr).into_iter().rev() {
-            self.rt.pending.push_front(f);
+        for f in self.routing.retry.retry(addr).into_iter().rev() {
+            self.routing.pending.push_front(f);
         }
-        if let Some(begin) = self.rt.injected_begin.take() {
-            self.rt.pending_begin = Some(begin);
-        }
+        self.txn.retried();
         None
     }
 
@@ -48,7 +46,7 @@ impl Loop<'_> {
     /// answer is complete (see [`hold`]), so that a server dying mid-answer (a notice
     /// already sent, or rows without their ReadyForQuery) never shows on the client.
     pub(in crate::session::query_loop) fn read_hold(&self) -> ReadHold {
-        if !self.rt.retry.retryable() {
+        if !self.routing.retry.retryable() {
             return ReadHold::Go;
         }
         let Some(conn) = self.server.as_deref() else {

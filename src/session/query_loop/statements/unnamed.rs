@@ -42,7 +42,7 @@ impl Loop<'_> {
             return true;
         }
         conn.unnamed_owner = number;
-        self.sout.extend_from_slice(&parse);
+        self.to_server.extend_from_slice(&parse);
         self.relay.push(Expect::Parse {
             stmt: None,
             visible: false,

@@ -85,18 +85,15 @@ async fn end_in_one_phase(
 impl Loop<'_> {
     /// Commits a transaction that ran on several shards (or rolls it back if it failed).
     /// Returns the CommandComplete tag for the client (a WARNING notice may precede it in
-    /// `cout`).
+    /// `to_client`).
     pub(in crate::session::query_loop) async fn commit_all(
         &mut self,
     ) -> Result<&'static str, CommitError> {
         let mut conns = self.take_participants();
-        let aborted = self.status == TxStatus::Failed;
+        let aborted = self.txn.status() == TxStatus::Failed;
         // A READ ONLY transaction (its BEGIN goes to every shard) has nothing to make atomic.
-        let read_only = self
-            .rt
-            .txn_begin
-            .as_deref()
-            .is_some_and(|b| matches!(self.facts_of(b).kind, Kind::Begin { read_only: true }));
+        let begin = self.txn.further_begin();
+        let read_only = matches!(self.facts_of(&begin).kind, Kind::Begin { read_only: true });
         let (id, mask, coord) = loop {
             if aborted || conns.len() <= 1 || read_only {
                 return end_in_one_phase(&mut conns, aborted).await;
@@ -144,9 +141,9 @@ impl Loop<'_> {
     /// Takes every connection of the transaction (the parked ones and the current one), in
     /// ascending shard order, for the commit protocol.
     fn take_participants(&mut self) -> Vec<(usize, Checkout)> {
-        let mut conns = std::mem::take(&mut self.rt.parked);
+        let mut conns = std::mem::take(&mut self.routing.parked);
         if let Some(c) = self.server.take() {
-            conns.push((self.rt.shard, c));
+            conns.push((self.routing.shard, c));
         }
         if self.client.opaque || self.client.wrote || !self.client.dirty.is_empty() {
             // No read-back here: whatever a statement set is reset before reuse (a statement
@@ -300,7 +297,7 @@ impl Loop<'_> {
                  recovery completes it within about 30 s",
                 pending.join("; ")
             ));
-            self.cout.extend_from_slice(&warning);
+            self.to_client.extend_from_slice(&warning);
         }
     }
 

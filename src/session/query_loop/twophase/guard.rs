@@ -13,6 +13,7 @@ use super::super::{lock, Loop, CLEANUP_TIMEOUT};
 use crate::protocol::{
     self, bind_names, empty_message, parse_body, query_text, sqlstate, Frame, PgError, TxStatus,
 };
+use crate::session::machine::txn::Txn;
 use crate::session::relay::Expect;
 use crate::sql::scan::split_statements;
 
@@ -30,9 +31,6 @@ pub(in crate::session::query_loop) struct TxnGuard {
     /// The transaction-scoped SETs of the open one-shard transaction, sent after its BEGIN
     /// to each further shard it reaches.
     pub sets: Vec<String>,
-    /// The transaction was refused and rolled back everywhere: the client is in a failed
-    /// transaction block, answered by the proxy, until its COMMIT or ROLLBACK.
-    pub failed: bool,
     /// Refused in the middle of an extended-protocol batch: at the batch's ReadyForQuery,
     /// roll back everywhere and report 'E'.
     pub abort_at_ready: bool,
@@ -83,9 +81,9 @@ impl Loop<'_> {
 
     /// The shards the open transaction has a connection to.
     fn participants(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = self.rt.parked.iter().map(|(s, _)| *s).collect();
-        if self.server.is_some() && !self.rt.outside_txn && !v.contains(&self.rt.shard) {
-            v.push(self.rt.shard);
+        let mut v: Vec<usize> = self.routing.parked.iter().map(|(s, _)| *s).collect();
+        if self.server.is_some() && !self.txn.outside() && !v.contains(&self.routing.shard) {
+            v.push(self.routing.shard);
         }
         v
     }
@@ -96,13 +94,13 @@ impl Loop<'_> {
         &mut self,
         shard: usize,
     ) -> Result<(), PgError> {
-        if self.status == TxStatus::Failed {
+        if self.txn.status() == TxStatus::Failed {
             // The transaction failed on some shard: as in Postgres, nothing more runs in it
             // (the connection this needs may not know it failed); the block's end rolls back
             // every shard.
             return Err(aborted_transaction());
         }
-        if !self.rt.guard.pinned || !self.two_phase() {
+        if !self.routing.guard.pinned || !self.two_phase() {
             return Ok(());
         }
         let parts = self.participants();
@@ -125,7 +123,7 @@ impl Loop<'_> {
     fn bound_control(&self, body: &[u8]) -> Option<Control> {
         let (_, name, _) = bind_names(body)?;
         if name.is_empty() {
-            return self.rt.guard.unnamed;
+            return self.routing.guard.unnamed;
         }
         self.client.named.get(name).and_then(|s| control(s.query()))
     }
@@ -136,11 +134,11 @@ impl Loop<'_> {
         &mut self,
         frame: &Frame,
     ) -> Option<Step> {
+        if self.txn == Txn::Aborted {
+            return Some(self.answer_failed(frame));
+        }
         if !self.two_phase() {
             return None;
-        }
-        if self.rt.guard.failed {
-            return Some(self.answer_failed(frame));
         }
         let tag = frame.tag;
         let batch_start =
@@ -151,7 +149,7 @@ impl Loop<'_> {
             // statement is remembered for a later Bind).
             if let Some(p) = parse_body(frame.body()) {
                 if p.name.is_empty() {
-                    self.rt.guard.unnamed = control(p.query);
+                    self.routing.guard.unnamed = control(p.query);
                 }
             }
         }
@@ -168,8 +166,8 @@ impl Loop<'_> {
         } else if batch_start {
             self.batch_controls(frame)
         } else if mid_batch {
-            if self.rt.guard.checked > 0 {
-                self.rt.guard.checked -= 1;
+            if self.routing.guard.checked > 0 {
+                self.routing.guard.checked -= 1;
                 return None;
             }
             match tag {
@@ -186,7 +184,7 @@ impl Loop<'_> {
             if tag == b'Q' {
                 self.note_pins(&texts);
             } else if found.iter().any(|c| c.pins()) {
-                self.rt.guard.pinned = true;
+                self.routing.guard.pinned = true;
             }
             return None;
         }
@@ -195,7 +193,7 @@ impl Loop<'_> {
                 None => true,
                 Some(c) => c == Control::Set && transaction_scoped(s),
             });
-        if only_scoped_sets && self.status != TxStatus::Failed {
+        if only_scoped_sets && self.txn.status() != TxStatus::Failed {
             if self.server.is_some() && !self.relay.idle() {
                 return Some(Step::Hold);
             }
@@ -212,8 +210,8 @@ impl Loop<'_> {
     /// Outside a transaction: a Query that opens one (`BEGIN; SET ...`) may pin it already.
     fn note_pins_outside_txn(&mut self, frame: &Frame) {
         // `BEGIN; SET ...` in one Query pins the transaction it opens.
-        self.rt.guard.pinned = false;
-        self.rt.guard.sets.clear();
+        self.routing.guard.pinned = false;
+        self.routing.guard.sets.clear();
         if frame.tag == b'Q' {
             let stmts = split_statements(query_text(frame.body()));
             let begins = |s: &&str| {
@@ -240,9 +238,10 @@ impl Loop<'_> {
             let mut b = BytesMut::new();
             refusal(what).encode(&mut b);
             self.relay.push(Expect::Synthetic(b.freeze()));
-            self.relay.emit_synthetic(&mut self.cout, &mut self.events);
+            self.relay
+                .emit_synthetic(&mut self.to_client, &mut self.events);
             self.skip.errored_mid_batch();
-            self.rt.guard.abort_at_ready = true;
+            self.routing.guard.abort_at_ready = true;
             return Some(Step::Handled);
         }
         if self.server.is_some() && !self.relay.idle() {
@@ -261,9 +260,9 @@ impl Loop<'_> {
         for stmt in stmts {
             match control(stmt) {
                 Some(Control::Set) if transaction_scoped(stmt) => {
-                    self.rt.guard.sets.push((*stmt).to_string());
+                    self.routing.guard.sets.push((*stmt).to_string());
                 }
-                Some(c) if c.pins() => self.rt.guard.pinned = true,
+                Some(c) if c.pins() => self.routing.guard.pinned = true,
                 _ => {}
             }
         }
@@ -281,7 +280,7 @@ impl Loop<'_> {
             .collect();
         let sql = sets.join("; ");
         let mut failure = None;
-        for (shard, c) in self.rt.parked.iter_mut() {
+        for (shard, c) in self.routing.parked.iter_mut() {
             match tokio::time::timeout(CLEANUP_TIMEOUT, c.run(&sql)).await {
                 Ok(Ok(b'T')) => {}
                 Ok(Ok(_)) => failure = Some((*shard, "the transaction ended there".to_string())),
@@ -309,7 +308,7 @@ impl Loop<'_> {
                 .with_hint("SET LOCAL must be valid on every shard the transaction reaches"),
             ));
         }
-        self.rt.guard.sets.extend(sets);
+        self.routing.guard.sets.extend(sets);
         None
     }
 
@@ -317,7 +316,7 @@ impl Loop<'_> {
     /// settings it made so far.
     pub(in crate::session::query_loop) fn begin_sql(&self, begin: &str) -> String {
         let mut sql = begin.to_string();
-        for set in &self.rt.guard.sets {
+        for set in &self.routing.guard.sets {
             sql.push_str("; ");
             sql.push_str(set);
         }
@@ -325,9 +324,7 @@ impl Loop<'_> {
     }
 
     fn in_txn(&self) -> bool {
-        self.status != TxStatus::Idle
-            || self.rt.pending_begin.is_some()
-            || !self.rt.parked.is_empty()
+        self.txn.in_block() || !self.routing.parked.is_empty()
     }
 
     /// The control statements of an extended batch starting at `first` (as far as it has
@@ -335,7 +332,7 @@ impl Loop<'_> {
     fn batch_controls(&mut self, first: &Frame) -> (Vec<Control>, usize) {
         let mut found = Vec::new();
         let mut executes = 0;
-        let mut unnamed = self.rt.guard.unnamed;
+        let mut unnamed = self.routing.guard.unnamed;
         let mut seen = 0usize;
         let mut parsed: Vec<(String, Option<Control>)> = Vec::new();
         let mut visit = |tag: u8, body: &[u8]| -> bool {
@@ -368,23 +365,23 @@ impl Loop<'_> {
             true
         };
         let mut go = visit(first.tag, first.body());
-        for f in &self.rt.pending {
+        for f in &self.routing.pending {
             if !go {
                 break;
             }
             seen += 1;
             go = visit(f.tag, f.body());
         }
-        for (tag, body) in crate::protocol::whole_messages(&self.cin) {
+        for (tag, body) in crate::protocol::whole_messages(&self.from_client) {
             if !go {
                 break;
             }
             seen += 1;
             go = visit(tag, body);
         }
-        self.rt.guard.unnamed = unnamed;
+        self.routing.guard.unnamed = unnamed;
         // The Sync itself (if seen) is not checked again either way.
-        self.rt.guard.checked = seen;
+        self.routing.guard.checked = seen;
         (found, executes)
     }
 
@@ -392,7 +389,7 @@ impl Loop<'_> {
     /// failed transaction block without a server connection.
     pub(in crate::session::query_loop) async fn abort_everywhere(&mut self) {
         lock(&self.login.cancel_slot).clear();
-        for (_, mut c) in std::mem::take(&mut self.rt.parked) {
+        for (_, mut c) in std::mem::take(&mut self.routing.parked) {
             match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
                 Ok(Ok(b'I')) => {}
                 _ => c.broken = true,
@@ -417,31 +414,19 @@ impl Loop<'_> {
         self.server = None;
         self.relay.reset();
         self.unsynced = false;
-        self.rt.pending_begin = None;
-        self.rt.released();
-        self.status = TxStatus::Failed;
-        self.rt.guard.failed = true;
+        self.routing.released();
+        self.txn = Txn::Aborted;
     }
 
-    /// After a refusal in the middle of a batch, at its ReadyForQuery (the last one in
-    /// `self.cout[from..]`): the transaction fails everywhere and the client sees 'E'.
-    pub(in crate::session::query_loop) async fn abort_refused_batch(&mut self, from: usize) {
-        self.rt.guard.abort_at_ready = false;
-        let from = from.min(self.cout.len());
-        if let Some(at) = self.cout[from..]
-            .windows(5)
-            .rposition(|w| w == [b'Z', 0, 0, 0, 5])
-        {
-            let at = from + at + 5;
-            if at < self.cout.len() {
-                self.cout[at] = b'E';
-            }
-        }
+    /// After a refusal in the middle of a batch, at its ReadyForQuery: the transaction fails
+    /// everywhere (the client's ReadyForQuery then says `E`).
+    pub(in crate::session::query_loop) async fn abort_refused_batch(&mut self) {
+        self.routing.guard.abort_at_ready = false;
         self.abort_everywhere().await;
     }
 
     /// Answers a client message in a failed transaction block the proxy keeps (see
-    /// [`TxnGuard::failed`]): COMMIT and ROLLBACK end it (tag ROLLBACK), anything else gets
+    /// [`Txn::Aborted`]): COMMIT and ROLLBACK end it (tag ROLLBACK), anything else gets
     /// 25P02 like Postgres.
     fn answer_failed(&mut self, frame: &Frame) -> Step {
         let aborted = || {
@@ -456,14 +441,14 @@ impl Loop<'_> {
             b'Q' => {
                 let stmts = split_statements(query_text(frame.body()));
                 if stmts.len() == 1 && ends(control(stmts[0])) {
-                    protocol::command_complete(&mut self.cout, "ROLLBACK");
+                    protocol::command_complete(&mut self.to_client, "ROLLBACK");
                     self.end_failed();
                 } else if stmts.is_empty() {
-                    self.cout.extend_from_slice(&empty_message(b'I'));
+                    self.to_client.extend_from_slice(&empty_message(b'I'));
                 } else {
-                    aborted().encode(&mut self.cout);
+                    aborted().encode(&mut self.to_client);
                 }
-                protocol::ready_for_query(&mut self.cout, self.status);
+                protocol::ready_for_query(&mut self.to_client, self.txn.status());
                 Step::Handled
             }
             b'P' => {
@@ -475,12 +460,12 @@ impl Loop<'_> {
                     return Step::Refuse(aborted());
                 }
                 if p.name.is_empty() {
-                    self.rt.guard.unnamed = c;
+                    self.routing.guard.unnamed = c;
                 } else {
                     let stmt = self.state.statements.get_or_insert(p.rest);
                     self.client.named.insert(p.name.to_string(), stmt);
                 }
-                self.cout.extend_from_slice(&empty_message(b'1'));
+                self.to_client.extend_from_slice(&empty_message(b'1'));
                 Step::Handled
             }
             b'B' => {
@@ -488,32 +473,32 @@ impl Loop<'_> {
                 if !ends(c) {
                     return Step::Refuse(aborted());
                 }
-                self.rt.guard.portal = c;
-                self.cout.extend_from_slice(&empty_message(b'2'));
+                self.routing.guard.portal = c;
+                self.to_client.extend_from_slice(&empty_message(b'2'));
                 Step::Handled
             }
             b'D' => {
                 if frame.body().first() == Some(&b'S') {
                     // ParameterDescription with no parameters.
-                    self.cout.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
+                    self.to_client.extend_from_slice(&[b't', 0, 0, 0, 6, 0, 0]);
                 }
-                self.cout.extend_from_slice(&empty_message(b'n'));
+                self.to_client.extend_from_slice(&empty_message(b'n'));
                 Step::Handled
             }
             b'E' => {
-                if !ends(self.rt.guard.portal.take()) {
+                if !ends(self.routing.guard.portal.take()) {
                     return Step::Refuse(aborted());
                 }
-                protocol::command_complete(&mut self.cout, "ROLLBACK");
+                protocol::command_complete(&mut self.to_client, "ROLLBACK");
                 self.end_failed();
                 Step::Handled
             }
             b'C' => {
-                self.cout.extend_from_slice(&empty_message(b'3'));
+                self.to_client.extend_from_slice(&empty_message(b'3'));
                 Step::Handled
             }
             b'S' => {
-                protocol::ready_for_query(&mut self.cout, self.status);
+                protocol::ready_for_query(&mut self.to_client, self.txn.status());
                 Step::Handled
             }
             b'F' => Step::Refuse(aborted()),
@@ -522,8 +507,8 @@ impl Loop<'_> {
     }
 
     fn end_failed(&mut self) {
-        self.rt.guard = Default::default();
-        self.status = TxStatus::Idle;
+        self.routing.guard = Default::default();
+        self.txn = Txn::Idle;
     }
 }
 
