@@ -53,8 +53,22 @@ impl PgError {
         self
     }
 
-    /// Appends the ErrorResponse to `buf`.
+    /// Whose fault it is and whether a retry is safe (from its SQLSTATE).
+    pub fn class(&self) -> super::ErrorClass {
+        super::ErrorClass::of(self.code)
+    }
+
+    /// Appends the ErrorResponse to `buf`: the one place a proxy-made error becomes bytes
+    /// (and is counted in the log with its class).
     pub fn encode(&self, buf: &mut BytesMut) {
+        let class = self.class();
+        tracing::debug!(
+            code = self.code,
+            severity = self.severity,
+            fault = class.fault.name(),
+            retry_safe = class.retry_safe,
+            "proxy error answered"
+        );
         let mut fields = vec![
             (b'S', self.severity.to_string()),
             (b'V', self.severity.to_string()),

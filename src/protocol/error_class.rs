@@ -1,0 +1,144 @@
+//! Whose fault an error is and whether trying again is safe, from its SQLSTATE: one table
+//! for every error the proxy makes or relays (logs, the admin console and metrics read it).
+//!
+//! "Retry safe" means the error itself says the statement did not take effect and the same
+//! statement may succeed later (serialization failures, deadlocks, no connection yet, the
+//! server shutting down). An error that leaves the outcome unknown (a connection lost after
+//! the statement was sent, `transaction_resolution_unknown`) is never retry safe.
+
+use super::sqlstate;
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// The client's statement or input (syntax, constraints, permissions, bad messages).
+    Client,
+    /// A server (or its state: shutdown, resources, conflicts with other sessions).
+    Server,
+    /// The proxy: what it cannot do exactly (0A000 refusals) and its own failures.
+    Proxy,
+}
+
+impl Fault {
+    /// Lowercase name, for logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Server => "server",
+            Fault::Proxy => "proxy",
+        }
+    }
+}
+
+/// What an error means for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass {
+    /// Who caused it.
+    pub fault: Fault,
+    /// The statement did not take effect and may succeed if sent again.
+    pub retry_safe: bool,
+}
+
+impl ErrorClass {
+    /// The class of a SQLSTATE (`code`, five characters; anything else is the client's
+    /// and not retry safe).
+    pub fn of(code: &str) -> ErrorClass {
+        use Fault::{Client, Proxy, Server};
+        let (fault, retry_safe) = match code {
+            // Exact codes first.
+            sqlstate::PROTOCOL_VIOLATION => (Client, false),
+            sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION
+            | sqlstate::SQLSERVER_REJECTED_ESTABLISHMENT_OF_SQLCONNECTION => (Server, true),
+            sqlstate::TRANSACTION_RESOLUTION_UNKNOWN => (Server, false),
+            sqlstate::T_R_SERIALIZATION_FAILURE | sqlstate::T_R_DEADLOCK_DETECTED => (Server, true),
+            sqlstate::T_R_INTEGRITY_CONSTRAINT_VIOLATION => (Client, false),
+            sqlstate::QUERY_CANCELED => (Client, false),
+            sqlstate::ADMIN_SHUTDOWN | sqlstate::CRASH_SHUTDOWN | sqlstate::CANNOT_CONNECT_NOW => {
+                (Server, true)
+            }
+            sqlstate::LOCK_NOT_AVAILABLE => (Server, true),
+            sqlstate::SNAPSHOT_TOO_OLD => (Server, true),
+            sqlstate::FEATURE_NOT_SUPPORTED | sqlstate::INTERNAL_ERROR => (Proxy, false),
+            _ => match code.get(..2).unwrap_or("") {
+                // Connection exceptions other than the above: the outcome is unknown.
+                "08" => (Server, false),
+                // Transaction rollback (the rest), resources, operator intervention, object
+                // state, system errors, configuration, foreign servers, corruption.
+                "40" | "53" | "55" | "57" | "58" | "F0" | "HV" | "XX" => {
+                    (Server, code.starts_with("53"))
+                }
+                _ => (Client, false),
+            },
+        };
+        ErrorClass { fault, retry_safe }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let cases = [
+            (sqlstate::SYNTAX_ERROR, Fault::Client, false),
+            (sqlstate::UNIQUE_VIOLATION, Fault::Client, false),
+            (sqlstate::INVALID_PASSWORD, Fault::Client, false),
+            (sqlstate::IN_FAILED_TRANSACTION, Fault::Client, false),
+            (sqlstate::PROTOCOL_VIOLATION, Fault::Client, false),
+            (sqlstate::QUERY_CANCELED, Fault::Client, false),
+            (sqlstate::PROGRAM_LIMIT_EXCEEDED, Fault::Client, false),
+            (sqlstate::T_R_SERIALIZATION_FAILURE, Fault::Server, true),
+            (sqlstate::T_R_DEADLOCK_DETECTED, Fault::Server, true),
+            (
+                sqlstate::T_R_STATEMENT_COMPLETION_UNKNOWN,
+                Fault::Server,
+                false,
+            ),
+            (sqlstate::CANNOT_CONNECT, Fault::Server, true),
+            (sqlstate::CONNECTION_FAILURE, Fault::Server, false),
+            (
+                sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+                Fault::Server,
+                false,
+            ),
+            (sqlstate::TOO_MANY_CONNECTIONS, Fault::Server, true),
+            (sqlstate::ADMIN_SHUTDOWN, Fault::Server, true),
+            (sqlstate::LOCK_NOT_AVAILABLE, Fault::Server, true),
+            (sqlstate::DISK_FULL, Fault::Server, true),
+            (sqlstate::DATA_CORRUPTED, Fault::Server, false),
+            (sqlstate::FEATURE_NOT_SUPPORTED, Fault::Proxy, false),
+            (sqlstate::INTERNAL_ERROR, Fault::Proxy, false),
+            ("", Fault::Client, false),
+            ("0", Fault::Client, false),
+        ];
+        for (code, fault, retry_safe) in cases {
+            assert_eq!(
+                ErrorClass::of(code),
+                ErrorClass { fault, retry_safe },
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_outcome_unknown_error_is_retry_safe() {
+        // Every connection exception but "never connected" leaves the outcome unknown.
+        for code in [
+            sqlstate::CONNECTION_EXCEPTION,
+            sqlstate::CONNECTION_DOES_NOT_EXIST,
+            sqlstate::CONNECTION_FAILURE,
+            sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+            sqlstate::T_R_STATEMENT_COMPLETION_UNKNOWN,
+        ] {
+            assert!(!ErrorClass::of(code).retry_safe, "{code}");
+        }
+    }
+
+    #[test]
+    fn any_text_is_classified_without_panicking() {
+        for code in ["é", "ééé", "08", "XX", "\u{0}\u{0}\u{0}\u{0}\u{0}", "4000"] {
+            let _ = ErrorClass::of(code);
+        }
+    }
+}
