@@ -164,6 +164,16 @@ impl Relay {
         self.copy_in = false;
     }
 
+    /// `process` has something to do without more server input: a made-up response is at
+    /// the front of the queue.
+    pub fn synthetic_due(&self) -> bool {
+        self.remaining == 0
+            && matches!(
+                self.queue.front(),
+                Some(Expect::Synthetic(_) | Expect::SyntheticReady(..))
+            )
+    }
+
     /// Drops all state (the server connection is gone).
     pub fn reset(&mut self) {
         *self = Relay::default();

@@ -55,7 +55,8 @@ impl Loop<'_> {
             }
             self.events = events;
             self.events.clear();
-            if !ready {
+            let more = self.server.as_deref().is_some_and(|c| !c.inbuf.is_empty());
+            if !ready || !(more || self.relay.synthetic_due()) {
                 break;
             }
         }
