@@ -13,6 +13,7 @@
 //! `SHARDGATE_FUZZ_CASES=10000000 cargo test --profile fuzz --lib fuzz_tests -- --test-threads=2`.
 
 mod alloc;
+mod copy_in;
 mod machine;
 mod pipeline;
 mod protocol;

@@ -199,7 +199,7 @@ fn fuzz_hints() {
     });
 }
 
-fn shard_map() -> ShardMap {
+pub(super) fn shard_map() -> ShardMap {
     let c = Config::parse(
         r#"
 [[users]]
@@ -221,7 +221,7 @@ primary = "127.0.0.1:2"
 }
 
 /// COPY data: rows of fields with quotes, escapes, delimiters and newlines in odd places.
-fn copy_data() -> impl Strategy<Value = Vec<u8>> + Clone {
+pub(super) fn copy_data() -> impl Strategy<Value = Vec<u8>> + Clone {
     let piece = prop_oneof![
         proptest::sample::select(vec![
             "\t", ",", "\n", "\r\n", "\"", "\"\"", "\\", "\\N", "\\.", "\\\n", "\\t", "\\x41",

@@ -4,7 +4,8 @@
 //!
 //! - [`fan_out_read`]: a read statement streamed from several shards through the merge;
 //!   [`framing`] frames its answer for the extended protocol.
-//! - [`copy_out`]: `COPY ... TO STDOUT` streamed from several shards.
+//! - [`copy_out`]: `COPY ... TO STDOUT` streamed from several shards; [`copy_in`]:
+//!   `COPY ... FROM STDIN` split by key over several shards while the client sends.
 //! - [`pipeline`]: an extended-protocol batch whose statements go to different shards, each
 //!   statement on its own shard, answered in the client's order.
 //! - [`sum_writes`]: a write or schema change on several shards, answered as one (counts
@@ -18,6 +19,7 @@
 //! - [`leave`]: what becomes of the held connection when a session ends.
 //! - [`txn`]: the client's transaction as one value (deferred BEGIN, open, failed, aborted).
 
+pub mod copy_in;
 pub mod copy_out;
 pub mod fan_out_read;
 pub mod framing;

@@ -53,6 +53,26 @@ pub trait ShardStream {
     /// answer is the cancel error (also when a shard finishes before the cancel reaches it:
     /// messages have been dropped). Nothing changes once the statement has failed.
     fn on_cancel_requested(&mut self) -> Step;
+    /// The statement is over: every shard answered (and, for a statement that reads the
+    /// client, the client sent all it sends).
+    fn finished(&self) -> bool {
+        self.progress().is_done()
+    }
+    /// Whether the driver should pass the client's next message (COPY FROM STDIN data).
+    fn wants_client(&self) -> bool {
+        false
+    }
+    /// Takes the client's message `frame` (only while [`ShardStream::wants_client`]).
+    fn on_client(&mut self, _frame: Frame, _out: &mut BytesMut) -> Step {
+        Step::Continue
+    }
+    /// The client's next message cannot be framed (`e`): nothing more of the client's is
+    /// passed.
+    fn on_client_garbled(&mut self, _e: PgError, _out: &mut BytesMut) -> Step {
+        Step::Continue
+    }
+    /// Appends what the machine has for each shard (in connection order) to `to_shards`.
+    fn take_outgoing(&mut self, _to_shards: &mut [BytesMut]) {}
 }
 
 /// Where each shard of a statement is, and its first error.

@@ -15,11 +15,15 @@ use tokio::task::JoinHandle;
 use super::routing::Want;
 use super::{reserve, Loop, BUF_CAP, CLEANUP_TIMEOUT};
 use crate::pool::Checkout;
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::{split_frame, sqlstate, PgError};
 use crate::session::handshake::cancel_all;
 use crate::session::machine::fan_out_read::FanOutRead;
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
 use crate::sql::analyze::fanout::FanOutQuery;
+
+/// Bytes waiting to go to one shard above which the client's messages are not taken (a slow
+/// shard slows the client's COPY; the proxy does not buffer it).
+const SHARD_BACKLOG: usize = 256 * 1024;
 
 /// Why the driver stopped before every shard answered.
 enum Stop {
@@ -42,7 +46,7 @@ enum ShardIo {
 async fn shard_io(
     conns: &mut [Checkout],
     readable: &[bool],
-    outgoing: &[Bytes],
+    outgoing: &[BytesMut],
     start: usize,
 ) -> ShardIo {
     let n = conns.len();
@@ -122,7 +126,7 @@ impl Loop<'_> {
         shards: &[usize],
         mut conns: Vec<Checkout>,
         in_txn: bool,
-        mut outgoing: Vec<Bytes>,
+        outgoing: Vec<Bytes>,
         mut machine: M,
         ends_in_txn: bool,
         texts: &[&str],
@@ -134,6 +138,7 @@ impl Loop<'_> {
         });
         self.cancel_to(&conns);
         let mut cancel = None;
+        let mut outgoing: Vec<BytesMut> = outgoing.into_iter().map(BytesMut::from).collect();
         let driven = self
             .drive(&mut machine, &mut conns, &mut outgoing, &mut cancel)
             .await;
@@ -210,13 +215,44 @@ impl Loop<'_> {
         }
     }
 
+    /// Passes `machine` the client's messages already read while it wants them and no shard
+    /// has more than [`SHARD_BACKLOG`] bytes waiting to go out. Returns whether the machine
+    /// waits for more of the client's input (it wants the client and there is room).
+    fn take_client<M: ShardStream>(
+        &mut self,
+        machine: &mut M,
+        conns: &mut [Checkout],
+        outgoing: &mut [BytesMut],
+        cancel: &mut Option<JoinHandle<()>>,
+    ) -> bool {
+        let max = self.state.config.proxy.max_message_size;
+        loop {
+            if !machine.wants_client() {
+                return false;
+            }
+            machine.take_outgoing(outgoing);
+            if outgoing.iter().any(|o| o.len() >= SHARD_BACKLOG) {
+                return false;
+            }
+            let step = match split_frame(&mut self.from_client, max) {
+                Ok(Some(f)) => machine.on_client(f, &mut self.to_client),
+                Ok(None) => return true,
+                Err(e) => machine.on_client_garbled(
+                    PgError::error(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                    &mut self.to_client,
+                ),
+            };
+            react(step, 0, machine, conns, cancel);
+        }
+    }
+
     /// Moves messages from the shards through `machine` to the client until every shard is at
     /// ReadyForQuery.
     async fn drive<M: ShardStream>(
         &mut self,
         machine: &mut M,
         conns: &mut [Checkout],
-        outgoing: &mut [Bytes],
+        outgoing: &mut [BytesMut],
         cancel: &mut Option<JoinHandle<()>>,
     ) -> Result<(), Stop> {
         let mut start = 0;
@@ -234,7 +270,9 @@ impl Loop<'_> {
                 react(step, 0, machine, conns, cancel);
             }
             self.take_buffered(machine, conns, cancel);
-            if machine.progress().is_done() {
+            let client_room = self.take_client(machine, conns, outgoing, cancel);
+            machine.take_outgoing(outgoing);
+            if machine.finished() {
                 return Ok(());
             }
             if self.try_flush().is_err() {
@@ -245,13 +283,19 @@ impl Loop<'_> {
                 *r = room && machine.wants(i) && !conns[i].has_buffered_frame();
             }
             let any = readable.iter().any(|r| *r) || outgoing.iter().any(|o| !o.is_empty());
-            if !any && self.to_client.is_empty() {
+            // The client is read for its pipelined messages while they fit, and, while the
+            // machine takes its messages, for the rest of the one partly read.
+            let read_client = self.from_client.len() < BUF_CAP || client_room;
+            if client_room {
+                reserve(&mut self.from_client);
+            }
+            if !any && !client_room && self.to_client.is_empty() {
                 // No shard is wanted and nothing is owed to the client: a machine that can
                 // no longer move (the select below would wait only for the client).
                 return Err(Stop::Stalled);
             }
             tokio::select! {
-                r = self.client_reader.read_buf(&mut self.from_client), if self.from_client.len() < BUF_CAP => {
+                r = self.client_reader.read_buf(&mut self.from_client), if read_client => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return Err(Stop::ClientGone);
                     }
@@ -269,6 +313,10 @@ impl Loop<'_> {
                         ShardIo::Wrote(i, r) => {
                             if let Ok(n) = r {
                                 bytes::Buf::advance(&mut outgoing[i], n);
+                                if outgoing[i].is_empty() {
+                                    // Written out: reuse the buffer from its start.
+                                    outgoing[i].clear();
+                                }
                             }
                             (i, r)
                         }
