@@ -367,3 +367,50 @@ async fn read_cut_off_mid_answer_is_retried_without_a_trace() {
     let row = String::from_utf8_lossy(&msgs[2].1).into_owned();
     assert!(row.ends_with(&primary.to_string()), "{row}");
 }
+
+/// A read the replica refuses with an error that says the statement did not take effect and
+/// another server need not give (the hot-standby conflict, `40001` "canceling statement due
+/// to conflict with recovery", raised here by a function only on a server in recovery) is
+/// run again on the primary, unseen by the client (simple and extended protocol); the
+/// replica is not banned for it. The same error on the primary is the client's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_replica_refuses_with_a_retry_safe_error_runs_on_the_primary() {
+    let (primary, replica_port) = ports();
+    cluster()
+        .psql(
+            "app",
+            "CREATE OR REPLACE FUNCTION standby_conflict(always boolean DEFAULT false) \
+             RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+             IF always OR pg_is_in_recovery() THEN RAISE EXCEPTION \
+             'canceling statement due to conflict with recovery' \
+             USING ERRCODE = 'serialization_failure'; END IF; \
+             RETURN inet_server_port(); END $$; \
+             GRANT EXECUTE ON FUNCTION standby_conflict(boolean) TO app",
+        )
+        .unwrap();
+    assert!(wait_psql(
+        replica(),
+        "SELECT count(*) FROM pg_proc WHERE proname = 'standby_conflict'",
+        "1",
+        Duration::from_secs(30)
+    ));
+    // On the replica itself the read fails.
+    assert!(replica().psql("app", "SELECT standby_conflict()").is_err());
+    let p = proxy("");
+    let c = p.app("app").await;
+    assert_eq!(port_of(&c, "SELECT inet_server_port()").await, replica_port);
+    for _ in 0..3 {
+        assert_eq!(port_of(&c, "SELECT standby_conflict()").await, primary);
+        let row = c.query_one("SELECT standby_conflict()", &[]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), primary);
+        // The replica still gets reads.
+        assert_eq!(port_of(&c, "SELECT inet_server_port()").await, replica_port);
+    }
+    // The primary's own 40001 is the answer.
+    let e = c
+        .simple_query("SELECT standby_conflict(true)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("40001"));
+    c.simple_query("SELECT 1").await.unwrap();
+}

@@ -3,6 +3,7 @@
 //! input is held back (until the answer is complete, so a failure can still be hidden),
 //! and what a retry replays on which servers it avoids.
 
+use crate::protocol::error_class::{ErrorClass, Fault};
 use crate::protocol::{error_fields, error_severity, parse_body, Frame};
 
 /// A read is retried on at most this many other servers.
@@ -21,6 +22,11 @@ pub enum ReadHold {
     Wait,
     /// The server said goodbye before answering in full: retry elsewhere.
     Dying,
+    /// A replica refused the read for a reason of its own that another server need not
+    /// share (an error of the server's that says the statement did not take effect, see
+    /// [`ErrorClass`]: above all the hot-standby conflict, `40001` "canceling statement due
+    /// to conflict with recovery"): retry elsewhere, without banning the replica.
+    Refused,
 }
 
 /// The retry state of one client's current server connection.
@@ -106,12 +112,13 @@ impl ReadRetry {
 /// client yet: only once the answer is complete (up to [`HOLD_BYTES`]), so that a server
 /// dying mid-answer (a notice already sent, or rows without their ReadyForQuery) never shows
 /// on the client. `owed_ready`: ReadyForQuery messages the server still owes (after a Flush
-/// without one the client waits for what has come so far).
-pub fn hold(buf: &[u8], owed_ready: usize) -> ReadHold {
+/// without one the client waits for what has come so far). `on_replica`: the server is a
+/// replica, whose retry-safe errors are retried elsewhere ([`ReadHold::Refused`]).
+pub fn hold(buf: &[u8], owed_ready: usize, on_replica: bool) -> ReadHold {
     if buf.is_empty() {
         return ReadHold::Go;
     }
-    match scan_answer(buf) {
+    match scan_answer(buf, on_replica) {
         Some(h) => h,
         None if buf.len() < HOLD_BYTES && owed_ready > 0 => ReadHold::Wait,
         None => ReadHold::Go,
@@ -121,14 +128,16 @@ pub fn hold(buf: &[u8], owed_ready: usize) -> ReadHold {
 /// Looks through the complete messages of `buf` (from a message boundary) for the end of an
 /// answer or a server's goodbye: an ErrorResponse of severity FATAL or PANIC, or the
 /// NoticeResponse with SQLSTATE class 57P (operator intervention) that Postgres sends when it
-/// is shut down or crashes (`WARNING_CLIENT_ONLY`).
-fn scan_answer(buf: &[u8]) -> Option<ReadHold> {
+/// is shut down or crashes (`WARNING_CLIENT_ONLY`); on a replica, also an ERROR another
+/// server may not give.
+fn scan_answer(buf: &[u8], on_replica: bool) -> Option<ReadHold> {
     let mut messages = crate::protocol::whole_messages(buf);
     for (tag, body) in messages.by_ref() {
         match tag {
             b'E' if matches!(error_severity(body), "FATAL" | "PANIC") => {
                 return Some(ReadHold::Dying)
             }
+            b'E' if on_replica && refused_by_server(body) => return Some(ReadHold::Refused),
             b'N' if error_fields(body).0.starts_with("57P") => return Some(ReadHold::Dying),
             // The end of an answer, or the server waits for the client (COPY).
             b'Z' | b'G' | b'W' => return Some(ReadHold::Go),
@@ -137,6 +146,13 @@ fn scan_answer(buf: &[u8]) -> Option<ReadHold> {
     }
     // A bad length: forward, and the relay reports it.
     messages.malformed().then_some(ReadHold::Go)
+}
+
+/// Whether ErrorResponse `body` is the server's fault and says the statement did not take
+/// effect (so running it on another server is safe and may succeed).
+fn refused_by_server(body: &[u8]) -> bool {
+    let class = ErrorClass::of(&error_fields(body).0);
+    class.fault == Fault::Server && class.retry_safe
 }
 
 #[cfg(test)]

@@ -138,19 +138,23 @@ fn retries_are_bounded_and_remembered_until_release() {
 #[test]
 fn an_incomplete_answer_is_held_while_a_ready_is_owed() {
     let a = answer();
-    assert_eq!(hold(&a, 1), ReadHold::Wait);
-    assert_eq!(hold(&a[..7], 1), ReadHold::Wait, "a message cut short");
+    assert_eq!(hold(&a, 1, false), ReadHold::Wait);
     assert_eq!(
-        hold(&a, 0),
+        hold(&a[..7], 1, false),
+        ReadHold::Wait,
+        "a message cut short"
+    );
+    assert_eq!(
+        hold(&a, 0, false),
         ReadHold::Go,
         "after a Flush the client waits for it"
     );
-    assert_eq!(hold(b"", 1), ReadHold::Go, "nothing to hold");
+    assert_eq!(hold(b"", 1, false), ReadHold::Go, "nothing to hold");
 }
 
 #[test]
 fn a_complete_answer_goes() {
-    assert_eq!(hold(&ready(answer()), 1), ReadHold::Go);
+    assert_eq!(hold(&ready(answer()), 1, false), ReadHold::Go);
 }
 
 #[test]
@@ -160,7 +164,7 @@ fn a_large_answer_goes_before_its_end() {
         protocol::command_complete(&mut big, "SELECT 1");
     }
     assert_eq!(
-        hold(&big, 1),
+        hold(&big, 1, false),
         ReadHold::Go,
         "held only up to {HOLD_BYTES} bytes"
     );
@@ -173,35 +177,35 @@ fn ordinary_notices_and_errors_keep_waiting() {
     let mut e = BytesMut::new();
     PgError::error("42601", "syntax").encode(&mut e);
     v.extend_from_slice(&e);
-    assert_eq!(hold(&v, 1), ReadHold::Wait);
+    assert_eq!(hold(&v, 1, false), ReadHold::Wait);
 }
 
 #[test]
 fn a_shutdown_notice_or_a_fatal_error_is_a_goodbye() {
     let mut v = answer().to_vec();
     v.extend(notice("57P01"));
-    assert_eq!(hold(&v, 1), ReadHold::Dying);
+    assert_eq!(hold(&v, 1, false), ReadHold::Dying);
     for severity in ["FATAL", "PANIC"] {
         let mut e = PgError::fatal("57P01", "bye");
         e.severity = severity;
         let mut b = answer();
         e.encode(&mut b);
-        assert_eq!(hold(&b, 1), ReadHold::Dying, "{severity}");
+        assert_eq!(hold(&b, 1, false), ReadHold::Dying, "{severity}");
     }
 }
 
 #[test]
 fn copy_waiting_for_the_client_goes() {
-    assert_eq!(hold(b"G\0\0\0\x07\0\0\0", 1), ReadHold::Go);
-    assert_eq!(hold(b"W\0\0\0\x07\0\0\0", 1), ReadHold::Go);
+    assert_eq!(hold(b"G\0\0\0\x07\0\0\0", 1, false), ReadHold::Go);
+    assert_eq!(hold(b"W\0\0\0\x07\0\0\0", 1, false), ReadHold::Go);
 }
 
 #[test]
 fn a_bad_length_goes_so_the_relay_reports_it() {
-    assert_eq!(hold(b"X\0\0\0\x02", 1), ReadHold::Go);
+    assert_eq!(hold(b"X\0\0\0\x02", 1, false), ReadHold::Go);
     let mut v = answer().to_vec();
     v.extend_from_slice(b"T\xff\xff\xff\xff");
-    assert_eq!(hold(&v, 1), ReadHold::Go);
+    assert_eq!(hold(&v, 1, false), ReadHold::Go);
 }
 
 #[test]
@@ -211,7 +215,43 @@ fn hold_never_panics_on_any_prefix() {
     let all = Bytes::from(v);
     for end in 0..=all.len() {
         for start in 0..end.min(8) {
-            let _ = hold(&all[start..end], 1);
+            let _ = hold(&all[start..end], 1, false);
+        }
+    }
+}
+
+#[test]
+fn a_replicas_retry_safe_error_is_retried_elsewhere() {
+    let cases = [
+        // The hot-standby conflict, and the other rollbacks a replica may give.
+        ("40001", true, ReadHold::Refused),
+        ("40P01", true, ReadHold::Refused),
+        ("53200", true, ReadHold::Refused),
+        // The same errors on the primary are the client's answer.
+        ("40001", false, ReadHold::Wait),
+        // The client's own errors, and errors that leave the outcome unknown, are answers.
+        ("42601", true, ReadHold::Wait),
+        ("23505", true, ReadHold::Wait),
+        ("57014", true, ReadHold::Wait),
+        ("40003", true, ReadHold::Wait),
+        ("XX000", true, ReadHold::Wait),
+    ];
+    for (code, on_replica, want) in cases {
+        let mut v = answer().to_vec();
+        let mut e = BytesMut::new();
+        PgError::error(code, "x").encode(&mut e);
+        v.extend_from_slice(&e);
+        assert_eq!(
+            hold(&v, 1, on_replica),
+            want,
+            "{code} on_replica={on_replica}"
+        );
+        // Also once its ReadyForQuery has come.
+        if want == ReadHold::Refused {
+            assert_eq!(
+                hold(&ready(BytesMut::from(&v[..])), 1, true),
+                ReadHold::Refused
+            );
         }
     }
 }

@@ -24,6 +24,10 @@ impl Loop<'_> {
             ReadHold::Go => {}
             ReadHold::Wait => return None,
             ReadHold::Dying => return self.lost("server terminated the connection"),
+            ReadHold::Refused => {
+                return self
+                    .retry_elsewhere("the replica refused the read (retry-safe error)", false)
+            }
         }
         // The server's own status after the last ReadyForQuery of this input (the client may
         // be shown another one, see `on_ready`).

@@ -14,6 +14,17 @@ impl Loop<'_> {
     /// The server connection failed: retry the read elsewhere if nothing reached the client
     /// yet (returns None), else tell the client and close.
     pub(in crate::session::query_loop) fn lost(&mut self, what: &str) -> Option<End> {
+        self.retry_elsewhere(what, true)
+    }
+
+    /// The current server failed the read (`ban`: it is banned as well, else only avoided
+    /// by this read): retry it elsewhere if nothing reached the client yet (returns None),
+    /// else tell the client and close. The connection is closed, whatever it was doing.
+    pub(in crate::session::query_loop) fn retry_elsewhere(
+        &mut self,
+        what: &str,
+        ban: bool,
+    ) -> Option<End> {
         if !self.can_retry() {
             return Some(self.server_lost(what));
         }
@@ -25,7 +36,7 @@ impl Loop<'_> {
         drop(conn);
         let ban_ms = self.state.config.routing.ban_time_ms;
         for pool in self.login.shards.iter().flat_map(|s| s.servers.iter()) {
-            if pool.addr() == addr {
+            if ban && pool.addr() == addr {
                 pool.health.ban(ban_ms, what);
             }
         }
@@ -54,6 +65,6 @@ impl Loop<'_> {
         };
         let skip = self.relay.mid_message();
         let buf = conn.inbuf.get(skip..).unwrap_or_default();
-        hold(buf, self.relay.owed_ready())
+        hold(buf, self.relay.owed_ready(), !self.routing.on_primary)
     }
 }
