@@ -508,22 +508,11 @@ pub(crate) fn auth_request(body: &[u8]) -> Option<(i32, &[u8])> {
 /// The values of a DataRow body as text (NULL as ""); a malformed row yields the values
 /// before the damage.
 pub(crate) fn data_row_texts(body: &[u8]) -> Vec<String> {
-    let mut row = Vec::new();
-    let Some((n, mut rest)) = body.split_first_chunk::<2>() else {
-        return row;
+    let Ok((_, values)) = crate::protocol::DataRowValues::new(body) else {
+        return Vec::new();
     };
-    for _ in 0..u16::from_be_bytes(*n) {
-        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
-            break;
-        };
-        rest = tail;
-        let Ok(len) = usize::try_from(i32::from_be_bytes(*len)) else {
-            row.push(String::new());
-            continue;
-        };
-        let (value, tail) = rest.split_at(len.min(rest.len()));
-        row.push(String::from_utf8_lossy(value).into_owned());
-        rest = tail;
-    }
-    row
+    values
+        .map_while(Result::ok)
+        .map(|v| String::from_utf8_lossy(v.unwrap_or_default()).into_owned())
+        .collect()
 }

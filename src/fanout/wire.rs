@@ -7,7 +7,7 @@ use pgwire::messages::data::{DataRow, FieldDescription, RowDescription as PgRowD
 use pgwire::messages::response::CommandComplete;
 use pgwire::messages::Message;
 
-use crate::protocol::cstr;
+use crate::protocol::{cstr, DataRowError, DataRowValues};
 
 /// Format code of a text-format column.
 pub const FORMAT_TEXT: i16 = 0;
@@ -148,33 +148,16 @@ impl RowDescription {
 /// buffer.
 pub fn parse_data_row(msg: &Bytes, columns: usize) -> Result<Vec<Option<Bytes>>, &'static str> {
     let b = body(msg, b'D')?;
-    let mut at = msg.len() - b.len();
-    let mut b = b;
-    let n = i16::from_be_bytes(take::<2>(&mut b).ok_or("truncated DataRow")?);
-    at += 2;
-    if usize::try_from(n).ok() != Some(columns) {
+    let (n, mut values) = DataRowValues::new(b).map_err(DataRowError::as_str)?;
+    if n != columns {
         return Err("DataRow column count differs from RowDescription");
     }
-    let mut values = Vec::with_capacity(columns.min(b.len() / 4));
-    for _ in 0..columns {
-        let len = i32::from_be_bytes(take::<4>(&mut b).ok_or("truncated DataRow")?);
-        at += 4;
-        if len == -1 {
-            values.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).map_err(|_| "negative DataRow value length")?;
-        if len > b.len() {
-            return Err("DataRow value runs past the message end");
-        }
-        values.push(Some(msg.slice(at..at + len)));
-        b = &b[len..];
-        at += len;
+    let mut out = Vec::with_capacity(columns.min(b.len() / 4));
+    for v in values.by_ref() {
+        out.push(v.map_err(DataRowError::as_str)?.map(|v| msg.slice_ref(v)));
     }
-    if !b.is_empty() {
-        return Err("trailing bytes after DataRow values");
-    }
-    Ok(values)
+    values.finish().map_err(DataRowError::as_str)?;
+    Ok(out)
 }
 
 /// Appends a DataRow built from `values` (`None` = NULL) to `buf`.

@@ -4,6 +4,7 @@
 //! messages the proxy forwards are never re-encoded, only their tag and length are read.
 
 mod bind;
+mod data_row;
 pub mod error_class;
 mod extended;
 mod frame;
@@ -13,6 +14,7 @@ mod startup;
 mod status;
 
 pub use bind::Params;
+pub use data_row::{DataRowError, DataRowValues};
 pub use error_class::{ErrorClass, Fault};
 pub use extended::{
     bind_names, empty_message, encode_parse, encode_target, param_oids, parse_body, rename_bind,

@@ -9,6 +9,7 @@ use bytes::BytesMut;
 
 use super::routing::Want;
 use super::Loop;
+use crate::backend::BackendError;
 use crate::config::KeyType;
 use crate::pool::Checkout;
 use crate::protocol::{sqlstate, PgError};
@@ -54,20 +55,17 @@ async fn table_columns(conn: &mut Checkout, table: &str) -> Vec<String> {
          AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         crate::sql::scan::dollar_quote(table)
     );
-    let mut b = BytesMut::new();
-    let _ = postgres_protocol::message::frontend::query(&q, &mut b);
-    match conn.exchange(&b).await {
-        Ok((frames, _)) => frames
-            .iter()
-            .filter(|f| f.tag == b'D')
-            .filter_map(|f| {
-                let b = f.body();
-                let len = i32::from_be_bytes([*b.get(2)?, *b.get(3)?, *b.get(4)?, *b.get(5)?]);
-                let v = b.get(6..6 + usize::try_from(len).ok()?)?;
-                Some(String::from_utf8_lossy(v).into_owned())
-            })
+    match conn.query_rows(&q).await {
+        Ok((rows, _)) => rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
             .collect(),
-        Err(_) => Vec::new(),
+        Err(BackendError::Server { .. }) => Vec::new(),
+        Err(_) => {
+            // The connection's state is unknown.
+            conn.broken = true;
+            Vec::new()
+        }
     }
 }
 
