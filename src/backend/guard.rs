@@ -37,8 +37,7 @@ impl AuthWatch {
             if self.head.len() == 5 && self.head[0] != b'R' {
                 self.done = true;
             } else if self.head.len() == 9 {
-                let len =
-                    i32::from_be_bytes([self.head[1], self.head[2], self.head[3], self.head[4]]);
+                let len = crate::protocol::peek_header(&self.head).map_or(0, |(_, l)| l);
                 let code =
                     i32::from_be_bytes([self.head[5], self.head[6], self.head[7], self.head[8]]);
                 if code == 3 {

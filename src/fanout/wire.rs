@@ -28,16 +28,10 @@ fn take<const N: usize>(buf: &mut &[u8]) -> Option<[u8; N]> {
 
 /// Returns the body of a message with the given tag, checking the length field.
 fn body(msg: &[u8], tag: u8) -> Result<&[u8], &'static str> {
-    let (&t, rest) = msg.split_first().ok_or("empty message")?;
-    if t != tag {
-        return Err("unexpected message tag");
+    if msg.is_empty() {
+        return Err("empty message");
     }
-    let mut rest = rest;
-    let len = take::<4>(&mut rest).ok_or("truncated message header")?;
-    if i32::from_be_bytes(len) as i64 != rest.len() as i64 + 4 {
-        return Err("message length field does not match its size");
-    }
-    Ok(rest)
+    crate::protocol::whole_body(msg, tag)
 }
 
 /// One column of a RowDescription.

@@ -39,12 +39,32 @@ pub enum FrameError {
 /// many.
 const RESERVE_MIN: usize = 8 * 1024;
 
+/// The one reader of a message header: the tag and the length field (as sent, unchecked)
+/// of the message at the start of `buf`, or None if fewer than 5 bytes are there.
+pub fn peek_header(buf: &[u8]) -> Option<(u8, i32)> {
+    let (&tag, rest) = buf.split_first()?;
+    let (len, _) = rest.split_first_chunk::<4>()?;
+    Some((tag, i32::from_be_bytes(*len)))
+}
+
+/// The body of the whole message `msg` if its tag is `tag` and its length field matches its
+/// size.
+pub fn whole_body(msg: &[u8], tag: u8) -> Result<&[u8], &'static str> {
+    let (t, len) = peek_header(msg).ok_or("truncated message header")?;
+    if t != tag {
+        return Err("unexpected message tag");
+    }
+    if i64::from(len) != msg.len() as i64 - 1 {
+        return Err("message length field does not match its size");
+    }
+    Ok(&msg[5..])
+}
+
 /// Reads the header of the message at the start of `buf`: (tag, total length with tag).
 fn header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
-    if buf.len() < 5 {
+    let Some((tag, len)) = peek_header(buf) else {
         return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    };
     if len < 4 {
         return Err(FrameError::BadLength(len));
     }
@@ -52,7 +72,7 @@ fn header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
     if total > max {
         return Err(FrameError::TooLarge { len: total, max });
     }
-    Ok(Some((buf[0], total)))
+    Ok(Some((tag, total)))
 }
 
 /// Whether [`split_frame`] would return a message or an error for `buf` (rather than wait for

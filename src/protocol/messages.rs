@@ -175,11 +175,7 @@ pub enum PasswordKind {
 /// a password is one NUL-terminated string filling the body, a SASLInitialResponse's data
 /// length must be -1 or exactly what remains. Anything else is `None`, never a panic.
 pub fn decode_password(frame: &[u8], kind: PasswordKind) -> Option<PasswordMessage> {
-    let (&tag, rest) = frame.split_first()?;
-    let (len, body) = rest.split_first_chunk::<4>()?;
-    if tag != b'p' || i64::from(i32::from_be_bytes(*len)) != body.len() as i64 + 4 {
-        return None;
-    }
+    let body = super::whole_body(frame, b'p').ok()?;
     match kind {
         PasswordKind::Password => {
             let mut b = body;

@@ -20,7 +20,10 @@ pub use extended::{
     bind_names, empty_message, encode_parse, encode_target, param_oids, parse_body, rename_bind,
     target, Parse,
 };
-pub use frame::{cstr, frame_ready, split_frame, whole_messages, Frame, FrameError, WholeMessages};
+pub use frame::{
+    cstr, frame_ready, peek_header, split_frame, whole_body, whole_messages, Frame, FrameError,
+    WholeMessages,
+};
 pub use messages::*;
 pub use startup::{split_startup, StartupPacket, MAX_STARTUP_LEN};
 pub use status::TxStatus;

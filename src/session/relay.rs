@@ -202,11 +202,9 @@ impl Relay {
                 continue;
             }
             self.emit_synthetic(out, events);
-            if inbuf.len() < 5 {
+            let Some((tag, len)) = crate::protocol::peek_header(inbuf) else {
                 return Ok(());
-            }
-            let tag = inbuf[0];
-            let len = i32::from_be_bytes([inbuf[1], inbuf[2], inbuf[3], inbuf[4]]);
+            };
             if len < 4 {
                 return Err(FrameError::BadLength(len));
             }
@@ -386,10 +384,7 @@ impl Relay {
 /// Whether the ErrorResponse at the start of `inbuf` (if it is all there) says a prepared
 /// statement went stale with the schema.
 fn is_stale_plan(inbuf: &[u8]) -> bool {
-    let Some(len) = inbuf
-        .get(1..5)
-        .map(|l| i32::from_be_bytes([l[0], l[1], l[2], l[3]]).max(4) as usize)
-    else {
+    let Some(len) = crate::protocol::peek_header(inbuf).map(|(_, l)| l.max(4) as usize) else {
         return false;
     };
     let Some(body) = inbuf.get(5..1 + len) else {
