@@ -11,52 +11,82 @@ pub struct Params<'a> {
     pub types: Vec<u32>,
 }
 
-impl<'a> Params<'a> {
-    /// Decodes a Bind message body.
-    pub fn from_bind(body: &'a [u8]) -> Option<Params<'a>> {
-        let mut b = body;
-        let cstr = |b: &mut &'a [u8]| -> Option<()> {
-            let end = b.iter().position(|&c| c == 0)?;
-            *b = &b[end + 1..];
-            Some(())
-        };
-        cstr(&mut b)?;
-        cstr(&mut b)?;
-        let i16_at = |b: &mut &'a [u8]| -> Option<i16> {
-            let v = i16::from_be_bytes([*b.first()?, *b.get(1)?]);
-            *b = &b[2..];
-            Some(v)
-        };
+/// A Bind body taken apart: the one Bind decoder (zero-copy views of its body).
+#[derive(Debug, Clone)]
+pub struct BindParts<'a> {
+    /// The portal's name.
+    pub portal: &'a str,
+    /// The statement's name.
+    pub statement: &'a str,
+    /// The parameters' formats and values.
+    pub params: Params<'a>,
+    /// The parameter part as sent (format codes and values), to put after other names.
+    pub params_bytes: &'a [u8],
+    /// The result-format codes, if the body has them in full (and nothing after).
+    pub result_formats: Option<Vec<i16>>,
+}
+
+/// Takes a big-endian i16 off the front of `b`.
+fn i16_at(b: &mut &[u8]) -> Option<i16> {
+    let (v, rest) = b.split_first_chunk::<2>()?;
+    *b = rest;
+    Some(i16::from_be_bytes(*v))
+}
+
+/// Takes `n` format codes off the front of `b` (capacity from the bytes at hand, never from
+/// the announced count).
+fn codes(b: &mut &[u8], n: usize) -> Option<Vec<i16>> {
+    let mut v = Vec::with_capacity(n.min(b.len() / 2));
+    for _ in 0..n {
+        v.push(i16_at(b)?);
+    }
+    Some(v)
+}
+
+impl<'a> BindParts<'a> {
+    /// Decodes a Bind message body up to its parameter values (`None` if it is malformed
+    /// there); the result formats are read if they are there in full.
+    pub fn decode(body: &'a [u8]) -> Option<BindParts<'a>> {
+        let (portal, statement, at) = super::bind_names(body)?;
+        let mut b = &body[at..];
+        let start = b;
         let nf = i16_at(&mut b)?.max(0) as usize;
-        // Capacity from the bytes at hand, never from the announced count.
-        let mut formats = Vec::with_capacity(nf.min(b.len() / 2));
-        for _ in 0..nf {
-            formats.push(i16_at(&mut b)?);
-        }
+        let formats = codes(&mut b, nf)?;
         let np = i16_at(&mut b)?.max(0) as usize;
         let mut values = Vec::with_capacity(np.min(b.len() / 4));
         for _ in 0..np {
-            if b.len() < 4 {
-                return None;
-            }
-            let len = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-            b = &b[4..];
-            if len < 0 {
+            let (len, rest) = b.split_first_chunk::<4>()?;
+            b = rest;
+            let Ok(len) = usize::try_from(i32::from_be_bytes(*len)) else {
                 values.push(None);
                 continue;
-            }
-            let len = len as usize;
-            if b.len() < len {
-                return None;
-            }
-            values.push(Some(&b[..len]));
-            b = &b[len..];
+            };
+            let (v, rest) = b.split_at_checked(len)?;
+            values.push(Some(v));
+            b = rest;
         }
-        Some(Params {
-            formats,
-            values,
-            types: Vec::new(),
+        let params_bytes = &start[..start.len() - b.len()];
+        let result_formats = i16_at(&mut b)
+            .and_then(|nr| codes(&mut b, nr.max(0) as usize))
+            .filter(|_| b.is_empty());
+        Some(BindParts {
+            portal,
+            statement,
+            params: Params {
+                formats,
+                values,
+                types: Vec::new(),
+            },
+            params_bytes,
+            result_formats,
         })
+    }
+}
+
+impl<'a> Params<'a> {
+    /// Decodes the parameters of a Bind message body.
+    pub fn from_bind(body: &'a [u8]) -> Option<Params<'a>> {
+        BindParts::decode(body).map(|b| b.params)
     }
 
     /// The format code of parameter `i` (one code for all, or one each; default text).

@@ -13,7 +13,7 @@ pub mod sqlstate;
 mod startup;
 mod status;
 
-pub use bind::Params;
+pub use bind::{BindParts, Params};
 pub use data_row::{DataRowError, DataRowValues};
 pub use error_class::{ErrorClass, Fault};
 pub use extended::{

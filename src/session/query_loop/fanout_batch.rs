@@ -57,31 +57,8 @@ pub(super) fn malformed(what: &str) -> PgError {
 /// The parameter part of a Bind body (formats and values, ready to put after two empty
 /// names) and its result-format codes.
 fn bind_tail(body: &[u8]) -> Option<(&[u8], Vec<i16>)> {
-    let (_, _, at) = bind_names(body)?;
-    let mut b = body.get(at..)?;
-    let start = b;
-    let i16_at = |b: &mut &[u8]| -> Option<i16> {
-        let v = i16::from_be_bytes([*b.first()?, *b.get(1)?]);
-        *b = &b[2..];
-        Some(v)
-    };
-    let nf = i16_at(&mut b)?.max(0) as usize;
-    b = b.get(2 * nf..)?;
-    let np = i16_at(&mut b)?.max(0) as usize;
-    for _ in 0..np {
-        let len = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
-        b = &b[4..];
-        if len > 0 {
-            b = b.get(len as usize..)?;
-        }
-    }
-    let params = &start[..start.len() - b.len()];
-    let nr = i16_at(&mut b)?.max(0) as usize;
-    let mut codes = Vec::with_capacity(nr.min(b.len() / 2));
-    for _ in 0..nr {
-        codes.push(i16_at(&mut b)?);
-    }
-    b.is_empty().then_some((params, codes))
+    let b = crate::protocol::BindParts::decode(body)?;
+    Some((b.params_bytes, b.result_formats?))
 }
 
 /// The value of parameter `n` (1-based) as a row count, for LIMIT and OFFSET.
