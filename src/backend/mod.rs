@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::protocol::{error_fields, split_frame, Frame, FrameError};
+use crate::protocol::{error_fields, split_frame, Frame, FrameError, TxStatus};
 
 mod guard;
 pub use guard::{pg_connect, GuardedStream};
@@ -304,6 +304,15 @@ impl ServerConn {
         }
     }
 
+    /// The status of ReadyForQuery `f`; a malformed one is a protocol error.
+    fn ready_status(&self, f: &Frame) -> Result<TxStatus, BackendError> {
+        match f.body() {
+            [b] => TxStatus::from_byte(*b),
+            _ => None,
+        }
+        .ok_or_else(|| self.protocol("malformed ReadyForQuery".into()))
+    }
+
     fn server_error(&self, f: &Frame) -> BackendError {
         let (code, message) = error_fields(f.body());
         BackendError::Server {
@@ -365,7 +374,7 @@ impl ServerConn {
 
     /// Runs a simple query and reads up to ReadyForQuery, discarding the output. Returns the
     /// transaction status, or the first error the server reported.
-    pub async fn run(&mut self, sql: &str) -> Result<u8, BackendError> {
+    pub async fn run(&mut self, sql: &str) -> Result<TxStatus, BackendError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
         self.send(&out).await?;
@@ -375,14 +384,13 @@ impl ServerConn {
     /// Sends `bytes` (one or more client messages ending in a Query or Sync) and returns every
     /// message the server sends up to and including the next ReadyForQuery, with its status.
     /// Notices and ParameterStatus messages are included in order.
-    pub async fn exchange(&mut self, bytes: &[u8]) -> Result<(Vec<Frame>, u8), BackendError> {
+    pub async fn exchange(&mut self, bytes: &[u8]) -> Result<(Vec<Frame>, TxStatus), BackendError> {
         self.send(bytes).await?;
         let mut frames = Vec::new();
         loop {
             let f = self.read_frame().await?;
             if f.tag == b'Z' {
-                let status = f.body().first().copied().unwrap_or(b'I');
-                return Ok((frames, status));
+                return Ok((frames, self.ready_status(&f)?));
             }
             frames.push(f);
         }
@@ -413,7 +421,10 @@ impl ServerConn {
 
     /// Runs a simple query (maybe several statements) and returns the text values of every
     /// row (NULL as ""), with the final transaction status, or the first error.
-    pub async fn query_rows(&mut self, sql: &str) -> Result<(Vec<Vec<String>>, u8), BackendError> {
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Vec<Vec<String>>, TxStatus), BackendError> {
         let mut out = BytesMut::new();
         frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
         self.send(&out).await?;
@@ -425,7 +436,7 @@ impl ServerConn {
                 b'D' => rows.push(data_row_texts(f.body())),
                 b'E' if err.is_none() => err = Some(self.server_error(&f)),
                 b'Z' => {
-                    let status = f.body().first().copied().unwrap_or(b'I');
+                    let status = self.ready_status(&f)?;
                     return match err {
                         Some(e) => Err(e),
                         None => Ok((rows, status)),
@@ -437,13 +448,13 @@ impl ServerConn {
     }
 
     /// Reads and discards messages up to ReadyForQuery; returns its status or the first error.
-    pub async fn drain_to_ready(&mut self) -> Result<u8, BackendError> {
+    pub async fn drain_to_ready(&mut self) -> Result<TxStatus, BackendError> {
         let mut err = None;
         loop {
             let f = self.read_frame().await?;
             match f.tag {
                 b'Z' => {
-                    let status = f.body().first().copied().unwrap_or(b'I');
+                    let status = self.ready_status(&f)?;
                     return match err {
                         Some(e) => Err(e),
                         None => Ok(status),

@@ -260,7 +260,7 @@ async fn startup_params(
             let (code, message) = protocol::error_fields(f.body());
             return Err(PgError::fatal(setting_sqlstate(&code), message));
         }
-        if status != b'I' {
+        if status != crate::protocol::TxStatus::Idle {
             conn.broken = true;
             return Err(cannot(&"settings left a transaction open"));
         }

@@ -432,11 +432,11 @@ impl Loop<'_> {
             }
             match &reset {
                 Some(q) => conn.run(q).await,
-                None => Ok(b'I'),
+                None => Ok(TxStatus::Idle),
             }
         };
         match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
-            Ok(Ok(b'I')) if conn.inbuf.is_empty() => {
+            Ok(Ok(TxStatus::Idle)) if conn.inbuf.is_empty() => {
                 if reset.is_some() {
                     // DISCARD ALL (or the configured reset) dropped statements and settings.
                     conn.prepared.clear();

@@ -15,7 +15,7 @@ use super::routing::Want;
 use super::{End, Loop, CLEANUP_TIMEOUT};
 use crate::fanout::MergeError;
 use crate::pool::Checkout;
-use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
+use crate::protocol::{self, query_text, sqlstate, Frame, PgError, TxStatus};
 use crate::session::client_state::settings_effect;
 use crate::session::handshake::cancel_all;
 use crate::session::machine::shard_stream::ShardStream;
@@ -166,7 +166,10 @@ impl Loop<'_> {
         if implicit {
             let begun =
                 futures_util::future::join_all(conns.iter_mut().map(|c| c.run("BEGIN"))).await;
-            if begun.iter().any(|r| !matches!(r, Ok(b'T'))) {
+            if begun
+                .iter()
+                .any(|r| !matches!(r, Ok(TxStatus::InTransaction)))
+            {
                 for c in conns.iter_mut() {
                     c.broken = true;
                 }
@@ -306,7 +309,7 @@ pub(super) async fn finish_implicit(conns: &mut [Checkout], commit: bool) -> Opt
             "ROLLBACK"
         };
         match c.run(sql).await {
-            Ok(b'I') => {
+            Ok(TxStatus::Idle) => {
                 if sql == "COMMIT" {
                     committed += 1;
                 }

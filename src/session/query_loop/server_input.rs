@@ -117,7 +117,7 @@ impl Loop<'_> {
                 let conn = self.server.as_deref_mut()?;
                 let undone = tokio::time::timeout(CLEANUP_TIMEOUT, conn.run("ROLLBACK")).await;
                 let server_status = match undone {
-                    Ok(Ok(b'I')) => TxStatus::Idle,
+                    Ok(Ok(TxStatus::Idle)) => TxStatus::Idle,
                     _ => {
                         conn.broken = true;
                         status
@@ -194,7 +194,7 @@ impl Loop<'_> {
             let refs: Vec<&String> = names.iter().collect();
             let sql = read_all_settings_sql(&refs);
             match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_rows(&sql)).await {
-                Ok(Ok((rows, b'I'))) => {
+                Ok(Ok((rows, TxStatus::Idle))) => {
                     self.client.settings = settings_from_rows(rows);
                     // RESET ALL: the connection is back at its defaults.
                     conn.settings.clear();

@@ -214,7 +214,7 @@ impl Loop<'_> {
                         .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
                     // A failed log row stops the query before its PREPARE ('E').
                     let error = frames.iter().find(|f| f.tag == b'E');
-                    if ok && error.is_none() && status == b'I' {
+                    if ok && error.is_none() && status == TxStatus::Idle {
                         prepared.push(*s);
                         continue;
                     }
@@ -227,7 +227,7 @@ impl Loop<'_> {
                             coord_read_only = n == 0 && code == sqlstate::READ_ONLY_SQL_TRANSACTION;
                             msg
                         }
-                        None if status != b'I' => "unexpected transaction state".into(),
+                        None if status != TxStatus::Idle => "unexpected transaction state".into(),
                         None => "the transaction was rolled back".into(),
                     });
                 }
@@ -508,7 +508,7 @@ impl Loop<'_> {
 
 /// One round trip of the commit protocol, bounded by [`STEP_TIMEOUT`]; `None` when it timed
 /// out. A connection whose round trip did not end in an answer is marked broken.
-async fn run_step(c: &mut Checkout, sql: &str) -> Option<Result<u8, BackendError>> {
+async fn run_step(c: &mut Checkout, sql: &str) -> Option<Result<TxStatus, BackendError>> {
     let r = tokio::time::timeout(STEP_TIMEOUT, c.run(sql)).await.ok();
     if !matches!(r, Some(Ok(_)) | Some(Err(BackendError::Server { .. }))) {
         c.broken = true;

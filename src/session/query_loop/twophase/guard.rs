@@ -282,7 +282,7 @@ impl Loop<'_> {
         let mut failure = None;
         for (shard, c) in self.routing.parked.iter_mut() {
             match tokio::time::timeout(CLEANUP_TIMEOUT, c.run(&sql)).await {
-                Ok(Ok(b'T')) => {}
+                Ok(Ok(TxStatus::InTransaction)) => {}
                 Ok(Ok(_)) => failure = Some((*shard, "the transaction ended there".to_string())),
                 Ok(Err(e)) => failure = Some((*shard, e.to_string())),
                 Err(_) => {
@@ -391,7 +391,7 @@ impl Loop<'_> {
         lock(&self.login.cancel_slot).clear();
         for (_, mut c) in std::mem::take(&mut self.routing.parked) {
             match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
-                Ok(Ok(b'I')) => {}
+                Ok(Ok(TxStatus::Idle)) => {}
                 _ => c.broken = true,
             }
         }
@@ -402,7 +402,7 @@ impl Loop<'_> {
                 c.broken = true;
             } else {
                 match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
-                    Ok(Ok(b'I')) => {}
+                    Ok(Ok(TxStatus::Idle)) => {}
                     _ => c.broken = true,
                 }
             }
