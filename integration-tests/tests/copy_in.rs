@@ -2,8 +2,9 @@
 //! (the simple protocol, as `pgbench -i` and most loaders): rows land on their owners and are
 //! counted once; a shard's error in the middle of the COPY stops it on every shard at once,
 //! while the client is still sending, and nothing is stored; a client that vanishes in the
-//! middle leaves no COPY running and no row; inside a transaction (on both shards, two-phase
-//! commit) a failed COPY fails it.
+//! middle leaves no COPY running and no row; outside a transaction a COPY that fails on one
+//! shard at its very end leaves no row on the other; inside a transaction (on both shards,
+//! two-phase commit) a failed COPY fails it.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -259,4 +260,46 @@ async fn a_failed_copy_in_a_transaction_fails_the_transaction() {
     assert!(stdout.trim_end().ends_with('1'), "{stdout}");
     assert_eq!(keys_on(owner(dup)).await, [dup]);
     assert!(keys_on(1 - owner(dup)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_fails_at_its_end_on_one_shard_leaves_no_row_on_the_other() {
+    let _serial = SERIAL.lock().await;
+    fresh_table().await;
+    // Few rows: each shard gets them all at once with the client's CopyDone, and one shard
+    // fails only then, while the other could already commit.
+    let dup = 11;
+    shards()
+        .direct(owner(dup))
+        .await
+        .batch_execute(&format!("INSERT INTO placed VALUES ({dup}, 'there')"))
+        .await
+        .unwrap();
+    let p = Proxy::start(&config());
+    let mut psql = copy_from_pipe(&p);
+    psql.stdin
+        .take()
+        .unwrap()
+        .write_all(rows(1, 100).as_bytes())
+        .unwrap();
+    let out = psql.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("duplicate key value"), "{stderr}");
+    assert_eq!(keys_on(owner(dup)).await, [dup]);
+    assert!(
+        keys_on(1 - owner(dup)).await.is_empty(),
+        "the other shard's part of the failed COPY was rolled back"
+    );
+    // And a COPY that succeeds commits on both.
+    let mut psql = copy_from_pipe(&p);
+    psql.stdin
+        .take()
+        .unwrap()
+        .write_all(rows(1000, 1100).as_bytes())
+        .unwrap();
+    let out = psql.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "COPY 100");
+    let total = keys_on(0).await.len() + keys_on(1).await.len();
+    assert_eq!(total, 101);
 }

@@ -128,6 +128,8 @@ fn fuzz_copy_in() {
             }
             m.take_outgoing(&mut to_shards);
             assert!(m.finished(), "the COPY is over");
+            out.extend_from_slice(&m.take_answer().expect("an answer"));
+            assert!(m.take_answer().is_none(), "one answer");
             assert!(
                 out.len() <= 8 * from_shards + 4096,
                 "{} bytes to the client",

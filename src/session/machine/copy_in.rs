@@ -70,6 +70,9 @@ pub struct CopyIn {
     completed: Vec<bool>,
     rows: u64,
     answered: bool,
+    /// The statement's answer (`COPY n` or its error), once it is over: the caller's to
+    /// give, after it has committed the shards' implicit transactions (or not).
+    answer: Option<Bytes>,
 }
 
 fn copy_data(payload: &[u8], out: &mut BytesMut) {
@@ -107,6 +110,7 @@ impl CopyIn {
             completed: vec![false; n],
             rows: 0,
             answered: false,
+            answer: None,
         }
     }
 
@@ -222,8 +226,9 @@ impl CopyIn {
     }
 
     /// Once every shard is at ReadyForQuery and the client has sent all it sends: `COPY n`,
-    /// or the error.
-    fn end_if_done(&mut self, out: &mut BytesMut) {
+    /// or the error, kept for [`CopyIn::take_answer`] (not in the client's output: the caller
+    /// may still have to commit). `_out` is where the other machines put theirs.
+    fn end_if_done(&mut self, _out: &mut BytesMut) {
         if !self.finished() || self.answered {
             return;
         }
@@ -231,10 +236,17 @@ impl CopyIn {
         if !self.progress.failed() && !self.completed.iter().all(|c| *c) {
             self.progress.incomplete();
         }
+        let mut answer = BytesMut::new();
         match self.progress.error() {
-            Some(e) => out.extend_from_slice(e),
-            None => protocol::command_complete(out, &format!("COPY {}", self.rows)),
+            Some(e) => answer.extend_from_slice(e),
+            None => protocol::command_complete(&mut answer, &format!("COPY {}", self.rows)),
         }
+        self.answer = Some(answer.freeze());
+    }
+
+    /// The statement's answer once it is over (`COPY n` or its error), taken once.
+    pub fn take_answer(&mut self) -> Option<Bytes> {
+        self.answer.take()
     }
 }
 

@@ -3,10 +3,12 @@
 //! rows (see [`CopyOut`]); both run through the one driver of statements on several shards
 //! (`fanout_stream`), so backpressure, a CancelRequest and a vanished client reach them. Inside a
 //! transaction the COPY joins it on every shard (so it commits with two-phase commit);
-//! outside one each shard's COPY commits on its own.
+//! outside one it runs in an implicit transaction on each shard, committed once every shard
+//! has taken all its rows.
 
 use bytes::BytesMut;
 
+use super::fanout::{begin_implicit, finish_implicit};
 use super::routing::Want;
 use super::Loop;
 use crate::backend::BackendError;
@@ -102,14 +104,38 @@ impl Loop<'_> {
         };
         let mut q = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut q);
+        // Outside a transaction the COPY runs in an implicit transaction on each shard,
+        // committed only once every shard has taken all its rows: a COPY that fails on one
+        // shard (even at its very end) leaves no row on another.
+        let implicit = !in_txn && conns.len() > 1;
+        if implicit {
+            begin_implicit(&mut conns).await?;
+        }
         let splitter = CopySplitter::new(c.csv, c.delimiter, c.header, key);
         let machine = CopyIn::new(map, splitter, key.is_some(), shards);
         let outgoing = vec![q.freeze(); shards.len()];
-        let (machine, conns) = self
-            .run_stream(shards, conns, in_txn, outgoing, machine, in_txn, &[sql])
+        let (mut machine, mut conns) = self
+            .run_stream(
+                shards,
+                conns,
+                in_txn,
+                outgoing,
+                machine,
+                in_txn || implicit,
+                &[sql],
+            )
             .await?;
-        self.end_shard_statement(shards, conns, in_txn, machine.progress().failed());
-        Ok(BytesMut::new())
+        let failed = machine.progress().failed();
+        let answer = machine.take_answer().unwrap_or_default();
+        if implicit {
+            let commit = !failed && !conns.iter().any(|c| c.broken);
+            if let Some(e) = finish_implicit(&mut conns, commit).await {
+                return Err(e);
+            }
+        } else {
+            self.end_shard_statement(shards, conns, in_txn, failed);
+        }
+        Ok(BytesMut::from(answer))
     }
 
     /// `COPY ... TO STDOUT` of a sharded table: streamed from every shard (see

@@ -164,20 +164,7 @@ impl Loop<'_> {
         // one shard leaves no row behind on another.
         let implicit = atomic && !in_txn && conns.len() > 1;
         if implicit {
-            let begun =
-                futures_util::future::join_all(conns.iter_mut().map(|c| c.run("BEGIN"))).await;
-            if begun
-                .iter()
-                .any(|r| !matches!(r, Ok(TxStatus::InTransaction)))
-            {
-                for c in conns.iter_mut() {
-                    c.broken = true;
-                }
-                return Err(PgError::error(
-                    sqlstate::CONNECTION_FAILURE,
-                    "could not start the statement on every shard",
-                ));
-            }
+            begin_implicit(&mut conns).await?;
         }
         let outgoing = per_shard
             .iter()
@@ -289,6 +276,23 @@ impl Loop<'_> {
 /// implicit transaction on each shard (see [`Loop::run_on_shards`]).
 pub(super) fn is_write(c: Command) -> bool {
     matches!(c, Command::Insert | Command::Update | Command::Delete)
+}
+
+/// Opens an implicit transaction on each of `conns`, for a write on several shards outside
+/// a transaction; on a failure every connection is closed (which ends what was opened).
+pub(super) async fn begin_implicit(conns: &mut [Checkout]) -> Result<(), PgError> {
+    let begun = futures_util::future::join_all(conns.iter_mut().map(|c| c.run("BEGIN"))).await;
+    if begun
+        .iter()
+        .all(|r| matches!(r, Ok(TxStatus::InTransaction)))
+    {
+        return Ok(());
+    }
+    conns.iter_mut().for_each(|c| c.broken = true);
+    Err(PgError::error(
+        sqlstate::CONNECTION_FAILURE,
+        "could not start the statement on every shard",
+    ))
 }
 
 /// Ends the implicit transactions of a write on several shards: COMMIT on each shard in
