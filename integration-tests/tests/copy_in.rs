@@ -51,6 +51,17 @@ async fn fresh_table() {
     }
 }
 
+/// Key `k` already stored on its owner (directly), for a COPY's row `k` to violate the
+/// primary key there.
+async fn already_there(k: i64) {
+    shards()
+        .direct(owner(k))
+        .await
+        .batch_execute(&format!("INSERT INTO placed VALUES ({k}, 'there')"))
+        .await
+        .unwrap();
+}
+
 /// The keys on shard `i`.
 async fn keys_on(i: usize) -> Vec<i64> {
     let d = shards().direct(i).await;
@@ -143,12 +154,7 @@ async fn a_shard_error_in_the_middle_stops_the_copy_everywhere_while_the_client_
     fresh_table().await;
     // Key 7 is already on its owner: the COPY's row 7 violates its primary key there.
     let dup = 7;
-    shards()
-        .direct(owner(dup))
-        .await
-        .batch_execute(&format!("INSERT INTO placed VALUES ({dup}, 'there')"))
-        .await
-        .unwrap();
+    already_there(dup).await;
     let p = Proxy::start(&config());
     let mut psql = copy_from_pipe(&p);
     let mut stdin = psql.stdin.take().unwrap();
@@ -221,12 +227,7 @@ async fn a_failed_copy_in_a_transaction_fails_the_transaction() {
     let _serial = SERIAL.lock().await;
     fresh_table().await;
     let dup = 3;
-    shards()
-        .direct(owner(dup))
-        .await
-        .batch_execute(&format!("INSERT INTO placed VALUES ({dup}, 'there')"))
-        .await
-        .unwrap();
+    already_there(dup).await;
     // A transaction on both shards commits with two-phase commit.
     let p = Proxy::start(&shards().config("127.0.0.1:0", "", "two_phase_commit = true"));
     let script = format!(
@@ -269,12 +270,7 @@ async fn a_copy_that_fails_at_its_end_on_one_shard_leaves_no_row_on_the_other() 
     // Few rows: each shard gets them all at once with the client's CopyDone, and one shard
     // fails only then, while the other could already commit.
     let dup = 11;
-    shards()
-        .direct(owner(dup))
-        .await
-        .batch_execute(&format!("INSERT INTO placed VALUES ({dup}, 'there')"))
-        .await
-        .unwrap();
+    already_there(dup).await;
     let p = Proxy::start(&config());
     let mut psql = copy_from_pipe(&p);
     psql.stdin

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::{bounded, bytes, fuzz};
-use crate::config::{Config, KeyType};
+use crate::config::KeyType;
 use crate::shard::copy::{CopySplitter, RowTarget};
 use crate::shard::route::ShardMap;
 use crate::shard::ShardKey;
@@ -200,24 +200,7 @@ fn fuzz_hints() {
 }
 
 pub(super) fn shard_map() -> ShardMap {
-    let c = Config::parse(
-        r#"
-[[users]]
-name = "u"
-password = "p"
-[[databases]]
-name = "d"
-[[databases.shards]]
-name = "s0"
-primary = "127.0.0.1:1"
-[[databases.shards]]
-name = "s1"
-primary = "127.0.0.1:2"
-"#,
-        "fuzz",
-    )
-    .expect("config");
-    ShardMap::new(&c.databases[0]).expect("shard map")
+    crate::shard::two_shard_map()
 }
 
 /// COPY data: rows of fields with quotes, escapes, delimiters and newlines in odd places.

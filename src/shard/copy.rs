@@ -258,27 +258,9 @@ fn csv_field(row: &[u8], delim: u8, index: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn map() -> ShardMap {
-        let c = Config::parse(
-            r#"
-[[users]]
-name = "u"
-password = "p"
-[[databases]]
-name = "d"
-[[databases.shards]]
-name = "s0"
-primary = "127.0.0.1:1"
-[[databases.shards]]
-name = "s1"
-primary = "127.0.0.1:2"
-"#,
-            "t",
-        )
-        .unwrap();
-        ShardMap::new(&c.databases[0]).unwrap()
+        crate::shard::two_shard_map()
     }
 
     fn split(s: &mut CopySplitter, chunks: &[&[u8]]) -> Vec<(RowTarget, Vec<u8>)> {

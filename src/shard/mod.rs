@@ -14,3 +14,26 @@ pub mod tools;
 
 pub use key::{Canonical, KeyError, ShardKey};
 pub use ring::Ring;
+
+/// A map of two shards `s0` and `s1` with no tables, for unit tests that route keys.
+#[cfg(test)]
+pub(crate) fn two_shard_map() -> route::ShardMap {
+    let c = crate::config::Config::parse(
+        r#"
+[[users]]
+name = "u"
+password = "p"
+[[databases]]
+name = "d"
+[[databases.shards]]
+name = "s0"
+primary = "127.0.0.1:1"
+[[databases.shards]]
+name = "s1"
+primary = "127.0.0.1:2"
+"#,
+        "test",
+    )
+    .expect("config");
+    route::ShardMap::new(&c.databases[0]).expect("shard map")
+}

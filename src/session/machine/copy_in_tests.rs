@@ -6,36 +6,15 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::{CopyIn, FLUSH_AT};
-use crate::config::{Config, KeyType};
-use crate::protocol::{split_frame, sqlstate, Frame};
+use crate::config::KeyType;
+use crate::protocol::{sqlstate, Frame};
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
-use crate::session::machine::test_frames::{error, msg, ready, tag};
+use crate::session::machine::test_frames::{error, msg, ready, seen, tag};
 use crate::shard::copy::CopySplitter;
 use crate::shard::route::ShardMap;
 
 fn map() -> Arc<ShardMap> {
-    let c = Config::parse(
-        r#"
-[[users]]
-name = "u"
-password = "p"
-[[databases]]
-name = "d"
-[[databases.shards]]
-name = "s0"
-primary = "127.0.0.1:1"
-[[databases.shards]]
-name = "s1"
-primary = "127.0.0.1:2"
-[[databases.sharded_tables]]
-table = "placed"
-column = "k"
-type = "bigint"
-"#,
-        "test",
-    )
-    .unwrap();
-    Arc::new(ShardMap::new(&c.databases[0]).unwrap())
+    Arc::new(crate::shard::two_shard_map())
 }
 
 /// A COPY in text format into a table sharded by its first column (`by_key`), or, not, one
@@ -64,6 +43,7 @@ fn done() -> Frame {
 }
 
 /// What happens.
+#[derive(Clone)]
 enum Ev {
     Shard(usize, Frame),
     Client(Frame),
@@ -71,23 +51,6 @@ enum Ev {
     Cancel,
 }
 use Ev::{Cancel, Client, Lost, Shard};
-
-/// Messages as short strings: CopyData with its payload, CommandComplete with its tag,
-/// ErrorResponse with its SQLSTATE, others by their type.
-fn seen(out: &mut BytesMut) -> Vec<String> {
-    let mut v = Vec::new();
-    while let Some(f) = split_frame(out, usize::MAX).unwrap() {
-        let body = String::from_utf8_lossy(f.body())
-            .trim_end_matches('\0')
-            .to_string();
-        v.push(match f.tag {
-            b'd' | b'C' => format!("{}:{body}", f.tag as char),
-            b'E' => format!("E:{}", crate::protocol::error_fields(f.body()).0),
-            t => (t as char).to_string(),
-        });
-    }
-    v
-}
 
 /// What the client and each shard got.
 struct Seen {
@@ -123,6 +86,19 @@ fn run(c: &mut CopyIn, script: Vec<Ev>) -> Seen {
         client: seen(&mut out),
         shards: [seen(a), seen(b)],
     }
+}
+
+/// Each of `shards` answers the CopyFail the COPY sent it: the error, then ReadyForQuery.
+fn failed_copy(shards: &[usize]) -> Vec<Ev> {
+    shards
+        .iter()
+        .flat_map(|&i| {
+            [
+                Shard(i, error(sqlstate::QUERY_CANCELED)),
+                Shard(i, ready(b'I')),
+            ]
+        })
+        .collect()
 }
 
 /// Keys 1..=n in rows `k\tv`, and the rows each shard should get.
@@ -253,13 +229,7 @@ fn a_shard_that_cannot_start_fails_the_copy_before_the_client_sends() {
     assert!(!c.wants_client(), "the client is never told to send");
     let s = run(&mut c, vec![Shard(1, ready(b'I'))]);
     assert!(s.client.is_empty(), "shard 0 has not answered");
-    let s = run(
-        &mut c,
-        vec![
-            Shard(0, error(sqlstate::QUERY_CANCELED)),
-            Shard(0, ready(b'I')),
-        ],
-    );
+    let s = run(&mut c, failed_copy(&[0]));
     assert_eq!(s.client, ["E:42P01"], "the first error is the answer");
     assert!(c.finished());
 }
@@ -299,11 +269,7 @@ fn a_shard_error_in_the_middle_stops_the_others_at_once() {
     // The client's data up to its CopyDone is read and dropped; the answer comes after it.
     let s = run(
         &mut c,
-        vec![
-            Shard(0, error(sqlstate::QUERY_CANCELED)),
-            Shard(0, ready(b'I')),
-            Client(data(&all)),
-        ],
+        [failed_copy(&[0]), vec![Client(data(&all))]].concat(),
     );
     assert!(s.client.is_empty() && s.shards.iter().all(Vec::is_empty));
     assert!(!c.finished(), "the client is still sending");
@@ -326,15 +292,7 @@ fn the_clients_copy_fail_fails_every_shard() {
         ],
     );
     assert_eq!(s.shards, [vec!["f".to_string()], vec!["f".to_string()]]);
-    let s = run(
-        &mut c,
-        vec![
-            Shard(0, error(sqlstate::QUERY_CANCELED)),
-            Shard(0, ready(b'I')),
-            Shard(1, error(sqlstate::QUERY_CANCELED)),
-            Shard(1, ready(b'I')),
-        ],
-    );
+    let s = run(&mut c, failed_copy(&[0, 1]));
     assert_eq!(s.client, ["E:57014"]);
     assert!(c.finished());
 }
@@ -354,13 +312,7 @@ fn a_cancel_request_fails_the_copy_on_every_shard() {
     );
     let s = run(
         &mut c,
-        vec![
-            Shard(0, error(sqlstate::QUERY_CANCELED)),
-            Shard(0, ready(b'I')),
-            Shard(1, error(sqlstate::QUERY_CANCELED)),
-            Shard(1, ready(b'I')),
-            Client(done()),
-        ],
+        [failed_copy(&[0, 1]), vec![Client(done())]].concat(),
     );
     assert_eq!(s.client, ["E:57014"]);
     assert!(c.finished());
@@ -376,14 +328,7 @@ fn a_lost_shard_fails_the_copy() {
     assert_eq!(s.shards[0], ["f"]);
     assert!(s.shards[1].is_empty());
     assert_eq!(c.progress().shard_ends()[1], ShardEnd::Lost);
-    let s = run(
-        &mut c,
-        vec![
-            Shard(0, error(sqlstate::QUERY_CANCELED)),
-            Shard(0, ready(b'I')),
-            Client(done()),
-        ],
-    );
+    let s = run(&mut c, [failed_copy(&[0]), vec![Client(done())]].concat());
     assert_eq!(s.client, ["E:08006"]);
 }
 
@@ -401,14 +346,7 @@ fn a_ready_for_query_in_the_middle_closes_that_shard() {
     assert_eq!(s.steps.last(), Some(&Step::Broken));
     assert_eq!(s.shards[1], ["f"], "the other shard's COPY is failed");
     assert!(s.shards[0].is_empty());
-    let s = run(
-        &mut c,
-        vec![
-            Shard(1, error(sqlstate::QUERY_CANCELED)),
-            Shard(1, ready(b'I')),
-            Client(done()),
-        ],
-    );
+    let s = run(&mut c, [failed_copy(&[1]), vec![Client(done())]].concat());
     assert_eq!(s.client, ["E:08P01"]);
 }
 
@@ -430,15 +368,7 @@ fn an_unexpected_client_message_ends_the_copy_as_postgres_does() {
         !c.wants_client(),
         "the message after is not part of the COPY"
     );
-    let s = run(
-        &mut c,
-        vec![
-            Shard(0, error(sqlstate::QUERY_CANCELED)),
-            Shard(0, ready(b'I')),
-            Shard(1, error(sqlstate::QUERY_CANCELED)),
-            Shard(1, ready(b'I')),
-        ],
-    );
+    let s = run(&mut c, failed_copy(&[0, 1]));
     assert_eq!(s.client, ["E:08P01"]);
 }
 
@@ -456,13 +386,7 @@ fn a_row_without_a_valid_key_fails_the_copy() {
     assert_eq!(s.shards, [vec!["f".to_string()], vec!["f".to_string()]]);
     let s = run(
         &mut c,
-        vec![
-            Client(done()),
-            Shard(0, error(sqlstate::QUERY_CANCELED)),
-            Shard(0, ready(b'I')),
-            Shard(1, error(sqlstate::QUERY_CANCELED)),
-            Shard(1, ready(b'I')),
-        ],
+        [vec![Client(done())], failed_copy(&[0, 1])].concat(),
     );
     assert_eq!(s.client.len(), 1);
     assert!(

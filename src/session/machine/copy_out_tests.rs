@@ -2,9 +2,9 @@ use bytes::BytesMut;
 
 use super::CopyOut;
 use crate::fanout::wire::test_util::complete;
-use crate::protocol::{split_frame, sqlstate, Frame};
+use crate::protocol::{sqlstate, Frame};
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
-use crate::session::machine::test_frames::{error, msg};
+use crate::session::machine::test_frames::{error, msg, seen};
 
 /// A text-format CopyOutResponse of `cols` columns.
 fn header(cols: u16) -> Frame {
@@ -23,22 +23,6 @@ fn data(row: &str) -> Frame {
 fn tag(t: &str) -> Frame {
     let bytes = complete(t);
     Frame { tag: b'C', bytes }
-}
-
-/// The client's messages: tags, with CopyData payloads and CommandComplete texts.
-fn seen(out: &mut BytesMut) -> Vec<String> {
-    let mut v = Vec::new();
-    while let Some(f) = split_frame(out, usize::MAX).unwrap() {
-        let body = String::from_utf8_lossy(f.body())
-            .trim_end_matches('\0')
-            .to_string();
-        v.push(match f.tag {
-            b'd' | b'C' => format!("{}:{body}", f.tag as char),
-            b'E' => format!("E:{}", crate::protocol::error_fields(f.body()).0),
-            t => (t as char).to_string(),
-        });
-    }
-    v
 }
 
 fn run(c: &mut CopyOut, script: Vec<(usize, Frame)>) -> (Vec<Step>, Vec<String>) {

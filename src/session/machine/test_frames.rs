@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::{Frame, PgError};
+use crate::protocol::{split_frame, Frame, PgError};
 
 /// A message with `tag` and `body`.
 pub fn msg(tag: u8, body: &[u8]) -> Frame {
@@ -38,4 +38,21 @@ pub fn error(code: &'static str) -> Frame {
 /// A ReadyForQuery with status byte `s`.
 pub fn ready(s: u8) -> Frame {
     msg(b'Z', &[s])
+}
+
+/// Messages as short strings: CopyData with its payload, CommandComplete with its tag,
+/// ErrorResponse with its SQLSTATE, others by their type.
+pub fn seen(out: &mut BytesMut) -> Vec<String> {
+    let mut v = Vec::new();
+    while let Some(f) = split_frame(out, usize::MAX).unwrap() {
+        let body = String::from_utf8_lossy(f.body())
+            .trim_end_matches('\0')
+            .to_string();
+        v.push(match f.tag {
+            b'd' | b'C' => format!("{}:{body}", f.tag as char),
+            b'E' => format!("E:{}", crate::protocol::error_fields(f.body()).0),
+            t => (t as char).to_string(),
+        });
+    }
+    v
 }
