@@ -9,6 +9,7 @@
 use bytes::BytesMut;
 
 use super::fanout::{begin_implicit, finish_implicit};
+use super::fanout_stream::ShardConns;
 use super::routing::Want;
 use super::Loop;
 use crate::backend::BackendError;
@@ -114,17 +115,11 @@ impl Loop<'_> {
         let splitter = CopySplitter::new(c.csv, c.delimiter, c.header, key);
         let machine = CopyIn::new(map, splitter, key.is_some(), shards);
         let outgoing = vec![q.freeze(); shards.len()];
-        let (mut machine, mut conns) = self
-            .run_stream(
-                shards,
-                conns,
-                in_txn,
-                outgoing,
-                machine,
-                in_txn || implicit,
-                &[sql],
-            )
-            .await?;
+        let on = ShardConns {
+            ends_in_txn: in_txn || implicit,
+            ..ShardConns::new(shards, conns, in_txn)
+        };
+        let (mut machine, mut conns) = self.run_stream(on, outgoing, machine, &[sql]).await?;
         let failed = machine.progress().failed();
         let answer = machine.take_answer().unwrap_or_default();
         if implicit {

@@ -11,6 +11,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::fanout_stream::ShardConns;
 use super::routing::Want;
 use super::{End, Loop, CLEANUP_TIMEOUT};
 use crate::fanout::MergeError;
@@ -181,18 +182,11 @@ impl Loop<'_> {
             self.state.config.proxy.max_fanout_bytes,
         );
         let texts: Vec<&str> = per_shard.iter().map(|(_, t)| t.as_str()).collect();
-        let ends_in_txn = in_txn || implicit;
-        let (machine, mut conns) = self
-            .run_stream(
-                &targets,
-                conns,
-                in_txn,
-                outgoing,
-                machine,
-                ends_in_txn,
-                &texts,
-            )
-            .await?;
+        let on = ShardConns {
+            ends_in_txn: in_txn || implicit,
+            ..ShardConns::new(&targets, conns, in_txn)
+        };
+        let (machine, mut conns) = self.run_stream(on, outgoing, machine, &texts).await?;
         let failed = machine.progress().failed();
         if in_txn {
             self.end_shard_statement(&targets, conns, true, failed);

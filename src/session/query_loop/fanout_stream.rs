@@ -25,6 +25,30 @@ use crate::sql::analyze::fanout::FanOutQuery;
 /// shard slows the client's COPY; the proxy does not buffer it).
 const SHARD_BACKLOG: usize = 256 * 1024;
 
+/// The connections a statement on several shards runs on.
+pub(super) struct ShardConns<'s> {
+    /// The shards, in connection order.
+    pub shards: &'s [usize],
+    pub conns: Vec<Checkout>,
+    /// The connections are in the client's transaction.
+    pub in_txn: bool,
+    /// Each connection's last ReadyForQuery must be in a transaction block (else not): one
+    /// that is not as expected is closed.
+    pub ends_in_txn: bool,
+}
+
+impl<'s> ShardConns<'s> {
+    /// `conns` of `shards`, ending as they are (`in_txn`).
+    pub fn new(shards: &'s [usize], conns: Vec<Checkout>, in_txn: bool) -> ShardConns<'s> {
+        ShardConns {
+            shards,
+            conns,
+            in_txn,
+            ends_in_txn: in_txn,
+        }
+    }
+}
+
 /// Why the driver stopped before every shard answered.
 enum Stop {
     ClientGone,
@@ -107,30 +131,29 @@ impl Loop<'_> {
     ) -> Result<M, PgError> {
         let (conns, in_txn) = self.shard_conns(shards, want).await?;
         let outgoing = vec![request; shards.len()];
-        let (machine, conns) = self
-            .run_stream(shards, conns, in_txn, outgoing, machine, in_txn, &[sql])
-            .await?;
+        let on = ShardConns::new(shards, conns, in_txn);
+        let (machine, conns) = self.run_stream(on, outgoing, machine, &[sql]).await?;
         self.end_shard_statement(shards, conns, in_txn, machine.progress().failed());
         Ok(machine)
     }
 
-    /// Sends each of `conns` (those of `shards`, `in_txn`: in the client's transaction) its
-    /// request in `outgoing` and runs `machine` over their answers, streaming the client's
-    /// messages into its output. A connection whose last ReadyForQuery is not in a
-    /// transaction block exactly when `ends_in_txn` is marked broken. Returns the machine and
-    /// the connections, for the caller to end the statement; on an error the statement is
-    /// ended here.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends each connection of `on` its request in `outgoing` (the statements `texts`) and
+    /// runs `machine` over their answers, streaming the client's messages into its output.
+    /// Returns the machine and the connections, for the caller to end the statement; on an
+    /// error the statement is ended here.
     pub(super) async fn run_stream<M: ShardStream>(
         &mut self,
-        shards: &[usize],
-        mut conns: Vec<Checkout>,
-        in_txn: bool,
+        on: ShardConns<'_>,
         outgoing: Vec<Bytes>,
         mut machine: M,
-        ends_in_txn: bool,
         texts: &[&str],
     ) -> Result<(M, Vec<Checkout>), PgError> {
+        let ShardConns {
+            shards,
+            mut conns,
+            in_txn,
+            ends_in_txn,
+        } = on;
         // The proxy's own statements on the shards take their unnamed statements.
         conns.iter_mut().for_each(|c| {
             c.at_rest = false;

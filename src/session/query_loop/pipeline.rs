@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::fanout::finish_implicit;
 use super::fanout_batch::malformed;
+use super::fanout_stream::ShardConns;
 use super::routing::Want;
 use super::twophase::CommitError;
 use super::{End, Loop};
@@ -87,7 +88,15 @@ impl Loop<'_> {
         let outgoing = requests.into_iter().map(BytesMut::freeze).collect();
         let texts: Vec<&str> = d.texts.iter().map(String::as_str).collect();
         let (mut machine, mut conns) = self
-            .run_stream(shards, conns, in_txn, outgoing, machine, true, &texts)
+            .run_stream(
+                ShardConns {
+                    ends_in_txn: true,
+                    ..ShardConns::new(shards, conns, in_txn)
+                },
+                outgoing,
+                machine,
+                &texts,
+            )
             .await?;
         machine.finish(&mut self.to_client);
         self.note_pipeline_statements(&d, machine.answered());
