@@ -3,7 +3,8 @@
 //! refused (0A000) and rolls the transaction back on every shard; a participant's connection
 //! killed between PREPARE and COMMIT PREPARED still ends committed everywhere (the client told
 //! COMMIT); a proxy process killed there (`kill -9`) is resolved by the next instance, alike on
-//! every participant.
+//! every participant; a participant that cannot prepare (the coordinator, one in the middle
+//! or the last) rolls back every part, those prepared alongside it included.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -19,7 +20,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 fn shards() -> &'static ShardSet {
     static S: OnceLock<ShardSet> = OnceLock::new();
     static REGISTERED: std::sync::Once = std::sync::Once::new();
-    let s = S.get_or_init(|| ShardSet::start(3, 20, &[("tp", "k", "bigint")]));
+    let s =
+        S.get_or_init(|| ShardSet::start(3, 20, &[("tp", "k", "bigint"), ("tpd", "k", "bigint")]));
     REGISTERED.call_once(|| s.stop_at_exit());
     s
 }
@@ -689,4 +691,79 @@ async fn the_decision_log_is_created_with_a_pool_of_one() {
     let keys = committed.expect("a commit across shards with a pool of one");
     assert_eq!(stored(&[keys.0, keys.1]).await, vec![keys.0, keys.1]);
     assert_eq!(leftovers().await, (0, 0));
+}
+
+/// A fresh key owned by `shard`.
+fn key_on(shard: usize) -> i64 {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(500_000);
+    loop {
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if owner(k) == shard {
+            return k;
+        }
+    }
+}
+
+/// A transaction on all three shards whose part on `failing` breaks a deferred unique
+/// constraint, checked at its PREPARE: the COMMIT answers 40000, no row is stored anywhere
+/// and no prepared transaction is left, whichever participant fails (the coordinator, whose
+/// PREPARE goes first; or one of the others, prepared at once with the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_cannot_prepare_rolls_back_every_part() {
+    let _serial = SERIAL.lock().await;
+    let p = proxy("");
+    let c = p.app("app").await;
+    c.simple_query(
+        "CREATE TABLE IF NOT EXISTS tpd (k bigint PRIMARY KEY, v int, \
+         CONSTRAINT tpd_v UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .await
+    .unwrap();
+    for failing in 0..3 {
+        let keys: Vec<i64> = (0..3).map(key_on).collect();
+        let twin = key_on(failing);
+        c.simple_query("BEGIN").await.unwrap();
+        for (i, k) in keys.iter().enumerate() {
+            c.simple_query(&format!("INSERT INTO tpd (k, v) VALUES ({k}, {i})"))
+                .await
+                .unwrap();
+        }
+        // Same v as the failing shard's first row: fine until the constraint is checked.
+        c.simple_query(&format!(
+            "INSERT INTO tpd (k, v) VALUES ({twin}, {failing})"
+        ))
+        .await
+        .unwrap();
+        let e = c.simple_query("COMMIT").await.unwrap_err();
+        assert_eq!(
+            sqlstate(&e).as_deref(),
+            Some("40000"),
+            "shard {failing}: {e}"
+        );
+        let mut all = keys.clone();
+        all.push(twin);
+        for cl in &shards().clusters {
+            let d = direct(cl, "app").await;
+            let list = all
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let n = d
+                .simple_query(&format!("SELECT k FROM tpd WHERE k IN ({list})"))
+                .await
+                .unwrap()
+                .iter()
+                .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+                .count();
+            assert_eq!(n, 0, "shard {failing} failed: rows stored on {}", cl.port());
+        }
+        assert_eq!(
+            leftovers().await.0,
+            0,
+            "shard {failing} failed: prepared parts left"
+        );
+        // The session goes on.
+        c.simple_query("SELECT 1").await.unwrap();
+    }
 }

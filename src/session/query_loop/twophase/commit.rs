@@ -59,6 +59,51 @@ struct PhaseOne {
     coord_read_only: bool,
 }
 
+/// Why a participant did not prepare.
+enum Vote {
+    /// It answered: the error's SQLSTATE and message, or (no error) why its answer is not a
+    /// prepared transaction.
+    No { code: String, message: String },
+    /// Its connection failed or timed out (it is closed; whether it prepared is unknown).
+    Lost(String),
+}
+
+/// Sends `sql` (ending in PREPARE TRANSACTION) on `c` and reads its vote.
+async fn prepare_one(c: &mut Checkout, sql: &str) -> Result<(), Vote> {
+    let mut q = BytesMut::new();
+    let _ = postgres_protocol::message::frontend::query(sql, &mut q);
+    let (frames, status) = match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => {
+            c.broken = true;
+            return Err(Vote::Lost(e.to_string()));
+        }
+        Err(_) => {
+            c.broken = true;
+            return Err(Vote::Lost("timed out".into()));
+        }
+    };
+    let ok = frames
+        .iter()
+        .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
+    // A failed log row stops the query before its PREPARE.
+    match frames.iter().find(|f| f.tag == b'E') {
+        None if ok && status == TxStatus::Idle => Ok(()),
+        Some(e) => {
+            let (code, message) = protocol::error_fields(e.body());
+            Err(Vote::No { code, message })
+        }
+        None => Err(Vote::No {
+            code: String::new(),
+            message: if status != TxStatus::Idle {
+                "unexpected transaction state".into()
+            } else {
+                "the transaction was rolled back".into()
+            },
+        }),
+    }
+}
+
 /// Ends the transaction on every participant without two-phase commit: ROLLBACK if it failed
 /// (`aborted`), else COMMIT (one participant, or a READ ONLY transaction).
 async fn end_in_one_phase(
@@ -185,9 +230,11 @@ impl Loop<'_> {
         )
     }
 
-    /// Phase one: PREPARE TRANSACTION on each participant in order, the coordinator (the
-    /// first) writing the decision into its log table in the same query; stops at the first
-    /// participant that cannot prepare.
+    /// Phase one: PREPARE TRANSACTION on the coordinator (the first participant), which
+    /// writes the decision into its log table in the same query, then on every other
+    /// participant at once (one round trip for all of them). Every participant that answers
+    /// prepared is listed, so an abort rolls back each of them; the failure named is the
+    /// first in shard order.
     async fn prepare_all(
         &self,
         conns: &mut [(usize, Checkout)],
@@ -195,60 +242,53 @@ impl Loop<'_> {
         mask: u64,
         coord_addr: &str,
     ) -> PhaseOne {
-        let mut prepared = Vec::new();
-        let mut failure = None;
-        let mut coord_read_only = false;
-        for (n, (s, c)) in conns.iter_mut().enumerate() {
-            let name = gid(id, mask, *s);
-            let prepare = format!("PREPARE TRANSACTION '{name}'");
-            let sql = match n {
-                0 => format!("{}; {prepare}", recovery::log_insert(id, mask)),
-                _ => prepare,
-            };
-            let mut q = BytesMut::new();
-            let _ = postgres_protocol::message::frontend::query(&sql, &mut q);
-            match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
-                Ok(Ok((frames, status))) => {
-                    let ok = frames
-                        .iter()
-                        .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
-                    // A failed log row stops the query before its PREPARE ('E').
-                    let error = frames.iter().find(|f| f.tag == b'E');
-                    if ok && error.is_none() && status == TxStatus::Idle {
-                        prepared.push(*s);
-                        continue;
-                    }
-                    failure = Some(match error {
-                        Some(e) => {
-                            let (code, msg) = protocol::error_fields(e.body());
-                            if n == 0 && code == sqlstate::UNDEFINED_TABLE {
-                                self.forget_log(coord_addr);
-                            }
-                            coord_read_only = n == 0 && code == sqlstate::READ_ONLY_SQL_TRANSACTION;
-                            msg
-                        }
-                        None if status != TxStatus::Idle => "unexpected transaction state".into(),
-                        None => "the transaction was rolled back".into(),
-                    });
+        let mut phase = PhaseOne {
+            prepared: Vec::new(),
+            failure: None,
+            coord_read_only: false,
+        };
+        let Some(((coord, first), others)) = conns.split_first_mut() else {
+            return phase;
+        };
+        let sql = format!(
+            "{}; PREPARE TRANSACTION '{}'",
+            recovery::log_insert(id, mask),
+            gid(id, mask, *coord)
+        );
+        match prepare_one(first, &sql).await {
+            Ok(()) => phase.prepared.push(*coord),
+            Err(Vote::No { code, message }) => {
+                if code == sqlstate::UNDEFINED_TABLE {
+                    self.forget_log(coord_addr);
                 }
-                Ok(Err(e)) => {
-                    c.broken = true;
-                    failure = Some(e.to_string());
-                }
-                Err(_) => {
-                    c.broken = true;
-                    failure = Some("timed out".into());
-                }
+                phase.coord_read_only = code == sqlstate::READ_ONLY_SQL_TRANSACTION;
+                phase.failure = Some(format!("shard {}: {message}", self.shard_name(*coord)));
+                return phase;
             }
-            let shard_name = self.shard_name(*s);
-            failure = failure.map(|f| format!("shard {shard_name}: {f}"));
-            break;
+            Err(Vote::Lost(why)) => {
+                phase.failure = Some(format!("shard {}: {why}", self.shard_name(*coord)));
+                return phase;
+            }
         }
-        PhaseOne {
-            prepared,
-            failure,
-            coord_read_only,
+        let votes = futures_util::future::join_all(others.iter_mut().map(|(s, c)| {
+            let sql = format!("PREPARE TRANSACTION '{}'", gid(id, mask, *s));
+            async move { (*s, prepare_one(c, &sql).await) }
+        }))
+        .await;
+        for (s, vote) in votes {
+            let why = match vote {
+                Ok(()) => {
+                    phase.prepared.push(s);
+                    continue;
+                }
+                Err(Vote::No { message, .. }) => message,
+                Err(Vote::Lost(why)) => why,
+            };
+            phase
+                .failure
+                .get_or_insert_with(|| format!("shard {}: {why}", self.shard_name(s)));
         }
+        phase
     }
 
     /// Phase two. Every participant voted yes: the outcome is commit. The coordinator's
