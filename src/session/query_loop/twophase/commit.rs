@@ -302,19 +302,27 @@ impl Loop<'_> {
         coord: usize,
         log_key: &str,
     ) {
-        // (An unreachable coordinator is still prepared with all the others: recovery
-        // commits them all, never rolls them back.)
+        // The coordinator first: its COMMIT PREPARED makes the decision durable (an
+        // unreachable coordinator is still prepared with all the others: recovery commits
+        // them all, never rolls them back). Then every other participant at once.
+        let Some(((first_shard, first), others)) = conns.split_first_mut() else {
+            return;
+        };
+        let this = &*self;
+        let mut results = vec![this.commit_part(*first_shard, first, id, mask).await];
+        results.extend(
+            futures_util::future::join_all(
+                others
+                    .iter_mut()
+                    .map(|(s, c)| this.commit_part(*s, c, id, mask)),
+            )
+            .await,
+        );
         let mut pending = Vec::new();
-        for (s, c) in conns.iter_mut() {
-            let name = gid(id, mask, *s);
-            let sql = format!("COMMIT PREPARED '{name}'");
-            match self.finish_part(*s, Some(c), &sql).await {
-                // 42704: recovery (or an earlier attempt whose answer was lost) committed it.
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(gid = %name, error = %e, "COMMIT PREPARED failed; left to recovery");
-                    pending.push(format!("shard {}: {e}", self.shard_name(*s)));
-                }
+        for (s, name, result) in results {
+            if let Err(e) = result {
+                tracing::warn!(gid = %name, error = %e, "COMMIT PREPARED failed; left to recovery");
+                pending.push(format!("shard {}: {e}", self.shard_name(s)));
             }
         }
         if pending.is_empty() {
@@ -341,11 +349,27 @@ impl Loop<'_> {
         }
     }
 
+    /// COMMIT PREPARED of shard `s`'s part (see [`Loop::finish_part`]; `Ok(false)`, 42704:
+    /// recovery, or an earlier attempt whose answer was lost, committed it): (shard, the
+    /// part's name, the outcome).
+    async fn commit_part(
+        &self,
+        s: usize,
+        c: &mut Checkout,
+        id: u64,
+        mask: u64,
+    ) -> (usize, String, Result<bool, String>) {
+        let name = gid(id, mask, s);
+        let sql = format!("COMMIT PREPARED '{name}'");
+        let outcome = self.finish_part(s, Some(c), &sql).await;
+        (s, name, outcome)
+    }
+
     /// Runs `sql` (COMMIT or ROLLBACK PREPARED) for a participant until its server answers:
     /// on `conn` first, then on fresh connections, for up to [`FINISH_FOR`]. `Ok(true)`:
     /// done; `Ok(false)`: no such prepared transaction (42704); `Err`: no answer in time.
     async fn finish_part(
-        &mut self,
+        &self,
         shard: usize,
         mut conn: Option<&mut Checkout>,
         sql: &str,
