@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::shard_stream::{Progress, ShardStream, Step};
+use super::shard_stream::{Progress, ShardEnd, ShardStream, Step};
 use crate::fanout::CommandTag;
 use crate::protocol::{self, sqlstate, Frame, PgError};
 use crate::shard::copy::{CopySplitter, RowTarget};
@@ -291,11 +291,8 @@ impl ShardStream for CopyIn {
             b'C' => self.on_complete(i, &frame),
             _ => self.progress.lose(i, "an unexpected message"),
         };
-        if !self.progress.running(i) {
-            // Lost: nothing more goes to it.
-            self.side[i] = Side::Closing;
-            self.pending[i].clear();
-            self.progress_failed_now();
+        if self.progress.shard_ends()[i] == ShardEnd::Lost {
+            self.drop_shard(i);
         }
         self.end_if_done(out);
         step
@@ -303,11 +300,9 @@ impl ShardStream for CopyIn {
 
     fn on_lost(&mut self, i: usize, out: &mut BytesMut) -> Step {
         let mut step = self.progress.lost(i);
-        self.side[i] = Side::Closing;
-        self.pending[i].clear();
+        self.drop_shard(i);
         if step == Step::CancelOthers {
-            // The lost shard's error is the statement's: the others get their CopyFail.
-            self.progress_failed_now();
+            // The lost shard's error is the statement's.
             step = self.cancel_starting();
         }
         self.end_if_done(out);
@@ -395,6 +390,14 @@ impl CopyIn {
         if self.client == Client::Waiting {
             self.client = Client::Done;
         }
+    }
+
+    /// Shard `i` is lost (the statement has failed): nothing more goes to it, and the shards
+    /// still copying get their CopyFail.
+    fn drop_shard(&mut self, i: usize) {
+        self.side[i] = Side::Closing;
+        self.pending[i].clear();
+        self.progress_failed_now();
     }
 
     /// CancelOthers if a running shard has not started its COPY.

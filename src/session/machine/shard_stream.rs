@@ -62,7 +62,8 @@ pub trait ShardStream {
     fn wants_client(&self) -> bool {
         false
     }
-    /// Takes the client's message `frame` (only while [`ShardStream::wants_client`]).
+    /// Takes the client's message `frame` (only while [`ShardStream::wants_client`]). Never
+    /// [`Step::Broken`]: no shard's connection is at fault for what the client sent.
     fn on_client(&mut self, _frame: Frame, _out: &mut BytesMut) -> Step {
         Step::Continue
     }

@@ -95,6 +95,8 @@ impl Loop<'_> {
         }
         let sharded = map.sharded(&c.table).cloned();
         let (mut conns, in_txn) = self.shard_conns(shards, Want::Primary).await?;
+        // A CancelRequest reaches every shard from here on (the caller clears this).
+        self.cancel_to(&conns);
         // Where the key is in each row.
         let key = match key_position(&mut conns, c, sharded.as_ref()).await {
             Ok(key) => key,

@@ -265,6 +265,7 @@ impl Loop<'_> {
                     &mut self.to_client,
                 ),
             };
+            debug_assert_ne!(step, Step::Broken, "a client message breaks no shard");
             react(step, 0, machine, conns, cancel);
         }
     }

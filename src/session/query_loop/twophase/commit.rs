@@ -59,28 +59,36 @@ struct PhaseOne {
     coord_read_only: bool,
 }
 
-/// Why a participant did not prepare.
-enum Vote {
-    /// It answered: the error's SQLSTATE and message, or (no error) why its answer is not a
-    /// prepared transaction.
-    No { code: String, message: String },
-    /// Its connection failed or timed out (it is closed; whether it prepared is unknown).
-    Lost(String),
+/// Why a participant did not prepare: the SQLSTATE of its error (empty when it sent none:
+/// an answer that is not a prepared transaction, or a connection that failed or timed out
+/// and is closed) and what went wrong.
+struct Refusal {
+    code: String,
+    why: String,
+}
+
+impl Refusal {
+    fn without_code(why: impl Into<String>) -> Refusal {
+        Refusal {
+            code: String::new(),
+            why: why.into(),
+        }
+    }
 }
 
 /// Sends `sql` (ending in PREPARE TRANSACTION) on `c` and reads its vote.
-async fn prepare_one(c: &mut Checkout, sql: &str) -> Result<(), Vote> {
+async fn prepare_one(c: &mut Checkout, sql: &str) -> Result<(), Refusal> {
     let mut q = BytesMut::new();
     let _ = postgres_protocol::message::frontend::query(sql, &mut q);
     let (frames, status) = match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
             c.broken = true;
-            return Err(Vote::Lost(e.to_string()));
+            return Err(Refusal::without_code(e.to_string()));
         }
         Err(_) => {
             c.broken = true;
-            return Err(Vote::Lost("timed out".into()));
+            return Err(Refusal::without_code("timed out"));
         }
     };
     let ok = frames
@@ -90,17 +98,13 @@ async fn prepare_one(c: &mut Checkout, sql: &str) -> Result<(), Vote> {
     match frames.iter().find(|f| f.tag == b'E') {
         None if ok && status == TxStatus::Idle => Ok(()),
         Some(e) => {
-            let (code, message) = protocol::error_fields(e.body());
-            Err(Vote::No { code, message })
+            let (code, why) = protocol::error_fields(e.body());
+            Err(Refusal { code, why })
         }
-        None => Err(Vote::No {
-            code: String::new(),
-            message: if status != TxStatus::Idle {
-                "unexpected transaction state".into()
-            } else {
-                "the transaction was rolled back".into()
-            },
-        }),
+        None if status != TxStatus::Idle => {
+            Err(Refusal::without_code("unexpected transaction state"))
+        }
+        None => Err(Refusal::without_code("the transaction was rolled back")),
     }
 }
 
@@ -255,38 +259,29 @@ impl Loop<'_> {
             recovery::log_insert(id, mask),
             gid(id, mask, *coord)
         );
-        match prepare_one(first, &sql).await {
-            Ok(()) => phase.prepared.push(*coord),
-            Err(Vote::No { code, message }) => {
-                if code == sqlstate::UNDEFINED_TABLE {
-                    self.forget_log(coord_addr);
-                }
-                phase.coord_read_only = code == sqlstate::READ_ONLY_SQL_TRANSACTION;
-                phase.failure = Some(format!("shard {}: {message}", self.shard_name(*coord)));
-                return phase;
+        if let Err(Refusal { code, why }) = prepare_one(first, &sql).await {
+            if code == sqlstate::UNDEFINED_TABLE {
+                self.forget_log(coord_addr);
             }
-            Err(Vote::Lost(why)) => {
-                phase.failure = Some(format!("shard {}: {why}", self.shard_name(*coord)));
-                return phase;
-            }
+            phase.coord_read_only = code == sqlstate::READ_ONLY_SQL_TRANSACTION;
+            phase.failure = Some(format!("shard {}: {why}", self.shard_name(*coord)));
+            return phase;
         }
+        phase.prepared.push(*coord);
         let votes = futures_util::future::join_all(others.iter_mut().map(|(s, c)| {
             let sql = format!("PREPARE TRANSACTION '{}'", gid(id, mask, *s));
             async move { (*s, prepare_one(c, &sql).await) }
         }))
         .await;
         for (s, vote) in votes {
-            let why = match vote {
-                Ok(()) => {
-                    phase.prepared.push(s);
-                    continue;
+            match vote {
+                Ok(()) => phase.prepared.push(s),
+                Err(Refusal { why, .. }) => {
+                    phase
+                        .failure
+                        .get_or_insert_with(|| format!("shard {}: {why}", self.shard_name(s)));
                 }
-                Err(Vote::No { message, .. }) => message,
-                Err(Vote::Lost(why)) => why,
-            };
-            phase
-                .failure
-                .get_or_insert_with(|| format!("shard {}: {why}", self.shard_name(s)));
+            }
         }
         phase
     }
