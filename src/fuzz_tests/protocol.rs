@@ -341,6 +341,16 @@ fn fuzz_extended_messages() {
         if let Some(p) = bounded(n, 24, 256, || Params::from_bind(body)) {
             assert!(p.values.len() * 4 <= n && p.formats.len() * 2 <= n);
         }
+        if let Some(b) = bounded(n, 24, 256, || crate::protocol::BindParts::decode(body)) {
+            // The parameter bytes follow the names; the result formats, when read, end the
+            // body.
+            let (_, _, at) = bind_names(body).expect("names of a decoded Bind");
+            let end = at + b.params_bytes.len();
+            assert_eq!(&body[at..end], b.params_bytes);
+            if let Some(r) = b.result_formats {
+                assert_eq!(end + 2 + 2 * r.len(), n);
+            }
+        }
     });
 }
 
