@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::session::{Signals, Wake, TICK};
 use crate::state::ProxyState;
 
 /// Serves clients on `listener` until `shutdown` completes, then drains sessions.
@@ -21,6 +22,9 @@ pub async fn run(
     let max = state.config.proxy.max_client_connections;
     let limit = Arc::new(Semaphore::new(max));
     let (tx, rx) = watch::channel(false);
+    let (wake_tx, wake_rx) = watch::channel(Wake::default());
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sessions = tokio::task::JoinSet::new();
     let mut sessions = sessions;
     tokio::pin!(shutdown);
@@ -39,9 +43,12 @@ pub async fn run(
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let state = state.clone();
-                        let rx = rx.clone();
+                        let signals = Signals {
+                            wake: wake_rx.clone(),
+                            shutdown: rx.clone(),
+                        };
                         sessions.spawn(async move {
-                            crate::session::run(stream, state, rx).await;
+                            crate::session::run(stream, state, signals).await;
                             drop(permit);
                         });
                     }
@@ -59,12 +66,14 @@ pub async fn run(
                     }
                 }
             }
+            _ = tick.tick() => wake_tx.send_modify(|w| w.tick += 1),
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
     tracing::info!(clients = max - limit.available_permits(), "shutting down");
     let _ = tx.send(true);
+    wake_tx.send_modify(|w| w.shutdown = true);
     let grace = Duration::from_millis(state.config.proxy.shutdown_timeout_ms);
     let drained = tokio::time::timeout(grace, async {
         while sessions.join_next().await.is_some() {}
@@ -96,5 +105,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every client is one task whose future is as big as its largest state, whatever state it
+    /// is in: an idle client costs at least this much.
+    #[tokio::test]
+    async fn a_client_task_is_small() {
+        let config = crate::config::Config::parse(
+            "[[users]]\nname = \"app\"\npassword = \"secret\"\n[[databases]]\nname = \"app\"\n\
+             [[databases.shards]]\nname = \"s0\"\nprimary = \"127.0.0.1:1\"\n",
+            "t",
+        )
+        .expect("config");
+        let state = ProxyState::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (_tx, shutdown) = watch::channel(false);
+        let (_wake_tx, wake) = watch::channel(Wake::default());
+        let task = crate::session::run(stream, state, Signals { wake, shutdown });
+        let size = std::mem::size_of_val(&task);
+        println!("client task future: {size} bytes");
+        assert!(size <= 1280, "client task future is {size} bytes");
     }
 }

@@ -155,6 +155,8 @@ pub struct ProxyState {
     pub fan_out_plans: crate::sql::FanOutCache,
     /// Shard maps of the databases with more than one shard.
     pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
+    /// Clients hibernating: quiet, holding no server connection and no buffers.
+    pub hibernating: std::sync::atomic::AtomicUsize,
 }
 
 impl ProxyState {
@@ -197,6 +199,7 @@ impl ProxyState {
             registry,
             cancels: CancelRegistry::default(),
             statements: StatementCache::default(),
+            hibernating: Default::default(),
         })
     }
 }

@@ -192,6 +192,8 @@ primary = "{pg}"
 pub struct Proxy {
     /// Listening port on 127.0.0.1.
     pub port: u16,
+    /// What its sessions share (counters a test may read).
+    pub state: std::sync::Arc<shardgate::state::ProxyState>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -213,6 +215,7 @@ impl Proxy {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (state_tx, state_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -222,14 +225,17 @@ impl Proxy {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let state = shardgate::state::ProxyState::new(config);
+                let _ = state_tx.send(state.clone());
                 shardgate::server::run(listener, state, async {
                     let _ = rx.await;
                 })
                 .await;
             });
         });
+        let state = state_rx.recv().expect("the proxy thread started");
         Proxy {
             port,
+            state,
             stop: Some(tx),
             thread: Some(thread),
         }

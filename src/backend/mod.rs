@@ -121,7 +121,7 @@ pub struct ServerConn {
     /// SQL-level prepared statements (PREPARE name AS ...): name -> the PREPARE text.
     pub sql_prepared: HashMap<String, Arc<str>>,
     /// Settings changed from the connection's defaults, as `current_setting` reports them.
-    pub settings: BTreeMap<String, String>,
+    pub settings: Arc<BTreeMap<String, String>>,
     /// A statement may have changed settings that `settings` does not show (a fan-out or a
     /// multi-shard transaction ran one): reset them all before the next use.
     pub settings_unknown: bool,
@@ -162,7 +162,7 @@ impl ServerConn {
                 NonZeroUsize::new(p.prepared_capacity).unwrap_or(NonZeroUsize::MIN),
             ),
             sql_prepared: HashMap::new(),
-            settings: BTreeMap::new(),
+            settings: Default::default(),
             settings_unknown: false,
         };
         let mut out = BytesMut::new();

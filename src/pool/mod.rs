@@ -42,18 +42,20 @@ pub struct ServerManager {
 }
 
 impl bb8::ManageConnection for ServerManager {
-    type Connection = ServerConn;
+    /// Boxed: the pool and every checkout move a pointer, not the connection's state, and a
+    /// client's session holds only that pointer while it has a server connection.
+    type Connection = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn connect(&self) -> Result<ServerConn, BackendError> {
-        ServerConn::connect(&self.params).await
+    async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
+        ServerConn::connect(&self.params).await.map(Box::new)
     }
 
-    async fn is_valid(&self, _conn: &mut ServerConn) -> Result<(), BackendError> {
+    async fn is_valid(&self, _conn: &mut Box<ServerConn>) -> Result<(), BackendError> {
         Ok(())
     }
 
-    fn has_broken(&self, conn: &mut ServerConn) -> bool {
+    fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
         conn.broken || !conn.at_rest || !conn.inbuf.is_empty()
     }
 }

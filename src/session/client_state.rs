@@ -9,6 +9,9 @@ use crate::sql::scan::{dollar_quote, find_ci, first_word, is_setting_name};
 
 use crate::state::Prepared;
 
+mod options;
+pub use options::parse_options;
+
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
@@ -35,9 +38,9 @@ pub struct ClientState {
     /// SQL-level prepared statements: name -> PREPARE text.
     pub sql_prepared: HashMap<String, Arc<str>>,
     /// Settings from the startup packet (lowercase names).
-    pub startup: BTreeMap<String, String>,
+    pub startup: Arc<BTreeMap<String, String>>,
     /// The client's current settings (startup plus what it SET since).
-    pub settings: BTreeMap<String, String>,
+    pub settings: Arc<BTreeMap<String, String>>,
     /// Settings changed in the current transaction; read back from the server when it ends.
     pub dirty: BTreeSet<String>,
     /// Why the client keeps its server connection until it leaves, if it does.
@@ -66,53 +69,17 @@ impl ClientState {
                 }
             }
         }
+        ClientState::with_startup(Arc::new(startup))
+    }
+
+    /// State of a new client whose startup settings are known (shared until it changes one).
+    pub fn with_startup(startup: Arc<BTreeMap<String, String>>) -> ClientState {
         ClientState {
             settings: startup.clone(),
             startup,
             ..ClientState::default()
         }
     }
-}
-
-/// Parses a startup `options` string: `-c name=value`, `-cname=value` and `--name=value`,
-/// with backslash-escaped spaces.
-pub fn parse_options(opts: &str) -> Vec<(String, String)> {
-    let mut words = Vec::new();
-    let mut cur = String::new();
-    let mut chars = opts.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    cur.push(n);
-                }
-            }
-            c if c.is_whitespace() => {
-                if !cur.is_empty() {
-                    words.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        words.push(cur);
-    }
-    let mut out = Vec::new();
-    let mut it = words.into_iter();
-    while let Some(w) = it.next() {
-        let kv = if w == "-c" {
-            it.next()
-        } else if let Some(rest) = w.strip_prefix("-c") {
-            Some(rest.to_string())
-        } else {
-            w.strip_prefix("--").map(str::to_string)
-        };
-        if let Some((k, v)) = kv.as_deref().and_then(|kv| kv.split_once('=')) {
-            out.push((k.replace('-', "_"), v.to_string()));
-        }
-    }
-    out
 }
 
 /// SQL that changes a server connection's settings from `conn` to `client`, or None when they
@@ -161,7 +128,7 @@ pub fn setup_sql(
     conn: &mut crate::backend::ServerConn,
 ) -> Option<String> {
     if std::mem::take(&mut conn.settings_unknown) {
-        conn.settings.clear();
+        conn.settings = Default::default();
         let apply = apply_sql(client, &conn.settings).unwrap_or_default();
         return Some(format!("RESET ALL; RESET ROLE; {apply}"));
     }

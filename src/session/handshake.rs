@@ -40,8 +40,8 @@ pub struct Login {
     pub cancel_slot: CancelSlot,
     /// Raised by each CancelRequest for this client.
     pub cancel_signal: Arc<CancelSignal>,
-    /// The startup packet's parameters (user, database, application_name, options, ...).
-    pub params: BTreeMap<String, String>,
+    /// The settings of the startup packet (its parameters and `options`, lowercase names).
+    pub startup: Arc<BTreeMap<String, String>>,
     /// Reads may go to replicas: transaction or statement mode, `routing.read_write_split`
     /// on, and some shard has more than one server.
     pub split: bool,
@@ -230,10 +230,10 @@ pub(crate) async fn cancel_all(targets: &[crate::state::CancelTarget]) {
 /// with the server's error, as it would on a direct connection.
 async fn startup_params(
     pool: &ServerPool,
-    startup: &BTreeMap<String, String>,
+    startup: &Arc<BTreeMap<String, String>>,
     base: &ServerParams,
 ) -> Result<Arc<StartupParams>, PgError> {
-    if let Some(p) = lock(&pool.startup_params).get(startup) {
+    if let Some(p) = lock(&pool.startup_params).get(&**startup) {
         return Ok(p.clone());
     }
     let cannot = |e: &dyn std::fmt::Display| {
@@ -300,7 +300,7 @@ async fn startup_params(
     if cache.len() >= STARTUP_PARAMS_CACHE {
         cache.clear();
     }
-    cache.insert(startup.clone(), learned.clone());
+    cache.insert(BTreeMap::clone(startup), learned.clone());
     Ok(learned)
 }
 
@@ -454,7 +454,7 @@ async fn handshake_inner(
         cancel_pid,
         cancel_slot: key.slot,
         cancel_signal: key.signal,
-        params,
+        startup,
         split,
         shard_map,
     }))

@@ -11,17 +11,17 @@ use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::protocol::PgError;
 use crate::state::ProxyState;
 
 pub(crate) use handshake::cancel_all;
 pub use handshake::Login;
+pub use query_loop::{Signals, Wake, TICK};
 
 /// Runs one client connection to completion. Errors are reported to the client and logged here,
 /// where the task ends.
-pub async fn run(stream: TcpStream, state: Arc<ProxyState>, shutdown: watch::Receiver<bool>) {
+pub async fn run(stream: TcpStream, state: Arc<ProxyState>, signals: Signals) {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -30,7 +30,8 @@ pub async fn run(stream: TcpStream, state: Arc<ProxyState>, shutdown: watch::Rec
     let (rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(1024);
     let mut rd = rd;
-    let login = handshake::handshake(&mut rd, &mut wr, &mut inbuf, &state).await;
+    // Boxed: the handshake's state is needed only until login, not for the client's lifetime.
+    let login = Box::pin(handshake::handshake(&mut rd, &mut wr, &mut inbuf, &state)).await;
     let login = match login {
         Ok(Some(l)) => l,
         Ok(None) => return,
@@ -49,7 +50,9 @@ pub async fn run(stream: TcpStream, state: Arc<ProxyState>, shutdown: watch::Rec
         state: &state,
         pid: login.cancel_pid,
     };
-    query_loop::run(rd, wr, inbuf, login, &state, shutdown).await;
+    let shutting_down = signals.wake.borrow().shutdown;
+    let session = query_loop::new(rd, wr, inbuf, login, &state, shutting_down);
+    query_loop::run(session, signals).await;
     tracing::debug!(%peer, "client disconnected");
 }
 

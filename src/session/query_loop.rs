@@ -36,6 +36,7 @@ mod copy;
 mod fanout;
 mod fanout_batch;
 mod fanout_stream;
+mod hibernate;
 mod pipeline;
 mod routing;
 mod server_input;
@@ -43,6 +44,7 @@ mod shard_conns;
 mod statements;
 mod twophase;
 
+pub use hibernate::{Signals, Wake, TICK};
 use routing::Routing;
 
 /// Above this many buffered bytes in one direction, stop reading from the sender.
@@ -70,9 +72,13 @@ enum End {
     Fatal,
     /// Proxy shutdown; a FATAL 57P01 is in `to_client`.
     Shutdown,
+    /// Not an end: the client has been quiet, holds no server connection and nothing is in
+    /// flight, so the session gives back its buffers and waits in a small state (see
+    /// [`Loop::hibernate`]).
+    Hibernate,
 }
 
-struct Loop<'a> {
+pub(super) struct Loop<'a> {
     state: &'a ProxyState,
     login: Login,
     client_reader: OwnedReadHalf,
@@ -108,17 +114,19 @@ struct Loop<'a> {
 }
 
 /// Runs the loop until the client leaves, then cleans up its server connection.
-pub(super) async fn run(
+/// The session of a client that just logged in (`from_client`: what it sent after its startup
+/// packet). Boxed: a hibernating client's task holds little more than this pointer.
+pub(super) fn new<'a>(
     client_reader: OwnedReadHalf,
     client_writer: OwnedWriteHalf,
     from_client: BytesMut,
     login: Login,
-    state: &ProxyState,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    state: &'a ProxyState,
+    shutting_down: bool,
+) -> Box<Loop<'a>> {
     let managed = login.pool_mode != PoolMode::Session;
-    let client = ClientState::from_startup(&login.params);
-    let mut l = Loop {
+    let client = ClientState::with_startup(login.startup.clone());
+    Box::new(Loop {
         state,
         login,
         client_reader,
@@ -137,12 +145,31 @@ pub(super) async fn run(
         client_blocked: false,
         held: false,
         last_activity: tokio::time::Instant::now(),
-        shutting_down: *shutdown.borrow(),
+        shutting_down,
         client_gone: false,
         routing: Routing::default(),
+    })
+}
+
+/// Runs the session until the client leaves, then cleans up its server connections. The
+/// running loop's future is boxed while it runs; a quiet client waits in [`Loop::hibernate`]
+/// instead. A client that has said nothing since its login starts there: thousands of clients
+/// that log in and wait cost no buffers.
+pub(super) async fn run(mut l: Box<Loop<'_>>, mut signals: Signals) {
+    let mut ended = match l.from_client.is_empty() && !l.shutting_down {
+        true => l.hibernate(&mut signals.shutdown).await,
+        false => None,
     };
-    let end = l.main(&mut shutdown).await;
-    l.finish(end).await;
+    let end = loop {
+        if let Some(end) = ended {
+            break end;
+        }
+        ended = match Box::pin(l.main(&mut signals.wake)).await {
+            End::Hibernate => l.hibernate(&mut signals.shutdown).await,
+            end => Some(end),
+        };
+    };
+    Box::pin(l.finish(end)).await;
 }
 
 async fn read_opt(
@@ -205,7 +232,7 @@ fn reserve(buf: &mut BytesMut) {
 }
 
 impl Loop<'_> {
-    async fn main(&mut self, shutdown: &mut watch::Receiver<bool>) -> End {
+    async fn main(&mut self, wake: &mut watch::Receiver<Wake>) -> End {
         loop {
             if let Some(end) = self.handle_client_frames().await {
                 return end;
@@ -298,7 +325,12 @@ impl Loop<'_> {
                         }
                     }
                 },
-                _ = shutdown.changed(), if !self.shutting_down => self.shutting_down = true,
+                r = wake.changed(), if !self.shutting_down => {
+                    let signal = r.map(|()| *wake.borrow_and_update());
+                    if self.woken(signal) {
+                        return End::Hibernate;
+                    }
+                }
             }
             if let Some(end) = self.handle_server_input().await {
                 return end;
@@ -441,7 +473,7 @@ impl Loop<'_> {
                     // DISCARD ALL (or the configured reset) dropped statements and settings.
                     conn.prepared.clear();
                     conn.sql_prepared.clear();
-                    conn.settings.clear();
+                    conn.settings = Default::default();
                 }
             }
             _ => conn.broken = true,

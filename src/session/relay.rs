@@ -144,6 +144,13 @@ impl Relay {
         self.queue.is_empty() && self.remaining == 0
     }
 
+    /// Gives back the queue's memory (an idle client's session hibernates).
+    pub fn shrink(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// ReadyForQuery messages the server still owes the client.
     /// Bytes of a message already begun that `process` has yet to take from the input.
     pub fn mid_message(&self) -> usize {

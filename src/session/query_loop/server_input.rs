@@ -195,9 +195,9 @@ impl Loop<'_> {
             let sql = read_all_settings_sql(&refs);
             match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_rows(&sql)).await {
                 Ok(Ok((rows, TxStatus::Idle))) => {
-                    self.client.settings = settings_from_rows(rows);
+                    self.client.settings = Arc::new(settings_from_rows(rows));
                     // RESET ALL: the connection is back at its defaults.
-                    conn.settings.clear();
+                    conn.settings = Default::default();
                     conn.settings_unknown = false;
                 }
                 _ => {
@@ -216,8 +216,8 @@ impl Loop<'_> {
         match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(&sql)).await {
             Ok(Ok(values)) if values.len() == names.len() => {
                 for (k, v) in names.into_iter().zip(values) {
-                    conn.settings.insert(k.clone(), v.clone());
-                    self.client.settings.insert(k, v);
+                    Arc::make_mut(&mut conn.settings).insert(k.clone(), v.clone());
+                    Arc::make_mut(&mut self.client.settings).insert(k, v);
                 }
             }
             _ => {

@@ -1,0 +1,120 @@
+//! Hibernation: a client that has been quiet for a tick, holds no server connection and has
+//! nothing in flight gives back its buffers and its running loop's future, and waits in a small
+//! future for its next bytes, its idle timeout or shutdown. Thousands of idle clients then cost
+//! little more than their session state.
+
+use bytes::BytesMut;
+use std::future::pending;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+use super::{idle_error, idle_limit, End, Loop};
+
+/// What the accept loop tells the sessions that are running: shutdown, and a tick about every
+/// [`TICK`] so that a quiet client can hibernate (no per-client timer).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wake {
+    pub shutdown: bool,
+    pub tick: u64,
+}
+
+/// How often the accept loop ticks [`Wake`].
+pub const TICK: Duration = Duration::from_secs(1);
+/// A client with nothing in flight hibernates at a tick after this much quiet.
+const HIBERNATE_AFTER: Duration = Duration::from_millis(500);
+
+/// The two channels a session listens to: `wake` while it runs, `shutdown` alone while it
+/// hibernates (so ticks do not wake thousands of idle clients).
+#[derive(Debug)]
+pub struct Signals {
+    pub wake: watch::Receiver<Wake>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Loop<'_> {
+    /// A signal of the accept loop (`Err`: it is gone): shutdown, or a tick, at which a quiet
+    /// session hibernates (true).
+    pub(super) fn woken(&mut self, signal: Result<Wake, watch::error::RecvError>) -> bool {
+        match signal {
+            Ok(Wake {
+                shutdown: false, ..
+            }) => self.quiescent() && self.last_activity.elapsed() >= HIBERNATE_AFTER,
+            _ => {
+                self.shutting_down = true;
+                false
+            }
+        }
+    }
+
+    /// Nothing is in flight and no server connection is held: the session's buffers may go.
+    pub(super) fn quiescent(&self) -> bool {
+        self.server.is_none()
+            && self.routing.parked.is_empty()
+            && self.routing.pending.is_empty()
+            && self.from_client.is_empty()
+            && self.to_client.is_empty()
+            && self.to_server.is_empty()
+            && self.events.is_empty()
+            && self.relay.idle()
+            && !self.held
+            && !self.client_blocked
+            && !self.client_gone
+    }
+
+    /// Gives back the buffers of a quiet client and waits, in a small future, for its next
+    /// bytes, its idle timeout or shutdown. `None`: run the loop again.
+    pub(super) async fn hibernate(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<End> {
+        self.from_client = BytesMut::new();
+        self.to_client = BytesMut::new();
+        self.to_server = BytesMut::new();
+        self.events = Vec::new();
+        self.relay.shrink();
+        self.routing.pending = Default::default();
+        let limit = idle_limit(&self.state.config.proxy, self.txn.status(), true);
+        // Boxed, and only when there is a timeout: most hibernating clients have none.
+        let mut timeout = limit.map(|ms| {
+            Box::pin(tokio::time::sleep_until(
+                self.last_activity + Duration::from_millis(ms),
+            ))
+        });
+        let timed_out = async {
+            match &mut timeout {
+                Some(t) => t.await,
+                None => pending().await,
+            }
+        };
+        let _counted = Hibernating::count(&self.state.hibernating);
+        tokio::select! {
+            r = self.client_reader.readable() => match r {
+                Ok(()) => {
+                    // Bytes (or the end) arrived: the next tick must not send it back here.
+                    self.last_activity = tokio::time::Instant::now();
+                    None
+                }
+                Err(_) => Some(End::ClientGone),
+            },
+            _ = timed_out => Some(self.fatal(idle_error(self.txn.status()))),
+            _ = shutdown.changed() => {
+                self.shutting_down = true;
+                None
+            }
+        }
+    }
+}
+
+/// Counts a hibernating session for as long as it lives (a dropped task included).
+struct Hibernating<'a>(&'a AtomicUsize);
+
+impl<'a> Hibernating<'a> {
+    fn count(n: &'a AtomicUsize) -> Hibernating<'a> {
+        n.fetch_add(1, Ordering::Relaxed);
+        Hibernating(n)
+    }
+}
+
+impl Drop for Hibernating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
