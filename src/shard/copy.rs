@@ -3,6 +3,7 @@
 //! of its key field. No I/O.
 
 use super::route::ShardMap;
+use super::ShardId;
 use crate::config::KeyType;
 use crate::protocol::PgError;
 
@@ -10,7 +11,7 @@ use crate::protocol::PgError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RowTarget {
     /// One shard.
-    Shard(usize),
+    Shard(ShardId),
     /// Every shard (the CSV header line; rows of a replicated table).
     All,
 }

@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use super::recovery::gid;
 use super::route::ShardMap;
+use super::ShardId;
 use crate::config::{Config, DatabaseConfig, KeyType, Role};
 
 /// What went wrong talking to a shard.
@@ -174,10 +175,10 @@ async fn keys(
     Ok(rows.iter().map(|r| r.get::<_, Option<String>>(0)).collect())
 }
 
-fn owner(map: &ShardMap, ty: KeyType, key: &Option<String>) -> usize {
+fn owner(map: &ShardMap, ty: KeyType, key: &Option<String>) -> ShardId {
     match key {
         None => 0,
-        Some(k) => map.shard_of_text(ty, k.as_bytes()).unwrap_or(usize::MAX),
+        Some(k) => map.shard_of_text(ty, k.as_bytes()).unwrap_or(ShardId::MAX),
     }
 }
 
@@ -254,13 +255,13 @@ pub async fn rebalance(
             (old, old_db)
         };
         let source = connect(src_cfg, src_db, &src.name).await?;
-        let src_index = index(&src.name).unwrap_or(usize::MAX);
+        let src_index = index(&src.name).unwrap_or(ShardId::MAX);
         for t in &new_db.sharded_tables {
             let ks = keys(&source, &t.table, &t.column)
                 .await
                 .map_err(|e| shard_err(&src.name, pg_message(&e)))?;
             // Keys to move, grouped by their new shard.
-            let mut by_dest: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+            let mut by_dest: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
             for k in ks.into_iter().flatten() {
                 let o = map.shard_of_text(t.key_type, k.as_bytes()).unwrap_or(0);
                 if o != src_index {
@@ -292,8 +293,8 @@ async fn move_batch(
     target: &tokio_postgres::Client,
     t: &crate::config::ShardedTable,
     keys: &[String],
-    src_index: usize,
-    dest: usize,
+    src_index: ShardId,
+    dest: ShardId,
     src_name: &str,
     dest_name: &str,
 ) -> Result<(), MaintenanceError> {

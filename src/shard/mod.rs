@@ -15,6 +15,9 @@ pub mod tools;
 pub use key::{Canonical, KeyError, ShardKey};
 pub use ring::Ring;
 
+/// Index of a shard in the shard map's `shards` list.
+pub type ShardId = usize;
+
 /// A map of two shards `s0` and `s1` with no tables, for unit tests that route keys.
 #[cfg(test)]
 pub(crate) fn two_shard_map() -> route::ShardMap {

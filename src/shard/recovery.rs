@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use crate::config::{Config, DatabaseConfig};
 use crate::protocol::sqlstate;
+use crate::shard::ShardId;
 
 /// How often recovery runs after start-up.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(30);
@@ -57,7 +58,7 @@ pub async fn ensure_log(client: &tokio_postgres::Client) -> Result<(), tokio_pos
 }
 
 /// The name of one participant's prepared transaction.
-pub fn gid(id: u64, mask: u64, shard: usize) -> String {
+pub fn gid(id: u64, mask: u64, shard: ShardId) -> String {
     format!("{}_{shard}", txn_name(id, mask))
 }
 
@@ -67,8 +68,8 @@ pub fn txn_name(id: u64, mask: u64) -> String {
 }
 
 /// The coordinator of a transaction: its participant with the lowest index.
-pub fn coordinator(mask: u64) -> Option<usize> {
-    (mask != 0).then(|| mask.trailing_zeros() as usize)
+pub fn coordinator(mask: u64) -> Option<ShardId> {
+    (mask != 0).then(|| mask.trailing_zeros() as ShardId)
 }
 
 /// The statement that records the decision, run in the coordinator's transaction before its
@@ -89,7 +90,7 @@ pub fn log_delete(id: u64, mask: u64) -> String {
 }
 
 /// Parses a name made by [`gid`]: (id, mask, shard).
-pub fn parse_gid(gid: &str) -> Option<(u64, u64, usize)> {
+pub fn parse_gid(gid: &str) -> Option<(u64, u64, ShardId)> {
     let mut parts = gid.strip_prefix("sg_")?.split('_');
     let id = u64::from_str_radix(parts.next()?, 16).ok()?;
     let mask = u64::from_str_radix(parts.next()?, 16).ok()?;
@@ -119,7 +120,7 @@ pub enum Decision {
 /// Decides from the participant set, the shards where the transaction is still prepared, and
 /// (needed only when the coordinator is no longer prepared) whether the coordinator's log row
 /// exists (`None`: it could not be read).
-pub fn decide(mask: u64, present: &[usize], logged: Option<bool>) -> Decision {
+pub fn decide(mask: u64, present: &[ShardId], logged: Option<bool>) -> Decision {
     let Some(coord) = coordinator(mask) else {
         return Decision::Rollback;
     };
@@ -144,7 +145,7 @@ pub fn decide(mask: u64, present: &[usize], logged: Option<bool>) -> Decision {
 fn shard_config(
     config: &Config,
     db: &DatabaseConfig,
-    shard: usize,
+    shard: ShardId,
 ) -> Option<tokio_postgres::Config> {
     let name = &db.shards.get(shard)?.name;
     super::maintenance::shard_pg_config(config, db, name).ok()
@@ -175,8 +176,8 @@ async fn logged(client: &tokio_postgres::Client, name: &str) -> Option<bool> {
 async fn prepared_parts(
     clients: &[Option<tokio_postgres::Client>],
     age: f64,
-) -> (BTreeMap<u64, (u64, Vec<usize>, bool)>, bool) {
-    let mut found: BTreeMap<u64, (u64, Vec<usize>, bool)> = BTreeMap::new();
+) -> (BTreeMap<u64, (u64, Vec<ShardId>, bool)>, bool) {
+    let mut found: BTreeMap<u64, (u64, Vec<ShardId>, bool)> = BTreeMap::new();
     let mut all_read = true;
     for (shard, client) in clients.iter().enumerate() {
         let Some(client) = client else {
@@ -223,7 +224,7 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
     // Log rows first, prepared transactions second: a row that is visible now belongs to a
     // transaction whose parts were all prepared before it, so any part still pending shows
     // up in the second read (and the row is kept).
-    let mut old_rows: Vec<(usize, String)> = Vec::new();
+    let mut old_rows: Vec<(ShardId, String)> = Vec::new();
     let log_sql =
         format!("SELECT gid FROM {LOG_TABLE} WHERE created < now() - make_interval(secs => $1)");
     for (shard, client) in clients.iter().enumerate() {
@@ -234,7 +235,7 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
         }
     }
     let (found, all_read) = prepared_parts(&clients, age).await;
-    let client = |s: usize| clients.get(s).and_then(|c| c.as_ref());
+    let client = |s: ShardId| clients.get(s).and_then(|c| c.as_ref());
     for (&id, (mask, present, old)) in &found {
         let (mask, old) = (*mask, *old);
         // A participant we could not ask may hold a part too: decide only with all of them;

@@ -18,6 +18,7 @@
 //! checks that the two agree.
 
 use crate::config::DatabaseConfig;
+use crate::shard::ShardId;
 use consistent_hash::{Node, RingHash, StaticHashRing};
 use siphasher::sip::SipHasher24;
 use std::fmt;
@@ -87,7 +88,7 @@ pub struct Point {
     /// Position on the ring.
     pub at: u64,
     /// Index of the owning shard in `DatabaseConfig::shards`.
-    pub shard: usize,
+    pub shard: ShardId,
 }
 
 /// The hash ring of one database: maps canonical key bytes to a shard. Built once per config
@@ -95,7 +96,7 @@ pub struct Point {
 pub struct Ring {
     /// Node values are indexes into `names`. The `'static` is the crate's way of saying "into
     /// its own node list", which it owns and never moves.
-    ring: StaticHashRing<'static, NodeName, usize, StableHash>,
+    ring: StaticHashRing<'static, NodeName, ShardId, StableHash>,
     /// Shard names in config order.
     names: Vec<String>,
     /// Points per shard (weight x virtual_nodes), in config order; 0 for a repeated name.
@@ -146,7 +147,7 @@ impl Ring {
 
     /// The shard (index into `DatabaseConfig::shards`) that owns a key's canonical bytes.
     #[inline]
-    pub fn shard_for(&self, key_bytes: &[u8]) -> usize {
+    pub fn shard_for(&self, key_bytes: &[u8]) -> ShardId {
         self.ring
             .calc_candidates(&RawBytes(key_bytes))
             .next()

@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::key::{KeyError, ShardKey};
 use super::ring::Ring;
+use super::ShardId;
 use crate::config::{DatabaseConfig, KeyType};
 pub use crate::protocol::Params;
 use crate::protocol::{sqlstate, PgError};
@@ -29,9 +30,9 @@ pub enum Route {
     /// Not a statement about tables (SET, BEGIN, ...): the current shard, or the first.
     Any,
     /// One shard.
-    One(usize),
+    One(ShardId),
     /// Several shards (an IN list, or an INSERT whose rows belong to several shards).
-    Many(Vec<usize>),
+    Many(Vec<ShardId>),
     /// Every shard.
     All,
 }
@@ -129,12 +130,12 @@ impl ShardMap {
     }
 
     /// The shard index of a shard name.
-    pub fn shard_named(&self, name: &str) -> Option<usize> {
+    pub fn shard_named(&self, name: &str) -> Option<ShardId> {
         self.names.iter().position(|n| n == name)
     }
 
     /// The shard owning a key given as text.
-    pub fn shard_of_text(&self, key_type: KeyType, text: &[u8]) -> Result<usize, KeyError> {
+    pub fn shard_of_text(&self, key_type: KeyType, text: &[u8]) -> Result<ShardId, KeyError> {
         let key = ShardKey::from_text(key_type, text)?;
         Ok(self.ring.shard_for(key.canonical().as_bytes()))
     }
@@ -146,7 +147,7 @@ impl ShardMap {
         v: ValueRef,
         literals: &[Literal],
         params: Option<&Params<'_>>,
-    ) -> Result<Option<usize>, PgError> {
+    ) -> Result<Option<ShardId>, PgError> {
         let key_err = |e: KeyError| PgError::error(e.sqlstate(), e.to_string());
         match v {
             ValueRef::Literal { index, negative } => {
@@ -280,7 +281,7 @@ impl ShardMap {
             })
             .cloned()
             .collect();
-        let mut shard: Option<usize> = None;
+        let mut shard: Option<ShardId> = None;
         let mut pin = |r: Route, what: &str| -> Result<(), PgError> {
             match (r, shard) {
                 (Route::One(s), None) => {
@@ -390,7 +391,7 @@ impl ShardMap {
             }
         }
         // Shards each sharded table of the outer query is fixed to.
-        let mut fixed: Option<BTreeSet<usize>> = None;
+        let mut fixed: Option<BTreeSet<ShardId>> = None;
         for t in sharded.iter().filter(|t| facts.tables.contains(t)) {
             let Some((key, ty)) = self.sharded(t) else {
                 continue;
@@ -570,7 +571,7 @@ impl ShardMap {
         facts: &ShardFacts,
         literals: &[Literal],
         params: Option<&Params<'_>>,
-    ) -> Result<Vec<usize>, PgError> {
+    ) -> Result<Vec<ShardId>, PgError> {
         let Some(ins) = &facts.insert else {
             return Ok(Vec::new());
         };

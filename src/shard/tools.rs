@@ -4,6 +4,7 @@
 
 use super::key::{key_type_name, KeyError, ShardKey};
 use super::ring::{hash64, Point, Ring};
+use super::ShardId;
 use crate::config::{Config, DatabaseConfig, KeyType, Role, ShardedTable};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
@@ -96,7 +97,7 @@ fn role_name(role: Role) -> &'static str {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardServers {
     /// Index in the database's `shards`.
-    pub index: usize,
+    pub index: ShardId,
     /// Shard name.
     pub name: String,
     /// Each server's `host:port` and declared role.
@@ -104,7 +105,7 @@ pub struct ShardServers {
 }
 
 impl ShardServers {
-    fn of(db: &DatabaseConfig, index: usize) -> ShardServers {
+    fn of(db: &DatabaseConfig, index: ShardId) -> ShardServers {
         let shard = &db.shards[index];
         ShardServers {
             index,
@@ -291,7 +292,7 @@ pub struct Plan {
 }
 
 /// The keyspace owned by each (old shard, new shard) pair, in ring positions.
-fn overlap(old: &[Point], new: &[Point]) -> BTreeMap<(usize, usize), u128> {
+fn overlap(old: &[Point], new: &[Point]) -> BTreeMap<(ShardId, ShardId), u128> {
     let owner = |points: &[Point], h: u64| {
         let i = points.partition_point(|p| p.at < h);
         points.get(i).unwrap_or(&points[0]).shard

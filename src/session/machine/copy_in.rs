@@ -20,6 +20,7 @@ use crate::fanout::CommandTag;
 use crate::protocol::{self, sqlstate, Frame, PgError};
 use crate::shard::copy::{CopySplitter, RowTarget};
 use crate::shard::route::ShardMap;
+use crate::shard::ShardId;
 
 /// Rows are sent to a shard in CopyData messages of about this size.
 pub const FLUSH_AT: usize = 64 * 1024;
@@ -57,7 +58,7 @@ pub struct CopyIn {
     /// of every row (counted once).
     by_key: bool,
     /// The shards' numbers in the map, in connection order.
-    shards: Vec<usize>,
+    shards: Vec<ShardId>,
     side: Vec<Side>,
     /// The first shard's CopyInResponse.
     header: Option<Bytes>,
@@ -93,7 +94,7 @@ impl CopyIn {
         map: Arc<ShardMap>,
         splitter: CopySplitter,
         by_key: bool,
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> CopyIn {
         let n = shards.len();
         CopyIn {

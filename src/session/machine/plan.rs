@@ -13,8 +13,7 @@ use crate::shard::route::Route;
 use crate::sql::hints::Target;
 use crate::sql::Kind;
 
-/// The index of a shard in the database's shard list.
-pub type ShardId = usize;
+pub use crate::shard::ShardId;
 
 /// The server a statement needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

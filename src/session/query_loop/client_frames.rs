@@ -13,6 +13,7 @@ use crate::protocol::{
 use crate::session::machine::ready::starts_transaction;
 use crate::session::machine::sync::OnClient;
 use crate::session::machine::txn::Txn;
+use crate::shard::ShardId;
 
 /// What the client-message loop does once a routing step was carried out.
 enum Next {
@@ -21,7 +22,7 @@ enum Next {
     /// Stop handling client messages for now; `Some` ends the session.
     Stop(Option<End>),
     /// Send the message to a server connection for this want, on this shard.
-    Send(Frame, Want, usize),
+    Send(Frame, Want, ShardId),
 }
 
 /// True if a Query body's SQL text (up to its NUL) is valid UTF-8.
@@ -252,7 +253,7 @@ impl Loop<'_> {
 
     /// Sends a client message to the server connection, first checking one out for `want`
     /// on `shard` if the client holds none; Some when the session ends.
-    async fn send_to_server(&mut self, frame: Frame, want: Want, shard: usize) -> Option<End> {
+    async fn send_to_server(&mut self, frame: Frame, want: Want, shard: ShardId) -> Option<End> {
         let tag = frame.tag;
         if self.server.is_none() {
             if let Err(e) = self.checkout(want, shard).await {

@@ -20,6 +20,7 @@ use crate::session::machine::copy_in::CopyIn;
 use crate::session::machine::copy_out::CopyOut;
 use crate::session::machine::shard_stream::ShardStream;
 use crate::shard::copy::CopySplitter;
+use crate::shard::ShardId;
 use crate::sql::analyze::shard::CopyFacts;
 
 /// Where the shard key is in each row of a COPY into `c.table` (`sharded`: its key column
@@ -78,7 +79,7 @@ impl Loop<'_> {
         &mut self,
         sql: &str,
         c: &CopyFacts,
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> Result<BytesMut, PgError> {
         let Some(map) = self.login.shard_map.clone() else {
             return Err(PgError::error(
@@ -140,7 +141,7 @@ impl Loop<'_> {
     pub(super) async fn copy_out(
         &mut self,
         sql: &str,
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> Result<BytesMut, PgError> {
         let mut q = BytesMut::new();
         let _ = postgres_protocol::message::frontend::query(sql, &mut q);

@@ -21,11 +21,12 @@ use crate::session::client_state::settings_effect;
 use crate::session::handshake::cancel_all;
 use crate::session::machine::shard_stream::ShardStream;
 use crate::session::machine::sum_writes::SumWrites;
+use crate::shard::ShardId;
 use crate::sql::analyze::shard::Command;
 use crate::sql::hints::RouteFacts;
 
 /// What each shard runs.
-pub(super) type Work = Vec<(usize, String)>;
+pub(super) type Work = Vec<(ShardId, String)>;
 
 /// Puts the SQL text of the `i`th shard's work into a request.
 pub(super) type Encode<'a> = &'a (dyn Fn(usize, &str, &mut BytesMut) + Sync);
@@ -69,7 +70,7 @@ impl Loop<'_> {
         &mut self,
         frame: &Frame,
         facts: &RouteFacts,
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> Option<End> {
         let sql = query_text(frame.body()).to_string();
         match self.fan_out_inner(&sql, facts, shards).await {
@@ -84,7 +85,7 @@ impl Loop<'_> {
         &mut self,
         sql: &str,
         facts: &RouteFacts,
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> Result<BytesMut, PgError> {
         let command = facts.shard_command();
         // What each shard runs, and how the answers combine.
@@ -158,7 +159,7 @@ impl Loop<'_> {
         encode: Encode<'_>,
     ) -> Result<FanOutAnswer, PgError> {
         let want = if reads { Want::Read } else { Want::Primary };
-        let targets: Vec<usize> = per_shard.iter().map(|(s, _)| *s).collect();
+        let targets: Vec<ShardId> = per_shard.iter().map(|(s, _)| *s).collect();
         let (mut conns, in_txn) = self.shard_conns(&targets, want).await?;
         // A write on several shards outside a transaction runs in one implicit transaction
         // per shard, committed only when every shard succeeded: a statement that fails on

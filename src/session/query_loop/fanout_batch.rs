@@ -18,6 +18,7 @@ use crate::session::machine::fan_out_read::FanOutRead;
 use crate::session::machine::framing::{Extended, Framing};
 use crate::session::machine::sync::SkipToSync;
 use crate::shard::route::Params;
+use crate::shard::ShardId;
 use crate::sql::analyze::fanout::FanOutQuery;
 use crate::sql::analyze::shard::Command;
 use crate::sql::analyze::split_insert_params;
@@ -84,7 +85,7 @@ fn param_count(params: &Params<'_>, n: usize) -> Option<u64> {
 impl Loop<'_> {
     /// Runs the extended-protocol batch that starts with `first` on `shards` and answers it,
     /// ReadyForQuery included.
-    pub(super) async fn fan_out_batch(&mut self, first: Frame, shards: &[usize]) -> Option<End> {
+    pub(super) async fn fan_out_batch(&mut self, first: Frame, shards: &[ShardId]) -> Option<End> {
         let frames = self.take_batch(first);
         match self.fan_out_batch_inner(&frames, shards).await {
             Ok(b) => self.to_client.extend_from_slice(&b),
@@ -192,7 +193,7 @@ impl Loop<'_> {
     async fn fan_out_batch_inner(
         &mut self,
         frames: &[Frame],
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> Result<BytesMut, PgError> {
         let batch = self.batch_shape(frames)?;
         let sql = query_text(&batch.rest).to_string();
@@ -249,7 +250,7 @@ impl Loop<'_> {
         mut ext: Extended,
         bind_params: &[u8],
         facts: &RouteFacts,
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> Result<bool, PgError> {
         // A LIMIT/OFFSET parameter may be gone from the shards' SQL: declare its type.
         let types = &mut ext.param_types;
@@ -287,7 +288,7 @@ impl Loop<'_> {
         params: &Params<'_>,
         bind_params: &[u8],
         facts: &RouteFacts,
-        shards: &[usize],
+        shards: &[ShardId],
         out: &mut BytesMut,
     ) -> Result<bool, PgError> {
         let command = facts.shard_command();
@@ -297,7 +298,7 @@ impl Loop<'_> {
         let mut requests: Vec<(Vec<u32>, BytesMut)> = Vec::new();
         let split = command == Command::Insert
             && (shards.len() < self.login.shards.len() || self.is_split_insert(facts));
-        let per_shard: Vec<(usize, String)> = if split {
+        let per_shard: Vec<(ShardId, String)> = if split {
             let mut per_shard = Vec::new();
             for (shard, text, order) in self.split_insert_batch(sql, params, types, facts)? {
                 per_shard.push((shard, text));
@@ -338,7 +339,7 @@ impl Loop<'_> {
         params: &Params<'_>,
         types: &[u32],
         facts: &RouteFacts,
-    ) -> Result<Vec<(usize, String, Vec<usize>)>, PgError> {
+    ) -> Result<Vec<(ShardId, String, Vec<usize>)>, PgError> {
         let (Some(map), Some(sf)) = (&self.login.shard_map, &facts.analysis.shard) else {
             return Err(unsupported("this INSERT"));
         };

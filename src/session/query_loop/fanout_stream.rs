@@ -19,6 +19,7 @@ use crate::protocol::{split_frame, sqlstate, PgError};
 use crate::session::handshake::cancel_all;
 use crate::session::machine::fan_out_read::FanOutRead;
 use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
+use crate::shard::ShardId;
 use crate::sql::analyze::fanout::FanOutQuery;
 
 /// Bytes waiting to go to one shard above which the client's messages are not taken (a slow
@@ -28,7 +29,7 @@ const SHARD_BACKLOG: usize = 256 * 1024;
 /// The connections a statement on several shards runs on.
 pub(super) struct ShardConns<'s> {
     /// The shards, in connection order.
-    pub shards: &'s [usize],
+    pub shards: &'s [ShardId],
     pub conns: Vec<Checkout>,
     /// The connections are in the client's transaction.
     pub in_txn: bool,
@@ -39,7 +40,7 @@ pub(super) struct ShardConns<'s> {
 
 impl<'s> ShardConns<'s> {
     /// `conns` of `shards`, ending as they are (`in_txn`).
-    pub fn new(shards: &'s [usize], conns: Vec<Checkout>, in_txn: bool) -> ShardConns<'s> {
+    pub fn new(shards: &'s [ShardId], conns: Vec<Checkout>, in_txn: bool) -> ShardConns<'s> {
         ShardConns {
             shards,
             conns,
@@ -106,7 +107,7 @@ impl Loop<'_> {
     pub(super) async fn stream_read(
         &mut self,
         q: FanOutQuery,
-        shards: &[usize],
+        shards: &[ShardId],
         want: Want,
     ) -> Result<(), PgError> {
         let mut request = BytesMut::new();
@@ -123,7 +124,7 @@ impl Loop<'_> {
     /// its end (the caller reads how it went).
     pub(super) async fn stream_fan_out<M: ShardStream>(
         &mut self,
-        shards: &[usize],
+        shards: &[ShardId],
         want: Want,
         request: Bytes,
         machine: M,
@@ -199,7 +200,7 @@ impl Loop<'_> {
     /// go back to their pools (or are closed when broken).
     pub(super) fn end_shard_statement(
         &mut self,
-        shards: &[usize],
+        shards: &[ShardId],
         conns: Vec<Checkout>,
         in_txn: bool,
         failed: bool,

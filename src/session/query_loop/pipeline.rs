@@ -23,6 +23,7 @@ use crate::session::machine::shard_stream::{encoded, ShardStream};
 use crate::session::machine::sync::SkipToSync;
 use crate::session::machine::txn::Txn;
 use crate::shard::route::{Params, Route};
+use crate::shard::ShardId;
 use crate::sql::Kind;
 
 /// The batch decoded for [`pipeline::plan`].
@@ -58,7 +59,7 @@ fn no_statement(name: &str) -> Message {
 impl Loop<'_> {
     /// Runs the extended-protocol batch that starts with `first`, each statement on its own
     /// one of `shards`, and answers it, ReadyForQuery included.
-    pub(super) async fn pipeline(&mut self, first: Frame, shards: &[usize]) -> Option<End> {
+    pub(super) async fn pipeline(&mut self, first: Frame, shards: &[ShardId]) -> Option<End> {
         let frames = self.take_batch(first);
         match self.pipeline_inner(&frames, shards).await {
             Ok(Some(end)) => return Some(end),
@@ -76,7 +77,7 @@ impl Loop<'_> {
     async fn pipeline_inner(
         &mut self,
         frames: &[Frame],
-        shards: &[usize],
+        shards: &[ShardId],
     ) -> Result<Option<End>, PgError> {
         let d = self.decode_pipeline(frames, shards)?;
         tracing::debug!(user = %self.login.user, shards = shards.len(), messages = d.messages.len(), "extended-protocol batch across shards");
@@ -162,7 +163,7 @@ impl Loop<'_> {
     /// Decodes the batch's messages up to its Sync: statement texts looked up, each Bind
     /// routed to its shard. What a pipeline across shards cannot run exactly is refused
     /// before anything runs.
-    fn decode_pipeline(&self, frames: &[Frame], shards: &[usize]) -> Result<Decoded, PgError> {
+    fn decode_pipeline(&self, frames: &[Frame], shards: &[ShardId]) -> Result<Decoded, PgError> {
         if !self.managed {
             return Err(unsupported("session pool mode"));
         }
@@ -245,7 +246,7 @@ impl Loop<'_> {
         &self,
         f: &Frame,
         parsed: &[(String, Bytes)],
-        shards: &[usize],
+        shards: &[ShardId],
         d: &mut Decoded,
     ) -> Result<Message, PgError> {
         let body = f.body();

@@ -23,6 +23,7 @@ use crate::protocol::{
 use crate::session::machine::plan::{self, CrossShard, Decision, Form, Held, Standing, Statement};
 use crate::session::machine::txn::{Begin, Txn};
 use crate::shard::route::{Params, Route};
+use crate::shard::ShardId;
 use crate::sql::hints::{RouteFacts, Target};
 use crate::sql::Kind;
 use crate::state::Prepared;
@@ -44,20 +45,20 @@ pub(super) enum Step {
     /// Keep it until the current server connection is released.
     Hold,
     /// Send it, checking out a server of this shard for this want if none is held.
-    Go(Want, usize),
+    Go(Want, ShardId),
     /// Run it on these shards and merge (simple Query).
-    FanOut(RouteFacts, Vec<usize>),
+    FanOut(RouteFacts, Vec<ShardId>),
     /// Run the extended-protocol batch it starts on these shards and merge.
-    FanOutBatch(Vec<usize>),
+    FanOutBatch(Vec<ShardId>),
     /// Run the statements of the extended-protocol batch it starts, each on its own one of
     /// these shards.
-    Pipeline(Vec<usize>),
+    Pipeline(Vec<ShardId>),
     /// Wait for more of the client's batch.
     NeedInput,
     /// Answer with this error.
     Refuse(PgError),
     /// Continue the open transaction on another shard.
-    Switch(Want, usize),
+    Switch(Want, ShardId),
     /// COMMIT (a simple Query) of a transaction across shards.
     Commit,
     /// COMMIT as an extended-protocol batch, across shards.
@@ -92,11 +93,11 @@ pub(super) struct Routing {
     /// Facts of the last unnamed statement Parsed (for a later Bind without a Parse).
     unnamed: Option<RouteFacts>,
     /// Shard of the current server connection.
-    pub shard: usize,
+    pub shard: ShardId,
     /// `SET shardgate.shard`.
-    pub session_shard: Option<usize>,
+    pub session_shard: Option<ShardId>,
     /// Connections of the open transaction on shards other than the current one.
-    pub parked: Vec<(usize, Checkout)>,
+    pub parked: Vec<(ShardId, Checkout)>,
     /// Transaction control across shards (savepoints, a refused transaction).
     pub guard: super::twophase::TxnGuard,
 }

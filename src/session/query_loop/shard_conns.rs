@@ -7,10 +7,11 @@ use super::Loop;
 use crate::pool::Checkout;
 use crate::protocol::{sqlstate, PgError};
 use crate::session::client_state::setup_sql;
+use crate::shard::ShardId;
 
 impl Loop<'_> {
     /// Keeps a transaction's connections (in `shards` order) for its later statements.
-    pub(super) fn park_all(&mut self, shards: &[usize], conns: Vec<Checkout>) {
+    pub(super) fn park_all(&mut self, shards: &[ShardId], conns: Vec<Checkout>) {
         for (shard, c) in shards.iter().zip(conns) {
             self.routing.parked.push((*shard, c));
         }
@@ -21,7 +22,7 @@ impl Loop<'_> {
     /// join it with its BEGIN. Returns the connections and whether a transaction is open.
     pub(super) async fn shard_conns(
         &mut self,
-        shards: &[usize],
+        shards: &[ShardId],
         want: Want,
     ) -> Result<(Vec<Checkout>, bool), PgError> {
         let in_txn = self.txn.in_block() || !self.routing.parked.is_empty();
@@ -93,7 +94,7 @@ impl Loop<'_> {
     async fn open_for_fan_out(
         &self,
         want: Want,
-        shard: usize,
+        shard: ShardId,
         begin: Option<&str>,
     ) -> Result<Checkout, PgError> {
         let (mut conn, _) = self.acquire(want, shard).await?;

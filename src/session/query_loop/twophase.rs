@@ -23,6 +23,7 @@ use super::statements::inject_query;
 use super::{lock, Loop};
 use crate::pool::Checkout;
 use crate::protocol::{self, empty_message, parse_body, PgError};
+use crate::shard::ShardId;
 
 mod commit;
 mod guard;
@@ -33,7 +34,7 @@ pub(super) use guard::TxnGuard;
 
 impl Loop<'_> {
     /// Makes `conn` the current server connection of shard `shard`.
-    pub(super) fn install(&mut self, conn: Checkout, shard: usize, on_primary: bool) {
+    pub(super) fn install(&mut self, conn: Checkout, shard: ShardId, on_primary: bool) {
         self.cancel_to(std::slice::from_ref(&conn));
         self.relay.reset();
         self.unsynced = false;
@@ -43,14 +44,14 @@ impl Loop<'_> {
     }
 
     /// Takes the parked connection of `shard`, if the transaction has one.
-    pub(super) fn unpark(&mut self, shard: usize) -> Option<Checkout> {
+    pub(super) fn unpark(&mut self, shard: ShardId) -> Option<Checkout> {
         let pos = self.routing.parked.iter().position(|(s, _)| *s == shard)?;
         Some(self.routing.parked.remove(pos).1)
     }
 
     /// Moves an open transaction to `shard`: parks the current connection and continues on
     /// the shard's parked one, or on a new one where the transaction's BEGIN is sent first.
-    pub(super) async fn switch_shard(&mut self, want: Want, shard: usize) -> Result<(), PgError> {
+    pub(super) async fn switch_shard(&mut self, want: Want, shard: ShardId) -> Result<(), PgError> {
         self.may_join(shard).await?;
         if let Some(conn) = self.server.take() {
             self.routing.parked.push((self.routing.shard, conn));
@@ -75,7 +76,7 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn shard_name(&self, s: usize) -> String {
+    fn shard_name(&self, s: ShardId) -> String {
         self.login
             .shard_map
             .as_ref()

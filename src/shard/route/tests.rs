@@ -53,7 +53,7 @@ fn route_with(m: &ShardMap, sql: &str, params: Option<&Params<'_>>) -> Result<Ro
     m.route(a.shard.as_deref().unwrap(), &a.tables, &s.literals, params)
 }
 
-fn owner(m: &ShardMap, k: i64) -> usize {
+fn owner(m: &ShardMap, k: i64) -> ShardId {
     m.shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
         .unwrap()
 }
@@ -131,7 +131,7 @@ fn parameters_text_and_binary_agree_with_literals() {
 fn in_lists_go_to_the_owning_shards_only() {
     let m = map();
     let keys = [1i64, 2, 3, 4, 5, 6, 7, 8];
-    let mut want: Vec<usize> = keys.iter().map(|k| owner(&m, *k)).collect();
+    let mut want: Vec<ShardId> = keys.iter().map(|k| owner(&m, *k)).collect();
     want.sort();
     want.dedup();
     let sql = "SELECT * FROM accounts WHERE aid IN (1, 2, 3, 4, 5, 6, 7, 8)";
@@ -280,7 +280,7 @@ fn route_cached(c: &crate::sql::AnalysisCache, m: &ShardMap, sql: &str) -> Resul
 }
 
 fn owners(m: &ShardMap, keys: &[i64]) -> Route {
-    let set: BTreeSet<usize> = keys.iter().map(|k| owner(m, *k)).collect();
+    let set: BTreeSet<ShardId> = keys.iter().map(|k| owner(m, *k)).collect();
     match set.len() {
         1 => Route::One(*set.iter().next().unwrap()),
         _ => Route::Many(set.into_iter().collect()),

@@ -3,10 +3,12 @@
 
 use sqlparser::ast::{Expr, SetExpr, Statement, Value};
 
+use crate::shard::ShardId;
+
 /// Splits a multi-row `INSERT ... VALUES` into one INSERT per shard: `row_shards[i]` is the
 /// shard of the i-th row. Returns (shard, SQL) in shard order. The SQL is printed back by
 /// sqlparser from the parsed statement with only the VALUES rows filtered.
-pub fn split_insert(sql: &str, row_shards: &[usize]) -> Result<Vec<(usize, String)>, String> {
+pub fn split_insert(sql: &str, row_shards: &[ShardId]) -> Result<Vec<(ShardId, String)>, String> {
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
     let stmts = sqlparser::parser::Parser::parse_sql(&dialect, sql).map_err(|e| e.to_string())?;
     let [Statement::Insert(ins)] = stmts.as_slice() else {
@@ -48,8 +50,8 @@ pub fn split_insert(sql: &str, row_shards: &[usize]) -> Result<Vec<(usize, Strin
 /// numbers its parameters take their values from.
 pub fn split_insert_params(
     sql: &str,
-    row_shards: &[usize],
-) -> Result<Vec<(usize, String, Vec<usize>)>, String> {
+    row_shards: &[ShardId],
+) -> Result<Vec<(ShardId, String, Vec<usize>)>, String> {
     let dialect = sqlparser::dialect::PostgreSqlDialect {};
     split_insert(sql, row_shards)?
         .into_iter()

@@ -11,6 +11,7 @@ use crate::config::{ReadYourWrites, Role};
 use crate::health::{now_ms, parse_lsn};
 use crate::pool::{Balance, Checkout, PoolError, ReadPolicy};
 use crate::protocol::{sqlstate, PgError};
+use crate::shard::ShardId;
 
 /// How often a write waiting for a primary looks again.
 const PRIMARY_POLL: Duration = Duration::from_millis(20);
@@ -32,7 +33,7 @@ impl Loop<'_> {
     pub(in crate::session::query_loop) async fn checkout(
         &mut self,
         want: Want,
-        shard: usize,
+        shard: ShardId,
     ) -> Result<(), PgError> {
         if let Some(conn) = self.unpark(shard) {
             self.install(conn, shard, true);
@@ -71,7 +72,7 @@ impl Loop<'_> {
     pub(in crate::session::query_loop) async fn acquire(
         &self,
         want: Want,
-        shard: usize,
+        shard: ShardId,
     ) -> Result<(Checkout, bool), PgError> {
         let Some(shard) = self.login.shards.get(shard) else {
             return Err(PgError::error(sqlstate::INTERNAL_ERROR, "no such shard"));

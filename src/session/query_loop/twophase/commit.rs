@@ -14,6 +14,7 @@ use crate::backend::BackendError;
 use crate::pool::Checkout;
 use crate::protocol::{self, sqlstate, PgError, TxStatus};
 use crate::shard::recovery::{self, gid};
+use crate::shard::ShardId;
 use crate::sql::Kind;
 
 /// How long the commit phase keeps trying one participant's COMMIT PREPARED (and a failed
@@ -52,7 +53,7 @@ fn notice(message: String) -> BytesMut {
 /// What phase one of the commit found (see `Loop::prepare_all`).
 struct PhaseOne {
     /// Shards whose part is prepared.
-    prepared: Vec<usize>,
+    prepared: Vec<ShardId>,
     /// Why a participant could not prepare (naming its shard).
     failure: Option<String>,
     /// The coordinator's part is READ ONLY and was ended by its failed log row.
@@ -111,7 +112,7 @@ async fn prepare_one(c: &mut Checkout, sql: &str) -> Result<(), Refusal> {
 /// Ends the transaction on every participant without two-phase commit: ROLLBACK if it failed
 /// (`aborted`), else COMMIT (one participant, or a READ ONLY transaction).
 async fn end_in_one_phase(
-    conns: &mut [(usize, Checkout)],
+    conns: &mut [(ShardId, Checkout)],
     aborted: bool,
 ) -> Result<&'static str, CommitError> {
     let sql = if aborted { "ROLLBACK" } else { "COMMIT" };
@@ -189,7 +190,7 @@ impl Loop<'_> {
 
     /// Takes every connection of the transaction (the parked ones and the current one), in
     /// ascending shard order, for the commit protocol.
-    fn take_participants(&mut self) -> Vec<(usize, Checkout)> {
+    fn take_participants(&mut self) -> Vec<(ShardId, Checkout)> {
         let mut conns = std::mem::take(&mut self.routing.parked);
         if let Some(c) = self.server.take() {
             conns.push((self.routing.shard, c));
@@ -211,8 +212,8 @@ impl Loop<'_> {
     /// every participant; the error for the client.
     async fn roll_back_without_log(
         &self,
-        conns: &mut [(usize, Checkout)],
-        coord: usize,
+        conns: &mut [(ShardId, Checkout)],
+        coord: ShardId,
         e: String,
     ) -> CommitError {
         for (_, c) in conns.iter_mut() {
@@ -241,7 +242,7 @@ impl Loop<'_> {
     /// first in shard order.
     async fn prepare_all(
         &self,
-        conns: &mut [(usize, Checkout)],
+        conns: &mut [(ShardId, Checkout)],
         id: u64,
         mask: u64,
         coord_addr: &str,
@@ -291,10 +292,10 @@ impl Loop<'_> {
     /// whatever cannot be finished here, and the client is warned about it.
     async fn commit_prepared(
         &mut self,
-        conns: &mut [(usize, Checkout)],
+        conns: &mut [(ShardId, Checkout)],
         id: u64,
         mask: u64,
-        coord: usize,
+        coord: ShardId,
         log_key: &str,
     ) {
         // The coordinator first: its COMMIT PREPARED makes the decision durable (an
@@ -349,11 +350,11 @@ impl Loop<'_> {
     /// part's name, the outcome).
     async fn commit_part(
         &self,
-        s: usize,
+        s: ShardId,
         c: &mut Checkout,
         id: u64,
         mask: u64,
-    ) -> (usize, String, Result<bool, String>) {
+    ) -> (ShardId, String, Result<bool, String>) {
         let name = gid(id, mask, s);
         let sql = format!("COMMIT PREPARED '{name}'");
         let outcome = self.finish_part(s, Some(c), &sql).await;
@@ -365,7 +366,7 @@ impl Loop<'_> {
     /// done; `Ok(false)`: no such prepared transaction (42704); `Err`: no answer in time.
     async fn finish_part(
         &self,
-        shard: usize,
+        shard: ShardId,
         mut conn: Option<&mut Checkout>,
         sql: &str,
     ) -> Result<bool, String> {
@@ -404,7 +405,7 @@ impl Loop<'_> {
 
     /// Makes sure the decision log table exists on `shard` (once per process and server),
     /// on a connection of its own outside the client's transaction.
-    async fn ensure_log(&mut self, shard: usize, addr: &str) -> Result<(), String> {
+    async fn ensure_log(&mut self, shard: ShardId, addr: &str) -> Result<(), String> {
         let key = format!("{addr}/{}", self.login.database);
         let known = |k: &str| {
             LOG_READY
@@ -476,8 +477,8 @@ impl Loop<'_> {
     /// all prepared while its coordinator is).
     async fn abort_prepared(
         &mut self,
-        mut conns: Vec<(usize, Checkout)>,
-        prepared: &[usize],
+        mut conns: Vec<(ShardId, Checkout)>,
+        prepared: &[ShardId],
         id: u64,
         mask: u64,
         msg: String,
@@ -539,7 +540,7 @@ impl Loop<'_> {
     }
 
     /// The log keys recorded on `shard` (a fresh connection).
-    async fn logged(&mut self, shard: usize) -> Result<Vec<String>, String> {
+    async fn logged(&mut self, shard: ShardId) -> Result<Vec<String>, String> {
         let (mut c, _) = self
             .acquire(Want::Primary, shard)
             .await

@@ -15,6 +15,7 @@ use crate::protocol::{
 };
 use crate::session::machine::txn::Txn;
 use crate::session::relay::Expect;
+use crate::shard::ShardId;
 use crate::sql::scan::split_statements;
 
 mod control;
@@ -80,8 +81,8 @@ impl Loop<'_> {
     }
 
     /// The shards the open transaction has a connection to.
-    fn participants(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = self.routing.parked.iter().map(|(s, _)| *s).collect();
+    fn participants(&self) -> Vec<ShardId> {
+        let mut v: Vec<ShardId> = self.routing.parked.iter().map(|(s, _)| *s).collect();
         if self.server.is_some() && !self.txn.outside() && !v.contains(&self.routing.shard) {
             v.push(self.routing.shard);
         }
@@ -92,7 +93,7 @@ impl Loop<'_> {
     /// stays on its shard: otherwise it fails (rolled back everywhere) with 0A000.
     pub(in crate::session::query_loop) async fn may_join(
         &mut self,
-        shard: usize,
+        shard: ShardId,
     ) -> Result<(), PgError> {
         if self.txn.status() == TxStatus::Failed {
             // The transaction failed on some shard: as in Postgres, nothing more runs in it
