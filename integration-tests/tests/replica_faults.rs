@@ -2,6 +2,10 @@
 //! streaming replica (pg_basebackup) because it breaks them; the tests run one at a time
 //! (a lock) to keep the 2-core CI machine from timing out cluster starts.
 
+// Each test has its own runtime and thread: holding the std lock across its awaits blocks only
+// the other tests' threads, which is the point.
+#![allow(clippy::await_holding_lock)]
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
