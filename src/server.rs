@@ -131,6 +131,6 @@ mod tests {
         let task = crate::session::run(stream, state, Signals { wake, shutdown });
         let size = std::mem::size_of_val(&task);
         println!("client task future: {size} bytes");
-        assert!(size <= 1280, "client task future is {size} bytes");
+        assert!(size <= 768, "client task future is {size} bytes");
     }
 }

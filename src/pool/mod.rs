@@ -26,6 +26,9 @@ pub struct StartupParams {
     pub reported: Vec<(String, String)>,
     /// NoticeResponse messages.
     pub notices: Vec<bytes::Bytes>,
+    /// The startup settings these were learned for, shared by every client that sends them
+    /// (one copy in memory for thousands of clients of one application).
+    pub settings: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 /// bb8 manager for raw server connections. `is_valid` makes no round trip: a connection in the

@@ -295,7 +295,11 @@ async fn startup_params(
             reported.push(("application_name".into(), a.clone()));
         }
     }
-    let learned = Arc::new(StartupParams { reported, notices });
+    let learned = Arc::new(StartupParams {
+        reported,
+        notices,
+        settings: startup.clone(),
+    });
     let mut cache = lock(&pool.startup_params);
     if cache.len() >= STARTUP_PARAMS_CACHE {
         cache.clear();
@@ -418,8 +422,10 @@ async fn handshake_inner(
         true => Arc::new(StartupParams {
             reported: server_params.to_vec(),
             notices: Vec::new(),
+            settings: startup.clone(),
         }),
     };
+    let startup = learned.settings.clone();
     let split = pool_mode != PoolMode::Session
         && state.config.routing.read_write_split
         && shards.iter().any(|s| s.has_replicas());

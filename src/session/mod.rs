@@ -10,6 +10,7 @@ pub(crate) mod relay;
 use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::protocol::PgError;
@@ -22,38 +23,50 @@ pub use query_loop::{Signals, Wake, TICK};
 /// Runs one client connection to completion. Errors are reported to the client and logged here,
 /// where the task ends.
 pub async fn run(stream: TcpStream, state: Arc<ProxyState>, signals: Signals) {
+    // Boxed: the login's state is needed only until login, not for the client's lifetime.
+    let Some((client, peer)) = Box::pin(log_in(stream, &state)).await else {
+        return;
+    };
+    // However the session ends (a panic included), its cancel key goes away with it.
+    let _cancel = CancelKeyGuard {
+        state: &state,
+        pid: client.3.cancel_pid,
+    };
+    let shutting_down = signals.wake.borrow().shutdown;
+    let (rd, wr, inbuf, login) = client;
+    let session = query_loop::new(rd, wr, inbuf, login, &state, shutting_down);
+    query_loop::run(session, signals).await;
+    tracing::debug!(%peer, "client disconnected");
+}
+
+/// A logged-in client: its socket's halves, what it sent after its startup packet, its login.
+type LoggedIn = (OwnedReadHalf, OwnedWriteHalf, BytesMut, Login);
+
+/// The handshake, up to the client's login (`None`: it ended, answered and logged), and the
+/// client's address.
+async fn log_in(stream: TcpStream, state: &ProxyState) -> Option<(LoggedIn, String)> {
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(1024);
-    let mut rd = rd;
-    // Boxed: the handshake's state is needed only until login, not for the client's lifetime.
-    let login = Box::pin(handshake::handshake(&mut rd, &mut wr, &mut inbuf, &state)).await;
-    let login = match login {
-        Ok(Some(l)) => l,
-        Ok(None) => return,
+    match handshake::handshake(&mut rd, &mut wr, &mut inbuf, state).await {
+        Ok(Some(login)) => {
+            tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
+            Some(((rd, wr, inbuf, login), peer))
+        }
+        Ok(None) => None,
         Err(e) => {
             tracing::info!(%peer, error = %e, "client login failed");
             let mut out = BytesMut::new();
             e.encode(&mut out);
             let _ = wr.write_all(&out).await;
             let _ = wr.shutdown().await;
-            return;
+            None
         }
-    };
-    tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
-    // However the session ends (a panic included), its cancel key goes away with it.
-    let _cancel = CancelKeyGuard {
-        state: &state,
-        pid: login.cancel_pid,
-    };
-    let shutting_down = signals.wake.borrow().shutdown;
-    let session = query_loop::new(rd, wr, inbuf, login, &state, shutting_down);
-    query_loop::run(session, signals).await;
-    tracing::debug!(%peer, "client disconnected");
+    }
 }
 
 /// Unregisters a session's cancel key when dropped.

@@ -4,8 +4,9 @@
 //! little more than their session state.
 
 use bytes::BytesMut;
-use std::future::pending;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -78,29 +79,46 @@ impl Loop<'_> {
                 self.last_activity + Duration::from_millis(ms),
             ))
         });
-        let timed_out = async {
-            match &mut timeout {
-                Some(t) => t.await,
-                None => pending().await,
-            }
-        };
+        let changed = shutdown.changed();
+        tokio::pin!(changed);
         let _counted = Hibernating::count(&self.state.hibernating);
-        tokio::select! {
-            r = self.client_reader.readable() => match r {
-                Ok(()) => {
-                    // Bytes (or the end) arrived: the next tick must not send it back here.
-                    self.last_activity = tokio::time::Instant::now();
-                    None
-                }
-                Err(_) => Some(End::ClientGone),
-            },
-            _ = timed_out => Some(self.fatal(idle_error(self.txn.status()))),
-            _ = shutdown.changed() => {
+        // Polled by hand, not through `readable()` and `select!`: their futures would make
+        // every hibernating client's task bigger.
+        let woke = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.client_reader.as_ref().poll_read_ready(cx) {
+                return Poll::Ready(Woke::Client(r.is_ok()));
+            }
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Shutdown);
+            }
+            match timeout.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Woke::Timeout),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        match woke {
+            Woke::Client(true) => {
+                // Bytes (or the end) arrived: the next tick must not send it back here.
+                self.last_activity = tokio::time::Instant::now();
+                None
+            }
+            Woke::Client(false) => Some(End::ClientGone),
+            Woke::Timeout => Some(self.fatal(idle_error(self.txn.status()))),
+            Woke::Shutdown => {
                 self.shutting_down = true;
                 None
             }
         }
     }
+}
+
+/// What ended a hibernation.
+enum Woke {
+    /// The client's socket is readable (false: it failed).
+    Client(bool),
+    Shutdown,
+    Timeout,
 }
 
 /// Counts a hibernating session for as long as it lives (a dropped task included).
