@@ -83,6 +83,8 @@ pub fn sql_text() -> impl Strategy<Value = String> + Clone {
             "with",
             "hold",
             "pg_advisory_lock",
+            "pg_temp",
+            "for",
             "set_config(",
             "select",
             "in",
@@ -180,6 +182,64 @@ fn fuzz_session_scanner_fast_paths() {
         }
         for stmt in split_statements(sql) {
             assert_eq!(settings_effect(stmt), tokenized_effect(stmt), "{stmt:?}");
+        }
+    });
+}
+
+/// A plain SELECT (one pass) must be one every session scanner finds nothing in.
+#[test]
+fn fuzz_plain_select() {
+    use crate::session::client_state::{settings_effect, SettingsEffect};
+    use crate::sql::scan::{plain_select, session_command, set_config_names, SessionCommand};
+    let prefix = proptest::sample::select(vec!["select ", "SELECT\t", "select\n", "Select "]);
+    // Words apart, so that two-word patterns (`WITH HOLD`, `INTO TEMP`) come up often.
+    let words = proptest::collection::vec(
+        proptest::sample::select(vec![
+            "a",
+            "t",
+            "from",
+            "where",
+            "with",
+            "hold",
+            "into",
+            "temp",
+            "local",
+            "for",
+            "update",
+            "share",
+            "pg_advisory_lock",
+            "set_config",
+            "pg_temp.t",
+            "$1",
+            "=",
+            "*",
+            "/**/",
+            "--",
+            "\n",
+            "(1)",
+            "'x'",
+            "$$",
+            "1",
+            "union",
+            "all",
+        ]),
+        0..10,
+    )
+    .prop_map(|w| w.join(" "));
+    let body = prop_oneof![sql_text(), words];
+    let text = (
+        prefix,
+        body,
+        proptest::sample::select(vec!["", ";", " ;", "; \n"]),
+    )
+        .prop_map(|(p, s, end)| format!("{p}{s}{end}"));
+    fuzz("plain select", text, |sql| {
+        if plain_select(sql) {
+            let stmt = sql.trim_end().trim_end_matches(';');
+            assert_eq!(settings_effect(stmt), SettingsEffect::default(), "{sql:?}");
+            assert_eq!(session_command(stmt), SessionCommand::None, "{sql:?}");
+            assert!(set_config_names(stmt).is_empty(), "{sql:?}");
+            assert_eq!(split_statements(sql).len(), 1, "{sql:?}");
         }
     });
 }

@@ -11,6 +11,9 @@
 //! identifier character, as in PostgreSQL, so token boundaries always fall on UTF-8 character
 //! boundaries. Strings are read with `standard_conforming_strings = on` (the default).
 
+mod plain;
+pub use plain::plain_select;
+
 /// A lexical token class, as far as the scanners need one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Tok {

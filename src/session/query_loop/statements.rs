@@ -17,8 +17,8 @@ use crate::session::machine::statements::{self as machine, Needs};
 use crate::session::relay::{Expect, Kind};
 use crate::shard::route::Params;
 use crate::sql::scan::{
-    dollar_quote, is_pooled_statement_name, is_setting_name, quote_ident, session_command,
-    set_config_names, split_statements, SessionCommand,
+    dollar_quote, is_pooled_statement_name, is_setting_name, plain_select, quote_ident,
+    session_command, set_config_names, split_statements, SessionCommand,
 };
 use crate::state::Prepared;
 
@@ -169,11 +169,16 @@ impl Loop<'_> {
             return None;
         }
         if p.name.is_empty() {
-            // An unnamed statement runs right after: track what it does now.
-            let effect = settings_effect(p.query);
+            // An unnamed statement runs right after: track what it does now (nothing to track
+            // for a plain SELECT, found in one pass).
+            let plain = plain_select(p.query);
+            let effect = match plain {
+                true => SettingsEffect::default(),
+                false => settings_effect(p.query),
+            };
             self.note_effect(&effect);
             self.client.unnamed_name_params = effect.name_params;
-            if !self.track_extended(p.query) {
+            if !plain && !self.track_extended(p.query) {
                 return None;
             }
             self.parsed_unnamed(frame);
@@ -330,6 +335,11 @@ impl Loop<'_> {
                 vec![single]
             };
             for stmt in stmts {
+                if plain_select(stmt) {
+                    // Found in one pass: no effect, no session command, nothing to track.
+                    self.note_effect(&SettingsEffect::default());
+                    continue;
+                }
                 self.note_effect(&settings_effect(stmt));
                 if let Err(e) = self.track_statement(stmt, false) {
                     self.client.after.clear();
