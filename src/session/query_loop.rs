@@ -270,6 +270,10 @@ impl Loop<'_> {
                 // the Sync after a large Parse) must be handled before waiting for anything.
                 continue;
             }
+            // Settled: it is the client's turn to speak.
+            let settled = self.relay.idle() && !self.unsynced && self.to_server.is_empty();
+            let idle_limit = idle_limit(&self.state.config.proxy, self.txn.status(), settled);
+            let listen = self.listens(wake, settled);
             reserve(&mut self.from_client);
             let (srd, swr, sin) = match self.server.as_deref_mut() {
                 Some(ServerConn { rd, wr, inbuf, .. }) => {
@@ -279,11 +283,6 @@ impl Loop<'_> {
                 None => (None, None, None),
             };
             let read_server = srd.is_some() && self.to_client.len() < BUF_CAP;
-            let idle_limit = idle_limit(
-                &self.state.config.proxy,
-                self.txn.status(),
-                self.relay.idle() && !self.unsynced && self.to_server.is_empty(),
-            );
             tokio::select! {
                 r = self.client_reader.read_buf(&mut self.from_client), if !self.client_blocked => {
                     if !matches!(r, Ok(n) if n > 0) {
@@ -325,7 +324,7 @@ impl Loop<'_> {
                         }
                     }
                 },
-                r = wake.changed(), if !self.shutting_down => {
+                r = wake.changed(), if listen => {
                     let signal = r.map(|()| *wake.borrow_and_update());
                     if self.woken(signal) {
                         return End::Hibernate;

@@ -34,6 +34,29 @@ pub struct Signals {
 }
 
 impl Loop<'_> {
+    /// Whether the loop's next wait listens to `wake`: while it is the client's turn
+    /// (`settled`). While the server owes an answer the loop turns again soon anyway, and a
+    /// signal is looked at then, without registering with the channel on every turn.
+    pub(super) fn listens(&mut self, wake: &mut watch::Receiver<Wake>, settled: bool) -> bool {
+        if self.shutting_down {
+            return false;
+        }
+        if settled {
+            return true;
+        }
+        match wake.has_changed() {
+            Ok(false) => {}
+            Ok(true) => {
+                let signal = *wake.borrow_and_update();
+                self.woken(Ok(signal));
+            }
+            Err(e) => {
+                self.woken(Err(e));
+            }
+        }
+        false
+    }
+
     /// A signal of the accept loop (`Err`: it is gone): shutdown, or a tick, at which a quiet
     /// session hibernates (true).
     pub(super) fn woken(&mut self, signal: Result<Wake, watch::error::RecvError>) -> bool {
