@@ -26,8 +26,10 @@ PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
 # shellcheck source=integration-tests/bench/common.sh
 source "$(dirname "$0")/common.sh"
 mkdir -p "$OUT"
-# every client is a socket in pgbench and in the proxy
-ulimit -n $((CLIENTS * 2 + 1000))
+# every client is a socket in pgbench and one in the proxy (separate processes)
+want=$((CLIENTS + 1000)) hard=$(ulimit -Hn)
+[[ $hard != unlimited && $hard -lt $want ]] && want=$hard
+ulimit -n "$want"
 TMP=$(mktemp -d /tmp/sg-idle.XXXXXX)
 PROXY= BENCH=
 cleanup() {
