@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# perf_profile.sh — where each proxy's CPU goes, by `perf record` (cycles, call graphs off):
+# the share of kernel and user time, and the top symbols, for Shardgate builds and PgBouncer
+# under the same pgbench load.
+#
+# Starts one throw-away Postgres on 127.0.0.1 (pgbench -i -s 1), then for each proxy of BINS
+# (Shardgate builds; "pgbouncer" for PgBouncer): starts it (transaction mode, pool 4), runs
+# `pgbench $WORKLOAD -c $CLIENTS -j 2 -T $DURATION` through it while `perf record -p` samples
+# the proxy, and prints the kernel/user split and the $TOP hottest symbols
+# ($OUT/<name>.perf.txt keeps the whole report).
+#
+# Usage:
+#   BINS="target/release/shardgate pgbouncer" integration-tests/bench/perf_profile.sh
+# Environment: BINS (required) WORKLOAD ["select:simple"] CLIENTS [32] DURATION [8] (s)
+#   TOP [15] OUT [/tmp/perf-profile] PGBOUNCER_BIN [/usr/sbin/pgbouncer]
+# Requires perf (Debian `linux-perf`) and the right to profile (root, or
+# kernel.perf_event_paranoid <= 1).
+set -euo pipefail
+BINS=${BINS:?set BINS}
+WORKLOAD=${WORKLOAD:-select:simple}
+CLIENTS=${CLIENTS:-32}
+DURATION=${DURATION:-8}
+TOP=${TOP:-15}
+OUT=${OUT:-/tmp/perf-profile}
+PGBOUNCER_BIN=${PGBOUNCER_BIN:-/usr/sbin/pgbouncer}
+PGBIN=$(pg_config --bindir)
+PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
+# shellcheck source=integration-tests/bench/common.sh
+source "$(dirname "$0")/common.sh"
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/sg-perf.XXXXXX)
+PROXY=
+cleanup() {
+    set +e
+    [[ -n $PROXY ]] && kill "$PROXY" 2>/dev/null && wait "$PROXY" 2>/dev/null
+    stop_pg "$TMP"
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+start_pg "$TMP" 1
+
+start_proxy() { # BIN NAME PORT -> sets PROXY (the proxy's own pid)
+    local bin=$1 name=$2 port=$3
+    if [[ $bin == pgbouncer ]]; then
+        pgbouncer_ini "$TMP" "$port" 4
+        chmod 644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
+        if [[ $(id -u) -eq 0 ]]; then
+            setpriv --reuid=postgres --regid=postgres --init-groups -- \
+                "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$OUT/$name.log" 2>&1 &
+        else
+            "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$OUT/$name.log" 2>&1 &
+        fi
+    else
+        shardgate_toml "$TMP/sg.toml" "$port" 4
+        RUST_LOG=warn "$bin" run --config "$TMP/sg.toml" >"$OUT/$name.log" 2>&1 &
+    fi
+    PROXY=$!
+    for _ in $(seq 240); do
+        "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$port" -U app -d app -c 'select 1' >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    echo "proxy $name did not start: $(tail -5 "$OUT/$name.log")" >&2
+    exit 1
+}
+
+for bin in $BINS; do
+    name=$(basename "$bin")
+    port=$(free_port)
+    start_proxy "$bin" "$name" "$port"
+    perf record -q -e cycles -p "$PROXY" -o "$OUT/$name.perf.data" -- sleep "$DURATION" \
+        >/dev/null 2>&1 &
+    rec=$!
+    # shellcheck disable=SC2046
+    "$PGBENCH" $(pgbench_args "$WORKLOAD") -c "$CLIENTS" -j 2 -T "$DURATION" -n \
+        -h 127.0.0.1 -p "$port" -U app app >"$OUT/$name.pgbench.log" 2>&1 || true
+    wait "$rec" || true
+    kill "$PROXY"
+    wait "$PROXY" 2>/dev/null || true
+    PROXY=
+    perf report -i "$OUT/$name.perf.data" --stdio --sort dso,sym 2>/dev/null >"$OUT/$name.perf.txt" || true
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$OUT/$name.pgbench.log" | head -n1)
+    echo
+    echo "### $name ($WORKLOAD, $CLIENTS clients, ${tps:-?} tps)"
+    awk '/^ +[0-9.]+%/ { gsub("%", "", $1); if ($3 == "[k]") k += $1; else u += $1 }
+        END { printf "kernel %.1f%%, user %.1f%% of the proxy'\''s cycles\n", k, u }' "$OUT/$name.perf.txt"
+    grep -E '^ +[0-9.]+%' "$OUT/$name.perf.txt" | head -n "$TOP" | cut -c1-150
+done
