@@ -12,12 +12,16 @@
 use super::analyze::{Analysis, Kind};
 use super::scan::{find_ci, strip_comments, tokens, Tok};
 
-/// Where a hint or setting sends statements.
+/// The server a statement needs: the one primary/replica value of routing. A hint or
+/// `SET shardgate.target` names `Primary` or `Replica`; the router adds `Read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub enum Want {
     /// The primary, whatever the statement does.
     Primary,
-    /// A replica, whatever the statement does (writes fail there, as on a hot standby).
+    /// A read: a replica that satisfies read-your-writes, else the primary.
+    Read,
+    /// A replica, whatever the statement does (writes fail there, as on a hot standby; no
+    /// read-your-writes): a hint or `SET shardgate.target` says so.
     Replica,
 }
 
@@ -25,7 +29,7 @@ pub enum Target {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hints {
     /// `primary` or `replica`.
-    pub target: Option<Target>,
+    pub target: Option<Want>,
     /// `shard=NAME`.
     pub shard: Option<String>,
     /// `key=VALUE`.
@@ -62,10 +66,10 @@ pub fn hints(sql: &str) -> Hints {
             };
             match (k.to_ascii_lowercase().as_str(), v) {
                 ("primary", None) => {
-                    h.target.get_or_insert(Target::Primary);
+                    h.target.get_or_insert(Want::Primary);
                 }
                 ("replica", None) => {
-                    h.target.get_or_insert(Target::Replica);
+                    h.target.get_or_insert(Want::Replica);
                 }
                 ("shard", Some(v)) if h.shard.is_none() => h.shard = Some(v.to_string()),
                 ("key", Some(v)) if h.key.is_none() => h.key = Some(v.to_string()),
@@ -284,18 +288,18 @@ mod tests {
     fn finds_comment_hints() {
         assert_eq!(
             hints("/* shardgate: replica */ SELECT 1").target,
-            Some(Target::Replica)
+            Some(Want::Replica)
         );
         assert_eq!(
             hints("SELECT 1 /*shardgate:primary*/").target,
-            Some(Target::Primary)
+            Some(Want::Primary)
         );
         let h = hints("/* shardgate: shard=s1, key='42' */ UPDATE t SET x = 1");
         assert_eq!(h.shard.as_deref(), Some("s1"));
         assert_eq!(h.key.as_deref(), Some("42"));
         assert_eq!(hints("SELECT 'shardgate: replica'").target, None);
         assert_eq!(hints("/* other */ SELECT 1").target, None);
-        assert_eq!(hints("/* shardgate: replica").target, Some(Target::Replica));
+        assert_eq!(hints("/* shardgate: replica").target, Some(Want::Replica));
     }
 
     #[test]
@@ -361,7 +365,7 @@ mod tests {
         assert_eq!(hints("select 1 -- /* shardgate: replica */"), none);
         assert_eq!(
             hints("select a$b /* shardgate: replica */").target,
-            Some(Target::Replica),
+            Some(Want::Replica),
             "a$b is an identifier, no dollar quote"
         );
         assert_eq!(
@@ -370,7 +374,7 @@ mod tests {
         );
         assert_eq!(
             hints("select 1 /* shardgate: replica /* nested */ */").target,
-            Some(Target::Replica)
+            Some(Want::Replica)
         );
         assert_eq!(
             hints("/* x /* shardgate: replica */ */ select 1").target,

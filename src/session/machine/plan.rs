@@ -10,29 +10,18 @@
 
 use crate::protocol::{sqlstate, PgError, TxStatus};
 use crate::shard::route::Route;
-use crate::sql::hints::Target;
 use crate::sql::Kind;
 
 pub use crate::shard::ShardId;
 
-/// The server a statement needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
-    /// The primary.
-    Primary,
-    /// A read: a replica that satisfies read-your-writes, else the primary.
-    Read,
-    /// A replica because a hint or `SET shardgate.target` says so (no read-your-writes).
-    Replica,
-}
+pub use crate::sql::hints::Want;
 
 impl Want {
     /// The server for a statement: the hint's or session's target, else a replica for a
     /// read and the primary for anything else.
-    pub fn of(target: Option<Target>, reads: bool) -> Want {
+    pub fn of(target: Option<Want>, reads: bool) -> Want {
         match target {
-            Some(Target::Primary) => Want::Primary,
-            Some(Target::Replica) => Want::Replica,
+            Some(t) => t,
             None if reads => Want::Read,
             None => Want::Primary,
         }
@@ -82,7 +71,7 @@ pub struct Standing {
     /// Transactions may span shards (`two_phase_commit`).
     pub two_phase: bool,
     /// `SET shardgate.target`.
-    pub target: Option<Target>,
+    pub target: Option<Want>,
     /// The database is sharded (statements are routed by shard key).
     pub sharded: bool,
     /// Shards of the database (1 without sharding).
@@ -108,7 +97,7 @@ pub enum Form {
         /// The kind of its only statement (None for several statements).
         single: Option<Kind>,
         /// The target a hint in the text names.
-        hint: Option<Target>,
+        hint: Option<Want>,
     },
     /// An extended-protocol batch, as far as it has arrived.
     Batch {

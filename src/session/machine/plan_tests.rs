@@ -116,7 +116,7 @@ fn write(route: Route) -> Statement {
     query(Kind::Write, route)
 }
 
-fn hinted(stmt: Statement, target: Target) -> Statement {
+fn hinted(stmt: Statement, target: Want) -> Statement {
     let single = match stmt.form {
         Form::Simple { single, .. } => single,
         Form::Batch { .. } => None,
@@ -259,8 +259,8 @@ cases! {
     read_goes_to_a_replica_of_its_shard: idle(), read(One(2)) => Go(Want::Read, 2);
     write_goes_to_the_primary_of_its_shard: idle(), write(One(1)) => Go(Want::Primary, 1);
     statement_for_any_shard_goes_to_the_first: idle(), query(Kind::Set, Any) => Go(Want::Primary, 0);
-    hint_replica_wins_over_a_write: idle(), hinted(write(One(0)), Target::Replica) => Go(Want::Replica, 0);
-    hint_primary_wins_over_a_read: idle(), hinted(read(One(0)), Target::Primary) => Go(Want::Primary, 0);
+    hint_replica_wins_over_a_write: idle(), hinted(write(One(0)), Want::Replica) => Go(Want::Replica, 0);
+    hint_primary_wins_over_a_read: idle(), hinted(read(One(0)), Want::Primary) => Go(Want::Primary, 0);
     unparsed_goes_to_the_primary: unsharded_split(), query(Kind::Unparsed, Any) => Go(Want::Primary, 0);
     failing_route_is_refused: idle(), failing_route() =>
         Refuse(PgError::error(sqlstate::INVALID_PARAMETER_VALUE, "bad key"));
@@ -276,8 +276,8 @@ cases! {
     read_after_deferred_begin_goes_to_the_primary: deferred(false), read(One(1)) => Go(Want::Primary, 1);
     read_after_deferred_read_only_begin_goes_to_a_replica: deferred(true), read(One(1)) => Go(Want::Read, 1);
     set_transaction_read_only_after_begin_goes_to_a_replica: deferred(false), query(Kind::SetTransactionReadOnly, Any) => Go(Want::Read, 0);
-    hint_after_deferred_begin_picks_the_server: deferred(false), hinted(read(Any), Target::Replica) => Go(Want::Replica, 0);
-    session_target_after_deferred_begin_picks_the_server: Standing { target: Some(Target::Replica), ..deferred(false) }, write(Any) => Go(Want::Replica, 0);
+    hint_after_deferred_begin_picks_the_server: deferred(false), hinted(read(Any), Want::Replica) => Go(Want::Replica, 0);
+    session_target_after_deferred_begin_picks_the_server: Standing { target: Some(Want::Replica), ..deferred(false) }, write(Any) => Go(Want::Replica, 0);
     batch_after_deferred_begin_goes_to_the_primary: deferred(false), batch(Want::Read, One(2)) => Go(Want::Primary, 2);
     batch_commit_after_deferred_begin_is_not_answered_here: deferred(false), batch_commit() => Go(Want::Primary, 0);
     prepare_only_batch_after_deferred_begin_runs_outside_it: deferred(false), prepare_only(One(1)) => GoOutsideTransaction(Want::Read, 1);

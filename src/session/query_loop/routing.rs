@@ -24,7 +24,7 @@ use crate::session::machine::plan::{self, CrossShard, Decision, Form, Held, Stan
 use crate::session::machine::txn::{Begin, Txn};
 use crate::shard::route::{Params, Route};
 use crate::shard::ShardId;
-use crate::sql::hints::{RouteFacts, Target};
+use crate::sql::hints::RouteFacts;
 use crate::sql::Kind;
 use crate::state::Prepared;
 
@@ -85,7 +85,7 @@ pub(super) struct Routing {
     /// A statement that may write was sent since checkout.
     pub wrote: bool,
     /// `SET shardgate.target`: None = auto.
-    pub target: Option<Target>,
+    pub target: Option<Want>,
     /// Read-your-writes: WAL position after the client's last write.
     min_lsn: u64,
     /// Read-your-writes: reads go to the primary until this `now_ms()`.

@@ -5,7 +5,7 @@ use bytes::BytesMut;
 
 use super::super::{Expect, Loop};
 use crate::protocol::{self, query_text, sqlstate, Frame, PgError};
-use crate::sql::hints::{self, Target};
+use crate::sql::hints::{self, Want};
 
 impl Loop<'_> {
     /// Answers `SET/RESET/SHOW shardgate.*`; false if the query is not one of those.
@@ -19,8 +19,8 @@ impl Loop<'_> {
                 let value = value.map(|v| v.to_ascii_lowercase());
                 match value.as_deref() {
                     None | Some("auto") => self.routing.target = None,
-                    Some("primary") => self.routing.target = Some(Target::Primary),
-                    Some("replica") => self.routing.target = Some(Target::Replica),
+                    Some("primary") => self.routing.target = Some(Want::Primary),
+                    Some("replica") => self.routing.target = Some(Want::Replica),
                     Some(other) => {
                         PgError::error(
                             sqlstate::INVALID_PARAMETER_VALUE,
@@ -38,9 +38,9 @@ impl Loop<'_> {
             }
             hints::Command::Show { name } if name == "target" => {
                 let v = match self.routing.target {
-                    None => "auto",
-                    Some(Target::Primary) => "primary",
-                    Some(Target::Replica) => "replica",
+                    None | Some(Want::Read) => "auto",
+                    Some(Want::Primary) => "primary",
+                    Some(Want::Replica) => "replica",
                 };
                 protocol::show_result(&mut b, "shardgate.target", v);
             }
