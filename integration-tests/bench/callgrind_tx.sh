@@ -39,38 +39,17 @@ cleanup() {
 trap cleanup EXIT
 start_pg "$TMP" 1
 
-start_proxy() { # BIN NAME PORT -> sets PROXY
-    local bin=$1 name=$2 port=$3
-    local vg=(valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.%p.out" --dump-line=no)
-    if [[ $bin == pgbouncer ]]; then
-        pgbouncer_ini "$TMP" "$port" 4
-        chmod 644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
-        if [[ $(id -u) -eq 0 ]]; then
-            chmod 777 "$OUT"
-            setpriv --reuid=postgres --regid=postgres --init-groups -- \
-                "${vg[@]}" "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$TMP/proxy.log" 2>&1 &
-        else
-            "${vg[@]}" "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$TMP/proxy.log" 2>&1 &
-        fi
-    else
-        shardgate_toml "$TMP/sg.toml" "$port" 4
-        RUST_LOG=warn "${vg[@]}" "$bin" run --config "$TMP/sg.toml" >"$TMP/proxy.log" 2>&1 &
-    fi
-    PROXY=$!
-    for _ in $(seq 240); do
-        "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$port" -U app -d app -c 'select 1' >/dev/null 2>&1 && return
-        sleep 0.5
-    done
-    echo "proxy $name did not start: $(tail -5 "$TMP/proxy.log")" >&2
-    exit 1
-}
 # Instructions of one proxy run: start it under callgrind, run `pgbench -t $2` per client, stop
 # it (callgrind writes its counts at exit).
 measure() { # BIN NAME WORKLOAD TX -> total instructions
     local bin=$1 name=$2 w=$3 tx=$4 port
     rm -f "$OUT/$name".*
     port=$(free_port)
-    start_proxy "$bin" "$name" "$port"
+    if [[ $bin == pgbouncer && $(id -u) -eq 0 ]]; then
+        chmod 777 "$OUT" # callgrind writes its output as PgBouncer's user
+    fi
+    start_proxy "$TMP" "$bin" "$port" "$TMP/proxy.log" \
+        valgrind --tool=callgrind --callgrind-out-file="$OUT/$name.%p.out" --dump-line=no
     # shellcheck disable=SC2046
     "$PGBENCH" $(pgbench_args "$w") -c "$CLIENTS" -j 1 -t "$tx" -n -h 127.0.0.1 -p "$port" -U app app >/dev/null 2>&1
     kill "$PROXY"

@@ -1,6 +1,6 @@
 # common.sh — what the benchmark scripts share (sourced, not run): logging, running as the
 # `postgres` OS user when root, a free loopback port, and a throw-away Postgres with pgbench's
-# tables. Needs PGBIN and PGBENCH set.
+# tables, a proxy in front of it. Needs PGBIN and PGBENCH set (and PGBOUNCER_BIN for PgBouncer).
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -87,4 +87,40 @@ max_client_conn = 1000
 ignore_startup_parameters = extra_float_digits
 logfile = $1/pgbouncer.log
 EOF
+}
+
+# start_proxy DIR BIN PORT LOG [WRAPPER...]: a proxy on PORT in front of the Postgres of
+# start_pg, transaction mode, a pool of 4: Shardgate (BIN, its binary) or PgBouncer (BIN =
+# pgbouncer; PGBOUNCER_BIN), run under WRAPPER (valgrind, say) if given, its output in LOG; as
+# root PgBouncer runs as `postgres`. MAX_CLIENTS, if set, is both proxies' client limit. Sets
+# PROXY to the proxy's pid and returns once it answers (ends the script if it never does).
+start_proxy() {
+    local dir=$1 bin=$2 port=$3 log=$4
+    shift 4
+    if [[ $bin == pgbouncer ]]; then
+        pgbouncer_ini "$dir" "$port" 4
+        if [[ -n ${MAX_CLIENTS:-} ]]; then
+            sed -i "s/^max_client_conn = .*/max_client_conn = $MAX_CLIENTS/" "$dir/pgbouncer.ini"
+        fi
+        chmod 644 "$dir/userlist.txt" "$dir/pgbouncer.ini"
+        if [[ $(id -u) -eq 0 ]]; then
+            setpriv --reuid=postgres --regid=postgres --init-groups -- \
+                "$@" "$PGBOUNCER_BIN" "$dir/pgbouncer.ini" >"$log" 2>&1 &
+        else
+            "$@" "$PGBOUNCER_BIN" "$dir/pgbouncer.ini" >"$log" 2>&1 &
+        fi
+    else
+        shardgate_toml "$dir/sg.toml" "$port" 4
+        if [[ -n ${MAX_CLIENTS:-} ]]; then
+            sed -i "s/^pool_mode = .*/&\nmax_client_connections = $MAX_CLIENTS/" "$dir/sg.toml"
+        fi
+        RUST_LOG=warn "$@" "$bin" run --config "$dir/sg.toml" >"$log" 2>&1 &
+    fi
+    PROXY=$!
+    for _ in $(seq 240); do
+        "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$port" -U app -d app -c 'select 1' >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    echo "proxy $bin did not start: $(tail -5 "$log")" >&2
+    exit 1
 }

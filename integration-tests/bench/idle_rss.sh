@@ -45,38 +45,12 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 established_to() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }
 printf '\\sleep 600 s\n' >"$TMP/idle.sql"
 
-start_proxy() { # BIN NAME PORT -> sets PROXY (the proxy's own pid)
-    local bin=$1 name=$2 port=$3
-    if [[ $bin == pgbouncer ]]; then
-        pgbouncer_ini "$TMP" "$port" 4
-        sed -i "s/^max_client_conn = .*/max_client_conn = $((CLIENTS + 100))/" "$TMP/pgbouncer.ini"
-        chmod 644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
-        if [[ $(id -u) -eq 0 ]]; then
-            setpriv --reuid=postgres --regid=postgres --init-groups -- \
-                "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$OUT/$name.log" 2>&1 &
-        else
-            "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$OUT/$name.log" 2>&1 &
-        fi
-    else
-        shardgate_toml "$TMP/sg.toml" "$port" 4
-        sed -i "s/^pool_mode = .*/&\nmax_client_connections = $((CLIENTS + 100))/" "$TMP/sg.toml"
-        RUST_LOG=warn "$bin" run --config "$TMP/sg.toml" >"$OUT/$name.log" 2>&1 &
-    fi
-    PROXY=$!
-    for _ in $(seq 240); do
-        "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$port" -U app -d app -c 'select 1' >/dev/null 2>&1 && return
-        sleep 0.5
-    done
-    echo "proxy $name did not start: $(tail -5 "$OUT/$name.log")" >&2
-    exit 1
-}
-
 echo "| proxy | idle VmRSS (KiB) | with $CLIENTS clients (KiB) | per client (KiB) | sockets |"
 echo "|---|---:|---:|---:|---:|"
 for bin in $BINS; do
     name=$(basename "$bin")
     port=$(free_port)
-    start_proxy "$bin" "$name" "$port"
+    MAX_CLIENTS=$((CLIENTS + 100)) start_proxy "$TMP" "$bin" "$port" "$OUT/$name.log"
     sleep 1
     before=$(rss_kib "$PROXY")
     "$PGBENCH" -n -f "$TMP/idle.sql" -c "$CLIENTS" -j "$THREADS" -t 1 \

@@ -39,34 +39,10 @@ cleanup() {
 trap cleanup EXIT
 start_pg "$TMP" 1
 
-start_proxy() { # BIN NAME PORT -> sets PROXY (the proxy's own pid)
-    local bin=$1 name=$2 port=$3
-    if [[ $bin == pgbouncer ]]; then
-        pgbouncer_ini "$TMP" "$port" 4
-        chmod 644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
-        if [[ $(id -u) -eq 0 ]]; then
-            setpriv --reuid=postgres --regid=postgres --init-groups -- \
-                "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$OUT/$name.log" 2>&1 &
-        else
-            "$PGBOUNCER_BIN" "$TMP/pgbouncer.ini" >"$OUT/$name.log" 2>&1 &
-        fi
-    else
-        shardgate_toml "$TMP/sg.toml" "$port" 4
-        RUST_LOG=warn "$bin" run --config "$TMP/sg.toml" >"$OUT/$name.log" 2>&1 &
-    fi
-    PROXY=$!
-    for _ in $(seq 240); do
-        "$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$port" -U app -d app -c 'select 1' >/dev/null 2>&1 && return
-        sleep 0.5
-    done
-    echo "proxy $name did not start: $(tail -5 "$OUT/$name.log")" >&2
-    exit 1
-}
-
 for bin in $BINS; do
     name=$(basename "$bin")
     port=$(free_port)
-    start_proxy "$bin" "$name" "$port"
+    start_proxy "$TMP" "$bin" "$port" "$OUT/$name.log"
     perf record -q -e cycles -p "$PROXY" -o "$OUT/$name.perf.data" -- sleep "$DURATION" \
         >/dev/null 2>&1 &
     rec=$!
@@ -83,5 +59,6 @@ for bin in $BINS; do
     echo "### $name ($WORKLOAD, $CLIENTS clients, ${tps:-?} tps)"
     awk '/^ +[0-9.]+%/ { gsub("%", "", $1); if ($3 == "[k]") k += $1; else u += $1 }
         END { printf "kernel %.1f%%, user %.1f%% of the proxy'\''s cycles\n", k, u }' "$OUT/$name.perf.txt"
-    grep -E '^ +[0-9.]+%' "$OUT/$name.perf.txt" | head -n "$TOP" | cut -c1-150
+    # awk reads the whole report (no SIGPIPE under pipefail, as `grep | head` would risk)
+    awk -v n="$TOP" '/^ +[0-9.]+%/ && c++ < n' "$OUT/$name.perf.txt" | cut -c1-150
 done
