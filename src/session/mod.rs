@@ -24,16 +24,15 @@ pub use query_loop::{Signals, Wake, TICK};
 /// where the task ends.
 pub async fn run(stream: TcpStream, state: Arc<ProxyState>, signals: Signals) {
     // Boxed: the login's state is needed only until login, not for the client's lifetime.
-    let Some((client, peer)) = Box::pin(log_in(stream, &state)).await else {
+    let Some(((rd, wr, inbuf, login), peer)) = Box::pin(log_in(stream, &state)).await else {
         return;
     };
     // However the session ends (a panic included), its cancel key goes away with it.
     let _cancel = CancelKeyGuard {
         state: &state,
-        pid: client.3.cancel_pid,
+        pid: login.cancel_pid,
     };
     let shutting_down = signals.wake.borrow().shutdown;
-    let (rd, wr, inbuf, login) = client;
     let session = query_loop::new(rd, wr, inbuf, login, &state, shutting_down);
     query_loop::run(session, signals).await;
     tracing::debug!(%peer, "client disconnected");

@@ -113,7 +113,6 @@ pub(super) struct Loop<'a> {
     routing: Routing,
 }
 
-/// Runs the loop until the client leaves, then cleans up its server connection.
 /// The session of a client that just logged in (`from_client`: what it sent after its startup
 /// packet). Boxed: a hibernating client's task holds little more than this pointer.
 pub(super) fn new<'a>(
