@@ -127,6 +127,55 @@ fn fuzz_split_startup() {
     });
 }
 
+/// The settings a client's startup packet asks for (its parameters and its `options`,
+/// `-c name=value` with backslash escapes): no panic, bounded, every name a lowercase setting
+/// name (one Postgres does not know, `-c user=x` say, is the server's to refuse), and the client's current settings start as that same shared copy.
+#[test]
+fn fuzz_startup_settings() {
+    use crate::session::client_state::ClientState;
+    use crate::sql::scan::is_setting_name;
+    use std::collections::BTreeMap;
+    let word = prop_oneof![
+        proptest::sample::select(vec![
+            "-c",
+            "-c ",
+            "--",
+            "=",
+            "\\",
+            "\\ ",
+            " ",
+            "\t",
+            "-",
+            "_",
+            ".",
+            "a",
+            "DateStyle",
+            "search_path",
+            "application_name",
+            "user",
+            "database",
+            "options",
+            "é",
+        ])
+        .prop_map(str::to_string),
+        any::<char>().prop_map(|c| c.to_string()),
+    ];
+    let text = proptest::collection::vec(word, 0..16).prop_map(|v| v.concat());
+    let params = proptest::collection::vec((text.clone(), text.clone()), 0..6);
+    let input = (params, text);
+    fuzz("startup settings", input, |(params, options)| {
+        let mut map: BTreeMap<String, String> = params.iter().cloned().collect();
+        map.insert("options".into(), options.clone());
+        let len: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let c = bounded(len, 64, 4096, || ClientState::from_startup(&map));
+        for k in c.startup.keys() {
+            assert_eq!(*k, k.to_ascii_lowercase(), "{map:?}");
+            assert!(is_setting_name(k), "{k:?} from {map:?}");
+        }
+        assert!(std::sync::Arc::ptr_eq(&c.startup, &c.settings));
+    });
+}
+
 #[test]
 fn regression_startup_params_need_their_terminator() {
     let mut body = 196608i32.to_be_bytes().to_vec();
