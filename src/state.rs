@@ -157,6 +157,68 @@ pub struct ProxyState {
     pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
     /// Clients hibernating: quiet, holding no server connection and no buffers.
     pub hibernating: std::sync::atomic::AtomicUsize,
+    /// Clients connected, logged in or not (see [`Admitted`]).
+    pub clients: std::sync::atomic::AtomicUsize,
+    /// Rung once when the proxy starts shutting down.
+    pub shutdown: ShutdownBell,
+}
+
+/// The proxy's shutdown as hibernating sessions wait for it: a flag and one small waiter
+/// each (a watch channel's `changed()` future is twice the size, in every idle client).
+#[derive(Debug, Default)]
+pub struct ShutdownBell {
+    rung: std::sync::atomic::AtomicBool,
+    bell: tokio::sync::Notify,
+}
+
+impl ShutdownBell {
+    /// Tells every session, those that wait now and those that look later.
+    pub fn ring(&self) {
+        self.rung.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.bell.notify_waiters();
+    }
+
+    /// Whether [`ShutdownBell::ring`] was called.
+    pub fn rung(&self) -> bool {
+        self.rung.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Completes at the next ring: `enable` it, then check [`ShutdownBell::rung`] to miss none.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.bell.notified()
+    }
+}
+
+/// A client the accept loop let in under `max_client_connections`: the proxy's state for the
+/// client's task, and the client's place in [`ProxyState::clients`], given back on drop.
+#[derive(Debug)]
+pub struct Admitted(Arc<ProxyState>);
+
+impl Admitted {
+    /// Counts one more client, unless `max` are connected already.
+    pub fn try_new(state: &Arc<ProxyState>, max: usize) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        if state.clients.fetch_add(1, Ordering::AcqRel) >= max {
+            state.clients.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(state.clone()))
+    }
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = ProxyState;
+    fn deref(&self) -> &ProxyState {
+        &self.0
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl ProxyState {
@@ -200,6 +262,8 @@ impl ProxyState {
             cancels: CancelRegistry::default(),
             statements: StatementCache::default(),
             hibernating: Default::default(),
+            clients: Default::default(),
+            shutdown: ShutdownBell::default(),
         })
     }
 }

@@ -8,53 +8,60 @@ mod query_loop;
 pub(crate) mod relay;
 
 use bytes::BytesMut;
-use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::protocol::PgError;
-use crate::state::ProxyState;
+use crate::state::{Admitted, ProxyState};
 
 pub(crate) use handshake::cancel_all;
 pub use handshake::Login;
-pub use query_loop::{Signals, Wake, TICK};
+pub use query_loop::{Wake, TICK};
 
-/// Runs one client connection to completion. Errors are reported to the client and logged here,
-/// where the task ends.
-pub async fn run(stream: TcpStream, state: Arc<ProxyState>, signals: Signals) {
-    // Boxed: the login's state is needed only until login, not for the client's lifetime.
-    let Some(((rd, wr, inbuf, login), peer)) = Box::pin(log_in(stream, &state)).await else {
-        return;
-    };
-    // However the session ends (a panic included), its cancel key goes away with it.
-    let _cancel = CancelKeyGuard {
-        state: &state,
-        pid: login.cancel_pid,
-    };
-    let shutting_down = signals.wake.borrow().shutdown;
-    let session = query_loop::new(rd, wr, inbuf, login, &state, shutting_down);
-    query_loop::run(session, signals).await;
-    tracing::debug!(%peer, "client disconnected");
+/// A client the accept loop handed over: its socket, and the channel of the loop's ticks.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub wake: watch::Receiver<Wake>,
 }
 
-/// A logged-in client: its socket's halves, what it sent after its startup packet, its login.
-type LoggedIn = (OwnedReadHalf, OwnedWriteHalf, BytesMut, Login);
+/// Runs one client connection to completion. Errors are reported to the client and logged here,
+/// where the task ends. Every client is one such task, as big as its largest state (see
+/// `server::tests::a_client_task_is_small`): what it needs only for a while is boxed.
+pub async fn run(accepted: Box<Accepted>, state: Admitted) {
+    let Accepted { stream, mut wake } = *accepted;
+    let shutting_down = wake.borrow().shutdown;
+    // Boxed: the login's state is needed only until login, not for the client's lifetime.
+    let Some(session) = Box::pin(log_in(stream, &state, shutting_down)).await else {
+        return;
+    };
+    query_loop::run(session, &mut wake).await;
+}
 
-/// The handshake, up to the client's login (`None`: it ended, answered and logged), and the
-/// client's address.
-async fn log_in(stream: TcpStream, state: &ProxyState) -> Option<(LoggedIn, String)> {
+/// The handshake, up to the client's login (`None`: it ended, answered and logged); then the
+/// logged-in client's session.
+async fn log_in(
+    stream: TcpStream,
+    state: &ProxyState,
+    shutting_down: bool,
+) -> Option<Box<query_loop::Loop<'_>>> {
     let peer = stream
         .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(1024);
     match handshake::handshake(&mut rd, &mut wr, &mut inbuf, state).await {
         Ok(Some(login)) => {
             tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
-            Some(((rd, wr, inbuf, login), peer))
+            let client = query_loop::ClientConn {
+                reader: rd,
+                writer: wr,
+                peer,
+                from_client: inbuf,
+            };
+            Some(query_loop::new(client, login, state, shutting_down))
         }
         Ok(None) => None,
         Err(e) => {
@@ -69,9 +76,9 @@ async fn log_in(stream: TcpStream, state: &ProxyState) -> Option<(LoggedIn, Stri
 }
 
 /// Unregisters a session's cancel key when dropped.
-struct CancelKeyGuard<'a> {
-    state: &'a ProxyState,
-    pid: i32,
+pub(crate) struct CancelKeyGuard<'a> {
+    pub state: &'a ProxyState,
+    pub pid: i32,
 }
 
 impl Drop for CancelKeyGuard<'_> {

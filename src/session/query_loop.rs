@@ -44,7 +44,7 @@ mod shard_conns;
 mod statements;
 mod twophase;
 
-pub use hibernate::{Signals, Wake, TICK};
+pub use hibernate::{Wake, TICK};
 use routing::Routing;
 
 /// Above this many buffered bytes in one direction, stop reading from the sender.
@@ -111,26 +111,43 @@ pub(super) struct Loop<'a> {
     client_gone: bool,
     /// Read/write split state.
     routing: Routing,
+    /// The client's address (for the log).
+    peer: std::net::SocketAddr,
+    /// However the session ends (a panic included), its cancel key goes away with it.
+    _cancel: super::CancelKeyGuard<'a>,
+}
+
+/// A logged-in client's connection: its socket's halves, its address, and what it sent after
+/// its startup packet.
+pub(super) struct ClientConn {
+    pub reader: OwnedReadHalf,
+    pub writer: OwnedWriteHalf,
+    pub peer: std::net::SocketAddr,
+    pub from_client: BytesMut,
 }
 
 /// The session of a client that just logged in (`from_client`: what it sent after its startup
 /// packet). Boxed: a hibernating client's task holds little more than this pointer.
 pub(super) fn new<'a>(
-    client_reader: OwnedReadHalf,
-    client_writer: OwnedWriteHalf,
-    from_client: BytesMut,
+    conn: ClientConn,
     login: Login,
     state: &'a ProxyState,
     shutting_down: bool,
 ) -> Box<Loop<'a>> {
     let managed = login.pool_mode != PoolMode::Session;
     let client = ClientState::with_startup(login.startup.clone());
+    let _cancel = super::CancelKeyGuard {
+        state,
+        pid: login.cancel_pid,
+    };
     Box::new(Loop {
         state,
         login,
-        client_reader,
-        client_writer,
-        from_client,
+        client_reader: conn.reader,
+        client_writer: conn.writer,
+        from_client: conn.from_client,
+        peer: conn.peer,
+        _cancel,
         to_client: BytesMut::new(),
         to_server: BytesMut::new(),
         server: None,
@@ -154,21 +171,23 @@ pub(super) fn new<'a>(
 /// running loop's future is boxed while it runs; a quiet client waits in [`Loop::hibernate`]
 /// instead. A client that has said nothing since its login starts there: thousands of clients
 /// that log in and wait cost no buffers.
-pub(super) async fn run(mut l: Box<Loop<'_>>, mut signals: Signals) {
+pub(super) async fn run(mut l: Box<Loop<'_>>, wake: &mut watch::Receiver<Wake>) {
     let mut ended = match l.from_client.is_empty() && !l.shutting_down {
-        true => l.hibernate(&mut signals.shutdown).await,
+        true => l.hibernate().await,
         false => None,
     };
     let end = loop {
         if let Some(end) = ended {
             break end;
         }
-        ended = match Box::pin(l.main(&mut signals.wake)).await {
-            End::Hibernate => l.hibernate(&mut signals.shutdown).await,
+        ended = match Box::pin(l.main(wake)).await {
+            End::Hibernate => l.hibernate().await,
             end => Some(end),
         };
     };
+    let peer = l.peer;
     Box::pin(l.finish(end)).await;
+    tracing::debug!(%peer, "client disconnected");
 }
 
 async fn read_opt(

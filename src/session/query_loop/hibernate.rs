@@ -25,14 +25,6 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// A client with nothing in flight hibernates at a tick after this much quiet.
 const HIBERNATE_AFTER: Duration = Duration::from_millis(500);
 
-/// The two channels a session listens to: `wake` while it runs, `shutdown` alone while it
-/// hibernates (so ticks do not wake thousands of idle clients).
-#[derive(Debug)]
-pub struct Signals {
-    pub wake: watch::Receiver<Wake>,
-    pub shutdown: watch::Receiver<bool>,
-}
-
 impl Loop<'_> {
     /// Whether the loop's next wait listens to `wake`: while it is the client's turn
     /// (`settled`). While the server owes an answer the loop turns again soon anyway, and a
@@ -88,7 +80,7 @@ impl Loop<'_> {
 
     /// Gives back the buffers of a quiet client and waits, in a small future, for its next
     /// bytes, its idle timeout or shutdown. `None`: run the loop again.
-    pub(super) async fn hibernate(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<End> {
+    pub(super) async fn hibernate(&mut self) -> Option<End> {
         self.from_client = BytesMut::new();
         self.to_client = BytesMut::new();
         self.to_server = BytesMut::new();
@@ -102,8 +94,14 @@ impl Loop<'_> {
                 self.last_activity + Duration::from_millis(ms),
             ))
         });
-        let changed = shutdown.changed();
-        tokio::pin!(changed);
+        let state = self.state;
+        let rung = state.shutdown.notified();
+        tokio::pin!(rung);
+        rung.as_mut().enable();
+        if state.shutdown.rung() {
+            self.shutting_down = true;
+            return None;
+        }
         let _counted = Hibernating::count(&self.state.hibernating);
         // Polled by hand, not through `readable()` and `select!`: their futures would make
         // every hibernating client's task bigger.
@@ -111,7 +109,7 @@ impl Loop<'_> {
             if let Poll::Ready(r) = self.client_reader.as_ref().poll_read_ready(cx) {
                 return Poll::Ready(Woke::Client(r.is_ok()));
             }
-            if changed.as_mut().poll(cx).is_ready() {
+            if rung.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Woke::Shutdown);
             }
             match timeout.as_mut().map(|t| t.as_mut().poll(cx)) {
