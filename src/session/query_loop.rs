@@ -171,19 +171,19 @@ pub(super) fn new<'a>(
 /// running loop's future is boxed while it runs; a quiet client waits in [`Loop::hibernate`]
 /// instead. A client that has said nothing since its login starts there: thousands of clients
 /// that log in and wait cost no buffers.
-pub(super) async fn run(mut l: Box<Loop<'_>>, wake: &mut watch::Receiver<Wake>) {
-    let mut ended = match l.from_client.is_empty() && !l.shutting_down {
-        true => l.hibernate().await,
-        false => None,
+pub(super) async fn run(l: Box<Loop<'_>>, wake: &mut watch::Receiver<Wake>) {
+    let (mut l, mut ended) = match l.from_client.is_empty() && !l.shutting_down {
+        true => hibernate::hibernate(l).await,
+        false => (l, None),
     };
     let end = loop {
         if let Some(end) = ended {
             break end;
         }
-        ended = match Box::pin(l.main(wake)).await {
-            End::Hibernate => l.hibernate().await,
-            end => Some(end),
-        };
+        match Box::pin(l.main(wake)).await {
+            End::Hibernate => (l, ended) = hibernate::hibernate(l).await,
+            end => ended = Some(end),
+        }
     };
     let peer = l.peer;
     Box::pin(l.finish(end)).await;

@@ -144,11 +144,10 @@ impl Relay {
         self.queue.is_empty() && self.remaining == 0
     }
 
-    /// Gives back the queue's memory (an idle client's session hibernates).
-    pub fn shrink(&mut self) {
-        if self.queue.is_empty() {
-            self.queue = VecDeque::new();
-        }
+    /// Idle, and nothing else remembered: a fresh relay would act the same (`forwarding`
+    /// matters only while a message moves). A hibernating session drops it.
+    pub fn at_rest(&self) -> bool {
+        self.idle() && self.owed_ready == 0 && !self.copy_in && !self.client_ready
     }
 
     /// ReadyForQuery messages the server still owes the client.

@@ -8,9 +8,16 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 
-use super::{idle_error, idle_limit, End, Loop};
+use super::{idle_error, idle_limit, End, Loop, Routing};
+use crate::session::client_state::ClientState;
+use crate::session::machine::sync::SkipToSync;
+use crate::session::machine::txn::Txn;
+use crate::session::relay::Relay;
+use crate::session::{CancelKeyGuard, Login};
+use crate::state::ProxyState;
 
 /// What the accept loop tells the sessions that are running: shutdown, and a tick about every
 /// [`TICK`] so that a quiet client can hibernate (no per-client timer).
@@ -72,41 +79,41 @@ impl Loop<'_> {
             && self.to_client.is_empty()
             && self.to_server.is_empty()
             && self.events.is_empty()
-            && self.relay.idle()
+            && self.relay.at_rest()
             && !self.held
             && !self.client_blocked
             && !self.client_gone
     }
 
-    /// Gives back the buffers of a quiet client and waits, in a small future, for its next
-    /// bytes, its idle timeout or shutdown. `None`: run the loop again.
-    pub(super) async fn hibernate(&mut self) -> Option<End> {
-        self.from_client = BytesMut::new();
-        self.to_client = BytesMut::new();
-        self.to_server = BytesMut::new();
-        self.events = Vec::new();
-        self.relay.shrink();
-        self.routing.pending = Default::default();
-        let limit = idle_limit(&self.state.config.proxy, self.txn.status(), true);
-        // Boxed, and only when there is a timeout: most hibernating clients have none.
-        let mut timeout = limit.map(|ms| {
-            Box::pin(tokio::time::sleep_until(
-                self.last_activity + Duration::from_millis(ms),
-            ))
-        });
-        let state = self.state;
-        let rung = state.shutdown.notified();
-        tokio::pin!(rung);
-        rung.as_mut().enable();
-        if state.shutdown.rung() {
-            self.shutting_down = true;
-            return None;
-        }
-        let _counted = Hibernating::count(&self.state.hibernating);
+}
+
+/// Gives back the buffers, relay and running future of a quiet client (see
+/// [`Loop::quiescent`]) and waits, in a small future, for its next bytes, its idle timeout or
+/// shutdown. `None`: run the loop again.
+pub(super) async fn hibernate(l: Box<Loop<'_>>) -> (Box<Loop<'_>>, Option<End>) {
+    let state = l.state;
+    let limit = idle_limit(&state.config.proxy, l.txn.status(), true);
+    // Boxed, and only when there is a timeout: most hibernating clients have none.
+    let mut timeout = limit.map(|ms| {
+        Box::pin(tokio::time::sleep_until(
+            l.last_activity + Duration::from_millis(ms),
+        ))
+    });
+    let rung = state.shutdown.notified();
+    tokio::pin!(rung);
+    rung.as_mut().enable();
+    if state.shutdown.rung() {
+        let mut l = l;
+        l.shutting_down = true;
+        return (l, None);
+    }
+    let dormant = Dormant::of(l);
+    let woke = {
+        let _counted = Hibernating::count(&state.hibernating);
         // Polled by hand, not through `readable()` and `select!`: their futures would make
         // every hibernating client's task bigger.
-        let woke = std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = self.client_reader.as_ref().poll_read_ready(cx) {
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = dormant.client_reader.as_ref().poll_read_ready(cx) {
                 return Poll::Ready(Woke::Client(r.is_ok()));
             }
             if rung.as_mut().poll(cx).is_ready() {
@@ -117,20 +124,120 @@ impl Loop<'_> {
                 _ => Poll::Pending,
             }
         })
-        .await;
-        match woke {
-            Woke::Client(true) => {
-                // Bytes (or the end) arrived: the next tick must not send it back here.
-                self.last_activity = tokio::time::Instant::now();
-                None
-            }
-            Woke::Client(false) => Some(End::ClientGone),
-            Woke::Timeout => Some(self.fatal(idle_error(self.txn.status()))),
-            Woke::Shutdown => {
-                self.shutting_down = true;
-                None
-            }
+        .await
+    };
+    let mut l = dormant.wake();
+    let end = match woke {
+        Woke::Client(true) => {
+            // Bytes (or the end) arrived: the next tick must not send it back here.
+            l.last_activity = tokio::time::Instant::now();
+            None
         }
+        Woke::Client(false) => Some(End::ClientGone),
+        Woke::Timeout => Some(l.fatal(idle_error(l.txn.status()))),
+        Woke::Shutdown => {
+            l.shutting_down = true;
+            None
+        }
+    };
+    (l, end)
+}
+
+/// What a hibernating session keeps of its [`Loop`]: all but what a quiescent loop holds
+/// empty (buffers, server connection, events) or at rest (relay, flags), which waking
+/// makes afresh.
+struct Dormant<'a> {
+    state: &'a ProxyState,
+    login: Login,
+    client_reader: OwnedReadHalf,
+    client_writer: OwnedWriteHalf,
+    client: ClientState,
+    managed: bool,
+    unsynced: bool,
+    txn: Txn,
+    skip: SkipToSync,
+    last_activity: tokio::time::Instant,
+    routing: Routing,
+    peer: std::net::SocketAddr,
+    cancel: CancelKeyGuard<'a>,
+}
+
+impl<'a> Dormant<'a> {
+    /// Takes a quiescent loop apart (every field named: a new one must be placed here).
+    fn of(l: Box<Loop<'a>>) -> Box<Dormant<'a>> {
+        debug_assert!(l.quiescent() && !l.shutting_down);
+        let Loop {
+            state,
+            login,
+            client_reader,
+            client_writer,
+            from_client: _,
+            to_client: _,
+            to_server: _,
+            server: _,
+            relay: _,
+            events: _,
+            client,
+            managed,
+            unsynced,
+            txn,
+            skip,
+            client_blocked: _,
+            held: _,
+            last_activity,
+            shutting_down: _,
+            client_gone: _,
+            mut routing,
+            peer,
+            _cancel: cancel,
+        } = *l;
+        routing.pending = Default::default();
+        routing.parked = Vec::new();
+        Box::new(Dormant {
+            state,
+            login,
+            client_reader,
+            client_writer,
+            client,
+            managed,
+            unsynced,
+            txn,
+            skip,
+            last_activity,
+            routing,
+            peer,
+            cancel,
+        })
+    }
+
+    /// The loop again, with fresh buffers and relay.
+    fn wake(self: Box<Self>) -> Box<Loop<'a>> {
+        let d = *self;
+        Box::new(Loop {
+            state: d.state,
+            login: d.login,
+            client_reader: d.client_reader,
+            client_writer: d.client_writer,
+            from_client: BytesMut::new(),
+            to_client: BytesMut::new(),
+            to_server: BytesMut::new(),
+            server: None,
+            relay: Relay::default(),
+            events: Vec::new(),
+            client: d.client,
+            managed: d.managed,
+            unsynced: d.unsynced,
+            txn: d.txn,
+            skip: d.skip,
+            client_blocked: false,
+            held: false,
+            last_activity: d.last_activity,
+            shutting_down: false,
+            client_gone: false,
+            routing: d.routing,
+            peer: d.peer,
+            _cancel: d.cancel,
+        })
     }
 }
 
