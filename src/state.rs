@@ -37,7 +37,16 @@ pub struct CancelTarget {
 /// it is taken twice per transaction and never held across an await. (A CancelRequest that
 /// arrives just as the transaction ends can, as with any pooler, reach the server after the
 /// connection moved on; the window is the cancel packet's flight time.)
-pub type CancelSlot = Arc<Mutex<Vec<CancelTarget>>>;
+pub type CancelSlot = Mutex<Vec<CancelTarget>>;
+
+/// A client's cancel state, one allocation: its [`CancelSlot`] and its [`CancelSignal`].
+#[derive(Debug, Default)]
+pub struct Cancel {
+    /// Where CancelRequests for the client go.
+    pub slot: CancelSlot,
+    /// Raised by every CancelRequest for the client.
+    pub signal: CancelSignal,
+}
 
 /// How a client's session learns that a CancelRequest for it arrived (a statement streamed
 /// from several shards stops relaying rows at once, so shards blocked writing to a slow
@@ -68,44 +77,39 @@ impl CancelSignal {
     }
 }
 
-/// A client's cancel key's registration: its slot and signal.
+/// A client's cancel key: what it was told, and its cancel state.
 #[derive(Debug, Clone)]
 pub struct CancelKey {
     /// Proxy-issued BackendKeyData pid.
     pub pid: i32,
     /// Proxy-issued BackendKeyData secret.
     pub secret: i32,
-    /// Where CancelRequests for the client go.
-    pub slot: CancelSlot,
-    /// Raised by every CancelRequest for the client.
-    pub signal: Arc<CancelSignal>,
+    /// The client's slot and signal.
+    pub cancel: Arc<Cancel>,
 }
 
-/// Proxy-issued cancel keys by pid.
+/// Proxy-issued cancel keys by pid: each one's secret and cancel state.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<i32, CancelKey>>,
+    map: Mutex<HashMap<i32, (i32, Arc<Cancel>)>>,
 }
 
 impl CancelRegistry {
     /// Issues a fresh (pid, secret) for a client and registers its slot and signal.
     pub fn register(&self) -> CancelKey {
-        let slot: CancelSlot = Arc::default();
-        let signal: Arc<CancelSignal> = Arc::default();
+        let cancel: Arc<Cancel> = Arc::default();
         let mut rng = rand::rng();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             let pid = rng.random_range(1..i32::MAX);
             if let std::collections::hash_map::Entry::Vacant(e) = map.entry(pid) {
                 let secret = rng.random::<i32>();
-                let key = CancelKey {
+                e.insert((secret, cancel.clone()));
+                return CancelKey {
                     pid,
                     secret,
-                    slot,
-                    signal,
+                    cancel,
                 };
-                e.insert(key.clone());
-                return key;
             }
         }
     }
@@ -123,16 +127,16 @@ impl CancelRegistry {
     pub fn running(&self) -> Vec<CancelTarget> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.values()
-            .flat_map(|k| k.slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .flat_map(|(_, c)| c.slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
     }
 
-    /// The slot and signal for a (pid, secret) pair; the secret is compared in constant time.
-    pub fn find(&self, pid: i32, secret: &[u8]) -> Option<(CancelSlot, Arc<CancelSignal>)> {
+    /// The cancel state for a (pid, secret) pair; the secret is compared in constant time.
+    pub fn find(&self, pid: i32, secret: &[u8]) -> Option<Arc<Cancel>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let key = map.get(&pid)?;
-        let ok: bool = key.secret.to_be_bytes().ct_eq(secret).into();
-        ok.then(|| (key.slot.clone(), key.signal.clone()))
+        let (key, cancel) = map.get(&pid)?;
+        let ok: bool = key.to_be_bytes().ct_eq(secret).into();
+        ok.then(|| cancel.clone())
     }
 }
 
@@ -161,6 +165,8 @@ pub struct ProxyState {
     pub clients: std::sync::atomic::AtomicUsize,
     /// Rung once when the proxy starts shutting down.
     pub shutdown: ShutdownBell,
+    /// The configured user and database names, one copy each for every client.
+    names: std::collections::HashSet<Arc<str>>,
 }
 
 /// The proxy's shutdown as hibernating sessions wait for it: a flag and one small waiter
@@ -222,6 +228,11 @@ impl Drop for Admitted {
 }
 
 impl ProxyState {
+    /// A user or database name: the configured one's shared copy, or a new one.
+    pub fn name(&self, name: &str) -> Arc<str> {
+        self.names.get(name).cloned().unwrap_or_else(|| name.into())
+    }
+
     /// Derives user secrets and builds the pools. Call inside a tokio runtime.
     pub fn new(config: Config) -> Arc<ProxyState> {
         let users = config
@@ -249,7 +260,12 @@ impl ProxyState {
                 crate::shard::route::ShardMap::new(d).map(|m| (d.name.clone(), Arc::new(m)))
             })
             .collect();
+        let names = (config.users.iter().map(|u| u.name.as_str()))
+            .chain(config.databases.iter().map(|d| d.name.as_str()))
+            .map(Arc::from)
+            .collect();
         Arc::new(ProxyState {
+            names,
             shard_maps,
             fan_out_plans: crate::sql::FanOutCache::default(),
             analysis: crate::sql::AnalysisCache::new(

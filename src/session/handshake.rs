@@ -16,7 +16,7 @@ use crate::protocol::{
     self, decode_password, split_frame, split_startup, sqlstate, PasswordKind, PasswordMessage,
     PgError, StartupPacket, TxStatus,
 };
-use crate::state::{CancelSignal, CancelSlot, ProxyState};
+use crate::state::{Cancel, ProxyState};
 
 use super::client_state::{apply_sql, read_back_sql, ClientState};
 
@@ -26,20 +26,18 @@ const STARTUP_PARAMS_CACHE: usize = 256;
 /// A logged-in client.
 #[derive(Debug)]
 pub struct Login {
-    /// User name.
-    pub user: String,
-    /// Logical database.
-    pub database: String,
+    /// User name (one shared copy, see [`ProxyState::name`]).
+    pub user: Arc<str>,
+    /// Logical database (one shared copy).
+    pub database: Arc<str>,
     /// The database's shards and their pools for this user.
     pub shards: Arc<Vec<ShardPools>>,
     /// Pool mode in force.
     pub pool_mode: PoolMode,
     /// Proxy-issued BackendKeyData pid.
     pub cancel_pid: i32,
-    /// Where CancelRequests for this client go.
-    pub cancel_slot: CancelSlot,
-    /// Raised by each CancelRequest for this client.
-    pub cancel_signal: Arc<CancelSignal>,
+    /// Where CancelRequests for this client go, and the signal each one raises.
+    pub cancel: Arc<Cancel>,
     /// The settings of the startup packet (its parameters and `options`, lowercase names).
     pub startup: Arc<BTreeMap<String, String>>,
     /// Reads may go to replicas: transaction or statement mode, `routing.read_write_split`
@@ -204,12 +202,16 @@ async fn authenticate(
 
 /// Forwards a CancelRequest to the server connections the client's query runs on, if any.
 async fn serve_cancel(state: &ProxyState, pid: i32, secret: &[u8]) {
-    let Some((slot, signal)) = state.cancels.find(pid, secret) else {
+    let Some(cancel) = state.cancels.find(pid, secret) else {
         tracing::debug!("cancel request with an unknown key ignored");
         return;
     };
-    signal.raise();
-    let targets = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    cancel.signal.raise();
+    let targets = cancel
+        .slot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     cancel_all(&targets).await;
 }
 
@@ -453,13 +455,12 @@ async fn handshake_inner(
         .filter(|_| pool_mode != PoolMode::Session)
         .cloned();
     Ok(Some(Login {
-        user,
-        database,
+        user: state.name(&user),
+        database: state.name(&database),
         shards,
         pool_mode,
         cancel_pid,
-        cancel_slot: key.slot,
-        cancel_signal: key.signal,
+        cancel: key.cancel,
         startup,
         split,
         shard_map,

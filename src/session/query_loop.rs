@@ -448,7 +448,7 @@ impl Loop<'_> {
         let Some(mut conn) = self.server.take() else {
             return;
         };
-        lock(&self.login.cancel_slot).clear();
+        lock(&self.login.cancel.slot).clear();
         let reset_query = &self.state.config.proxy.server_reset_query;
         let leaving = Leaving {
             broken: conn.broken,

@@ -46,7 +46,7 @@ impl Loop<'_> {
     /// Makes a CancelRequest of the client reach every one of `conns` (and nothing else).
     pub(super) fn cancel_to(&self, conns: &[Checkout]) {
         // Refilled in place: the slot keeps its capacity across checkouts.
-        let mut slot = super::lock(&self.login.cancel_slot);
+        let mut slot = super::lock(&self.login.cancel.slot);
         slot.clear();
         slot.extend(conns.iter().map(|c| c.cancel_target()));
     }
@@ -109,7 +109,7 @@ impl Loop<'_> {
                 return match copy {
                     Some(c) if c.from_stdin => {
                         let r = self.copy_in(sql, &c, shards).await;
-                        super::lock(&self.login.cancel_slot).clear();
+                        super::lock(&self.login.cancel.slot).clear();
                         r
                     }
                     Some(c) if c.to_stdout => self.copy_out(sql, shards).await,

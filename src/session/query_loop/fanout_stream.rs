@@ -166,7 +166,7 @@ impl Loop<'_> {
         let driven = self
             .drive(&mut machine, &mut conns, &mut outgoing, &mut cancel)
             .await;
-        super::lock(&self.login.cancel_slot).clear();
+        super::lock(&self.login.cancel.slot).clear();
         match driven {
             Ok(()) => {}
             Err(Stop::ClientGone) => return Err(self.abandon(&mut conns).await),
@@ -282,7 +282,8 @@ impl Loop<'_> {
     ) -> Result<(), Stop> {
         let mut start = 0;
         let mut readable = vec![false; conns.len()];
-        let signal = self.login.cancel_signal.clone();
+        let client_cancel = self.login.cancel.clone();
+        let signal = &client_cancel.signal;
         let mut cancels_seen = signal.count();
         loop {
             // Registered before the count is read: a CancelRequest in between is not missed.

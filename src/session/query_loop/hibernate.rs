@@ -84,7 +84,6 @@ impl Loop<'_> {
             && !self.client_blocked
             && !self.client_gone
     }
-
 }
 
 /// Gives back the buffers, relay and running future of a quiet client (see

@@ -91,7 +91,8 @@ pub(super) struct Routing {
     /// Read-your-writes: reads go to the primary until this `now_ms()`.
     primary_until: u64,
     /// Facts of the last unnamed statement Parsed (for a later Bind without a Parse).
-    unnamed: Option<RouteFacts>,
+    /// Boxed: most idle clients have none, and it is the biggest part of their routing state.
+    unnamed: Option<Box<RouteFacts>>,
     /// Shard of the current server connection.
     pub shard: ShardId,
     /// `SET shardgate.shard`.

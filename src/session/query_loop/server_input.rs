@@ -248,7 +248,7 @@ impl Loop<'_> {
         self.txn.released();
         if let Some(mut c) = self.server.take() {
             tracing::trace!(client = self.login.cancel_pid, pid = c.pid, status = %(self.txn.status().byte() as char), "release");
-            lock(&self.login.cancel_slot).clear();
+            lock(&self.login.cancel.slot).clear();
             if !c.inbuf.is_empty() {
                 // Asynchronous messages after ReadyForQuery belong to this client's session.
                 c.broken = true;

@@ -44,7 +44,7 @@ impl Loop<'_> {
             let mut reused = None;
             if in_txn {
                 if self.server.is_some() && self.routing.shard == *shard {
-                    super::lock(&self.login.cancel_slot).clear();
+                    super::lock(&self.login.cancel.slot).clear();
                     reused = self.server.take();
                 }
                 if reused.is_none() {

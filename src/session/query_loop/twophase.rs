@@ -56,7 +56,7 @@ impl Loop<'_> {
         if let Some(conn) = self.server.take() {
             self.routing.parked.push((self.routing.shard, conn));
         }
-        lock(&self.login.cancel_slot).clear();
+        lock(&self.login.cancel.slot).clear();
         if let Some(conn) = self.unpark(shard) {
             self.install(conn, shard, true);
             return Ok(());

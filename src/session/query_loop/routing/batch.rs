@@ -45,7 +45,7 @@ struct BatchScan {
     /// Statements route to different shards, each to one.
     split: bool,
     /// Facts of the unnamed statement as of the message looked at.
-    unnamed: Option<RouteFacts>,
+    unnamed: Option<Box<RouteFacts>>,
     /// Named statements parsed earlier in this batch.
     parsed: Vec<(String, RouteFacts)>,
     complete: bool,
@@ -89,7 +89,7 @@ fn merge_route(
 
 impl BatchScan {
     /// A look-ahead starting with the facts of the client's last unnamed statement.
-    fn new(unnamed: Option<RouteFacts>) -> Self {
+    fn new(unnamed: Option<Box<RouteFacts>>) -> Self {
         BatchScan {
             commits: 0,
             others: 0,
@@ -146,7 +146,7 @@ impl BatchScan {
         if let Some((b'S', name)) = target(body) {
             self.prepares_write |= match self.parsed.iter().rev().find(|p| p.0 == name) {
                 Some(p) => p.1.writes(),
-                None if name.is_empty() => self.unnamed.as_ref().is_some_and(RouteFacts::writes),
+                None if name.is_empty() => self.unnamed.as_deref().is_some_and(RouteFacts::writes),
                 None => session
                     .client
                     .named
@@ -164,7 +164,11 @@ impl BatchScan {
             self.prepares_write |= f.writes();
             self.texts.push((p.name.to_string(), p.query.to_string()));
             if p.name.is_empty() {
-                self.unnamed = Some(f);
+                // The box is reused from one unnamed statement to the next.
+                match &mut self.unnamed {
+                    Some(b) => **b = f,
+                    None => self.unnamed = Some(Box::new(f)),
+                }
             } else {
                 self.parsed.push((p.name.to_string(), f));
             }
@@ -175,7 +179,7 @@ impl BatchScan {
     /// known.
     fn bind(&mut self, session: &Loop<'_>, body: &[u8]) -> Option<RouteFacts> {
         match bind_names(body).inspect(|_| self.executes = true) {
-            Some((_, "", _)) => self.unnamed.clone(),
+            Some((_, "", _)) => self.unnamed.as_deref().cloned(),
             Some((_, name, _)) => self
                 .parsed
                 .iter()
@@ -316,7 +320,8 @@ impl Loop<'_> {
             // (see `plan::decide`), and is read through once, when it can go.
             return BatchPlan::waiting();
         }
-        let mut scan = BatchScan::new(self.routing.unnamed.clone());
+        // Taken, and given back below: nothing in between reads it from the session.
+        let mut scan = BatchScan::new(self.routing.unnamed.take());
         let mut go = scan.visit(self, first.tag, first.body());
         for f in &self.routing.pending {
             if !go {

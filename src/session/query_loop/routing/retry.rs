@@ -41,7 +41,7 @@ impl Loop<'_> {
             }
         }
         tracing::info!(server = %addr, "{what}; retrying the read on another server");
-        lock(&self.login.cancel_slot).clear();
+        lock(&self.login.cancel.slot).clear();
         self.relay.reset();
         self.to_server.clear();
         self.events.clear();

@@ -202,7 +202,7 @@ impl Loop<'_> {
                 .iter_mut()
                 .for_each(|(_, c)| c.settings_unknown = true);
         }
-        lock(&self.login.cancel_slot).clear();
+        lock(&self.login.cancel.slot).clear();
         self.relay.reset();
         conns.sort_by_key(|(s, _)| *s);
         conns

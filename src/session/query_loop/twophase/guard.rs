@@ -389,7 +389,7 @@ impl Loop<'_> {
     /// Rolls the open transaction back on every participant and leaves the client in a
     /// failed transaction block without a server connection.
     pub(in crate::session::query_loop) async fn abort_everywhere(&mut self) {
-        lock(&self.login.cancel_slot).clear();
+        lock(&self.login.cancel.slot).clear();
         for (_, mut c) in std::mem::take(&mut self.routing.parked) {
             match tokio::time::timeout(CLEANUP_TIMEOUT, c.run("ROLLBACK")).await {
                 Ok(Ok(TxStatus::Idle)) => {}
