@@ -25,11 +25,11 @@ pub struct User {
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
     /// Server address.
-    pub addr: String,
+    pub addr: Arc<str>,
     /// Server backend pid.
     pub pid: i32,
     /// Server backend secret.
-    pub secret: Vec<u8>,
+    pub secret: Arc<[u8]>,
 }
 
 /// The server connections a client's running query is on: its current one, or every shard

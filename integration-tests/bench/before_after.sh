@@ -20,6 +20,7 @@
 #   WORKLOADS ["select:simple select:extended select:prepared tpcb:simple"]
 #   (select = pgbench -S; tpcb = the default TPC-B-like script)
 #   STRACE_TX [20000] (0 = no syscall count)  PGBOUNCER_BIN [/usr/sbin/pgbouncer]
+#   SHARDGATE_WORKERS [0] (both builds' [proxy] workers)
 #   PgBouncer before 1.21 cannot run -M prepared in transaction mode: that cell is skipped.
 set -euo pipefail
 BEFORE_BIN=$(readlink -f "${BEFORE_BIN:?set BEFORE_BIN}")

@@ -49,12 +49,14 @@ EOF
 stop_pg() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1; }
 
 # shardgate_toml FILE PORT POOL: a Shardgate config in FILE listening on PORT, transaction
-# mode, a pool of POOL in front of the Postgres of start_pg.
+# mode, a pool of POOL in front of the Postgres of start_pg; SHARDGATE_WORKERS [0] is its
+# `[proxy] workers` (tokio worker threads, 0 = one per core, 1 = a current-thread runtime).
 shardgate_toml() {
     cat >"$1" <<EOF
 [proxy]
 listen = "127.0.0.1:$2"
 pool_mode = "transaction"
+workers = ${SHARDGATE_WORKERS:-0}
 [pool]
 size = $3
 [[users]]

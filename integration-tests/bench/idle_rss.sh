@@ -13,6 +13,7 @@
 #   CLIENTS=10000 BINS="target/release/shardgate pgbouncer" integration-tests/bench/idle_rss.sh
 # Environment: BINS (required) CLIENTS [1000] SETTLE [4] (s) THREADS [2] OUT [/tmp/idle-rss]
 #   MALLOC_STATS [0] PGBOUNCER_BIN [/usr/sbin/pgbouncer]
+#   SHARDGATE_WORKERS [0] (Shardgate's [proxy] workers)
 set -euo pipefail
 BINS=${BINS:?set BINS}
 CLIENTS=${CLIENTS:-1000}

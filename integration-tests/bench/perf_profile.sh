@@ -13,6 +13,7 @@
 #   BINS="target/release/shardgate pgbouncer" integration-tests/bench/perf_profile.sh
 # Environment: BINS (required) WORKLOAD ["select:simple"] CLIENTS [32] DURATION [8] (s)
 #   TOP [15] OUT [/tmp/perf-profile] PGBOUNCER_BIN [/usr/sbin/pgbouncer]
+#   SHARDGATE_WORKERS [0] (Shardgate's [proxy] workers)
 # Requires perf (Debian `linux-perf`) and the right to profile (root, or
 # kernel.perf_event_paranoid <= 1).
 set -euo pipefail

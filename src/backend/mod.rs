@@ -94,12 +94,12 @@ pub struct ServerConn {
     pub wr: OwnedWriteHalf,
     /// Bytes read from the server not yet handled.
     pub inbuf: BytesMut,
-    /// Server address (`host:port`).
-    pub addr: String,
+    /// Server address (`host:port`); shared, so that a cancel target costs no copy.
+    pub addr: Arc<str>,
     /// Backend process id (for cancel).
     pub pid: i32,
     /// Backend secret key (for cancel).
-    pub secret: Vec<u8>,
+    pub secret: Arc<[u8]>,
     /// ParameterStatus values reported at login.
     pub params: Vec<(String, String)>,
     /// Set when the connection is in an unknown state; the pool then drops it.
@@ -150,9 +150,9 @@ impl ServerConn {
             rd,
             wr,
             inbuf: BytesMut::with_capacity(16 * 1024),
-            addr: p.addr.clone(),
+            addr: p.addr.as_str().into(),
             pid: 0,
-            secret: Vec::new(),
+            secret: Arc::from(&[][..]),
             params: Vec::new(),
             broken: false,
             at_rest: false,
@@ -182,7 +182,7 @@ impl ServerConn {
                 b'K' if f.body().len() >= 8 => {
                     if let Some((pid, secret)) = key_data(f.body()) {
                         conn.pid = pid;
-                        conn.secret = secret.to_vec();
+                        conn.secret = secret.into();
                     }
                 }
                 b'Z' => return Ok(conn),
@@ -292,14 +292,14 @@ impl ServerConn {
 
     fn io(&self, source: std::io::Error) -> BackendError {
         BackendError::Io {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             source,
         }
     }
 
     fn protocol(&self, what: String) -> BackendError {
         BackendError::Protocol {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             what,
         }
     }
@@ -316,7 +316,7 @@ impl ServerConn {
     fn server_error(&self, f: &Frame) -> BackendError {
         let (code, message) = error_fields(f.body());
         BackendError::Server {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             code,
             message,
         }

@@ -68,11 +68,14 @@ pub fn param_oids(rest: &[u8]) -> Vec<u32> {
         .collect()
 }
 
-/// Re-encodes a Bind with another statement name.
-pub fn rename_bind(body: &[u8], stmt: &str) -> Option<Bytes> {
-    let (portal, _, rest_at) = bind_names(body)?;
+/// Re-encodes a Bind with another statement name at the end of `m` (false, and nothing
+/// written: the Bind is malformed).
+pub fn rename_bind(m: &mut BytesMut, body: &[u8], stmt: &str) -> bool {
+    let Some((portal, _, rest_at)) = bind_names(body) else {
+        return false;
+    };
     let rest = &body[rest_at..];
-    let mut m = BytesMut::with_capacity(7 + portal.len() + stmt.len() + rest.len());
+    m.reserve(7 + portal.len() + stmt.len() + rest.len());
     m.put_u8(b'B');
     m.put_i32((4 + portal.len() + 1 + stmt.len() + 1 + rest.len()) as i32);
     m.put_slice(portal.as_bytes());
@@ -80,7 +83,7 @@ pub fn rename_bind(body: &[u8], stmt: &str) -> Option<Bytes> {
     m.put_slice(stmt.as_bytes());
     m.put_u8(0);
     m.put_slice(rest);
-    Some(m.freeze())
+    true
 }
 
 /// Decodes a Describe or Close body: kind (`S` statement or `P` portal) and name.
@@ -131,7 +134,9 @@ mod tests {
         let bind = b"portal\0s1\0\0\0\0\x01\0\0\0\x0242\0\0".to_vec();
         let (portal, stmt, _) = bind_names(&bind).unwrap();
         assert_eq!((portal, stmt), ("portal", "s1"));
-        let m = rename_bind(&bind, "sg_7").unwrap();
+        let mut m = BytesMut::from(&b"before"[..]);
+        assert!(rename_bind(&mut m, &bind, "sg_7"));
+        let m = m.split_off(6);
         let (portal, stmt, at) = bind_names(&m[5..]).unwrap();
         assert_eq!((portal, stmt), ("portal", "sg_7"));
         assert_eq!(&m[5 + at..], &bind[10..]);

@@ -88,36 +88,48 @@ pub fn apply_sql(
     client: &BTreeMap<String, String>,
     conn: &BTreeMap<String, String>,
 ) -> Option<String> {
-    if client == conn {
-        return None;
-    }
-    let mut sets = Vec::new();
     let mut sql = String::new();
+    apply_into(client, conn, &mut sql);
+    (!sql.is_empty()).then_some(sql)
+}
+
+/// [`apply_sql`], appended to `sql` (nothing when the settings agree).
+fn apply_into(
+    client: &BTreeMap<String, String>,
+    conn: &BTreeMap<String, String>,
+    sql: &mut String,
+) {
+    use crate::sql::scan::DollarQuoted;
+    use std::fmt::Write;
+    if client == conn {
+        return;
+    }
+    let mut select = String::with_capacity(128);
     for (k, v) in client {
         if conn.get(k) != Some(v) && is_setting_name(k) {
             if conn.contains_key(k) {
                 // From the connection's default, as on a direct login: setting `DateStyle` to
                 // `ISO` keeps the day/month order a previous client chose otherwise.
-                sql.push_str(&format!("RESET {k};"));
+                let _ = write!(sql, "RESET {k};");
             }
-            sets.push(format!(
+            select.push_str(if select.is_empty() { "SELECT " } else { ", " });
+            let _ = write!(
+                select,
                 "set_config({}, {}, false)",
-                dollar_quote(k),
-                dollar_quote(v)
-            ));
+                DollarQuoted(k),
+                DollarQuoted(v)
+            );
         }
     }
-    if !sets.is_empty() {
-        sql.push_str("SELECT ");
-        sql.push_str(&sets.join(", "));
+    if !select.is_empty() {
+        sql.push_str(&select);
         sql.push(';');
     }
     for k in conn.keys() {
         if !client.contains_key(k) && is_setting_name(k) {
-            sql.push_str(&format!("RESET {k};"));
+            let _ = write!(sql, "RESET {k};");
         }
     }
-    (!sql.is_empty()).then_some(sql)
 }
 
 /// [`apply_sql`] for a server connection that may be in any state: when its settings are
@@ -129,8 +141,10 @@ pub fn setup_sql(
 ) -> Option<String> {
     if std::mem::take(&mut conn.settings_unknown) {
         conn.settings = Default::default();
-        let apply = apply_sql(client, &conn.settings).unwrap_or_default();
-        return Some(format!("RESET ALL; RESET ROLE; {apply}"));
+        let mut sql = String::with_capacity(256);
+        sql.push_str("RESET ALL; RESET ROLE; ");
+        apply_into(client, &conn.settings, &mut sql);
+        return Some(sql);
     }
     apply_sql(client, &conn.settings)
 }
@@ -223,7 +237,9 @@ fn tokens(sql: &str) -> Vec<Tok> {
     let b = sql.as_bytes();
     let word_start = |c: u8| c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
     let word_char = |c: u8| word_start(c) || c.is_ascii_digit() || c == b'$';
-    let mut out = Vec::new();
+    // Mostly one allocation: a statement has fewer tokens than a third of its bytes (at most
+    // 64 reserved up front, whatever the statement's size).
+    let mut out = Vec::with_capacity((b.len() / 3 + 1).min(64));
     let mut i = 0;
     while i < b.len() {
         let c = b[i];

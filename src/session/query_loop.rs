@@ -401,7 +401,7 @@ impl Loop<'_> {
         let addr = match self.server.as_deref_mut() {
             Some(c) => {
                 c.broken = true;
-                c.addr.clone()
+                c.addr.to_string()
             }
             None => String::new(),
         };

@@ -182,7 +182,14 @@ impl Relay {
 
     /// Drops all state (the server connection is gone).
     pub fn reset(&mut self) {
-        *self = Relay::default();
+        // The queue keeps its memory: a reset at every checkout would otherwise cost an
+        // allocation per transaction.
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.clear();
+        *self = Relay {
+            queue,
+            ..Relay::default()
+        };
     }
 
     /// Moves what the server sent (`inbuf`) to the client (`out`), swallowing and synthesizing

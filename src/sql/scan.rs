@@ -554,13 +554,27 @@ pub fn is_setting_name(name: &str) -> bool {
 /// Quotes `v` as a SQL string literal with dollar quoting (independent of
 /// standard_conforming_strings).
 pub fn dollar_quote(v: &str) -> String {
-    let mut tag = String::from("$sg$");
-    let mut n = 0;
-    while v.contains(&tag) {
-        n += 1;
-        tag = format!("$sg{n}$");
+    DollarQuoted(v).to_string()
+}
+
+/// [`dollar_quote`] as it is written into a string: no allocation unless `v` holds `$sg$`.
+#[derive(Debug)]
+pub struct DollarQuoted<'a>(pub &'a str);
+
+impl std::fmt::Display for DollarQuoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        if !v.contains("$sg$") {
+            return write!(f, "$sg${v}$sg$");
+        }
+        let mut n = 1;
+        let mut tag = String::from("$sg1$");
+        while v.contains(&tag) {
+            n += 1;
+            tag = format!("$sg{n}$");
+        }
+        write!(f, "{tag}{v}{tag}")
     }
-    format!("{tag}{v}{tag}")
 }
 
 /// Quotes an identifier for SQL (always double-quoted).

@@ -258,8 +258,7 @@ impl Loop<'_> {
             self.forward(frame, Some(Kind::Bind));
             return None;
         }
-        let name = name.to_string();
-        if let Some(stmt) = self.ensure_statement(&name) {
+        if let Some(stmt) = self.ensure_statement(name) {
             self.note_effect(&stmt.effect);
             self.note_name_params(frame.body(), &stmt.effect.name_params);
             if stmt.command != SessionCommand::None || !stmt.set_config.is_empty() {
@@ -268,9 +267,8 @@ impl Loop<'_> {
                     return None;
                 }
             }
-            match rename_bind(frame.body(), &stmt.name) {
-                Some(b) => self.to_server.extend_from_slice(&b),
-                None => return self.malformed("Bind"),
+            if !rename_bind(&mut self.to_server, frame.body(), &stmt.name) {
+                return self.malformed("Bind");
             }
             self.relay.push(Expect::Client(Kind::Bind));
         }
@@ -329,12 +327,14 @@ impl Loop<'_> {
             let text = query_text(frame.body());
             // Most queries are one statement (maybe with a trailing semicolon): no split.
             let single = text.trim_end().trim_end_matches(';');
-            let stmts = if single.contains(';') {
-                split_statements(text)
+            let split;
+            let stmts: &[&str] = if single.contains(';') {
+                split = split_statements(text);
+                &split
             } else {
-                vec![single]
+                std::slice::from_ref(&single)
             };
-            for stmt in stmts {
+            for &stmt in stmts {
                 if plain_select(stmt) {
                     // Found in one pass: no effect, no session command, nothing to track.
                     self.note_effect(&SettingsEffect::default());

@@ -122,6 +122,7 @@ fn finds_set_config_names() {
 fn quoting() {
     assert_eq!(dollar_quote("a'b"), "$sg$a'b$sg$");
     assert_eq!(dollar_quote("x$sg$y"), "$sg1$x$sg$y$sg1$");
+    assert_eq!(dollar_quote("$sg$$sg1$"), "$sg2$$sg$$sg1$$sg2$");
     assert!(is_setting_name("search_path"));
     assert!(is_setting_name("myapp.tenant"));
     assert!(!is_setting_name("a; drop table x"));

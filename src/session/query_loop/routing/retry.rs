@@ -32,7 +32,7 @@ impl Loop<'_> {
             return Some(self.server_lost(what));
         };
         conn.broken = true;
-        let addr = conn.addr.clone();
+        let addr = conn.addr.to_string();
         drop(conn);
         let ban_ms = self.state.config.routing.ban_time_ms;
         for pool in self.login.shards.iter().flat_map(|s| s.servers.iter()) {
