@@ -45,6 +45,21 @@ EOF
     "$PGBENCH" -i -s "$scale" -q -h 127.0.0.1 -p "$PG_PORT" -U app app >/dev/null 2>&1
 }
 
+# bench_tmp NAME: a fresh temp dir in TMP (/tmp/sg-NAME.XXXXXX), removed on exit together with
+# the Postgres of start_pg in it and the PROXY and BENCH processes still running.
+bench_tmp() {
+    TMP=$(mktemp -d "/tmp/sg-$1.XXXXXX")
+    PROXY= BENCH=
+    trap bench_cleanup EXIT
+}
+bench_cleanup() {
+    set +e
+    [[ -n ${BENCH:-} ]] && kill "$BENCH" 2>/dev/null && wait "$BENCH" 2>/dev/null
+    [[ -n ${PROXY:-} ]] && kill "$PROXY" 2>/dev/null && wait "$PROXY" 2>/dev/null
+    stop_pg "$TMP"
+    rm -rf "$TMP"
+}
+
 # stop_pg DIR: stops the Postgres of start_pg.
 stop_pg() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2>&1; }
 

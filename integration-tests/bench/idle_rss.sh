@@ -31,16 +31,7 @@ mkdir -p "$OUT"
 want=$((CLIENTS + 1000)) hard=$(ulimit -Hn)
 [[ $hard != unlimited && $hard -lt $want ]] && want=$hard
 ulimit -n "$want"
-TMP=$(mktemp -d /tmp/sg-idle.XXXXXX)
-PROXY= BENCH=
-cleanup() {
-    set +e
-    [[ -n $BENCH ]] && kill "$BENCH" 2>/dev/null && wait "$BENCH" 2>/dev/null
-    [[ -n $PROXY ]] && kill "$PROXY" 2>/dev/null && wait "$PROXY" 2>/dev/null
-    stop_pg "$TMP"
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+bench_tmp idle
 start_pg "$TMP" 1 "max_connections = 100"
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 established_to() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }

@@ -29,15 +29,7 @@ PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
 # shellcheck source=integration-tests/bench/common.sh
 source "$(dirname "$0")/common.sh"
 mkdir -p "$OUT"
-TMP=$(mktemp -d /tmp/sg-perf.XXXXXX)
-PROXY=
-cleanup() {
-    set +e
-    [[ -n $PROXY ]] && kill "$PROXY" 2>/dev/null && wait "$PROXY" 2>/dev/null
-    stop_pg "$TMP"
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+bench_tmp perf
 start_pg "$TMP" 1
 
 for bin in $BINS; do
