@@ -31,9 +31,8 @@ pub struct Accepted {
 /// `server::tests::a_client_task_is_small`): what it needs only for a while is boxed.
 pub async fn run(accepted: Box<Accepted>, state: Admitted) {
     let Accepted { stream, mut wake } = *accepted;
-    let shutting_down = wake.borrow().shutdown;
     // Boxed: the login's state is needed only until login, not for the client's lifetime.
-    let Some(session) = Box::pin(log_in(stream, &state, shutting_down)).await else {
+    let Some(session) = Box::pin(log_in(stream, &state)).await else {
         return;
     };
     query_loop::run(session, &mut wake).await;
@@ -41,11 +40,7 @@ pub async fn run(accepted: Box<Accepted>, state: Admitted) {
 
 /// The handshake, up to the client's login (`None`: it ended, answered and logged); then the
 /// logged-in client's session.
-async fn log_in(
-    stream: TcpStream,
-    state: &ProxyState,
-    shutting_down: bool,
-) -> Option<Box<query_loop::Loop<'_>>> {
+async fn log_in(stream: TcpStream, state: &ProxyState) -> Option<Box<query_loop::Loop<'_>>> {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -61,7 +56,8 @@ async fn log_in(
                 peer,
                 from_client: inbuf,
             };
-            Some(query_loop::new(client, login, state, shutting_down))
+            // A shutdown that began during the login: the session starts by ending.
+            Some(query_loop::new(client, login, state, state.shutdown.rung()))
         }
         Ok(None) => None,
         Err(e) => {
