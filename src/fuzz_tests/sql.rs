@@ -361,3 +361,31 @@ fn fuzz_shard_keys() {
         );
     });
 }
+
+/// A setting's value quoted for `set_config` (`dollar_quote`, written by `DollarQuoted`) is one
+/// string literal whatever the value: it opens and closes with one tag that the value does not
+/// contain, and holds the value unchanged in between.
+#[test]
+fn fuzz_dollar_quote() {
+    use crate::sql::scan::dollar_quote;
+    let value = prop_oneof![
+        sql_text(),
+        proptest::collection::vec(
+            proptest::sample::select(vec!["$sg$", "$sg1$", "$sg2$", "$", "sg", "1", "x"]),
+            0..8
+        )
+        .prop_map(|v| v.concat()),
+    ];
+    fuzz("dollar quote", value, |v| {
+        let q = dollar_quote(&v);
+        let tag_len = q[1..].find('$').map_or(0, |i| i + 2);
+        let tag = &q[..tag_len];
+        assert!(
+            tag.starts_with("$sg") && tag.ends_with('$') && tag.len() >= 4,
+            "{q:?}"
+        );
+        assert!(q.len() >= 2 * tag.len() && q.ends_with(tag), "{q:?}");
+        assert_eq!(&q[tag.len()..q.len() - tag.len()], v, "{q:?}");
+        assert!(!v.contains(tag), "the tag {tag:?} occurs in {v:?}");
+    });
+}
