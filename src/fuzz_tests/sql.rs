@@ -377,7 +377,7 @@ fn fuzz_dollar_quote() {
         .prop_map(|v| v.concat()),
     ];
     fuzz("dollar quote", value, |v| {
-        let q = dollar_quote(&v);
+        let q = dollar_quote(v);
         let tag_len = q[1..].find('$').map_or(0, |i| i + 2);
         let tag = &q[..tag_len];
         assert!(
