@@ -10,6 +10,8 @@
 //!   statement on its own shard, answered in the client's order.
 //! - [`sum_writes`]: a write or schema change on several shards, answered as one (counts
 //!   summed).
+//! - [`commit`]: the end of a transaction on several shards (two-phase commit, or COMMIT or
+//!   ROLLBACK everywhere), as rounds on its participants.
 //! - [`shard_stream`]: what those share (shard progress, first error, the driver's steps).
 //! - [`plan`]: the routing decision at a routing point (go, hold, fan out, switch shards,
 //!   commit across shards, defer BEGIN, refuse).
@@ -19,6 +21,7 @@
 //! - [`leave`]: what becomes of the held connection when a session ends.
 //! - [`txn`]: the client's transaction as one value (deferred BEGIN, open, failed, aborted).
 
+pub mod commit;
 pub mod copy_in;
 pub mod copy_out;
 pub mod fan_out_read;

@@ -2,6 +2,8 @@
 //! statement's first error ([`Progress`]), the steps the I/O driver carries out ([`Step`]),
 //! and the interface the driver runs a machine through ([`ShardStream`]).
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{sqlstate, Frame, PgError, TxStatus};
@@ -74,6 +76,27 @@ pub trait ShardStream {
     }
     /// Appends what the machine has for each shard (in connection order) to `to_shards`.
     fn take_outgoing(&mut self, _to_shards: &mut [BytesMut]) {}
+    /// Whether the client's CancelRequest reaches the shards, and a failed statement cancels
+    /// the others. The commit protocol says no: like a server's COMMIT it runs to its end.
+    fn cancellable(&self) -> bool {
+        true
+    }
+    /// Whether the machine runs to its end when the client leaves (the driver stops reading
+    /// and writing the client, and goes on).
+    fn outlives_client(&self) -> bool {
+        false
+    }
+    /// How long the driver waits while nothing happens on the shards before it gives up on
+    /// every shard that still owes an answer ([`ShardStream::on_lost`]); `None`: as long as
+    /// the shards take (a statement may run for hours).
+    fn patience(&self) -> Option<Duration> {
+        None
+    }
+    /// Whether shard `i`'s connection ended as it should, to be kept: at its ReadyForQuery,
+    /// in a transaction block if and only if `in_txn`.
+    fn ends_well(&self, i: usize, in_txn: bool) -> bool {
+        matches!(self.progress().shard_ends().get(i), Some(ShardEnd::Ready(s)) if s.in_transaction() == in_txn)
+    }
 }
 
 /// Where each shard of a statement is, and its first error.
@@ -96,6 +119,22 @@ impl Progress {
         Progress {
             shards: vec![ShardEnd::Running; shards],
             error: None,
+        }
+    }
+
+    /// `shards` shards that have all answered, with `status` (a machine that asks them later,
+    /// [`Progress::restart`]).
+    pub fn answered(shards: usize, status: TxStatus) -> Progress {
+        Progress {
+            shards: vec![ShardEnd::Ready(status); shards],
+            error: None,
+        }
+    }
+
+    /// Shard `i`, which has answered, is asked again: it runs until its next ReadyForQuery.
+    pub fn restart(&mut self, i: usize) {
+        if let Some(s @ ShardEnd::Ready(_)) = self.shards.get_mut(i) {
+            *s = ShardEnd::Running;
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWrite};
@@ -160,7 +161,9 @@ impl Loop<'_> {
             c.at_rest = false;
             c.unnamed_owner = 0;
         });
-        self.cancel_to(&conns);
+        if machine.cancellable() {
+            self.cancel_to(&conns);
+        }
         let mut cancel = None;
         let mut outgoing: Vec<BytesMut> = outgoing.into_iter().map(BytesMut::from).collect();
         let driven = self
@@ -186,10 +189,9 @@ impl Loop<'_> {
                 conns.iter_mut().for_each(|c| c.broken = true);
             }
         }
-        for (c, end) in conns.iter_mut().zip(machine.progress().shard_ends()) {
-            match end {
-                ShardEnd::Ready(s) if s.in_transaction() == ends_in_txn => {}
-                _ => c.broken = true,
+        for (i, c) in conns.iter_mut().enumerate() {
+            if !machine.ends_well(i, ends_in_txn) {
+                c.broken = true;
             }
         }
         self.note_effects(&mut conns, texts.iter().copied());
@@ -285,24 +287,29 @@ impl Loop<'_> {
         let client_cancel = self.login.cancel.clone();
         let signal = &client_cancel.signal;
         let mut cancels_seen = signal.count();
+        let mut client = ClientSide::Open;
+        let mut timer = machine
+            .patience()
+            .map(|t| (t, Box::pin(tokio::time::sleep(t))));
         loop {
             // Registered before the count is read: a CancelRequest in between is not missed.
             let cancelled = signal.notified();
             tokio::pin!(cancelled);
             cancelled.as_mut().enable();
-            if signal.count() != cancels_seen {
+            if signal.count() != cancels_seen && machine.cancellable() {
                 cancels_seen = signal.count();
                 let step = machine.on_cancel_requested();
                 react(step, 0, machine, conns, cancel);
             }
             self.take_buffered(machine, conns, cancel);
-            let client_room = self.take_client(machine, conns, outgoing, cancel);
+            let client_room =
+                client == ClientSide::Open && self.take_client(machine, conns, outgoing, cancel);
             machine.take_outgoing(outgoing);
             if machine.finished() {
                 return Ok(());
             }
-            if self.try_flush().is_err() {
-                return Err(Stop::ClientGone);
+            if client == ClientSide::Open && self.try_flush().is_err() {
+                client = self.client_left(machine)?;
             }
             let room = machine.discarding() || self.to_client.len() < BUF_CAP;
             for (i, r) in readable.iter_mut().enumerate() {
@@ -311,11 +318,13 @@ impl Loop<'_> {
             let any = readable.iter().any(|r| *r) || outgoing.iter().any(|o| !o.is_empty());
             // The client is read for its pipelined messages while they fit, and, while the
             // machine takes its messages, for the rest of the one partly read.
-            let read_client = self.from_client.len() < BUF_CAP || client_room;
+            let read_client =
+                client == ClientSide::Open && (self.from_client.len() < BUF_CAP || client_room);
+            let write_client = client == ClientSide::Open && !self.to_client.is_empty();
             if client_room {
                 reserve(&mut self.from_client);
             }
-            if !any && !client_room && self.to_client.is_empty() {
+            if !any && !client_room && !write_client {
                 // No shard is wanted and nothing is owed to the client: a machine that can
                 // no longer move (the select below would wait only for the client).
                 return Err(Stop::Stalled);
@@ -323,40 +332,98 @@ impl Loop<'_> {
             tokio::select! {
                 r = self.client_reader.read_buf(&mut self.from_client), if read_client => {
                     if !matches!(r, Ok(n) if n > 0) {
-                        return Err(Stop::ClientGone);
+                        client = self.client_left(machine)?;
                     }
                 }
-                r = tokio::io::AsyncWriteExt::write(&mut self.client_writer, &self.to_client), if !self.to_client.is_empty() => match r {
+                r = tokio::io::AsyncWriteExt::write(&mut self.client_writer, &self.to_client), if write_client => match r {
                     Ok(n) => bytes::Buf::advance(&mut self.to_client, n),
-                    Err(_) => return Err(Stop::ClientGone),
+                    Err(_) => client = self.client_left(machine)?,
                 },
                 io = shard_io(conns, &readable, outgoing, start), if any => {
-                    let (i, r) = match io {
-                        ShardIo::Read(i, r) => {
-                            start = i + 1;
-                            (i, r)
+                    if let Some((t, sleep)) = timer.as_mut() {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + *t);
+                    }
+                    self.on_shard_io(io, machine, conns, outgoing, cancel, &mut start);
+                }
+                () = expired(&mut timer), if any => {
+                    // Nothing from the shards for the machine's patience: every shard that
+                    // still owes an answer is given up.
+                    for i in 0..conns.len() {
+                        if machine.wants(i) || !outgoing[i].is_empty() {
+                            conns[i].broken = true;
+                            outgoing[i].clear();
+                            let step = machine.on_lost(i, &mut self.to_client);
+                            react(step, i, machine, conns, cancel);
                         }
-                        ShardIo::Wrote(i, r) => {
-                            if let Ok(n) = r {
-                                bytes::Buf::advance(&mut outgoing[i], n);
-                                if outgoing[i].is_empty() {
-                                    // Written out: reuse the buffer from its start.
-                                    outgoing[i].clear();
-                                }
-                            }
-                            (i, r)
-                        }
-                    };
-                    if !matches!(r, Ok(n) if n > 0) {
-                        conns[i].broken = true;
-                        outgoing[i].clear();
-                        let step = machine.on_lost(i, &mut self.to_client);
-                        react(step, i, machine, conns, cancel);
+                    }
+                    if let Some((t, sleep)) = timer.as_mut() {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + *t);
                     }
                 }
                 () = &mut cancelled => {}
             }
         }
+    }
+
+    /// The client left (or its socket failed): a machine that outlives it goes on without
+    /// the client; any other stops.
+    fn client_left<M: ShardStream>(&mut self, machine: &M) -> Result<ClientSide, Stop> {
+        if !machine.outlives_client() {
+            return Err(Stop::ClientGone);
+        }
+        self.client_gone = true;
+        self.to_client.clear();
+        Ok(ClientSide::Gone)
+    }
+
+    /// Carries out what `io` did on a shard connection (from `shard_io`).
+    fn on_shard_io<M: ShardStream>(
+        &mut self,
+        io: ShardIo,
+        machine: &mut M,
+        conns: &mut [Checkout],
+        outgoing: &mut [BytesMut],
+        cancel: &mut Option<JoinHandle<()>>,
+        start: &mut usize,
+    ) {
+        let (i, r) = match io {
+            ShardIo::Read(i, r) => {
+                *start = i + 1;
+                (i, r)
+            }
+            ShardIo::Wrote(i, r) => {
+                if let Ok(n) = r {
+                    bytes::Buf::advance(&mut outgoing[i], n);
+                    if outgoing[i].is_empty() {
+                        // Written out: reuse the buffer from its start.
+                        outgoing[i].clear();
+                    }
+                }
+                (i, r)
+            }
+        };
+        if !matches!(r, Ok(n) if n > 0) {
+            conns[i].broken = true;
+            outgoing[i].clear();
+            let step = machine.on_lost(i, &mut self.to_client);
+            react(step, i, machine, conns, cancel);
+        }
+    }
+}
+
+/// Whether the driver still talks to the client.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientSide {
+    Open,
+    /// It left; the machine goes on without it.
+    Gone,
+}
+
+/// Waits for the patience timer, if the machine has one (else forever).
+async fn expired(timer: &mut Option<(Duration, Pin<Box<tokio::time::Sleep>>)>) {
+    match timer.as_mut() {
+        Some((_, sleep)) => sleep.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -373,7 +440,7 @@ fn react<M: ShardStream>(
         Step::Broken => conns[i].broken = true,
         Step::CancelOthers => {}
     }
-    if cancel.is_some() {
+    if cancel.is_some() || !machine.cancellable() {
         return;
     }
     let targets: Vec<_> = conns

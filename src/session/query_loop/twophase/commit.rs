@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
+use super::super::fanout_stream::ShardConns;
 use super::super::routing::Want;
 use super::super::{lock, Loop};
 use crate::backend::BackendError;
 use crate::pool::Checkout;
-use crate::protocol::{self, sqlstate, PgError, TxStatus};
+use crate::protocol::{sqlstate, PgError, TxStatus};
+use crate::session::machine::commit::{Commit, Finish, Outcome, STEP_PATIENCE};
 use crate::shard::recovery::{self, gid};
 use crate::shard::ShardId;
 use crate::sql::Kind;
@@ -20,8 +22,9 @@ use crate::sql::Kind;
 /// How long the commit phase keeps trying one participant's COMMIT PREPARED (and a failed
 /// prepare phase its coordinator's ROLLBACK PREPARED), reconnecting as needed.
 const FINISH_FOR: Duration = Duration::from_secs(10);
-/// Bound on one server round trip of the commit protocol.
-const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one server round trip of the commit protocol (also the rounds the stream
+/// driver runs).
+const STEP_TIMEOUT: Duration = STEP_PATIENCE;
 /// Longest pause at the `pause_after_prepare` failpoint.
 const PAUSE_MAX: Duration = Duration::from_secs(120);
 
@@ -50,147 +53,118 @@ fn notice(message: String) -> BytesMut {
     b
 }
 
-/// What phase one of the commit found (see `Loop::prepare_all`).
-struct PhaseOne {
-    /// Shards whose part is prepared.
-    prepared: Vec<ShardId>,
-    /// Why a participant could not prepare (naming its shard).
-    failure: Option<String>,
-    /// The coordinator's part is READ ONLY and was ended by its failed log row.
-    coord_read_only: bool,
+/// The participants of a commit: their shards (ascending, the coordinator first) and
+/// connections, in the same order.
+struct Participants {
+    shards: Vec<ShardId>,
+    conns: Vec<Checkout>,
 }
 
-/// Why a participant did not prepare: the SQLSTATE of its error (empty when it sent none:
-/// an answer that is not a prepared transaction, or a connection that failed or timed out
-/// and is closed) and what went wrong.
-struct Refusal {
-    code: String,
-    why: String,
-}
-
-impl Refusal {
-    fn without_code(why: impl Into<String>) -> Refusal {
-        Refusal {
-            code: String::new(),
-            why: why.into(),
-        }
+impl Participants {
+    /// Participant `i`'s connection, unless it is closed.
+    fn conn(&mut self, i: usize) -> Option<&mut Checkout> {
+        self.conns.get_mut(i).filter(|c| !c.broken)
     }
 }
 
-/// Sends `sql` (ending in PREPARE TRANSACTION) on `c` and reads its vote.
-async fn prepare_one(c: &mut Checkout, sql: &str) -> Result<(), Refusal> {
-    let mut q = BytesMut::new();
-    let _ = postgres_protocol::message::frontend::query(sql, &mut q);
-    let (frames, status) = match tokio::time::timeout(STEP_TIMEOUT, c.exchange(&q)).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => {
-            c.broken = true;
-            return Err(Refusal::without_code(e.to_string()));
-        }
-        Err(_) => {
-            c.broken = true;
-            return Err(Refusal::without_code("timed out"));
-        }
-    };
-    let ok = frames
-        .iter()
-        .any(|f| f.tag == b'C' && f.body().starts_with(b"PREPARE TRANSACTION"));
-    // A failed log row stops the query before its PREPARE.
-    match frames.iter().find(|f| f.tag == b'E') {
-        None if ok && status == TxStatus::Idle => Ok(()),
-        Some(e) => {
-            let (code, why) = protocol::error_fields(e.body());
-            Err(Refusal { code, why })
-        }
-        None if status != TxStatus::Idle => {
-            Err(Refusal::without_code("unexpected transaction state"))
-        }
-        None => Err(Refusal::without_code("the transaction was rolled back")),
-    }
-}
-
-/// Ends the transaction on every participant without two-phase commit: ROLLBACK if it failed
-/// (`aborted`), else COMMIT (one participant, or a READ ONLY transaction).
-async fn end_in_one_phase(
-    conns: &mut [(ShardId, Checkout)],
-    aborted: bool,
-) -> Result<&'static str, CommitError> {
-    let sql = if aborted { "ROLLBACK" } else { "COMMIT" };
-    let mut err = None;
-    for (_, c) in conns.iter_mut() {
-        if let Err(e) = c.run(sql).await {
-            c.broken = true;
-            err.get_or_insert(e);
-        }
-    }
-    match err {
-        Some(e) if !aborted => Err(CommitError::Client(PgError::error(
-            sqlstate::TRANSACTION_ROLLBACK,
-            format!("transaction failed at COMMIT: {e}"),
-        ))),
-        _ => Ok(if aborted { "ROLLBACK" } else { "COMMIT" }),
-    }
+/// A server error of the commit protocol as the client's error.
+fn failed_at_commit(why: &str) -> CommitError {
+    CommitError::Client(PgError::error(
+        sqlstate::TRANSACTION_ROLLBACK,
+        format!("transaction failed at COMMIT: {why}"),
+    ))
 }
 
 impl Loop<'_> {
     /// Commits a transaction that ran on several shards (or rolls it back if it failed).
     /// Returns the CommandComplete tag for the client (a WARNING notice may precede it in
-    /// `to_client`).
+    /// `to_client`). The protocol's rounds run through the stream driver
+    /// ([`Commit`]); what its connections could not finish is finished here on fresh ones.
     pub(in crate::session::query_loop) async fn commit_all(
         &mut self,
     ) -> Result<&'static str, CommitError> {
-        let mut conns = self.take_participants();
+        let mut on = self.take_participants();
         let aborted = self.txn.status() == TxStatus::Failed;
         // A READ ONLY transaction (its BEGIN goes to every shard) has nothing to make atomic.
         let begin = self.txn.further_begin();
         let read_only = matches!(self.facts_of(&begin).kind, Kind::Begin { read_only: true });
-        let (id, mask, coord) = loop {
-            if aborted || conns.len() <= 1 || read_only {
-                return end_in_one_phase(&mut conns, aborted).await;
+        loop {
+            if aborted || on.conns.len() <= 1 || read_only {
+                let machine = Commit::one_phase(on.conns.len(), !aborted);
+                let (machine, _) = self.run_commit(on, machine).await?;
+                return match machine.outcome() {
+                    Outcome::Ended { error: Some(e) } if !aborted => Err(failed_at_commit(&e.why)),
+                    _ => Ok(if aborted { "ROLLBACK" } else { "COMMIT" }),
+                };
             }
-            let mask = conns
+            let mask = on
+                .shards
                 .iter()
-                .fold(0u64, |m, (s, _)| m | (1u64 << (*s as u64 % 64)));
+                .fold(0u64, |m, s| m | (1u64 << (*s as u64 % 64)));
             let id: u64 = rand::random();
-            let coord = conns[0].0;
-            let coord_addr = conns[0].1.addr.clone();
+            let coord = on.shards[0];
+            let coord_addr = on.conns[0].addr.clone();
             if let Err(e) = self.ensure_log(coord, &coord_addr).await {
-                return Err(self.roll_back_without_log(&mut conns, coord, e).await);
+                return Err(self.roll_back_without_log(on, e).await);
             }
             // Phase one. The coordinator records the decision inside its own transaction.
-            let phase_one = self.prepare_all(&mut conns, id, mask, &coord_addr).await;
-            if phase_one.coord_read_only {
-                // The coordinator's part is READ ONLY (SET TRANSACTION READ ONLY on that shard):
-                // it has nothing to commit, and its failed log row ended it. The others go on
-                // without it.
-                let (_, mut c) = conns.remove(0);
-                if c.run("ROLLBACK").await.is_err() {
-                    c.broken = true;
+            let gids = on.shards.iter().map(|s| gid(id, mask, *s)).collect();
+            let machine = Commit::two_phase(
+                gids,
+                recovery::log_insert(id, mask),
+                recovery::log_delete(id, mask),
+            );
+            let (mut machine, mut back) = self.run_commit(on, machine).await?;
+            match machine.outcome().clone() {
+                Outcome::Prepared => {}
+                Outcome::CoordinatorReadOnly => {
+                    // The coordinator's part is READ ONLY (SET TRANSACTION READ ONLY on that
+                    // shard): it had nothing to commit and is rolled back. The others go on
+                    // without it.
+                    back.shards.remove(0);
+                    back.conns.remove(0);
+                    on = back;
+                    continue;
                 }
-                continue;
+                Outcome::RolledBack {
+                    refusal,
+                    coordinator,
+                } => {
+                    if refusal.at == 0 && refusal.code == sqlstate::UNDEFINED_TABLE {
+                        self.forget_log(&coord_addr);
+                    }
+                    let msg = format!(
+                        "shard {}: {}",
+                        self.shard_name(back.shards[refusal.at]),
+                        refusal.why
+                    );
+                    return self.after_roll_back(back, coordinator, id, mask, msg).await;
+                }
+                other => return Err(self.lost_commit(&format!("{other:?}"))),
             }
-            if let Some(msg) = phase_one.failure {
-                return self
-                    .abort_prepared(conns, &phase_one.prepared, id, mask, msg)
+            let log_key = recovery::txn_name(id, mask);
+            if self.failpoint_after_prepare(&log_key).await {
+                back.conns.iter_mut().for_each(|c| c.broken = true);
+                return Err(CommitError::Crash);
+            }
+            // Phase two: the outcome is commit.
+            machine.commit();
+            let (machine, back) = self.run_commit(back, machine).await?;
+            if let Outcome::Committed {
+                unfinished,
+                log_deleted,
+            } = machine.outcome().clone()
+            {
+                self.after_commit(back, unfinished, log_deleted, id, mask, coord)
                     .await;
             }
-            break (id, mask, coord);
-        };
-        let log_key = recovery::txn_name(id, mask);
-        if self.failpoint_after_prepare(&log_key).await {
-            for (_, c) in conns.iter_mut() {
-                c.broken = true;
-            }
-            return Err(CommitError::Crash);
+            return Ok("COMMIT");
         }
-        self.commit_prepared(&mut conns, id, mask, coord, &log_key)
-            .await;
-        Ok("COMMIT")
     }
 
     /// Takes every connection of the transaction (the parked ones and the current one), in
     /// ascending shard order, for the commit protocol.
-    fn take_participants(&mut self) -> Vec<(ShardId, Checkout)> {
+    fn take_participants(&mut self) -> Participants {
         let mut conns = std::mem::take(&mut self.routing.parked);
         if let Some(c) = self.server.take() {
             conns.push((self.routing.shard, c));
@@ -205,21 +179,46 @@ impl Loop<'_> {
         lock(&self.login.cancel.slot).clear();
         self.relay.reset();
         conns.sort_by_key(|(s, _)| *s);
-        conns
+        let (shards, conns) = conns.into_iter().unzip();
+        Participants { shards, conns }
     }
 
-    /// The decision log table could not be created on the coordinator `coord`: rolls back
-    /// every participant; the error for the client.
-    async fn roll_back_without_log(
-        &self,
-        conns: &mut [(ShardId, Checkout)],
-        coord: ShardId,
-        e: String,
-    ) -> CommitError {
-        for (_, c) in conns.iter_mut() {
-            if c.run("ROLLBACK").await.is_err() {
-                c.broken = true;
-            }
+    /// Runs `machine`'s rounds on the participants through the stream driver (no cancel
+    /// reaches them, and a client that leaves does not stop them).
+    async fn run_commit(
+        &mut self,
+        on: Participants,
+        machine: Commit,
+    ) -> Result<(Commit, Participants), CommitError> {
+        let Participants { shards, conns } = on;
+        let outgoing = vec![bytes::Bytes::new(); conns.len()];
+        let stream = ShardConns::new(&shards, conns, false);
+        match self.run_stream(stream, outgoing, machine, &[]).await {
+            Ok((machine, conns)) => Ok((machine, Participants { shards, conns })),
+            Err(e) => Err(self.lost_commit(&e.message)),
+        }
+    }
+
+    /// The commit protocol could not be carried out on its connections (they are closed):
+    /// what became of the transaction is recovery's to settle.
+    fn lost_commit(&self, why: &str) -> CommitError {
+        tracing::warn!(error = %why, "two-phase commit stopped; left to recovery");
+        CommitError::Client(
+            PgError::error(
+                sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+                format!("transaction resolution unknown: the commit stopped ({why})"),
+            )
+            .with_hint("recovery commits or rolls back every shard alike; check the rows later"),
+        )
+    }
+
+    /// The decision log table could not be created on the coordinator: rolls back every
+    /// participant; the error for the client.
+    async fn roll_back_without_log(&mut self, on: Participants, e: String) -> CommitError {
+        let coord = on.shards[0];
+        let machine = Commit::one_phase(on.conns.len(), false);
+        if let Err(e) = self.run_commit(on, machine).await {
+            return e;
         }
         CommitError::Client(
             PgError::error(
@@ -235,130 +234,115 @@ impl Loop<'_> {
         )
     }
 
-    /// Phase one: PREPARE TRANSACTION on the coordinator (the first participant), which
-    /// writes the decision into its log table in the same query, then on every other
-    /// participant at once (one round trip for all of them). Every participant that answers
-    /// prepared is listed, so an abort rolls back each of them; the failure named is the
-    /// first in shard order.
-    async fn prepare_all(
-        &self,
-        conns: &mut [(ShardId, Checkout)],
-        id: u64,
-        mask: u64,
-        coord_addr: &str,
-    ) -> PhaseOne {
-        let mut phase = PhaseOne {
-            prepared: Vec::new(),
-            failure: None,
-            coord_read_only: false,
-        };
-        let Some(((coord, first), others)) = conns.split_first_mut() else {
-            return phase;
-        };
-        let sql = format!(
-            "{}; PREPARE TRANSACTION '{}'",
-            recovery::log_insert(id, mask),
-            gid(id, mask, *coord)
-        );
-        if let Err(Refusal { code, why }) = prepare_one(first, &sql).await {
-            if code == sqlstate::UNDEFINED_TABLE {
-                self.forget_log(coord_addr);
-            }
-            phase.coord_read_only = code == sqlstate::READ_ONLY_SQL_TRANSACTION;
-            phase.failure = Some(format!("shard {}: {why}", self.shard_name(*coord)));
-            return phase;
-        }
-        phase.prepared.push(*coord);
-        let votes = futures_util::future::join_all(others.iter_mut().map(|(s, c)| {
-            let sql = format!("PREPARE TRANSACTION '{}'", gid(id, mask, *s));
-            async move { (*s, prepare_one(c, &sql).await) }
-        }))
-        .await;
-        for (s, vote) in votes {
-            match vote {
-                Ok(()) => phase.prepared.push(s),
-                Err(Refusal { why, .. }) => {
-                    phase
-                        .failure
-                        .get_or_insert_with(|| format!("shard {}: {why}", self.shard_name(s)));
-                }
-            }
-        }
-        phase
-    }
-
-    /// Phase two. Every participant voted yes: the outcome is commit. The coordinator's
-    /// COMMIT PREPARED makes it durable (its log row commits with it); recovery completes
-    /// whatever cannot be finished here, and the client is warned about it.
-    async fn commit_prepared(
+    /// Phase two is over: finishes on fresh connections the parts whose COMMIT PREPARED did
+    /// not run (`unfinished`), deletes the log row if every part committed, or warns the
+    /// client that recovery completes the commit.
+    async fn after_commit(
         &mut self,
-        conns: &mut [(ShardId, Checkout)],
+        mut on: Participants,
+        unfinished: Vec<(usize, String)>,
+        log_deleted: bool,
         id: u64,
         mask: u64,
         coord: ShardId,
-        log_key: &str,
     ) {
-        // The coordinator first: its COMMIT PREPARED makes the decision durable (an
-        // unreachable coordinator is still prepared with all the others: recovery commits
-        // them all, never rolls them back). Then every other participant at once.
-        let Some(((first_shard, first), others)) = conns.split_first_mut() else {
-            return;
-        };
-        let this = &*self;
-        let mut results = vec![this.commit_part(*first_shard, first, id, mask).await];
-        results.extend(
-            futures_util::future::join_all(
-                others
-                    .iter_mut()
-                    .map(|(s, c)| this.commit_part(*s, c, id, mask)),
-            )
-            .await,
-        );
         let mut pending = Vec::new();
-        for (s, name, result) in results {
-            if let Err(e) = result {
+        for (i, why) in unfinished {
+            let s = on.shards[i];
+            let name = gid(id, mask, s);
+            tracing::debug!(gid = %name, error = %why, "COMMIT PREPARED failed; trying again");
+            let sql = format!("COMMIT PREPARED '{name}'");
+            let conn = on.conn(i);
+            if let Err(e) = self.finish_part(s, conn, &sql).await {
                 tracing::warn!(gid = %name, error = %e, "COMMIT PREPARED failed; left to recovery");
                 pending.push(format!("shard {}: {e}", self.shard_name(s)));
             }
         }
-        if pending.is_empty() {
-            // Every participant committed: the log row has done its job.
-            let del = recovery::log_delete(id, mask);
-            let c = &mut conns[0].1;
-            let mut deleted = !c.broken && matches!(run_step(c, &del).await, Some(Ok(_)));
-            if !deleted {
-                // The coordinator's connection died on the way: one try on a fresh one.
-                if let Ok((mut c, _)) = self.acquire(Want::Primary, coord).await {
-                    deleted = matches!(run_step(&mut c, &del).await, Some(Ok(_)));
-                }
-            }
-            if !deleted {
-                tracing::debug!(gid = %log_key, "log row left to recovery");
-            }
-        } else {
+        let log_key = recovery::txn_name(id, mask);
+        if !pending.is_empty() {
             let warning = notice(format!(
                 "transaction {log_key} is committed, but not yet on every shard ({}); \
                  recovery completes it within about 30 s",
                 pending.join("; ")
             ));
             self.to_client.extend_from_slice(&warning);
+            return;
+        }
+        if log_deleted {
+            return;
+        }
+        // Every participant committed: the log row has done its job.
+        let del = recovery::log_delete(id, mask);
+        let mut deleted = false;
+        if let Some(c) = on.conn(0) {
+            deleted = matches!(run_step(c, &del).await, Some(Ok(_)));
+        }
+        if !deleted {
+            // The coordinator's connection died on the way: one try on a fresh one.
+            if let Ok((mut c, _)) = self.acquire(Want::Primary, coord).await {
+                deleted = matches!(run_step(&mut c, &del).await, Some(Ok(_)));
+            }
+        }
+        if !deleted {
+            tracing::debug!(gid = %log_key, "log row left to recovery");
         }
     }
 
-    /// COMMIT PREPARED of shard `s`'s part (see [`Loop::finish_part`]; `Ok(false)`, 42704:
-    /// recovery, or an earlier attempt whose answer was lost, committed it): (shard, the
-    /// part's name, the outcome).
-    async fn commit_part(
-        &self,
-        s: ShardId,
-        c: &mut Checkout,
+    /// The prepare phase failed (`msg`) and every part was rolled back on its connection,
+    /// the coordinator's as `coordinator` says. The coordinator's part must be gone before the
+    /// client hears "rolled back" (a part whose PREPARE answer was lost may be prepared after
+    /// all, and recovery commits a transaction whose participants are all prepared while its
+    /// coordinator is).
+    async fn after_roll_back(
+        &mut self,
+        mut on: Participants,
+        coordinator: Finish,
         id: u64,
         mask: u64,
-    ) -> (ShardId, String, Result<bool, String>) {
-        let name = gid(id, mask, s);
-        let sql = format!("COMMIT PREPARED '{name}'");
-        let outcome = self.finish_part(s, Some(c), &sql).await;
-        (s, name, outcome)
+        msg: String,
+    ) -> Result<&'static str, CommitError> {
+        let coord = on.shards[0];
+        let outcome = match coordinator {
+            Finish::Done => Ok(()),
+            Finish::Missing => Err(self.logged(coord).await),
+            Finish::Unfinished(_) => {
+                let sql = format!("ROLLBACK PREPARED '{}'", gid(id, mask, coord));
+                let conn = on.conn(0);
+                match self.finish_part(coord, conn, &sql).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(self.logged(coord).await),
+                    Err(e) => Err(Err(e)),
+                }
+            }
+        };
+        let rolled_back = || {
+            CommitError::Client(
+                PgError::error(
+                    sqlstate::TRANSACTION_ROLLBACK,
+                    format!("transaction rolled back: could not prepare it on {msg}"),
+                )
+                .with_hint("no shard committed any of its changes"),
+            )
+        };
+        match outcome {
+            Ok(()) => Err(rolled_back()),
+            // Recovery found every part prepared and committed it.
+            Err(Ok(logged)) if logged.contains(&recovery::txn_name(id, mask)) => Ok("COMMIT"),
+            Err(Ok(_)) => Err(rolled_back()),
+            Err(Err(e)) => Err(CommitError::Client(
+                PgError::error(
+                    sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+                    format!(
+                        "transaction resolution unknown: the prepare phase failed ({msg}) and \
+                         the coordinator shard {} could not be reached to roll back ({e})",
+                        self.shard_name(coord)
+                    ),
+                )
+                .with_hint(
+                    "recovery commits or rolls back every shard alike; check the rows later",
+                ),
+            )),
+        }
     }
 
     /// Runs `sql` (COMMIT or ROLLBACK PREPARED) for a participant until its server answers:
@@ -469,74 +453,6 @@ impl Loop<'_> {
             }
         }
         points.iter().any(|f| f == "after_prepare")
-    }
-
-    /// The prepare phase failed: roll back every participant. The coordinator's part must
-    /// be gone before the client hears "rolled back" (a part whose PREPARE answer was lost
-    /// may be prepared after all, and recovery commits a transaction whose participants are
-    /// all prepared while its coordinator is).
-    async fn abort_prepared(
-        &mut self,
-        mut conns: Vec<(ShardId, Checkout)>,
-        prepared: &[ShardId],
-        id: u64,
-        mask: u64,
-        msg: String,
-    ) -> Result<&'static str, CommitError> {
-        let coord = conns[0].0;
-        let mut outcome = Ok(());
-        for (n, (s, c)) in conns.iter_mut().enumerate() {
-            if !prepared.contains(s) {
-                if c.broken || c.run("ROLLBACK").await.is_err() {
-                    c.broken = true;
-                }
-                continue;
-            }
-            let sql = format!("ROLLBACK PREPARED '{}'", gid(id, mask, *s));
-            if n == 0 {
-                outcome = match self.finish_part(*s, Some(c), &sql).await {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err(self.logged(coord).await.map(|l| (l, id, mask))),
-                    Err(e) => Err(Err(e)),
-                };
-            } else if !matches!(run_step(c, &sql).await, Some(Ok(_))) {
-                c.broken = true;
-            }
-        }
-        let rolled_back = || {
-            CommitError::Client(
-                PgError::error(
-                    sqlstate::TRANSACTION_ROLLBACK,
-                    format!("transaction rolled back: could not prepare it on {msg}"),
-                )
-                .with_hint("no shard committed any of its changes"),
-            )
-        };
-        match outcome {
-            Ok(()) => Err(rolled_back()),
-            Err(Ok((logged, id, mask))) => {
-                let name = recovery::txn_name(id, mask);
-                if logged.contains(&name) {
-                    // Recovery found every part prepared and committed it.
-                    Ok("COMMIT")
-                } else {
-                    Err(rolled_back())
-                }
-            }
-            Err(Err(e)) => Err(CommitError::Client(
-                PgError::error(
-                    sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
-                    format!(
-                        "transaction resolution unknown: the prepare phase failed ({msg}) and \
-                         the coordinator shard {} could not be reached to roll back ({e})",
-                        self.shard_name(coord)
-                    ),
-                )
-                .with_hint(
-                    "recovery commits or rolls back every shard alike; check the rows later",
-                ),
-            )),
-        }
     }
 
     /// The log keys recorded on `shard` (a fresh connection).
