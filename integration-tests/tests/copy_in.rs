@@ -35,6 +35,7 @@ fn owner(k: i64) -> usize {
     let map = ShardMap::new(&c.databases[0]).unwrap();
     map.shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
         .unwrap()
+        .index()
 }
 
 /// An empty `placed` on every shard.

@@ -71,6 +71,7 @@ fn owner(k: i64) -> usize {
         .unwrap()
         .shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
         .unwrap()
+        .index()
 }
 
 fn message(tag: u8, body: &[u8]) -> Vec<u8> {

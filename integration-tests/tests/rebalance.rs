@@ -121,7 +121,7 @@ async fn verify_plan_and_rebalance_after_adding_a_shard() {
             let m = shardgate::shard::route::ShardMap::new(&new.databases[0]).unwrap();
             m.shard_of_text(shardgate::config::KeyType::Bigint, k.to_string().as_bytes())
                 .unwrap()
-                != 0
+                != shardgate::shard::ShardId::new(0)
                 && *k > 3000
         })
         .unwrap();

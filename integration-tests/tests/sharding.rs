@@ -90,6 +90,7 @@ fn owner(k: i64) -> usize {
     map()
         .shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
         .unwrap()
+        .index()
 }
 
 async fn direct(c: &PgCluster, db: &str) -> Client {

@@ -50,6 +50,7 @@ fn owner(k: i64) -> usize {
         .unwrap()
         .shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
         .unwrap()
+        .index()
 }
 
 /// Two fresh keys on different shards, the first on a lower shard than the second.

@@ -18,6 +18,7 @@ use crate::protocol::{split_frame, Frame, PgError};
 use crate::session::machine::copy_in::CopyIn;
 use crate::session::machine::shard_stream::ShardStream;
 use crate::shard::copy::CopySplitter;
+use crate::shard::ShardId;
 
 /// What happens next.
 #[derive(Debug, Clone)]
@@ -83,7 +84,12 @@ fn fuzz_copy_in() {
         |(events, by_key)| {
             let key = by_key.then_some((0, KeyType::Bigint));
             let splitter = CopySplitter::new(false, '\t', false, key);
-            let mut m = CopyIn::new(map.clone(), splitter, *by_key, &[0, 1]);
+            let mut m = CopyIn::new(
+                map.clone(),
+                splitter,
+                *by_key,
+                &[ShardId::new(0), ShardId::new(1)],
+            );
             let mut out = BytesMut::new();
             let mut to_shards = [BytesMut::new(), BytesMut::new()];
             let (mut from_shards, mut from_client) = (0, 0);

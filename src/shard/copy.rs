@@ -133,7 +133,7 @@ impl CopySplitter {
         };
         let shard = match field {
             // NULL keys live on the first shard (as with INSERT).
-            None => 0,
+            None => ShardId::new(0),
             Some(v) => map
                 .shard_of_text(ty, &v)
                 .map_err(|e| PgError::error(e.sqlstate(), format!("COPY shard key: {e}")))?,
@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(rows[0].0, RowTarget::All, "the header goes to every shard");
         assert_eq!(rows.len(), 4);
         assert_eq!(rows[1].1, b"\"multi\nline, \"\"quoted\"\"\",1\n");
-        assert_eq!(rows[2].0, RowTarget::Shard(0), "NULL key");
+        assert_eq!(rows[2].0, RowTarget::Shard(ShardId::new(0)), "NULL key");
         assert_eq!(rows[3].1, b"last,3\n");
         assert_eq!(csv_field(b"\"a,b\",c", b',', 0), Some(b"a,b".to_vec()));
         assert_eq!(csv_field(b"x,,z", b',', 1), None);

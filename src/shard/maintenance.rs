@@ -177,8 +177,10 @@ async fn keys(
 
 fn owner(map: &ShardMap, ty: KeyType, key: &Option<String>) -> ShardId {
     match key {
-        None => 0,
-        Some(k) => map.shard_of_text(ty, k.as_bytes()).unwrap_or(ShardId::MAX),
+        None => ShardId::new(0),
+        Some(k) => map
+            .shard_of_text(ty, k.as_bytes())
+            .unwrap_or(ShardId::new(usize::MAX)),
     }
 }
 
@@ -199,7 +201,7 @@ pub async fn verify(
                 .map_err(|e| shard_err(&shard.name, pg_message(&e)))?;
             let misplaced = ks
                 .iter()
-                .filter(|k| owner(&map, t.key_type, k) != i)
+                .filter(|k| owner(&map, t.key_type, k) != ShardId::new(i))
                 .count();
             out.counts.push(TableCount {
                 table: t.table.clone(),
@@ -255,7 +257,7 @@ pub async fn rebalance(
             (old, old_db)
         };
         let source = connect(src_cfg, src_db, &src.name).await?;
-        let src_index = index(&src.name).unwrap_or(ShardId::MAX);
+        let src_index = index(&src.name).map_or(ShardId::new(usize::MAX), ShardId::new);
         for t in &new_db.sharded_tables {
             let ks = keys(&source, &t.table, &t.column)
                 .await
@@ -263,13 +265,15 @@ pub async fn rebalance(
             // Keys to move, grouped by their new shard.
             let mut by_dest: BTreeMap<ShardId, Vec<String>> = BTreeMap::new();
             for k in ks.into_iter().flatten() {
-                let o = map.shard_of_text(t.key_type, k.as_bytes()).unwrap_or(0);
+                let o = map
+                    .shard_of_text(t.key_type, k.as_bytes())
+                    .unwrap_or(ShardId::new(0));
                 if o != src_index {
                     by_dest.entry(o).or_default().push(k);
                 }
             }
             for (dest, keys) in by_dest {
-                let dest_name = new_db.shards[dest].name.clone();
+                let dest_name = new_db.shards[dest.index()].name.clone();
                 let target = connect(new, new_db, &dest_name).await?;
                 for chunk in keys.chunks(batch.max(1)) {
                     move_batch(
@@ -346,7 +350,7 @@ async fn move_batch(
         ));
     }
     // Two-phase commit, named so that recovery finishes an interrupted batch.
-    let mask = (1u64 << (src_index % 64)) | (1u64 << (dest % 64));
+    let mask = (1u64 << (src_index.index() % 64)) | (1u64 << (dest.index() % 64));
     let id: u64 = rand::random();
     let mut parts = [(src_index, source, src_name), (dest, target, dest_name)];
     parts.sort_by_key(|p| p.0);

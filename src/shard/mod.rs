@@ -15,8 +15,30 @@ pub mod tools;
 pub use key::{Canonical, KeyError, ShardKey};
 pub use ring::Ring;
 
-/// Index of a shard in the shard map's `shards` list.
-pub type ShardId = usize;
+/// The index of a shard in a database's shard list (its position in `shard-config`).
+///
+/// A newtype rather than a `usize` so that a position among one statement's connections
+/// cannot pass for a shard. `Display` prints the bare number, as the `usize` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ShardId(usize);
+
+impl ShardId {
+    /// The shard at `index` in the shard list.
+    pub const fn new(index: usize) -> ShardId {
+        ShardId(index)
+    }
+
+    /// Its position in the shard list.
+    pub const fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
 
 /// A map of two shards `s0` and `s1` with no tables, for unit tests that route keys.
 #[cfg(test)]
@@ -39,4 +61,21 @@ primary = "127.0.0.1:2"
     )
     .expect("config");
     route::ShardMap::new(&c.databases[0]).expect("shard map")
+}
+
+#[cfg(test)]
+mod shard_id_tests {
+    use super::ShardId;
+
+    #[test]
+    fn a_shard_id_prints_as_its_index() {
+        for i in [0usize, 7, 63, usize::MAX] {
+            let s = ShardId::new(i);
+            assert_eq!(s.index(), i);
+            assert_eq!(s.to_string(), i.to_string());
+            assert_eq!(format!("[{s:>4}|{s:<4}]"), format!("[{i:>4}|{i:<4}]"));
+        }
+        assert!(ShardId::new(1) < ShardId::new(2));
+        assert_eq!(ShardId::default(), ShardId::new(0));
+    }
 }

@@ -69,7 +69,7 @@ pub fn txn_name(id: u64, mask: u64) -> String {
 
 /// The coordinator of a transaction: its participant with the lowest index.
 pub fn coordinator(mask: u64) -> Option<ShardId> {
-    (mask != 0).then(|| mask.trailing_zeros() as ShardId)
+    (mask != 0).then(|| ShardId::new(mask.trailing_zeros() as usize))
 }
 
 /// The statement that records the decision, run in the coordinator's transaction before its
@@ -94,7 +94,7 @@ pub fn parse_gid(gid: &str) -> Option<(u64, u64, ShardId)> {
     let mut parts = gid.strip_prefix("sg_")?.split('_');
     let id = u64::from_str_radix(parts.next()?, 16).ok()?;
     let mask = u64::from_str_radix(parts.next()?, 16).ok()?;
-    let shard = parts.next()?.parse().ok()?;
+    let shard = ShardId::new(parts.next()?.parse::<usize>().ok()?);
     parts.next().is_none().then_some((id, mask, shard))
 }
 
@@ -127,7 +127,8 @@ pub fn decide(mask: u64, present: &[ShardId], logged: Option<bool>) -> Decision 
     if present.contains(&coord) {
         // Nothing committed yet: the coordinator commits first.
         let all = (0..64)
-            .filter(|s| mask & (1 << s) != 0)
+            .map(ShardId::new)
+            .filter(|s| mask & (1 << s.index()) != 0)
             .all(|s| present.contains(&s));
         return if all {
             Decision::Commit
@@ -147,7 +148,7 @@ fn shard_config(
     db: &DatabaseConfig,
     shard: ShardId,
 ) -> Option<tokio_postgres::Config> {
-    let name = &db.shards.get(shard)?.name;
+    let name = &db.shards.get(shard.index())?.name;
     super::maintenance::shard_pg_config(config, db, name).ok()
 }
 
@@ -193,7 +194,7 @@ async fn prepared_parts(
                     let name: String = r.get(0);
                     let old: bool = r.get(1);
                     if let Some((id, mask, s)) = parse_gid(&name) {
-                        if s == shard {
+                        if s.index() == shard {
                             let e = found.entry(id).or_insert((mask, Vec::new(), true));
                             e.1.push(s);
                             e.2 &= old;
@@ -214,7 +215,7 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
     let mut done = Vec::new();
     let mut clients = Vec::new();
     for shard in 0..db.shards.len() {
-        let client = match shard_config(config, db, shard) {
+        let client = match shard_config(config, db, ShardId::new(shard)) {
             Some(c) => connect(&c, config).await,
             None => None,
         };
@@ -230,17 +231,22 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
     for (shard, client) in clients.iter().enumerate() {
         if let Some(client) = client {
             if let Ok(rows) = client.query(&log_sql, &[&age]).await {
-                old_rows.extend(rows.iter().map(|r| (shard, r.get::<_, String>(0))));
+                old_rows.extend(
+                    rows.iter()
+                        .map(|r| (ShardId::new(shard), r.get::<_, String>(0))),
+                );
             }
         }
     }
     let (found, all_read) = prepared_parts(&clients, age).await;
-    let client = |s: ShardId| clients.get(s).and_then(|c| c.as_ref());
+    let client = |s: ShardId| clients.get(s.index()).and_then(|c| c.as_ref());
     for (&id, (mask, present, old)) in &found {
         let (mask, old) = (*mask, *old);
         // A participant we could not ask may hold a part too: decide only with all of them;
         // and leave young transactions to the proxy that is still committing them.
-        let unreachable = (0..db.shards.len()).any(|s| mask & (1 << s) != 0 && client(s).is_none());
+        let unreachable = (0..db.shards.len())
+            .map(ShardId::new)
+            .any(|s| mask & (1 << s.index()) != 0 && client(s).is_none());
         if unreachable || !old {
             continue;
         }
@@ -274,11 +280,11 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
             };
             match c.batch_execute(&sql).await {
                 Ok(()) => {
-                    tracing::warn!(database = %db.name, shard = s, gid = %name, ?decision, "resolved a prepared transaction left behind");
+                    tracing::warn!(database = %db.name, shard = s.index(), gid = %name, ?decision, "resolved a prepared transaction left behind");
                     done.push(format!("{sql} on shard {s}"));
                 }
                 Err(e) => {
-                    tracing::warn!(database = %db.name, shard = s, gid = %name, error = %e, "could not resolve a prepared transaction");
+                    tracing::warn!(database = %db.name, shard = s.index(), gid = %name, error = %e, "could not resolve a prepared transaction");
                     all_ok = false;
                     if s == coord {
                         // Someone else decided meanwhile: look again next round.
@@ -330,7 +336,7 @@ pub fn spawn(config: &Config) {
         // The decision log, before the first commit needs it (sessions create it too).
         for db in &dbs {
             for shard in 0..db.shards.len() {
-                if let Some(c) = shard_config(&config, db, shard) {
+                if let Some(c) = shard_config(&config, db, ShardId::new(shard)) {
                     if let Some(client) = connect(&c, &config).await {
                         if let Err(e) = ensure_log(&client).await {
                             tracing::debug!(database = %db.name, shard, error = %e, "could not create the two-phase commit log");
@@ -352,11 +358,15 @@ pub fn spawn(config: &Config) {
 mod tests {
     use super::*;
 
+    fn ids(indexes: &[usize]) -> Vec<ShardId> {
+        indexes.iter().copied().map(ShardId::new).collect()
+    }
+
     #[test]
     fn names_round_trip() {
-        let g = gid(0xabc, 0b1011, 3);
+        let g = gid(0xabc, 0b1011, ShardId::new(3));
         assert_eq!(g, "sg_0000000000000abc_b_3");
-        assert_eq!(parse_gid(&g), Some((0xabc, 0b1011, 3)));
+        assert_eq!(parse_gid(&g), Some((0xabc, 0b1011, ShardId::new(3))));
         assert_eq!(parse_gid("sg_zz_1_1"), None);
         assert_eq!(parse_gid("other"), None);
     }
@@ -366,31 +376,31 @@ mod tests {
         let all = 0b111;
         // The coordinator (shard 0) is still prepared: nothing committed yet.
         assert_eq!(
-            decide(all, &[0, 1, 2], None),
+            decide(all, &ids(&[0, 1, 2]), None),
             Decision::Commit,
             "all voted yes"
         );
         assert_eq!(
-            decide(all, &[0, 1], None),
+            decide(all, &ids(&[0, 1]), None),
             Decision::Rollback,
             "prepare never reached shard 2"
         );
-        assert_eq!(decide(all, &[0], None), Decision::Rollback);
+        assert_eq!(decide(all, &ids(&[0]), None), Decision::Rollback);
         // The coordinator is gone: its log row is the decision.
-        assert_eq!(decide(all, &[1, 2], Some(true)), Decision::Commit);
-        assert_eq!(decide(all, &[2], Some(true)), Decision::Commit);
-        assert_eq!(decide(all, &[1], Some(false)), Decision::Rollback);
-        assert_eq!(decide(all, &[1, 2], None), Decision::Wait);
+        assert_eq!(decide(all, &ids(&[1, 2]), Some(true)), Decision::Commit);
+        assert_eq!(decide(all, &ids(&[2]), Some(true)), Decision::Commit);
+        assert_eq!(decide(all, &ids(&[1]), Some(false)), Decision::Rollback);
+        assert_eq!(decide(all, &ids(&[1, 2]), None), Decision::Wait);
         // A middle participant that failed to commit is still committed (the old rule, by
         // phase order, rolled it back).
-        assert_eq!(decide(all, &[1], Some(true)), Decision::Commit);
+        assert_eq!(decide(all, &ids(&[1]), Some(true)), Decision::Commit);
         assert_eq!(
-            decide(0b110, &[1, 2], None),
+            decide(0b110, &ids(&[1, 2]), None),
             Decision::Commit,
             "coordinator 1"
         );
-        assert_eq!(decide(0b110, &[2], Some(false)), Decision::Rollback);
-        assert_eq!(coordinator(0b1100), Some(2));
+        assert_eq!(decide(0b110, &ids(&[2]), Some(false)), Decision::Rollback);
+        assert_eq!(coordinator(0b1100), Some(ShardId::new(2)));
         assert_eq!(coordinator(0), None);
     }
 

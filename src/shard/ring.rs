@@ -133,7 +133,7 @@ impl Ring {
                 let count = usize::try_from(quantity).unwrap_or(usize::MAX);
                 nodes.push(
                     Node::new(NodeName(shard.name.clone()))
-                        .value(i)
+                        .value(ShardId::new(i))
                         .quantity(count),
                 );
             }
@@ -151,13 +151,13 @@ impl Ring {
         self.ring
             .calc_candidates(&RawBytes(key_bytes))
             .next()
-            .map_or(0, |node| node.value)
+            .map_or(ShardId::new(0), |node| node.value)
     }
 
     /// The name of the shard that owns a key's canonical bytes.
     pub fn shard_name_for(&self, key_bytes: &[u8]) -> &str {
         self.names
-            .get(self.shard_for(key_bytes))
+            .get(self.shard_for(key_bytes).index())
             .map_or("", String::as_str)
     }
 
@@ -174,15 +174,18 @@ impl Ring {
             .quantities
             .iter()
             .enumerate()
-            .flat_map(|(shard, &quantity)| {
-                let name = &self.names[shard];
+            .flat_map(|(index, &quantity)| {
+                let name = &self.names[index];
+                let shard = ShardId::new(index);
                 (0..quantity).map(move |i| Point {
                     at: vnode_point(name, i),
                     shard,
                 })
             })
             .collect();
-        points.sort_by(|a, b| (a.at, &self.names[a.shard]).cmp(&(b.at, &self.names[b.shard])));
+        points.sort_by(|a, b| {
+            (a.at, &self.names[a.shard.index()]).cmp(&(b.at, &self.names[b.shard.index()]))
+        });
         points
     }
 }

@@ -131,7 +131,7 @@ impl ShardMap {
 
     /// The shard index of a shard name.
     pub fn shard_named(&self, name: &str) -> Option<ShardId> {
-        self.names.iter().position(|n| n == name)
+        self.names.iter().position(|n| n == name).map(ShardId::new)
     }
 
     /// The shard owning a key given as text.
@@ -197,7 +197,7 @@ impl ShardMap {
             }
             // NULL keys: rows with a NULL key live on the first shard; `key = NULL` matches
             // nothing anywhere.
-            ValueRef::Null => Ok(Some(0)),
+            ValueRef::Null => Ok(Some(ShardId::new(0))),
             ValueRef::Other => Ok(None),
         }
     }
@@ -255,7 +255,7 @@ impl ShardMap {
             let r = self.route_flat(facts, all_tables, literals, params)?;
             if matches!(r, Route::One(_) | Route::Any) {
                 if let (Route::One(s), Some(t)) = (&r, all_tables.iter().find(local)) {
-                    if *s != 0 {
+                    if *s != ShardId::new(0) {
                         return Err(mixed(t));
                     }
                 }
@@ -316,7 +316,7 @@ impl ShardMap {
                 "fix the sharded tables to one shard with `key = value`",
             ));
         };
-        if s != 0 {
+        if s != ShardId::new(0) {
             if let Some(t) = all_tables.iter().find(local) {
                 return Err(mixed(t));
             }
@@ -327,7 +327,7 @@ impl ShardMap {
     /// COPY: a sharded table (and a replicated one, FROM STDIN) on every shard.
     fn route_copy(&self, facts: &ShardFacts) -> Result<Route, PgError> {
         let Some(c) = &facts.copy else {
-            return Ok(Route::One(0));
+            return Ok(Route::One(ShardId::new(0)));
         };
         if let (true, true, Some(opt)) = (
             self.sharded(&c.table).is_some(),
@@ -345,7 +345,7 @@ impl ShardMap {
         Ok(if everywhere {
             Route::All
         } else {
-            Route::One(0)
+            Route::One(ShardId::new(0))
         })
     }
 
@@ -375,7 +375,7 @@ impl ShardMap {
             return Ok(if replicated_write {
                 Route::All
             } else {
-                Route::One(0)
+                Route::One(ShardId::new(0))
             });
         }
         if write {
@@ -430,8 +430,8 @@ impl ShardMap {
         match fixed {
             Some(set) => Ok(match set.len() {
                 // `key IN ()` or contradictory keys: any one shard answers "no rows".
-                0 => Route::One(0),
-                1 => Route::One(set.into_iter().next().unwrap_or(0)),
+                0 => Route::One(ShardId::new(0)),
+                1 => Route::One(set.into_iter().next().unwrap_or(ShardId::new(0))),
                 _ => Route::Many(set.into_iter().collect()),
             }),
             _ if facts.nested && write => Err(refuse(
@@ -516,13 +516,13 @@ impl ShardMap {
         params: Option<&Params<'_>>,
     ) -> Result<Route, PgError> {
         let Some(ins) = &facts.insert else {
-            return Ok(Route::One(0));
+            return Ok(Route::One(ShardId::new(0)));
         };
         let Some((key, ty)) = self.sharded(&ins.table) else {
             return Ok(if self.is_replicated(&ins.table) {
                 Route::All
             } else {
-                Route::One(0)
+                Route::One(ShardId::new(0))
             });
         };
         if ins.rows.is_empty() {
@@ -560,7 +560,7 @@ impl ShardMap {
             }
         }
         Ok(match shards.len() {
-            1 => Route::One(shards.into_iter().next().unwrap_or(0)),
+            1 => Route::One(shards.into_iter().next().unwrap_or(ShardId::new(0))),
             _ => Route::Many(shards.into_iter().collect()),
         })
     }
@@ -583,7 +583,9 @@ impl ShardMap {
             .iter()
             .map(|row| {
                 let v = row.get(pos).copied().unwrap_or(ValueRef::Other);
-                Ok(self.shard_of(*ty, v, literals, params)?.unwrap_or(0))
+                Ok(self
+                    .shard_of(*ty, v, literals, params)?
+                    .unwrap_or(ShardId::new(0)))
             })
             .collect()
     }

@@ -106,7 +106,7 @@ pub struct ShardServers {
 
 impl ShardServers {
     fn of(db: &DatabaseConfig, index: ShardId) -> ShardServers {
-        let shard = &db.shards[index];
+        let shard = &db.shards[index.index()];
         ShardServers {
             index,
             name: shard.name.clone(),
@@ -193,14 +193,14 @@ pub fn locate(
         )
     } else if let Some(name) = replicated {
         let all = (0..db.shards.len())
-            .map(|i| ShardServers::of(db, i))
+            .map(|i| ShardServers::of(db, ShardId::new(i)))
             .collect();
         (name.to_string(), Placement::Replicated, all)
     } else {
         (
             table.to_string(),
             Placement::Unsharded,
-            vec![ShardServers::of(db, 0)],
+            vec![ShardServers::of(db, ShardId::new(0))],
         )
     };
     Ok(Location {
@@ -338,11 +338,11 @@ pub fn plan(old: &Config, new: &Config, database_name: Option<&str>) -> Result<P
     let mut after = vec![0u128; new_db.shards.len()];
     let mut moves: BTreeMap<(&str, &str), u128> = BTreeMap::new();
     for (&(o, n), &len) in &pairs {
-        before[o] += len;
-        after[n] += len;
+        before[o.index()] += len;
+        after[n.index()] += len;
         let (from, to) = (
-            old_db.shards[o].name.as_str(),
-            new_db.shards[n].name.as_str(),
+            old_db.shards[o.index()].name.as_str(),
+            new_db.shards[n.index()].name.as_str(),
         );
         if from != to {
             *moves.entry((from, to)).or_insert(0) += len;

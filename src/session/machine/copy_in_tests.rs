@@ -12,6 +12,7 @@ use crate::session::machine::shard_stream::{ShardEnd, ShardStream, Step};
 use crate::session::machine::test_frames::{error, msg, ready, seen, tag};
 use crate::shard::copy::CopySplitter;
 use crate::shard::route::ShardMap;
+use crate::shard::ShardId;
 
 fn map() -> Arc<ShardMap> {
     Arc::new(crate::shard::two_shard_map())
@@ -25,7 +26,7 @@ fn copy(by_key: bool) -> CopyIn {
         map(),
         CopySplitter::new(false, '\t', false, key),
         by_key,
-        &[0, 1],
+        &[ShardId::new(0), ShardId::new(1)],
     )
 }
 
@@ -112,7 +113,7 @@ fn rows(n: u32) -> (String, [String; 2]) {
         let s = m
             .shard_of_text(KeyType::Bigint, k.to_string().as_bytes())
             .unwrap();
-        per[s].push_str(&row);
+        per[s.index()].push_str(&row);
     }
     assert!(
         !per[0].is_empty() && !per[1].is_empty(),
@@ -207,11 +208,11 @@ fn full_buffers_go_out_before_the_end() {
     let s = run(&mut c, script);
     let shard = map().shard_of_text(KeyType::Bigint, b"1").unwrap();
     assert_eq!(
-        s.shards[shard].len(),
+        s.shards[shard.index()].len(),
         1,
         "one CopyData once {FLUSH_AT} bytes are held"
     );
-    assert!(s.shards[1 - shard].is_empty());
+    assert!(s.shards[1 - shard.index()].is_empty());
 }
 
 #[test]

@@ -233,11 +233,16 @@ pub fn decide(at: &Standing, stmt: Statement) -> Plan {
             return decision(several(at, Decision::Pipeline(shards)))
         }
         Ok(Route::Many(shards)) => return decision(several(at, Decision::FanOut(shards))),
-        Ok(Route::All) => return decision(several(at, Decision::FanOut((0..at.shards).collect()))),
+        Ok(Route::All) => {
+            return decision(several(
+                at,
+                Decision::FanOut((0..at.shards).map(ShardId::new).collect()),
+            ))
+        }
     };
     let decision = match at.held {
         Some(held) => on_held(at, held, stmt.want, shard),
-        None => checkout(at, &stmt, shard.or(at.parked).unwrap_or(0)),
+        None => checkout(at, &stmt, shard.or(at.parked).unwrap_or(ShardId::new(0))),
     };
     Plan {
         decision,

@@ -4,6 +4,10 @@
 use super::*;
 use crate::protocol::TxStatus::{Failed, Idle, InTransaction};
 
+const S0: ShardId = ShardId::new(0);
+const S1: ShardId = ShardId::new(1);
+const S2: ShardId = ShardId::new(2);
+
 /// A client of a sharded database (3 shards) holding nothing, outside a transaction.
 fn idle() -> Standing {
     Standing {
@@ -256,12 +260,12 @@ use Route::{All, Any, Many, One};
 cases! {
     // Outside a transaction, holding nothing: reads to a replica, writes to the primary,
     // each on its shard.
-    read_goes_to_a_replica_of_its_shard: idle(), read(One(2)) => Go(Want::Read, 2);
-    write_goes_to_the_primary_of_its_shard: idle(), write(One(1)) => Go(Want::Primary, 1);
-    statement_for_any_shard_goes_to_the_first: idle(), query(Kind::Set, Any) => Go(Want::Primary, 0);
-    hint_replica_wins_over_a_write: idle(), hinted(write(One(0)), Want::Replica) => Go(Want::Replica, 0);
-    hint_primary_wins_over_a_read: idle(), hinted(read(One(0)), Want::Primary) => Go(Want::Primary, 0);
-    unparsed_goes_to_the_primary: unsharded_split(), query(Kind::Unparsed, Any) => Go(Want::Primary, 0);
+    read_goes_to_a_replica_of_its_shard: idle(), read(One(S2)) => Go(Want::Read, S2);
+    write_goes_to_the_primary_of_its_shard: idle(), write(One(S1)) => Go(Want::Primary, S1);
+    statement_for_any_shard_goes_to_the_first: idle(), query(Kind::Set, Any) => Go(Want::Primary, S0);
+    hint_replica_wins_over_a_write: idle(), hinted(write(One(S0)), Want::Replica) => Go(Want::Replica, S0);
+    hint_primary_wins_over_a_read: idle(), hinted(read(One(S0)), Want::Primary) => Go(Want::Primary, S0);
+    unparsed_goes_to_the_primary: unsharded_split(), query(Kind::Unparsed, Any) => Go(Want::Primary, S0);
     failing_route_is_refused: idle(), failing_route() =>
         Refuse(PgError::error(sqlstate::INVALID_PARAMETER_VALUE, "bad key"));
 
@@ -269,88 +273,88 @@ cases! {
     begin_is_deferred: idle(), query(Kind::Begin { read_only: false }, Any) => DeferBegin { read_only: false };
     begin_read_only_is_deferred: idle(), query(Kind::Begin { read_only: true }, Any) => DeferBegin { read_only: true };
     batch_begin_is_deferred: idle(), batch_begin(false) => DeferBegin { read_only: false };
-    batch_begin_in_a_transaction_is_not_deferred: in_txn(), batch_begin(false) => Go(Want::Primary, 0);
-    several_statements_with_begin_are_not_deferred: idle(), multi(query(Kind::Begin { read_only: false }, Any)) => Go(Want::Primary, 0);
+    batch_begin_in_a_transaction_is_not_deferred: in_txn(), batch_begin(false) => Go(Want::Primary, S0);
+    several_statements_with_begin_are_not_deferred: idle(), multi(query(Kind::Begin { read_only: false }, Any)) => Go(Want::Primary, S0);
     commit_after_deferred_begin_is_answered: deferred(false), query(Kind::Commit, Any) => EndEmpty("COMMIT");
     rollback_after_deferred_begin_is_answered: deferred(true), query(Kind::Rollback, Any) => EndEmpty("ROLLBACK");
-    read_after_deferred_begin_goes_to_the_primary: deferred(false), read(One(1)) => Go(Want::Primary, 1);
-    read_after_deferred_read_only_begin_goes_to_a_replica: deferred(true), read(One(1)) => Go(Want::Read, 1);
-    set_transaction_read_only_after_begin_goes_to_a_replica: deferred(false), query(Kind::SetTransactionReadOnly, Any) => Go(Want::Read, 0);
-    hint_after_deferred_begin_picks_the_server: deferred(false), hinted(read(Any), Want::Replica) => Go(Want::Replica, 0);
-    session_target_after_deferred_begin_picks_the_server: Standing { target: Some(Want::Replica), ..deferred(false) }, write(Any) => Go(Want::Replica, 0);
-    batch_after_deferred_begin_goes_to_the_primary: deferred(false), batch(Want::Read, One(2)) => Go(Want::Primary, 2);
-    batch_commit_after_deferred_begin_is_not_answered_here: deferred(false), batch_commit() => Go(Want::Primary, 0);
-    prepare_only_batch_after_deferred_begin_runs_outside_it: deferred(false), prepare_only(One(1)) => GoOutsideTransaction(Want::Read, 1);
-    prepare_only_batch_outside_a_transaction_is_plain: idle(), prepare_only(One(1)) => Go(Want::Read, 1);
-    several_statements_after_deferred_begin_start_it: deferred(false), multi(query(Kind::Commit, Any)) => Go(Want::Primary, 0);
+    read_after_deferred_begin_goes_to_the_primary: deferred(false), read(One(S1)) => Go(Want::Primary, S1);
+    read_after_deferred_read_only_begin_goes_to_a_replica: deferred(true), read(One(S1)) => Go(Want::Read, S1);
+    set_transaction_read_only_after_begin_goes_to_a_replica: deferred(false), query(Kind::SetTransactionReadOnly, Any) => Go(Want::Read, S0);
+    hint_after_deferred_begin_picks_the_server: deferred(false), hinted(read(Any), Want::Replica) => Go(Want::Replica, S0);
+    session_target_after_deferred_begin_picks_the_server: Standing { target: Some(Want::Replica), ..deferred(false) }, write(Any) => Go(Want::Replica, S0);
+    batch_after_deferred_begin_goes_to_the_primary: deferred(false), batch(Want::Read, One(S2)) => Go(Want::Primary, S2);
+    batch_commit_after_deferred_begin_is_not_answered_here: deferred(false), batch_commit() => Go(Want::Primary, S0);
+    prepare_only_batch_after_deferred_begin_runs_outside_it: deferred(false), prepare_only(One(S1)) => GoOutsideTransaction(Want::Read, S1);
+    prepare_only_batch_outside_a_transaction_is_plain: idle(), prepare_only(One(S1)) => Go(Want::Read, S1);
+    several_statements_after_deferred_begin_start_it: deferred(false), multi(query(Kind::Commit, Any)) => Go(Want::Primary, S0);
 
     // Holding a connection: everything stays on it, or waits, or is refused.
-    in_transaction_a_read_stays_on_the_primary: holding(in_txn(), 1), read(One(1)) => Go(Want::Read, 1);
-    statement_for_any_shard_stays_where_it_is: holding(in_txn(), 2), query(Kind::Set, Any) => Go(Want::Primary, 2);
-    write_waits_for_a_busy_replica_connection: owing(on_replica(holding(idle(), 0))), write(One(0)) => Hold;
-    write_on_an_idle_replica_connection_goes_there: on_replica(holding(idle(), 0)), write(One(0)) => Go(Want::Primary, 0);
-    write_in_a_transaction_on_a_replica_stays: owing(on_replica(holding(in_txn(), 0))), write(One(0)) => Go(Want::Primary, 0);
-    read_on_a_busy_replica_connection_pipelines: owing(on_replica(holding(idle(), 0))), read(One(0)) => Go(Want::Read, 0);
-    other_shard_waits_for_the_release: owing(holding(idle(), 0)), write(One(1)) => Hold;
-    other_shard_of_a_pinned_session_is_refused: holding(idle(), 0), write(One(1)) => RefuseCrossShard(CrossShard::OtherShard);
-    other_shard_in_a_transaction_is_refused: holding(in_txn(), 0), write(One(1)) => RefuseCrossShard(CrossShard::OtherShard);
-    other_shard_with_two_phase_switches: two_phase(holding(in_txn(), 0)), write(One(1)) => Switch(Want::Primary, 1);
-    other_shard_with_two_phase_waits_for_answers: owing(two_phase(holding(in_txn(), 0))), write(One(1)) => Hold;
-    other_shard_mid_batch_is_refused: unsynced(two_phase(holding(in_txn(), 0))), batch(Want::Primary, One(1)) => RefuseCrossShard(CrossShard::MidBatch);
-    other_shard_after_deferred_begin_with_a_prepare_connection: holding(deferred(false), 0), write(One(1)) => RefuseCrossShard(CrossShard::OtherShard);
+    in_transaction_a_read_stays_on_the_primary: holding(in_txn(), S1), read(One(S1)) => Go(Want::Read, S1);
+    statement_for_any_shard_stays_where_it_is: holding(in_txn(), S2), query(Kind::Set, Any) => Go(Want::Primary, S2);
+    write_waits_for_a_busy_replica_connection: owing(on_replica(holding(idle(), S0))), write(One(S0)) => Hold;
+    write_on_an_idle_replica_connection_goes_there: on_replica(holding(idle(), S0)), write(One(S0)) => Go(Want::Primary, S0);
+    write_in_a_transaction_on_a_replica_stays: owing(on_replica(holding(in_txn(), S0))), write(One(S0)) => Go(Want::Primary, S0);
+    read_on_a_busy_replica_connection_pipelines: owing(on_replica(holding(idle(), S0))), read(One(S0)) => Go(Want::Read, S0);
+    other_shard_waits_for_the_release: owing(holding(idle(), S0)), write(One(S1)) => Hold;
+    other_shard_of_a_pinned_session_is_refused: holding(idle(), S0), write(One(S1)) => RefuseCrossShard(CrossShard::OtherShard);
+    other_shard_in_a_transaction_is_refused: holding(in_txn(), S0), write(One(S1)) => RefuseCrossShard(CrossShard::OtherShard);
+    other_shard_with_two_phase_switches: two_phase(holding(in_txn(), S0)), write(One(S1)) => Switch(Want::Primary, S1);
+    other_shard_with_two_phase_waits_for_answers: owing(two_phase(holding(in_txn(), S0))), write(One(S1)) => Hold;
+    other_shard_mid_batch_is_refused: unsynced(two_phase(holding(in_txn(), S0))), batch(Want::Primary, One(S1)) => RefuseCrossShard(CrossShard::MidBatch);
+    other_shard_after_deferred_begin_with_a_prepare_connection: holding(deferred(false), S0), write(One(S1)) => RefuseCrossShard(CrossShard::OtherShard);
 
     // Several shards.
-    read_on_all_shards_fans_out: idle(), read(All) => FanOut(vec![0, 1, 2]);
-    read_on_some_shards_fans_out: idle(), read(Many(vec![0, 2])) => FanOut(vec![0, 2]);
+    read_on_all_shards_fans_out: idle(), read(All) => FanOut(vec![S0, S1, S2]);
+    read_on_some_shards_fans_out: idle(), read(Many(vec![S0, S2])) => FanOut(vec![S0, S2]);
     several_shards_in_a_transaction_are_refused: in_txn(), read(All) => RefuseCrossShard(CrossShard::NeedsSeveral);
     several_shards_after_deferred_begin_are_refused: deferred(false), read(All) => RefuseCrossShard(CrossShard::NeedsSeveral);
-    several_shards_with_two_phase_fan_out: two_phase(in_txn()), write(All) => FanOut(vec![0, 1, 2]);
-    several_shards_wait_for_a_busy_connection: owing(holding(idle(), 0)), read(All) => Hold;
-    several_shards_wait_for_an_unsynced_connection: unsynced(holding(idle(), 0)), read(All) => Hold;
-    several_shards_on_a_pinned_session_are_refused: holding(idle(), 0), read(All) => RefuseCrossShard(CrossShard::OtherShard);
-    several_shards_in_a_two_phase_transaction_holding_fan_out: two_phase(holding(in_txn(), 0)), write(Many(vec![1, 2])) => FanOut(vec![1, 2]);
-    several_shards_in_a_two_phase_transaction_wait: owing(two_phase(holding(in_txn(), 0))), write(All) => Hold;
+    several_shards_with_two_phase_fan_out: two_phase(in_txn()), write(All) => FanOut(vec![S0, S1, S2]);
+    several_shards_wait_for_a_busy_connection: owing(holding(idle(), S0)), read(All) => Hold;
+    several_shards_wait_for_an_unsynced_connection: unsynced(holding(idle(), S0)), read(All) => Hold;
+    several_shards_on_a_pinned_session_are_refused: holding(idle(), S0), read(All) => RefuseCrossShard(CrossShard::OtherShard);
+    several_shards_in_a_two_phase_transaction_holding_fan_out: two_phase(holding(in_txn(), S0)), write(Many(vec![S1, S2])) => FanOut(vec![S1, S2]);
+    several_shards_in_a_two_phase_transaction_wait: owing(two_phase(holding(in_txn(), S0))), write(All) => Hold;
     batch_for_several_shards_waits_for_its_sync: idle(), incomplete(batch(Want::Read, All), false) => NeedInput;
     batch_for_several_shards_with_flush_is_refused: idle(), incomplete(batch(Want::Read, All), true) =>
         Refuse(PgError::error(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "a statement for several shards must be followed by Sync, not Flush",
         ));
-    sharded_batch_waits_for_its_binds: idle(), incomplete(batch(Want::Primary, One(1)), false) => NeedInput;
-    sharded_batch_with_flush_goes: idle(), incomplete(batch(Want::Primary, One(1)), true) => Go(Want::Primary, 1);
-    unsharded_batch_goes_before_its_sync: unsharded_split(), incomplete(batch(Want::Primary, Any), false) => Go(Want::Primary, 0);
-    complete_batch_for_all_shards_fans_out: idle(), batch(Want::Read, All) => FanOut(vec![0, 1, 2]);
+    sharded_batch_waits_for_its_binds: idle(), incomplete(batch(Want::Primary, One(S1)), false) => NeedInput;
+    sharded_batch_with_flush_goes: idle(), incomplete(batch(Want::Primary, One(S1)), true) => Go(Want::Primary, S1);
+    unsharded_batch_goes_before_its_sync: unsharded_split(), incomplete(batch(Want::Primary, Any), false) => Go(Want::Primary, S0);
+    complete_batch_for_all_shards_fans_out: idle(), batch(Want::Read, All) => FanOut(vec![S0, S1, S2]);
 
     // Pipelines across shards: a batch whose statements route to different shards.
-    pipeline_outside_a_transaction_runs: idle(), pipeline(Want::Primary, vec![0, 2]) => Pipeline(vec![0, 2]);
-    pipeline_waits_for_its_sync: idle(), incomplete(pipeline(Want::Primary, vec![0, 1]), false) => NeedInput;
-    pipeline_with_flush_is_refused: idle(), incomplete(pipeline(Want::Primary, vec![0, 1]), true) =>
+    pipeline_outside_a_transaction_runs: idle(), pipeline(Want::Primary, vec![S0, S2]) => Pipeline(vec![S0, S2]);
+    pipeline_waits_for_its_sync: idle(), incomplete(pipeline(Want::Primary, vec![S0, S1]), false) => NeedInput;
+    pipeline_with_flush_is_refused: idle(), incomplete(pipeline(Want::Primary, vec![S0, S1]), true) =>
         Refuse(PgError::error(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "a statement for several shards must be followed by Sync, not Flush",
         ));
-    pipeline_in_a_transaction_without_two_phase_is_refused: in_txn(), pipeline(Want::Primary, vec![0, 1]) => RefuseCrossShard(CrossShard::NeedsSeveral);
-    pipeline_after_deferred_begin_without_two_phase_is_refused: deferred(false), pipeline(Want::Primary, vec![0, 1]) => RefuseCrossShard(CrossShard::NeedsSeveral);
-    pipeline_in_a_two_phase_transaction_runs_on_its_participants: two_phase(holding(in_txn(), 0)), pipeline(Want::Primary, vec![0, 1]) => Pipeline(vec![0, 1]);
-    pipeline_waits_for_a_busy_connection: owing(holding(idle(), 0)), pipeline(Want::Read, vec![0, 1]) => Hold;
-    pipeline_on_a_pinned_session_is_refused: holding(idle(), 0), pipeline(Want::Read, vec![0, 1]) => RefuseCrossShard(CrossShard::OtherShard);
+    pipeline_in_a_transaction_without_two_phase_is_refused: in_txn(), pipeline(Want::Primary, vec![S0, S1]) => RefuseCrossShard(CrossShard::NeedsSeveral);
+    pipeline_after_deferred_begin_without_two_phase_is_refused: deferred(false), pipeline(Want::Primary, vec![S0, S1]) => RefuseCrossShard(CrossShard::NeedsSeveral);
+    pipeline_in_a_two_phase_transaction_runs_on_its_participants: two_phase(holding(in_txn(), S0)), pipeline(Want::Primary, vec![S0, S1]) => Pipeline(vec![S0, S1]);
+    pipeline_waits_for_a_busy_connection: owing(holding(idle(), S0)), pipeline(Want::Read, vec![S0, S1]) => Hold;
+    pipeline_on_a_pinned_session_is_refused: holding(idle(), S0), pipeline(Want::Read, vec![S0, S1]) => RefuseCrossShard(CrossShard::OtherShard);
 
     // Transactions across shards (two-phase commit).
-    commit_across_shards_commits_everywhere: parked(two_phase(holding(in_txn(), 1)), 0), query(Kind::Commit, Any) => Commit;
-    commit_across_shards_waits_for_answers: owing(parked(two_phase(holding(in_txn(), 1)), 0)), query(Kind::Commit, Any) => Hold;
-    batch_commit_across_shards_commits_everywhere: parked(two_phase(in_txn()), 0), batch_commit() => Commit;
-    commit_on_one_shard_goes_there: holding(in_txn(), 1), query(Kind::Commit, Any) => Go(Want::Primary, 1);
-    failed_transaction_across_shards_refuses_statements: parked(two_phase(Standing { status: Failed, ..idle() }), 1), read(One(0)) => RefuseAborted;
-    failed_transaction_across_shards_takes_rollback: parked(two_phase(Standing { status: Failed, ..idle() }), 1), query(Kind::Rollback, Any) => Go(Want::Primary, 1);
-    failed_transaction_on_one_shard_goes_to_the_server: holding(Standing { status: Failed, ..idle() }, 0), read(One(0)) => Go(Want::Read, 0);
-    statement_for_any_shard_follows_the_parked_transaction: parked(two_phase(in_txn()), 2), query(Kind::Set, Any) => Go(Want::Primary, 2);
+    commit_across_shards_commits_everywhere: parked(two_phase(holding(in_txn(), S1)), S0), query(Kind::Commit, Any) => Commit;
+    commit_across_shards_waits_for_answers: owing(parked(two_phase(holding(in_txn(), S1)), S0)), query(Kind::Commit, Any) => Hold;
+    batch_commit_across_shards_commits_everywhere: parked(two_phase(in_txn()), S0), batch_commit() => Commit;
+    commit_on_one_shard_goes_there: holding(in_txn(), S1), query(Kind::Commit, Any) => Go(Want::Primary, S1);
+    failed_transaction_across_shards_refuses_statements: parked(two_phase(Standing { status: Failed, ..idle() }), S1), read(One(S0)) => RefuseAborted;
+    failed_transaction_across_shards_takes_rollback: parked(two_phase(Standing { status: Failed, ..idle() }), S1), query(Kind::Rollback, Any) => Go(Want::Primary, S1);
+    failed_transaction_on_one_shard_goes_to_the_server: holding(Standing { status: Failed, ..idle() }, S0), read(One(S0)) => Go(Want::Read, S0);
+    statement_for_any_shard_follows_the_parked_transaction: parked(two_phase(in_txn()), S2), query(Kind::Set, Any) => Go(Want::Primary, S2);
 }
 
 #[test]
 fn a_write_on_one_shard_is_noted_for_read_your_writes() {
-    assert!(decide(&idle(), write(One(0))).wrote);
-    assert!(decide(&holding(in_txn(), 0), write(One(0))).wrote);
-    assert!(!decide(&idle(), read(One(0))).wrote);
+    assert!(decide(&idle(), write(One(S0))).wrote);
+    assert!(decide(&holding(in_txn(), S0), write(One(S0))).wrote);
+    assert!(!decide(&idle(), read(One(S0))).wrote);
     // A fan-out, a refusal or a commit across shards is not a write of the held connection.
     assert!(!decide(&two_phase(in_txn()), write(All)).wrote);
     assert!(!decide(&idle(), failing_route()).wrote);
@@ -389,21 +393,21 @@ fn invariants_over_every_combination() {
         deferred(false),
         deferred(true),
         two_phase(in_txn()),
-        holding(idle(), 0),
-        owing(holding(idle(), 1)),
-        unsynced(holding(in_txn(), 2)),
-        owing(on_replica(holding(idle(), 0))),
-        parked(two_phase(holding(in_txn(), 1)), 0),
+        holding(idle(), S0),
+        owing(holding(idle(), S1)),
+        unsynced(holding(in_txn(), S2)),
+        owing(on_replica(holding(idle(), S0))),
+        parked(two_phase(holding(in_txn(), S1)), S0),
         parked(
             two_phase(Standing {
                 status: Failed,
                 ..idle()
             }),
-            2,
+            S2,
         ),
         unsharded_split(),
     ];
-    let routes = [Any, One(0), One(2), Many(vec![0, 1]), All];
+    let routes = [Any, One(S0), One(S2), Many(vec![S0, S1]), All];
     let mut stmts = Vec::new();
     for r in &routes {
         for k in [
@@ -420,15 +424,15 @@ fn invariants_over_every_combination() {
         stmts.push(incomplete(batch(Want::Primary, r.clone()), true));
         stmts.push(prepare_only(r.clone()));
     }
-    stmts.push(pipeline(Want::Primary, vec![0, 1]));
-    stmts.push(incomplete(pipeline(Want::Read, vec![1, 2]), false));
+    stmts.push(pipeline(Want::Primary, vec![S0, S1]));
+    stmts.push(incomplete(pipeline(Want::Read, vec![S1, S2]), false));
     stmts.push(batch_begin(false));
     stmts.push(batch_commit());
     for at in stands {
         for stmt in &stmts {
             let fits = match &stmt.route {
-                Ok(One(s)) => *s < at.shards,
-                Ok(Many(v)) => v.iter().all(|s| *s < at.shards),
+                Ok(One(s)) => s.index() < at.shards,
+                Ok(Many(v)) => v.iter().all(|s| s.index() < at.shards),
                 _ => true,
             };
             if !fits {
@@ -448,7 +452,7 @@ fn invariants_over_every_combination() {
             }
             // Fan-outs reach shards of the database only.
             if let FanOut(shards) | Pipeline(shards) = &d {
-                assert!(shards.iter().all(|s| *s < at.shards));
+                assert!(shards.iter().all(|s| s.index() < at.shards));
             }
             // A deferred BEGIN is only ever answered outside a transaction.
             if let DeferBegin { .. } = d {

@@ -194,7 +194,7 @@ impl Loop<'_> {
     /// lets [`plan::decide`] decide, and carries out what the decision changes here.
     pub(super) fn plan(&mut self, frame: &Frame) -> Step {
         if !self.login.split && self.login.shard_map.is_none() {
-            return Step::Go(Want::Primary, 0);
+            return Step::Go(Want::Primary, ShardId::new(0));
         }
         let Some((stmt, known)) = self.statement_of(frame) else {
             return Step::Go(Want::Primary, self.routing.shard);
@@ -321,7 +321,7 @@ impl Loop<'_> {
             .login
             .shard_map
             .as_ref()
-            .and_then(|m| m.names.get(self.routing.shard).cloned())
+            .and_then(|m| m.names.get(self.routing.shard.index()).cloned())
             .unwrap_or_default();
         plan::cross_shard(why, &name)
     }

@@ -80,7 +80,7 @@ impl Loop<'_> {
         self.login
             .shard_map
             .as_ref()
-            .and_then(|m| m.names.get(s).cloned())
+            .and_then(|m| m.names.get(s.index()).cloned())
             .unwrap_or_else(|| s.to_string())
     }
 

@@ -230,8 +230,14 @@ fn inserts_split_by_row() {
 #[test]
 fn unsharded_replicated_and_ddl() {
     let m = map();
-    assert_eq!(route(&m, "SELECT * FROM settings").unwrap(), Route::One(0));
-    assert_eq!(route(&m, "SELECT * FROM countries").unwrap(), Route::One(0));
+    assert_eq!(
+        route(&m, "SELECT * FROM settings").unwrap(),
+        Route::One(ShardId::new(0))
+    );
+    assert_eq!(
+        route(&m, "SELECT * FROM countries").unwrap(),
+        Route::One(ShardId::new(0))
+    );
     assert_eq!(
         route(&m, "INSERT INTO countries (c) VALUES ('x')").unwrap(),
         Route::All

@@ -33,7 +33,7 @@ fn locate_a_sharded_key() {
         let index = loc.shards[0].index;
         assert_eq!(
             loc.shards[0].servers,
-            c.databases[0].shards[index].all_servers()
+            c.databases[0].shards[index.index()].all_servers()
         );
     }
     let loc = locate(&c, None, "orders", "+42").unwrap();

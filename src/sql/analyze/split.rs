@@ -85,13 +85,18 @@ pub fn split_insert_params(
 #[cfg(test)]
 mod split_tests {
     use super::{split_insert, split_insert_params};
+    use crate::shard::ShardId;
+
+    fn ids(indexes: &[usize]) -> Vec<ShardId> {
+        indexes.iter().copied().map(ShardId::new).collect()
+    }
 
     #[test]
     fn parameters_are_renumbered_per_part() {
         let sql = "INSERT INTO t (k, v) VALUES ($1, $2), ($3, $4), ($5, $2) RETURNING k, $6";
-        let parts = split_insert_params(sql, &[1, 0, 1]).unwrap();
+        let parts = split_insert_params(sql, &ids(&[1, 0, 1])).unwrap();
         assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0].0, 0);
+        assert_eq!(parts[0].0, ShardId::new(0));
         assert_eq!(
             parts[0].1,
             "INSERT INTO t (k, v) VALUES ($1, $2) RETURNING k, $3"
@@ -108,22 +113,22 @@ mod split_tests {
     fn splits_rows_by_shard() {
         let parts = split_insert(
             "INSERT INTO t (id, v) VALUES (1, 'a'), (2, 'b'), (3, 'c') RETURNING id",
-            &[1, 0, 1],
+            &ids(&[1, 0, 1]),
         )
         .unwrap();
         assert_eq!(
             parts,
             [
                 (
-                    0,
+                    ShardId::new(0),
                     "INSERT INTO t (id, v) VALUES (2, 'b') RETURNING id".to_string()
                 ),
                 (
-                    1,
+                    ShardId::new(1),
                     "INSERT INTO t (id, v) VALUES (1, 'a'), (3, 'c') RETURNING id".to_string()
                 )
             ]
         );
-        assert!(split_insert("INSERT INTO t SELECT 1", &[0]).is_err());
+        assert!(split_insert("INSERT INTO t SELECT 1", &ids(&[0])).is_err());
     }
 }

@@ -74,7 +74,7 @@ impl Loop<'_> {
         want: Want,
         shard: ShardId,
     ) -> Result<(Checkout, bool), PgError> {
-        let Some(shard) = self.login.shards.get(shard) else {
+        let Some(shard) = self.login.shards.get(shard.index()) else {
             return Err(PgError::error(sqlstate::INTERNAL_ERROR, "no such shard"));
         };
         let r = &self.state.config.routing;

@@ -79,7 +79,7 @@ impl Loop<'_> {
             },
             hints::Command::Show { name } if name == "shard" => {
                 let v = match (self.routing.session_shard, &self.login.shard_map) {
-                    (Some(i), Some(m)) => m.names.get(i).cloned().unwrap_or_default(),
+                    (Some(i), Some(m)) => m.names.get(i.index()).cloned().unwrap_or_default(),
                     _ => "auto".to_string(),
                 };
                 protocol::show_result(&mut b, "shardgate.shard", &v);

@@ -100,7 +100,7 @@ impl Loop<'_> {
             let mask = on
                 .shards
                 .iter()
-                .fold(0u64, |m, s| m | (1u64 << (*s as u64 % 64)));
+                .fold(0u64, |m, s| m | (1u64 << (s.index() as u64 % 64)));
             let id: u64 = rand::random();
             let coord = on.shards[0];
             let coord_addr = on.conns[0].addr.clone();
@@ -407,7 +407,7 @@ impl Loop<'_> {
         let pool = self
             .login
             .shards
-            .get(shard)
+            .get(shard.index())
             .and_then(|s| s.servers.iter().find(|p| p.addr() == addr))
             .ok_or_else(|| format!("no pool for {addr}"))?;
         let mut c = tokio::time::timeout(STEP_TIMEOUT, pool.connect_unpooled())
