@@ -106,6 +106,11 @@ impl ServerHealth {
         }
     }
 
+    /// `now_ms()` until which the server gets no reads (0: never banned).
+    pub fn banned_until_ms(&self) -> u64 {
+        self.banned_until.load(Ordering::Relaxed)
+    }
+
     /// Whether the server is banned right now.
     pub fn banned(&self) -> bool {
         self.banned_until.load(Ordering::Relaxed) > now_ms()

@@ -34,6 +34,7 @@
 #![warn(missing_debug_implementations)]
 #![warn(clippy::too_many_lines)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod config;

@@ -39,9 +39,14 @@ pub struct CancelTarget {
 /// connection moved on; the window is the cancel packet's flight time.)
 pub type CancelSlot = Mutex<Vec<CancelTarget>>;
 
-/// A client's cancel state, one allocation: its [`CancelSlot`] and its [`CancelSignal`].
+/// A client's shared state, one allocation: who it is (for the admin console) and its cancel
+/// state, its [`CancelSlot`] and its [`CancelSignal`].
 #[derive(Debug, Default)]
 pub struct Cancel {
+    /// The user it logged in as.
+    pub user: Arc<str>,
+    /// The database it logged in to.
+    pub database: Arc<str>,
     /// Where CancelRequests for the client go.
     pub slot: CancelSlot,
     /// Raised by every CancelRequest for the client.
@@ -95,9 +100,14 @@ pub struct CancelRegistry {
 }
 
 impl CancelRegistry {
-    /// Issues a fresh (pid, secret) for a client and registers its slot and signal.
-    pub fn register(&self) -> CancelKey {
-        let cancel: Arc<Cancel> = Arc::default();
+    /// Issues a fresh (pid, secret) for a client of `user` on `database` and registers its
+    /// shared state.
+    pub fn register(&self, user: Arc<str>, database: Arc<str>) -> CancelKey {
+        let cancel = Arc::new(Cancel {
+            user,
+            database,
+            ..Cancel::default()
+        });
         let mut rng = rand::rng();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -129,6 +139,18 @@ impl CancelRegistry {
         map.values()
             .flat_map(|(_, c)| c.slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
+    }
+
+    /// How many clients are logged in to each (user, database).
+    pub fn logged_in(&self) -> HashMap<(Arc<str>, Arc<str>), usize> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = HashMap::new();
+        for (_, c) in map.values() {
+            *counts
+                .entry((c.user.clone(), c.database.clone()))
+                .or_insert(0) += 1;
+        }
+        counts
     }
 
     /// The cancel state for a (pid, secret) pair; the secret is compared in constant time.
@@ -167,6 +189,8 @@ pub struct ProxyState {
     pub shutdown: ShutdownBell,
     /// The configured user and database names, one copy each for every client.
     names: std::collections::HashSet<Arc<str>>,
+    /// The admin console's SCRAM verifier (`proxy.admin_password`); `None`: no admin login.
+    pub admin_scram: Option<crate::auth::ScramVerifier>,
 }
 
 /// The proxy's shutdown as hibernating sessions wait for it: a flag and one small waiter
@@ -264,7 +288,12 @@ impl ProxyState {
             .chain(config.databases.iter().map(|d| d.name.as_str()))
             .map(Arc::from)
             .collect();
+        let admin = &config.proxy.admin_password.0;
+        let admin_scram = (!admin.is_empty())
+            .then(|| Secret::parse(&config.proxy.admin_user, admin).scram_verifier())
+            .flatten();
         Arc::new(ProxyState {
+            admin_scram,
             names,
             shard_maps,
             fan_out_plans: crate::sql::FanOutCache::default(),

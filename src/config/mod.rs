@@ -3,7 +3,7 @@
 //! Every key is documented here and in the README's configuration reference. `validate` returns
 //! every problem with the key path it concerns, so `shardgate check` can print them all at once.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -33,7 +33,7 @@ pub struct Config {
 }
 
 /// How server connections are shared between clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
     /// A client keeps one server connection for its whole session.
@@ -46,7 +46,7 @@ pub enum PoolMode {
 }
 
 /// `[proxy]`: the listening side.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Address to listen on for Postgres clients.
@@ -61,8 +61,12 @@ pub struct ProxyConfig {
     pub pool_mode: PoolMode,
     /// Admin console user (database "shardgate").
     pub admin_user: String,
-    /// Admin console password (reserved for the admin console; hidden from `Debug`).
+    /// Admin console password (plaintext or a SCRAM verifier; hidden from `Debug` and from
+    /// `SHOW CONFIG`). Empty: the console takes no admin login.
     pub admin_password: Redacted,
+    /// Users of `[[users]]` who may log in to the admin console (with their own password)
+    /// and run its SHOW commands only.
+    pub stats_users: Vec<String>,
     /// Largest protocol message accepted from a client, in bytes; larger ones get an error and
     /// the connection is closed.
     pub max_message_size: usize,
@@ -99,6 +103,7 @@ impl Default for ProxyConfig {
             pool_mode: PoolMode::Transaction,
             admin_user: "admin".into(),
             admin_password: Redacted::default(),
+            stats_users: Vec::new(),
             max_message_size: 64 * 1024 * 1024,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout_ms: 10_000,
@@ -116,6 +121,13 @@ impl Default for ProxyConfig {
 #[serde(transparent)]
 pub struct Redacted(pub String);
 
+impl Serialize for Redacted {
+    /// Never the secret: whether one is set.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
 impl std::fmt::Debug for Redacted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("\"<redacted>\"")
@@ -123,7 +135,7 @@ impl std::fmt::Debug for Redacted {
 }
 
 /// `[pool]`: server connection pools, one per (user, database, server).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
     /// Server connections per (user, database, server).
@@ -163,7 +175,7 @@ pub struct PoolConfig {
 }
 
 /// See [`PoolConfig::settings_read_back`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SettingsReadBack {
     /// After statements the SQL does not prove settings-neutral, writes included.
@@ -176,7 +188,7 @@ pub enum SettingsReadBack {
 }
 
 /// See [`PoolConfig::session_state`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatePolicy {
     /// Pin the client to its server connection.
@@ -205,7 +217,7 @@ impl Default for PoolConfig {
 }
 
 /// `[routing]`: read/write split and health checks.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Send reads to replicas.
@@ -236,7 +248,7 @@ pub struct RoutingConfig {
 }
 
 /// See [`RoutingConfig::read_your_writes`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadYourWrites {
     /// Track WAL positions (the default).
@@ -267,7 +279,7 @@ impl Default for RoutingConfig {
 }
 
 /// How a client proves who it is to the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 pub enum AuthMethod {
     /// SCRAM-SHA-256 (the default).
     #[default]
@@ -459,7 +471,7 @@ pub struct ServerConfig {
 }
 
 /// The declared role of a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Takes writes.

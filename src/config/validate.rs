@@ -93,6 +93,20 @@ impl Config {
             self.proxy.max_message_size as u64,
             1024,
         );
+        if !self.proxy.admin_password.0.is_empty() && self.proxy.admin_user.is_empty() {
+            p.push(
+                "proxy.admin_user",
+                "must not be empty when admin_password is set",
+            );
+        }
+        for (i, name) in self.proxy.stats_users.iter().enumerate() {
+            if !self.users.iter().any(|u| &u.name == name) {
+                p.push(
+                    format!("proxy.stats_users[{i}]"),
+                    format!("`{name}` is not a user of [[users]]"),
+                );
+            }
+        }
         p.at_least("pool.size", self.pool.size.into(), 1);
         p.at_least(
             "pool.prepared_statements_cache",

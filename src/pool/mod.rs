@@ -6,9 +6,9 @@
 //! arrival order, so bb8 always has a connection ready for whoever holds a permit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendError, ConnectParams, ServerConn};
@@ -128,6 +128,39 @@ pub struct ServerPool {
     in_use: Arc<AtomicUsize>,
     /// What the health checker knows about the server (shared by all pools of it).
     pub health: Arc<ServerHealth>,
+    /// Checkouts waiting for a connection now.
+    waiters: Waiters,
+    size: usize,
+}
+
+/// The checkouts of a pool that wait for a connection, with when each began (the admin
+/// console's `cl_waiting` and `maxwait`). Only a checkout that cannot have a connection at
+/// once is entered, so the lock is not on the path of one that can.
+#[derive(Debug, Default)]
+struct Waiters {
+    next: AtomicU64,
+    started: Mutex<HashMap<u64, Instant>>,
+}
+
+/// One waiting checkout; leaves [`Waiters`] when dropped (served, timed out or abandoned).
+struct Waiting<'a>(&'a Waiters, u64);
+
+impl Waiters {
+    fn enter(&self) -> Waiting<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.started).insert(id, Instant::now());
+        Waiting(self, id)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.started).remove(&self.1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ServerPool {
@@ -181,6 +214,8 @@ impl ServerPool {
             startup_params: Mutex::default(),
             in_use: Arc::default(),
             health,
+            waiters: Waiters::default(),
+            size: size as usize,
         }
     }
 
@@ -199,21 +234,31 @@ impl ServerPool {
     /// Checks out a connection, waiting at most the checkout timeout.
     pub async fn get(&self) -> Result<Checkout, PoolError> {
         let timeout = Duration::from_millis(self.checkout_timeout_ms);
+        let mut waiting = None;
         let permit = match &self.gate {
             // Fast path: a free permit means bb8 has a connection (or room for one) now.
             Some(g) => match g.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
-                Err(_) => Some(
-                    tokio::time::timeout(timeout, g.clone().acquire_owned())
-                        .await
-                        .map_err(|_| PoolError::Timeout(self.checkout_timeout_ms))?
-                        .map_err(|_| PoolError::Timeout(self.checkout_timeout_ms))?,
-                ),
+                Err(_) => {
+                    let _waiting = self.waiters.enter();
+                    Some(
+                        tokio::time::timeout(timeout, g.clone().acquire_owned())
+                            .await
+                            .map_err(|_| PoolError::Timeout(self.checkout_timeout_ms))?
+                            .map_err(|_| PoolError::Timeout(self.checkout_timeout_ms))?,
+                    )
+                }
             },
-            None => None,
+            None => {
+                if self.in_use() >= self.size {
+                    waiting = Some(self.waiters.enter());
+                }
+                None
+            }
         };
         // bb8 applies its own connection timeout (see `new`).
         let conn = self.pool.get_owned().await;
+        drop(waiting);
         let conn = conn.map_err(|e| match e {
             bb8::RunError::User(e) => PoolError::Connect(e),
             bb8::RunError::TimedOut => PoolError::Timeout(self.checkout_timeout_ms),
@@ -251,6 +296,13 @@ impl ServerPool {
     /// Connections checked out right now.
     pub fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Checkouts waiting for a connection now, and how long the oldest of them has waited.
+    pub fn waiting(&self) -> (usize, Duration) {
+        let started = lock(&self.waiters.started);
+        let oldest = started.values().min().map(Instant::elapsed);
+        (started.len(), oldest.unwrap_or_default())
     }
 
     /// (connections open, idle) right now.

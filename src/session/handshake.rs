@@ -26,10 +26,6 @@ const STARTUP_PARAMS_CACHE: usize = 256;
 /// A logged-in client.
 #[derive(Debug)]
 pub struct Login {
-    /// User name (one shared copy, see [`ProxyState::name`]).
-    pub user: Arc<str>,
-    /// Logical database (one shared copy).
-    pub database: Arc<str>,
     /// The database's shards and their pools for this user.
     pub shards: Arc<Vec<ShardPools>>,
     /// Pool mode in force.
@@ -45,6 +41,25 @@ pub struct Login {
     pub split: bool,
     /// The shard map when the database has several shards (transaction and statement modes).
     pub shard_map: Option<Arc<crate::shard::route::ShardMap>>,
+}
+
+impl Login {
+    /// User name (one shared copy, see [`ProxyState::name`], kept with the cancel state).
+    pub fn user(&self) -> &str {
+        &self.cancel.user
+    }
+
+    /// Logical database (one shared copy).
+    pub fn database(&self) -> &str {
+        &self.cancel.database
+    }
+}
+
+/// Who logged in: a client of a database, or of the admin console.
+#[derive(Debug)]
+pub(super) enum Arrival {
+    Client(Login),
+    Console(super::console::ConsoleLogin),
 }
 
 /// The first meaningful packet.
@@ -122,7 +137,7 @@ async fn read_password(
     }
 }
 
-async fn send(wr: &mut OwnedWriteHalf, buf: &BytesMut) -> Result<(), PgError> {
+pub(super) async fn send(wr: &mut OwnedWriteHalf, buf: &BytesMut) -> Result<(), PgError> {
     wr.write_all(buf)
         .await
         .map_err(|_| protocol_violation("connection closed during authentication"))
@@ -130,7 +145,7 @@ async fn send(wr: &mut OwnedWriteHalf, buf: &BytesMut) -> Result<(), PgError> {
 
 /// Authenticates `name`. Unknown users go through the same exchange (with a dummy verifier) and
 /// get the same error as a wrong password, so user names cannot be probed.
-async fn authenticate(
+pub(super) async fn authenticate(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
     inbuf: &mut BytesMut,
@@ -163,41 +178,58 @@ async fn authenticate(
             }
         }
         AuthMethod::ScramSha256 => {
-            let verifier = user
-                .and_then(|u| u.scram.clone())
-                .unwrap_or_else(|| ScramVerifier::dummy(name));
-            let mut scram = ScramServer::new(verifier);
-            protocol::auth_sasl(&mut out, &[SCRAM_MECHANISM]);
-            send(wr, &out).await?;
-            let PasswordMessage::SaslInitial(mechanism, data) =
-                read_password(rd, inbuf, PasswordKind::SaslInitial).await?
-            else {
-                return Err(failed());
-            };
-            if mechanism != SCRAM_MECHANISM {
-                return Err(protocol_violation(format!(
-                    "SASL mechanism \"{mechanism}\" is not supported; use {SCRAM_MECHANISM}"
-                )));
-            }
-            let first = scram
-                .handle_client_first(&data)
-                .map_err(|e| protocol_violation(format!("malformed SCRAM message: {e}")))?;
-            out.clear();
-            protocol::auth_sasl_continue(&mut out, first);
-            send(wr, &out).await?;
-            let PasswordMessage::Sasl(data) = read_password(rd, inbuf, PasswordKind::Sasl).await?
-            else {
-                return Err(failed());
-            };
-            let last = scram.handle_client_final(&data).map_err(|_| failed())?;
-            if user.is_none() {
-                return Err(failed());
-            }
-            out.clear();
-            protocol::auth_sasl_final(&mut out, last);
-            send(wr, &out).await
+            let verifier = user.and_then(|u| u.scram.clone());
+            scram_exchange(rd, wr, inbuf, name, verifier).await
         }
     }
+}
+
+/// Authenticates `name` by SCRAM-SHA-256 against `verifier`; with none (an unknown user) the
+/// exchange runs with a dummy verifier and fails like a wrong password.
+pub(super) async fn scram_exchange(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    inbuf: &mut BytesMut,
+    name: &str,
+    verifier: Option<ScramVerifier>,
+) -> Result<(), PgError> {
+    let failed = || {
+        PgError::fatal(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{name}\""),
+        )
+    };
+    let known = verifier.is_some();
+    let mut scram = ScramServer::new(verifier.unwrap_or_else(|| ScramVerifier::dummy(name)));
+    let mut out = BytesMut::new();
+    protocol::auth_sasl(&mut out, &[SCRAM_MECHANISM]);
+    send(wr, &out).await?;
+    let PasswordMessage::SaslInitial(mechanism, data) =
+        read_password(rd, inbuf, PasswordKind::SaslInitial).await?
+    else {
+        return Err(failed());
+    };
+    if mechanism != SCRAM_MECHANISM {
+        return Err(protocol_violation(format!(
+            "SASL mechanism \"{mechanism}\" is not supported; use {SCRAM_MECHANISM}"
+        )));
+    }
+    let first = scram
+        .handle_client_first(&data)
+        .map_err(|e| protocol_violation(format!("malformed SCRAM message: {e}")))?;
+    out.clear();
+    protocol::auth_sasl_continue(&mut out, first);
+    send(wr, &out).await?;
+    let PasswordMessage::Sasl(data) = read_password(rd, inbuf, PasswordKind::Sasl).await? else {
+        return Err(failed());
+    };
+    let last = scram.handle_client_final(&data).map_err(|_| failed())?;
+    if !known {
+        return Err(failed());
+    }
+    out.clear();
+    protocol::auth_sasl_final(&mut out, last);
+    send(wr, &out).await
 }
 
 /// Forwards a CancelRequest to the server connections the client's query runs on, if any.
@@ -339,7 +371,7 @@ pub(super) async fn handshake(
     wr: &mut OwnedWriteHalf,
     inbuf: &mut BytesMut,
     state: &ProxyState,
-) -> Result<Option<Login>, PgError> {
+) -> Result<Option<Arrival>, PgError> {
     let timeout = Duration::from_millis(state.config.proxy.client_login_timeout_ms);
     match tokio::time::timeout(timeout, handshake_inner(rd, wr, inbuf, state)).await {
         Ok(r) => r,
@@ -371,7 +403,7 @@ async fn handshake_inner(
     wr: &mut OwnedWriteHalf,
     inbuf: &mut BytesMut,
     state: &ProxyState,
-) -> Result<Option<Login>, PgError> {
+) -> Result<Option<Arrival>, PgError> {
     let params = match read_until_startup(rd, wr, inbuf).await? {
         First::Cancel { pid, secret } => {
             serve_cancel(state, pid, &secret).await;
@@ -394,6 +426,10 @@ async fn handshake_inner(
         .filter(|d| !d.is_empty())
         .cloned()
         .unwrap_or_else(|| user.clone());
+    if super::console::is_console(state, &database) {
+        let login = super::console::log_in(rd, wr, inbuf, state, &user).await?;
+        return Ok(Some(Arrival::Console(login)));
+    }
     authenticate(rd, wr, inbuf, state, &user).await?;
     let db = state
         .config
@@ -431,7 +467,9 @@ async fn handshake_inner(
     let split = pool_mode != PoolMode::Session
         && state.config.routing.read_write_split
         && shards.iter().any(|s| s.has_replicas());
-    let key = state.cancels.register();
+    let key = state
+        .cancels
+        .register(state.name(&user), state.name(&database));
     let (cancel_pid, secret) = (key.pid, key.secret);
     let mut out = BytesMut::with_capacity(512);
     protocol::auth_ok(&mut out);
@@ -454,9 +492,7 @@ async fn handshake_inner(
         .get(&database)
         .filter(|_| pool_mode != PoolMode::Session)
         .cloned();
-    Ok(Some(Login {
-        user: state.name(&user),
-        database: state.name(&database),
+    Ok(Some(Arrival::Client(Login {
         shards,
         pool_mode,
         cancel_pid,
@@ -464,5 +500,5 @@ async fn handshake_inner(
         startup,
         split,
         shard_map,
-    }))
+    })))
 }

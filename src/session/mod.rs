@@ -2,6 +2,7 @@
 //! then the query loop that forwards messages to pooled server connections.
 
 pub(crate) mod client_state;
+mod console;
 mod handshake;
 pub(crate) mod machine;
 mod query_loop;
@@ -48,8 +49,12 @@ async fn log_in(stream: TcpStream, state: &ProxyState) -> Option<Box<query_loop:
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(1024);
     match handshake::handshake(&mut rd, &mut wr, &mut inbuf, state).await {
-        Ok(Some(login)) => {
-            tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
+        Ok(Some(handshake::Arrival::Console(login))) => {
+            console::run(rd, wr, inbuf, state, login).await;
+            None
+        }
+        Ok(Some(handshake::Arrival::Client(login))) => {
+            tracing::debug!(%peer, user = %login.user(), database = %login.database(), "client logged in");
             let client = query_loop::ClientConn {
                 reader: rd,
                 writer: wr,

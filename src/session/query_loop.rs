@@ -305,7 +305,7 @@ impl Loop<'_> {
                 r = self.client_reader.read_buf(&mut self.from_client), if !self.client_blocked => {
                     if !matches!(r, Ok(n) if n > 0) {
                         if let Err(e) = &r {
-                            tracing::warn!(user = %self.login.user, "client connection lost: {e}");
+                            tracing::warn!(user = %self.login.user(), "client connection lost: {e}");
                         }
                         return End::ClientGone;
                     }
@@ -325,7 +325,7 @@ impl Loop<'_> {
                 r = self.client_writer.write(&self.to_client), if !self.to_client.is_empty() => match r {
                     Ok(n) => self.to_client.advance(n),
                     Err(e) => {
-                        tracing::warn!(user = %self.login.user, "client connection lost: {e}");
+                        tracing::warn!(user = %self.login.user(), "client connection lost: {e}");
                         return End::ClientGone;
                     }
                 },
@@ -357,7 +357,7 @@ impl Loop<'_> {
 
     /// Ends the session with a FATAL error to the client, logged with its cause.
     fn fatal(&mut self, e: PgError) -> End {
-        tracing::warn!(user = %self.login.user, client = self.login.cancel_pid, code = e.code, "closing the client connection: {}", e.message);
+        tracing::warn!(user = %self.login.user(), client = self.login.cancel_pid, code = e.code, "closing the client connection: {}", e.message);
         e.encode(&mut self.to_client);
         End::Fatal
     }
@@ -428,7 +428,7 @@ impl Loop<'_> {
         if end == End::Fatal {
             // The proxy closes this client's connection: say why (the FATAL it was sent).
             tracing::warn!(
-                user = %self.login.user,
+                user = %self.login.user(),
                 "closing the client connection: {}",
                 fatal_message(&self.to_client).as_deref().unwrap_or("fatal error")
             );
@@ -496,7 +496,7 @@ impl Loop<'_> {
             _ => conn.broken = true,
         }
         if end == End::ClientGone {
-            tracing::debug!(user = %self.login.user, "client vanished; server connection cleaned up");
+            tracing::debug!(user = %self.login.user(), "client vanished; server connection cleaned up");
         }
     }
 }

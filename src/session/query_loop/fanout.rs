@@ -57,7 +57,7 @@ impl Loop<'_> {
         let targets: Vec<_> = conns.iter().map(|c| c.cancel_target()).collect();
         conns.iter_mut().for_each(|c| c.broken = true);
         self.client_gone = true;
-        tracing::info!(user = %self.login.user, client = self.login.cancel_pid, shards = conns.len(), "client gone during a statement on several shards; cancelling it");
+        tracing::info!(user = %self.login.user(), client = self.login.cancel_pid, shards = conns.len(), "client gone during a statement on several shards; cancelling it");
         let _ = tokio::time::timeout(CLEANUP_TIMEOUT, cancel_all(&targets)).await;
         PgError::error(
             sqlstate::CONNECTION_FAILURE,

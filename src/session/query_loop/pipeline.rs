@@ -80,7 +80,7 @@ impl Loop<'_> {
         shards: &[ShardId],
     ) -> Result<Option<End>, PgError> {
         let d = self.decode_pipeline(frames, shards)?;
-        tracing::debug!(user = %self.login.user, shards = shards.len(), messages = d.messages.len(), "extended-protocol batch across shards");
+        tracing::debug!(user = %self.login.user(), shards = shards.len(), messages = d.messages.len(), "extended-protocol batch across shards");
         let (conns, in_txn) = self.shard_conns(shards, d.want).await?;
         // Outside a transaction the batch is one: the proxy opens it on every shard.
         let plan = pipeline::plan(&d.messages, shards.len(), (!in_txn).then_some("BEGIN"));

@@ -152,7 +152,7 @@ impl Loop<'_> {
             Event::InjectedFailed(what) => {
                 // The connection's state is not what the proxy believes (e.g. the client's
                 // settings were not applied): it must never be reused.
-                tracing::warn!(user = %self.login.user, "{what} query failed on the server; the server connection will be closed");
+                tracing::warn!(user = %self.login.user(), "{what} query failed on the server; the server connection will be closed");
                 if let Some(conn) = self.server.as_deref_mut() {
                     conn.broken = true;
                 }
@@ -201,7 +201,7 @@ impl Loop<'_> {
                     conn.settings_unknown = false;
                 }
                 _ => {
-                    tracing::warn!(user = %self.login.user, "could not read back session settings; closing the server connection");
+                    tracing::warn!(user = %self.login.user(), "could not read back session settings; closing the server connection");
                     conn.broken = true;
                 }
             }
@@ -221,7 +221,7 @@ impl Loop<'_> {
                 }
             }
             _ => {
-                tracing::warn!(user = %self.login.user, "could not read back session settings; closing the server connection");
+                tracing::warn!(user = %self.login.user(), "could not read back session settings; closing the server connection");
                 conn.broken = true;
             }
         }

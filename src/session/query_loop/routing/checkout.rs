@@ -128,7 +128,8 @@ impl Loop<'_> {
                     sqlstate::CANNOT_CONNECT_NOW,
                     format!(
                         "no primary server is available for database \"{}\" (shard {})",
-                        self.login.database, shard.name
+                        self.login.database(),
+                        shard.name
                     ),
                 )
                 .with_hint(

@@ -390,7 +390,7 @@ impl Loop<'_> {
     /// Makes sure the decision log table exists on `shard` (once per process and server),
     /// on a connection of its own outside the client's transaction.
     async fn ensure_log(&mut self, shard: ShardId, addr: &str) -> Result<(), String> {
-        let key = format!("{addr}/{}", self.login.database);
+        let key = format!("{addr}/{}", self.login.database());
         let known = |k: &str| {
             LOG_READY
                 .lock()
@@ -430,7 +430,7 @@ impl Loop<'_> {
 
     /// Forgets that the log table exists on a server (an INSERT into it failed).
     fn forget_log(&self, addr: &str) {
-        let key = format!("{addr}/{}", self.login.database);
+        let key = format!("{addr}/{}", self.login.database());
         if let Some(s) = LOG_READY.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             s.remove(&key);
         }

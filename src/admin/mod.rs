@@ -1,0 +1,137 @@
+//! The admin console: the virtual database `shardgate` (and `pgbouncer`, for existing tools)
+//! answers PgBouncer's SHOW commands with PgBouncer's column names, order and types, plus
+//! Shardgate's own (`SHOW SHARDS`). The commands are parsed here ([`parse`]), answered as
+//! [`Table`]s ([`show`]), and the session that speaks the simple query protocol to the
+//! console's client lives in `session::console`.
+
+pub mod show;
+mod table;
+
+pub use table::{Column, Table};
+
+/// The names clients may connect to for the console.
+pub const CONSOLE_DATABASES: [&str; 2] = ["shardgate", "pgbouncer"];
+
+/// What a SHOW command shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    Pools,
+    Databases,
+    Users,
+    Lists,
+    Config,
+    Version,
+    Shards,
+    Help,
+}
+
+/// SHOW commands that exist and what they show, or why they are not answered yet.
+const SHOWS: &[(&str, Option<Show>)] = &[
+    ("POOLS", Some(Show::Pools)),
+    ("DATABASES", Some(Show::Databases)),
+    ("USERS", Some(Show::Users)),
+    ("LISTS", Some(Show::Lists)),
+    ("CONFIG", Some(Show::Config)),
+    ("VERSION", Some(Show::Version)),
+    ("SHARDS", Some(Show::Shards)),
+    ("HELP", Some(Show::Help)),
+    ("STATS", None),
+    ("STATS_TOTALS", None),
+    ("STATS_AVERAGES", None),
+    ("SERVERS", None),
+    ("CLIENTS", None),
+    ("QUERIES", None),
+    ("PREPARED", None),
+    ("TRANSACTIONS", None),
+    ("SLOW_QUERIES", None),
+];
+
+/// Commands that act on the proxy (they arrive with live changes).
+const ACTIONS: &[&str] = &[
+    "RELOAD",
+    "PAUSE",
+    "RESUME",
+    "SUSPEND",
+    "KILL",
+    "KILL_CLIENT",
+    "SHUTDOWN",
+    "RECONNECT",
+    "ENABLE",
+    "DISABLE",
+    "WAIT_CLOSE",
+    "BAN",
+    "UNBAN",
+    "SET",
+];
+
+/// One statement of a console query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// An empty statement.
+    Empty,
+    /// A SHOW the console answers.
+    Show(Show),
+    /// A SHOW command that exists but is not answered yet (its name).
+    NotYet(&'static str),
+    /// A command that acts (its name).
+    Act(&'static str),
+    /// Not a console command (the text).
+    Unknown(String),
+}
+
+/// The statements of console query `sql` (separated by `;`), case-insensitive, as PgBouncer
+/// reads them: a command word and its arguments.
+pub fn parse(sql: &str) -> Vec<Command> {
+    let mut out: Vec<Command> = sql.split(';').map(parse_one).collect();
+    // `SHOW POOLS;` is one statement, not one and an empty one.
+    if out.len() > 1 && out.last() == Some(&Command::Empty) {
+        out.pop();
+    }
+    out
+}
+
+fn parse_one(statement: &str) -> Command {
+    let mut words = statement.split_whitespace();
+    let Some(first) = words.next() else {
+        return Command::Empty;
+    };
+    let first = first.to_ascii_uppercase();
+    if first == "SHOW" {
+        let what = words.next().map(str::to_ascii_uppercase);
+        return match (what, words.next()) {
+            (Some(w), None) => match SHOWS.iter().find(|(n, _)| *n == w) {
+                Some((_, Some(s))) => Command::Show(*s),
+                Some((n, None)) => Command::NotYet(n),
+                None => Command::Unknown(statement.trim().to_string()),
+            },
+            _ => Command::Unknown(statement.trim().to_string()),
+        };
+    }
+    match ACTIONS.iter().find(|a| **a == first) {
+        Some(a) => Command::Act(a),
+        None => Command::Unknown(statement.trim().to_string()),
+    }
+}
+
+/// The console's commands, for the error of an unknown one.
+pub fn valid_commands() -> String {
+    let shows = SHOWS
+        .iter()
+        .map(|(n, _)| format!("SHOW {n}"))
+        .collect::<Vec<_>>();
+    format!("{}, {}", shows.join(", "), ACTIONS.join(", "))
+}
+
+/// The lines of `SHOW HELP` (sent as notices, as PgBouncer does).
+pub fn help_lines() -> Vec<String> {
+    let mut lines = vec!["Console usage".to_string()];
+    lines.extend(SHOWS.iter().map(|(n, s)| {
+        let note = if s.is_none() { " (not yet)" } else { "" };
+        format!("\tSHOW {n}{note}")
+    }));
+    lines.extend(ACTIONS.iter().map(|a| format!("\t{a} (with live changes)")));
+    lines
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! The SHOW commands' answers, read from the proxy's state. Column names, order and types are
+//! PgBouncer 1.18's (checked against a real PgBouncer by `integration-tests/tests/admin.rs`).
+//! A PgBouncer column Shardgate has no counterpart for shows 0 (a count of something that
+//! does not exist here, e.g. DNS lookups) or NULL.
+
+use super::table::{v, Table, INT4, INT8, TEXT};
+use super::Show;
+use crate::config::{PoolConfig, ProxyConfig, RoutingConfig};
+use crate::health::now_ms;
+use crate::pool::ShardPools;
+use crate::state::ProxyState;
+
+/// The answer to `show`.
+pub fn table(state: &ProxyState, show: Show) -> Table {
+    match show {
+        Show::Pools => pools(state),
+        Show::Databases => databases(state),
+        Show::Users => users(state),
+        Show::Lists => lists(state),
+        Show::Config => config(state),
+        Show::Version => version(),
+        Show::Shards => shards(state),
+        Show::Help => Table::new(&[]),
+    }
+}
+
+fn version() -> Table {
+    let mut t = Table::new(&[("version", TEXT)]);
+    t.row(vec![v(format!("Shardgate {}", env!("CARGO_PKG_VERSION")))]);
+    t
+}
+
+/// Server connections of a (user, database)'s pools: (open, idle, checked out, waiting
+/// checkouts, longest wait in µs).
+fn pool_counts(shards: &[ShardPools]) -> (u64, u64, u64, u64, u128) {
+    let (mut open, mut idle, mut used, mut waiting, mut longest) = (0, 0, 0, 0, 0);
+    for pool in shards.iter().flat_map(|s| s.servers.iter()) {
+        let (o, i) = pool.state();
+        open += u64::from(o);
+        idle += u64::from(i);
+        used += pool.in_use() as u64;
+        let (w, wait) = pool.waiting();
+        waiting += w as u64;
+        longest = longest.max(wait.as_micros());
+    }
+    (open, idle, used, waiting, longest)
+}
+
+fn pool_mode_name(state: &ProxyState, db: &crate::config::DatabaseConfig) -> String {
+    format!("{:?}", state.config.pool_mode_for(db)).to_lowercase()
+}
+
+fn pools(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("user", TEXT),
+        ("cl_active", INT4),
+        ("cl_waiting", INT4),
+        ("cl_active_cancel_req", INT4),
+        ("cl_waiting_cancel_req", INT4),
+        ("sv_active", INT4),
+        ("sv_active_cancel", INT4),
+        ("sv_being_canceled", INT4),
+        ("sv_idle", INT4),
+        ("sv_used", INT4),
+        ("sv_tested", INT4),
+        ("sv_login", INT4),
+        ("maxwait", INT4),
+        ("maxwait_us", INT4),
+        ("pool_mode", TEXT),
+    ]);
+    let clients = state.cancels.logged_in();
+    for db in &state.config.databases {
+        for user in &state.config.users {
+            let Some(shards) = state.registry.get(&user.name, &db.name) else {
+                continue;
+            };
+            let (open, idle, used, waiting, longest) = pool_counts(&shards);
+            let logged_in = clients
+                .get(&(state.name(&user.name), state.name(&db.name)))
+                .copied()
+                .unwrap_or(0) as u64;
+            let waiting = waiting.min(logged_in);
+            let login = open.saturating_sub(idle + used);
+            t.row(vec![
+                v(&db.name),
+                v(&user.name),
+                v(logged_in - waiting),
+                v(waiting),
+                v(0),
+                v(0),
+                v(used),
+                v(0),
+                v(0),
+                v(idle),
+                v(0),
+                v(0),
+                v(login),
+                v(longest / 1_000_000),
+                v(longest % 1_000_000),
+                v(pool_mode_name(state, db)),
+            ]);
+        }
+    }
+    t
+}
+
+fn databases(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[
+        ("name", TEXT),
+        ("host", TEXT),
+        ("port", INT4),
+        ("database", TEXT),
+        ("force_user", TEXT),
+        ("pool_size", INT4),
+        ("min_pool_size", INT4),
+        ("reserve_pool", INT4),
+        ("pool_mode", TEXT),
+        ("max_connections", INT4),
+        ("current_connections", INT4),
+        ("paused", INT4),
+        ("disabled", INT4),
+    ]);
+    for db in &state.config.databases {
+        // The first shard's first server stands for the database, as a PgBouncer database
+        // has one host; `SHOW SHARDS` lists every server.
+        let first = db
+            .shards
+            .first()
+            .and_then(|s| s.all_servers().first().cloned());
+        let (host, port) = first
+            .as_ref()
+            .and_then(|(addr, _)| addr.rsplit_once(':'))
+            .map_or((None, None), |(h, p)| (v(h), v(p)));
+        let open: u64 = state
+            .config
+            .users
+            .iter()
+            .filter_map(|u| state.registry.get(&u.name, &db.name))
+            .map(|shards| pool_counts(&shards).0)
+            .sum();
+        t.row(vec![
+            v(&db.name),
+            host,
+            port,
+            v(db.server_database()),
+            None,
+            v(state.config.pool.size),
+            v(state.config.pool.min_idle),
+            v(0),
+            v(pool_mode_name(state, db)),
+            v(0),
+            v(open),
+            v(0),
+            v(0),
+        ]);
+    }
+    t
+}
+
+fn users(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[("name", TEXT), ("pool_mode", TEXT)]);
+    for u in &state.config.users {
+        // Pool modes are set per database here; a user has none of its own.
+        t.row(vec![v(&u.name), None]);
+    }
+    t
+}
+
+fn lists(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[("list", TEXT), ("items", INT4)]);
+    let pools: usize = state
+        .config
+        .databases
+        .iter()
+        .map(|d| {
+            d.shards
+                .iter()
+                .map(|s| s.all_servers().len())
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        * state.config.users.len();
+    let logged_in: usize = state.cancels.logged_in().values().sum();
+    let connected = state.clients.load(std::sync::atomic::Ordering::Relaxed);
+    let mut open = 0u64;
+    for db in &state.config.databases {
+        for u in &state.config.users {
+            if let Some(shards) = state.registry.get(&u.name, &db.name) {
+                open += pool_counts(&shards).0;
+            }
+        }
+    }
+    for (list, n) in [
+        ("databases", state.config.databases.len() as u64),
+        ("users", state.config.users.len() as u64),
+        ("pools", pools as u64),
+        ("free_clients", 0),
+        ("used_clients", logged_in as u64),
+        ("login_clients", connected.saturating_sub(logged_in) as u64),
+        ("free_servers", 0),
+        ("used_servers", open),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ] {
+        t.row(vec![v(list), v(n)]);
+    }
+    t
+}
+
+/// Flattens a config section into `section.key` rows with its defaults.
+fn section<T: serde::Serialize>(t: &mut Table, name: &str, now: &T, default: &T) {
+    let (Ok(toml::Value::Table(now)), Ok(toml::Value::Table(default))) =
+        (toml::Value::try_from(now), toml::Value::try_from(default))
+    else {
+        return;
+    };
+    let text = |v: &toml::Value| match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for (key, value) in &now {
+        t.row(vec![
+            v(format!("{name}.{key}")),
+            v(text(value)),
+            default.get(key).map(text),
+            v("no"),
+        ]);
+    }
+}
+
+fn config(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[
+        ("key", TEXT),
+        ("value", TEXT),
+        ("default", TEXT),
+        ("changeable", TEXT),
+    ]);
+    let c = &state.config;
+    section(&mut t, "proxy", &c.proxy, &ProxyConfig::default());
+    section(&mut t, "pool", &c.pool, &PoolConfig::default());
+    section(&mut t, "routing", &c.routing, &RoutingConfig::default());
+    t
+}
+
+/// Shardgate's own: every server of every shard, its role now, health, lag and ban.
+fn shards(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("shard", TEXT),
+        ("server", TEXT),
+        ("declared_role", TEXT),
+        ("role", TEXT),
+        ("reachable", TEXT),
+        ("lag_bytes", INT8),
+        ("lag_ms", INT8),
+        ("banned_for_ms", INT8),
+    ]);
+    let Some(user) = state.config.users.first() else {
+        return t;
+    };
+    let now = now_ms();
+    for db in &state.config.databases {
+        let Some(shards) = state.registry.get(&user.name, &db.name) else {
+            continue;
+        };
+        for s in shards.iter() {
+            for pool in &s.servers {
+                let h = &pool.health;
+                let role = if h.is_primary() {
+                    "primary"
+                } else if h.is_replica() {
+                    "replica"
+                } else {
+                    "unknown"
+                };
+                t.row(vec![
+                    v(&db.name),
+                    v(&s.name),
+                    v(pool.addr()),
+                    v(format!("{:?}", h.declared).to_lowercase()),
+                    v(role),
+                    v(if h.reachable() { "yes" } else { "no" }),
+                    v(h.lag_bytes()),
+                    v(h.lag_ms()),
+                    v(h.banned_until_ms().saturating_sub(now)),
+                ]);
+            }
+        }
+    }
+    t
+}
