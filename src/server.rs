@@ -25,6 +25,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sessions = tokio::task::JoinSet::new();
     let mut sessions = sessions;
+    let _averages = AbortOnDrop(tokio::spawn(roll_stats(state.clone())));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -97,6 +98,29 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Ends the periods of `SHOW STATS_AVERAGES` every `proxy.stats_period_ms`.
+async fn roll_stats(state: Arc<ProxyState>) {
+    let period = Duration::from_millis(state.config.proxy.stats_period_ms.max(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        for (name, totals, _) in crate::admin::show::database_stats(&state) {
+            state.db_stats(name).roll(now, totals);
+        }
+    }
+}
+
+/// A task stopped when the accept loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

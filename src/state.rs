@@ -189,6 +189,8 @@ pub struct ProxyState {
     pub shutdown: ShutdownBell,
     /// The configured user and database names, one copy each for every client.
     names: std::collections::HashSet<Arc<str>>,
+    /// Each database's counters for `SHOW STATS`.
+    pub stats: HashMap<String, Arc<crate::admin::stats::DbStats>>,
     /// The admin console's SCRAM verifier (`proxy.admin_password`); `None`: no admin login.
     pub admin_scram: Option<crate::auth::ScramVerifier>,
 }
@@ -252,6 +254,12 @@ impl Drop for Admitted {
 }
 
 impl ProxyState {
+    /// The counters of `database` (one of the config's; another gets counters of its own
+    /// that nobody reads).
+    pub fn db_stats(&self, database: &str) -> Arc<crate::admin::stats::DbStats> {
+        self.stats.get(database).cloned().unwrap_or_default()
+    }
+
     /// A user or database name: the configured one's shared copy, or a new one.
     pub fn name(&self, name: &str) -> Arc<str> {
         self.names.get(name).cloned().unwrap_or_else(|| name.into())
@@ -292,7 +300,13 @@ impl ProxyState {
         let admin_scram = (!admin.is_empty())
             .then(|| Secret::parse(&config.proxy.admin_user, admin).scram_verifier())
             .flatten();
+        let stats: HashMap<_, _> = config
+            .databases
+            .iter()
+            .map(|d| (d.name.clone(), Arc::default()))
+            .collect();
         Arc::new(ProxyState {
+            stats,
             admin_scram,
             names,
             shard_maps,

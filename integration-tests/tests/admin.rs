@@ -18,11 +18,24 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 const ADMIN_PASSWORD: &str = "adm1n-s3cret";
 
 /// The SHOW commands PgBouncer has that the console answers.
-const SHARED: [&str; 6] = ["POOLS", "DATABASES", "USERS", "LISTS", "CONFIG", "VERSION"];
+const SHARED: [&str; 9] = [
+    "POOLS",
+    "DATABASES",
+    "USERS",
+    "LISTS",
+    "CONFIG",
+    "VERSION",
+    "STATS",
+    "STATS_TOTALS",
+    "STATS_AVERAGES",
+];
 
 fn proxy(pool: &str) -> Proxy {
     Proxy::start(&config_text(
-        &format!("admin_password = \"{ADMIN_PASSWORD}\"\nstats_users = [\"app_md5\"]"),
+        &format!(
+            "admin_password = \"{ADMIN_PASSWORD}\"\nstats_users = [\"app_md5\"]\n\
+             stats_period_ms = 200"
+        ),
         pool,
     ))
 }
@@ -134,8 +147,7 @@ async fn ask(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Answ
         match tag {
             b'R' => match body.get_i32() {
                 10 => {
-                    let sc =
-                        ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                    let sc = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
                     let mut b = b"SCRAM-SHA-256\0".to_vec();
                     b.extend_from_slice(&(sc.message().len() as i32).to_be_bytes());
                     b.extend_from_slice(sc.message());
@@ -283,7 +295,7 @@ async fn only_the_admin_user_and_stats_users_log_in_and_only_the_admin_may_act()
             matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0).unwrap().starts_with("Shardgate"))
         );
         assert_eq!(error_of(c, "SHOW NONSENSE").await, "42601");
-        assert_eq!(error_of(c, "SHOW STATS").await, "0A000");
+        assert_eq!(error_of(c, "SHOW CLIENTS").await, "0A000");
     }
     assert_eq!(error_of(&admin, "RELOAD").await, "0A000");
     assert_eq!(error_of(&admin, "PAUSE app").await, "0A000");
@@ -390,6 +402,69 @@ async fn a_console_query_of_several_commands_and_an_empty_one_are_answered() {
     assert_eq!(completes, 2);
     // An empty query gets EmptyQueryResponse, as from Postgres: no rows, no error.
     let empty = c.simple_query("").await.unwrap();
-    assert!(!empty.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))));
+    assert!(!empty
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(_))));
     c.simple_query("SHOW HELP").await.unwrap();
+}
+
+/// Database `app`'s row of a SHOW STATS-like command, by column name.
+async fn stats_of(p: &Proxy, cmd: &str) -> std::collections::HashMap<String, i64> {
+    let a = admin(p, cmd).await;
+    let row = a
+        .rows
+        .iter()
+        .find(|r| r[0].as_deref() == Some("app"))
+        .expect("a row for app");
+    a.columns
+        .iter()
+        .zip(row)
+        .skip(1)
+        .map(|(c, v)| (c.0.clone(), v.as_deref().unwrap().parse().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_stats_counts_a_known_workload() {
+    let p = proxy("");
+    let before = stats_of(&p, "SHOW STATS_TOTALS").await;
+    let c = p.app("app").await;
+    for _ in 0..10 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    // One transaction of four statements (BEGIN and COMMIT included).
+    c.simple_query("BEGIN").await.unwrap();
+    c.simple_query("SELECT pg_sleep(0.05)").await.unwrap();
+    c.simple_query("SELECT 2").await.unwrap();
+    c.simple_query("COMMIT").await.unwrap();
+    let after = stats_of(&p, "SHOW STATS_TOTALS").await;
+    let d = |k: &str| after[k] - before[k];
+    assert_eq!(d("xact_count"), 11);
+    assert_eq!(d("query_count"), 14);
+    assert!(d("bytes_received") > 14 * 10, "{}", d("bytes_received"));
+    assert!(d("bytes_sent") > 14 * 10, "{}", d("bytes_sent"));
+    assert!(
+        d("xact_time") >= 50_000,
+        "the transaction took its sleep: {}",
+        d("xact_time")
+    );
+    assert!(d("query_time") >= 50_000 && d("query_time") <= d("xact_time") + 1_000_000);
+    // SHOW STATS has the same totals, and averages once a period (200 ms) has passed.
+    let all = stats_of(&p, "SHOW STATS").await;
+    assert_eq!(all["total_query_count"], after["query_count"]);
+    // Queries go on (bounded) while the next periods end.
+    let load = tokio::spawn(async move {
+        for _ in 0..5_000 {
+            if c.simple_query("SELECT 1").await.is_err() {
+                break;
+            }
+        }
+    });
+    let seen = wait_until(Duration::from_secs(30), || async {
+        let avg = stats_of(&p, "SHOW STATS_AVERAGES").await;
+        avg["query_count"] > 0 && avg["xact_count"] > 0 && avg["bytes_sent"] > 0
+    })
+    .await;
+    load.abort();
+    assert!(seen, "averages over the last period");
 }

@@ -5,6 +5,7 @@
 //! console's client lives in `session::console`.
 
 pub mod show;
+pub mod stats;
 mod table;
 
 pub use table::{Column, Table};
@@ -23,6 +24,9 @@ pub enum Show {
     Version,
     Shards,
     Help,
+    Stats,
+    StatsTotals,
+    StatsAverages,
 }
 
 /// SHOW commands that exist and what they show, or why they are not answered yet.
@@ -35,9 +39,9 @@ const SHOWS: &[(&str, Option<Show>)] = &[
     ("VERSION", Some(Show::Version)),
     ("SHARDS", Some(Show::Shards)),
     ("HELP", Some(Show::Help)),
-    ("STATS", None),
-    ("STATS_TOTALS", None),
-    ("STATS_AVERAGES", None),
+    ("STATS", Some(Show::Stats)),
+    ("STATS_TOTALS", Some(Show::StatsTotals)),
+    ("STATS_AVERAGES", Some(Show::StatsAverages)),
     ("SERVERS", None),
     ("CLIENTS", None),
     ("QUERIES", None),

@@ -3,7 +3,8 @@
 //! A PgBouncer column Shardgate has no counterpart for shows 0 (a count of something that
 //! does not exist here, e.g. DNS lookups) or NULL.
 
-use super::table::{v, Table, INT4, INT8, TEXT};
+use super::stats::Totals;
+use super::table::{v, Table, INT4, INT8, NUMERIC, TEXT};
 use super::Show;
 use crate::config::{PoolConfig, ProxyConfig, RoutingConfig};
 use crate::health::now_ms;
@@ -21,7 +22,95 @@ pub fn table(state: &ProxyState, show: Show) -> Table {
         Show::Version => version(),
         Show::Shards => shards(state),
         Show::Help => Table::new(&[]),
+        Show::Stats => stats(state),
+        Show::StatsTotals => stats_one(state, false),
+        Show::StatsAverages => stats_one(state, true),
     }
+}
+
+/// Each database's totals now (`wait_us` summed over its pools) and its averages.
+pub fn database_stats(state: &ProxyState) -> Vec<(&str, Totals, Totals)> {
+    state
+        .config
+        .databases
+        .iter()
+        .map(|db| {
+            let wait_us = state
+                .config
+                .users
+                .iter()
+                .filter_map(|u| state.registry.get(&u.name, &db.name))
+                .flat_map(|shards| {
+                    let w: Vec<u64> = shards
+                        .iter()
+                        .flat_map(|s| s.servers.iter().map(|p| p.waited_us()))
+                        .collect();
+                    w
+                })
+                .sum();
+            let s = state.db_stats(&db.name);
+            (db.name.as_str(), s.totals(wait_us), s.averages())
+        })
+        .collect()
+}
+
+fn totals_row(t: &Totals) -> [Option<String>; 7] {
+    [
+        v(t.xacts),
+        v(t.queries),
+        v(t.received),
+        v(t.sent),
+        v(t.xact_us),
+        v(t.query_us),
+        v(t.wait_us),
+    ]
+}
+
+fn stats(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("total_xact_count", NUMERIC),
+        ("total_query_count", NUMERIC),
+        ("total_received", NUMERIC),
+        ("total_sent", NUMERIC),
+        ("total_xact_time", NUMERIC),
+        ("total_query_time", NUMERIC),
+        ("total_wait_time", NUMERIC),
+        ("avg_xact_count", NUMERIC),
+        ("avg_query_count", NUMERIC),
+        ("avg_recv", NUMERIC),
+        ("avg_sent", NUMERIC),
+        ("avg_xact_time", NUMERIC),
+        ("avg_query_time", NUMERIC),
+        ("avg_wait_time", NUMERIC),
+    ]);
+    for (name, totals, averages) in database_stats(state) {
+        let mut row = vec![v(name)];
+        row.extend(totals_row(&totals));
+        row.extend(totals_row(&averages));
+        t.row(row);
+    }
+    t
+}
+
+/// `SHOW STATS_TOTALS` or (`averages`) `SHOW STATS_AVERAGES`.
+fn stats_one(state: &ProxyState, averages: bool) -> Table {
+    let mut t = Table::new(&[
+        ("database", TEXT),
+        ("xact_count", NUMERIC),
+        ("query_count", NUMERIC),
+        ("bytes_received", NUMERIC),
+        ("bytes_sent", NUMERIC),
+        ("xact_time", NUMERIC),
+        ("query_time", NUMERIC),
+        ("wait_time", NUMERIC),
+    ]);
+    for (name, totals, avg) in database_stats(state) {
+        let mut row = vec![v(name)];
+        row.extend(totals_row(if averages { &avg } else { &totals }));
+        t.row(row);
+    }
+    t
 }
 
 fn version() -> Table {

@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 pub const TEXT: u32 = 25;
 pub const INT4: u32 = 23;
 pub const INT8: u32 = 20;
+pub const NUMERIC: u32 = 1700;
 
 /// A column: its name and type OID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -64,6 +64,8 @@ pub struct ProxyConfig {
     /// Admin console password (plaintext or a SCRAM verifier; hidden from `Debug` and from
     /// `SHOW CONFIG`). Empty: the console takes no admin login.
     pub admin_password: Redacted,
+    /// Length of the period `SHOW STATS_AVERAGES` averages over (PgBouncer's `stats_period`).
+    pub stats_period_ms: u64,
     /// Users of `[[users]]` who may log in to the admin console (with their own password)
     /// and run its SHOW commands only.
     pub stats_users: Vec<String>,
@@ -104,6 +106,7 @@ impl Default for ProxyConfig {
             admin_user: "admin".into(),
             admin_password: Redacted::default(),
             stats_users: Vec::new(),
+            stats_period_ms: 60_000,
             max_message_size: 64 * 1024 * 1024,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout_ms: 10_000,

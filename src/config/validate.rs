@@ -107,6 +107,7 @@ impl Config {
                 );
             }
         }
+        p.at_least("proxy.stats_period_ms", self.proxy.stats_period_ms, 10);
         p.at_least("pool.size", self.pool.size.into(), 1);
         p.at_least(
             "pool.prepared_statements_cache",

@@ -140,6 +140,8 @@ pub struct ServerPool {
 struct Waiters {
     next: AtomicU64,
     started: Mutex<HashMap<u64, Instant>>,
+    /// Microseconds waited by every checkout that is over.
+    waited_us: AtomicU64,
 }
 
 /// One waiting checkout; leaves [`Waiters`] when dropped (served, timed out or abandoned).
@@ -155,7 +157,10 @@ impl Waiters {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        lock(&self.0.started).remove(&self.1);
+        if let Some(t) = lock(&self.0.started).remove(&self.1) {
+            let us = t.elapsed().as_micros() as u64;
+            self.0.waited_us.fetch_add(us, Ordering::Relaxed);
+        }
     }
 }
 
@@ -303,6 +308,11 @@ impl ServerPool {
         let started = lock(&self.waiters.started);
         let oldest = started.values().min().map(Instant::elapsed);
         (started.len(), oldest.unwrap_or_default())
+    }
+
+    /// Microseconds checkouts of this pool have waited for a connection, all told.
+    pub fn waited_us(&self) -> u64 {
+        self.waiters.waited_us.load(Ordering::Relaxed)
     }
 
     /// (connections open, idle) right now.

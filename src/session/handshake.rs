@@ -41,6 +41,8 @@ pub struct Login {
     pub split: bool,
     /// The shard map when the database has several shards (transaction and statement modes).
     pub shard_map: Option<Arc<crate::shard::route::ShardMap>>,
+    /// The database's counters for `SHOW STATS`.
+    pub stats: Arc<crate::admin::stats::DbStats>,
 }
 
 impl Login {
@@ -500,5 +502,6 @@ async fn handshake_inner(
         startup,
         split,
         shard_map,
+        stats: state.db_stats(&database),
     })))
 }

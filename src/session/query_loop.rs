@@ -37,6 +37,7 @@ mod fanout;
 mod fanout_batch;
 mod fanout_stream;
 mod hibernate;
+mod meter;
 mod pipeline;
 mod routing;
 mod server_input;
@@ -115,6 +116,8 @@ pub(super) struct Loop<'a> {
     peer: std::net::SocketAddr,
     /// However the session ends (a panic included), its cancel key goes away with it.
     _cancel: super::CancelKeyGuard<'a>,
+    /// What the session counted for `SHOW STATS` since the end of its last transaction.
+    meter: crate::admin::stats::Meter,
 }
 
 /// A logged-in client's connection: its socket's halves, its address, and what it sent after
@@ -164,6 +167,7 @@ pub(super) fn new<'a>(
         shutting_down,
         client_gone: false,
         routing: Routing::default(),
+        meter: Default::default(),
     })
 }
 
@@ -303,12 +307,13 @@ impl Loop<'_> {
             let read_server = srd.is_some() && self.to_client.len() < BUF_CAP;
             tokio::select! {
                 r = self.client_reader.read_buf(&mut self.from_client), if !self.client_blocked => {
-                    if !matches!(r, Ok(n) if n > 0) {
+                    let Ok(n @ 1..) = r else {
                         if let Err(e) = &r {
                             tracing::warn!(user = %self.login.user(), "client connection lost: {e}");
                         }
                         return End::ClientGone;
-                    }
+                    };
+                    self.meter.received += n as u64;
                     self.last_activity = tokio::time::Instant::now();
                 }
                 _ = sleep_opt(idle_limit.map(|ms| self.last_activity + Duration::from_millis(ms))) => {
@@ -323,7 +328,7 @@ impl Loop<'_> {
                     }
                 }
                 r = self.client_writer.write(&self.to_client), if !self.to_client.is_empty() => match r {
-                    Ok(n) => self.to_client.advance(n),
+                    Ok(n) => self.sent(n),
                     Err(e) => {
                         tracing::warn!(user = %self.login.user(), "client connection lost: {e}");
                         return End::ClientGone;
@@ -388,7 +393,7 @@ impl Loop<'_> {
         }
         if !self.to_client.is_empty() {
             match self.client_writer.try_write(&self.to_client) {
-                Ok(n) => self.to_client.advance(n),
+                Ok(n) => self.sent(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Err(End::ClientGone),
             }
@@ -441,6 +446,7 @@ impl Loop<'_> {
             .await;
         }
         let _ = self.client_writer.shutdown().await;
+        self.login.stats.add(&mut self.meter);
         for (_, mut c) in std::mem::take(&mut self.routing.parked) {
             // Closing the connection rolls its part of the transaction back.
             c.broken = true;

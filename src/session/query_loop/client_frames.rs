@@ -96,6 +96,9 @@ impl Loop<'_> {
         if tag == b'X' {
             return ControlFlow::Break(Some(End::Terminate));
         }
+        if matches!(tag, b'Q' | b'S' | b'F') {
+            self.meter.request(std::time::Instant::now);
+        }
         if !matches!(
             tag,
             b'Q' | b'P' | b'B' | b'E' | b'D' | b'C' | b'S' | b'H' | b'F' | b'd' | b'c' | b'f'
@@ -122,7 +125,7 @@ impl Loop<'_> {
             OnClient::Handle => {}
             OnClient::Drop => return true,
             OnClient::AnswerReady => {
-                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                self.ready_for_client(self.txn.status());
                 return true;
             }
         }
@@ -132,7 +135,7 @@ impl Loop<'_> {
         if tag == b'Q' && !query_is_utf8(frame.body()) {
             if let Some(e) = self.non_utf8_query() {
                 e.encode(&mut self.to_client);
-                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                self.ready_for_client(self.txn.status());
                 return true;
             }
         }
@@ -207,7 +210,7 @@ impl Loop<'_> {
     /// its Sync, which gets it.
     fn end_refused(&mut self, tag: u8) {
         if !self.skip.refused(tag) {
-            protocol::ready_for_query(&mut self.to_client, self.txn.status());
+            self.ready_for_client(self.txn.status());
         }
     }
 
@@ -246,7 +249,7 @@ impl Loop<'_> {
                 Ok(tag) => protocol::command_complete(&mut self.to_client, tag),
                 Err(e) => e.encode(&mut self.to_client),
             }
-            protocol::ready_for_query(&mut self.to_client, TxStatus::Idle);
+            self.ready_for_client(TxStatus::Idle);
         }
         Next::Continue
     }
@@ -259,7 +262,7 @@ impl Loop<'_> {
             if let Err(e) = self.checkout(want, shard).await {
                 e.encode(&mut self.to_client);
                 if !self.skip.refused(tag) {
-                    protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                    self.ready_for_client(self.txn.status());
                 }
                 return None;
             }
@@ -333,6 +336,6 @@ impl Loop<'_> {
         )
         .with_hint("use a database in transaction or session pool mode")
         .encode(&mut self.to_client);
-        protocol::ready_for_query(&mut self.to_client, TxStatus::Idle);
+        self.ready_for_client(TxStatus::Idle);
     }
 }

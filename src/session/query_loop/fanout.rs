@@ -16,7 +16,7 @@ use super::routing::Want;
 use super::{End, Loop, CLEANUP_TIMEOUT};
 use crate::fanout::MergeError;
 use crate::pool::Checkout;
-use crate::protocol::{self, query_text, sqlstate, Frame, PgError, TxStatus};
+use crate::protocol::{query_text, sqlstate, Frame, PgError, TxStatus};
 use crate::session::client_state::settings_effect;
 use crate::session::handshake::cancel_all;
 use crate::session::machine::shard_stream::ShardStream;
@@ -77,7 +77,7 @@ impl Loop<'_> {
             Ok(out) => self.to_client.extend_from_slice(&out),
             Err(e) => e.encode(&mut self.to_client),
         }
-        protocol::ready_for_query(&mut self.to_client, self.txn.status());
+        self.ready_for_client(self.txn.status());
         None
     }
 

@@ -92,7 +92,7 @@ impl Loop<'_> {
             Err(e) => e.encode(&mut self.to_client),
         }
         if frames.last().is_some_and(|f| f.tag == b'S') {
-            protocol::ready_for_query(&mut self.to_client, self.txn.status());
+            self.ready_for_client(self.txn.status());
         } else {
             self.skip = SkipToSync::Answer;
         }

@@ -330,13 +330,12 @@ impl Loop<'_> {
                 return Err(Stop::Stalled);
             }
             tokio::select! {
-                r = self.client_reader.read_buf(&mut self.from_client), if read_client => {
-                    if !matches!(r, Ok(n) if n > 0) {
-                        client = self.client_left(machine)?;
-                    }
-                }
+                r = self.client_reader.read_buf(&mut self.from_client), if read_client => match r {
+                    Ok(n @ 1..) => self.meter.received += n as u64,
+                    _ => client = self.client_left(machine)?,
+                },
                 r = tokio::io::AsyncWriteExt::write(&mut self.client_writer, &self.to_client), if write_client => match r {
-                    Ok(n) => bytes::Buf::advance(&mut self.to_client, n),
+                    Ok(n) => self.sent(n),
                     Err(_) => client = self.client_left(machine)?,
                 },
                 io = shard_io(conns, &readable, outgoing, start), if any => {

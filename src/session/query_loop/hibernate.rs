@@ -4,6 +4,8 @@
 //! little more than their session state.
 
 use bytes::BytesMut;
+
+use crate::admin::stats::Meter;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
@@ -189,7 +191,10 @@ impl<'a> Dormant<'a> {
             mut routing,
             peer,
             _cancel: cancel,
+            mut meter,
         } = *l;
+        // Quiescent: no request or transaction is open; what it counted goes to the database.
+        login.stats.add(&mut meter);
         routing.pending = Default::default();
         routing.parked = Vec::new();
         Box::new(Dormant {
@@ -236,6 +241,7 @@ impl<'a> Dormant<'a> {
             routing: d.routing,
             peer: d.peer,
             _cancel: d.cancel,
+            meter: Meter::default(),
         })
     }
 }

@@ -16,7 +16,7 @@ use super::routing::Want;
 use super::twophase::CommitError;
 use super::{End, Loop};
 use crate::protocol::{
-    self, bind_names, param_oids, parse_body, query_text, sqlstate, target, Frame, PgError,
+    bind_names, param_oids, parse_body, query_text, sqlstate, target, Frame, PgError,
 };
 use crate::session::machine::pipeline::{self, Message, Pipeline};
 use crate::session::machine::shard_stream::{encoded, ShardStream};
@@ -67,7 +67,7 @@ impl Loop<'_> {
             Err(e) => e.encode(&mut self.to_client),
         }
         if frames.last().is_some_and(|f| f.tag == b'S') {
-            protocol::ready_for_query(&mut self.to_client, self.txn.status());
+            self.ready_for_client(self.txn.status());
         } else {
             self.skip = SkipToSync::Answer;
         }

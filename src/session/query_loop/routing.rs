@@ -230,7 +230,7 @@ impl Loop<'_> {
             Decision::EndEmpty(tag) => {
                 protocol::command_complete(&mut self.to_client, tag);
                 self.txn = Txn::Idle;
-                protocol::ready_for_query(&mut self.to_client, TxStatus::Idle);
+                self.ready_for_client(TxStatus::Idle);
                 Step::Handled
             }
             Decision::RefuseAborted => Step::Refuse(super::twophase::aborted_transaction()),
@@ -309,7 +309,7 @@ impl Loop<'_> {
         self.txn = Txn::deferred(Begin { text, read_only });
         if frame.tag == b'Q' {
             protocol::command_complete(&mut self.to_client, "BEGIN");
-            protocol::ready_for_query(&mut self.to_client, TxStatus::InTransaction);
+            self.ready_for_client(TxStatus::InTransaction);
         } else {
             self.answer_batch(frame.clone(), Ok("BEGIN"));
         }

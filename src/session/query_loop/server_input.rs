@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::routing::ReadHold;
 use super::{lock, End, Loop, CLEANUP_TIMEOUT};
 use crate::config::PoolMode;
-use crate::protocol::{self, TxStatus};
+use crate::protocol::TxStatus;
 use crate::session::client_state::{
     read_all_settings_sql, read_back_sql, reported_not_settable, settings_from_rows,
 };
@@ -101,13 +101,13 @@ impl Loop<'_> {
             // A Parse/Describe batch while the client's BEGIN waits leaves the client in its
             // transaction: `txn` says so.
             Ready::Pass | Ready::StillInTransaction => {
-                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                self.ready_for_client(self.txn.status());
             }
             Ready::AbortRefusedBatch => {
                 // The end of a batch in which transaction control was refused
                 // (twophase.rs): the transaction fails everywhere.
                 self.abort_refused_batch().await;
-                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                self.ready_for_client(self.txn.status());
             }
             Ready::UndoTransaction => {
                 // The client opened a transaction: undo it instead of pinning the

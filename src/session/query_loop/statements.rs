@@ -35,7 +35,7 @@ impl Loop<'_> {
     pub(super) fn answer_locally(&mut self, frame: &Frame) -> bool {
         match frame.tag {
             b'S' => {
-                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                self.ready_for_client(self.txn.status());
                 true
             }
             b'H' => true,

@@ -127,7 +127,7 @@ impl Loop<'_> {
                     }
                 },
                 b'C' if !failed => self.to_client.extend_from_slice(&empty_message(b'3')),
-                b'S' => protocol::ready_for_query(&mut self.to_client, self.txn.status()),
+                b'S' => self.ready_for_client(self.txn.status()),
                 _ => {}
             }
         }

@@ -449,7 +449,7 @@ impl Loop<'_> {
                 } else {
                     aborted().encode(&mut self.to_client);
                 }
-                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                self.ready_for_client(self.txn.status());
                 Step::Handled
             }
             b'P' => {
@@ -499,7 +499,7 @@ impl Loop<'_> {
                 Step::Handled
             }
             b'S' => {
-                protocol::ready_for_query(&mut self.to_client, self.txn.status());
+                self.ready_for_client(self.txn.status());
                 Step::Handled
             }
             b'F' => Step::Refuse(aborted()),

@@ -1,0 +1,230 @@
+//! Per-database traffic counters for `SHOW STATS`, `SHOW STATS_TOTALS` and
+//! `SHOW STATS_AVERAGES`, with PgBouncer's meanings: transactions and queries (each
+//! ReadyForQuery a client gets ends a query; one with status idle ends a transaction), bytes
+//! from and to clients, and the time from a client's request to its answer (query time) and
+//! from the first request of a transaction to its end (transaction time), in microseconds.
+//! Wait time (for a server connection) is counted by the pools.
+//!
+//! A session counts into its own [`Meter`] and adds it to the shared [`DbStats`] at the end
+//! of each transaction (a few atomic additions per transaction, not per message).
+//! [`DbStats::roll`] turns the totals into the averages of the last period.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One database's counters (see the module documentation).
+#[derive(Debug, Default)]
+pub struct DbStats {
+    xacts: AtomicU64,
+    queries: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
+    xact_us: AtomicU64,
+    query_us: AtomicU64,
+    /// The totals and the time at the last roll, and the averages it computed.
+    period: Mutex<Period>,
+}
+
+#[derive(Debug, Default)]
+struct Period {
+    at: Option<Instant>,
+    last: Totals,
+    averages: Totals,
+}
+
+/// Counter values: totals, or averages (counts and bytes per second; times per transaction
+/// or per query, wait per transaction).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub xacts: u64,
+    pub queries: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_us: u64,
+    pub query_us: u64,
+    pub wait_us: u64,
+}
+
+impl DbStats {
+    /// The totals so far; `wait_us` is the pools' (passed in).
+    pub fn totals(&self, wait_us: u64) -> Totals {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Totals {
+            xacts: l(&self.xacts),
+            queries: l(&self.queries),
+            received: l(&self.received),
+            sent: l(&self.sent),
+            xact_us: l(&self.xact_us),
+            query_us: l(&self.query_us),
+            wait_us,
+        }
+    }
+
+    /// The averages of the last period.
+    pub fn averages(&self) -> Totals {
+        lock(&self.period).averages
+    }
+
+    /// Ends a period at `now` with `totals`: the averages are over it (none for the first).
+    pub fn roll(&self, now: Instant, totals: Totals) {
+        let mut p = lock(&self.period);
+        if let Some(at) = p.at {
+            p.averages = averages(
+                &p.last,
+                &totals,
+                now.saturating_duration_since(at).as_secs_f64(),
+            );
+        }
+        p.at = Some(now);
+        p.last = totals;
+    }
+
+    /// Adds a session's counts and clears them.
+    pub fn add(&self, m: &mut Meter) {
+        let add = |a: &AtomicU64, v: &mut u64| {
+            if *v > 0 {
+                a.fetch_add(std::mem::take(v), Ordering::Relaxed);
+            }
+        };
+        add(&self.xacts, &mut m.xacts);
+        add(&self.queries, &mut m.queries);
+        add(&self.received, &mut m.received);
+        add(&self.sent, &mut m.sent);
+        add(&self.xact_us, &mut m.xact_us);
+        add(&self.query_us, &mut m.query_us);
+    }
+}
+
+/// The averages between two totals `secs` seconds apart.
+pub fn averages(before: &Totals, after: &Totals, secs: f64) -> Totals {
+    let d = |a: u64, b: u64| b.saturating_sub(a);
+    let per_second = |a, b| {
+        if secs > 0.0 {
+            (d(a, b) as f64 / secs).round() as u64
+        } else {
+            0
+        }
+    };
+    let per = |a, b, n: u64| d(a, b).checked_div(n).unwrap_or(0);
+    let xacts = d(before.xacts, after.xacts);
+    let queries = d(before.queries, after.queries);
+    Totals {
+        xacts: per_second(before.xacts, after.xacts),
+        queries: per_second(before.queries, after.queries),
+        received: per_second(before.received, after.received),
+        sent: per_second(before.sent, after.sent),
+        xact_us: per(before.xact_us, after.xact_us, xacts),
+        query_us: per(before.query_us, after.query_us, queries),
+        wait_us: per(before.wait_us, after.wait_us, xacts),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A session's counts since it last added them to its database's [`DbStats`].
+#[derive(Debug, Default)]
+pub struct Meter {
+    pub xacts: u64,
+    pub queries: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub xact_us: u64,
+    pub query_us: u64,
+    /// When the request being answered began (the first client message after the last
+    /// answer).
+    request: Option<Instant>,
+    /// When the transaction being answered began.
+    xact: Option<Instant>,
+}
+
+impl Meter {
+    /// A client request (Query, Sync, FunctionCall) is taken at `now`; the first since the
+    /// last answer starts the query (and maybe the transaction).
+    pub fn request(&mut self, now: impl FnOnce() -> Instant) {
+        if self.request.is_none() {
+            let t = now();
+            self.request = Some(t);
+            self.xact.get_or_insert(t);
+        }
+    }
+
+    /// The client got a ReadyForQuery at `now`: a query ended, and a transaction when
+    /// `idle`. Returns whether a transaction ended (time to add the counts).
+    pub fn answered(&mut self, idle: bool, now: Instant) -> bool {
+        self.queries += 1;
+        if let Some(t) = self.request.take() {
+            self.query_us += now.saturating_duration_since(t).as_micros() as u64;
+        }
+        if !idle {
+            return false;
+        }
+        self.xacts += 1;
+        if let Some(t) = self.xact.take() {
+            self.xact_us += now.saturating_duration_since(t).as_micros() as u64;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_transaction_of_two_queries_is_counted_with_its_times() {
+        let t0 = Instant::now();
+        let mut m = Meter::default();
+        m.request(|| t0);
+        m.request(|| t0 + Duration::from_secs(9));
+        assert!(!m.answered(false, t0 + Duration::from_micros(100)));
+        m.request(|| t0 + Duration::from_micros(300));
+        assert!(m.answered(true, t0 + Duration::from_micros(400)));
+        assert_eq!((m.queries, m.xacts), (2, 1));
+        assert_eq!((m.query_us, m.xact_us), (200, 400));
+        // An answer with no request (a proxy's own) counts a query of no time.
+        assert!(m.answered(true, t0));
+        assert_eq!((m.queries, m.xacts, m.xact_us), (3, 2, 400));
+        let s = DbStats::default();
+        m.received = 10;
+        s.add(&mut m);
+        assert_eq!(m.queries, 0, "added counts are cleared");
+        let t = s.totals(7);
+        assert_eq!((t.queries, t.xacts, t.received, t.wait_us), (3, 2, 10, 7));
+    }
+
+    #[test]
+    fn averages_are_rates_per_second_and_times_per_transaction_or_query() {
+        let before = Totals::default();
+        let after = Totals {
+            xacts: 20,
+            queries: 40,
+            received: 1000,
+            sent: 3000,
+            xact_us: 2000,
+            query_us: 1200,
+            wait_us: 400,
+        };
+        let a = averages(&before, &after, 2.0);
+        assert_eq!(
+            (a.xacts, a.queries, a.received, a.sent),
+            (10, 20, 500, 1500)
+        );
+        assert_eq!((a.xact_us, a.query_us, a.wait_us), (100, 30, 20));
+        assert_eq!(averages(&after, &after, 2.0), Totals::default());
+        assert_eq!(averages(&before, &after, 0.0).xacts, 0);
+        let s = DbStats::default();
+        let t0 = Instant::now();
+        s.roll(t0, before);
+        assert_eq!(
+            s.averages(),
+            Totals::default(),
+            "no average before a whole period"
+        );
+        s.roll(t0 + Duration::from_secs(2), after);
+        assert_eq!(s.averages(), a);
+    }
+}

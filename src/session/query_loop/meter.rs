@@ -1,0 +1,25 @@
+//! The client's ReadyForQuery, written where the session counts its queries and transactions
+//! for `SHOW STATS` (see [`crate::admin::stats`]).
+
+use super::Loop;
+use crate::protocol::{self, TxStatus};
+
+impl Loop<'_> {
+    /// `n` bytes of the client's output were written to it.
+    pub(super) fn sent(&mut self, n: usize) {
+        self.meter.sent += n as u64;
+        bytes::Buf::advance(&mut self.to_client, n);
+    }
+
+    /// Writes a ReadyForQuery with `status` for the client: a query ends, and a transaction
+    /// when `status` is idle (then the session's counts go to its database's).
+    pub(super) fn ready_for_client(&mut self, status: TxStatus) {
+        protocol::ready_for_query(&mut self.to_client, status);
+        if self
+            .meter
+            .answered(status == TxStatus::Idle, std::time::Instant::now())
+        {
+            self.login.stats.add(&mut self.meter);
+        }
+    }
+}
