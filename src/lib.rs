@@ -18,9 +18,12 @@
 //! - [`session`]: one client: handshake, authentication, the query loop, cancel; its
 //!   decisions without I/O in `session::machine` (routing, read retry, skip-to-Sync,
 //!   release rules, end of session, and the machines of statements on several shards: reads,
-//!   COPY TO, writes, pipelines).
+//!   COPY TO, writes, pipelines, two-phase commit); the admin console's session.
+//! - [`admin`]: the admin console's commands and answers (PgBouncer's SHOW columns) and the
+//!   per-database counters of `SHOW STATS`.
 //! - [`state`]: proxy-wide shared state (config, users, pools, cancel keys).
 //! - [`server`]: accept loop, client limit, graceful shutdown.
+//! - [`metrics`]: the Prometheus endpoint (`/metrics`, `/healthz`, `/readyz`).
 //! - `demo` (default feature `demo`): `shardgate demo`, on the workspace crate `testkit`.
 //!
 //! Test Postgres clusters (process control, the workspace's only `unsafe`) live in the
@@ -42,6 +45,7 @@ pub mod config;
 pub mod demo;
 pub mod fanout;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod server;

@@ -26,6 +26,7 @@ pub async fn run(
     let sessions = tokio::task::JoinSet::new();
     let mut sessions = sessions;
     let _averages = AbortOnDrop(tokio::spawn(roll_stats(state.clone())));
+    let _metrics = serve_metrics(&state).await;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -111,6 +112,28 @@ async fn roll_stats(state: Arc<ProxyState>) {
         let now = std::time::Instant::now();
         for (name, totals, _) in crate::admin::show::database_stats(&state) {
             state.db_stats(name).roll(now, totals);
+        }
+    }
+}
+
+/// The metrics endpoint on `proxy.metrics_listen`, if set (a port that cannot be bound is
+/// logged, and the proxy runs without it).
+async fn serve_metrics(state: &Arc<ProxyState>) -> Option<AbortOnDrop> {
+    let addr = &state.config.proxy.metrics_listen;
+    if addr.is_empty() {
+        return None;
+    }
+    match TcpListener::bind(addr.as_str()).await {
+        Ok(l) => {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                l,
+                state.clone(),
+            ))))
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot listen for metrics");
+            None
         }
     }
 }

@@ -87,12 +87,13 @@ impl DbStats {
                 a.fetch_add(std::mem::take(v), Ordering::Relaxed);
             }
         };
-        add(&self.xacts, &mut m.xacts);
-        add(&self.queries, &mut m.queries);
-        add(&self.received, &mut m.received);
-        add(&self.sent, &mut m.sent);
-        add(&self.xact_us, &mut m.xact_us);
-        add(&self.query_us, &mut m.query_us);
+        let c = &mut m.counts;
+        add(&self.xacts, &mut c.xacts);
+        add(&self.queries, &mut c.queries);
+        add(&self.received, &mut c.received);
+        add(&self.sent, &mut c.sent);
+        add(&self.xact_us, &mut c.xact_us);
+        add(&self.query_us, &mut c.query_us);
     }
 }
 
@@ -127,12 +128,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A session's counts since it last added them to its database's [`DbStats`].
 #[derive(Debug, Default)]
 pub struct Meter {
-    pub xacts: u64,
-    pub queries: u64,
-    pub received: u64,
-    pub sent: u64,
-    pub xact_us: u64,
-    pub query_us: u64,
+    /// The counts (`wait_us` is the pools', not counted here).
+    pub counts: Totals,
     /// When the request being answered began (the first client message after the last
     /// answer).
     request: Option<Instant>,
@@ -154,16 +151,17 @@ impl Meter {
     /// The client got a ReadyForQuery at `now`: a query ended, and a transaction when
     /// `idle`. Returns whether a transaction ended (time to add the counts).
     pub fn answered(&mut self, idle: bool, now: Instant) -> bool {
-        self.queries += 1;
+        let c = &mut self.counts;
+        c.queries += 1;
         if let Some(t) = self.request.take() {
-            self.query_us += now.saturating_duration_since(t).as_micros() as u64;
+            c.query_us += now.saturating_duration_since(t).as_micros() as u64;
         }
         if !idle {
             return false;
         }
-        self.xacts += 1;
+        c.xacts += 1;
         if let Some(t) = self.xact.take() {
-            self.xact_us += now.saturating_duration_since(t).as_micros() as u64;
+            c.xact_us += now.saturating_duration_since(t).as_micros() as u64;
         }
         true
     }
@@ -183,15 +181,18 @@ mod tests {
         assert!(!m.answered(false, t0 + Duration::from_micros(100)));
         m.request(|| t0 + Duration::from_micros(300));
         assert!(m.answered(true, t0 + Duration::from_micros(400)));
-        assert_eq!((m.queries, m.xacts), (2, 1));
-        assert_eq!((m.query_us, m.xact_us), (200, 400));
+        assert_eq!((m.counts.queries, m.counts.xacts), (2, 1));
+        assert_eq!((m.counts.query_us, m.counts.xact_us), (200, 400));
         // An answer with no request (a proxy's own) counts a query of no time.
         assert!(m.answered(true, t0));
-        assert_eq!((m.queries, m.xacts, m.xact_us), (3, 2, 400));
+        assert_eq!(
+            (m.counts.queries, m.counts.xacts, m.counts.xact_us),
+            (3, 2, 400)
+        );
         let s = DbStats::default();
-        m.received = 10;
+        m.counts.received = 10;
         s.add(&mut m);
-        assert_eq!(m.queries, 0, "added counts are cleared");
+        assert_eq!(m.counts.queries, 0, "added counts are cleared");
         let t = s.totals(7);
         assert_eq!((t.queries, t.xacts, t.received, t.wait_us), (3, 2, 10, 7));
     }

@@ -313,7 +313,7 @@ impl Loop<'_> {
                         }
                         return End::ClientGone;
                     };
-                    self.meter.received += n as u64;
+                    self.meter.counts.received += n as u64;
                     self.last_activity = tokio::time::Instant::now();
                 }
                 _ = sleep_opt(idle_limit.map(|ms| self.last_activity + Duration::from_millis(ms))) => {

@@ -331,7 +331,7 @@ impl Loop<'_> {
             }
             tokio::select! {
                 r = self.client_reader.read_buf(&mut self.from_client), if read_client => match r {
-                    Ok(n @ 1..) => self.meter.received += n as u64,
+                    Ok(n @ 1..) => self.meter.counts.received += n as u64,
                     _ => client = self.client_left(machine)?,
                 },
                 r = tokio::io::AsyncWriteExt::write(&mut self.client_writer, &self.to_client), if write_client => match r {

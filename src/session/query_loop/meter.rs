@@ -7,7 +7,7 @@ use crate::protocol::{self, TxStatus};
 impl Loop<'_> {
     /// `n` bytes of the client's output were written to it.
     pub(super) fn sent(&mut self, n: usize) {
-        self.meter.sent += n as u64;
+        self.meter.counts.sent += n as u64;
         bytes::Buf::advance(&mut self.to_client, n);
     }
 

@@ -1,0 +1,265 @@
+//! The HTTP endpoint on `proxy.metrics_listen`: `/metrics` in the Prometheus text format
+//! (`prometheus-client`), `/healthz` (the process answers) and `/readyz` (every database has a
+//! primary the health checks reach, and the proxy is not shutting down), for load balancers
+//! and Kubernetes. The numbers are read from the proxy's state at each scrape (the same as
+//! the admin console's SHOW commands), so serving them costs the sessions nothing. Label
+//! values are configured names only (database, user, shard, server): bounded by the config,
+//! never SQL text or client addresses.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::admin::show::database_stats;
+use crate::state::ProxyState;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Serves the endpoint on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+fn answer<B>(state: &ProxyState, req: &Request<B>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, prometheus_text::CONTENT_TYPE, render(state)),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => match not_ready(state) {
+            None => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /metrics, /healthz, /readyz\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Why the proxy should not get new clients, if it should not.
+pub fn not_ready(state: &ProxyState) -> Option<String> {
+    if state.shutdown.rung() {
+        return Some("shutting down".into());
+    }
+    let user = state.config.users.first()?;
+    for db in &state.config.databases {
+        let shards = state.registry.get(&user.name, &db.name)?;
+        for s in shards.iter() {
+            let up = s
+                .servers
+                .iter()
+                .any(|p| p.health.is_primary() && p.health.reachable());
+            if !up {
+                return Some(format!(
+                    "database {} shard {} has no reachable primary",
+                    db.name, s.name
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// A gauge family registered under `name`.
+fn gauges(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let f = Family::<Labels, Gauge>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+/// A counter family registered under `name` (`_total` is added).
+fn counters(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let f = Family::<Labels, Counter>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+/// The metrics now, in the Prometheus text format.
+pub fn render(state: &ProxyState) -> String {
+    let mut reg = Registry::with_prefix("shardgate");
+    clients(state, &mut reg);
+    pools(state, &mut reg);
+    traffic(state, &mut reg);
+    servers(state, &mut reg);
+    let mut out = String::new();
+    if prometheus_text::encode(&mut out, &reg).is_err() {
+        out.clear();
+    }
+    out
+}
+
+fn clients(state: &ProxyState, reg: &mut Registry) {
+    let g = gauges(reg, "clients", "Client connections by state");
+    let logged_in: usize = state.cancels.logged_in().values().sum();
+    let connected = state.clients.load(Ordering::Relaxed);
+    let hibernating = state.hibernating.load(Ordering::Relaxed);
+    for (s, n) in [
+        ("logged_in", logged_in),
+        ("logging_in", connected.saturating_sub(logged_in)),
+        ("hibernating", hibernating),
+    ] {
+        g.get_or_create(&vec![("state", s.to_string())])
+            .set(n as i64);
+    }
+}
+
+fn pools(state: &ProxyState, reg: &mut Registry) {
+    let conns = gauges(
+        reg,
+        "server_connections",
+        "Server connections by pool and state",
+    );
+    let waiting = gauges(
+        reg,
+        "pool_waiting_checkouts",
+        "Checkouts waiting for a connection",
+    );
+    let maxwait = gauges(
+        reg,
+        "pool_maxwait_microseconds",
+        "Oldest waiting checkout's wait",
+    );
+    let waited = counters(
+        reg,
+        "pool_wait_microseconds",
+        "Time checkouts waited for a connection",
+    );
+    for db in &state.config.databases {
+        for user in &state.config.users {
+            let Some(shards) = state.registry.get(&user.name, &db.name) else {
+                continue;
+            };
+            for s in shards.iter() {
+                for p in &s.servers {
+                    let labels = |extra: Option<&str>| {
+                        let mut l: Labels = vec![
+                            ("database", db.name.clone()),
+                            ("user", user.name.clone()),
+                            ("shard", s.name.clone()),
+                            ("server", p.addr().to_string()),
+                        ];
+                        if let Some(state) = extra {
+                            l.push(("state", state.to_string()));
+                        }
+                        l
+                    };
+                    let (open, idle) = p.state();
+                    let used = p.in_use() as i64;
+                    let (open, idle) = (i64::from(open), i64::from(idle));
+                    conns.get_or_create(&labels(Some("active"))).set(used);
+                    conns.get_or_create(&labels(Some("idle"))).set(idle);
+                    let login = (open - idle - used).max(0);
+                    conns.get_or_create(&labels(Some("login"))).set(login);
+                    let (w, longest) = p.waiting();
+                    waiting.get_or_create(&labels(None)).set(w as i64);
+                    maxwait
+                        .get_or_create(&labels(None))
+                        .set(longest.as_micros() as i64);
+                    waited.get_or_create(&labels(None)).inc_by(p.waited_us());
+                }
+            }
+        }
+    }
+}
+
+fn traffic(state: &ProxyState, reg: &mut Registry) {
+    let xacts = counters(reg, "transactions", "Transactions (a ReadyForQuery idle)");
+    let queries = counters(reg, "queries", "Queries (a ReadyForQuery to a client)");
+    let received = counters(reg, "received_bytes", "Bytes received from clients");
+    let sent = counters(reg, "sent_bytes", "Bytes sent to clients");
+    let xact_us = counters(reg, "transaction_microseconds", "Time in transactions");
+    let query_us = counters(reg, "query_microseconds", "Time answering queries");
+    for (name, t, _) in database_stats(state) {
+        let l = vec![("database", name.to_string())];
+        xacts.get_or_create(&l).inc_by(t.xacts);
+        queries.get_or_create(&l).inc_by(t.queries);
+        received.get_or_create(&l).inc_by(t.received);
+        sent.get_or_create(&l).inc_by(t.sent);
+        xact_us.get_or_create(&l).inc_by(t.xact_us);
+        query_us.get_or_create(&l).inc_by(t.query_us);
+    }
+}
+
+fn servers(state: &ProxyState, reg: &mut Registry) {
+    let up = gauges(
+        reg,
+        "server_up",
+        "1 if the last health check reached the server",
+    );
+    let primary = gauges(reg, "server_primary", "1 if the server takes writes now");
+    let banned = gauges(
+        reg,
+        "server_banned",
+        "1 if the server is banned from reads now",
+    );
+    let lag_bytes = gauges(
+        reg,
+        "replica_lag_bytes",
+        "WAL not yet replayed by the replica",
+    );
+    let lag_ms = gauges(
+        reg,
+        "replica_lag_milliseconds",
+        "Replication lag of the replica",
+    );
+    let Some(user) = state.config.users.first() else {
+        return;
+    };
+    for db in &state.config.databases {
+        let Some(shards) = state.registry.get(&user.name, &db.name) else {
+            continue;
+        };
+        for s in shards.iter() {
+            for p in &s.servers {
+                let l = vec![
+                    ("database", db.name.clone()),
+                    ("shard", s.name.clone()),
+                    ("server", p.addr().to_string()),
+                ];
+                let h = &p.health;
+                up.get_or_create(&l).set(i64::from(h.reachable()));
+                primary.get_or_create(&l).set(i64::from(h.is_primary()));
+                banned.get_or_create(&l).set(i64::from(h.banned()));
+                if h.is_replica() {
+                    lag_bytes.get_or_create(&l).set(h.lag_bytes() as i64);
+                    lag_ms.get_or_create(&l).set(h.lag_ms() as i64);
+                }
+            }
+        }
+    }
+}
