@@ -45,6 +45,7 @@ pub mod config;
 pub mod demo;
 pub mod fanout;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;

@@ -176,13 +176,15 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The log format is the config's (its errors are reported below, by the command).
+    let format = cli
+        .config
+        .as_deref()
+        .and_then(|p| Config::load(p).ok())
+        .map(|c| c.proxy.log_format)
+        .unwrap_or_default();
+    shardgate::logging::init(format, std::io::stderr);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Check => load(cli.config).map(|c| {
             println!(

@@ -47,6 +47,12 @@ pub struct Cancel {
     pub user: Arc<str>,
     /// The database it logged in to.
     pub database: Arc<str>,
+    /// Its address.
+    pub peer: Option<std::net::SocketAddr>,
+    /// When it logged in (`health::now_ms`).
+    pub since_ms: u64,
+    /// Transactions it has completed.
+    pub xacts: std::sync::atomic::AtomicU64,
     /// Where CancelRequests for the client go.
     pub slot: CancelSlot,
     /// Raised by every CancelRequest for the client.
@@ -102,10 +108,17 @@ pub struct CancelRegistry {
 impl CancelRegistry {
     /// Issues a fresh (pid, secret) for a client of `user` on `database` and registers its
     /// shared state.
-    pub fn register(&self, user: Arc<str>, database: Arc<str>) -> CancelKey {
+    pub fn register(
+        &self,
+        user: Arc<str>,
+        database: Arc<str>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> CancelKey {
         let cancel = Arc::new(Cancel {
             user,
             database,
+            peer,
+            since_ms: crate::health::now_ms(),
             ..Cancel::default()
         });
         let mut rng = rand::rng();

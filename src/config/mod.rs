@@ -64,6 +64,11 @@ pub struct ProxyConfig {
     /// Admin console password (plaintext or a SCRAM verifier; hidden from `Debug` and from
     /// `SHOW CONFIG`). Empty: the console takes no admin login.
     pub admin_password: Redacted,
+    /// A log line per client login and logout (address, user, database; at logout its
+    /// duration and transactions), as PgBouncer's `log_connections`/`log_disconnections`.
+    pub log_connections: bool,
+    /// `text` (human-readable lines) or `json` (one JSON object per line, for Loki or ELK).
+    pub log_format: LogFormat,
     /// Length of the period `SHOW STATS_AVERAGES` averages over (PgBouncer's `stats_period`).
     pub stats_period_ms: u64,
     /// Users of `[[users]]` who may log in to the admin console (with their own password)
@@ -107,6 +112,8 @@ impl Default for ProxyConfig {
             admin_password: Redacted::default(),
             stats_users: Vec::new(),
             stats_period_ms: 60_000,
+            log_connections: true,
+            log_format: LogFormat::Text,
             max_message_size: 64 * 1024 * 1024,
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout_ms: 10_000,
@@ -117,6 +124,15 @@ impl Default for ProxyConfig {
             failpoints: Vec::new(),
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// A secret string from the config: deserialized as a plain string, never shown by `Debug`.

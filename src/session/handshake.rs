@@ -469,9 +469,11 @@ async fn handshake_inner(
     let split = pool_mode != PoolMode::Session
         && state.config.routing.read_write_split
         && shards.iter().any(|s| s.has_replicas());
-    let key = state
-        .cancels
-        .register(state.name(&user), state.name(&database));
+    let key = state.cancels.register(
+        state.name(&user),
+        state.name(&database),
+        rd.peer_addr().ok(),
+    );
     let (cancel_pid, secret) = (key.pid, key.secret);
     let mut out = BytesMut::with_capacity(512);
     protocol::auth_ok(&mut out);

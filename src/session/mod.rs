@@ -54,11 +54,12 @@ async fn log_in(stream: TcpStream, state: &ProxyState) -> Option<Box<query_loop:
             None
         }
         Ok(Some(handshake::Arrival::Client(login))) => {
-            tracing::debug!(%peer, user = %login.user(), database = %login.database(), "client logged in");
+            if state.config.proxy.log_connections {
+                tracing::info!(%peer, user = %login.user(), database = %login.database(), "client logged in");
+            }
             let client = query_loop::ClientConn {
                 reader: rd,
                 writer: wr,
-                peer,
                 from_client: inbuf,
             };
             // A shutdown that began during the login: the session starts by ending.

@@ -112,8 +112,6 @@ pub(super) struct Loop<'a> {
     client_gone: bool,
     /// Read/write split state.
     routing: Routing,
-    /// The client's address (for the log).
-    peer: std::net::SocketAddr,
     /// However the session ends (a panic included), its cancel key goes away with it.
     _cancel: super::CancelKeyGuard<'a>,
     /// What the session counted for `SHOW STATS` since the end of its last transaction.
@@ -125,7 +123,6 @@ pub(super) struct Loop<'a> {
 pub(super) struct ClientConn {
     pub reader: OwnedReadHalf,
     pub writer: OwnedWriteHalf,
-    pub peer: std::net::SocketAddr,
     pub from_client: BytesMut,
 }
 
@@ -149,7 +146,6 @@ pub(super) fn new<'a>(
         client_reader: conn.reader,
         client_writer: conn.writer,
         from_client: conn.from_client,
-        peer: conn.peer,
         _cancel,
         to_client: BytesMut::new(),
         to_server: BytesMut::new(),
@@ -189,9 +185,7 @@ pub(super) async fn run(l: Box<Loop<'_>>, wake: &mut watch::Receiver<Wake>) {
             end => ended = Some(end),
         }
     };
-    let peer = l.peer;
     Box::pin(l.finish(end)).await;
-    tracing::debug!(%peer, "client disconnected");
 }
 
 async fn read_opt(
@@ -447,6 +441,18 @@ impl Loop<'_> {
         }
         let _ = self.client_writer.shutdown().await;
         self.login.stats.add(&mut self.meter);
+        if self.state.config.proxy.log_connections {
+            let c = &self.login.cancel;
+            tracing::info!(
+                peer = %c.peer.map(|p| p.to_string()).unwrap_or_default(),
+                user = %c.user,
+                database = %c.database,
+                duration_ms = crate::health::now_ms().saturating_sub(c.since_ms),
+                transactions = c.xacts.load(std::sync::atomic::Ordering::Relaxed),
+                end = ?end,
+                "client logged out"
+            );
+        }
         for (_, mut c) in std::mem::take(&mut self.routing.parked) {
             // Closing the connection rolls its part of the transaction back.
             c.broken = true;

@@ -159,7 +159,6 @@ struct Dormant<'a> {
     skip: SkipToSync,
     last_activity: tokio::time::Instant,
     routing: Routing,
-    peer: std::net::SocketAddr,
     cancel: CancelKeyGuard<'a>,
 }
 
@@ -189,7 +188,6 @@ impl<'a> Dormant<'a> {
             shutting_down: _,
             client_gone: _,
             mut routing,
-            peer,
             _cancel: cancel,
             mut meter,
         } = *l;
@@ -209,7 +207,6 @@ impl<'a> Dormant<'a> {
             skip,
             last_activity,
             routing,
-            peer,
             cancel,
         })
     }
@@ -239,7 +236,6 @@ impl<'a> Dormant<'a> {
             shutting_down: false,
             client_gone: false,
             routing: d.routing,
-            peer: d.peer,
             _cancel: d.cancel,
             meter: Meter::default(),
         })

@@ -20,6 +20,10 @@ impl Loop<'_> {
             .answered(status == TxStatus::Idle, std::time::Instant::now())
         {
             self.login.stats.add(&mut self.meter);
+            self.login
+                .cancel
+                .xacts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
