@@ -53,6 +53,10 @@ pub struct Cancel {
     pub since_ms: u64,
     /// Transactions it has completed.
     pub xacts: std::sync::atomic::AtomicU64,
+    /// When its last request arrived (`health::now_ms`; 0: none yet).
+    pub request_ms: std::sync::atomic::AtomicU64,
+    /// Since when it waits for a server connection (`health::now_ms`; 0: it does not).
+    pub waiting_since_ms: std::sync::atomic::AtomicU64,
     /// Where CancelRequests for the client go.
     pub slot: CancelSlot,
     /// Raised by every CancelRequest for the client.
@@ -152,6 +156,14 @@ impl CancelRegistry {
         map.values()
             .flat_map(|(_, c)| c.slot.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
+    }
+
+    /// Every logged-in client's shared state, with its cancel pid.
+    pub fn clients(&self) -> Vec<(i32, Arc<Cancel>)> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = map.iter().map(|(pid, (_, c))| (*pid, c.clone())).collect();
+        v.sort_by_key(|(_, c)| c.since_ms);
+        v
     }
 
     /// How many clients are logged in to each (user, database).

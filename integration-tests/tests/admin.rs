@@ -18,7 +18,8 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 const ADMIN_PASSWORD: &str = "adm1n-s3cret";
 
 /// The SHOW commands PgBouncer has that the console answers.
-const SHARED: [&str; 9] = [
+const SHARED: [&str; 10] = [
+    "CLIENTS",
     "POOLS",
     "DATABASES",
     "USERS",
@@ -225,6 +226,8 @@ async fn every_shared_show_command_has_pgbouncers_columns_in_order_and_types() {
         "pgbouncer did not start"
     );
     let p = proxy("");
+    // A client, so that SHOW CLIENTS has a row.
+    let _client = p.app("app").await;
     for cmd in SHARED {
         let sql = format!("SHOW {cmd}");
         let theirs = ask(bouncer.port, "admin", "", "pgbouncer", &sql).await;
@@ -295,7 +298,7 @@ async fn only_the_admin_user_and_stats_users_log_in_and_only_the_admin_may_act()
             matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0).unwrap().starts_with("Shardgate"))
         );
         assert_eq!(error_of(c, "SHOW NONSENSE").await, "42601");
-        assert_eq!(error_of(c, "SHOW CLIENTS").await, "0A000");
+        assert_eq!(error_of(c, "SHOW SERVERS").await, "0A000");
     }
     assert_eq!(error_of(&admin, "RELOAD").await, "0A000");
     assert_eq!(error_of(&admin, "PAUSE app").await, "0A000");
@@ -362,8 +365,38 @@ async fn show_pools_counts_clients_server_connections_and_waiters() {
         .await,
         "the wait is measured"
     );
+    // SHOW CLIENTS: one client active, one waiting (for a measured time), both from loopback.
+    let clients = admin(&p, "SHOW CLIENTS").await;
+    let col = |n: &str| clients.columns.iter().position(|c| c.0 == n).unwrap();
+    let states: Vec<_> = clients
+        .rows
+        .iter()
+        .map(|r| r[col("state")].clone().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| *s == "waiting").count(),
+        1,
+        "{states:?}"
+    );
+    assert_eq!(
+        states.iter().filter(|s| *s == "active").count(),
+        1,
+        "{states:?}"
+    );
+    for r in &clients.rows {
+        assert_eq!(r[col("addr")].as_deref(), Some("127.0.0.1"));
+        assert_eq!(r[col("user")].as_deref(), Some("app"));
+        let t = r[col("connect_time")].clone().unwrap();
+        assert!(t.ends_with(" UTC") && t.len() == 23, "{t}");
+        assert!(r[col("request_time")].as_deref().unwrap() >= t.as_str());
+    }
     holder.simple_query("COMMIT").await.unwrap();
     let _waiter = q.await.unwrap().unwrap();
+    let clients = admin(&p, "SHOW CLIENTS").await;
+    assert!(clients
+        .rows
+        .iter()
+        .all(|r| r[col("state")].as_deref() == Some("active")));
     assert_eq!(pool_value(&p, "cl_waiting").await, 0);
     assert_eq!(pool_value(&p, "sv_active").await, 0);
     assert_eq!(pool_value(&p, "sv_idle").await, 1);

@@ -27,6 +27,7 @@ pub enum Show {
     Stats,
     StatsTotals,
     StatsAverages,
+    Clients,
 }
 
 /// SHOW commands that exist and what they show, or why they are not answered yet.
@@ -43,7 +44,7 @@ const SHOWS: &[(&str, Option<Show>)] = &[
     ("STATS_TOTALS", Some(Show::StatsTotals)),
     ("STATS_AVERAGES", Some(Show::StatsAverages)),
     ("SERVERS", None),
-    ("CLIENTS", None),
+    ("CLIENTS", Some(Show::Clients)),
     ("QUERIES", None),
     ("PREPARED", None),
     ("TRANSACTIONS", None),

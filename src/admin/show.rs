@@ -25,7 +25,75 @@ pub fn table(state: &ProxyState, show: Show) -> Table {
         Show::Stats => stats(state),
         Show::StatsTotals => stats_one(state, false),
         Show::StatsAverages => stats_one(state, true),
+        Show::Clients => clients(state),
     }
+}
+
+/// `ms` since the epoch as PgBouncer prints times (`2026-12-03 18:40:00 UTC`).
+fn time_text(ms: u64) -> Option<String> {
+    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)?;
+    Some(t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
+
+/// Every logged-in client: PgBouncer's columns. `ptr` is the client's cancel pid (in hex),
+/// unique while it is connected; `local_addr`/`local_port` are the listen address.
+fn clients(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[
+        ("type", TEXT),
+        ("user", TEXT),
+        ("database", TEXT),
+        ("state", TEXT),
+        ("addr", TEXT),
+        ("port", INT4),
+        ("local_addr", TEXT),
+        ("local_port", INT4),
+        ("connect_time", TEXT),
+        ("request_time", TEXT),
+        ("wait", INT4),
+        ("wait_us", INT4),
+        ("close_needed", INT4),
+        ("ptr", TEXT),
+        ("link", TEXT),
+        ("remote_pid", INT4),
+        ("tls", TEXT),
+        ("application_name", TEXT),
+    ]);
+    let listen: Option<std::net::SocketAddr> = state.config.proxy.listen.parse().ok();
+    let now = now_ms();
+    for (pid, c) in state.cancels.clients() {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let since = load(&c.waiting_since_ms);
+        let waited_us = if since == 0 {
+            0
+        } else {
+            now.saturating_sub(since) * 1000
+        };
+        let request = match load(&c.request_ms) {
+            0 => c.since_ms,
+            ms => ms,
+        };
+        t.row(vec![
+            v("C"),
+            v(&c.user),
+            v(&c.database),
+            v(if since == 0 { "active" } else { "waiting" }),
+            c.peer.map(|p| p.ip().to_string()),
+            c.peer.map(|p| p.port().to_string()),
+            listen.map(|l| l.ip().to_string()),
+            listen.map(|l| l.port().to_string()),
+            time_text(c.since_ms),
+            time_text(request),
+            v(waited_us / 1_000_000),
+            v(waited_us % 1_000_000),
+            v(0),
+            v(format!("0x{pid:x}")),
+            v(""),
+            v(0),
+            v(""),
+            v(""),
+        ]);
+    }
+    t
 }
 
 /// Each database's totals now (`wait_us` summed over its pools) and its averages.

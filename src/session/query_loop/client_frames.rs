@@ -97,7 +97,14 @@ impl Loop<'_> {
             return ControlFlow::Break(Some(End::Terminate));
         }
         if matches!(tag, b'Q' | b'S' | b'F') {
-            self.meter.request(std::time::Instant::now);
+            let cancel = &self.login.cancel;
+            self.meter.request(|| {
+                let ms = crate::health::now_ms();
+                cancel
+                    .request_ms
+                    .store(ms, std::sync::atomic::Ordering::Relaxed);
+                std::time::Instant::now()
+            });
         }
         if !matches!(
             tag,

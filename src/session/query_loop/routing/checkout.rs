@@ -77,6 +77,7 @@ impl Loop<'_> {
         let Some(shard) = self.login.shards.get(shard.index()) else {
             return Err(PgError::error(sqlstate::INTERNAL_ERROR, "no such shard"));
         };
+        let _waiting = Waiting::mark(&self.login.cancel);
         let r = &self.state.config.routing;
         if want != Want::Primary && self.login.split {
             let ryw = want == Want::Read;
@@ -171,5 +172,25 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+}
+
+/// Marks a client as waiting for a server connection (`SHOW CLIENTS`) while it lives.
+struct Waiting<'a>(&'a crate::state::Cancel);
+
+impl<'a> Waiting<'a> {
+    fn mark(c: &'a crate::state::Cancel) -> Waiting<'a> {
+        let now = crate::health::now_ms().max(1);
+        c.waiting_since_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
+        Waiting(c)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting_since_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
