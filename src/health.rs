@@ -18,10 +18,30 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, DatabaseConfig, Role, ShardConfig};
 
+/// The process clock's start: its instant and the wall clock then (ms since the epoch).
+fn start() -> &'static (Instant, u64) {
+    static START: OnceLock<(Instant, u64)> = OnceLock::new();
+    START.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (Instant::now(), wall)
+    })
+}
+
 /// Milliseconds since the first call (a process-wide monotonic clock for atomics).
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] of instant `t` (no clock read: for an instant the caller has already).
+pub fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(start().0).as_millis() as u64 + 1
+}
+
+/// A [`now_ms`] value as wall-clock milliseconds since the epoch (for display).
+pub fn wall_ms(ms: u64) -> u64 {
+    start().1 + ms.saturating_sub(1)
 }
 
 const UNKNOWN: u8 = 0;

@@ -29,9 +29,10 @@ pub fn table(state: &ProxyState, show: Show) -> Table {
     }
 }
 
-/// `ms` since the epoch as PgBouncer prints times (`2026-12-03 18:40:00 UTC`).
+/// A `health::now_ms` value as PgBouncer prints times (`2026-12-03 18:40:00 UTC`).
 fn time_text(ms: u64) -> Option<String> {
-    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)?;
+    let wall = crate::health::wall_ms(ms);
+    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(wall).ok()?)?;
     Some(t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
 }
 

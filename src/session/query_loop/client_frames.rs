@@ -97,13 +97,14 @@ impl Loop<'_> {
             return ControlFlow::Break(Some(End::Terminate));
         }
         if matches!(tag, b'Q' | b'S' | b'F') {
-            let cancel = &self.login.cancel;
+            // The request arrived with the last bytes read: no clock read here.
+            let (cancel, at) = (&self.login.cancel, self.last_activity.into_std());
             self.meter.request(|| {
-                let ms = crate::health::now_ms();
+                let ms = crate::health::ms_at(at);
                 cancel
                     .request_ms
                     .store(ms, std::sync::atomic::Ordering::Relaxed);
-                std::time::Instant::now()
+                at
             });
         }
         if !matches!(

@@ -331,7 +331,10 @@ impl Loop<'_> {
             }
             tokio::select! {
                 r = self.client_reader.read_buf(&mut self.from_client), if read_client => match r {
-                    Ok(n @ 1..) => self.meter.counts.received += n as u64,
+                    Ok(n @ 1..) => {
+                        self.meter.counts.received += n as u64;
+                        self.last_activity = tokio::time::Instant::now();
+                    }
                     _ => client = self.client_left(machine)?,
                 },
                 r = tokio::io::AsyncWriteExt::write(&mut self.client_writer, &self.to_client), if write_client => match r {
@@ -339,8 +342,10 @@ impl Loop<'_> {
                     Err(_) => client = self.client_left(machine)?,
                 },
                 io = shard_io(conns, &readable, outgoing, start), if any => {
+                    // The last bytes read (idle timeouts, and the time of the answer).
+                    self.last_activity = tokio::time::Instant::now();
                     if let Some((t, sleep)) = timer.as_mut() {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + *t);
+                        sleep.as_mut().reset(self.last_activity + *t);
                     }
                     self.on_shard_io(io, machine, conns, outgoing, cancel, &mut start);
                 }

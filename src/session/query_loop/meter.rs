@@ -17,7 +17,9 @@ impl Loop<'_> {
         protocol::ready_for_query(&mut self.to_client, status);
         if self
             .meter
-            .answered(status == TxStatus::Idle, std::time::Instant::now())
+            // The answer is written as the server's bytes arrive (`last_activity`; the stream
+            // driver keeps it too): no clock read here.
+            .answered(status == TxStatus::Idle, self.last_activity.into_std())
         {
             self.login.stats.add(&mut self.meter);
             self.login

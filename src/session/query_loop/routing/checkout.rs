@@ -77,6 +77,7 @@ impl Loop<'_> {
         let Some(shard) = self.login.shards.get(shard.index()) else {
             return Err(PgError::error(sqlstate::INTERNAL_ERROR, "no such shard"));
         };
+        // A checkout waits from the request that needs it (no clock read).
         let _waiting = Waiting::mark(&self.login.cancel);
         let r = &self.state.config.routing;
         if want != Want::Primary && self.login.split {
@@ -180,9 +181,9 @@ struct Waiting<'a>(&'a crate::state::Cancel);
 
 impl<'a> Waiting<'a> {
     fn mark(c: &'a crate::state::Cancel) -> Waiting<'a> {
-        let now = crate::health::now_ms().max(1);
+        let since = c.request_ms.load(std::sync::atomic::Ordering::Relaxed);
         c.waiting_since_ms
-            .store(now, std::sync::atomic::Ordering::Relaxed);
+            .store(since.max(1), std::sync::atomic::Ordering::Relaxed);
         Waiting(c)
     }
 }
