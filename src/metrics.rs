@@ -13,14 +13,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
-use prometheus_client::encoding::prometheus_text;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::admin::show::database_stats;
+use crate::admin::stats::{Buckets, BUCKETS_US};
 use crate::state::ProxyState;
 
 type Labels = Vec<(&'static str, String)>;
@@ -116,6 +119,7 @@ pub fn render(state: &ProxyState) -> String {
     pools(state, &mut reg);
     traffic(state, &mut reg);
     servers(state, &mut reg);
+    reg.register_collector(Box::new(Durations::of(state)));
     let mut out = String::new();
     if prometheus_text::encode(&mut out, &reg).is_err() {
         out.clear();
@@ -261,5 +265,76 @@ fn servers(state: &ProxyState, reg: &mut Registry) {
                 }
             }
         }
+    }
+}
+
+/// The query and transaction duration histograms of every database, as read at a scrape.
+#[derive(Debug)]
+struct Durations {
+    /// (database, query buckets, query µs, transaction buckets, transaction µs).
+    databases: Vec<(String, Buckets, u64, Buckets, u64)>,
+}
+
+impl Durations {
+    fn of(state: &ProxyState) -> Durations {
+        let databases = database_stats(state)
+            .into_iter()
+            .map(|(name, t, _)| {
+                let (q, x) = state.db_stats(name).histograms();
+                (name.to_string(), q, t.query_us, x, t.xact_us)
+            })
+            .collect();
+        Durations { databases }
+    }
+}
+
+/// A histogram of `counts` per bucket of [`BUCKETS_US`] summing to `sum_us`, in seconds.
+fn encode_histogram(
+    mut family: MetricEncoder<'_>,
+    counts: &Buckets,
+    sum_us: u64,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = BUCKETS_US
+        .iter()
+        .zip(counts)
+        .map(|(b, n)| {
+            let bound = if *b == u64::MAX {
+                f64::INFINITY
+            } else {
+                *b as f64 / 1e6
+            };
+            (bound, *n)
+        })
+        .collect();
+    let count = counts.iter().sum();
+    family.encode_histogram::<NoLabelSet>(sum_us as f64 / 1e6, count, &buckets, None)
+}
+
+impl Collector for Durations {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, help, query) in [
+            (
+                "query_duration_seconds",
+                "Time from a client's request to its ReadyForQuery",
+                true,
+            ),
+            (
+                "transaction_duration_seconds",
+                "Time from a transaction's first request to its end",
+                false,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            for (db, q, q_us, x, x_us) in &self.databases {
+                let labels = [("database", db.as_str())];
+                let family = metric.encode_family(&labels)?;
+                if query {
+                    encode_histogram(family, q, *q_us)?;
+                } else {
+                    encode_histogram(family, x, *x_us)?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -387,7 +387,10 @@ async fn show_pools_counts_clients_server_connections_and_waiters() {
         assert_eq!(r[col("addr")].as_deref(), Some("127.0.0.1"));
         assert_eq!(r[col("user")].as_deref(), Some("app"));
         let t = r[col("connect_time")].clone().unwrap();
-        assert!(t.ends_with(" UTC") && t.len() == 23 && t.starts_with("20"), "{t}");
+        assert!(
+            t.ends_with(" UTC") && t.len() == 23 && t.starts_with("20"),
+            "{t}"
+        );
         assert!(!t.starts_with("1970"), "a wall-clock time: {t}");
         assert!(r[col("request_time")].as_deref().unwrap() >= t.as_str());
     }

@@ -72,7 +72,10 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
     assert_eq!(get_ok(port, "/readyz").await.0, 200);
     assert_eq!(get_ok(port, "/nothing").await.0, 404);
     let queries = r#"shardgate_queries_total{database="app"}"#;
-    let before = sample(&get_ok(port, "/metrics").await.1, queries).unwrap_or(0.0);
+    let histogram = r#"shardgate_query_duration_seconds_count{database="app"}"#;
+    let first = get_ok(port, "/metrics").await.1;
+    let before = sample(&first, queries).unwrap_or(0.0);
+    let before_hist = sample(&first, histogram).unwrap_or(0.0);
     let c = p.app("app").await;
     for _ in 0..7 {
         c.simple_query("SELECT 1").await.unwrap();
@@ -80,6 +83,20 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
     let (status, body) = get_ok(port, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(sample(&body, queries), Some(before + 7.0), "{body}");
+    // The query duration histogram: 7 more observations, every one in the +Inf bucket, none
+    // above a second (a local SELECT 1), their sum positive.
+    assert_eq!(sample(&body, histogram), Some(before_hist + 7.0), "{body}");
+    let inf = r#"shardgate_query_duration_seconds_bucket{database="app",le="+Inf"}"#;
+    let second = r#"shardgate_query_duration_seconds_bucket{database="app",le="1"}"#;
+    assert_eq!(sample(&body, inf), sample(&body, histogram));
+    assert_eq!(sample(&body, second), sample(&body, histogram));
+    assert!(
+        sample(
+            &body,
+            r#"shardgate_query_duration_seconds_sum{database="app"}"#
+        ) > Some(0.0)
+    );
+    assert!(body.contains("# TYPE shardgate_transaction_duration_seconds histogram"));
     assert!(sample(&body, r#"shardgate_transactions_total{database="app"}"#) >= Some(7.0));
     assert!(sample(&body, r#"shardgate_sent_bytes_total{database="app"}"#) > Some(0.0));
     assert_eq!(

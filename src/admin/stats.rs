@@ -10,6 +10,37 @@
 //! [`DbStats::roll`] turns the totals into the averages of the last period.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Upper bounds (µs) of the query and transaction duration histograms' buckets; the last
+/// takes the rest.
+pub const BUCKETS_US: [u64; 15] = [
+    100,
+    250,
+    500,
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    u64::MAX,
+];
+
+/// Counts per bucket of [`BUCKETS_US`].
+pub type Buckets = [u64; BUCKETS_US.len()];
+
+/// The bucket of a duration of `us` microseconds.
+pub fn bucket(us: u64) -> usize {
+    BUCKETS_US
+        .iter()
+        .position(|b| us <= *b)
+        .unwrap_or(BUCKETS_US.len() - 1)
+}
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -22,6 +53,8 @@ pub struct DbStats {
     sent: AtomicU64,
     xact_us: AtomicU64,
     query_us: AtomicU64,
+    query_hist: [AtomicU64; BUCKETS_US.len()],
+    xact_hist: [AtomicU64; BUCKETS_US.len()],
     /// The totals and the time at the last roll, and the averages it computed.
     period: Mutex<Period>,
 }
@@ -61,6 +94,12 @@ impl DbStats {
         }
     }
 
+    /// The query and transaction duration histograms: counts per bucket.
+    pub fn histograms(&self) -> (Buckets, Buckets) {
+        let l = |h: &[AtomicU64; BUCKETS_US.len()]| h.each_ref().map(|a| a.load(Ordering::Relaxed));
+        (l(&self.query_hist), l(&self.xact_hist))
+    }
+
     /// The averages of the last period.
     pub fn averages(&self) -> Totals {
         lock(&self.period).averages
@@ -94,6 +133,12 @@ impl DbStats {
         add(&self.sent, &mut c.sent);
         add(&self.xact_us, &mut c.xact_us);
         add(&self.query_us, &mut c.query_us);
+        for (a, v) in self.query_hist.iter().zip(m.query_hist.iter_mut()) {
+            add(a, v);
+        }
+        for (a, v) in self.xact_hist.iter().zip(m.xact_hist.iter_mut()) {
+            add(a, v);
+        }
     }
 }
 
@@ -130,6 +175,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Meter {
     /// The counts (`wait_us` is the pools', not counted here).
     pub counts: Totals,
+    /// Query and transaction durations by bucket.
+    pub query_hist: Buckets,
+    pub xact_hist: Buckets,
     /// When the request being answered began (the first client message after the last
     /// answer).
     request: Option<Instant>,
@@ -151,18 +199,21 @@ impl Meter {
     /// The client got a ReadyForQuery at `now`: a query ended, and a transaction when
     /// `idle`. Returns whether a transaction ended (time to add the counts).
     pub fn answered(&mut self, idle: bool, now: Instant) -> bool {
+        let since = |t: Option<Instant>| {
+            t.map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64)
+        };
         let c = &mut self.counts;
         c.queries += 1;
-        if let Some(t) = self.request.take() {
-            c.query_us += now.saturating_duration_since(t).as_micros() as u64;
-        }
+        let us = since(self.request.take());
+        c.query_us += us;
+        self.query_hist[bucket(us)] += 1;
         if !idle {
             return false;
         }
         c.xacts += 1;
-        if let Some(t) = self.xact.take() {
-            c.xact_us += now.saturating_duration_since(t).as_micros() as u64;
-        }
+        let us = since(self.xact.take());
+        c.xact_us += us;
+        self.xact_hist[bucket(us)] += 1;
         true
     }
 }
@@ -183,6 +234,11 @@ mod tests {
         assert!(m.answered(true, t0 + Duration::from_micros(400)));
         assert_eq!((m.counts.queries, m.counts.xacts), (2, 1));
         assert_eq!((m.counts.query_us, m.counts.xact_us), (200, 400));
+        // 100 µs and 100 µs: the first bucket (≤ 100 µs); the transaction's 400 µs: ≤ 500.
+        assert_eq!(m.query_hist[0], 2);
+        assert_eq!(m.xact_hist[bucket(400)], 1);
+        assert_eq!(bucket(400), 2);
+        assert_eq!(bucket(u64::MAX), BUCKETS_US.len() - 1);
         // An answer with no request (a proxy's own) counts a query of no time.
         assert!(m.answered(true, t0));
         assert_eq!(
@@ -193,6 +249,8 @@ mod tests {
         m.counts.received = 10;
         s.add(&mut m);
         assert_eq!(m.counts.queries, 0, "added counts are cleared");
+        assert_eq!(m.query_hist.iter().sum::<u64>(), 0);
+        assert_eq!(s.histograms().0.iter().sum::<u64>(), 3);
         let t = s.totals(7);
         assert_eq!((t.queries, t.xacts, t.received, t.wait_us), (3, 2, 10, 7));
     }
