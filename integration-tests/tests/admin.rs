@@ -18,8 +18,9 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 const ADMIN_PASSWORD: &str = "adm1n-s3cret";
 
 /// The SHOW commands PgBouncer has that the console answers.
-const SHARED: [&str; 10] = [
+const SHARED: [&str; 11] = [
     "CLIENTS",
+    "SERVERS",
     "POOLS",
     "DATABASES",
     "USERS",
@@ -298,7 +299,7 @@ async fn only_the_admin_user_and_stats_users_log_in_and_only_the_admin_may_act()
             matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0).unwrap().starts_with("Shardgate"))
         );
         assert_eq!(error_of(c, "SHOW NONSENSE").await, "42601");
-        assert_eq!(error_of(c, "SHOW SERVERS").await, "0A000");
+        assert_eq!(error_of(c, "SHOW QUERIES").await, "0A000");
     }
     assert_eq!(error_of(&admin, "RELOAD").await, "0A000");
     assert_eq!(error_of(&admin, "PAUSE app").await, "0A000");
@@ -394,8 +395,40 @@ async fn show_pools_counts_clients_server_connections_and_waiters() {
         assert!(!t.starts_with("1970"), "a wall-clock time: {t}");
         assert!(r[col("request_time")].as_deref().unwrap() >= t.as_str());
     }
+    // SHOW SERVERS: the pool's one connection, active, linked to the active client.
+    let servers = admin(&p, "SHOW SERVERS").await;
+    let app: Vec<_> = servers
+        .rows
+        .iter()
+        .filter(|r| {
+            r[col("database")].as_deref() == Some("app") && r[col("user")].as_deref() == Some("app")
+        })
+        .collect();
+    assert_eq!(app.len(), 1, "{:?}", servers.rows);
+    assert_eq!(app[0][col("state")].as_deref(), Some("active"));
+    let active_client = clients
+        .rows
+        .iter()
+        .find(|r| r[col("state")].as_deref() == Some("active"))
+        .unwrap();
+    assert_eq!(app[0][col("link")], active_client[col("ptr")]);
+    let pid: i64 = app[0][col("remote_pid")]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(pid > 0);
     holder.simple_query("COMMIT").await.unwrap();
     let _waiter = q.await.unwrap().unwrap();
+    let servers = admin(&p, "SHOW SERVERS").await;
+    assert!(servers
+        .rows
+        .iter()
+        .filter(|r| r[col("database")].as_deref() == Some("app")
+            && r[col("user")].as_deref() == Some("app"))
+        .all(
+            |r| r[col("state")].as_deref() == Some("idle") && r[col("link")].as_deref() == Some("")
+        ));
     let clients = admin(&p, "SHOW CLIENTS").await;
     assert!(clients
         .rows

@@ -28,6 +28,7 @@ pub enum Show {
     StatsTotals,
     StatsAverages,
     Clients,
+    Servers,
 }
 
 /// SHOW commands that exist and what they show, or why they are not answered yet.
@@ -43,7 +44,7 @@ const SHOWS: &[(&str, Option<Show>)] = &[
     ("STATS", Some(Show::Stats)),
     ("STATS_TOTALS", Some(Show::StatsTotals)),
     ("STATS_AVERAGES", Some(Show::StatsAverages)),
-    ("SERVERS", None),
+    ("SERVERS", Some(Show::Servers)),
     ("CLIENTS", Some(Show::Clients)),
     ("QUERIES", None),
     ("PREPARED", None),

@@ -26,7 +26,84 @@ pub fn table(state: &ProxyState, show: Show) -> Table {
         Show::StatsTotals => stats_one(state, false),
         Show::StatsAverages => stats_one(state, true),
         Show::Clients => clients(state),
+        Show::Servers => servers(state),
     }
+}
+
+/// The columns of `SHOW CLIENTS` and `SHOW SERVERS` (PgBouncer's, alike for both).
+const SOCKETS: [(&str, u32); 18] = [
+    ("type", TEXT),
+    ("user", TEXT),
+    ("database", TEXT),
+    ("state", TEXT),
+    ("addr", TEXT),
+    ("port", INT4),
+    ("local_addr", TEXT),
+    ("local_port", INT4),
+    ("connect_time", TEXT),
+    ("request_time", TEXT),
+    ("wait", INT4),
+    ("wait_us", INT4),
+    ("close_needed", INT4),
+    ("ptr", TEXT),
+    ("link", TEXT),
+    ("remote_pid", INT4),
+    ("tls", TEXT),
+    ("application_name", TEXT),
+];
+
+/// Every open server connection of every pool: `active` while checked out (`link`: the
+/// client's `ptr`), else `idle`; `ptr` is the backend pid in hex, `remote_pid` the pid.
+fn servers(state: &ProxyState) -> Table {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut t = Table::new(&SOCKETS);
+    for db in &state.config.databases {
+        for user in &state.config.users {
+            let Some(shards) = state.registry.get(&user.name, &db.name) else {
+                continue;
+            };
+            for pool in shards.iter().flat_map(|s| s.servers.iter()) {
+                let (host, port) = pool
+                    .addr()
+                    .rsplit_once(':')
+                    .map_or((None, None), |(h, p)| (v(h), v(p)));
+                for c in pool.connections() {
+                    let active = c.active.load(Relaxed);
+                    let pid = c.pid.load(Relaxed);
+                    let request = match c.request_ms.load(Relaxed) {
+                        0 => c.opened_ms,
+                        ms => ms,
+                    };
+                    let client = c.client.load(Relaxed);
+                    t.row(vec![
+                        v("S"),
+                        v(&user.name),
+                        v(&db.name),
+                        v(if active { "active" } else { "idle" }),
+                        host.clone(),
+                        port.clone(),
+                        c.local.map(|l| l.ip().to_string()),
+                        c.local.map(|l| l.port().to_string()),
+                        time_text(c.opened_ms),
+                        time_text(request),
+                        v(0),
+                        v(0),
+                        v(0),
+                        v(format!("0x{pid:x}")),
+                        v(if active && client != 0 {
+                            format!("0x{client:x}")
+                        } else {
+                            String::new()
+                        }),
+                        v(pid),
+                        v(""),
+                        v(""),
+                    ]);
+                }
+            }
+        }
+    }
+    t
 }
 
 /// A `health::now_ms` value as PgBouncer prints times (`2026-12-03 18:40:00 UTC`).
@@ -39,26 +116,7 @@ fn time_text(ms: u64) -> Option<String> {
 /// Every logged-in client: PgBouncer's columns. `ptr` is the client's cancel pid (in hex),
 /// unique while it is connected; `local_addr`/`local_port` are the listen address.
 fn clients(state: &ProxyState) -> Table {
-    let mut t = Table::new(&[
-        ("type", TEXT),
-        ("user", TEXT),
-        ("database", TEXT),
-        ("state", TEXT),
-        ("addr", TEXT),
-        ("port", INT4),
-        ("local_addr", TEXT),
-        ("local_port", INT4),
-        ("connect_time", TEXT),
-        ("request_time", TEXT),
-        ("wait", INT4),
-        ("wait_us", INT4),
-        ("close_needed", INT4),
-        ("ptr", TEXT),
-        ("link", TEXT),
-        ("remote_pid", INT4),
-        ("tls", TEXT),
-        ("application_name", TEXT),
-    ]);
+    let mut t = Table::new(&SOCKETS);
     let listen: Option<std::net::SocketAddr> = state.config.proxy.listen.parse().ok();
     let now = now_ms();
     for (pid, c) in state.cancels.clients() {

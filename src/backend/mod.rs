@@ -85,9 +85,28 @@ pub enum BackendError {
     },
 }
 
+/// What the admin console's `SHOW SERVERS` knows of a connection, shared with its pool.
+#[derive(Debug, Default)]
+pub struct ConnInfo {
+    /// When it was opened (`health::now_ms`).
+    pub opened_ms: u64,
+    /// Its local address.
+    pub local: Option<std::net::SocketAddr>,
+    /// The backend process id.
+    pub pid: std::sync::atomic::AtomicI32,
+    /// Checked out now.
+    pub active: std::sync::atomic::AtomicBool,
+    /// The cancel pid of the client that checked it out last (0: none).
+    pub client: std::sync::atomic::AtomicI32,
+    /// When it was checked out last (`health::now_ms`; 0: never).
+    pub request_ms: std::sync::atomic::AtomicU64,
+}
+
 /// An authenticated server connection, idle at ReadyForQuery.
 #[derive(Debug)]
 pub struct ServerConn {
+    /// For `SHOW SERVERS` (its pool keeps a weak reference).
+    pub info: Arc<ConnInfo>,
     /// Read half of the socket.
     pub rd: OwnedReadHalf,
     /// Write half of the socket.
@@ -145,8 +164,14 @@ impl ServerConn {
         };
         let stream = TcpStream::connect(&p.addr).await.map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
+        let info = Arc::new(ConnInfo {
+            opened_ms: crate::health::now_ms(),
+            local: stream.local_addr().ok(),
+            ..ConnInfo::default()
+        });
         let (rd, wr) = stream.into_split();
         let mut conn = ServerConn {
+            info,
             rd,
             wr,
             inbuf: BytesMut::with_capacity(16 * 1024),
@@ -182,6 +207,9 @@ impl ServerConn {
                 b'K' if f.body().len() >= 8 => {
                     if let Some((pid, secret)) = key_data(f.body()) {
                         conn.pid = pid;
+                        conn.info
+                            .pid
+                            .store(pid, std::sync::atomic::Ordering::Relaxed);
                         conn.secret = secret.into();
                     }
                 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::backend::{BackendError, ConnectParams, ServerConn};
+use crate::backend::{BackendError, ConnInfo, ConnectParams, ServerConn};
 use crate::config::{Config, DatabaseConfig, Role, UserConfig};
 use crate::health::{now_ms, spawn_checker, ServerHealth};
 
@@ -42,6 +42,8 @@ pub struct StartupParams {
 #[derive(Debug)]
 pub struct ServerManager {
     params: ConnectParams,
+    /// The pool's connections, for `SHOW SERVERS` (a closed one's entry is gone).
+    conns: Arc<Mutex<Vec<std::sync::Weak<ConnInfo>>>>,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -51,7 +53,12 @@ impl bb8::ManageConnection for ServerManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
-        ServerConn::connect(&self.params).await.map(Box::new)
+        let conn = ServerConn::connect(&self.params).await?;
+        let mut conns = lock(&self.conns);
+        conns.retain(|c| c.strong_count() > 0);
+        conns.push(Arc::downgrade(&conn.info));
+        drop(conns);
+        Ok(Box::new(conn))
     }
 
     async fn is_valid(&self, _conn: &mut Box<ServerConn>) -> Result<(), BackendError> {
@@ -86,6 +93,7 @@ pub struct Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
+        self.conn.info.active.store(false, Ordering::Relaxed);
         self.conn.broken = !returnable(self.conn.broken);
         self.in_use.fetch_sub(1, Ordering::Relaxed);
     }
@@ -131,6 +139,8 @@ pub struct ServerPool {
     /// Checkouts waiting for a connection now.
     waiters: Waiters,
     size: usize,
+    /// The pool's open connections (shared with its manager).
+    conns: Arc<Mutex<Vec<std::sync::Weak<ConnInfo>>>>,
 }
 
 /// The checkouts of a pool that wait for a connection, with when each began (the admin
@@ -189,6 +199,7 @@ impl ServerPool {
             allow_cleartext: p.allow_cleartext_server_password,
         };
         let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        let conns = Arc::<Mutex<Vec<std::sync::Weak<ConnInfo>>>>::default();
         let pool = bb8::Pool::builder()
             .max_size(size)
             .min_idle(Some(p.min_idle).filter(|&n| n > 0))
@@ -206,6 +217,7 @@ impl ServerPool {
             .queue_strategy(bb8::QueueStrategy::Lifo)
             .build_unchecked(ServerManager {
                 params: params.clone(),
+                conns: conns.clone(),
             });
         ServerPool {
             pool,
@@ -221,6 +233,7 @@ impl ServerPool {
             health,
             waiters: Waiters::default(),
             size: size as usize,
+            conns,
         }
     }
 
@@ -273,6 +286,7 @@ impl ServerPool {
             *guard = Some(Arc::new(conn.params.clone()));
         }
         drop(guard);
+        conn.info.active.store(true, Ordering::Relaxed);
         self.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(Checkout {
             conn,
@@ -308,6 +322,14 @@ impl ServerPool {
         let started = lock(&self.waiters.started);
         let oldest = started.values().min().map(Instant::elapsed);
         (started.len(), oldest.unwrap_or_default())
+    }
+
+    /// The pool's open connections (pooled or checked out).
+    pub fn connections(&self) -> Vec<Arc<ConnInfo>> {
+        lock(&self.conns)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
     }
 
     /// Microseconds checkouts of this pool have waited for a connection, all told.

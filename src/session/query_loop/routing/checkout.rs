@@ -67,6 +67,15 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// `c`, marked as this client's since its request (`SHOW SERVERS`).
+    fn linked(&self, c: Checkout) -> Checkout {
+        use std::sync::atomic::Ordering::Relaxed;
+        c.info.client.store(self.login.cancel_pid, Relaxed);
+        let since = self.login.cancel.request_ms.load(Relaxed);
+        c.info.request_ms.store(since, Relaxed);
+        c
+    }
+
     /// A server connection for `want`: a replica by the balancing policy when one qualifies,
     /// else the primary (waiting up to the checkout timeout while no primary is known).
     pub(in crate::session::query_loop) async fn acquire(
@@ -100,7 +109,7 @@ impl Loop<'_> {
                     break;
                 };
                 match pool.get().await {
-                    Ok(c) => return Ok((c, pool.health.is_primary())),
+                    Ok(c) => return Ok((self.linked(c), pool.health.is_primary())),
                     Err(PoolError::Connect(e)) => {
                         pool.health.ban(r.ban_time_ms, "connect failed");
                         tracing::warn!(server = %pool.addr(), error = %e, "read goes elsewhere");
@@ -115,7 +124,7 @@ impl Loop<'_> {
         loop {
             if let Some(pool) = shard.primary() {
                 match pool.get().await {
-                    Ok(c) => return Ok((c, true)),
+                    Ok(c) => return Ok((self.linked(c), true)),
                     Err(PoolError::Connect(e))
                         if pool.health.declared == Role::Auto && Instant::now() < deadline =>
                     {
