@@ -6,7 +6,7 @@
 
 pub mod show;
 pub mod stats;
-mod table;
+pub mod table;
 
 pub use table::{Column, Table};
 

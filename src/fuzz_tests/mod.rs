@@ -12,6 +12,7 @@
 //! one seed, to reproduce a failure. The long run (README, "Fuzzing"):
 //! `SHARDGATE_FUZZ_CASES=10000000 cargo test --profile fuzz --lib fuzz_tests -- --test-threads=2`.
 
+mod admin;
 mod alloc;
 mod copy_in;
 mod machine;
