@@ -132,9 +132,11 @@ fn clients(state: &ProxyState, reg: &mut Registry) {
     let logged_in: usize = state.cancels.logged_in().values().sum();
     let connected = state.clients.load(Ordering::Relaxed);
     let hibernating = state.hibernating.load(Ordering::Relaxed);
+    let consoles = state.consoles.load(Ordering::Relaxed);
     for (s, n) in [
         ("logged_in", logged_in),
-        ("logging_in", connected.saturating_sub(logged_in)),
+        ("console", consoles),
+        ("logging_in", connected.saturating_sub(logged_in + consoles)),
         ("hibernating", hibernating),
     ] {
         g.get_or_create(&vec![("state", s.to_string())])

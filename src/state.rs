@@ -208,6 +208,8 @@ pub struct ProxyState {
     pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
     /// Clients hibernating: quiet, holding no server connection and no buffers.
     pub hibernating: std::sync::atomic::AtomicUsize,
+    /// Admin console sessions logged in.
+    pub consoles: std::sync::atomic::AtomicUsize,
     /// Clients connected, logged in or not (see [`Admitted`]).
     pub clients: std::sync::atomic::AtomicUsize,
     /// Rung once when the proxy starts shutting down.
@@ -347,6 +349,7 @@ impl ProxyState {
             statements: StatementCache::default(),
             hibernating: Default::default(),
             clients: Default::default(),
+            consoles: Default::default(),
             shutdown: ShutdownBell::default(),
         })
     }

@@ -397,7 +397,9 @@ fn lists(state: &ProxyState) -> Table {
         })
         .sum::<usize>()
         * state.config.users.len();
-    let logged_in: usize = state.cancels.logged_in().values().sum();
+    // Console sessions are used clients too, as in PgBouncer.
+    let consoles = state.consoles.load(std::sync::atomic::Ordering::Relaxed);
+    let logged_in = state.cancels.logged_in().values().sum::<usize>() + consoles;
     let connected = state.clients.load(std::sync::atomic::Ordering::Relaxed);
     let mut open = 0u64;
     for db in &state.config.databases {

@@ -74,6 +74,7 @@ pub(super) async fn run(
     login: ConsoleLogin,
 ) {
     tracing::info!(user = %login.user, "admin console login");
+    let _counted = Counted::new(&state.consoles);
     let mut out = BytesMut::new();
     greet(&mut out);
     loop {
@@ -206,4 +207,20 @@ fn notice(out: &mut BytesMut, message: String) {
     }
     .encode(out);
     out[start] = b'N';
+}
+
+/// One more in a count while it lives.
+struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Counted<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(n)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
