@@ -104,10 +104,15 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
         Some(1.0)
     );
     let pg = integration_tests::cluster().addr();
-    let idle = format!(
-        r#"shardgate_server_connections{{database="app",user="app",shard="s0",server="{pg}",state="idle"}}"#
-    );
-    assert_eq!(sample(&body, &idle), Some(1.0), "{body}");
+    let conns = |state: &str| {
+        let name = format!(
+            r#"shardgate_server_connections{{database="app",user="app",shard="s0",server="{pg}",state="{state}"}}"#
+        );
+        sample(&body, &name).unwrap()
+    };
+    // One connection served the client (it may not be back in the pool yet when the client
+    // has its answer).
+    assert_eq!(conns("idle") + conns("active"), 1.0, "{body}");
     let up = format!(r#"shardgate_server_up{{database="app",shard="s0",server="{pg}"}}"#);
     assert_eq!(sample(&body, &up), Some(1.0));
     // No label carries SQL text or a client address.
@@ -179,7 +184,18 @@ impl Drop for Prometheus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_queries_counter() {
-    let (p, port) = proxy();
+    // A primary and its streaming replica, so that the replica series exist too.
+    let port = testkit::free_port();
+    let servers = format!(
+        "primary = \"{}\"\nreplicas = [\"{}\"]",
+        integration_tests::cluster().addr(),
+        integration_tests::replica().addr()
+    );
+    let config = integration_tests::split_config(&servers, "", "").replace(
+        "[proxy]\n",
+        &format!("[proxy]\nmetrics_listen = \"127.0.0.1:{port}\"\n"),
+    );
+    let p = Proxy::start(&config);
     let Some(prom) = Prometheus::start(port) else {
         eprintln!("skipped: /usr/bin/prometheus is not installed (apt-get install prometheus)");
         return;
@@ -201,4 +217,79 @@ async fn a_real_prometheus_scrapes_the_queries_counter() {
         seen.is_some(),
         "Prometheus has shardgate_queries_total = 25"
     );
+    // Every query of the Grafana dashboard is valid PromQL over series Shardgate exports
+    // (the replica's lag is there once a health check has measured it).
+    let metrics = poll(Duration::from_secs(60), || async {
+        let (_, m) = get(port, "/metrics").await?;
+        m.contains("shardgate_replica_lag_milliseconds{")
+            .then_some(m)
+    })
+    .await
+    .expect("the replica's lag is exported");
+    for expr in dashboard_queries() {
+        for name in metric_names(&expr) {
+            // A family with no series yet (replica lag without replicas) is still declared.
+            let base = ["_bucket", "_total"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            let exported = metrics.lines().any(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    || l.starts_with(&format!("{name} "))
+                    || l == format!("# TYPE {base} gauge")
+                    || l.starts_with(&format!("# TYPE {base} "))
+            });
+            assert!(exported, "the dashboard's {name} is not in /metrics");
+        }
+        let path = format!("/api/v1/query?query={}", percent_encode(&expr));
+        let (status, body) = get_ok(prom.port, &path).await;
+        assert!(
+            status == 200 && body.contains("\"status\":\"success\""),
+            "Prometheus rejects the dashboard's {expr}: {body}"
+        );
+    }
+}
+
+/// The PromQL queries of `docker/grafana/dashboards/shardgate.json`.
+fn dashboard_queries() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker/grafana/dashboards/shardgate.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            out.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(out.len() >= 10, "the dashboard has its panels");
+    out
+}
+
+/// The `shardgate_*` names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("shardgate_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
