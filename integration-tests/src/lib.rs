@@ -555,3 +555,28 @@ pub fn stop_at_exit(c: &'static PgCluster) {
     }
     list.push(c);
 }
+
+/// A helper process of a test (a PgBouncer, a Prometheus) on a loopback port, with its
+/// temporary directory; killed and reaped on drop.
+pub struct Daemon {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn new(port: u16, child: std::process::Child, dir: tempfile::TempDir) -> Daemon {
+        Daemon {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

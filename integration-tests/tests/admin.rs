@@ -5,11 +5,11 @@
 //! clients hold and wait for server connections.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use integration_tests::{config_text, sqlstate, wait_until, Proxy};
+use integration_tests::{config_text, sqlstate, wait_until, Daemon, Proxy};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -43,14 +43,10 @@ fn proxy(pool: &str) -> Proxy {
 }
 
 /// A PgBouncer on a loopback port (as `postgres` when we are root), killed on drop.
-struct PgBouncer {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
+struct PgBouncer;
 
 impl PgBouncer {
-    fn start() -> PgBouncer {
+    fn start() -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = testkit::free_port();
         let ini = dir.path().join("pgbouncer.ini");
@@ -89,18 +85,7 @@ impl PgBouncer {
             .stderr(Stdio::null())
             .spawn()
             .expect("pgbouncer is installed (apt-get install pgbouncer)");
-        PgBouncer {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PgBouncer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Daemon::new(port, child, dir)
     }
 }
 

@@ -2,10 +2,10 @@
 //! the proxy shuts down), `/metrics` values after a known workload, and a real Prometheus
 //! (Debian's, when installed) scraping it: its HTTP API returns the series.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::{config_text, wait_until, Proxy};
+use integration_tests::{config_text, wait_until, Daemon, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -132,14 +132,10 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
 }
 
 /// A Prometheus on a loopback port scraping `target` every 200 ms, killed on drop.
-struct Prometheus {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
+struct Prometheus;
 
 impl Prometheus {
-    fn start(target: u16) -> Option<Prometheus> {
+    fn start(target: u16) -> Option<Daemon> {
         let bin = std::path::Path::new("/usr/bin/prometheus");
         if !bin.exists() {
             return None;
@@ -167,18 +163,7 @@ impl Prometheus {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        Some(Prometheus {
-            port,
-            child,
-            _dir: dir,
-        })
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Some(Daemon::new(port, child, dir))
     }
 }
 

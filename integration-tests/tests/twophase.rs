@@ -300,15 +300,22 @@ async fn wait_for_file(path: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn participants_killed_between_prepare_and_commit_still_commit() {
-    let _serial = SERIAL.lock().await;
+/// A proxy whose commits across shards pause between the phases while the returned file
+/// exists (created there; the directory lives with the returned guard).
+fn paused_proxy() -> (Proxy, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let pause = dir.path().join("pause");
     let p = proxy(&format!(
         "failpoints = [\"pause_after_prepare={}\"]",
         pause.display()
     ));
+    (p, pause, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_killed_between_prepare_and_commit_still_commit() {
+    let _serial = SERIAL.lock().await;
+    let (p, pause, _dir) = paused_proxy();
     let c = p.app("app").await;
     schema(&c).await;
     let keys = open(&c).await;
@@ -333,12 +340,7 @@ async fn participants_killed_between_prepare_and_commit_still_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_runs_to_its_end_when_the_client_cancels_and_leaves() {
     let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pause = dir.path().join("pause");
-    let p = proxy(&format!(
-        "failpoints = [\"pause_after_prepare={}\"]",
-        pause.display()
-    ));
+    let (p, pause, _dir) = paused_proxy();
     let (c, conn) = tokio_postgres::connect(&p.conn_str("app", "app", "app"), NoTls)
         .await
         .unwrap();
