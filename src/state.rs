@@ -483,6 +483,12 @@ impl StatementCache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The cached statements, most recently used first.
+    pub fn entries(&self) -> Vec<Arc<Prepared>> {
+        let c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        c.map.iter().map(|(_, p)| p.clone()).collect()
+    }
+
     /// Number of distinct statements seen.
     pub fn len(&self) -> usize {
         self.inner

@@ -523,3 +523,38 @@ async fn show_stats_counts_a_known_workload() {
     load.abort();
     assert!(seen, "averages over the last period");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_prepared_lists_the_shared_statements_and_their_holders() {
+    let p = proxy("");
+    let c = p.app("app").await;
+    let text = "SELECT $1::int + 40 AS shown_by_show_prepared";
+    let stmt = c.prepare(text).await.unwrap();
+    let row = c.query_one(&stmt, &[&2i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let find = |a: &Answer| {
+        let col = |n: &str| a.columns.iter().position(|c| c.0 == n).unwrap();
+        a.rows
+            .iter()
+            .find(|r| r[col("query")].as_deref() == Some(text))
+            .map(|r| {
+                (
+                    r[col("declared_types")].clone().unwrap(),
+                    r[col("validated")].clone().unwrap(),
+                    r[col("clients")].clone().unwrap(),
+                )
+            })
+    };
+    let shown = find(&admin(&p, "SHOW PREPARED").await);
+    // tokio-postgres declares no parameter types (the server infers them).
+    assert_eq!(shown, Some(("0".into(), "yes".into(), "1".into())));
+    drop(stmt);
+    drop(c);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            find(&admin(&p, "SHOW PREPARED").await).is_some_and(|s| s.2 == "0")
+        })
+        .await,
+        "the statement stays cached, held by no client"
+    );
+}

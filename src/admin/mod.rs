@@ -29,6 +29,7 @@ pub enum Show {
     StatsAverages,
     Clients,
     Servers,
+    Prepared,
 }
 
 /// SHOW commands that exist and what they show, or why they are not answered yet.
@@ -47,7 +48,7 @@ const SHOWS: &[(&str, Option<Show>)] = &[
     ("SERVERS", Some(Show::Servers)),
     ("CLIENTS", Some(Show::Clients)),
     ("QUERIES", None),
-    ("PREPARED", None),
+    ("PREPARED", Some(Show::Prepared)),
     ("TRANSACTIONS", None),
     ("SLOW_QUERIES", None),
 ];

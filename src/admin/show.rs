@@ -27,7 +27,52 @@ pub fn table(state: &ProxyState, show: Show) -> Table {
         Show::StatsAverages => stats_one(state, true),
         Show::Clients => clients(state),
         Show::Servers => servers(state),
+        Show::Prepared => prepared(state),
     }
+}
+
+/// Longest statement text `SHOW PREPARED` shows.
+const QUERY_SHOWN: usize = 1000;
+
+/// Shardgate's own: the statements prepared through the proxy and shared by its clients
+/// (transaction and statement pooling), most recently used first: the server-side name,
+/// the text (cut at 1,000 bytes), the parameter types its Parse declared, whether a server accepted it, how many
+/// clients hold it now.
+fn prepared(state: &ProxyState) -> Table {
+    let mut t = Table::new(&[
+        ("name", TEXT),
+        ("query", TEXT),
+        ("declared_types", INT4),
+        ("validated", TEXT),
+        ("clients", INT8),
+        ("generation", INT8),
+    ]);
+    for p in state.statements.entries() {
+        let mut query = p.query().to_string();
+        if query.len() > QUERY_SHOWN {
+            let mut end = QUERY_SHOWN;
+            while !query.is_char_boundary(end) {
+                end -= 1;
+            }
+            query.truncate(end);
+            query.push_str("...");
+        }
+        let params = crate::protocol::parse_body(&p.parse[5..])
+            .map_or(0, |b| crate::protocol::param_oids(b.rest).len());
+        let validated = p.validated.load(std::sync::atomic::Ordering::Relaxed);
+        // The cache holds one reference; every other is a client's (or a connection's
+        // statement in flight).
+        let holders = std::sync::Arc::strong_count(&p).saturating_sub(2);
+        t.row(vec![
+            v(&p.name),
+            v(query),
+            v(params),
+            v(if validated { "yes" } else { "no" }),
+            v(holders),
+            v(p.generation),
+        ]);
+    }
+    t
 }
 
 /// The columns of `SHOW CLIENTS` and `SHOW SERVERS` (PgBouncer's, alike for both).

@@ -24,6 +24,7 @@ fn acting_and_not_yet_answered_commands_are_told_apart_from_unknown_ones() {
     assert_eq!(parse("SET a = 1"), [Command::Act("SET")]);
     assert_eq!(parse("SHOW STATS"), [Command::Show(Show::Stats)]);
     assert_eq!(parse("SHOW QUERIES"), [Command::NotYet("QUERIES")]);
+    assert_eq!(parse("show prepared"), [Command::Show(Show::Prepared)]);
     assert_eq!(
         parse("SHOW NONSENSE"),
         [Command::Unknown("SHOW NONSENSE".into())]
