@@ -120,6 +120,7 @@ pub fn render(state: &ProxyState) -> String {
     traffic(state, &mut reg);
     servers(state, &mut reg);
     reg.register_collector(Box::new(Durations::of(state)));
+    events(state, &mut reg);
     let mut out = String::new();
     if prometheus_text::encode(&mut out, &reg).is_err() {
         out.clear();
@@ -268,6 +269,73 @@ fn servers(state: &ProxyState, reg: &mut Registry) {
             }
         }
     }
+}
+
+fn events(state: &ProxyState, reg: &mut Registry) {
+    use crate::admin::events::{Events, FAN_OUT_SHARDS};
+    let e = &state.events;
+    let one = |reg: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        reg.register(name, help, c);
+    };
+    one(
+        reg,
+        "read_retries",
+        "Reads replayed on another server",
+        Events::get(&e.read_retries),
+    );
+    one(
+        reg,
+        "two_phase_commits",
+        "Two-phase commits decided commit",
+        Events::get(&e.two_phase_commits),
+    );
+    one(
+        reg,
+        "two_phase_left_to_recovery",
+        "Two-phase commits with a part left to recovery",
+        Events::get(&e.two_phase_left_to_recovery),
+    );
+    one(
+        reg,
+        "two_phase_aborts",
+        "Two-phase commits rolled back",
+        Events::get(&e.two_phase_aborts),
+    );
+    one(
+        reg,
+        "pinned_clients",
+        "Clients pinned to their server connection",
+        Events::get(&e.pins),
+    );
+    let fan = counters(
+        reg,
+        "fan_outs",
+        "Statements run on several shards, by shard count",
+    );
+    for (label, c) in FAN_OUT_SHARDS.iter().zip(&e.fan_outs) {
+        fan.get_or_create(&vec![("shards", label.to_string())])
+            .inc_by(Events::get(c));
+    }
+    let cache = counters(
+        reg,
+        "analysis_cache_lookups",
+        "Statement analyses by shape, by result",
+    );
+    cache
+        .get_or_create(&vec![("result", "hit".to_string())])
+        .inc_by(state.analysis.hits());
+    cache
+        .get_or_create(&vec![("result", "miss".to_string())])
+        .inc_by(state.analysis.misses());
+    let statements = Gauge::<i64>::default();
+    statements.set(state.statements.len() as i64);
+    reg.register(
+        "shared_statements",
+        "Statements in the shared statement cache",
+        statements,
+    );
 }
 
 /// The query and transaction duration histograms of every database, as read at a scrape.

@@ -208,6 +208,8 @@ pub struct ProxyState {
     pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
     /// Clients hibernating: quiet, holding no server connection and no buffers.
     pub hibernating: std::sync::atomic::AtomicUsize,
+    /// Rare events counted for `/metrics`.
+    pub events: crate::admin::events::Events,
     /// Admin console sessions logged in.
     pub consoles: std::sync::atomic::AtomicUsize,
     /// Clients connected, logged in or not (see [`Admitted`]).
@@ -350,6 +352,7 @@ impl ProxyState {
             hibernating: Default::default(),
             clients: Default::default(),
             consoles: Default::default(),
+            events: Default::default(),
             shutdown: ShutdownBell::default(),
         })
     }

@@ -97,6 +97,15 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
         ) > Some(0.0)
     );
     assert!(body.contains("# TYPE shardgate_transaction_duration_seconds histogram"));
+    for line in [
+        "shardgate_read_retries_total 0",
+        "shardgate_two_phase_commits_total 0",
+        r#"shardgate_fan_outs_total{shards="2"} 0"#,
+        r#"shardgate_analysis_cache_lookups_total{result="miss"} 0"#,
+        "shardgate_shared_statements 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in {body}");
+    }
     assert!(sample(&body, r#"shardgate_transactions_total{database="app"}"#) >= Some(7.0));
     assert!(sample(&body, r#"shardgate_sent_bytes_total{database="app"}"#) > Some(0.0));
     assert_eq!(

@@ -366,6 +366,14 @@ async fn a_commit_runs_to_its_end_when_the_client_cancels_and_leaves() {
         leftovers().await
     );
     assert_eq!(stored(&[keys.0, keys.1]).await, vec![keys.0, keys.1]);
+    use shardgate::admin::events::Events;
+    let events = &p.state.events;
+    assert_eq!(
+        Events::get(&events.two_phase_commits),
+        1,
+        "counted for /metrics"
+    );
+    assert_eq!(Events::get(&events.two_phase_aborts), 0);
 }
 
 /// The `shardgate` binary of this test's target directory when it is at least as new as

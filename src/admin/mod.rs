@@ -4,6 +4,7 @@
 //! [`Table`]s ([`show`]), and the session that speaks the simple query protocol to the
 //! console's client lives in `session::console`.
 
+pub mod events;
 pub mod show;
 pub mod stats;
 pub mod table;

@@ -25,6 +25,7 @@ impl Loop<'_> {
         shards: &[ShardId],
         want: Want,
     ) -> Result<(Vec<Checkout>, bool), PgError> {
+        self.state.events.fan_out(shards.len());
         let in_txn = self.txn.in_block() || !self.routing.parked.is_empty();
         if in_txn {
             // A transaction pinned to its shard by a savepoint fails here (twophase.rs).

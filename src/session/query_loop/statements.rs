@@ -137,6 +137,7 @@ impl Loop<'_> {
         match self.state.config.pool.session_state {
             SessionStatePolicy::Pin => {
                 if self.client.pinned.is_none() {
+                    crate::admin::events::Events::count(&self.state.events.pins);
                     tracing::debug!(user = %self.login.user(), reason, "client pinned to its server connection");
                 }
                 self.client.pinned = Some(reason);

@@ -32,6 +32,7 @@ impl Loop<'_> {
             return Some(self.server_lost(what));
         };
         conn.broken = true;
+        crate::admin::events::Events::count(&self.state.events.read_retries);
         let addr = conn.addr.to_string();
         drop(conn);
         let ban_ms = self.state.config.routing.ban_time_ms;

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use super::super::fanout_stream::ShardConns;
 use super::super::routing::Want;
 use super::super::{lock, Loop};
+use crate::admin::events::Events;
 use crate::backend::BackendError;
 use crate::pool::Checkout;
 use crate::protocol::{sqlstate, PgError, TxStatus};
@@ -148,6 +149,7 @@ impl Loop<'_> {
                 return Err(CommitError::Crash);
             }
             // Phase two: the outcome is commit.
+            Events::count(&self.state.events.two_phase_commits);
             machine.commit();
             let (machine, back) = self.run_commit(back, machine).await?;
             if let Outcome::Committed {
@@ -260,6 +262,7 @@ impl Loop<'_> {
         }
         let log_key = recovery::txn_name(id, mask);
         if !pending.is_empty() {
+            Events::count(&self.state.events.two_phase_left_to_recovery);
             let warning = notice(format!(
                 "transaction {log_key} is committed, but not yet on every shard ({}); \
                  recovery completes it within about 30 s",
@@ -316,6 +319,7 @@ impl Loop<'_> {
             }
         };
         let rolled_back = || {
+            Events::count(&self.state.events.two_phase_aborts);
             CommitError::Client(
                 PgError::error(
                     sqlstate::TRANSACTION_ROLLBACK,
