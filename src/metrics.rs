@@ -119,6 +119,7 @@ pub fn render(state: &ProxyState) -> String {
     pools(state, &mut reg);
     traffic(state, &mut reg);
     servers(state, &mut reg);
+    shapes(state, &mut reg);
     reg.register_collector(Box::new(Durations::of(state)));
     events(state, &mut reg);
     let mut out = String::new();
@@ -268,6 +269,40 @@ fn servers(state: &ProxyState, reg: &mut Registry) {
                 }
             }
         }
+    }
+}
+
+/// Query shapes `/metrics` shows (those with the most total time): the label set stays
+/// bounded, and the shape's text is in `SHOW QUERIES` under the same `query_id`.
+const METRIC_SHAPES: usize = 20;
+
+fn shapes(state: &ProxyState, reg: &mut Registry) {
+    let calls = counters(
+        reg,
+        "query_shape_calls",
+        "Calls of a top query shape (SHOW QUERIES)",
+    );
+    let errors = counters(
+        reg,
+        "query_shape_errors",
+        "Calls of a top query shape that failed",
+    );
+    let rows = counters(
+        reg,
+        "query_shape_rows",
+        "Rows returned or changed by a top query shape",
+    );
+    let micros = counters(
+        reg,
+        "query_shape_microseconds",
+        "Time spent answering a top query shape",
+    );
+    for r in state.queries.top(METRIC_SHAPES) {
+        let l = vec![("query_id", format!("{:016x}", r.id))];
+        calls.get_or_create(&l).inc_by(r.calls);
+        errors.get_or_create(&l).inc_by(r.errors);
+        rows.get_or_create(&l).inc_by(r.rows);
+        micros.get_or_create(&l).inc_by(r.total_us);
     }
 }
 

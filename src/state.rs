@@ -208,6 +208,8 @@ pub struct ProxyState {
     pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
     /// Clients hibernating: quiet, holding no server connection and no buffers.
     pub hibernating: std::sync::atomic::AtomicUsize,
+    /// Per-shape statistics (`SHOW QUERIES`).
+    pub queries: crate::admin::queries::QueryStats,
     /// Rare events counted for `/metrics`.
     pub events: crate::admin::events::Events,
     /// Admin console sessions logged in.
@@ -334,6 +336,7 @@ impl ProxyState {
             .iter()
             .map(|d| (d.name.clone(), Arc::default()))
             .collect();
+        let queries = crate::admin::queries::QueryStats::new(config.proxy.query_stats_size);
         Arc::new(ProxyState {
             stats,
             admin_scram,
@@ -353,6 +356,7 @@ impl ProxyState {
             clients: Default::default(),
             consoles: Default::default(),
             events: Default::default(),
+            queries,
             shutdown: ShutdownBell::default(),
         })
     }
@@ -381,6 +385,8 @@ pub struct Prepared {
     pub generation: u64,
     /// Routing facts, found on first use (only when routing needs them).
     pub route: std::sync::OnceLock<crate::sql::hints::RouteFacts>,
+    /// Its shape's statistics (`SHOW QUERIES`), found on first execution.
+    pub shape: std::sync::OnceLock<Option<Arc<crate::admin::queries::ShapeStats>>>,
 }
 
 impl Prepared {
@@ -451,6 +457,7 @@ impl StatementCache {
             )),
             generation,
             route: Default::default(),
+            shape: Default::default(),
         });
         c.bytes += 2 * rest.len();
         if c.map

@@ -15,7 +15,8 @@
 #       integration-tests/bench/callgrind_tx.sh
 # Environment: BINS (required) WORKLOADS ["select:simple tpcb:simple"] CLIENTS [4] TX [500]
 #   (per client) WARM [50] (per client) OUT [/tmp/callgrind-tx] PGBOUNCER_BIN [/usr/sbin/pgbouncer]
-#   SHARDGATE_WORKERS [0] (Shardgate's [proxy] workers)
+#   SHARDGATE_WORKERS [0] (Shardgate's [proxy] workers) SHARDGATE_PROXY_EXTRA (more [proxy]
+#   lines, e.g. "query_stats_size = 0" to compare per-shape statistics off)
 set -euo pipefail
 BINS=${BINS:?set BINS}
 WORKLOADS=${WORKLOADS:-select:simple tpcb:simple}

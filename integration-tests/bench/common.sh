@@ -65,13 +65,15 @@ stop_pg() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m immediate -w stop >/dev/null 2
 
 # shardgate_toml FILE PORT POOL: a Shardgate config in FILE listening on PORT, transaction
 # mode, a pool of POOL in front of the Postgres of start_pg; SHARDGATE_WORKERS [0] is its
-# `[proxy] workers` (tokio worker threads, 0 = one per core, 1 = a current-thread runtime).
+# `[proxy] workers` (tokio worker threads, 0 = one per core, 1 = a current-thread runtime);
+# SHARDGATE_PROXY_EXTRA, if set, more `[proxy]` lines (e.g. `query_stats_size = 0`).
 shardgate_toml() {
     cat >"$1" <<EOF
 [proxy]
 listen = "127.0.0.1:$2"
 pool_mode = "transaction"
 workers = ${SHARDGATE_WORKERS:-0}
+${SHARDGATE_PROXY_EXTRA:-}
 [pool]
 size = $3
 [[users]]

@@ -284,7 +284,7 @@ async fn only_the_admin_user_and_stats_users_log_in_and_only_the_admin_may_act()
             matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0).unwrap().starts_with("Shardgate"))
         );
         assert_eq!(error_of(c, "SHOW NONSENSE").await, "42601");
-        assert_eq!(error_of(c, "SHOW QUERIES").await, "0A000");
+        assert_eq!(error_of(c, "SHOW TRANSACTIONS").await, "0A000");
     }
     assert_eq!(error_of(&admin, "RELOAD").await, "0A000");
     assert_eq!(error_of(&admin, "PAUSE app").await, "0A000");

@@ -97,6 +97,20 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
         ) > Some(0.0)
     );
     assert!(body.contains("# TYPE shardgate_transaction_duration_seconds histogram"));
+    // The top query shapes by id (a fresh proxy: SELECT 1 is the only shape it ran).
+    let shape_samples: Vec<(&str, f64)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("shardgate_query_shape_calls_total{query_id=\""))
+        .filter_map(|l| {
+            let (id, v) = l.split_once("\"}")?;
+            Some((id, v.trim().parse().ok()?))
+        })
+        .collect();
+    assert_eq!(shape_samples.len(), 1, "{body}");
+    let (id, calls) = shape_samples[0];
+    assert_eq!(calls, 7.0);
+    let rows = format!("shardgate_query_shape_rows_total{{query_id=\"{id}\"}}");
+    assert_eq!(sample(&body, &rows), Some(7.0), "{body}");
     for line in [
         "shardgate_read_retries_total 0",
         "shardgate_two_phase_commits_total 0",

@@ -5,6 +5,7 @@
 //! console's client lives in `session::console`.
 
 pub mod events;
+pub mod queries;
 pub mod show;
 pub mod stats;
 pub mod table;
@@ -31,6 +32,7 @@ pub enum Show {
     Clients,
     Servers,
     Prepared,
+    Queries,
 }
 
 /// SHOW commands that exist and what they show, or why they are not answered yet.
@@ -48,7 +50,7 @@ const SHOWS: &[(&str, Option<Show>)] = &[
     ("STATS_AVERAGES", Some(Show::StatsAverages)),
     ("SERVERS", Some(Show::Servers)),
     ("CLIENTS", Some(Show::Clients)),
-    ("QUERIES", None),
+    ("QUERIES", Some(Show::Queries)),
     ("PREPARED", Some(Show::Prepared)),
     ("TRANSACTIONS", None),
     ("SLOW_QUERIES", None),

@@ -28,6 +28,7 @@ pub fn table(state: &ProxyState, show: Show) -> Table {
         Show::Clients => clients(state),
         Show::Servers => servers(state),
         Show::Prepared => prepared(state),
+        Show::Queries => super::queries::table(&state.queries),
     }
 }
 

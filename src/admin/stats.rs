@@ -183,6 +183,13 @@ pub struct Meter {
     request: Option<Instant>,
     /// When the transaction being answered began.
     xact: Option<Instant>,
+    /// The shapes of the requests being answered (`SHOW QUERIES`).
+    pub pending: super::queries::Pending,
+    /// The shape of the simple Query being routed, when routing looked it up (None: not
+    /// looked up).
+    pub query_shape: Option<Option<std::sync::Arc<super::queries::ShapeStats>>>,
+    /// The portal last bound (its name) and its statement's shape.
+    pub portal: Option<(Box<str>, std::sync::Arc<super::queries::ShapeStats>)>,
 }
 
 impl Meter {
@@ -197,24 +204,30 @@ impl Meter {
     }
 
     /// The client got a ReadyForQuery at `now`: a query ended, and a transaction when
-    /// `idle`. Returns whether a transaction ended (time to add the counts).
-    pub fn answered(&mut self, idle: bool, now: Instant) -> bool {
+    /// `idle`. Returns the query's time (µs) and whether a transaction ended (time to add
+    /// the counts).
+    pub fn answered(&mut self, idle: bool, now: Instant) -> (u64, bool) {
         let since = |t: Option<Instant>| {
             t.map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64)
         };
         let c = &mut self.counts;
         c.queries += 1;
         let us = since(self.request.take());
+        if self.pending.owed() > 1 {
+            // A pipeline: the next request's answer begins now.
+            self.request = Some(now);
+        }
         c.query_us += us;
         self.query_hist[bucket(us)] += 1;
         if !idle {
-            return false;
+            return (us, false);
         }
+        let query_us = us;
         c.xacts += 1;
         let us = since(self.xact.take());
         c.xact_us += us;
         self.xact_hist[bucket(us)] += 1;
-        true
+        (query_us, true)
     }
 }
 
@@ -229,9 +242,15 @@ mod tests {
         let mut m = Meter::default();
         m.request(|| t0);
         m.request(|| t0 + Duration::from_secs(9));
-        assert!(!m.answered(false, t0 + Duration::from_micros(100)));
+        assert_eq!(
+            m.answered(false, t0 + Duration::from_micros(100)),
+            (100, false)
+        );
         m.request(|| t0 + Duration::from_micros(300));
-        assert!(m.answered(true, t0 + Duration::from_micros(400)));
+        assert_eq!(
+            m.answered(true, t0 + Duration::from_micros(400)),
+            (100, true)
+        );
         assert_eq!((m.counts.queries, m.counts.xacts), (2, 1));
         assert_eq!((m.counts.query_us, m.counts.xact_us), (200, 400));
         // 100 µs and 100 µs: the first bucket (≤ 100 µs); the transaction's 400 µs: ≤ 500.
@@ -240,7 +259,7 @@ mod tests {
         assert_eq!(bucket(400), 2);
         assert_eq!(bucket(u64::MAX), BUCKETS_US.len() - 1);
         // An answer with no request (a proxy's own) counts a query of no time.
-        assert!(m.answered(true, t0));
+        assert_eq!(m.answered(true, t0), (0, true));
         assert_eq!(
             (m.counts.queries, m.counts.xacts, m.counts.xact_us),
             (3, 2, 400)

@@ -23,7 +23,11 @@ fn acting_and_not_yet_answered_commands_are_told_apart_from_unknown_ones() {
     assert_eq!(parse("kill_client 42"), [Command::Act("KILL_CLIENT")]);
     assert_eq!(parse("SET a = 1"), [Command::Act("SET")]);
     assert_eq!(parse("SHOW STATS"), [Command::Show(Show::Stats)]);
-    assert_eq!(parse("SHOW QUERIES"), [Command::NotYet("QUERIES")]);
+    assert_eq!(parse("SHOW QUERIES"), [Command::Show(Show::Queries)]);
+    assert_eq!(
+        parse("SHOW TRANSACTIONS"),
+        [Command::NotYet("TRANSACTIONS")]
+    );
     assert_eq!(parse("show prepared"), [Command::Show(Show::Prepared)]);
     assert_eq!(
         parse("SHOW NONSENSE"),

@@ -69,6 +69,9 @@ pub struct ProxyConfig {
     pub log_connections: bool,
     /// `text` (human-readable lines) or `json` (one JSON object per line, for Loki or ELK).
     pub log_format: LogFormat,
+    /// Query shapes `SHOW QUERIES` keeps statistics for (0: none; each costs a shape scan per
+    /// statement).
+    pub query_stats_size: usize,
     /// Length of the period `SHOW STATS_AVERAGES` averages over (PgBouncer's `stats_period`).
     pub stats_period_ms: u64,
     /// Users of `[[users]]` who may log in to the admin console (with their own password)
@@ -112,6 +115,7 @@ impl Default for ProxyConfig {
             admin_password: Redacted::default(),
             stats_users: Vec::new(),
             stats_period_ms: 60_000,
+            query_stats_size: 1000,
             log_connections: true,
             log_format: LogFormat::Text,
             max_message_size: 64 * 1024 * 1024,

@@ -108,6 +108,15 @@ impl Config {
             }
         }
         p.at_least("proxy.stats_period_ms", self.proxy.stats_period_ms, 10);
+        if self.proxy.query_stats_size > crate::admin::queries::MAX_QUERY_STATS_SIZE {
+            p.push(
+                "proxy.query_stats_size",
+                format!(
+                    "must be at most {}",
+                    crate::admin::queries::MAX_QUERY_STATS_SIZE
+                ),
+            );
+        }
         p.at_least("pool.size", self.pool.size.into(), 1);
         p.at_least(
             "pool.prepared_statements_cache",

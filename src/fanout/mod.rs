@@ -45,7 +45,7 @@ pub use error::MergeError;
 pub use merger::Merger;
 pub use plan::{Agg, AggFunc, MergeColumn, MergePlan, SortKey};
 pub use value::oid;
-pub use wire::{CommandTag, Field, RowDescription};
+pub use wire::{answered_in, CommandTag, Field, RowDescription};
 
 /// One shard's complete answer to the statement, as raw messages (tag and length included).
 #[derive(Debug, Clone, Default)]

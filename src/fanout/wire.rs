@@ -200,6 +200,22 @@ impl CommandTag {
         Self::from_text(tag)
     }
 
+    /// The row count of a whole 'C' message, without decoding it into a tag (0 for a
+    /// command that reports none or a malformed message): what a statement returned or
+    /// changed, for per-shape statistics.
+    pub fn rows_in(msg: &[u8]) -> u64 {
+        let Ok(mut b) = body(msg, b'C') else { return 0 };
+        let Some(tag) = cstr(&mut b) else { return 0 };
+        let first = tag.split(' ').next().unwrap_or_default();
+        if !COUNTED.contains(&first) {
+            return 0;
+        }
+        tag.rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Decodes the text of a tag, e.g. `INSERT 0 5`.
     pub fn from_text(tag: &str) -> Result<CommandTag, &'static str> {
         let mut words = tag.split(' ');
@@ -246,6 +262,31 @@ impl CommandTag {
     pub fn encode(&self, buf: &mut BytesMut) {
         put(buf, CommandComplete::new(self.text()));
     }
+}
+
+/// What a whole answer (`out`: complete server messages) reports for per-shape statistics:
+/// its CommandCompletes and their rows, and how many came before its first ErrorResponse.
+pub fn answered_in(out: &[u8]) -> crate::admin::queries::Answered {
+    let mut a = crate::admin::queries::Answered::default();
+    let mut at = 0;
+    while let Some((tag, len)) = crate::protocol::peek_header(&out[at..]) {
+        let end = at.saturating_add(1 + len.max(4) as usize).min(out.len());
+        match tag {
+            b'C' => {
+                a.rows += CommandTag::rows_in(&out[at..end]);
+                a.completed += 1;
+            }
+            b'E' => {
+                a.error_at.get_or_insert(a.completed);
+            }
+            _ => {}
+        }
+        if end <= at {
+            break;
+        }
+        at = end;
+    }
+    a
 }
 
 #[cfg(test)]

@@ -124,7 +124,10 @@ fn fuzz_wire_messages() {
         for cols in [*columns, u16::MAX as usize] {
             bounded(n, 16, 256, || parse_data_row(&frozen, cols)).ok();
         }
+        let rows = CommandTag::rows_in(msg);
         if let Ok(tag) = bounded(n, 8, 256, || CommandTag::parse(msg)) {
+            // The statistics' count, read without decoding, is the decoder's.
+            assert_eq!(rows, tag.rows.unwrap_or(0));
             assert_eq!(CommandTag::from_text(&tag.text()).ok(), Some(tag));
         }
         bounded(n, 8, 256, || {

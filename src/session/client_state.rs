@@ -33,6 +33,9 @@ pub struct ClientState {
     /// The client's last Parse of the unnamed statement (a number no other gets, the message)
     /// while Postgres would hold it: sent again, unseen, where a connection holds another.
     pub unnamed_parse: Option<(u64, bytes::Bytes)>,
+    /// Shapes of the statements the proxy does not pool (`SHOW QUERIES`); boxed: most idle
+    /// clients have none.
+    pub shapes: Option<Box<crate::admin::queries::StatementShapes>>,
     /// Client statement name -> pooled statement.
     pub named: HashMap<String, Arc<Prepared>>,
     /// SQL-level prepared statements: name -> PREPARE text.

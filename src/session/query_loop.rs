@@ -41,6 +41,7 @@ mod meter;
 mod pipeline;
 mod routing;
 mod server_input;
+mod shapes;
 mod shard_conns;
 mod statements;
 mod twophase;

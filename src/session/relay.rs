@@ -120,6 +120,9 @@ pub struct Relay {
     copy_in: bool,
     /// The message being classified is the client's ReadyForQuery (see [`Event::Ready`]).
     client_ready: bool,
+    /// What the server answered the client's request so far (for per-shape statistics; the
+    /// session takes it at each ReadyForQuery).
+    pub answered: crate::admin::queries::Answered,
 }
 
 impl Relay {
@@ -227,9 +230,9 @@ impl Relay {
                 }
                 return Ok(());
             }
-            // ParameterStatus and ErrorResponse are looked into (see `classify`): wait for
-            // the whole message while it is small.
-            if matches!(tag, b'S' | b'E') && len < 8192 && inbuf.len() < len as usize + 1 {
+            // ParameterStatus, ErrorResponse and CommandComplete are looked into (see
+            // `classify`): wait for the whole message while it is small.
+            if matches!(tag, b'S' | b'E' | b'C') && len < 8192 && inbuf.len() < len as usize + 1 {
                 return Ok(());
             }
             self.forwarding = self.classify(tag, inbuf, events);
@@ -323,6 +326,7 @@ impl Relay {
                         visible
                     }
                     b'E' => {
+                        self.count_answer(tag, false, inbuf);
                         if let Some(Expect::Parse {
                             stmt: Some(stmt),
                             client_name,
@@ -351,6 +355,7 @@ impl Relay {
             },
             Some(Expect::Client(kind)) => {
                 let kind = *kind;
+                self.count_answer(tag, matches!(kind, Kind::Execute | Kind::Query), inbuf);
                 if tag == b'E' && kind.extended() {
                     self.queue.pop_front();
                     self.skip_to_sync(events);
@@ -370,6 +375,23 @@ impl Relay {
             Some(Expect::InjectedQuery(_) | Expect::Synthetic(_) | Expect::SyntheticReady(..)) => {
                 true
             }
+        }
+    }
+
+    /// Counts a CommandComplete's rows (of an Execute or a Query: `completes`) and the first
+    /// error of the client's request.
+    fn count_answer(&mut self, tag: u8, completes: bool, inbuf: &[u8]) {
+        let a = &mut self.answered;
+        match tag {
+            b'C' if completes => {
+                let len = crate::protocol::peek_header(inbuf).map_or(0, |(_, l)| l as usize + 1);
+                a.rows += crate::fanout::CommandTag::rows_in(inbuf.get(..len).unwrap_or_default());
+                a.completed += 1;
+            }
+            b'E' => {
+                a.error_at.get_or_insert(a.completed);
+            }
+            _ => {}
         }
     }
 

@@ -17,6 +17,7 @@ use lru::{DefaultHasher, LruCache};
 
 use super::analyze::{classify_shaped, Analysis};
 use super::shape::{shape, Literal};
+use crate::admin::queries::{QueryStats, ShapeStats};
 
 /// Shapes longer than this many bytes (bulk `INSERT ... VALUES` lists, huge `IN` lists) are
 /// analysed every time instead of cached, so the cache's memory stays below about
@@ -68,23 +69,33 @@ impl AnalysisCache {
     /// parses `sql` and caches the result. The literals are this statement's own values, in
     /// order (for shard keys).
     pub fn analyze(&self, sql: &str) -> (Arc<Analysis>, Vec<Literal>) {
+        let (analysis, literals, _) = self.analyze_noting(sql, None);
+        (analysis, literals)
+    }
+
+    /// [`Self::analyze`], also finding the shape's statistics in `queries` (from the same
+    /// shape scan).
+    pub fn analyze_noting(
+        &self,
+        sql: &str,
+        queries: Option<&QueryStats>,
+    ) -> (Arc<Analysis>, Vec<Literal>, Option<Arc<ShapeStats>>) {
         let shaped = shape(sql);
+        let stats = queries.and_then(|q| q.of_shape(&shaped.text));
         if shaped.text.len() > MAX_CACHED_SHAPE_LEN {
             self.misses.fetch_add(1, Ordering::Relaxed);
-            return (
-                Arc::new(classify_shaped(sql, &shaped, &self.write_functions)),
-                shaped.literals,
-            );
+            let analysis = classify_shaped(sql, &shaped, &self.write_functions);
+            return (Arc::new(analysis), shaped.literals, stats);
         }
         let shard = &self.shards[self.shard_of(&shaped.text)];
         if let Some(hit) = lock(shard).get(shaped.text.as_str()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return (Arc::clone(hit), shaped.literals);
+            return (Arc::clone(hit), shaped.literals, stats);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let analysis = Arc::new(classify_shaped(sql, &shaped, &self.write_functions));
         lock(shard).put(shaped.text, Arc::clone(&analysis));
-        (analysis, shaped.literals)
+        (analysis, shaped.literals, stats)
     }
 
     /// Lookups answered from the cache.

@@ -226,6 +226,8 @@ pub struct RouteFacts {
     /// An unparsed statement that starts like maintenance or schema DDL (`VACUUM`,
     /// `CLUSTER`, `REINDEX`, `CREATE`, ...): it belongs on every shard.
     pub maintenance: bool,
+    /// Its shape's statistics (`SHOW QUERIES`), when the session looked them up.
+    pub shape: Option<std::sync::Arc<crate::admin::queries::ShapeStats>>,
 }
 
 impl RouteFacts {
@@ -256,6 +258,7 @@ impl RouteFacts {
             analysis,
             literals,
             param_types: Vec::new(),
+            shape: None,
         }
     }
 

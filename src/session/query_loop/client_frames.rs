@@ -41,6 +41,7 @@ impl Loop<'_> {
                 ControlFlow::Continue(frame) => frame,
                 ControlFlow::Break(end) => return end,
             };
+            self.meter.query_shape = None;
             if self.handled_before_routing(&frame) {
                 continue;
             }

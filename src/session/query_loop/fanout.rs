@@ -73,9 +73,18 @@ impl Loop<'_> {
         shards: &[ShardId],
     ) -> Option<End> {
         let sql = query_text(frame.body()).to_string();
+        if self.state.queries.enabled() {
+            self.meter.pending.query(facts.shape.clone(), shards.len());
+        }
         match self.fan_out_inner(&sql, facts, shards).await {
-            Ok(out) => self.to_client.extend_from_slice(&out),
-            Err(e) => e.encode(&mut self.to_client),
+            Ok(out) => {
+                self.relay.answered = crate::fanout::answered_in(&out);
+                self.to_client.extend_from_slice(&out);
+            }
+            Err(e) => {
+                self.meter.pending.failed();
+                e.encode(&mut self.to_client);
+            }
         }
         self.ready_for_client(self.txn.status());
         None

@@ -15,12 +15,22 @@ impl Loop<'_> {
     /// when `status` is idle (then the session's counts go to its database's).
     pub(super) fn ready_for_client(&mut self, status: TxStatus) {
         protocol::ready_for_query(&mut self.to_client, status);
-        if self
+        // The answer is written as the server's bytes arrive (`last_activity`; the stream
+        // driver keeps it too): no clock read here.
+        let (us, xact_ended) = self
             .meter
-            // The answer is written as the server's bytes arrive (`last_activity`; the stream
-            // driver keeps it too): no clock read here.
-            .answered(status == TxStatus::Idle, self.last_activity.into_std())
-        {
+            .answered(status == TxStatus::Idle, self.last_activity.into_std());
+        let answered = std::mem::take(&mut self.relay.answered);
+        if !self.meter.pending.is_empty() {
+            let on_replica = !self.routing.on_primary;
+            self.meter.pending.record(us, answered, on_replica);
+            if self.relay.idle() {
+                // Nothing else is owed: whatever is still noted (a request answered in a way
+                // not seen here) is dropped, so later answers stay matched to their requests.
+                self.meter.pending.clear();
+            }
+        }
+        if xact_ended {
             self.login.stats.add(&mut self.meter);
             self.login
                 .cancel

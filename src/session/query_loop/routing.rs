@@ -117,8 +117,11 @@ impl Routing {
 impl Loop<'_> {
     /// Routing facts of a query text, through the shape cache.
     pub(super) fn facts_of(&self, sql: &str) -> RouteFacts {
-        let (analysis, literals) = self.state.analysis.analyze(sql);
-        RouteFacts::from_parts(analysis, literals, sql)
+        let queries = Some(&self.state.queries).filter(|q| q.enabled());
+        let (analysis, literals, shape) = self.state.analysis.analyze_noting(sql, queries);
+        let mut f = RouteFacts::from_parts(analysis, literals, sql);
+        f.shape = shape;
+        f
     }
 
     /// Routing facts of a pooled statement, found once.
@@ -267,6 +270,7 @@ impl Loop<'_> {
     fn statement_of(&mut self, frame: &Frame) -> Option<(Statement, Known)> {
         if frame.tag == b'Q' {
             let f = self.facts_of(query_text(frame.body()));
+            self.meter.query_shape = Some(f.shape.clone());
             let single = (f.statements == 1).then_some(f.kind);
             let stmt = Statement {
                 want: self.want(&f),

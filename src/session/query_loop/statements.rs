@@ -23,69 +23,34 @@ use crate::sql::scan::{
 use crate::state::Prepared;
 
 mod injected;
+mod local;
 mod unnamed;
 pub(super) use injected::inject_query;
 use injected::{close_evicted, inject_deallocate};
 
 impl Loop<'_> {
-    /// Without a server connection (so outside a transaction), answers what needs no server:
-    /// Sync, Flush, Close of a named statement, and Parse of a statement some server already
-    /// accepted. Drivers that prepare synchronously (pgbench -M prepared) then never wait for
-    /// a server connection just to prepare, which could otherwise deadlock a small pool.
-    pub(super) fn answer_locally(&mut self, frame: &Frame) -> bool {
-        match frame.tag {
-            b'S' => {
-                self.ready_for_client(self.txn.status());
-                true
-            }
-            b'H' => true,
-            b'C' => match protocol::target(frame.body()) {
-                Some((b'S', name)) if !name.is_empty() => {
-                    self.client.named.remove(name);
-                    self.to_client.extend_from_slice(&empty_message(b'3'));
-                    true
-                }
-                _ => false,
-            },
-            b'P' => {
-                let Some(p) = parse_body(frame.body()) else {
-                    return false;
-                };
-                if p.name.is_empty()
-                    || self.client.named.contains_key(p.name)
-                    || self.client.sql_prepared.contains_key(p.name)
-                {
-                    return false;
-                }
-                if !matches!(session_command(p.query), SessionCommand::None) {
-                    return false;
-                }
-                match self.state.statements.get_validated(p.rest) {
-                    Some(stmt) => {
-                        self.client.named.insert(p.name.to_string(), stmt);
-                        self.to_client.extend_from_slice(&empty_message(b'1'));
-                        true
-                    }
-                    None => false,
-                }
-            }
-            _ => false,
-        }
-    }
-
     /// Sends one client message to the server connection, rewriting statement names in
     /// managed modes, and records the responses it will produce.
     pub(super) fn route(&mut self, frame: Frame) -> Option<End> {
         let tag = frame.tag;
         match tag {
-            b'Q' => self.on_query(&frame),
+            b'Q' => {
+                self.note_query(&frame);
+                self.on_query(&frame);
+            }
             b'P' => return self.on_parse(&frame),
             b'B' => return self.on_bind(&frame),
             b'D' | b'C' => return self.on_describe_or_close(&frame),
-            b'E' => self.forward(&frame, Some(Kind::Execute)),
+            b'E' => {
+                self.note_execute(&frame);
+                self.forward(&frame, Some(Kind::Execute));
+            }
             b'S' => {
                 self.unsynced = false;
                 let kind = (!self.relay.sync_ignored()).then_some(Kind::Sync);
+                if kind.is_some() {
+                    self.note_sync();
+                }
                 self.forward(&frame, kind);
             }
             b'c' | b'f' => {
@@ -160,6 +125,9 @@ impl Loop<'_> {
         let Some(p) = parse_body(frame.body()) else {
             return self.malformed("Parse");
         };
+        if !self.managed || p.name.is_empty() {
+            self.note_parse(p.name, p.query);
+        }
         if !self.managed {
             self.to_server.extend_from_slice(&frame.bytes);
             self.relay.push(Expect::Parse {
@@ -256,10 +224,12 @@ impl Loop<'_> {
                 self.note_name_params(frame.body(), &params);
                 self.client.unnamed_name_params = params;
             }
+            self.note_bind(frame.body(), None);
             self.forward(frame, Some(Kind::Bind));
             return None;
         }
         if let Some(stmt) = self.ensure_statement(name) {
+            self.note_bind(frame.body(), Some(&stmt));
             self.note_effect(&stmt.effect);
             self.note_name_params(frame.body(), &stmt.effect.name_params);
             if stmt.command != SessionCommand::None || !stmt.set_config.is_empty() {
@@ -304,6 +274,9 @@ impl Loop<'_> {
             }
         }
         if !self.managed || target != b'S' || name.is_empty() {
+            if tag == b'C' && target == b'S' {
+                self.note_close(name);
+            }
             self.forward(frame, Some(kind));
             return None;
         }

@@ -19,6 +19,7 @@ fn stmt(id: u64) -> Arc<Prepared> {
         effect: Default::default(),
         generation: 0,
         route: Default::default(),
+        shape: Default::default(),
     })
 }
 

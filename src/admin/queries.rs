@@ -1,0 +1,546 @@
+//! Per-query-shape statistics for `SHOW QUERIES` and `/metrics`: each statement's shape (its
+//! text with literals and parameters masked and comments dropped, as the analysis cache
+//! computes it, so a sqlcommenter `traceparent` makes no new shape) gets calls, errors, rows,
+//! total time, a fine duration histogram (for p50 and p99), the shards it ran on, and how
+//! many calls ran on a replica.
+//!
+//! Bounded: at most `proxy.query_stats_size` shapes are kept (the first ones seen; later new
+//! shapes are counted in [`QueryStats::dropped`]), each with at most [`MAX_SHAPE_TEXT`] bytes
+//! of text and a fixed-size histogram.
+//!
+//! A session notes the shapes of the request it is answering in a [`Pending`] list (one entry
+//! per run of Executes of one shape, so a long pipeline costs one entry) and records them
+//! when the client gets its ReadyForQuery, with the request's duration and what the server
+//! answered (rows from each CommandComplete, the first error).
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Largest `proxy.query_stats_size` (about 3 KiB per shape at most: its text and histogram).
+pub const MAX_QUERY_STATS_SIZE: usize = 100_000;
+
+/// Most bytes of a shape's text kept.
+pub const MAX_SHAPE_TEXT: usize = 2000;
+
+/// Locks the map is split over (fewer sessions wait on one).
+const SHARDS: usize = 16;
+
+/// Histogram buckets: one per microsecond below 8, then four per power of two (each bound
+/// at most 25% above the last), up to about 2 hours; the last takes the rest.
+const BUCKETS: usize = 128;
+
+/// The bucket of `us` microseconds.
+fn bucket_of(us: u64) -> usize {
+    if us < 8 {
+        return us as usize;
+    }
+    let msb = (63 - us.leading_zeros()) as usize;
+    let frac = ((us >> (msb - 2)) & 3) as usize;
+    (msb * 4 + frac - 4).min(BUCKETS - 1)
+}
+
+/// The largest duration (µs) bucket `i` holds (None: the last, unbounded).
+fn upper_bound(i: usize) -> Option<u64> {
+    if i + 1 >= BUCKETS {
+        return None;
+    }
+    if i < 8 {
+        return Some(i as u64);
+    }
+    let (msb, frac) = ((i + 4) / 4, (i + 4) % 4);
+    Some(((4 + frac as u64 + 1) << (msb - 2)) - 1)
+}
+
+/// The statistics of one shape.
+#[derive(Debug)]
+pub struct ShapeStats {
+    /// The shape's text (cut at [`MAX_SHAPE_TEXT`] bytes).
+    pub text: Box<str>,
+    /// A stable identifier of the shape (a hash of its whole text) for metrics labels.
+    pub id: u64,
+    calls: AtomicU64,
+    errors: AtomicU64,
+    rows: AtomicU64,
+    total_us: AtomicU64,
+    shards: AtomicU64,
+    on_replica: AtomicU64,
+    max_us: AtomicU64,
+    hist: [AtomicU64; BUCKETS],
+}
+
+/// Shapes are the same when their identifiers are.
+impl PartialEq for ShapeStats {
+    fn eq(&self, other: &ShapeStats) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for ShapeStats {}
+
+/// What `SHOW QUERIES` shows of a shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeRow {
+    pub text: String,
+    pub id: u64,
+    pub calls: u64,
+    pub errors: u64,
+    pub rows: u64,
+    pub total_us: u64,
+    /// Shards the calls ran on, summed (a call on one server counts 1, a fan-out its shards).
+    pub shards: u64,
+    pub on_replica: u64,
+    /// The longest call (µs).
+    pub max_us: u64,
+    /// The largest duration in the buckets holding the median and the 99th percentile, at
+    /// most the longest call (µs; at most 25% above the true value; `None`: no calls).
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+}
+
+/// One request's part for a shape: what [`ShapeStats::record`] adds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Calls {
+    pub calls: u64,
+    pub errors: u64,
+    pub rows: u64,
+    /// Time of each call (µs).
+    pub each_us: u64,
+    pub shards: u64,
+    pub on_replica: bool,
+}
+
+impl ShapeStats {
+    fn new(text: &str, id: u64) -> ShapeStats {
+        let mut end = text.len().min(MAX_SHAPE_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        ShapeStats {
+            text: text[..end].into(),
+            id,
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            total_us: AtomicU64::new(0),
+            shards: AtomicU64::new(0),
+            on_replica: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+            hist: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Adds calls of this shape.
+    pub fn record(&self, c: Calls) {
+        let add = |a: &AtomicU64, n: u64| {
+            if n > 0 {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.calls, c.calls);
+        add(&self.errors, c.errors);
+        add(&self.rows, c.rows);
+        add(&self.total_us, c.each_us.saturating_mul(c.calls));
+        add(&self.shards, c.shards);
+        add(&self.hist[bucket_of(c.each_us)], c.calls);
+        if c.calls > 0 {
+            self.max_us.fetch_max(c.each_us, Ordering::Relaxed);
+        }
+        if c.on_replica {
+            add(&self.on_replica, c.calls);
+        }
+    }
+
+    /// What it counted so far.
+    pub fn row(&self) -> ShapeRow {
+        let hist: Vec<u64> = self
+            .hist
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let count: u64 = hist.iter().sum();
+        let quantile = |q: f64| {
+            let want = ((count as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, n) in hist.iter().enumerate() {
+                seen += n;
+                if seen >= want {
+                    return upper_bound(i);
+                }
+            }
+            None
+        };
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let max_us = l(&self.max_us);
+        // A bucket's bound may be above the longest call: the quantile is at most that.
+        let quantile = |q| match count {
+            0 => None,
+            _ => Some(quantile(q).map_or(max_us, |b| b.min(max_us))),
+        };
+        ShapeRow {
+            text: self.text.to_string(),
+            id: self.id,
+            calls: l(&self.calls),
+            errors: l(&self.errors),
+            rows: l(&self.rows),
+            total_us: l(&self.total_us),
+            shards: l(&self.shards),
+            on_replica: l(&self.on_replica),
+            max_us,
+            p50_us: quantile(0.5),
+            p99_us: quantile(0.99),
+        }
+    }
+}
+
+/// The shapes seen, bounded.
+#[derive(Debug)]
+pub struct QueryStats {
+    shards: Vec<Mutex<HashMap<u64, Arc<ShapeStats>>>>,
+    hasher: foldhash::fast::FixedState,
+    per_shard: usize,
+    dropped: AtomicU64,
+}
+
+impl QueryStats {
+    /// At most `capacity` shapes (0: none tracked).
+    pub fn new(capacity: usize) -> QueryStats {
+        QueryStats {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: foldhash::fast::FixedState::with_seed(0x5348_4152_4447_4154),
+            per_shard: capacity.div_ceil(SHARDS),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether shapes are tracked at all.
+    pub fn enabled(&self) -> bool {
+        self.per_shard > 0
+    }
+
+    /// The statistics of `sql`'s shape (computed here), if it is tracked.
+    pub fn of(&self, sql: &str) -> Option<Arc<ShapeStats>> {
+        if !self.enabled() {
+            return None;
+        }
+        self.of_shape(&crate::sql::shape(sql).text)
+    }
+
+    /// The statistics of a shape text, if it is tracked (a new one while there is room).
+    pub fn of_shape(&self, text: &str) -> Option<Arc<ShapeStats>> {
+        if !self.enabled() {
+            return None;
+        }
+        let id = self.hasher.hash_one(text);
+        let shard = &self.shards[(id as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&id) {
+            return Some(s.clone());
+        }
+        if map.len() >= self.per_shard {
+            drop(map);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let s = Arc::new(ShapeStats::new(text, id));
+        map.insert(id, s.clone());
+        Some(s)
+    }
+
+    /// The `n` shapes with the most total time, most first (then by text).
+    pub fn top(&self, n: usize) -> Vec<ShapeRow> {
+        let mut rows: Vec<ShapeRow> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let map = s.lock().unwrap_or_else(|p| p.into_inner());
+                map.values().map(|v| v.row()).collect::<Vec<_>>()
+            })
+            .collect();
+        rows.sort_by(|a, b| b.total_us.cmp(&a.total_us).then(a.text.cmp(&b.text)));
+        rows.truncate(n);
+        rows
+    }
+
+    /// Shapes kept.
+    pub fn len(&self) -> usize {
+        let n = |s: &Mutex<HashMap<_, _>>| s.lock().unwrap_or_else(|p| p.into_inner()).len();
+        self.shards.iter().map(n).sum()
+    }
+
+    /// Whether no shape is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// New shapes that found no room.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The shapes of a client's prepared statements the proxy does not pool: the unnamed one,
+/// and the named ones in session mode (at most [`MAX_NAMED_SHAPES`]; later ones are not
+/// counted).
+#[derive(Debug, Default)]
+pub struct StatementShapes {
+    pub unnamed: Option<Arc<ShapeStats>>,
+    pub named: HashMap<Box<str>, Arc<ShapeStats>>,
+}
+
+/// Most named statements of a session-mode client whose shapes are kept.
+pub const MAX_NAMED_SHAPES: usize = 1000;
+
+/// Most runs of shapes noted for the requests not yet answered: beyond it, calls join the
+/// last run of their request, or (when that run is another request's) are not counted, so
+/// memory stays bounded for any pipeline.
+const MAX_PENDING: usize = 64;
+
+/// Most requests (Queries and Syncs) awaiting their answers that are told apart: later
+/// ones join the last (their calls count, their times are shared with it).
+const MAX_REQUESTS: usize = 4096;
+
+/// One run of calls of one shape in a request.
+#[derive(Debug)]
+struct Run {
+    stats: Arc<ShapeStats>,
+    /// The request's number.
+    request: u64,
+    calls: u64,
+    shards: u64,
+    /// Index of the run's first call among the request's server commands.
+    first: u64,
+}
+
+/// A request (a simple Query, or the extended-protocol messages up to a Sync).
+#[derive(Debug, Default, Clone, Copy)]
+struct Request {
+    number: u64,
+    /// Server commands noted (Executes, or one per simple Query).
+    commands: u64,
+    /// A simple Query: all of the server's answers (one text may hold several statements)
+    /// belong to its one shape.
+    simple: bool,
+    /// The request failed without a server's answer (a fan-out's error).
+    failed: bool,
+}
+
+/// The shapes of the requests a session sent and has not yet answered, in order: each
+/// ReadyForQuery the client gets records the oldest.
+#[derive(Debug, Default)]
+pub struct Pending {
+    runs: std::collections::VecDeque<Run>,
+    /// Requests sent, awaiting their ReadyForQuery.
+    sent: std::collections::VecDeque<Request>,
+    /// The request being noted.
+    open: Request,
+}
+
+/// What the server answered to a request: rows from each CommandComplete, and how many
+/// commands had completed when the first error came (see [`crate::session::relay`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answered {
+    pub completed: u64,
+    pub rows: u64,
+    pub error_at: Option<u64>,
+}
+
+impl Pending {
+    /// A simple Query of this shape, run on `shards` shards (a request of its own).
+    pub fn query(&mut self, stats: Option<Arc<ShapeStats>>, shards: usize) {
+        self.open.simple = true;
+        self.note(stats, shards);
+        self.sync();
+    }
+
+    /// An Execute (or a statement of a batch) of this shape.
+    pub fn execute(&mut self, stats: Option<Arc<ShapeStats>>, shards: usize) {
+        self.note(stats, shards);
+    }
+
+    /// A Sync: the request ends.
+    pub fn sync(&mut self) {
+        let next = self.open.number + 1;
+        let ended = std::mem::replace(
+            &mut self.open,
+            Request {
+                number: next,
+                ..Request::default()
+            },
+        );
+        if self.sent.len() < MAX_REQUESTS {
+            self.sent.push_back(ended);
+            return;
+        }
+        // Too many awaiting answers: this one joins the last.
+        let Some(last) = self.sent.back_mut() else {
+            return;
+        };
+        for r in self.runs.iter_mut().filter(|r| r.request == ended.number) {
+            r.request = last.number;
+            r.first += last.commands;
+        }
+        last.commands += ended.commands;
+        last.failed |= ended.failed;
+    }
+
+    /// The request just ended failed without a server's answer.
+    pub fn failed(&mut self) {
+        if let Some(r) = self.sent.back_mut() {
+            r.failed = true;
+        }
+    }
+
+    fn note(&mut self, stats: Option<Arc<ShapeStats>>, shards: usize) {
+        let open = &mut self.open;
+        let first = open.commands;
+        open.commands += 1;
+        let Some(stats) = stats else { return };
+        let shards = shards as u64;
+        let full = self.runs.len() >= MAX_PENDING;
+        match self.runs.back_mut() {
+            Some(r) if r.request == open.number && (full || Arc::ptr_eq(&r.stats, &stats)) => {
+                r.calls += 1;
+                r.shards += shards;
+            }
+            _ if full => {}
+            _ => self.runs.push_back(Run {
+                stats,
+                request: open.number,
+                calls: 1,
+                shards,
+                first,
+            }),
+        }
+    }
+
+    /// Forgets every request noted (keeping the memory).
+    pub fn clear(&mut self) {
+        self.runs.clear();
+        self.sent.clear();
+        self.open = Request {
+            number: self.open.number + 1,
+            ..Request::default()
+        };
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn owed(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// Whether no request awaits its answer.
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty() && self.open.commands == 0
+    }
+
+    /// The oldest request was answered in `us` microseconds: each noted shape gets its
+    /// calls (those after an error in a batch did not run and are not counted), the time
+    /// shared out by calls, and the server's rows likewise (exact when the request had one
+    /// shape).
+    pub fn record(&mut self, us: u64, a: Answered, on_replica: bool) {
+        let req = match self.sent.pop_front() {
+            Some(r) => r,
+            // Answered without a Sync (the proxy's own answer): what was noted ends here.
+            None => {
+                self.sync();
+                match self.sent.pop_front() {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+        };
+        // Commands that ran: a batch stops at its first error.
+        let ran = match (req.simple, a.error_at) {
+            (false, Some(e)) => (e + 1).min(req.commands),
+            _ => req.commands,
+        };
+        let error_at = match (req.simple, req.failed, a.error_at) {
+            (true, _, Some(_)) | (_, true, _) => Some(0),
+            (false, false, e) => e,
+            (true, false, None) => None,
+        };
+        let mine = |r: &&Run| r.request == req.number;
+        let counted: u64 = (self.runs.iter().take_while(mine))
+            .map(|r| r.calls.min(ran.saturating_sub(r.first)))
+            .sum();
+        let each_us = us / counted.max(1);
+        // Rows shared out by calls, cumulatively so that they add up to the server's.
+        let share = |calls: u64| {
+            (u128::from(a.rows) * u128::from(calls) / u128::from(counted.max(1))) as u64
+        };
+        let mut before = 0;
+        while let Some(r) = self.runs.front() {
+            if r.request != req.number {
+                break;
+            }
+            let Some(r) = self.runs.pop_front() else {
+                break;
+            };
+            let calls = r.calls.min(ran.saturating_sub(r.first));
+            if calls == 0 {
+                continue;
+            }
+            let rows = share(before + calls) - share(before);
+            before += calls;
+            let errors = u64::from(error_at.is_some_and(|e| e >= r.first && e < r.first + calls));
+            r.stats.record(Calls {
+                calls,
+                errors,
+                rows,
+                each_us,
+                shards: r.shards * calls / r.calls,
+                on_replica,
+            });
+        }
+    }
+}
+
+/// Most shapes `SHOW QUERIES` lists.
+const SHOWN: usize = 1000;
+
+/// `SHOW QUERIES`: the shapes with the most total time first (at most 1,000): an id (the one
+/// `/metrics` labels), the shape's text, calls, errors, rows, total / mean / p50 / p99 time in
+/// microseconds and the longest call, shards touched (summed over calls), and calls on replicas and on primaries.
+pub fn table(stats: &QueryStats) -> crate::admin::table::Table {
+    use crate::admin::table::{v, Table, INT8, TEXT};
+    let mut t = Table::new(&[
+        ("query_id", TEXT),
+        ("query", TEXT),
+        ("calls", INT8),
+        ("errors", INT8),
+        ("rows", INT8),
+        ("total_us", INT8),
+        ("mean_us", INT8),
+        ("p50_us", INT8),
+        ("p99_us", INT8),
+        ("max_us", INT8),
+        ("shards", INT8),
+        ("on_replica", INT8),
+        ("on_primary", INT8),
+    ]);
+    // A shape prepared but never run yet is not shown.
+    for r in stats.top(SHOWN).into_iter().filter(|r| r.calls > 0) {
+        t.row(vec![
+            v(format!("{:016x}", r.id)),
+            v(&r.text),
+            v(r.calls),
+            v(r.errors),
+            v(r.rows),
+            v(r.total_us),
+            v(r.total_us / r.calls.max(1)),
+            r.p50_us.map(v).unwrap_or_default(),
+            r.p99_us.map(v).unwrap_or_default(),
+            v(r.max_us),
+            v(r.shards),
+            v(r.on_replica),
+            v(r.calls - r.on_replica.min(r.calls)),
+        ]);
+    }
+    t
+}
+
+#[cfg(test)]
+#[path = "queries_tests.rs"]
+mod tests;
