@@ -210,6 +210,8 @@ pub struct ProxyState {
     pub hibernating: std::sync::atomic::AtomicUsize,
     /// Per-shape statistics (`SHOW QUERIES`).
     pub queries: crate::admin::queries::QueryStats,
+    /// The last slow queries (`SHOW SLOW_QUERIES`).
+    pub slow: crate::admin::slow::SlowLog,
     /// Rare events counted for `/metrics`.
     pub events: crate::admin::events::Events,
     /// Admin console sessions logged in.
@@ -357,6 +359,7 @@ impl ProxyState {
             consoles: Default::default(),
             events: Default::default(),
             queries,
+            slow: Default::default(),
             shutdown: ShutdownBell::default(),
         })
     }

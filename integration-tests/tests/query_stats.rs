@@ -197,3 +197,82 @@ async fn show_queries_counts_session_mode_statements_and_can_be_turned_off() {
     workload(&c).await;
     assert!(show_queries(&off).await.is_empty(), "nothing tracked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_queries_are_logged_with_the_plan_of_their_server() {
+    cluster()
+        .psql(
+            "app",
+            "DROP TABLE IF EXISTS qs_slow; CREATE TABLE qs_slow (id int, v int); \
+             INSERT INTO qs_slow SELECT g, g FROM generate_series(1, 10000) g; \
+             ANALYZE qs_slow; GRANT ALL ON qs_slow TO app",
+        )
+        .unwrap();
+    let p = Proxy::start(&config_text(
+        &format!(
+            "admin_password = \"{ADMIN_PASSWORD}\"\nslow_query_ms = 50\n\
+             slow_query_explain_interval_ms = 600000"
+        ),
+        "",
+    ));
+    let c = p.app("app").await;
+    c.simple_query("SELECT 1 AS qs_fast").await.unwrap();
+    // An unindexed column: the plan is a sequential scan. Twice: one plan per interval.
+    for v in [7, 8] {
+        let sql = format!("SELECT id, pg_sleep(0.1) FROM qs_slow WHERE v = {v}");
+        c.simple_query(&sql).await.unwrap();
+    }
+    c.query("SELECT pg_sleep($1::float8) AS qs_slow_ext", &[&0.06f64])
+        .await
+        .unwrap();
+    let slow = || async {
+        let admin = p
+            .connect("admin", ADMIN_PASSWORD, "shardgate")
+            .await
+            .unwrap();
+        let msgs = admin.simple_query("SHOW SLOW_QUERIES").await.unwrap();
+        msgs.iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(
+                    (0..r.len())
+                        .map(|i| {
+                            (
+                                r.columns()[i].name().to_string(),
+                                r.get(i).unwrap_or("").to_string(),
+                            )
+                        })
+                        .collect::<Row>(),
+                ),
+                _ => None,
+            })
+            .collect::<Vec<Row>>()
+    };
+    let planned = integration_tests::wait_until(std::time::Duration::from_secs(30), || async {
+        slow()
+            .await
+            .iter()
+            .any(|r| r["plan"].contains("Seq Scan on qs_slow"))
+    })
+    .await;
+    let rows = slow().await;
+    assert!(planned, "the first slow query's plan: {rows:#?}");
+    assert_eq!(rows.len(), 3, "three slow queries, newest first: {rows:#?}");
+    assert!(rows[0]["query"].contains("qs_slow_ext"), "{rows:#?}");
+    assert!(rows[0]["plan"].starts_with("(not explained"), "{rows:#?}");
+    for r in &rows[1..] {
+        assert!(r["query"].contains("FROM qs_slow WHERE v = $?"), "{r:?}");
+        let us: u64 = r["duration_us"].parse().unwrap();
+        assert!(us >= 100_000, "{r:?}");
+        assert_eq!(r["server"], cluster().addr().to_string());
+        assert_eq!(
+            (r["role"].as_str(), r["database"].as_str()),
+            ("primary", "app")
+        );
+    }
+    assert!(rows[2]["plan"].contains("Filter: (v = 7)"), "{rows:#?}");
+    assert!(
+        rows[1]["plan"].contains("at most once per shape"),
+        "{rows:#?}"
+    );
+    assert!(!rows.iter().any(|r| r["query"].contains("qs_fast")));
+}

@@ -7,6 +7,7 @@
 pub mod events;
 pub mod queries;
 pub mod show;
+pub mod slow;
 pub mod stats;
 pub mod table;
 
@@ -33,6 +34,7 @@ pub enum Show {
     Servers,
     Prepared,
     Queries,
+    SlowQueries,
 }
 
 /// SHOW commands that exist and what they show, or why they are not answered yet.
@@ -53,7 +55,7 @@ const SHOWS: &[(&str, Option<Show>)] = &[
     ("QUERIES", Some(Show::Queries)),
     ("PREPARED", Some(Show::Prepared)),
     ("TRANSACTIONS", None),
-    ("SLOW_QUERIES", None),
+    ("SLOW_QUERIES", Some(Show::SlowQueries)),
 ];
 
 /// Commands that act on the proxy (they arrive with live changes).

@@ -53,6 +53,15 @@ fn upper_bound(i: usize) -> Option<u64> {
     Some(((4 + frac as u64 + 1) << (msb - 2)) - 1)
 }
 
+/// `text` cut at [`MAX_SHAPE_TEXT`] bytes (on a character boundary).
+pub fn cut(text: &str) -> &str {
+    let mut end = text.len().min(MAX_SHAPE_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The statistics of one shape.
 #[derive(Debug)]
 pub struct ShapeStats {
@@ -67,6 +76,8 @@ pub struct ShapeStats {
     shards: AtomicU64,
     on_replica: AtomicU64,
     max_us: AtomicU64,
+    /// When its plan was last fetched for the slow-query log (`health::now_ms`; 0: never).
+    explained_ms: AtomicU64,
     hist: [AtomicU64; BUCKETS],
 }
 
@@ -113,12 +124,8 @@ pub struct Calls {
 
 impl ShapeStats {
     fn new(text: &str, id: u64) -> ShapeStats {
-        let mut end = text.len().min(MAX_SHAPE_TEXT);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
         ShapeStats {
-            text: text[..end].into(),
+            text: cut(text).into(),
             id,
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -127,6 +134,7 @@ impl ShapeStats {
             shards: AtomicU64::new(0),
             on_replica: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
+            explained_ms: AtomicU64::new(0),
             hist: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -150,6 +158,19 @@ impl ShapeStats {
         if c.on_replica {
             add(&self.on_replica, c.calls);
         }
+    }
+
+    /// Whether its plan may be fetched at `now_ms` (at most once per `interval_ms`); if so,
+    /// the fetch is counted as done now.
+    pub fn explain_due(&self, now_ms: u64, interval_ms: u64) -> bool {
+        let last = self.explained_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < interval_ms {
+            return false;
+        }
+        let now = now_ms.max(1);
+        (self.explained_ms)
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// What it counted so far.
@@ -194,10 +215,13 @@ impl ShapeStats {
     }
 }
 
+/// Shapes by identifier (already a hash: foldhash's mixing, not SipHash, is enough).
+type ShapeMap = HashMap<u64, Arc<ShapeStats>, foldhash::fast::FixedState>;
+
 /// The shapes seen, bounded.
 #[derive(Debug)]
 pub struct QueryStats {
-    shards: Vec<Mutex<HashMap<u64, Arc<ShapeStats>>>>,
+    shards: Vec<Mutex<ShapeMap>>,
     hasher: foldhash::fast::FixedState,
     per_shard: usize,
     dropped: AtomicU64,
@@ -219,12 +243,24 @@ impl QueryStats {
         self.per_shard > 0
     }
 
-    /// The statistics of `sql`'s shape (computed here), if it is tracked.
+    /// The statistics of `sql`'s shape (computed here, into a buffer of the thread's), if
+    /// it is tracked.
     pub fn of(&self, sql: &str) -> Option<Arc<ShapeStats>> {
         if !self.enabled() {
             return None;
         }
-        self.of_shape(&crate::sql::shape(sql).text)
+        thread_local! {
+            static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        TEXT.with(|t| {
+            let mut text = t.take();
+            crate::sql::shape_text_into(sql, &mut text);
+            let found = self.of_shape(&text);
+            if text.capacity() <= 4 * MAX_SHAPE_TEXT {
+                t.replace(text);
+            }
+            found
+        })
     }
 
     /// The statistics of a shape text, if it is tracked (a new one while there is room).
@@ -265,7 +301,7 @@ impl QueryStats {
 
     /// Shapes kept.
     pub fn len(&self) -> usize {
-        let n = |s: &Mutex<HashMap<_, _>>| s.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let n = |s: &Mutex<ShapeMap>| s.lock().unwrap_or_else(|p| p.into_inner()).len();
         self.shards.iter().map(n).sum()
     }
 
@@ -286,216 +322,18 @@ impl QueryStats {
 #[derive(Debug, Default)]
 pub struct StatementShapes {
     pub unnamed: Option<Arc<ShapeStats>>,
+    /// The text the unnamed statement was last parsed from (drivers parse the same text
+    /// again and again: its shape is not looked for again).
+    pub unnamed_text: String,
     pub named: HashMap<Box<str>, Arc<ShapeStats>>,
 }
 
 /// Most named statements of a session-mode client whose shapes are kept.
 pub const MAX_NAMED_SHAPES: usize = 1000;
 
-/// Most runs of shapes noted for the requests not yet answered: beyond it, calls join the
-/// last run of their request, or (when that run is another request's) are not counted, so
-/// memory stays bounded for any pipeline.
-const MAX_PENDING: usize = 64;
-
-/// Most requests (Queries and Syncs) awaiting their answers that are told apart: later
-/// ones join the last (their calls count, their times are shared with it).
-const MAX_REQUESTS: usize = 4096;
-
-/// One run of calls of one shape in a request.
-#[derive(Debug)]
-struct Run {
-    stats: Arc<ShapeStats>,
-    /// The request's number.
-    request: u64,
-    calls: u64,
-    shards: u64,
-    /// Index of the run's first call among the request's server commands.
-    first: u64,
-}
-
-/// A request (a simple Query, or the extended-protocol messages up to a Sync).
-#[derive(Debug, Default, Clone, Copy)]
-struct Request {
-    number: u64,
-    /// Server commands noted (Executes, or one per simple Query).
-    commands: u64,
-    /// A simple Query: all of the server's answers (one text may hold several statements)
-    /// belong to its one shape.
-    simple: bool,
-    /// The request failed without a server's answer (a fan-out's error).
-    failed: bool,
-}
-
-/// The shapes of the requests a session sent and has not yet answered, in order: each
-/// ReadyForQuery the client gets records the oldest.
-#[derive(Debug, Default)]
-pub struct Pending {
-    runs: std::collections::VecDeque<Run>,
-    /// Requests sent, awaiting their ReadyForQuery.
-    sent: std::collections::VecDeque<Request>,
-    /// The request being noted.
-    open: Request,
-}
-
-/// What the server answered to a request: rows from each CommandComplete, and how many
-/// commands had completed when the first error came (see [`crate::session::relay`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Answered {
-    pub completed: u64,
-    pub rows: u64,
-    pub error_at: Option<u64>,
-}
-
-impl Pending {
-    /// A simple Query of this shape, run on `shards` shards (a request of its own).
-    pub fn query(&mut self, stats: Option<Arc<ShapeStats>>, shards: usize) {
-        self.open.simple = true;
-        self.note(stats, shards);
-        self.sync();
-    }
-
-    /// An Execute (or a statement of a batch) of this shape.
-    pub fn execute(&mut self, stats: Option<Arc<ShapeStats>>, shards: usize) {
-        self.note(stats, shards);
-    }
-
-    /// A Sync: the request ends.
-    pub fn sync(&mut self) {
-        let next = self.open.number + 1;
-        let ended = std::mem::replace(
-            &mut self.open,
-            Request {
-                number: next,
-                ..Request::default()
-            },
-        );
-        if self.sent.len() < MAX_REQUESTS {
-            self.sent.push_back(ended);
-            return;
-        }
-        // Too many awaiting answers: this one joins the last.
-        let Some(last) = self.sent.back_mut() else {
-            return;
-        };
-        for r in self.runs.iter_mut().filter(|r| r.request == ended.number) {
-            r.request = last.number;
-            r.first += last.commands;
-        }
-        last.commands += ended.commands;
-        last.failed |= ended.failed;
-    }
-
-    /// The request just ended failed without a server's answer.
-    pub fn failed(&mut self) {
-        if let Some(r) = self.sent.back_mut() {
-            r.failed = true;
-        }
-    }
-
-    fn note(&mut self, stats: Option<Arc<ShapeStats>>, shards: usize) {
-        let open = &mut self.open;
-        let first = open.commands;
-        open.commands += 1;
-        let Some(stats) = stats else { return };
-        let shards = shards as u64;
-        let full = self.runs.len() >= MAX_PENDING;
-        match self.runs.back_mut() {
-            Some(r) if r.request == open.number && (full || Arc::ptr_eq(&r.stats, &stats)) => {
-                r.calls += 1;
-                r.shards += shards;
-            }
-            _ if full => {}
-            _ => self.runs.push_back(Run {
-                stats,
-                request: open.number,
-                calls: 1,
-                shards,
-                first,
-            }),
-        }
-    }
-
-    /// Forgets every request noted (keeping the memory).
-    pub fn clear(&mut self) {
-        self.runs.clear();
-        self.sent.clear();
-        self.open = Request {
-            number: self.open.number + 1,
-            ..Request::default()
-        };
-    }
-
-    /// Requests sent and not yet answered.
-    pub fn owed(&self) -> usize {
-        self.sent.len()
-    }
-
-    /// Whether no request awaits its answer.
-    pub fn is_empty(&self) -> bool {
-        self.sent.is_empty() && self.open.commands == 0
-    }
-
-    /// The oldest request was answered in `us` microseconds: each noted shape gets its
-    /// calls (those after an error in a batch did not run and are not counted), the time
-    /// shared out by calls, and the server's rows likewise (exact when the request had one
-    /// shape).
-    pub fn record(&mut self, us: u64, a: Answered, on_replica: bool) {
-        let req = match self.sent.pop_front() {
-            Some(r) => r,
-            // Answered without a Sync (the proxy's own answer): what was noted ends here.
-            None => {
-                self.sync();
-                match self.sent.pop_front() {
-                    Some(r) => r,
-                    None => return,
-                }
-            }
-        };
-        // Commands that ran: a batch stops at its first error.
-        let ran = match (req.simple, a.error_at) {
-            (false, Some(e)) => (e + 1).min(req.commands),
-            _ => req.commands,
-        };
-        let error_at = match (req.simple, req.failed, a.error_at) {
-            (true, _, Some(_)) | (_, true, _) => Some(0),
-            (false, false, e) => e,
-            (true, false, None) => None,
-        };
-        let mine = |r: &&Run| r.request == req.number;
-        let counted: u64 = (self.runs.iter().take_while(mine))
-            .map(|r| r.calls.min(ran.saturating_sub(r.first)))
-            .sum();
-        let each_us = us / counted.max(1);
-        // Rows shared out by calls, cumulatively so that they add up to the server's.
-        let share = |calls: u64| {
-            (u128::from(a.rows) * u128::from(calls) / u128::from(counted.max(1))) as u64
-        };
-        let mut before = 0;
-        while let Some(r) = self.runs.front() {
-            if r.request != req.number {
-                break;
-            }
-            let Some(r) = self.runs.pop_front() else {
-                break;
-            };
-            let calls = r.calls.min(ran.saturating_sub(r.first));
-            if calls == 0 {
-                continue;
-            }
-            let rows = share(before + calls) - share(before);
-            before += calls;
-            let errors = u64::from(error_at.is_some_and(|e| e >= r.first && e < r.first + calls));
-            r.stats.record(Calls {
-                calls,
-                errors,
-                rows,
-                each_us,
-                shards: r.shards * calls / r.calls,
-                on_replica,
-            });
-        }
-    }
-}
+#[path = "queries_pending.rs"]
+mod pending;
+pub use pending::{Answered, Pending};
 
 /// Most shapes `SHOW QUERIES` lists.
 const SHOWN: usize = 1000;

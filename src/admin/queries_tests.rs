@@ -139,7 +139,7 @@ fn a_long_pipeline_costs_a_bounded_list() {
             p.execute(Some(s.clone()), 1);
         }
     }
-    assert!(p.runs.len() <= MAX_PENDING);
+    assert!(p.runs.len() <= pending::MAX_PENDING);
     p.record(10_000, Answered::default(), false);
     let total: u64 = q.top(usize::MAX).iter().map(|r| r.calls).sum();
     assert_eq!(total, 10_000, "every call counted");
@@ -153,7 +153,11 @@ fn pipelined_requests_are_recorded_one_answer_at_a_time() {
         q.of("SELECT b FROM t").unwrap(),
     );
     let mut p = Pending::default();
+    let t0 = std::time::Instant::now();
+    let at = |us| t0 + std::time::Duration::from_micros(us);
     // Three requests sent before any answer: [a a] Sync, Query b, [b] Sync.
+    p.arrived(at(0));
+    p.arrived(at(5));
     p.execute(Some(a.clone()), 1);
     p.execute(Some(a.clone()), 1);
     p.sync();
@@ -161,12 +165,19 @@ fn pipelined_requests_are_recorded_one_answer_at_a_time() {
     p.execute(Some(b.clone()), 1);
     p.sync();
     assert_eq!(p.owed(), 3);
+    // Each request's time is its own, from its first message (the last one's is unknown).
+    assert_eq!(p.oldest_us(at(100), 7), 100);
     let rows = |rows| Answered {
         completed: 1,
         rows,
         error_at: None,
     };
     p.record(100, rows(10), false);
+    assert_eq!(
+        p.oldest_us(at(100), 7),
+        7,
+        "the second request's arrival is unknown"
+    );
     assert_eq!(
         (a.row().calls, a.row().rows, a.row().total_us),
         (2, 10, 100)

@@ -29,6 +29,7 @@ pub fn table(state: &ProxyState, show: Show) -> Table {
         Show::Servers => servers(state),
         Show::Prepared => prepared(state),
         Show::Queries => super::queries::table(&state.queries),
+        Show::SlowQueries => super::slow::table(&state.slow),
     }
 }
 
@@ -153,7 +154,7 @@ fn servers(state: &ProxyState) -> Table {
 }
 
 /// A `health::now_ms` value as PgBouncer prints times (`2026-12-03 18:40:00 UTC`).
-fn time_text(ms: u64) -> Option<String> {
+pub(crate) fn time_text(ms: u64) -> Option<String> {
     let wall = crate::health::wall_ms(ms);
     let t = chrono::DateTime::from_timestamp_millis(i64::try_from(wall).ok()?)?;
     Some(t.format("%Y-%m-%d %H:%M:%S UTC").to_string())

@@ -72,6 +72,11 @@ pub struct ProxyConfig {
     /// Query shapes `SHOW QUERIES` keeps statistics for (0: none; each costs a shape scan per
     /// statement).
     pub query_stats_size: usize,
+    /// Requests slower than this many milliseconds are logged and kept for
+    /// `SHOW SLOW_QUERIES` (0: off).
+    pub slow_query_ms: u64,
+    /// At most one `EXPLAIN` per shape in this many milliseconds.
+    pub slow_query_explain_interval_ms: u64,
     /// Length of the period `SHOW STATS_AVERAGES` averages over (PgBouncer's `stats_period`).
     pub stats_period_ms: u64,
     /// Users of `[[users]]` who may log in to the admin console (with their own password)
@@ -116,6 +121,8 @@ impl Default for ProxyConfig {
             stats_users: Vec::new(),
             stats_period_ms: 60_000,
             query_stats_size: 1000,
+            slow_query_ms: 0,
+            slow_query_explain_interval_ms: 60_000,
             log_connections: true,
             log_format: LogFormat::Text,
             max_message_size: 64 * 1024 * 1024,

@@ -128,6 +128,10 @@ fn fuzz_shape() {
             s.offsets.windows(2).all(|w| w[0] < w[1]),
             "offsets in order"
         );
+        // The text-only scan (per-shape statistics) gives the same text, into any buffer.
+        let mut text = String::from("left over");
+        crate::sql::shape_text_into(sql, &mut text);
+        assert_eq!(text, s.text);
     });
 }
 

@@ -279,7 +279,7 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
 
 /// Extracts the SQL text of a Query ('Q') body.
 pub fn query_text(body: &[u8]) -> &str {
-    let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+    let end = memchr::memchr(0, body).unwrap_or(body.len());
     std::str::from_utf8(&body[..end]).unwrap_or("")
 }
 

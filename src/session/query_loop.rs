@@ -43,6 +43,7 @@ mod routing;
 mod server_input;
 mod shapes;
 mod shard_conns;
+mod slow;
 mod statements;
 mod twophase;
 

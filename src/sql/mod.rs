@@ -22,7 +22,7 @@ pub mod write_functions;
 pub use analyze::{classify, Analysis, Kind};
 pub use cache::AnalysisCache;
 pub use plan_cache::FanOutCache;
-pub use shape::{shape, Literal, Shape};
+pub use shape::{shape, shape_text_into, Literal, Shape};
 
 #[cfg(test)]
 mod tests;

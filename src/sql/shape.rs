@@ -57,15 +57,14 @@ pub fn shape(sql: &str) -> Shape {
         sql,
         b: sql.as_bytes(),
         out: String::with_capacity(sql.len()),
+        keep: true,
         literals: Vec::new(),
         offsets: Vec::new(),
         space: false,
     };
     s.run();
     let mut text = s.out;
-    while text.ends_with(';') || text.ends_with(' ') {
-        text.pop();
-    }
+    trim_end(&mut text);
     Shape {
         text,
         literals: s.literals,
@@ -73,10 +72,36 @@ pub fn shape(sql: &str) -> Shape {
     }
 }
 
+/// Only the text of `sql`'s shape ([`Shape::text`]), written into `out` (cleared first):
+/// no literal values are kept, and nothing is allocated once `out` has room.
+pub fn shape_text_into(sql: &str, out: &mut String) {
+    out.clear();
+    let mut s = Scanner {
+        sql,
+        b: sql.as_bytes(),
+        out: std::mem::take(out),
+        keep: false,
+        literals: Vec::new(),
+        offsets: Vec::new(),
+        space: false,
+    };
+    s.run();
+    *out = s.out;
+    trim_end(out);
+}
+
+fn trim_end(text: &mut String) {
+    while text.ends_with(';') || text.ends_with(' ') {
+        text.pop();
+    }
+}
+
 struct Scanner<'a> {
     sql: &'a str,
     b: &'a [u8],
     out: String,
+    /// Keep the literals' values and offsets (false: only the text is wanted).
+    keep: bool,
     literals: Vec<Literal>,
     offsets: Vec<usize>,
     /// Whitespace or a comment was seen since the last token: emit one space before the next.
@@ -130,13 +155,12 @@ impl Scanner<'_> {
                 continue;
             }
             let next = b.get(i + 1).copied();
-            let after_ident = i > 0 && is_ident_char(b[i - 1]);
+            // One space between two tokens of a run stays in the run.
+            if c == b' ' && i > run && next.is_some_and(|n| CLASS[n as usize] != SPACE) {
+                i += 1;
+                continue;
+            }
             let end = match c {
-                // One space between two tokens of a run stays in the run.
-                b' ' if i > run && next.is_some_and(|n| CLASS[n as usize] != SPACE) => {
-                    i += 1;
-                    continue;
-                }
                 _ if class == SPACE => {
                     self.flush(run, i);
                     self.space = true;
@@ -187,7 +211,7 @@ impl Scanner<'_> {
                     self.string(start, i, escapes)
                 }
                 // `$` and digits inside an identifier (`a$1`, `t1`) are part of it.
-                b'$' | b'0'..=b'9' if after_ident => {
+                b'$' | b'0'..=b'9' if i > 0 && is_ident_char(b[i - 1]) => {
                     i += 1;
                     continue;
                 }
@@ -231,10 +255,13 @@ impl Scanner<'_> {
         self.out.push_str(tok);
     }
 
-    fn literal(&mut self, lit: Literal, at: usize) {
+    /// A literal (its value made only if kept) replaced by the placeholder.
+    fn literal(&mut self, lit: impl FnOnce() -> Literal, at: usize) {
         self.emit(PLACEHOLDER);
-        self.literals.push(lit);
-        self.offsets.push(at);
+        if self.keep {
+            self.literals.push(lit());
+            self.offsets.push(at);
+        }
     }
 
     /// Copies everything from `i` on (an unterminated construct) and ends the scan.
@@ -250,7 +277,7 @@ impl Scanner<'_> {
         if escapes {
             return match escape_string(b, body) {
                 Some((value, end)) => {
-                    self.literal(Literal::String(value), start);
+                    self.literal(|| Literal::String(value), start);
                     end
                 }
                 None => self.verbatim_rest(start),
@@ -259,12 +286,14 @@ impl Scanner<'_> {
         match quoted_end(b, body, b'\'') {
             Some(end) => {
                 let raw = &self.sql[body..end - 1];
-                let value = if raw.contains("''") {
-                    raw.replace("''", "'")
-                } else {
-                    raw.to_owned()
+                let value = || {
+                    Literal::String(if raw.contains("''") {
+                        raw.replace("''", "'")
+                    } else {
+                        raw.to_owned()
+                    })
                 };
-                self.literal(Literal::String(value), start);
+                self.literal(value, start);
                 end
             }
             None => self.verbatim_rest(start),
@@ -281,7 +310,7 @@ impl Scanner<'_> {
             }
             return match self.sql[i + 1..j].parse::<u16>() {
                 Ok(n) => {
-                    self.literal(Literal::Param(n), i);
+                    self.literal(|| Literal::Param(n), i);
                     j
                 }
                 Err(_) => {
@@ -304,7 +333,8 @@ impl Scanner<'_> {
         let body = j + 1;
         match self.sql[body..].find(tag) {
             Some(p) => {
-                self.literal(Literal::String(self.sql[body..body + p].to_owned()), i);
+                let sql = self.sql;
+                self.literal(|| Literal::String(sql[body..body + p].to_owned()), i);
                 body + p + tag.len()
             }
             None => self.verbatim_rest(i),
@@ -345,7 +375,8 @@ impl Scanner<'_> {
                 }
             }
         }
-        self.literal(Literal::Number(self.sql[start..i].to_owned()), start);
+        let sql = self.sql;
+        self.literal(|| Literal::Number(sql[start..i].to_owned()), start);
         i
     }
 }

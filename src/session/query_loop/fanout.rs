@@ -73,7 +73,8 @@ impl Loop<'_> {
         shards: &[ShardId],
     ) -> Option<End> {
         let sql = query_text(frame.body()).to_string();
-        if self.state.queries.enabled() {
+        if self.noting() {
+            self.meter.pending.arrived(self.last_activity.into_std());
             self.meter.pending.query(facts.shape.clone(), shards.len());
         }
         match self.fan_out_inner(&sql, facts, shards).await {

@@ -17,14 +17,15 @@ impl Loop<'_> {
         protocol::ready_for_query(&mut self.to_client, status);
         // The answer is written as the server's bytes arrive (`last_activity`; the stream
         // driver keeps it too): no clock read here.
-        let (us, xact_ended) = self
-            .meter
-            .answered(status == TxStatus::Idle, self.last_activity.into_std());
+        let now = self.last_activity.into_std();
+        let (us, xact_ended) = self.meter.answered(status == TxStatus::Idle, now);
         let answered = std::mem::take(&mut self.relay.answered);
         if !self.meter.pending.is_empty() {
+            let us = self.meter.pending.oldest_us(now, us);
+            self.note_slow(us);
             let on_replica = !self.routing.on_primary;
             self.meter.pending.record(us, answered, on_replica);
-            if self.relay.idle() {
+            if self.relay.idle() && !self.meter.pending.is_empty() {
                 // Nothing else is owed: whatever is still noted (a request answered in a way
                 // not seen here) is dropped, so later answers stay matched to their requests.
                 self.meter.pending.clear();

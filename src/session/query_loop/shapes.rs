@@ -7,18 +7,22 @@ use std::sync::Arc;
 
 use super::Loop;
 use crate::admin::queries::{ShapeStats, StatementShapes, MAX_NAMED_SHAPES};
-use crate::protocol::{cstr, query_text, Frame};
+use crate::protocol::{cstr, Frame};
 use crate::state::Prepared;
 
 impl Loop<'_> {
-    /// A simple Query goes to the server.
-    pub(super) fn note_query(&mut self, frame: &Frame) {
-        if !self.state.queries.enabled() {
+    /// A simple Query (its text) goes to the server.
+    pub(super) fn note_query(&mut self, frame: &Frame, text: &str) {
+        if !self.noting() {
             return;
         }
+        if self.state.config.proxy.slow_query_ms > 0 {
+            self.meter.pending.text(frame.bytes.clone());
+        }
+        self.meter.pending.arrived(self.last_activity.into_std());
         let shape = match self.meter.query_shape.take() {
             Some(found) => found,
-            None => self.state.queries.of(query_text(frame.body())),
+            None => self.state.queries.of(text),
         };
         self.meter.pending.query(shape, 1);
     }
@@ -29,12 +33,19 @@ impl Loop<'_> {
         if !self.state.queries.enabled() {
             return;
         }
-        let shape = self.state.queries.of(query);
         let shapes = self.client.shapes.get_or_insert_with(Box::default);
         if name.is_empty() {
-            shapes.unnamed = shape;
+            let same = !shapes.unnamed_text.is_empty() && shapes.unnamed_text == query;
+            if shapes.unnamed.is_none() || !same {
+                shapes.unnamed = self.state.queries.of(query);
+                shapes.unnamed_text.clear();
+                if query.len() <= crate::admin::queries::MAX_SHAPE_TEXT {
+                    shapes.unnamed_text.push_str(query);
+                }
+            }
             return;
         }
+        let shape = self.state.queries.of(query);
         match shape {
             Some(s) if shapes.named.len() < MAX_NAMED_SHAPES || shapes.named.contains_key(name) => {
                 shapes.named.insert(name.into(), s);
@@ -82,7 +93,7 @@ impl Loop<'_> {
 
     /// An Execute goes to the server.
     pub(super) fn note_execute(&mut self, frame: &Frame) {
-        if !self.state.queries.enabled() {
+        if !self.noting() {
             return;
         }
         let mut b = frame.body();
@@ -91,12 +102,13 @@ impl Loop<'_> {
             Some((name, s)) if **name == *portal => Some(s.clone()),
             _ => None,
         };
+        self.meter.pending.arrived(self.last_activity.into_std());
         self.meter.pending.execute(shape, 1);
     }
 
     /// A Sync goes to the server: the request ends.
     pub(super) fn note_sync(&mut self) {
-        if self.state.queries.enabled() {
+        if self.noting() {
             self.meter.pending.sync();
         }
     }

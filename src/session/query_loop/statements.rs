@@ -35,8 +35,9 @@ impl Loop<'_> {
         let tag = frame.tag;
         match tag {
             b'Q' => {
-                self.note_query(&frame);
-                self.on_query(&frame);
+                let text = query_text(frame.body());
+                self.note_query(&frame, text);
+                self.on_query(&frame, text);
             }
             b'P' => return self.on_parse(&frame),
             b'B' => return self.on_bind(&frame),
@@ -296,9 +297,8 @@ impl Loop<'_> {
     }
 
     /// A simple query: tracks session state in managed modes, then forwards it unchanged.
-    fn on_query(&mut self, frame: &Frame) {
+    fn on_query(&mut self, frame: &Frame, text: &str) {
         if self.managed {
-            let text = query_text(frame.body());
             // Most queries are one statement (maybe with a trailing semicolon): no split.
             let single = text.trim_end().trim_end_matches(';');
             let split;
