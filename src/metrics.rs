@@ -334,6 +334,12 @@ fn events(state: &ProxyState, reg: &mut Registry) {
     );
     one(
         reg,
+        "two_phase_recovered",
+        "Prepared parts left behind that recovery committed or rolled back",
+        Events::get(&e.two_phase_recovered),
+    );
+    one(
+        reg,
         "two_phase_aborts",
         "Two-phase commits rolled back",
         Events::get(&e.two_phase_aborts),
@@ -364,6 +370,18 @@ fn events(state: &ProxyState, reg: &mut Registry) {
     cache
         .get_or_create(&vec![("result", "miss".to_string())])
         .inc_by(state.analysis.misses());
+    let (hits, misses) = state.statements.lookups();
+    let lookups = counters(
+        reg,
+        "statement_cache_lookups",
+        "Parses of a statement the proxy shares, by whether it was shared already",
+    );
+    lookups
+        .get_or_create(&vec![("result", "hit".to_string())])
+        .inc_by(hits);
+    lookups
+        .get_or_create(&vec![("result", "miss".to_string())])
+        .inc_by(misses);
     let statements = Gauge::<i64>::default();
     statements.set(state.statements.len() as i64);
     reg.register(

@@ -317,7 +317,8 @@ impl ProxyState {
             })
             .collect();
         let registry = Registry::build(&config);
-        crate::shard::recovery::spawn(&config);
+        let events = crate::admin::events::Events::default();
+        crate::shard::recovery::spawn(&config, events.two_phase_recovered.clone());
         let shard_maps = config
             .databases
             .iter()
@@ -357,7 +358,7 @@ impl ProxyState {
             hibernating: Default::default(),
             clients: Default::default(),
             consoles: Default::default(),
-            events: Default::default(),
+            events,
             queries,
             slow: Default::default(),
             shutdown: ShutdownBell::default(),
@@ -415,6 +416,9 @@ pub struct StatementCache {
     /// generation is not shared with clients that prepare its text afterwards (its parameter
     /// types may name a type that was dropped and re-created).
     generation: std::sync::atomic::AtomicU64,
+    /// Lookups that found a shared statement, and those that made one.
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug)]
@@ -433,6 +437,8 @@ impl Default for StatementCache {
                 next_id: 1,
             }),
             generation: Default::default(),
+            hits: Default::default(),
+            misses: Default::default(),
         }
     }
 }
@@ -443,8 +449,10 @@ impl StatementCache {
         let mut c = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
         if let Some(p) = c.map.get(rest).filter(|p| p.generation == generation) {
+            crate::admin::events::Events::count(&self.hits);
             return p.clone();
         }
+        crate::admin::events::Events::count(&self.misses);
         let id = c.next_id;
         c.next_id += 1;
         let name = format!("sg_{id}");
@@ -488,6 +496,14 @@ impl StatementCache {
             .filter(|p| p.generation == generation)
             .filter(|p| p.validated.load(std::sync::atomic::Ordering::Relaxed))
             .cloned()
+            .inspect(|_| crate::admin::events::Events::count(&self.hits))
+    }
+
+    /// (hits, misses) of the lookups so far: a Parse that found a shared statement, or made
+    /// one.
+    pub fn lookups(&self) -> (u64, u64) {
+        use crate::admin::events::Events;
+        (Events::get(&self.hits), Events::get(&self.misses))
     }
 
     /// After a schema change: statements prepared from now on are new ones.

@@ -548,6 +548,13 @@ async fn show_prepared_lists_the_shared_statements_and_their_holders() {
     let shown = find(&admin(&p, "SHOW PREPARED").await);
     // tokio-postgres declares no parameter types (the server infers them).
     assert_eq!(shown, Some(("0".into(), "yes".into(), "1".into())));
+    // A second client preparing the same text shares it: a hit in the cache's counts.
+    let (hits, misses) = p.state.statements.lookups();
+    let other = p.app("app").await;
+    other.prepare(text).await.unwrap();
+    assert_eq!(p.state.statements.lookups(), (hits + 1, misses));
+    drop(other);
+
     drop(stmt);
     drop(c);
     assert!(

@@ -503,6 +503,14 @@ async fn a_proxy_killed_between_the_phases_ends_alike_on_every_participant() {
         "all or none: {rows:?}"
     );
     assert_eq!(rows, vec![keys.0, keys.1], "every participant had prepared");
+    let recovered = &_p.state.events.two_phase_recovered;
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            shardgate::admin::events::Events::get(recovered) == 2
+        })
+        .await,
+        "both parts counted as recovered for /metrics"
+    );
 }
 
 /// The values of `SHOW name` on both pooled connections of shard `shard` (pool size 2),

@@ -17,6 +17,9 @@ pub struct Events {
     pub two_phase_left_to_recovery: AtomicU64,
     /// Two-phase commits that rolled back (a participant could not prepare).
     pub two_phase_aborts: AtomicU64,
+    /// Prepared parts left behind (a proxy died between the phases) that recovery committed
+    /// or rolled back (shared with the recovery task).
+    pub two_phase_recovered: std::sync::Arc<AtomicU64>,
     /// Statements run on several shards, by shard count ([`FAN_OUT_SHARDS`]).
     pub fan_outs: [AtomicU64; FAN_OUT_SHARDS.len()],
     /// Clients pinned to their server connection (session state that cannot move).

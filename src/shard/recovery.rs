@@ -320,8 +320,9 @@ pub async fn resolve(config: &Config, db: &DatabaseConfig) -> Vec<String> {
 }
 
 /// Runs [`resolve`] for every database with two-phase commit, now and every 30 s, until the
-/// runtime stops. Call inside a tokio runtime.
-pub fn spawn(config: &Config) {
+/// runtime stops, counting the prepared parts it resolves in `recovered`. Call inside a
+/// tokio runtime.
+pub fn spawn(config: &Config, recovered: std::sync::Arc<std::sync::atomic::AtomicU64>) {
     let dbs: Vec<DatabaseConfig> = config
         .databases
         .iter()
@@ -347,7 +348,9 @@ pub fn spawn(config: &Config) {
         }
         loop {
             for db in &dbs {
-                resolve(&config, db).await;
+                let done = resolve(&config, db).await;
+                let parts = done.iter().filter(|d| d.contains(" PREPARED '")).count();
+                recovered.fetch_add(parts as u64, std::sync::atomic::Ordering::Relaxed);
             }
             tokio::time::sleep(RECOVERY_INTERVAL).await;
         }
