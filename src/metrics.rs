@@ -370,6 +370,21 @@ fn events(state: &ProxyState, reg: &mut Registry) {
     cache
         .get_or_create(&vec![("result", "miss".to_string())])
         .inc_by(state.analysis.misses());
+    let errors = counters(
+        reg,
+        "errors",
+        "Errors sent to clients, by SQLSTATE class and whether a server or the proxy made them",
+    );
+    for (source, counts) in [
+        ("server", &e.server_errors),
+        ("proxy", &crate::protocol::PROXY_ERRORS),
+    ] {
+        for (class, n) in counts.nonzero() {
+            errors
+                .get_or_create(&vec![("source", source.to_string()), ("class", class)])
+                .inc_by(n);
+        }
+    }
     let (hits, misses) = state.statements.lookups();
     let lookups = counters(
         reg,

@@ -80,12 +80,29 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
     for _ in 0..7 {
         c.simple_query("SELECT 1").await.unwrap();
     }
+    // Errors by SQLSTATE class: one from the server (division by zero, 22012), one the
+    // proxy made (a wrong password, 28P01).
+    let server_22 = r#"shardgate_errors_total{source="server",class="22"}"#;
+    let proxy_28 = r#"shardgate_errors_total{source="proxy",class="28"}"#;
+    let errors_before = (
+        sample(&first, server_22).unwrap_or(0.0),
+        sample(&first, proxy_28).unwrap_or(0.0),
+    );
+    let e = c.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("22012"));
+    assert!(p.connect("app", "wrong", "app").await.is_err());
     let (status, body) = get_ok(port, "/metrics").await;
     assert_eq!(status, 200);
-    assert_eq!(sample(&body, queries), Some(before + 7.0), "{body}");
-    // The query duration histogram: 7 more observations, every one in the +Inf bucket, none
-    // above a second (a local SELECT 1), their sum positive.
-    assert_eq!(sample(&body, histogram), Some(before_hist + 7.0), "{body}");
+    let errors_after = (sample(&body, server_22), sample(&body, proxy_28));
+    assert_eq!(
+        errors_after,
+        (Some(errors_before.0 + 1.0), Some(errors_before.1 + 1.0)),
+        "{body}"
+    );
+    assert_eq!(sample(&body, queries), Some(before + 8.0), "{body}");
+    // The query duration histogram: 8 more observations, every one in the +Inf bucket, none
+    // above a second (local statements), their sum positive.
+    assert_eq!(sample(&body, histogram), Some(before_hist + 8.0), "{body}");
     let inf = r#"shardgate_query_duration_seconds_bucket{database="app",le="+Inf"}"#;
     let second = r#"shardgate_query_duration_seconds_bucket{database="app",le="1"}"#;
     assert_eq!(sample(&body, inf), sample(&body, histogram));
@@ -97,7 +114,7 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
         ) > Some(0.0)
     );
     assert!(body.contains("# TYPE shardgate_transaction_duration_seconds histogram"));
-    // The top query shapes by id (a fresh proxy: SELECT 1 is the only shape it ran).
+    // The top query shapes by id (a fresh proxy: it ran SELECT 1 and SELECT 1/0).
     let shape_samples: Vec<(&str, f64)> = body
         .lines()
         .filter_map(|l| l.strip_prefix("shardgate_query_shape_calls_total{query_id=\""))
@@ -106,9 +123,12 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
             Some((id, v.trim().parse().ok()?))
         })
         .collect();
-    assert_eq!(shape_samples.len(), 1, "{body}");
-    let (id, calls) = shape_samples[0];
-    assert_eq!(calls, 7.0);
+    assert_eq!(shape_samples.len(), 2, "{body}");
+    let (id, _) = *shape_samples
+        .iter()
+        .find(|s| s.1 == 7.0)
+        .expect("SELECT 1's");
+    assert!(shape_samples.iter().any(|s| s.1 == 1.0), "SELECT 1/0's");
     let rows = format!("shardgate_query_shape_rows_total{{query_id=\"{id}\"}}");
     assert_eq!(sample(&body, &rows), Some(7.0), "{body}");
     for line in [

@@ -24,6 +24,8 @@ pub struct Events {
     pub fan_outs: [AtomicU64; FAN_OUT_SHARDS.len()],
     /// Clients pinned to their server connection (session state that cannot move).
     pub pins: AtomicU64,
+    /// Errors servers sent to clients, by SQLSTATE class (the first of each request).
+    pub server_errors: crate::protocol::ClassCounts,
 }
 
 impl Events {

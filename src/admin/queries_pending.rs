@@ -65,6 +65,8 @@ pub struct Answered {
     pub completed: u64,
     pub rows: u64,
     pub error_at: Option<u64>,
+    /// The first error's SQLSTATE class (its first two bytes).
+    pub class: Option<[u8; 2]>,
 }
 
 impl Pending {

@@ -92,6 +92,7 @@ fn a_request_records_each_shape_it_ran() {
         completed: 3,
         rows: 30,
         error_at: Some(3),
+        ..Answered::default()
     };
     p.record(4_000, answered, true);
     let (ra, rb) = (a.row(), b.row());
@@ -107,6 +108,7 @@ fn a_request_records_each_shape_it_ran() {
         completed: 0,
         rows: 0,
         error_at: Some(0),
+        ..Answered::default()
     };
     p.record(10, failed, false);
     assert_eq!((b.row().calls, b.row().errors), (2, 1));
@@ -118,6 +120,7 @@ fn a_request_records_each_shape_it_ran() {
         completed: 2,
         rows: 7,
         error_at: None,
+        ..Answered::default()
     };
     p.record(50, done, false);
     let ra = a.row();
@@ -171,6 +174,7 @@ fn pipelined_requests_are_recorded_one_answer_at_a_time() {
         completed: 1,
         rows,
         error_at: None,
+        ..Answered::default()
     };
     p.record(100, rows(10), false);
     assert_eq!(

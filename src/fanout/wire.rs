@@ -277,6 +277,12 @@ pub fn answered_in(out: &[u8]) -> crate::admin::queries::Answered {
                 a.completed += 1;
             }
             b'E' => {
+                if a.error_at.is_none() {
+                    let code =
+                        crate::protocol::error_code(out.get(at + 5..end).unwrap_or_default());
+                    let c = |i: usize| code.as_bytes().get(i).copied().unwrap_or(0);
+                    a.class = Some([c(0), c(1)]);
+                }
                 a.error_at.get_or_insert(a.completed);
             }
             _ => {}

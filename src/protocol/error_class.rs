@@ -74,6 +74,62 @@ impl ErrorClass {
     }
 }
 
+/// SQLSTATE classes (two characters of `0-9A-Z`) counted one by one; any other goes to one
+/// more slot, `other`.
+const CLASSES: usize = 36 * 36;
+
+/// Errors counted by SQLSTATE class (for `/metrics`): one relaxed addition per error.
+#[derive(Debug)]
+pub struct ClassCounts([std::sync::atomic::AtomicU64; CLASSES + 1]);
+
+/// Errors the proxy made and sent to clients (counted where they become bytes, in
+/// [`super::PgError::encode`]; process-wide).
+pub static PROXY_ERRORS: ClassCounts = ClassCounts::new();
+
+impl Default for ClassCounts {
+    fn default() -> Self {
+        ClassCounts::new()
+    }
+}
+
+impl ClassCounts {
+    pub const fn new() -> ClassCounts {
+        ClassCounts([const { std::sync::atomic::AtomicU64::new(0) }; CLASSES + 1])
+    }
+
+    /// Counts an error with SQLSTATE `code` (its first two bytes are its class).
+    pub fn count(&self, code: &[u8]) {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some((c - b'0') as usize),
+            b'A'..=b'Z' => Some((c - b'A') as usize + 10),
+            _ => None,
+        };
+        let slot = match code {
+            [a, b, ..] => digit(*a).zip(digit(*b)).map(|(a, b)| a * 36 + b),
+            _ => None,
+        };
+        self.0[slot.unwrap_or(CLASSES)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The classes counted so far and their counts (`other` for the rest), in class order.
+    pub fn nonzero(&self) -> Vec<(String, u64)> {
+        const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut out = Vec::new();
+        for (i, n) in self.0.iter().enumerate() {
+            let n = n.load(std::sync::atomic::Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let label = match i {
+                CLASSES => "other".to_string(),
+                _ => String::from_utf8_lossy(&[DIGITS[i / 36], DIGITS[i % 36]]).into_owned(),
+            };
+            out.push((label, n));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +196,18 @@ mod tests {
         for code in ["é", "ééé", "08", "XX", "\u{0}\u{0}\u{0}\u{0}\u{0}", "4000"] {
             let _ = ErrorClass::of(code);
         }
+    }
+
+    #[test]
+    fn errors_are_counted_by_class() {
+        let c = ClassCounts::new();
+        for code in ["22012", "22P02", "0A000", "XX000", "2", "a1000", ""] {
+            c.count(code.as_bytes());
+        }
+        let want: Vec<(String, u64)> = [("0A", 1), ("22", 2), ("XX", 1), ("other", 3)]
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect();
+        assert_eq!(c.nonzero(), want);
     }
 }

@@ -61,6 +61,7 @@ impl PgError {
     /// Appends the ErrorResponse to `buf`: the one place a proxy-made error becomes bytes
     /// (and is counted in the log with its class).
     pub fn encode(&self, buf: &mut BytesMut) {
+        super::PROXY_ERRORS.count(self.code.as_bytes());
         let class = self.class();
         tracing::debug!(
             code = self.code,
@@ -255,6 +256,11 @@ fn find_error_field<'a, T>(
         }
     }
     None
+}
+
+/// The SQLSTATE (`C` field) of an ErrorResponse body ("" if it has none).
+pub fn error_code(body: &[u8]) -> &str {
+    find_error_field(body, |t, v| (t == b'C').then_some(v)).unwrap_or("")
 }
 
 /// The severity (`S` field) of an ErrorResponse body, e.g. `FATAL`.

@@ -15,7 +15,7 @@ mod status;
 
 pub use bind::{BindParts, Params};
 pub use data_row::{DataRowError, DataRowValues};
-pub use error_class::{ErrorClass, Fault};
+pub use error_class::{ClassCounts, ErrorClass, Fault, PROXY_ERRORS};
 pub use extended::{
     bind_names, empty_message, encode_parse, encode_target, param_oids, parse_body, rename_bind,
     target, Parse,

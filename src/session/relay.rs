@@ -389,6 +389,14 @@ impl Relay {
                 a.completed += 1;
             }
             b'E' => {
+                if a.error_at.is_none() {
+                    let len =
+                        crate::protocol::peek_header(inbuf).map_or(0, |(_, l)| l as usize + 1);
+                    let body = inbuf.get(5..len).unwrap_or_default();
+                    let code = crate::protocol::error_code(body).as_bytes();
+                    let at = |i: usize| code.get(i).copied().unwrap_or(0);
+                    a.class = Some([at(0), at(1)]);
+                }
                 a.error_at.get_or_insert(a.completed);
             }
             _ => {}

@@ -20,6 +20,9 @@ impl Loop<'_> {
         let now = self.last_activity.into_std();
         let (us, xact_ended) = self.meter.answered(status == TxStatus::Idle, now);
         let answered = std::mem::take(&mut self.relay.answered);
+        if let Some(class) = answered.class {
+            self.state.events.server_errors.count(&class);
+        }
         if !self.meter.pending.is_empty() {
             let us = self.meter.pending.oldest_us(now, us);
             self.note_slow(us);
