@@ -314,42 +314,40 @@ fn events(state: &ProxyState, reg: &mut Registry) {
         c.inc_by(v);
         reg.register(name, help, c);
     };
-    one(
-        reg,
-        "read_retries",
-        "Reads replayed on another server",
-        Events::get(&e.read_retries),
-    );
-    one(
-        reg,
-        "two_phase_commits",
-        "Two-phase commits decided commit",
-        Events::get(&e.two_phase_commits),
-    );
-    one(
-        reg,
-        "two_phase_left_to_recovery",
-        "Two-phase commits with a part left to recovery",
-        Events::get(&e.two_phase_left_to_recovery),
-    );
-    one(
-        reg,
-        "two_phase_recovered",
-        "Prepared parts left behind that recovery committed or rolled back",
-        Events::get(&e.two_phase_recovered),
-    );
-    one(
-        reg,
-        "two_phase_aborts",
-        "Two-phase commits rolled back",
-        Events::get(&e.two_phase_aborts),
-    );
-    one(
-        reg,
-        "pinned_clients",
-        "Clients pinned to their server connection",
-        Events::get(&e.pins),
-    );
+    for (name, help, v) in [
+        (
+            "read_retries",
+            "Reads replayed on another server",
+            &e.read_retries,
+        ),
+        (
+            "two_phase_commits",
+            "Two-phase commits decided commit",
+            &e.two_phase_commits,
+        ),
+        (
+            "two_phase_left_to_recovery",
+            "Two-phase commits with a part left to recovery",
+            &e.two_phase_left_to_recovery,
+        ),
+        (
+            "two_phase_recovered",
+            "Prepared parts left behind that recovery committed or rolled back",
+            &*e.two_phase_recovered,
+        ),
+        (
+            "two_phase_aborts",
+            "Two-phase commits rolled back",
+            &e.two_phase_aborts,
+        ),
+        (
+            "pinned_clients",
+            "Clients pinned to their server connection",
+            &e.pins,
+        ),
+    ] {
+        one(reg, name, help, Events::get(v));
+    }
     let fan = counters(
         reg,
         "fan_outs",

@@ -390,10 +390,6 @@ impl ShardStream for Commit {
         &self.progress
     }
 
-    fn wants(&self, i: usize) -> bool {
-        self.progress.running(i)
-    }
-
     fn discarding(&self) -> bool {
         // Nothing goes to the client: the participants are read whatever its output.
         true

@@ -251,14 +251,11 @@ impl CopyIn {
     }
 }
 
+// `wants` as by default: read all the time (a shard's error in the middle of the COPY
+// stops it at once).
 impl ShardStream for CopyIn {
     fn progress(&self) -> &Progress {
         &self.progress
-    }
-
-    fn wants(&self, i: usize) -> bool {
-        // Read all the time: a shard's error in the middle of the COPY stops it at once.
-        self.progress.running(i)
     }
 
     fn finished(&self) -> bool {

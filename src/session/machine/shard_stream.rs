@@ -38,8 +38,10 @@ pub trait ShardStream {
     /// Where the shards are, and the statement's error.
     fn progress(&self) -> &Progress;
     /// Whether the driver should read more from shard `i` (ignoring the client's output,
-    /// which the driver checks unless [`ShardStream::discarding`]).
-    fn wants(&self, i: usize) -> bool;
+    /// which the driver checks unless [`ShardStream::discarding`]); by default, while it runs.
+    fn wants(&self, i: usize) -> bool {
+        self.progress().running(i)
+    }
     /// The statement has failed: what the shards still send is read and dropped, so reading
     /// them does not wait for the client.
     fn discarding(&self) -> bool {

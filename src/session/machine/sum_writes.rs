@@ -112,10 +112,6 @@ impl ShardStream for SumWrites {
         &self.progress
     }
 
-    fn wants(&self, i: usize) -> bool {
-        self.progress.running(i)
-    }
-
     fn discarding(&self) -> bool {
         // Nothing reaches the client before the end: the shards are read whatever its
         // output holds.
