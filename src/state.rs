@@ -287,6 +287,12 @@ impl Drop for Admitted {
 }
 
 impl ProxyState {
+    /// Whether sessions note the statements they send (for per-shape statistics or the
+    /// slow-query log).
+    pub fn notes_queries(&self) -> bool {
+        self.queries.enabled() || self.config.proxy.slow_query_ms > 0
+    }
+
     /// The counters of `database` (one of the config's; another gets counters of its own
     /// that nobody reads).
     pub fn db_stats(&self, database: &str) -> Arc<crate::admin::stats::DbStats> {

@@ -204,16 +204,21 @@ impl CommandTag {
     /// command that reports none or a malformed message): what a statement returned or
     /// changed, for per-shape statistics.
     pub fn rows_in(msg: &[u8]) -> u64 {
-        let Ok(mut b) = body(msg, b'C') else { return 0 };
-        let Some(tag) = cstr(&mut b) else { return 0 };
-        let first = tag.split(' ').next().unwrap_or_default();
-        if !COUNTED.contains(&first) {
+        let Ok(b) = body(msg, b'C') else { return 0 };
+        let tag = &b[..memchr::memchr(0, b).unwrap_or(b.len())];
+        let first = &tag[..memchr::memchr(b' ', tag).unwrap_or(tag.len())];
+        if !COUNTED.iter().any(|c| c.as_bytes() == first) {
             return 0;
         }
-        tag.rsplit(' ')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        let last = &tag[memchr::memrchr(b' ', tag).map_or(0, |p| p + 1)..];
+        let digits = last.strip_prefix(b"+").unwrap_or(last);
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return 0;
+        }
+        let number = digits.iter().try_fold(0u64, |n, d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+        number.unwrap_or(0)
     }
 
     /// Decodes the text of a tag, e.g. `INSERT 0 5`.

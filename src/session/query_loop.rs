@@ -152,7 +152,7 @@ pub(super) fn new<'a>(
         to_client: BytesMut::new(),
         to_server: BytesMut::new(),
         server: None,
-        relay: Relay::default(),
+        relay: Relay::counting(state.notes_queries()),
         events: Vec::new(),
         client,
         managed,

@@ -123,6 +123,9 @@ pub struct Relay {
     /// What the server answered the client's request so far (for per-shape statistics; the
     /// session takes it at each ReadyForQuery).
     pub answered: crate::admin::queries::Answered,
+    /// Count rows and completions into `answered` (per-shape statistics are on); errors
+    /// are looked at in any case.
+    pub counting: bool,
 }
 
 impl Relay {
@@ -183,7 +186,15 @@ impl Relay {
             )
     }
 
-    /// Drops all state (the server connection is gone).
+    /// A relay that counts rows and completions if `counting`.
+    pub fn counting(counting: bool) -> Relay {
+        Relay {
+            counting,
+            ..Relay::default()
+        }
+    }
+
+    /// Drops all state (the server connection is gone); whether it counts stays.
     pub fn reset(&mut self) {
         // The queue keeps its memory: a reset at every checkout would otherwise cost an
         // allocation per transaction.
@@ -191,6 +202,7 @@ impl Relay {
         queue.clear();
         *self = Relay {
             queue,
+            counting: self.counting,
             ..Relay::default()
         };
     }
@@ -383,7 +395,7 @@ impl Relay {
     fn count_answer(&mut self, tag: u8, completes: bool, inbuf: &[u8]) {
         let a = &mut self.answered;
         match tag {
-            b'C' if completes => {
+            b'C' if completes && self.counting => {
                 let len = crate::protocol::peek_header(inbuf).map_or(0, |(_, l)| l as usize + 1);
                 a.rows += crate::fanout::CommandTag::rows_in(inbuf.get(..len).unwrap_or_default());
                 a.completed += 1;

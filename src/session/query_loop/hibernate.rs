@@ -223,7 +223,7 @@ impl<'a> Dormant<'a> {
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
             server: None,
-            relay: Relay::default(),
+            relay: Relay::counting(d.state.notes_queries()),
             events: Vec::new(),
             client: d.client,
             managed: d.managed,

@@ -12,7 +12,7 @@ const EXPLAIN_TIMEOUT_MS: u64 = 10_000;
 impl Loop<'_> {
     /// Whether the statements sent are noted (for per-shape statistics or the slow-query log).
     pub(super) fn noting(&self) -> bool {
-        self.state.queries.enabled() || self.state.config.proxy.slow_query_ms > 0
+        self.state.notes_queries()
     }
 
     /// The oldest request awaiting its answer took `us` microseconds: logs it if slow.

@@ -267,3 +267,42 @@ fn parameter_status_and_stale_plan_errors_are_reported_whole() {
         "{events:?}"
     );
 }
+
+#[test]
+fn answers_are_counted_for_statistics_byte_by_byte() {
+    let server = [
+        msg(b'1', b""),
+        msg(b'2', b""),
+        msg(b'C', b"SELECT 3\0"),
+        msg(b'2', b""),
+        msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"),
+        msg(b'Z', b"I"),
+    ];
+    let expect = |r: &mut Relay| {
+        for k in [
+            Kind::Bind,
+            Kind::Execute,
+            Kind::Bind,
+            Kind::Execute,
+            Kind::Sync,
+        ] {
+            r.push(Expect::Client(k));
+        }
+        r.queue.push_front(Expect::Parse {
+            stmt: None,
+            visible: true,
+            client_name: None,
+        });
+    };
+    let mut r = Relay::counting(true);
+    expect(&mut r);
+    run(&mut r, &server);
+    let a = r.answered;
+    assert_eq!((a.completed, a.rows, a.error_at), (1, 3, Some(1)));
+    assert_eq!(a.class, Some(*b"22"));
+    // Not counting: only the error's class is kept (for the errors metric).
+    let mut r = Relay::default();
+    expect(&mut r);
+    run(&mut r, &server);
+    assert_eq!((r.answered.rows, r.answered.class), (0, Some(*b"22")));
+}
