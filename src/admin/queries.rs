@@ -73,7 +73,8 @@ pub struct ShapeStats {
     errors: AtomicU64,
     rows: AtomicU64,
     total_us: AtomicU64,
-    shards: AtomicU64,
+    /// Shards beyond one per call (0 for calls on one server: nothing to add then).
+    extra_shards: AtomicU64,
     on_replica: AtomicU64,
     max_us: AtomicU64,
     /// When its plan was last fetched for the slow-query log (`health::now_ms`; 0: never).
@@ -131,7 +132,7 @@ impl ShapeStats {
             errors: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             total_us: AtomicU64::new(0),
-            shards: AtomicU64::new(0),
+            extra_shards: AtomicU64::new(0),
             on_replica: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
             explained_ms: AtomicU64::new(0),
@@ -150,10 +151,13 @@ impl ShapeStats {
         add(&self.errors, c.errors);
         add(&self.rows, c.rows);
         add(&self.total_us, c.each_us.saturating_mul(c.calls));
-        add(&self.shards, c.shards);
+        add(&self.extra_shards, c.shards.saturating_sub(c.calls));
         add(&self.hist[bucket_of(c.each_us)], c.calls);
         if c.calls > 0 {
-            self.max_us.fetch_max(c.each_us, Ordering::Relaxed);
+            // A load first: a new longest call is rare.
+            if c.each_us > self.max_us.load(Ordering::Relaxed) {
+                self.max_us.fetch_max(c.each_us, Ordering::Relaxed);
+            }
         }
         if c.on_replica {
             add(&self.on_replica, c.calls);
@@ -206,7 +210,7 @@ impl ShapeStats {
             errors: l(&self.errors),
             rows: l(&self.rows),
             total_us: l(&self.total_us),
-            shards: l(&self.shards),
+            shards: l(&self.calls) + l(&self.extra_shards),
             on_replica: l(&self.on_replica),
             max_us,
             p50_us: quantile(0.5),
