@@ -70,14 +70,19 @@ impl Loop<'_> {
         let pool = (self.login.shards.iter().flat_map(|s| s.servers.iter()))
             .find(|p| p.addr() == q.server)
             .cloned();
-        let due = stats.is_some_and(|s| s.explain_due(crate::health::now_ms(), interval));
+        let Some(stats) = stats else {
+            // The once-per-shape limit needs the shape's statistics.
+            q.set_plan("(not explained: the shape is not tracked, see query_stats_size)".into());
+            return;
+        };
         match pool {
-            Some(pool) if due => {
+            Some(pool) if stats.explain_due(crate::health::now_ms(), interval) => {
                 tokio::spawn(slow::explain(pool, sql, q, EXPLAIN_TIMEOUT_MS));
             }
-            _ => q.set_plan(format!(
+            Some(_) => q.set_plan(format!(
                 "(not explained: at most once per shape in {interval} ms)"
             )),
+            None => q.set_plan("(not explained: the server is not one of this database's)".into()),
         }
     }
 }
