@@ -121,6 +121,7 @@ pub fn render(state: &ProxyState) -> String {
     servers(state, &mut reg);
     shapes(state, &mut reg);
     reg.register_collector(Box::new(Durations::of(state)));
+    reg.register_collector(Box::new(CheckoutWaits::of(state)));
     events(state, &mut reg);
     let mut out = String::new();
     if prometheus_text::encode(&mut out, &reg).is_err() {
@@ -470,6 +471,57 @@ impl Collector for Durations {
                     encode_histogram(family, x, *x_us)?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+/// A pool's labels: database, user, shard, server.
+type PoolLabels = [(&'static str, String); 4];
+
+/// Each pool's checkout wait histogram, as read at a scrape.
+#[derive(Debug)]
+struct CheckoutWaits {
+    /// (labels, buckets, µs waited).
+    pools: Vec<(PoolLabels, Buckets, u64)>,
+}
+
+impl CheckoutWaits {
+    fn of(state: &ProxyState) -> CheckoutWaits {
+        let mut pools = Vec::new();
+        for db in &state.config.databases {
+            for user in &state.config.users {
+                let Some(shards) = state.registry.get(&user.name, &db.name) else {
+                    continue;
+                };
+                for s in shards.iter() {
+                    for p in &s.servers {
+                        let labels = [
+                            ("database", db.name.clone()),
+                            ("user", user.name.clone()),
+                            ("shard", s.name.clone()),
+                            ("server", p.addr().to_string()),
+                        ];
+                        let (buckets, us) = p.wait_histogram();
+                        pools.push((labels, buckets, us));
+                    }
+                }
+            }
+        }
+        CheckoutWaits { pools }
+    }
+}
+
+impl Collector for CheckoutWaits {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "checkout_wait_seconds",
+            "Time a checkout waited for a server connection (0 when one was free)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, buckets, us) in &self.pools {
+            encode_histogram(metric.encode_family(labels)?, buckets, *us)?;
         }
         Ok(())
     }

@@ -422,6 +422,13 @@ async fn show_pools_counts_clients_server_connections_and_waiters() {
     assert_eq!(pool_value(&p, "cl_waiting").await, 0);
     assert_eq!(pool_value(&p, "sv_active").await, 0);
     assert_eq!(pool_value(&p, "sv_idle").await, 1);
+    // The checkout wait histogram (/metrics) has the served waiter past its first bucket.
+    let shards = p.state.registry.get("app", "app").expect("app's pools");
+    let (waits, waited_us) = shards[0].servers[0].wait_histogram();
+    assert!(
+        waits[1..].iter().sum::<u64>() >= 1 && waited_us > 0,
+        "{waits:?}"
+    );
     // SHOW SHARDS: the one server of `app`, a primary that answers.
     let shards = admin(&p, "SHOW SHARDS").await;
     let app: Vec<_> = shards

@@ -114,6 +114,18 @@ async fn health_readiness_and_a_known_workload_in_the_metrics() {
         ) > Some(0.0)
     );
     assert!(body.contains("# TYPE shardgate_transaction_duration_seconds histogram"));
+    // Checkout waits: each of the 8 statements checked out (no wait: one client, a pool of
+    // more), so every checkout of app's pool is in the first bucket.
+    let waits = |suffix: &str| {
+        let prefix =
+            format!("shardgate_checkout_wait_seconds_{suffix}{{database=\"app\",user=\"app\",");
+        body.lines()
+            .find(|l| l.starts_with(&prefix) && (suffix != "bucket" || l.contains("le=\"0.0001\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let checkouts = waits("count").expect("app's checkout wait histogram");
+    assert!(checkouts >= 8.0, "{body}");
+    assert_eq!(waits("bucket"), Some(checkouts), "{body}");
     // The top query shapes by id (a fresh proxy: it ran SELECT 1 and SELECT 1/0).
     let shape_samples: Vec<(&str, f64)> = body
         .lines()

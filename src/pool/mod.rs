@@ -152,6 +152,12 @@ struct Waiters {
     started: Mutex<HashMap<u64, Instant>>,
     /// Microseconds waited by every checkout that is over.
     waited_us: AtomicU64,
+    /// Those checkouts by how long they waited (buckets of [`BUCKETS_US`]).
+    ///
+    /// [`BUCKETS_US`]: crate::admin::stats::BUCKETS_US
+    waits: [AtomicU64; crate::admin::stats::BUCKETS_US.len()],
+    /// Every checkout begun (those that did not wait are the difference).
+    checkouts: AtomicU64,
 }
 
 /// One waiting checkout; leaves [`Waiters`] when dropped (served, timed out or abandoned).
@@ -170,6 +176,7 @@ impl Drop for Waiting<'_> {
         if let Some(t) = lock(&self.0.started).remove(&self.1) {
             let us = t.elapsed().as_micros() as u64;
             self.0.waited_us.fetch_add(us, Ordering::Relaxed);
+            self.0.waits[crate::admin::stats::bucket(us)].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -251,6 +258,7 @@ impl ServerPool {
 
     /// Checks out a connection, waiting at most the checkout timeout.
     pub async fn get(&self) -> Result<Checkout, PoolError> {
+        self.waiters.checkouts.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(self.checkout_timeout_ms);
         let mut waiting = None;
         let permit = match &self.gate {
@@ -335,6 +343,19 @@ impl ServerPool {
     /// Microseconds checkouts of this pool have waited for a connection, all told.
     pub fn waited_us(&self) -> u64 {
         self.waiters.waited_us.load(Ordering::Relaxed)
+    }
+
+    /// Checkouts by how long they waited for a connection (one that did not wait is in the
+    /// first bucket; one still waiting is not counted yet), and the microseconds waited.
+    pub fn wait_histogram(&self) -> (crate::admin::stats::Buckets, u64) {
+        let w = &self.waiters;
+        let mut b: crate::admin::stats::Buckets =
+            std::array::from_fn(|i| w.waits[i].load(Ordering::Relaxed));
+        let waited: u64 = b.iter().sum();
+        let (now_waiting, _) = self.waiting();
+        let begun = w.checkouts.load(Ordering::Relaxed);
+        b[0] += begun.saturating_sub(waited + now_waiting as u64);
+        (b, self.waited_us())
     }
 
     /// (connections open, idle) right now.
