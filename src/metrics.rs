@@ -168,6 +168,32 @@ fn pools(state: &ProxyState, reg: &mut Registry) {
         "pool_wait_microseconds",
         "Time checkouts waited for a connection",
     );
+    each_pool(state, |pool, p| {
+        let labels = |extra: Option<&str>| {
+            let mut l: Labels = pool.to_vec();
+            if let Some(state) = extra {
+                l.push(("state", state.to_string()));
+            }
+            l
+        };
+        let (open, idle) = p.state();
+        let used = p.in_use() as i64;
+        let (open, idle) = (i64::from(open), i64::from(idle));
+        conns.get_or_create(&labels(Some("active"))).set(used);
+        conns.get_or_create(&labels(Some("idle"))).set(idle);
+        let login = (open - idle - used).max(0);
+        conns.get_or_create(&labels(Some("login"))).set(login);
+        let (w, longest) = p.waiting();
+        waiting.get_or_create(&labels(None)).set(w as i64);
+        maxwait
+            .get_or_create(&labels(None))
+            .set(longest.as_micros() as i64);
+        waited.get_or_create(&labels(None)).inc_by(p.waited_us());
+    });
+}
+
+/// Calls `f` with each pool (database, user, shard, server) and its labels.
+fn each_pool(state: &ProxyState, mut f: impl FnMut(PoolLabels, &crate::pool::ServerPool)) {
     for db in &state.config.databases {
         for user in &state.config.users {
             let Some(shards) = state.registry.get(&user.name, &db.name) else {
@@ -175,31 +201,13 @@ fn pools(state: &ProxyState, reg: &mut Registry) {
             };
             for s in shards.iter() {
                 for p in &s.servers {
-                    let labels = |extra: Option<&str>| {
-                        let mut l: Labels = vec![
-                            ("database", db.name.clone()),
-                            ("user", user.name.clone()),
-                            ("shard", s.name.clone()),
-                            ("server", p.addr().to_string()),
-                        ];
-                        if let Some(state) = extra {
-                            l.push(("state", state.to_string()));
-                        }
-                        l
-                    };
-                    let (open, idle) = p.state();
-                    let used = p.in_use() as i64;
-                    let (open, idle) = (i64::from(open), i64::from(idle));
-                    conns.get_or_create(&labels(Some("active"))).set(used);
-                    conns.get_or_create(&labels(Some("idle"))).set(idle);
-                    let login = (open - idle - used).max(0);
-                    conns.get_or_create(&labels(Some("login"))).set(login);
-                    let (w, longest) = p.waiting();
-                    waiting.get_or_create(&labels(None)).set(w as i64);
-                    maxwait
-                        .get_or_create(&labels(None))
-                        .set(longest.as_micros() as i64);
-                    waited.get_or_create(&labels(None)).inc_by(p.waited_us());
+                    let labels = [
+                        ("database", db.name.clone()),
+                        ("user", user.name.clone()),
+                        ("shard", s.name.clone()),
+                        ("server", p.addr().to_string()),
+                    ];
+                    f(labels, p);
                 }
             }
         }
@@ -307,6 +315,16 @@ fn shapes(state: &ProxyState, reg: &mut Registry) {
     }
 }
 
+/// A cache's lookups, `result` hit or miss.
+fn lookups(reg: &mut Registry, name: &str, help: &str, (hits, misses): (u64, u64)) {
+    let family = counters(reg, name, help);
+    for (result, n) in [("hit", hits), ("miss", misses)] {
+        family
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc_by(n);
+    }
+}
+
 fn events(state: &ProxyState, reg: &mut Registry) {
     use crate::admin::events::{Events, FAN_OUT_SHARDS};
     let e = &state.events;
@@ -358,17 +376,13 @@ fn events(state: &ProxyState, reg: &mut Registry) {
         fan.get_or_create(&vec![("shards", label.to_string())])
             .inc_by(Events::get(c));
     }
-    let cache = counters(
+    let analyses = (state.analysis.hits(), state.analysis.misses());
+    lookups(
         reg,
         "analysis_cache_lookups",
         "Statement analyses by shape, by result",
+        analyses,
     );
-    cache
-        .get_or_create(&vec![("result", "hit".to_string())])
-        .inc_by(state.analysis.hits());
-    cache
-        .get_or_create(&vec![("result", "miss".to_string())])
-        .inc_by(state.analysis.misses());
     let errors = counters(
         reg,
         "errors",
@@ -384,18 +398,12 @@ fn events(state: &ProxyState, reg: &mut Registry) {
                 .inc_by(n);
         }
     }
-    let (hits, misses) = state.statements.lookups();
-    let lookups = counters(
+    lookups(
         reg,
         "statement_cache_lookups",
         "Parses of a statement the proxy shares, by whether it was shared already",
+        state.statements.lookups(),
     );
-    lookups
-        .get_or_create(&vec![("result", "hit".to_string())])
-        .inc_by(hits);
-    lookups
-        .get_or_create(&vec![("result", "miss".to_string())])
-        .inc_by(misses);
     let statements = Gauge::<i64>::default();
     statements.set(state.statements.len() as i64);
     reg.register(
@@ -489,25 +497,10 @@ struct CheckoutWaits {
 impl CheckoutWaits {
     fn of(state: &ProxyState) -> CheckoutWaits {
         let mut pools = Vec::new();
-        for db in &state.config.databases {
-            for user in &state.config.users {
-                let Some(shards) = state.registry.get(&user.name, &db.name) else {
-                    continue;
-                };
-                for s in shards.iter() {
-                    for p in &s.servers {
-                        let labels = [
-                            ("database", db.name.clone()),
-                            ("user", user.name.clone()),
-                            ("shard", s.name.clone()),
-                            ("server", p.addr().to_string()),
-                        ];
-                        let (buckets, us) = p.wait_histogram();
-                        pools.push((labels, buckets, us));
-                    }
-                }
-            }
-        }
+        each_pool(state, |labels, p| {
+            let (buckets, us) = p.wait_histogram();
+            pools.push((labels, buckets, us));
+        });
         CheckoutWaits { pools }
     }
 }

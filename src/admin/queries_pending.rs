@@ -69,6 +69,24 @@ pub struct Answered {
     pub class: Option<[u8; 2]>,
 }
 
+impl Answered {
+    /// A whole CommandComplete message: one more command done, with its rows.
+    pub fn complete(&mut self, msg: &[u8]) {
+        self.rows += crate::fanout::CommandTag::rows_in(msg);
+        self.completed += 1;
+    }
+
+    /// A whole ErrorResponse message: the first one's position and SQLSTATE class are kept.
+    pub fn error(&mut self, msg: &[u8]) {
+        if self.error_at.is_none() {
+            let code = crate::protocol::error_code(msg.get(5..).unwrap_or_default()).as_bytes();
+            let at = |i: usize| code.get(i).copied().unwrap_or(0);
+            self.class = Some([at(0), at(1)]);
+        }
+        self.error_at.get_or_insert(self.completed);
+    }
+}
+
 impl Pending {
     /// A simple Query of this shape, run on `shards` shards (a request of its own).
     pub fn query(&mut self, stats: Option<Arc<ShapeStats>>, shards: usize) {

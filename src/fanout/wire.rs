@@ -277,19 +277,8 @@ pub fn answered_in(out: &[u8]) -> crate::admin::queries::Answered {
     while let Some((tag, len)) = crate::protocol::peek_header(&out[at..]) {
         let end = at.saturating_add(1 + len.max(4) as usize).min(out.len());
         match tag {
-            b'C' => {
-                a.rows += CommandTag::rows_in(&out[at..end]);
-                a.completed += 1;
-            }
-            b'E' => {
-                if a.error_at.is_none() {
-                    let code =
-                        crate::protocol::error_code(out.get(at + 5..end).unwrap_or_default());
-                    let c = |i: usize| code.as_bytes().get(i).copied().unwrap_or(0);
-                    a.class = Some([c(0), c(1)]);
-                }
-                a.error_at.get_or_insert(a.completed);
-            }
+            b'C' => a.complete(&out[at..end]),
+            b'E' => a.error(&out[at..end]),
             _ => {}
         }
         if end <= at {

@@ -393,24 +393,11 @@ impl Relay {
     /// Counts a CommandComplete's rows (of an Execute or a Query: `completes`) and the first
     /// error of the client's request.
     fn count_answer(&mut self, tag: u8, completes: bool, inbuf: &[u8]) {
-        let a = &mut self.answered;
+        let len = crate::protocol::peek_header(inbuf).map_or(0, |(_, l)| l as usize + 1);
+        let msg = inbuf.get(..len).unwrap_or(inbuf);
         match tag {
-            b'C' if completes && self.counting => {
-                let len = crate::protocol::peek_header(inbuf).map_or(0, |(_, l)| l as usize + 1);
-                a.rows += crate::fanout::CommandTag::rows_in(inbuf.get(..len).unwrap_or_default());
-                a.completed += 1;
-            }
-            b'E' => {
-                if a.error_at.is_none() {
-                    let len =
-                        crate::protocol::peek_header(inbuf).map_or(0, |(_, l)| l as usize + 1);
-                    let body = inbuf.get(5..len).unwrap_or_default();
-                    let code = crate::protocol::error_code(body).as_bytes();
-                    let at = |i: usize| code.get(i).copied().unwrap_or(0);
-                    a.class = Some([at(0), at(1)]);
-                }
-                a.error_at.get_or_insert(a.completed);
-            }
+            b'C' if completes && self.counting => self.answered.complete(msg),
+            b'E' => self.answered.error(msg),
             _ => {}
         }
     }
