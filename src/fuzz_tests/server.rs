@@ -136,6 +136,12 @@ fn fuzz_wire_messages() {
         .ok();
         bounded(n, 4, 256, || error_fields(msg));
         error_severity(msg);
+        crate::protocol::error_code(msg);
+        // What per-shape statistics read of a whole answer: an error comes after the
+        // commands completed before it.
+        let a = bounded(n, 4, 256, || crate::fanout::answered_in(msg));
+        assert!(a.error_at.is_none_or(|e| e <= a.completed));
+        assert_eq!(a.class.is_some(), a.error_at.is_some());
         query_text(msg);
         // The backend's own decoders.
         bounded(n, 0, 0, || auth_request(msg));
@@ -296,7 +302,8 @@ fn fuzz_relay() {
             1usize..40,
         ),
         |(queue, input, chunk)| {
-            let mut r = Relay::default();
+            // Counting rows for per-shape statistics or not, by the chunk size's parity.
+            let mut r = Relay::counting(chunk % 2 == 0);
             for &c in queue {
                 r.push(expect(c));
             }
