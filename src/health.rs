@@ -59,8 +59,13 @@ pub struct ServerHealth {
     observed: AtomicU8,
     /// The last check (or connect) succeeded; true until a check says otherwise.
     reachable: AtomicBool,
-    /// `now_ms()` until which the server gets no reads; 0 = not banned.
+    /// `now_ms()` until which the server gets no reads; 0 = not banned. A failure's ban is
+    /// lifted by the next check that reaches the server.
     banned_until: AtomicU64,
+    /// Banned from the admin console (`BAN`) until `UNBAN`: no reads, whatever the checks say.
+    admin_banned: AtomicBool,
+    /// The last check found it too far behind (logged once per episode).
+    lagging: AtomicBool,
     /// Primary: `pg_current_wal_lsn()`; replica: `pg_last_wal_replay_lsn()`, at the last check.
     lsn: AtomicU64,
     /// Replication lag at the last check (replicas).
@@ -80,6 +85,8 @@ impl ServerHealth {
             observed: AtomicU8::new(UNKNOWN),
             reachable: AtomicBool::new(true),
             banned_until: AtomicU64::new(0),
+            admin_banned: AtomicBool::new(false),
+            lagging: AtomicBool::new(false),
             lsn: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
@@ -109,10 +116,13 @@ impl ServerHealth {
         }
     }
 
-    /// Whether reads that need WAL position `min_lsn` (0: none) may go here now.
+    /// Whether reads that need WAL position `min_lsn` (0: none) may go here now: reachable,
+    /// not banned, and (a replica) within `max_lag_ms` at the last check (a lag not measured
+    /// yet is no reason to avoid it).
     pub fn can_read(&self, now: u64, max_lag_ms: u64, min_lsn: u64) -> bool {
         self.reachable.load(Ordering::Relaxed)
             && self.banned_until.load(Ordering::Relaxed) <= now
+            && !self.admin_banned.load(Ordering::Relaxed)
             && (!self.is_replica() || self.lag_ms.load(Ordering::Relaxed) <= max_lag_ms)
             && (min_lsn == 0 || self.lsn.load(Ordering::Relaxed) >= min_lsn)
     }
@@ -126,14 +136,28 @@ impl ServerHealth {
         }
     }
 
-    /// `now_ms()` until which the server gets no reads (0: never banned).
+    /// `now_ms()` until which the server gets no reads (0: never banned; `u64::MAX`: banned
+    /// from the console until `UNBAN`).
     pub fn banned_until_ms(&self) -> u64 {
+        if self.admin_banned.load(Ordering::Relaxed) {
+            return u64::MAX;
+        }
         self.banned_until.load(Ordering::Relaxed)
     }
 
     /// Whether the server is banned right now.
     pub fn banned(&self) -> bool {
-        self.banned_until.load(Ordering::Relaxed) > now_ms()
+        self.admin_banned.load(Ordering::Relaxed)
+            || self.banned_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// The console's `BAN` (true) and `UNBAN` (false): `UNBAN` also lifts a failure's ban.
+    pub fn set_admin_ban(&self, banned: bool) {
+        self.admin_banned.store(banned, Ordering::Relaxed);
+        if !banned {
+            self.banned_until.store(0, Ordering::Relaxed);
+        }
+        tracing::warn!(server = %self.addr, banned, "server ban set from the admin console");
     }
 
     /// A connect to the server failed: it is unreachable until a check succeeds.
@@ -183,9 +207,12 @@ struct Observation {
     received: u64,
 }
 
+/// The primary's position is its flushed one: what a replica can have. (The insert position
+/// of an idle primary right after a segment switch points past the new segment's page header,
+/// which no replica ever replays: a replica compared with it looked behind for ever.)
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-      ELSE pg_current_wal_insert_lsn() END)::text, \
+      ELSE pg_current_wal_flush_lsn() END)::text, \
      COALESCE(pg_last_wal_receive_lsn()::text, '')";
 
 /// A checker's connection to one server.
@@ -365,6 +392,10 @@ fn record(
     if !h.reachable.swap(true, Ordering::Relaxed) {
         tracing::info!(server = %h.addr, shard, "server reachable again");
     }
+    // A failure's ban ends with a check that reaches the server.
+    if h.banned_until.swap(0, Ordering::Relaxed) > now_ms() {
+        tracing::info!(server = %h.addr, shard, "server answers again; ban lifted");
+    }
     let role = if o.in_recovery { REPLICA } else { PRIMARY };
     let before = h.observed.swap(role, Ordering::Relaxed);
     if before != role && before != UNKNOWN {
@@ -379,8 +410,15 @@ fn record(
         let lag_bytes = head.saturating_sub(o.lsn);
         h.lag_ms.store(lag_ms, Ordering::Relaxed);
         h.lag_bytes.store(lag_bytes, Ordering::Relaxed);
-        if lag_ms > max_lag {
-            h.ban(ban_ms, "replication lag above routing.max_replica_lag_ms");
+        // No ban: reads skip it while it is behind (`can_read`) and return as soon as a
+        // check finds it within the bound again.
+        let lagging = lag_ms > max_lag;
+        if h.lagging.swap(lagging, Ordering::Relaxed) != lagging {
+            if lagging {
+                tracing::warn!(server = %h.addr, shard, lag_ms, max_lag, "replica too far behind; reads go elsewhere");
+            } else {
+                tracing::info!(server = %h.addr, shard, lag_ms, "replica caught up; reads return");
+            }
         }
     } else {
         h.lag_ms.store(0, Ordering::Relaxed);
@@ -427,13 +465,32 @@ mod tests {
     }
 
     #[test]
-    fn lag_bans_replica() {
+    fn a_lagging_replica_gets_reads_again_as_soon_as_it_catches_up() {
         let h = ServerHealth::new("127.0.0.1:1", Role::Replica);
+        assert!(h.can_read(now_ms(), 1_000, 0), "a lag not measured yet");
         record(&h, replica(100, 200), 300, 5_000, 1_000, 60_000, "s0");
         assert_eq!(h.lag_ms(), 5_000);
         assert_eq!(h.lag_bytes(), 200);
-        assert!(h.banned());
         assert!(!h.can_read(now_ms(), 1_000, 0));
+        assert!(!h.banned(), "lag is no ban of a fixed time");
+        record(&h, replica(300, 300), 300, 0, 1_000, 60_000, "s0");
+        assert!(h.can_read(now_ms(), 1_000, 0));
+    }
+
+    #[test]
+    fn a_failed_replica_returns_with_the_first_check_that_reaches_it() {
+        let h = ServerHealth::new("127.0.0.1:1", Role::Replica);
+        record(&h, None, 0, 0, 1_000, 60_000, "s0");
+        assert!(h.banned() && !h.can_read(now_ms(), 1_000, 0));
+        record(&h, replica(300, 300), 300, 0, 1_000, 60_000, "s0");
+        assert!(!h.banned() && h.can_read(now_ms(), 1_000, 0));
+        // A ban from the console stays until UNBAN, whatever the checks say.
+        h.set_admin_ban(true);
+        record(&h, replica(300, 300), 300, 0, 1_000, 60_000, "s0");
+        assert!(h.banned() && !h.can_read(now_ms(), 1_000, 0));
+        assert_eq!(h.banned_until_ms(), u64::MAX);
+        h.set_admin_ban(false);
+        assert!(h.can_read(now_ms(), 1_000, 0));
     }
 
     #[test]

@@ -196,7 +196,7 @@ fn main() -> ExitCode {
         Command::Run => load(cli.config).and_then(|config| {
             let rt = runtime(config.proxy.workers).map_err(|e| e.to_string())?;
             rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
+                let listener = shardgate::server::bind(&config.proxy.listen, config.proxy.reuse_port)
                     .await
                     .map_err(|e| format!("cannot listen on {}: {e}", config.proxy.listen))?;
                 tracing::info!(listen = %config.proxy.listen, mode = ?config.proxy.pool_mode, "shardgate started");

@@ -50,6 +50,16 @@ pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
 
 fn answer<B>(state: &ProxyState, req: &Request<B>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
+        "/" => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::admin::dashboard::PAGE.to_string(),
+        ),
+        "/api/dashboard" => (
+            StatusCode::OK,
+            "application/json",
+            crate::admin::dashboard::json(state),
+        ),
         "/metrics" => (StatusCode::OK, prometheus_text::CONTENT_TYPE, render(state)),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" => match not_ready(state) {
@@ -63,7 +73,7 @@ fn answer<B>(state: &ProxyState, req: &Request<B>) -> Response<Full<Bytes>> {
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: /metrics, /healthz, /readyz\n".to_string(),
+            "not found: /, /api/dashboard, /metrics, /healthz, /readyz\n".to_string(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -61,6 +61,10 @@ pub async fn run(
             }
             _ = tick.tick() => wake_tx.send_modify(|w| w.tick += 1),
             _ = &mut shutdown => break,
+            () = stop_requested(&state) => {
+                tracing::info!("SHUTDOWN from the admin console");
+                break;
+            }
         }
     }
     drop(listener);
@@ -87,6 +91,54 @@ pub async fn run(
         sessions.shutdown().await;
     }
     tracing::info!("shutdown complete");
+}
+
+/// Completes when the console's `SHUTDOWN` has rung its bell.
+async fn stop_requested(state: &ProxyState) {
+    let stop = &state.controls.stop;
+    let rung = stop.notified();
+    tokio::pin!(rung);
+    rung.as_mut().enable();
+    if !stop.rung() {
+        rung.await;
+    }
+}
+
+/// Binds the client listener on `addr`, with `SO_REUSEPORT` if `reuse_port` (then a second
+/// instance can listen on the same address, and the kernel spreads new connections over
+/// both: the first can stop without refusing anyone). With `net.ipv4.tcp_migrate_req = 1`,
+/// Linux also hands the connections still queued on a closing listener to the other.
+pub async fn bind(addr: &str, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = match a {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        match socket.bind(a).and_then(|()| socket.listen(1024)) {
+            Ok(l) => {
+                if reuse_port && migrate_off() {
+                    tracing::info!(
+                        "listening with SO_REUSEPORT; set net.ipv4.tcp_migrate_req = 1 so that \
+                         connections queued on a stopping instance move to the other one"
+                    );
+                }
+                return Ok(l);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{addr}: no address"))))
+}
+
+/// Whether the kernel would drop the connections queued on a closing `SO_REUSEPORT`
+/// listener (Linux's `net.ipv4.tcp_migrate_req` is 0).
+fn migrate_off() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").is_ok_and(|v| v.trim() == "0")
 }
 
 /// Completes on SIGTERM or SIGINT.

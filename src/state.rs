@@ -57,6 +57,8 @@ pub struct Cancel {
     pub request_ms: std::sync::atomic::AtomicU64,
     /// Since when it waits for a server connection (`health::now_ms`; 0: it does not).
     pub waiting_since_ms: std::sync::atomic::AtomicU64,
+    /// Set by the console's `KILL` / `KILL_CLIENT`: the session ends at once.
+    pub killed: std::sync::atomic::AtomicBool,
     /// Where CancelRequests for the client go.
     pub slot: CancelSlot,
     /// Raised by every CancelRequest for the client.
@@ -220,6 +222,8 @@ pub struct ProxyState {
     pub clients: std::sync::atomic::AtomicUsize,
     /// Rung once when the proxy starts shutting down.
     pub shutdown: ShutdownBell,
+    /// The console's switches: paused and disabled databases, kills, a requested shutdown.
+    pub controls: crate::admin::control::Controls,
     /// The configured user and database names, one copy each for every client.
     names: std::collections::HashSet<Arc<str>>,
     /// Each database's counters for `SHOW STATS`.
@@ -240,6 +244,12 @@ impl ShutdownBell {
     /// Tells every session, those that wait now and those that look later.
     pub fn ring(&self) {
         self.rung.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.bell.notify_waiters();
+    }
+
+    /// Wakes every session waiting on the bell without ringing it (they look at what else
+    /// changed: a `KILL`).
+    pub fn nudge(&self) {
         self.bell.notify_waiters();
     }
 
@@ -346,7 +356,10 @@ impl ProxyState {
             .map(|d| (d.name.clone(), Arc::default()))
             .collect();
         let queries = crate::admin::queries::QueryStats::new(config.proxy.query_stats_size);
+        let controls =
+            crate::admin::control::Controls::new(config.databases.iter().map(|d| d.name.as_str()));
         Arc::new(ProxyState {
+            controls,
             stats,
             admin_scram,
             names,

@@ -201,6 +201,29 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy with the given config text (its `listen` is ignored: port 0 is used).
     pub fn start(config: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        Proxy::start_with(config, listener)
+    }
+
+    /// Starts a proxy on 127.0.0.1:`port` with `SO_REUSEPORT`, as `shardgate run` listens:
+    /// several may share the port (rolling restarts).
+    pub fn start_shared(config: &str, port: u16) -> Proxy {
+        // Bound on a thread of its own: the caller may be inside a runtime already.
+        let listener = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let l = rt.block_on(shardgate::server::bind(&format!("127.0.0.1:{port}"), true));
+            l.and_then(|l| l.into_std())
+        })
+        .join()
+        .unwrap()
+        .expect("bind with SO_REUSEPORT");
+        Proxy::start_with(config, listener)
+    }
+
+    fn start_with(config: &str, listener: std::net::TcpListener) -> Proxy {
         // SHARDGATE_TEST_LOG=<filter> shows the proxy's tracing on stderr while debugging.
         if let Ok(filter) = std::env::var("SHARDGATE_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
@@ -211,7 +234,6 @@ impl Proxy {
         let config = Config::parse(config, "test").expect("parse config");
         let problems = config.validate();
         assert!(problems.is_empty(), "{problems:?}");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -246,6 +268,11 @@ impl Proxy {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Whether the proxy thread has ended (after a shutdown).
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Shuts down and waits for the proxy thread to finish.
@@ -364,87 +391,7 @@ pub fn pgbench_number(output: &str, label: &str) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// Minimal raw-protocol client for feeding the proxy malformed input.
-pub mod raw {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    /// A StartupMessage for protocol 3.0.
-    pub fn startup(user: &str, db: &str) -> Vec<u8> {
-        let mut body = 196608i32.to_be_bytes().to_vec();
-        for s in ["user", user, "database", db] {
-            body.extend_from_slice(s.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut m = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        m.extend(body);
-        m
-    }
-
-    /// Reads messages until one with a tag in `until` (returned) or EOF (`None`).
-    /// Returns all (tag, body) pairs read.
-    pub async fn read_until(s: &mut TcpStream, until: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        loop {
-            let mut hdr = [0u8; 5];
-            if s.read_exact(&mut hdr).await.is_err() {
-                return out;
-            }
-            let len = i32::from_be_bytes([hdr[1], hdr[2], hdr[3], hdr[4]]) as usize;
-            let mut body = vec![0u8; len.saturating_sub(4)];
-            if s.read_exact(&mut body).await.is_err() {
-                return out;
-            }
-            let done = until.contains(&hdr[0]);
-            out.push((hdr[0], body));
-            if done {
-                return out;
-            }
-        }
-    }
-
-    /// The SQLSTATE of the first ErrorResponse among `msgs`.
-    pub fn error_code(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
-        let (_, body) = msgs.iter().find(|(t, _)| *t == b'E')?;
-        let mut rest = &body[..];
-        while let Some((&t, tail)) = rest.split_first() {
-            let end = tail.iter().position(|&b| b == 0)?;
-            if t == b'C' {
-                return Some(String::from_utf8_lossy(&tail[..end]).into_owned());
-            }
-            rest = &tail[end + 1..];
-        }
-        None
-    }
-
-    /// Connects and logs in as a trust-authenticated user; returns the stream at ReadyForQuery.
-    pub async fn login_trust(port: u16, user: &str, db: &str) -> TcpStream {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(&startup(user, db)).await.unwrap();
-        let msgs = read_until(&mut s, b"ZE").await;
-        assert_eq!(
-            msgs.last().map(|m| m.0),
-            Some(b'Z'),
-            "login failed: {msgs:?}"
-        );
-        s
-    }
-
-    /// True when the peer has closed the connection (EOF within 5 s).
-    pub async fn closed(s: &mut TcpStream) -> bool {
-        let mut buf = [0u8; 1024];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => continue,
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-}
+pub mod raw;
 
 /// This process's resident set size in KiB (the proxy of a test runs in it).
 pub fn rss_kib() -> u64 {

@@ -4,6 +4,8 @@
 //! [`Table`]s ([`show`]), and the session that speaks the simple query protocol to the
 //! console's client lives in `session::console`.
 
+pub mod control;
+pub mod dashboard;
 pub mod events;
 pub mod queries;
 pub mod show;
@@ -85,8 +87,8 @@ pub enum Command {
     Show(Show),
     /// A SHOW command that exists but is not answered yet (its name).
     NotYet(&'static str),
-    /// A command that acts (its name).
-    Act(&'static str),
+    /// A command that acts: its name and its argument (a database, client or server).
+    Act(&'static str, Option<String>),
     /// Not a console command (the text).
     Unknown(String),
 }
@@ -119,9 +121,14 @@ fn parse_one(statement: &str) -> Command {
             _ => Command::Unknown(statement.trim().to_string()),
         };
     }
+    if first == "SET" {
+        let rest = statement.trim_start()[3..].trim();
+        return Command::Act("SET", Some(rest.to_string()));
+    }
+    let arg = words.next().map(str::to_string);
     match ACTIONS.iter().find(|a| **a == first) {
-        Some(a) => Command::Act(a),
-        None => Command::Unknown(statement.trim().to_string()),
+        Some(a) if words.next().is_none() => Command::Act(a, arg),
+        _ => Command::Unknown(statement.trim().to_string()),
     }
 }
 
@@ -141,7 +148,7 @@ pub fn help_lines() -> Vec<String> {
         let note = if s.is_none() { " (not yet)" } else { "" };
         format!("\tSHOW {n}{note}")
     }));
-    lines.extend(ACTIONS.iter().map(|a| format!("\t{a} (with live changes)")));
+    lines.extend(ACTIONS.iter().map(|a| format!("\t{a}")));
     lines
 }
 

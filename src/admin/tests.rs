@@ -19,9 +19,15 @@ fn commands_are_read_case_insensitively_with_an_optional_semicolon() {
 
 #[test]
 fn acting_and_not_yet_answered_commands_are_told_apart_from_unknown_ones() {
-    assert_eq!(parse("PAUSE app"), [Command::Act("PAUSE")]);
-    assert_eq!(parse("kill_client 42"), [Command::Act("KILL_CLIENT")]);
-    assert_eq!(parse("SET a = 1"), [Command::Act("SET")]);
+    let arg = |s: &str| Some(s.to_string());
+    assert_eq!(parse("PAUSE app"), [Command::Act("PAUSE", arg("app"))]);
+    assert_eq!(parse("pause"), [Command::Act("PAUSE", None)]);
+    assert_eq!(
+        parse("kill_client 42"),
+        [Command::Act("KILL_CLIENT", arg("42"))]
+    );
+    assert_eq!(parse("SET a = 1"), [Command::Act("SET", arg("a = 1"))]);
+    assert!(matches!(&parse("PAUSE a b")[..], [Command::Unknown(_)]));
     assert_eq!(parse("SHOW STATS"), [Command::Show(Show::Stats)]);
     assert_eq!(parse("SHOW QUERIES"), [Command::Show(Show::Queries)]);
     assert_eq!(

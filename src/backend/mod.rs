@@ -134,6 +134,9 @@ pub struct ServerConn {
     pub unnamed_owner: u64,
     /// When the connection was opened.
     pub created: Instant,
+    /// Its pool's reconnect epoch when it was opened (the console's `RECONNECT` bumps the
+    /// pool's; an older connection is closed instead of used or returned).
+    pub epoch: u64,
     /// Proxy-named statements (by cache id) prepared on this connection, least recently used
     /// first out.
     pub prepared: LruCache<u64, ()>,
@@ -149,6 +152,22 @@ pub struct ServerConn {
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
 
 impl ServerConn {
+    /// Whether the server sent something (or closed) while the connection sat idle in its
+    /// pool: a shutdown's FATAL 57P01, a terminated backend, a failover. Such a connection is
+    /// not clean and must not carry the next request. Costs no system call unless the
+    /// runtime saw the socket become readable.
+    pub fn stale(&mut self) -> bool {
+        use futures_util::FutureExt;
+        if !self.inbuf.is_empty() {
+            return true;
+        }
+        if self.rd.readable().now_or_never().is_none() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        !matches!(self.rd.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Connects, authenticates and waits for the first ReadyForQuery.
     pub async fn connect(p: &ConnectParams) -> Result<ServerConn, BackendError> {
         match tokio::time::timeout(p.connect_timeout, Self::connect_inner(p)).await {
@@ -183,6 +202,7 @@ impl ServerConn {
             at_rest: false,
             unnamed_owner: 0,
             created: Instant::now(),
+            epoch: 0,
             prepared: LruCache::new(
                 NonZeroUsize::new(p.prepared_capacity).unwrap_or(NonZeroUsize::MIN),
             ),

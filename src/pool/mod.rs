@@ -11,9 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+mod registry;
+
+pub use registry::Registry;
+
 use crate::backend::{BackendError, ConnInfo, ConnectParams, ServerConn};
-use crate::config::{Config, DatabaseConfig, Role, UserConfig};
-use crate::health::{now_ms, spawn_checker, ServerHealth};
+use crate::config::{Config, DatabaseConfig, UserConfig};
+use crate::health::{now_ms, ServerHealth};
 
 /// ParameterStatus pairs a server reported at login.
 pub type ServerParams = Arc<Vec<(String, String)>>;
@@ -44,6 +48,8 @@ pub struct ServerManager {
     params: ConnectParams,
     /// The pool's connections, for `SHOW SERVERS` (a closed one's entry is gone).
     conns: Arc<Mutex<Vec<std::sync::Weak<ConnInfo>>>>,
+    /// Bumped by `RECONNECT`: connections opened before are closed at their next use.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl bb8::ManageConnection for ServerManager {
@@ -53,7 +59,8 @@ impl bb8::ManageConnection for ServerManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
-        let conn = ServerConn::connect(&self.params).await?;
+        let mut conn = ServerConn::connect(&self.params).await?;
+        conn.epoch = self.epoch.load(Ordering::Relaxed);
         let mut conns = lock(&self.conns);
         conns.retain(|c| c.strong_count() > 0);
         conns.push(Arc::downgrade(&conn.info));
@@ -66,7 +73,10 @@ impl bb8::ManageConnection for ServerManager {
     }
 
     fn has_broken(&self, conn: &mut Box<ServerConn>) -> bool {
-        conn.broken || !conn.at_rest || !conn.inbuf.is_empty()
+        conn.broken
+            || !conn.at_rest
+            || !conn.inbuf.is_empty()
+            || conn.epoch != self.epoch.load(Ordering::Relaxed)
     }
 }
 
@@ -136,6 +146,8 @@ pub struct ServerPool {
     in_use: Arc<AtomicUsize>,
     /// What the health checker knows about the server (shared by all pools of it).
     pub health: Arc<ServerHealth>,
+    /// See [`ServerManager::epoch`].
+    epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Checkouts waiting for a connection now.
     waiters: Waiters,
     size: usize,
@@ -207,6 +219,7 @@ impl ServerPool {
         };
         let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
         let conns = Arc::<Mutex<Vec<std::sync::Weak<ConnInfo>>>>::default();
+        let epoch = Arc::<std::sync::atomic::AtomicU64>::default();
         let pool = bb8::Pool::builder()
             .max_size(size)
             .min_idle(Some(p.min_idle).filter(|&n| n > 0))
@@ -225,6 +238,7 @@ impl ServerPool {
             .build_unchecked(ServerManager {
                 params: params.clone(),
                 conns: conns.clone(),
+                epoch: epoch.clone(),
             });
         ServerPool {
             pool,
@@ -241,7 +255,14 @@ impl ServerPool {
             waiters: Waiters::default(),
             size: size as usize,
             conns,
+            epoch,
         }
+    }
+
+    /// The console's `RECONNECT`: every connection open now is closed before its next use
+    /// (a connection in use finishes its transaction first).
+    pub fn reconnect(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection of this pool's user and database outside the pool (not counted against
@@ -282,13 +303,9 @@ impl ServerPool {
                 None
             }
         };
-        // bb8 applies its own connection timeout (see `new`).
-        let conn = self.pool.get_owned().await;
+        let conn = self.fresh().await;
         drop(waiting);
-        let conn = conn.map_err(|e| match e {
-            bb8::RunError::User(e) => PoolError::Connect(e),
-            bb8::RunError::TimedOut => PoolError::Timeout(self.checkout_timeout_ms),
-        })?;
+        let conn = conn?;
         let mut guard = self.params.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() && !conn.params.is_empty() {
             *guard = Some(Arc::new(conn.params.clone()));
@@ -301,6 +318,25 @@ impl ServerPool {
             _permit: permit,
             in_use: self.in_use.clone(),
         })
+    }
+
+    /// A connection from bb8 (which applies its own connection timeout, see `new`) that did
+    /// not go stale while idle (see [`ServerConn::stale`]) and is of the current epoch: stale
+    /// ones are closed and the next one taken (at most as many as the pool holds, then a new
+    /// one is opened).
+    async fn fresh(&self) -> Result<bb8::PooledConnection<'static, ServerManager>, PoolError> {
+        for _ in 0..=self.size {
+            let mut conn = self.pool.get_owned().await.map_err(|e| match e {
+                bb8::RunError::User(e) => PoolError::Connect(e),
+                bb8::RunError::TimedOut => PoolError::Timeout(self.checkout_timeout_ms),
+            })?;
+            if conn.epoch == self.epoch.load(Ordering::Relaxed) && !conn.stale() {
+                return Ok(conn);
+            }
+            tracing::debug!(server = %self.addr, pid = conn.pid, "an idle server connection went stale; closed");
+            conn.broken = true;
+        }
+        Err(PoolError::Timeout(self.checkout_timeout_ms))
     }
 
     /// The ParameterStatus set of this server, fetched once with a checkout.
@@ -457,71 +493,6 @@ impl ShardPools {
                 self.servers.iter().filter(tied).nth(n)
             }
         }
-    }
-}
-
-/// All pools, keyed by (user, logical database).
-#[derive(Debug, Default)]
-pub struct Registry {
-    map: HashMap<(String, String), Arc<Vec<ShardPools>>>,
-}
-
-impl Registry {
-    /// Builds a pool for every (user, database, server) in the config.
-    /// Starts a health checker for each distinct shard with more than one server or a server
-    /// of role `auto`; call inside a tokio runtime.
-    pub fn build(config: &Config) -> Registry {
-        let mut health: HashMap<String, Arc<ServerHealth>> = HashMap::new();
-        let mut checked: std::collections::HashSet<Vec<String>> = Default::default();
-        for db in &config.databases {
-            for shard in &db.shards {
-                let servers = shard.all_servers();
-                let hs: Vec<Arc<ServerHealth>> = servers
-                    .iter()
-                    .map(|(addr, role)| {
-                        health
-                            .entry(addr.clone())
-                            .or_insert_with(|| Arc::new(ServerHealth::new(addr, *role)))
-                            .clone()
-                    })
-                    .collect();
-                let mut key: Vec<String> = servers.iter().map(|(a, _)| a.clone()).collect();
-                key.sort();
-                let needs = servers.len() > 1 || servers.iter().any(|(_, r)| *r == Role::Auto);
-                if needs && checked.insert(key) {
-                    spawn_checker(config, db, shard, hs);
-                }
-            }
-        }
-        let mut map = HashMap::new();
-        for user in &config.users {
-            for db in &config.databases {
-                let shards = db
-                    .shards
-                    .iter()
-                    .map(|s| ShardPools {
-                        name: s.name.clone(),
-                        servers: s
-                            .all_servers()
-                            .iter()
-                            .map(|(addr, _)| {
-                                Arc::new(ServerPool::new(config, user, db, health[addr].clone()))
-                            })
-                            .collect(),
-                        next: AtomicUsize::new(0),
-                    })
-                    .collect();
-                map.insert((user.name.clone(), db.name.clone()), Arc::new(shards));
-            }
-        }
-        Registry { map }
-    }
-
-    /// The shards of a logical database as seen by a user.
-    pub fn get(&self, user: &str, database: &str) -> Option<Arc<Vec<ShardPools>>> {
-        self.map
-            .get(&(user.to_string(), database.to_string()))
-            .cloned()
     }
 }
 

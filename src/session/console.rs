@@ -12,6 +12,8 @@ use crate::admin::{self, Command, Show};
 use crate::protocol::{self, query_text, split_frame, sqlstate, PgError, TxStatus};
 use crate::state::ProxyState;
 
+mod act;
+
 /// Largest console message accepted.
 const MAX_MESSAGE: usize = 1024 * 1024;
 
@@ -82,7 +84,7 @@ pub(super) async fn run(
         loop {
             match split_frame(&mut inbuf, MAX_MESSAGE) {
                 Ok(Some(f)) if f.tag == b'Q' => {
-                    answer(state, &login, query_text(f.body()), &mut out);
+                    answer(state, &login, query_text(f.body()), &mut out).await;
                     protocol::ready_for_query(&mut out, TxStatus::Idle);
                 }
                 Ok(Some(f)) if f.tag == b'X' => return,
@@ -150,7 +152,7 @@ fn fatal(out: &mut BytesMut, why: &str) {
 }
 
 /// Answers console query `sql` (without its ReadyForQuery); the first error ends it.
-fn answer(state: &ProxyState, login: &ConsoleLogin, sql: &str, out: &mut BytesMut) {
+async fn answer(state: &ProxyState, login: &ConsoleLogin, sql: &str, out: &mut BytesMut) {
     for command in admin::parse(sql) {
         let error = match command {
             Command::Empty => {
@@ -174,18 +176,17 @@ fn answer(state: &ProxyState, login: &ConsoleLogin, sql: &str, out: &mut BytesMu
                 format!("SHOW {name} is not available in this version of Shardgate"),
             )
             .with_hint("SHOW HELP lists what the console answers"),
-            Command::Act(name) if !login.may_act => PgError::error(
+            Command::Act(name, _) if !login.may_act => PgError::error(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!("{name} is reserved for the admin user; stats users may run SHOW only"),
             ),
-            Command::Act(name) => PgError::error(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("{name} is not supported yet"),
-            )
-            .with_hint(
-                "commands that change the proxy live arrive with hot reload; restart the \
-                 proxy to apply a new configuration",
-            ),
+            Command::Act(name, arg) => match act::act(state, name, arg.as_deref()).await {
+                Ok(tag) => {
+                    protocol::command_complete(out, tag);
+                    continue;
+                }
+                Err(e) => e,
+            },
             Command::Unknown(text) => {
                 PgError::error(sqlstate::SYNTAX_ERROR, format!("invalid command '{text}'"))
                     .with_hint(format!("valid commands: {}", admin::valid_commands()))

@@ -400,6 +400,29 @@ async fn first_server_params<'s>(
     ))
 }
 
+/// The configured database a client logs in to, unless the console's `DISABLE` closed it.
+fn open_database<'a>(
+    state: &'a ProxyState,
+    database: &str,
+) -> Result<&'a crate::config::DatabaseConfig, PgError> {
+    let db = (state.config.databases.iter())
+        .find(|d| d.name == database)
+        .ok_or_else(|| {
+            PgError::fatal(
+                sqlstate::INVALID_CATALOG,
+                format!("database \"{database}\" does not exist"),
+            )
+        })?;
+    if state.controls.disabled(database) {
+        return Err(PgError::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("database \"{database}\" does not allow connections"),
+        )
+        .with_hint("an operator ran DISABLE on the admin console; retry after ENABLE"));
+    }
+    Ok(db)
+}
+
 async fn handshake_inner(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
@@ -433,17 +456,7 @@ async fn handshake_inner(
         return Ok(Some(Arrival::Console(login)));
     }
     authenticate(rd, wr, inbuf, state, &user).await?;
-    let db = state
-        .config
-        .databases
-        .iter()
-        .find(|d| d.name == database)
-        .ok_or_else(|| {
-            PgError::fatal(
-                sqlstate::INVALID_CATALOG,
-                format!("database \"{database}\" does not exist"),
-            )
-        })?;
+    let db = open_database(state, &database)?;
     let pool_mode = state.config.pool_mode_for(db);
     let shards = state
         .registry

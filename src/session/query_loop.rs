@@ -130,6 +130,9 @@ pub(super) struct ClientConn {
 
 /// The session of a client that just logged in (`from_client`: what it sent after its startup
 /// packet). Boxed: a hibernating client's task holds little more than this pointer.
+/// See [`Loop::may_close`].
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
 pub(super) fn new<'a>(
     conn: ClientConn,
     login: Login,
@@ -262,21 +265,8 @@ impl Loop<'_> {
                     return end;
                 }
             }
-            if self.shutting_down {
-                let idle = match &self.server {
-                    None => true,
-                    Some(_) => {
-                        self.relay.idle() && !self.unsynced && self.txn.status() == TxStatus::Idle
-                    }
-                };
-                if idle {
-                    PgError::fatal(
-                        sqlstate::ADMIN_SHUTDOWN,
-                        "terminating connection due to administrator command",
-                    )
-                    .encode(&mut self.to_client);
-                    return End::Shutdown;
-                }
+            if let Some(end) = self.ends_now() {
+                return end;
             }
             // Write eagerly: most of the time the socket takes everything at once, which saves a
             // trip through the select below.
@@ -290,7 +280,11 @@ impl Loop<'_> {
             }
             // Settled: it is the client's turn to speak.
             let settled = self.relay.idle() && !self.unsynced && self.to_server.is_empty();
-            let idle_limit = idle_limit(&self.state.config.proxy, self.txn.status(), settled);
+            let idle_limit = match self.shutting_down && settled && self.server.is_none() {
+                // Closed at the end of its grace (see `may_close`).
+                true => Some(SHUTDOWN_GRACE.as_millis() as u64),
+                false => idle_limit(&self.state.config.proxy, self.txn.status(), settled),
+            };
             let listen = self.listens(wake, settled);
             reserve(&mut self.from_client);
             let (srd, swr, sin) = match self.server.as_deref_mut() {
@@ -313,6 +307,9 @@ impl Loop<'_> {
                     self.last_activity = tokio::time::Instant::now();
                 }
                 _ = sleep_opt(idle_limit.map(|ms| self.last_activity + Duration::from_millis(ms))) => {
+                    if self.shutting_down {
+                        continue;
+                    }
                     return self.fatal(idle_error(self.txn.status()));
                 }
                 r = read_opt(srd, sin), if read_server => {
@@ -354,6 +351,63 @@ impl Loop<'_> {
                 return end;
             }
         }
+    }
+
+    /// A `KILL` of the client, or a shutdown that finds it at a transaction boundary: the
+    /// session ends now.
+    fn ends_now(&mut self) -> Option<End> {
+        if self
+            .login
+            .cancel
+            .killed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Some(self.killed());
+        }
+        if !self.shutting_down {
+            return None;
+        }
+        let idle = match &self.server {
+            None => true,
+            Some(_) => self.relay.idle() && !self.unsynced && self.txn.status() == TxStatus::Idle,
+        };
+        if !(idle && self.may_close()) {
+            return None;
+        }
+        PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        )
+        .encode(&mut self.to_client);
+        Some(End::Shutdown)
+    }
+
+    /// While the proxy shuts down, whether an idle client is closed now: one that has run a
+    /// transaction is closed at its end; one that has run none yet (it may have logged in
+    /// just as the shutdown began, and be about to send its first query) gets
+    /// [`SHUTDOWN_GRACE`] of quiet first.
+    fn may_close(&self) -> bool {
+        self.login
+            .cancel
+            .xacts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            || self.last_activity.elapsed() >= SHUTDOWN_GRACE
+    }
+
+    /// The console's `KILL` / `KILL_CLIENT`: the client gets FATAL 57P01 and every server
+    /// connection it holds is closed (whatever was open there rolls back).
+    fn killed(&mut self) -> End {
+        if let Some(c) = self.server.as_deref_mut() {
+            c.broken = true;
+        }
+        for (_, c) in &mut self.routing.parked {
+            c.broken = true;
+        }
+        self.fatal(PgError::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection due to administrator command",
+        ))
     }
 
     /// Ends the session with a FATAL error to the client, logged with its cause.

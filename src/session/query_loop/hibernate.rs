@@ -136,6 +136,8 @@ pub(super) async fn hibernate(l: Box<Loop<'_>>) -> (Box<Loop<'_>>, Option<End>) 
         }
         Woke::Client(false) => Some(End::ClientGone),
         Woke::Timeout => Some(l.fatal(idle_error(l.txn.status()))),
+        // A KILL nudges the bell without ringing it: the loop's next turn looks at its flag.
+        Woke::Shutdown if !state.shutdown.rung() => None,
         Woke::Shutdown => {
             l.shutting_down = true;
             None

@@ -88,6 +88,12 @@ impl Loop<'_> {
         };
         // A checkout waits from the request that needs it (no clock read).
         let _waiting = Waiting::mark(&self.login.cancel);
+        if self.state.controls.paused(self.login.database()) && self.starts_transaction() {
+            let timeout = self.state.config.proxy.pause_timeout_ms;
+            (self.state.controls)
+                .wait_resumed(self.login.database(), timeout)
+                .await?;
+        }
         let r = &self.state.config.routing;
         if want != Want::Primary && self.login.split {
             let ryw = want == Want::Read;
@@ -119,8 +125,9 @@ impl Loop<'_> {
                 }
             }
         }
-        let deadline =
-            Instant::now() + Duration::from_millis(self.state.config.pool.checkout_timeout_ms);
+        // While no server answers as the primary (a failover of `auto` servers), wait for
+        // the health checker to find the new one.
+        let deadline = Instant::now() + Duration::from_millis(r.failover_hold_ms);
         loop {
             if let Some(pool) = shard.primary() {
                 match pool.get().await {
@@ -145,11 +152,22 @@ impl Loop<'_> {
                 )
                 .with_hint(
                     "no server of the shard answered as a primary within \
-                     pool.checkout_timeout_ms; the health checker is still looking",
+                     routing.failover_hold_ms; the health checker is still looking",
                 ));
             }
             tokio::time::sleep(PRIMARY_POLL).await;
         }
+    }
+
+    /// Whether a checkout now starts a transaction on the servers (a paused database holds
+    /// it): the client holds no server connection and has no transaction open on one (a
+    /// held-back BEGIN has not reached a server yet). A transaction in flight goes on, so
+    /// that the pause that waits for it ends.
+    fn starts_transaction(&self) -> bool {
+        self.server.is_none()
+            && self.routing.parked.is_empty()
+            && (self.txn.status() == crate::protocol::TxStatus::Idle
+                || self.txn.held_begin().is_some())
     }
 
     /// After a transaction that wrote on the primary, notes what the client's next reads
