@@ -287,6 +287,7 @@ pub fn spawn_checker(
     db: &DatabaseConfig,
     shard: &ShardConfig,
     servers: Vec<Arc<ServerHealth>>,
+    alive: std::sync::Weak<()>,
 ) {
     let interval = Duration::from_millis(config.routing.healthcheck_interval_ms);
     let timeout = Duration::from_millis(config.pool.connect_timeout_ms) + interval;
@@ -308,6 +309,10 @@ pub fn spawn_checker(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
+            if alive.strong_count() == 0 {
+                // Its registry was replaced by a reload and is gone.
+                return;
+            }
             let results =
                 futures_util::future::join_all(probes.iter_mut().map(|p| p.check(timeout))).await;
             let primary_lsn = results

@@ -26,9 +26,13 @@ enum Command {
     /// Start a throw-away local Postgres and the proxy in front of it.
     #[cfg(feature = "demo")]
     Demo {
-        /// Proxy listen address.
+        /// Proxy listen address (with --lb: HAProxy's).
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
+        /// Two instances behind HAProxy (TCP, health checks on /readyz), and a Prometheus
+        /// scraping both when /usr/bin/prometheus is installed.
+        #[arg(long)]
+        lb: bool,
     },
     /// Shard map tools for DBAs: locate, plan (no database access), verify, rebalance.
     Shard {
@@ -193,7 +197,7 @@ fn main() -> ExitCode {
                 c.databases.len()
             )
         }),
-        Command::Run => load(cli.config).and_then(|config| {
+        Command::Run => load(cli.config.clone()).and_then(|config| {
             let rt = runtime(config.proxy.workers).map_err(|e| e.to_string())?;
             rt.block_on(async {
                 let listener = shardgate::server::bind(&config.proxy.listen, config.proxy.reuse_port)
@@ -201,16 +205,20 @@ fn main() -> ExitCode {
                     .map_err(|e| format!("cannot listen on {}: {e}", config.proxy.listen))?;
                 tracing::info!(listen = %config.proxy.listen, mode = ?config.proxy.pool_mode, "shardgate started");
                 let state = shardgate::state::ProxyState::new(config);
+                // SIGHUP and the console's RELOAD read it again.
+                if let Some(path) = cli.config.clone() {
+                    state.controls.set_source(path);
+                }
                 shardgate::server::run(listener, state, shardgate::server::shutdown_signal()).await;
                 Ok(())
             })
         }),
         Command::Shard { command } => shard(cli.config, command),
         #[cfg(feature = "demo")]
-        Command::Demo { listen } => runtime(0)
+        Command::Demo { listen, lb } => runtime(0)
             .map_err(|e| e.to_string())
             .and_then(|rt| {
-                rt.block_on(shardgate::demo::run(shardgate::demo::DemoOptions { listen }))
+                rt.block_on(shardgate::demo::run(shardgate::demo::DemoOptions { listen, lb }))
                     .map_err(|e| e.to_string())
             }),
     };

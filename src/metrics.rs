@@ -29,16 +29,17 @@ use crate::state::ProxyState;
 type Labels = Vec<(&'static str, String)>;
 
 /// Serves the endpoint on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, state: Arc<ProxyState>) {
+pub async fn serve(listener: TcpListener, live: Arc<arc_swap::ArcSwap<ProxyState>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let live = live.clone();
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
+                // The configuration in force at each request (reloads swap it).
+                let state = live.load_full();
                 async move { Ok::<_, Infallible>(answer(&state, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

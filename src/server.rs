@@ -19,14 +19,19 @@ pub async fn run(
     state: Arc<ProxyState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let max = state.config.proxy.max_client_connections;
+    // The state in force: each client gets the one current at its arrival (a reload swaps it).
+    let live = Arc::new(arc_swap::ArcSwap::new(state));
+    let (reload_tx, mut reloads) = tokio::sync::mpsc::channel(4);
+    let controls = live.load().controls.clone();
+    controls.serve_reloads(reload_tx);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let (wake_tx, wake_rx) = watch::channel(Wake::default());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let sessions = tokio::task::JoinSet::new();
     let mut sessions = sessions;
-    let _averages = AbortOnDrop(tokio::spawn(roll_stats(state.clone())));
-    let _metrics = serve_metrics(&state).await;
+    let _averages = AbortOnDrop(tokio::spawn(roll_stats(live.clone())));
+    let _metrics = serve_metrics(&live).await;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -40,7 +45,8 @@ pub async fn run(
                         continue;
                     }
                 };
-                match Admitted::try_new(&state, max) {
+                let state = live.load_full();
+                match Admitted::try_new(&state, state.config.proxy.max_client_connections) {
                     Some(admitted) => {
                         let accepted = Box::new(Accepted { stream, wake: wake_rx.clone() });
                         sessions.spawn(crate::session::run(accepted, admitted));
@@ -61,13 +67,20 @@ pub async fn run(
             }
             _ = tick.tick() => wake_tx.send_modify(|w| w.tick += 1),
             _ = &mut shutdown => break,
-            () = stop_requested(&state) => {
+            Some(reply) = reloads.recv() => {
+                let _ = reply.send(reload(&live));
+            }
+            Some(()) = hang_up(&mut hangup) => {
+                let _ = reload(&live);
+            }
+            () = stop_requested(&controls) => {
                 tracing::info!("SHUTDOWN from the admin console");
                 break;
             }
         }
     }
     drop(listener);
+    let state = live.load_full();
     let clients = state.clients.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(clients, "shutting down");
     state.shutdown.ring();
@@ -94,8 +107,8 @@ pub async fn run(
 }
 
 /// Completes when the console's `SHUTDOWN` has rung its bell.
-async fn stop_requested(state: &ProxyState) {
-    let stop = &state.controls.stop;
+async fn stop_requested(controls: &crate::admin::control::Controls) {
+    let stop = &controls.stop;
     let rung = stop.notified();
     tokio::pin!(rung);
     rung.as_mut().enable();
@@ -154,14 +167,40 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The next SIGHUP (never, if the signal cannot be watched).
+async fn hang_up(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the config file again (SIGHUP, the console's `RELOAD`) and, if it is valid, makes it
+/// the one new clients get: what changed, or why nothing did (logged either way).
+fn reload(live: &arc_swap::ArcSwap<ProxyState>) -> Result<String, String> {
+    let old = live.load_full();
+    let result = crate::state::reload::read(&old).map(|(new, changes)| {
+        live.store(new);
+        changes
+    });
+    match &result {
+        Ok(changes) => tracing::info!(%changes, "configuration reloaded"),
+        Err(why) => {
+            tracing::error!(error = %why, "reload refused; the configuration in force stays")
+        }
+    }
+    result
+}
+
 /// Ends the periods of `SHOW STATS_AVERAGES` every `proxy.stats_period_ms`.
-async fn roll_stats(state: Arc<ProxyState>) {
-    let period = Duration::from_millis(state.config.proxy.stats_period_ms.max(10));
+async fn roll_stats(live: Arc<arc_swap::ArcSwap<ProxyState>>) {
+    let period = Duration::from_millis(live.load().config.proxy.stats_period_ms.max(10));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = std::time::Instant::now();
+        let state = live.load_full();
         for (name, totals, _) in crate::admin::show::database_stats(&state) {
             state.db_stats(name).roll(now, totals);
         }
@@ -170,8 +209,8 @@ async fn roll_stats(state: Arc<ProxyState>) {
 
 /// The metrics endpoint on `proxy.metrics_listen`, if set (a port that cannot be bound is
 /// logged, and the proxy runs without it).
-async fn serve_metrics(state: &Arc<ProxyState>) -> Option<AbortOnDrop> {
-    let addr = &state.config.proxy.metrics_listen;
+async fn serve_metrics(live: &Arc<arc_swap::ArcSwap<ProxyState>>) -> Option<AbortOnDrop> {
+    let addr = &live.load().config.proxy.metrics_listen.clone();
     if addr.is_empty() {
         return None;
     }
@@ -180,7 +219,7 @@ async fn serve_metrics(state: &Arc<ProxyState>) -> Option<AbortOnDrop> {
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
             Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
                 l,
-                state.clone(),
+                live.clone(),
             ))))
         }
         Err(e) => {

@@ -10,6 +10,9 @@ use crate::auth::{ScramVerifier, Secret};
 use crate::config::{Config, UserConfig};
 use crate::pool::Registry;
 
+mod build;
+pub mod reload;
+
 /// A configured user with secrets derived once at start-up.
 #[derive(Debug)]
 pub struct User {
@@ -199,9 +202,9 @@ pub struct ProxyState {
     /// Server pools.
     pub registry: Registry,
     /// Cancel keys handed to clients.
-    pub cancels: CancelRegistry,
+    pub cancels: Arc<CancelRegistry>,
     /// Statements prepared through the proxy (transaction and statement pooling).
-    pub statements: StatementCache,
+    pub statements: Arc<StatementCache>,
     /// Statement analyses by shape (routing).
     pub analysis: crate::sql::AnalysisCache,
     /// Fan-out plans by statement text.
@@ -209,23 +212,23 @@ pub struct ProxyState {
     /// Shard maps of the databases with more than one shard.
     pub shard_maps: HashMap<String, Arc<crate::shard::route::ShardMap>>,
     /// Clients hibernating: quiet, holding no server connection and no buffers.
-    pub hibernating: std::sync::atomic::AtomicUsize,
+    pub hibernating: Arc<std::sync::atomic::AtomicUsize>,
     /// Per-shape statistics (`SHOW QUERIES`).
-    pub queries: crate::admin::queries::QueryStats,
+    pub queries: Arc<crate::admin::queries::QueryStats>,
     /// The last slow queries (`SHOW SLOW_QUERIES`).
-    pub slow: crate::admin::slow::SlowLog,
+    pub slow: Arc<crate::admin::slow::SlowLog>,
     /// Rare events counted for `/metrics`.
-    pub events: crate::admin::events::Events,
+    pub events: Arc<crate::admin::events::Events>,
     /// Admin console sessions logged in.
-    pub consoles: std::sync::atomic::AtomicUsize,
+    pub consoles: Arc<std::sync::atomic::AtomicUsize>,
     /// Clients connected, logged in or not (see [`Admitted`]).
-    pub clients: std::sync::atomic::AtomicUsize,
+    pub clients: Arc<std::sync::atomic::AtomicUsize>,
     /// Rung once when the proxy starts shutting down.
-    pub shutdown: ShutdownBell,
+    pub shutdown: Arc<ShutdownBell>,
     /// The console's switches: paused and disabled databases, kills, a requested shutdown.
-    pub controls: crate::admin::control::Controls,
+    pub controls: Arc<crate::admin::control::Controls>,
     /// The configured user and database names, one copy each for every client.
-    names: std::collections::HashSet<Arc<str>>,
+    pub(crate) names: std::collections::HashSet<Arc<str>>,
     /// Each database's counters for `SHOW STATS`.
     pub stats: HashMap<String, Arc<crate::admin::stats::DbStats>>,
     /// The admin console's SCRAM verifier (`proxy.admin_password`); `None`: no admin login.
@@ -312,76 +315,6 @@ impl ProxyState {
     /// A user or database name: the configured one's shared copy, or a new one.
     pub fn name(&self, name: &str) -> Arc<str> {
         self.names.get(name).cloned().unwrap_or_else(|| name.into())
-    }
-
-    /// Derives user secrets and builds the pools. Call inside a tokio runtime.
-    pub fn new(config: Config) -> Arc<ProxyState> {
-        let users = config
-            .users
-            .iter()
-            .map(|u| {
-                let secret = Secret::parse(&u.name, &u.password);
-                let scram = secret.scram_verifier();
-                (
-                    u.name.clone(),
-                    User {
-                        config: u.clone(),
-                        secret,
-                        scram,
-                    },
-                )
-            })
-            .collect();
-        let registry = Registry::build(&config);
-        let events = crate::admin::events::Events::default();
-        crate::shard::recovery::spawn(&config, events.two_phase_recovered.clone());
-        let shard_maps = config
-            .databases
-            .iter()
-            .filter_map(|d| {
-                crate::shard::route::ShardMap::new(d).map(|m| (d.name.clone(), Arc::new(m)))
-            })
-            .collect();
-        let names = (config.users.iter().map(|u| u.name.as_str()))
-            .chain(config.databases.iter().map(|d| d.name.as_str()))
-            .map(Arc::from)
-            .collect();
-        let admin = &config.proxy.admin_password.0;
-        let admin_scram = (!admin.is_empty())
-            .then(|| Secret::parse(&config.proxy.admin_user, admin).scram_verifier())
-            .flatten();
-        let stats: HashMap<_, _> = config
-            .databases
-            .iter()
-            .map(|d| (d.name.clone(), Arc::default()))
-            .collect();
-        let queries = crate::admin::queries::QueryStats::new(config.proxy.query_stats_size);
-        let controls =
-            crate::admin::control::Controls::new(config.databases.iter().map(|d| d.name.as_str()));
-        Arc::new(ProxyState {
-            controls,
-            stats,
-            admin_scram,
-            names,
-            shard_maps,
-            fan_out_plans: crate::sql::FanOutCache::default(),
-            analysis: crate::sql::AnalysisCache::new(
-                config.routing.analysis_cache_size,
-                config.routing.write_functions.clone(),
-            ),
-            config,
-            users,
-            registry,
-            cancels: CancelRegistry::default(),
-            statements: StatementCache::default(),
-            hibernating: Default::default(),
-            clients: Default::default(),
-            consoles: Default::default(),
-            events,
-            queries,
-            slow: Default::default(),
-            shutdown: ShutdownBell::default(),
-        })
     }
 }
 

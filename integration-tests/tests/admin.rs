@@ -286,8 +286,13 @@ async fn only_the_admin_user_and_stats_users_log_in_and_only_the_admin_may_act()
         assert_eq!(error_of(c, "SHOW NONSENSE").await, "42601");
         assert_eq!(error_of(c, "SHOW TRANSACTIONS").await, "0A000");
     }
-    assert_eq!(error_of(&admin, "RELOAD").await, "0A000");
-    assert_eq!(error_of(&admin, "PAUSE app").await, "0A000");
+    assert_eq!(error_of(&admin, "SUSPEND").await, "0A000");
+    assert_eq!(error_of(&admin, "PAUSE nosuchdb").await, "3D000");
+    assert_eq!(
+        error_of(&admin, "RESUME").await,
+        "55000",
+        "nothing is paused"
+    );
     assert_eq!(error_of(&stats, "RELOAD").await, "42501");
     assert_eq!(error_of(&stats, "KILL app").await, "42501");
     let e = admin.simple_query("SELECT 1").await.unwrap_err();

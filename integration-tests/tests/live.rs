@@ -383,14 +383,16 @@ async fn a_rolling_restart_of_one_of_two_instances_fails_no_transaction() {
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The console connection lands on either instance (the port is shared): that one stops.
     let admin = console(&a).await;
     run(&admin, "SHUTDOWN").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !a.finished() {
+    while !a.finished() && !b.finished() {
         assert!(Instant::now() < deadline, "the instance did not stop");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    a.stop();
+    let (stopped, b) = if a.finished() { (a, b) } else { (b, a) };
+    stopped.stop();
     let a2 = Proxy::start_shared(&text, port);
     let (ok, out) = bench.join().unwrap();
     println!("{out}");
@@ -401,4 +403,97 @@ async fn a_rolling_restart_of_one_of_two_instances_fails_no_transaction() {
     assert!(done > 100, "{out}");
     a2.stop();
     b.stop();
+}
+
+/// RELOAD (and SIGHUP) while 20 clients run transactions: a user added, a pool size changed,
+/// a replica added; no client fails or is dropped, new clients follow the new config; an
+/// invalid config changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_under_load_drops_nobody_and_new_clients_follow_it() {
+    let _g = serial();
+    let (p, r) = pair();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shardgate.toml");
+    let primary_only = format!("primary = \"{}\"", p.addr());
+    let text = config(&primary_only, "", "size = 4", "");
+    std::fs::write(&path, &text).unwrap();
+    let proxy = Arc::new(Proxy::start(&text));
+    proxy.state.controls.set_source(path.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (proxy, stop_rx) = (proxy.clone(), stop_rx.clone());
+        clients.push(tokio::spawn(async move {
+            let c = proxy.app("app").await;
+            let mut done = 0u64;
+            while !*stop_rx.borrow() {
+                c.batch_execute("BEGIN; SELECT 1; COMMIT").await?;
+                done += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<u64, tokio_postgres::Error>(done)
+        }));
+    }
+    let admin = console(&proxy).await;
+    assert_eq!(
+        proxy
+            .connect("newbie", "newbie", "app")
+            .await
+            .err()
+            .and_then(|e| sqlstate(&e)),
+        Some("28P01".into())
+    );
+    let newbie = "[[users]]\nname = \"newbie\"\npassword = \"newbie\"\nserver_user = \"app\"\nserver_password = \"app\"\n";
+    let servers = format!("{primary_only}\nreplicas = [\"{}\"]", r.addr());
+    let reloaded = config(&servers, "", "size = 6", "").replacen(
+        "[[databases]]",
+        &format!("{newbie}\n[[databases]]"),
+        1,
+    );
+    std::fs::write(&path, &reloaded).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    run(&admin, "RELOAD").await.unwrap();
+    // New clients: the new user logs in, reads reach the new replica.
+    let n = proxy
+        .connect("newbie", "newbie", "app")
+        .await
+        .expect("the added user");
+    assert_eq!(
+        port_of(&n).await,
+        r.port() as i32,
+        "reads go to the added replica"
+    );
+    let fresh = proxy.app("app").await;
+    assert_eq!(port_of(&fresh).await, r.port() as i32);
+
+    // An invalid config is refused (F0000) and changes nothing.
+    std::fs::write(&path, "[proxy]\nno_such_key = 1\n").unwrap();
+    assert_eq!(run(&admin, "RELOAD").await, Err("F0000".into()));
+    proxy
+        .connect("newbie", "newbie", "app")
+        .await
+        .expect("still the reloaded config");
+
+    // SIGHUP reloads too.
+    let late = reloaded.replacen("name = \"newbie\"", "name = \"late\"", 1);
+    let late = late.replacen("password = \"newbie\"", "password = \"late\"", 1);
+    std::fs::write(&path, &late).unwrap();
+    // SAFETY: raising a signal the running proxy handles (tokio's SIGHUP listener).
+    unsafe {
+        libc::raise(libc::SIGHUP);
+    }
+    let joined = integration_tests::wait_until(Duration::from_secs(10), || async {
+        proxy.connect("late", "late", "app").await.is_ok()
+    })
+    .await;
+    assert!(joined, "SIGHUP did not reload");
+
+    stop_tx.send(true).unwrap();
+    for c in clients {
+        let done = c
+            .await
+            .unwrap()
+            .expect("a client failed during the reloads");
+        assert!(done > 0);
+    }
 }

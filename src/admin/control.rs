@@ -29,7 +29,14 @@ pub struct Controls {
     pub kills: crate::state::ShutdownBell,
     /// Rung by `SHUTDOWN`: the accept loop stops as on SIGTERM.
     pub stop: crate::state::ShutdownBell,
+    /// The config file `RELOAD` and SIGHUP read again (none: the config came as text).
+    source: std::sync::Mutex<Option<std::path::PathBuf>>,
+    /// Where `RELOAD` asks the accept loop for a reload (set by the running accept loop).
+    reloads: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<ReloadRequest>>>,
 }
+
+/// A `RELOAD` waiting for the accept loop's answer: what changed, or why nothing did.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 impl Controls {
     /// Switches for each configured database.
@@ -137,6 +144,51 @@ impl Controls {
                 .databases
                 .get(database)
                 .is_some_and(|s| s.disabled.load(Ordering::Relaxed))
+    }
+
+    /// The config file that reloads read.
+    pub fn set_source(&self, path: std::path::PathBuf) {
+        *self.source.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    }
+
+    /// See [`Controls::set_source`].
+    pub fn source(&self) -> Option<std::path::PathBuf> {
+        self.source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Called by the accept loop: `RELOAD` requests arrive on `tx`.
+    pub fn serve_reloads(&self, tx: tokio::sync::mpsc::Sender<ReloadRequest>) {
+        *self.reloads.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+    }
+
+    /// Asks the accept loop to reload the config file: what changed, or why nothing did.
+    pub async fn reload(&self) -> Result<String, PgError> {
+        let tx = self
+            .reloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let sent = match tx {
+            Some(tx) => tx.send(reply).await.is_ok(),
+            None => false,
+        };
+        let answer = match sent {
+            true => answer.await.ok(),
+            false => None,
+        };
+        match answer {
+            Some(Ok(done)) => Ok(done),
+            Some(Err(why)) => Err(PgError::error(sqlstate::CONFIG_FILE_ERROR, why)
+                .with_hint("the configuration in force is unchanged")),
+            None => Err(PgError::error(
+                sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "the proxy is not serving reloads",
+            )),
+        }
     }
 
     /// The paused databases' names (`*` for all), for `SHOW DATABASES`-like reports.

@@ -19,7 +19,7 @@ mod guard;
 pub use guard::{pg_connect, GuardedStream};
 
 /// Where and as whom to connect. `Debug` hides the password.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ConnectParams {
     /// `host:port`.
     pub addr: String,

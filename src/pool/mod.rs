@@ -148,6 +148,8 @@ pub struct ServerPool {
     pub health: Arc<ServerHealth>,
     /// See [`ServerManager::epoch`].
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// The pool settings it was made with (a reload keeps the pool only if they stay).
+    settings: String,
     /// Checkouts waiting for a connection now.
     waiters: Waiters,
     size: usize,
@@ -256,7 +258,14 @@ impl ServerPool {
             size: size as usize,
             conns,
             epoch,
+            settings: format!("{size} {}", serde_json::to_string(p).unwrap_or_default()),
         }
+    }
+
+    /// Whether `other` (made from a reloaded config) would be this very pool: same server,
+    /// user, database and settings.
+    pub fn same_as(&self, other: &ServerPool) -> bool {
+        self.connect == other.connect && self.settings == other.settings
     }
 
     /// The console's `RECONNECT`: every connection open now is closed before its next use

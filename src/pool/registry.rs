@@ -12,6 +12,9 @@ use crate::health::{spawn_checker, ServerHealth};
 #[derive(Debug, Default)]
 pub struct Registry {
     map: HashMap<(String, String), Arc<Vec<ShardPools>>>,
+    /// The health checkers this registry started run while it lives (a reload's new registry
+    /// starts its own; the old one's stop when its last session is gone).
+    _alive: Arc<()>,
 }
 
 impl Registry {
@@ -19,7 +22,33 @@ impl Registry {
     /// Starts a health checker for each distinct shard with more than one server or a server
     /// of role `auto`; call inside a tokio runtime.
     pub fn build(config: &Config) -> Registry {
+        Registry::rebuild(config, None)
+    }
+
+    /// [`Registry::build`] for a reloaded config: the pools of `old` whose server, user,
+    /// database and pool settings are unchanged are kept (with their connections), as is
+    /// what the health checker knows of every server that stays with the same role.
+    pub fn rebuild(config: &Config, old: Option<&Registry>) -> Registry {
+        let alive = Arc::new(());
         let mut health: HashMap<String, Arc<ServerHealth>> = HashMap::new();
+        if let Some(old) = old {
+            for p in old.pools_of(None) {
+                health.insert(p.addr().to_string(), p.health.clone());
+            }
+            let declared = |addr: &str| {
+                config
+                    .databases
+                    .iter()
+                    .flat_map(|d| &d.shards)
+                    .find_map(|s| {
+                        s.all_servers()
+                            .into_iter()
+                            .find(|(a, _)| a == addr)
+                            .map(|(_, r)| r)
+                    })
+            };
+            health.retain(|addr, h| declared(addr) == Some(h.declared));
+        }
         let mut checked: std::collections::HashSet<Vec<String>> = Default::default();
         for db in &config.databases {
             for shard in &db.shards {
@@ -37,7 +66,7 @@ impl Registry {
                 key.sort();
                 let needs = servers.len() > 1 || servers.iter().any(|(_, r)| *r == Role::Auto);
                 if needs && checked.insert(key) {
-                    spawn_checker(config, db, shard, hs);
+                    spawn_checker(config, db, shard, hs, Arc::downgrade(&alive));
                 }
             }
         }
@@ -53,7 +82,11 @@ impl Registry {
                             .all_servers()
                             .iter()
                             .map(|(addr, _)| {
-                                Arc::new(ServerPool::new(config, user, db, health[addr].clone()))
+                                let new = ServerPool::new(config, user, db, health[addr].clone());
+                                let kept = old
+                                    .and_then(|o| o.pool(&user.name, &db.name, addr))
+                                    .filter(|p| p.same_as(&new));
+                                kept.unwrap_or_else(|| Arc::new(new))
                             })
                             .collect(),
                         next: AtomicUsize::new(0),
@@ -62,7 +95,15 @@ impl Registry {
                 map.insert((user.name.clone(), db.name.clone()), Arc::new(shards));
             }
         }
-        Registry { map }
+        Registry { map, _alive: alive }
+    }
+
+    /// The pool of `user` on `database` for server `addr`.
+    fn pool(&self, user: &str, database: &str, addr: &str) -> Option<Arc<ServerPool>> {
+        let shards = self.map.get(&(user.to_string(), database.to_string()))?;
+        (shards.iter().flat_map(|s| s.servers.iter()))
+            .find(|p| p.addr() == addr)
+            .cloned()
     }
 
     /// Every pool of logical database `database` (`None`: of all), for the console's acting

@@ -59,6 +59,11 @@ pub(super) async fn act(
             health.set_admin_ban(name == "BAN");
         }
         "SHUTDOWN" => controls.stop.ring(),
+        "RELOAD" => {
+            let done = controls.reload().await?;
+            tracing::info!(%done, "admin console command RELOAD");
+            return Ok(name);
+        }
         _ => {
             return Err(PgError::error(
                 sqlstate::FEATURE_NOT_SUPPORTED,

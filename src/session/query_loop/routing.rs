@@ -117,7 +117,7 @@ impl Routing {
 impl Loop<'_> {
     /// Routing facts of a query text, through the shape cache.
     pub(super) fn facts_of(&self, sql: &str) -> RouteFacts {
-        let queries = Some(&self.state.queries).filter(|q| q.enabled());
+        let queries = Some(&*self.state.queries).filter(|q| q.enabled());
         let (analysis, literals, shape) = self.state.analysis.analyze_noting(sql, queries);
         let mut f = RouteFacts::from_parts(analysis, literals, sql);
         f.shape = shape;

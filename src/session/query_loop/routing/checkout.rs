@@ -130,7 +130,21 @@ impl Loop<'_> {
         let deadline = Instant::now() + Duration::from_millis(r.failover_hold_ms);
         loop {
             if let Some(pool) = shard.primary() {
-                match pool.get().await {
+                let got = match pool.health.declared {
+                    // A server of role `auto` that stops being the primary while the checkout
+                    // waits (a connect to a server shutting down can hang until its timeout)
+                    // is given up on: the loop looks for the new primary.
+                    Role::Auto => tokio::select! {
+                        r = pool.get() => Some(r),
+                        () = lost_primary(&pool.health) => None,
+                    },
+                    _ => Some(pool.get().await),
+                };
+                let Some(got) = got else {
+                    tracing::warn!(server = %pool.addr(), "the primary went away during a checkout");
+                    continue;
+                };
+                match got {
                     Ok(c) => return Ok((self.linked(c), true)),
                     Err(PoolError::Connect(e))
                         if pool.health.declared == Role::Auto && Instant::now() < deadline =>
@@ -200,6 +214,13 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+}
+
+/// Completes when the health checker no longer takes `health` for the primary.
+async fn lost_primary(health: &crate::health::ServerHealth) {
+    while health.is_primary() {
+        tokio::time::sleep(PRIMARY_POLL).await;
     }
 }
 
