@@ -180,6 +180,7 @@ async fn hang_up(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()>
 fn reload(live: &arc_swap::ArcSwap<ProxyState>) -> Result<String, String> {
     let old = live.load_full();
     let result = crate::state::reload::read(&old).map(|(new, changes)| {
+        new.controls.publish(&new);
         live.store(new);
         changes
     });

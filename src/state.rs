@@ -233,6 +233,8 @@ pub struct ProxyState {
     pub stats: HashMap<String, Arc<crate::admin::stats::DbStats>>,
     /// The admin console's SCRAM verifier (`proxy.admin_password`); `None`: no admin login.
     pub admin_scram: Option<crate::auth::ScramVerifier>,
+    /// Which reload made it (0: the start-up config).
+    pub generation: u64,
 }
 
 /// The proxy's shutdown as hibernating sessions wait for it: a flag and one small waiter
@@ -284,6 +286,13 @@ impl Admitted {
     }
 }
 
+impl Admitted {
+    /// The client moves to `state` (a reload's): it stays counted once.
+    pub fn renew(&mut self, state: Arc<ProxyState>) {
+        self.0 = state;
+    }
+}
+
 impl std::ops::Deref for Admitted {
     type Target = ProxyState;
     fn deref(&self) -> &ProxyState {
@@ -300,6 +309,11 @@ impl Drop for Admitted {
 }
 
 impl ProxyState {
+    /// Whether a reload has put another state in force (one relaxed load).
+    pub fn superseded(&self) -> bool {
+        self.controls.generation() != self.generation
+    }
+
     /// Whether sessions note the statements they send (for per-shape statistics or the
     /// slow-query log).
     pub fn notes_queries(&self) -> bool {

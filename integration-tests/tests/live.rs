@@ -435,6 +435,8 @@ async fn a_reload_under_load_drops_nobody_and_new_clients_follow_it() {
         }));
     }
     let admin = console(&proxy).await;
+    let old = proxy.app("app").await;
+    assert_eq!(port_of(&old).await, p.port() as i32);
     assert_eq!(
         proxy
             .connect("newbie", "newbie", "app")
@@ -465,6 +467,25 @@ async fn a_reload_under_load_drops_nobody_and_new_clients_follow_it() {
     );
     let fresh = proxy.app("app").await;
     assert_eq!(port_of(&fresh).await, r.port() as i32);
+    // A client connected before the reload follows it from its next transaction on.
+    assert_eq!(
+        port_of(&old).await,
+        r.port() as i32,
+        "a connected client's next read"
+    );
+    // The new pool size is in force (a new console session sees the reloaded config).
+    let rows = console(&proxy)
+        .await
+        .simple_query("SHOW DATABASES")
+        .await
+        .unwrap();
+    let size = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) if r.get("name") == Some("app") => {
+            r.get("pool_size").map(str::to_string)
+        }
+        _ => None,
+    });
+    assert_eq!(size.as_deref(), Some("6"));
 
     // An invalid config is refused (F0000) and changes nothing.
     std::fs::write(&path, "[proxy]\nno_such_key = 1\n").unwrap();

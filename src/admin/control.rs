@@ -33,6 +33,10 @@ pub struct Controls {
     source: std::sync::Mutex<Option<std::path::PathBuf>>,
     /// Where `RELOAD` asks the accept loop for a reload (set by the running accept loop).
     reloads: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<ReloadRequest>>>,
+    /// The generation of the state in force ([`crate::state::ProxyState::generation`]).
+    generation: std::sync::atomic::AtomicU64,
+    /// The state in force, for sessions that move to it (the accept loop holds it).
+    current: std::sync::Mutex<std::sync::Weak<crate::state::ProxyState>>,
 }
 
 /// A `RELOAD` waiting for the accept loop's answer: what changed, or why nothing did.
@@ -157,6 +161,26 @@ impl Controls {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Makes `state` the one in force: sessions of older ones move to it at their next
+    /// transaction boundary.
+    pub fn publish(&self, state: &std::sync::Arc<crate::state::ProxyState>) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::downgrade(state);
+        self.generation.store(state.generation, Ordering::SeqCst);
+    }
+
+    /// The generation in force (one relaxed load).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The state in force, while the proxy runs.
+    pub fn current(&self) -> Option<std::sync::Arc<crate::state::ProxyState>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade()
     }
 
     /// Called by the accept loop: `RELOAD` requests arrive on `tx`.

@@ -30,13 +30,20 @@ pub struct Accepted {
 /// Runs one client connection to completion. Errors are reported to the client and logged here,
 /// where the task ends. Every client is one such task, as big as its largest state (see
 /// `server::tests::a_client_task_is_small`): what it needs only for a while is boxed.
-pub async fn run(accepted: Box<Accepted>, state: Admitted) {
+pub async fn run(accepted: Box<Accepted>, mut state: Admitted) {
     let Accepted { stream, mut wake } = *accepted;
     // Boxed: the login's state is needed only until login, not for the client's lifetime.
     let Some(session) = Box::pin(log_in(stream, &state)).await else {
         return;
     };
-    query_loop::run(session, &mut wake).await;
+    let mut detached = query_loop::run(session, &mut wake).await;
+    // After a reload the session goes on under the state in force (see `Loop::renews`).
+    while let Some(d) = detached {
+        if let Some(current) = state.controls.current() {
+            state.renew(current);
+        }
+        detached = query_loop::run(d.attach(&state), &mut wake).await;
+    }
 }
 
 /// The handshake, up to the client's login (`None`: it ended, answered and logged); then the

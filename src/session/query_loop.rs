@@ -79,6 +79,9 @@ enum End {
     /// flight, so the session gives back its buffers and waits in a small state (see
     /// [`Loop::hibernate`]).
     Hibernate,
+    /// Not an end: a reload put another state in force and the session is quiescent; it
+    /// moves to that state (see [`hibernate::Detached`]).
+    Renew,
 }
 
 pub(super) struct Loop<'a> {
@@ -176,7 +179,11 @@ pub(super) fn new<'a>(
 /// running loop's future is boxed while it runs; a quiet client waits in [`Loop::hibernate`]
 /// instead. A client that has said nothing since its login starts there: thousands of clients
 /// that log in and wait cost no buffers.
-pub(super) async fn run(l: Box<Loop<'_>>, wake: &mut watch::Receiver<Wake>) {
+/// `Some`: a reload superseded the session's state; it goes on under the new one.
+pub(super) async fn run(
+    l: Box<Loop<'_>>,
+    wake: &mut watch::Receiver<Wake>,
+) -> Option<Box<hibernate::Detached>> {
     let (mut l, mut ended) = match l.from_client.is_empty() && !l.shutting_down {
         true => hibernate::hibernate(l).await,
         false => (l, None),
@@ -185,12 +192,17 @@ pub(super) async fn run(l: Box<Loop<'_>>, wake: &mut watch::Receiver<Wake>) {
         if let Some(end) = ended {
             break end;
         }
+        if l.renews() {
+            return Some(hibernate::detach(l));
+        }
         match Box::pin(l.main(wake)).await {
             End::Hibernate => (l, ended) = hibernate::hibernate(l).await,
+            End::Renew => return Some(hibernate::detach(l)),
             end => ended = Some(end),
         }
     };
     Box::pin(l.finish(end)).await;
+    None
 }
 
 async fn read_opt(
@@ -278,6 +290,9 @@ impl Loop<'_> {
                 // the Sync after a large Parse) must be handled before waiting for anything.
                 continue;
             }
+            if self.renews() {
+                return End::Renew;
+            }
             // Settled: it is the client's turn to speak.
             let settled = self.relay.idle() && !self.unsynced && self.to_server.is_empty();
             let idle_limit = match self.shutting_down && settled && self.server.is_none() {
@@ -351,6 +366,17 @@ impl Loop<'_> {
                 return end;
             }
         }
+    }
+
+    /// Whether the session moves to a reload's state now: one is in force, and the session
+    /// is at a transaction boundary with nothing in flight (checked once per turn: one
+    /// relaxed load while no reload happened).
+    fn renews(&self) -> bool {
+        self.state.superseded()
+            && !self.shutting_down
+            && self.quiescent()
+            && (self.state.controls.current())
+                .is_some_and(|c| c.generation != self.state.generation)
     }
 
     /// A `KILL` of the client, or a shutdown that finds it at a transaction boundary: the

@@ -32,7 +32,9 @@ impl ProxyState {
             controls: Arc::new(controls),
         };
         let registry = Registry::build(&config);
-        Arc::new(assemble(config, registry, shared, &HashMap::new()))
+        let state = Arc::new(assemble(config, registry, shared, &HashMap::new(), 0));
+        state.controls.publish(&state);
+        state
     }
 
     /// The state for a reloaded `config`: shares what outlives a config with `self`, keeps
@@ -52,7 +54,8 @@ impl ProxyState {
             controls: self.controls.clone(),
         };
         let registry = Registry::rebuild(&config, Some(&self.registry));
-        Arc::new(assemble(config, registry, shared, &self.stats))
+        let generation = self.controls.generation() + 1;
+        Arc::new(assemble(config, registry, shared, &self.stats, generation))
     }
 }
 
@@ -75,6 +78,7 @@ fn assemble(
     registry: Registry,
     shared: Shared,
     old_stats: &HashMap<String, Arc<crate::admin::stats::DbStats>>,
+    generation: u64,
 ) -> ProxyState {
     let users = (config.users.iter())
         .map(|u| {
@@ -122,6 +126,7 @@ fn assemble(
         controls,
     } = shared;
     ProxyState {
+        generation,
         controls,
         stats,
         admin_scram,

@@ -244,6 +244,91 @@ impl<'a> Dormant<'a> {
     }
 }
 
+/// A quiescent session between two states: what a [`Dormant`] keeps but the state and the
+/// cancel key's guard (the key stays registered: the registry outlives reloads). After a
+/// reload, a session moves to the new state through this at a transaction boundary.
+pub(in crate::session) struct Detached {
+    login: Login,
+    client_reader: OwnedReadHalf,
+    client_writer: OwnedWriteHalf,
+    client: ClientState,
+    managed: bool,
+    unsynced: bool,
+    txn: Txn,
+    skip: SkipToSync,
+    last_activity: tokio::time::Instant,
+    routing: Routing,
+}
+
+impl<'a> Dormant<'a> {
+    /// Lets go of the state (see [`Detached`]).
+    fn detach(self: Box<Self>) -> Box<Detached> {
+        let d = *self;
+        // The key stays registered: the session goes on under the new state.
+        std::mem::forget(d.cancel);
+        Box::new(Detached {
+            login: d.login,
+            client_reader: d.client_reader,
+            client_writer: d.client_writer,
+            client: d.client,
+            managed: d.managed,
+            unsynced: d.unsynced,
+            txn: d.txn,
+            skip: d.skip,
+            last_activity: d.last_activity,
+            routing: d.routing,
+        })
+    }
+}
+
+impl Detached {
+    /// The session under `state`: its database's pools, shard map and counters are the new
+    /// state's (unless the reload removed its user or database, or changed its number of
+    /// shards: then it keeps what it had until it disconnects).
+    pub(in crate::session) fn attach(self: Box<Self>, state: &ProxyState) -> Box<Loop<'_>> {
+        let mut d = *self;
+        let (user, database) = (d.login.user().to_string(), d.login.database().to_string());
+        if let Some(shards) =
+            (state.registry.get(&user, &database)).filter(|s| s.len() == d.login.shards.len())
+        {
+            let l = &mut d.login;
+            l.split = l.pool_mode != crate::config::PoolMode::Session
+                && state.config.routing.read_write_split
+                && shards.iter().any(|s| s.has_replicas());
+            if l.shard_map.is_some() {
+                l.shard_map = state
+                    .shard_maps
+                    .get(&database)
+                    .cloned()
+                    .or(l.shard_map.take());
+            }
+            l.shards = shards;
+            l.stats = state.db_stats(&database);
+        }
+        let pid = d.login.cancel_pid;
+        Box::new(Dormant {
+            state,
+            login: d.login,
+            client_reader: d.client_reader,
+            client_writer: d.client_writer,
+            client: d.client,
+            managed: d.managed,
+            unsynced: d.unsynced,
+            txn: d.txn,
+            skip: d.skip,
+            last_activity: d.last_activity,
+            routing: d.routing,
+            cancel: CancelKeyGuard { state, pid },
+        })
+        .wake()
+    }
+}
+
+/// A quiescent session that a reload superseded lets go of its state.
+pub(super) fn detach(l: Box<Loop<'_>>) -> Box<Detached> {
+    Dormant::of(l).detach()
+}
+
 /// What ended a hibernation.
 enum Woke {
     /// The client's socket is readable (false: it failed).
