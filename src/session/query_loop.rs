@@ -37,6 +37,7 @@ mod fanout;
 mod fanout_batch;
 mod fanout_stream;
 mod hibernate;
+mod lifecycle;
 mod meter;
 mod pipeline;
 mod routing;
@@ -133,9 +134,6 @@ pub(super) struct ClientConn {
 
 /// The session of a client that just logged in (`from_client`: what it sent after its startup
 /// packet). Boxed: a hibernating client's task holds little more than this pointer.
-/// See [`Loop::may_close`].
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
-
 pub(super) fn new<'a>(
     conn: ClientConn,
     login: Login,
@@ -297,7 +295,7 @@ impl Loop<'_> {
             let settled = self.relay.idle() && !self.unsynced && self.to_server.is_empty();
             let idle_limit = match self.shutting_down && settled && self.server.is_none() {
                 // Closed at the end of its grace (see `may_close`).
-                true => Some(SHUTDOWN_GRACE.as_millis() as u64),
+                true => Some(lifecycle::SHUTDOWN_GRACE.as_millis() as u64),
                 false => idle_limit(&self.state.config.proxy, self.txn.status(), settled),
             };
             let listen = self.listens(wake, settled);
@@ -366,74 +364,6 @@ impl Loop<'_> {
                 return end;
             }
         }
-    }
-
-    /// Whether the session moves to a reload's state now: one is in force, and the session
-    /// is at a transaction boundary with nothing in flight (checked once per turn: one
-    /// relaxed load while no reload happened).
-    fn renews(&self) -> bool {
-        self.state.superseded()
-            && !self.shutting_down
-            && self.quiescent()
-            && (self.state.controls.current())
-                .is_some_and(|c| c.generation != self.state.generation)
-    }
-
-    /// A `KILL` of the client, or a shutdown that finds it at a transaction boundary: the
-    /// session ends now.
-    fn ends_now(&mut self) -> Option<End> {
-        if self
-            .login
-            .cancel
-            .killed
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Some(self.killed());
-        }
-        if !self.shutting_down {
-            return None;
-        }
-        let idle = match &self.server {
-            None => true,
-            Some(_) => self.relay.idle() && !self.unsynced && self.txn.status() == TxStatus::Idle,
-        };
-        if !(idle && self.may_close()) {
-            return None;
-        }
-        PgError::fatal(
-            sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection due to administrator command",
-        )
-        .encode(&mut self.to_client);
-        Some(End::Shutdown)
-    }
-
-    /// While the proxy shuts down, whether an idle client is closed now: one that has run a
-    /// transaction is closed at its end; one that has run none yet (it may have logged in
-    /// just as the shutdown began, and be about to send its first query) gets
-    /// [`SHUTDOWN_GRACE`] of quiet first.
-    fn may_close(&self) -> bool {
-        self.login
-            .cancel
-            .xacts
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-            || self.last_activity.elapsed() >= SHUTDOWN_GRACE
-    }
-
-    /// The console's `KILL` / `KILL_CLIENT`: the client gets FATAL 57P01 and every server
-    /// connection it holds is closed (whatever was open there rolls back).
-    fn killed(&mut self) -> End {
-        if let Some(c) = self.server.as_deref_mut() {
-            c.broken = true;
-        }
-        for (_, c) in &mut self.routing.parked {
-            c.broken = true;
-        }
-        self.fatal(PgError::fatal(
-            sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection due to administrator command",
-        ))
     }
 
     /// Ends the session with a FATAL error to the client, logged with its cause.
