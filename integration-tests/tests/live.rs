@@ -405,7 +405,7 @@ async fn a_rolling_restart_of_one_of_two_instances_fails_no_transaction() {
     b.stop();
 }
 
-/// RELOAD (and SIGHUP) while 20 clients run transactions: a user added, a pool size changed,
+/// RELOAD (and SIGHUP) while 50 clients run transactions: a user added, a pool size changed,
 /// a replica added; no client fails or is dropped, new clients follow the new config; an
 /// invalid config changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +421,7 @@ async fn a_reload_under_load_drops_nobody_and_new_clients_follow_it() {
     proxy.state.controls.set_source(path.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..50 {
         let (proxy, stop_rx) = (proxy.clone(), stop_rx.clone());
         clients.push(tokio::spawn(async move {
             let c = proxy.app("app").await;

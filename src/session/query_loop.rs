@@ -418,6 +418,10 @@ impl Loop<'_> {
         };
         tracing::warn!(server = %addr, "{what}");
         PgError::fatal(sqlstate::CONNECTION_FAILURE, format!("{what} ({addr})"))
+            .with_hint(
+                "the server was lost while this transaction was open on it; reconnect and \
+                 retry the transaction (new ones go to a server that answers)",
+            )
             .encode(&mut self.to_client);
         End::Fatal
     }
