@@ -321,7 +321,8 @@ async fn serve_lb(
     for i in &instances {
         let path = dir.join(format!("shardgate-{}.toml", i.name));
         std::fs::write(&path, instance_config(i, servers))?;
-        running.spawn(instance(i.name, Config::load(&path)?, stopped.clone()));
+        let config = Config::load(&path)?;
+        running.spawn(instance(i.name, config, path.clone(), stopped.clone()));
         configs.push(path);
     }
     for i in &instances {
@@ -350,8 +351,8 @@ async fn serve_lb(
     }
 }
 
-/// Starts HAProxy (waiting until it listens on `listen`) and, when installed, Prometheus (its
-/// port, if started).
+/// Starts HAProxy (waiting until it listens) and, when installed, Prometheus (its port, if
+/// started).
 async fn start_helpers(
     listen: &str,
     stats: &str,
@@ -363,12 +364,14 @@ async fn start_helpers(
     let args = ["-f".to_string(), cfg.display().to_string(), "-db".into()];
     let mut haproxy = Helper::spawn("haproxy", HAPROXY, &args, dir)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(listen).await.is_err() {
+    // Its statistics port, bound with the clients' one (a connection to that would reach an
+    // instance and log a login that failed).
+    while tokio::net::TcpStream::connect(stats).await.is_err() {
         if let Some(log) = haproxy.exited() {
             return Err(format!("HAProxy exited ({}):\n{log}", cfg.display()).into());
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!("HAProxy does not listen on {listen}").into());
+            return Err(format!("HAProxy does not listen on {stats}").into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -394,13 +397,16 @@ async fn start_helpers(
     Ok((helpers, Some(port)))
 }
 
-/// One instance until `stop` turns true; after a console `SHUTDOWN` (it drained and stopped)
-/// it is started again on the same ports: a rolling restart to watch in HAProxy.
+/// One instance (its config read from `path`, which `RELOAD` reads again) until `stop` turns
+/// true; after a console `SHUTDOWN` (it drained and stopped) it is started again on the same
+/// ports: a rolling restart to watch in HAProxy.
 async fn instance(
     name: &'static str,
     config: Config,
+    path: PathBuf,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let mut config = config;
     loop {
         let listen = config.proxy.listen.clone();
         let listener = crate::server::bind(&listen, false)
@@ -408,6 +414,7 @@ async fn instance(
             .map_err(|e| format!("instance {name}: cannot listen on {listen}: {e}"))?;
         let mut until = stop.clone();
         let state = ProxyState::new(config.clone());
+        state.controls.set_source(path.clone());
         crate::server::run(listener, state, async move {
             let _ = until.wait_for(|s| *s).await;
         })
@@ -416,6 +423,10 @@ async fn instance(
             return Ok(());
         }
         println!("instance {name} drained and stopped (console SHUTDOWN); starting it again");
+        match Config::load(&path) {
+            Ok(c) => config = c,
+            Err(e) => eprintln!("instance {name}: {e}; it starts with the config it had"),
+        }
         // Its metrics listener closes as its task ends: bind only once it is free.
         let metrics = config.proxy.metrics_listen.clone();
         poll(Duration::from_secs(5), || async {

@@ -157,11 +157,11 @@ impl ServerConn {
     /// not clean and must not carry the next request. Costs no system call unless the
     /// runtime saw the socket become readable.
     pub fn stale(&mut self) -> bool {
-        use futures_util::FutureExt;
         if !self.inbuf.is_empty() {
             return true;
         }
-        if self.rd.readable().now_or_never().is_none() {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.rd.as_ref().poll_read_ready(&mut cx).is_pending() {
             return false;
         }
         let mut byte = [0u8; 1];

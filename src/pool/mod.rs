@@ -80,6 +80,9 @@ impl bb8::ManageConnection for ServerManager {
     }
 }
 
+/// See [`ServerPool::get_at`].
+pub const STALE_CHECK_MS: u64 = 10;
+
 /// Why no server connection could be handed out.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -288,6 +291,14 @@ impl ServerPool {
 
     /// Checks out a connection, waiting at most the checkout timeout.
     pub async fn get(&self) -> Result<Checkout, PoolError> {
+        self.get_at(u64::MAX).await
+    }
+
+    /// [`ServerPool::get`] for a request that arrived at `request_ms` (`health::now_ms`): a
+    /// connection idle since more than [`STALE_CHECK_MS`] before it is looked at for what
+    /// the server may have sent meanwhile (see [`ServerConn::stale`]); one in steady use is
+    /// not (as PgBouncer's `server_check_delay`, but with no round trip).
+    pub async fn get_at(&self, request_ms: u64) -> Result<Checkout, PoolError> {
         self.waiters.checkouts.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(self.checkout_timeout_ms);
         let mut waiting = None;
@@ -312,7 +323,7 @@ impl ServerPool {
                 None
             }
         };
-        let conn = self.fresh().await;
+        let conn = self.fresh(request_ms).await;
         drop(waiting);
         let conn = conn?;
         let mut guard = self.params.lock().unwrap_or_else(|p| p.into_inner());
@@ -333,13 +344,18 @@ impl ServerPool {
     /// not go stale while idle (see [`ServerConn::stale`]) and is of the current epoch: stale
     /// ones are closed and the next one taken (at most as many as the pool holds, then a new
     /// one is opened).
-    async fn fresh(&self) -> Result<bb8::PooledConnection<'static, ServerManager>, PoolError> {
+    async fn fresh(
+        &self,
+        request_ms: u64,
+    ) -> Result<bb8::PooledConnection<'static, ServerManager>, PoolError> {
         for _ in 0..=self.size {
             let mut conn = self.pool.get_owned().await.map_err(|e| match e {
                 bb8::RunError::User(e) => PoolError::Connect(e),
                 bb8::RunError::TimedOut => PoolError::Timeout(self.checkout_timeout_ms),
             })?;
-            if conn.epoch == self.epoch.load(Ordering::Relaxed) && !conn.stale() {
+            let last = conn.info.request_ms.load(Ordering::Relaxed);
+            let idle = request_ms.saturating_sub(last) >= STALE_CHECK_MS;
+            if conn.epoch == self.epoch.load(Ordering::Relaxed) && !(idle && conn.stale()) {
                 return Ok(conn);
             }
             tracing::debug!(server = %self.addr, pid = conn.pid, "an idle server connection went stale; closed");

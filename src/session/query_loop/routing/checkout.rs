@@ -67,6 +67,11 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// When the client's current request arrived (`health::now_ms`; no clock read).
+    fn request_ms(&self) -> u64 {
+        (self.login.cancel.request_ms).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// `c`, marked as this client's since its request (`SHOW SERVERS`).
     fn linked(&self, c: Checkout) -> Checkout {
         use std::sync::atomic::Ordering::Relaxed;
@@ -114,7 +119,7 @@ impl Loop<'_> {
                 let Some(pool) = shard.reader(&policy) else {
                     break;
                 };
-                match pool.get().await {
+                match pool.get_at(self.request_ms()).await {
                     Ok(c) => return Ok((self.linked(c), pool.health.is_primary())),
                     Err(PoolError::Connect(e)) => {
                         pool.health.ban(r.ban_time_ms, "connect failed");
@@ -134,11 +139,9 @@ impl Loop<'_> {
                     // A server of role `auto` that stops being the primary while the checkout
                     // waits (a connect to a server shutting down can hang until its timeout)
                     // is given up on: the loop looks for the new primary.
-                    Role::Auto => tokio::select! {
-                        r = pool.get() => Some(r),
-                        () = lost_primary(&pool.health) => None,
-                    },
-                    _ => Some(pool.get().await),
+                    // Boxed: its timer would make every checkout's future bigger.
+                    Role::Auto => Box::pin(get_unless_lost(pool, self.request_ms())).await,
+                    _ => Some(pool.get_at(self.request_ms()).await),
                 };
                 let Some(got) = got else {
                     tracing::warn!(server = %pool.addr(), "the primary went away during a checkout");
@@ -214,6 +217,18 @@ impl Loop<'_> {
                 }
             }
         }
+    }
+}
+
+/// A checkout of `pool`, unless the health checker stops taking its server for the primary
+/// first (`None`).
+async fn get_unless_lost(
+    pool: &crate::pool::ServerPool,
+    request_ms: u64,
+) -> Option<Result<Checkout, PoolError>> {
+    tokio::select! {
+        r = pool.get_at(request_ms) => Some(r),
+        () = lost_primary(&pool.health) => None,
     }
 }
 
