@@ -182,12 +182,11 @@ async fn a_promotion_under_writes_loses_no_write() {
     r.promote().unwrap();
     let promoted = Instant::now();
     let before = writes.load(Ordering::SeqCst);
-    tokio::time::timeout(Duration::from_secs(60), wait_for(before + 20))
-        .await
-        .expect("writes after the promotion");
+    let after = tokio::time::timeout(Duration::from_secs(60), wait_for(before + 20)).await;
     stop_tx.send(true).unwrap();
     let (first_on_new, errors) = writer.await.unwrap();
     assert!(errors.is_empty(), "failed writes: {errors:?}");
+    after.expect("writes after the promotion");
     let first = first_on_new.expect("a write on the new primary");
     println!(
         "promotion to the first write on the new primary: {:?}",

@@ -426,7 +426,9 @@ impl Loop<'_> {
         End::Fatal
     }
 
-    /// Makes the server connection's settings match the client's, ahead of its messages.
+    /// Makes the server connection's settings match the client's, ahead of its messages
+    /// (which may then be replayed elsewhere if the server says goodbye before answering it,
+    /// see `ReadRetry::guard_setup`).
     fn apply_settings(&mut self) {
         let Some(conn) = self.server.as_deref_mut() else {
             return;
@@ -435,6 +437,7 @@ impl Loop<'_> {
             let _ = postgres_protocol::message::frontend::query(&sql, &mut self.to_server);
             self.relay.push(Expect::InjectedQuery(APPLY_SETTINGS));
             conn.settings = self.client.settings.clone();
+            self.routing.retry.guard_setup();
         }
     }
 

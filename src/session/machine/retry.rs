@@ -40,14 +40,45 @@ pub struct ReadRetry {
     /// Servers that failed the current request.
     avoid: Vec<String>,
     retries: u32,
+    /// Not a read: a request that may write, retryable only while the proxy's own setup
+    /// query ahead of it is unanswered, and only if the server's goodbye (a FATAL) comes
+    /// first (then the server ran nothing of it; a connection that just drops is not
+    /// retried: its answers may have been lost with it).
+    setup_only: bool,
 }
 
 impl ReadRetry {
     /// A server connection was checked out; `retryable`: for a read that may be retried.
     pub fn checked_out(&mut self, retryable: bool) {
         self.retryable = retryable;
+        self.setup_only = false;
         self.replay.clear();
         self.replay_bytes = 0;
+    }
+
+    /// A request that may write goes to a server connection behind the proxy's own setup
+    /// query (the client's settings): until that is answered, a server that says goodbye
+    /// first (a shutdown's `57P01` on a pooled connection) ran nothing of the request, which
+    /// may then be replayed on another connection.
+    pub fn guard_setup(&mut self) {
+        if !self.retryable {
+            self.retryable = true;
+            self.setup_only = true;
+        }
+    }
+
+    /// The proxy's own query was answered: from now on the server may have run the client's
+    /// request, which is then never replayed (a read goes on being retryable).
+    pub fn setup_answered(&mut self) {
+        if self.setup_only {
+            self.answered();
+        }
+    }
+
+    /// Whether a connection that just drops may be retried (reads only, see
+    /// [`ReadRetry::guard_setup`]).
+    pub fn retry_on_drop(&self) -> bool {
+        !self.setup_only
     }
 
     /// The server connection was released: the next request starts afresh.
@@ -78,6 +109,7 @@ impl ReadRetry {
     /// Something reached the client: a failure can no longer be hidden.
     pub fn answered(&mut self) {
         self.retryable = false;
+        self.setup_only = false;
         self.replay.clear();
         self.replay_bytes = 0;
     }

@@ -255,3 +255,24 @@ fn a_replicas_retry_safe_error_is_retried_elsewhere() {
         }
     }
 }
+
+#[test]
+fn a_write_is_retryable_only_until_the_proxys_setup_is_answered() {
+    let mut r = ReadRetry::default();
+    r.checked_out(false);
+    assert!(!r.can_retry());
+    r.guard_setup();
+    assert!(
+        r.can_retry() && !r.retry_on_drop(),
+        "a FATAL first, not a drop"
+    );
+    r.setup_answered();
+    assert!(!r.can_retry(), "the server may have run the write");
+    // A read stays retryable after the setup, and a drop may be retried.
+    r.checked_out(true);
+    r.guard_setup();
+    r.setup_answered();
+    assert!(r.can_retry() && r.retry_on_drop());
+    r.released();
+    assert!(!r.can_retry());
+}

@@ -23,7 +23,9 @@ impl Loop<'_> {
         match self.read_hold() {
             ReadHold::Go => {}
             ReadHold::Wait => return None,
-            ReadHold::Dying => return self.lost("server terminated the connection"),
+            ReadHold::Dying => {
+                return self.retry_elsewhere("server terminated the connection", true)
+            }
             ReadHold::Refused => {
                 return self
                     .retry_elsewhere("the replica refused the read (retry-safe error)", false)
@@ -133,7 +135,9 @@ impl Loop<'_> {
     /// (see `on_ready`).
     fn note_server_event(&mut self, ev: &Event) {
         match ev {
-            Event::Ready(_) | Event::ProxyReady => {}
+            Event::Ready(_) => {}
+            // The proxy's own query ran: the client's request may run from now on.
+            Event::ProxyReady => self.routing.retry.setup_answered(),
             Event::ParseFailed { stmt, client_name } => {
                 if let Some(conn) = self.server.as_deref_mut() {
                     conn.prepared.pop(&stmt.id);

@@ -14,6 +14,9 @@ impl Loop<'_> {
     /// The server connection failed: retry the read elsewhere if nothing reached the client
     /// yet (returns None), else tell the client and close.
     pub(in crate::session::query_loop) fn lost(&mut self, what: &str) -> Option<End> {
+        if !self.routing.retry.retry_on_drop() {
+            return Some(self.server_lost(what));
+        }
         self.retry_elsewhere(what, true)
     }
 
@@ -41,7 +44,7 @@ impl Loop<'_> {
                 pool.health.ban(ban_ms, what);
             }
         }
-        tracing::info!(server = %addr, "{what}; retrying the read on another server");
+        tracing::info!(server = %addr, "{what}; retrying the request on another connection");
         lock(&self.login.cancel.slot).clear();
         self.relay.reset();
         self.to_server.clear();
