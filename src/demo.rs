@@ -204,7 +204,9 @@ pub fn instance_config(i: &Instance, servers: &Servers) -> String {
     demo_config(&listen, &servers.s0, &servers.replica, &servers.s1).replacen(
         "[proxy]\n",
         &format!(
-            "[proxy]\nadmin_password = \"admin\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+            "[proxy]\nadmin_password = \"admin\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
+             # HAProxy checks /readyz every 500 ms: a drain outlasts one check.\n\
+             shutdown_drain_ms = 1000\n",
             i.metrics
         ),
         1,

@@ -79,12 +79,38 @@ pub async fn run(
             }
         }
     }
-    drop(listener);
     let state = live.load_full();
     let clients = state.clients.load(std::sync::atomic::Ordering::Relaxed);
     tracing::info!(clients, "shutting down");
+    // Out of `/readyz` first; sessions learn it too.
     state.shutdown.ring();
     wake_tx.send_modify(|w| w.shutdown = true);
+    let drain = Duration::from_millis(state.config.proxy.shutdown_drain_ms);
+    if !drain.is_zero() {
+        // A load balancer takes until its next check to see it: whoever it sends meanwhile
+        // is still served (one transaction, see `Loop::may_close`), not reset.
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "draining: still accepting while load balancers notice"
+        );
+        let until = tokio::time::Instant::now() + drain;
+        while let Ok(Ok((stream, _))) = tokio::time::timeout_at(until, listener.accept()).await {
+            let max = state.config.proxy.max_client_connections;
+            match Admitted::try_new(&state, max) {
+                Some(admitted) => {
+                    let accepted = Box::new(Accepted {
+                        stream,
+                        wake: wake_rx.clone(),
+                    });
+                    sessions.spawn(crate::session::run(accepted, admitted));
+                }
+                None => {
+                    sessions.spawn(crate::session::refuse_too_many(stream));
+                }
+            }
+        }
+    }
+    drop(listener);
     let grace = Duration::from_millis(state.config.proxy.shutdown_timeout_ms);
     let drained = tokio::time::timeout(grace, async {
         while sessions.join_next().await.is_some() {}

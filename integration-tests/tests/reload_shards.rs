@@ -76,7 +76,10 @@ async fn new_weights_route_new_writes_of_connected_clients() {
         .unwrap();
     let fresh = proxy.app("app").await;
     fresh
-        .execute("INSERT INTO kv (id, v) VALUES ($1, 'fresh')", &[&(key + 5_000_000)])
+        .execute(
+            "INSERT INTO kv (id, v) VALUES ($1, 'fresh')",
+            &[&(key + 5_000_000)],
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -93,6 +93,9 @@ pub struct ProxyConfig {
     /// On SIGTERM/SIGINT (or the console's `SHUTDOWN`), how long open transactions may run
     /// before connections are closed.
     pub shutdown_timeout_ms: u64,
+    /// On shutdown, keep accepting (and serving) new clients this long after leaving
+    /// `/readyz`, so that a load balancer that checks it sends nobody to a closed port.
+    pub shutdown_drain_ms: u64,
     /// Listen with `SO_REUSEPORT`, so that a new instance can start on the same port before
     /// this one stops (rolling restarts).
     pub reuse_port: bool,
@@ -139,6 +142,7 @@ impl Default for ProxyConfig {
             server_reset_query: "DISCARD ALL".into(),
             shutdown_timeout_ms: 10_000,
             reuse_port: true,
+            shutdown_drain_ms: 0,
             pause_timeout_ms: 60_000,
             client_login_timeout_ms: 15_000,
             idle_transaction_timeout_ms: 0,
