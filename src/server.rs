@@ -45,16 +45,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                let state = live.load_full();
-                match Admitted::try_new(&state, state.config.proxy.max_client_connections) {
-                    Some(admitted) => {
-                        let accepted = Box::new(Accepted { stream, wake: wake_rx.clone() });
-                        sessions.spawn(crate::session::run(accepted, admitted));
-                    }
-                    None => {
-                        sessions.spawn(crate::session::refuse_too_many(stream));
-                    }
-                }
+                admit(&live.load_full(), stream, &wake_rx, &mut sessions);
             }
             Some(done) = sessions.join_next(), if !sessions.is_empty() => {
                 if let Err(e) = done {
@@ -95,19 +86,7 @@ pub async fn run(
         );
         let until = tokio::time::Instant::now() + drain;
         while let Ok(Ok((stream, _))) = tokio::time::timeout_at(until, listener.accept()).await {
-            let max = state.config.proxy.max_client_connections;
-            match Admitted::try_new(&state, max) {
-                Some(admitted) => {
-                    let accepted = Box::new(Accepted {
-                        stream,
-                        wake: wake_rx.clone(),
-                    });
-                    sessions.spawn(crate::session::run(accepted, admitted));
-                }
-                None => {
-                    sessions.spawn(crate::session::refuse_too_many(stream));
-                }
-            }
+            admit(&state, stream, &wake_rx, &mut sessions);
         }
     }
     drop(listener);
@@ -130,6 +109,28 @@ pub async fn run(
         sessions.shutdown().await;
     }
     tracing::info!("shutdown complete");
+}
+
+/// Starts the session of an accepted client under `state`, or refuses it (53300) at
+/// `max_client_connections`.
+fn admit(
+    state: &Arc<ProxyState>,
+    stream: tokio::net::TcpStream,
+    wake: &watch::Receiver<Wake>,
+    sessions: &mut tokio::task::JoinSet<()>,
+) {
+    match Admitted::try_new(state, state.config.proxy.max_client_connections) {
+        Some(admitted) => {
+            let accepted = Box::new(Accepted {
+                stream,
+                wake: wake.clone(),
+            });
+            sessions.spawn(crate::session::run(accepted, admitted));
+        }
+        None => {
+            sessions.spawn(crate::session::refuse_too_many(stream));
+        }
+    }
 }
 
 /// Completes when the console's `SHUTDOWN` has rung its bell.
