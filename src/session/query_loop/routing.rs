@@ -86,8 +86,9 @@ pub(super) struct Routing {
     pub wrote: bool,
     /// `SET shardgate.target`: None = auto.
     pub target: Option<Want>,
-    /// Read-your-writes: WAL position after the client's last write.
-    min_lsn: u64,
+    /// Read-your-writes: per shard, the WAL position a replica must have replayed (each
+    /// shard's positions are its own: never compared across shards).
+    floors: ReadFloors,
     /// Read-your-writes: reads go to the primary until this `now_ms()`.
     primary_until: u64,
     /// Facts of the last unnamed statement Parsed (for a later Bind without a Parse).
@@ -101,6 +102,45 @@ pub(super) struct Routing {
     pub parked: Vec<(ShardId, Checkout)>,
     /// Transaction control across shards (savepoints, a refused transaction).
     pub guard: super::twophase::TxnGuard,
+}
+
+/// Read-your-writes per shard (see [`Routing::floors`]): 0 none, [`ReadFloors::UNKNOWN`]:
+/// the client wrote there through a path that learnt no WAL position (a statement on several
+/// shards, a transaction across shards), so its reads there go to the primary until a later
+/// write on that shard tells a position (which covers the earlier write).
+#[derive(Debug, Default)]
+pub(super) struct ReadFloors(Vec<u64>);
+
+impl ReadFloors {
+    const UNKNOWN: u64 = u64::MAX;
+
+    /// The position reads on `shard` need (0: none).
+    pub fn get(&self, shard: ShardId) -> u64 {
+        self.0.get(shard.index()).copied().unwrap_or(0)
+    }
+
+    fn slot(&mut self, shard: ShardId) -> &mut u64 {
+        let i = shard.index();
+        if self.0.len() <= i {
+            self.0.resize(i + 1, 0);
+        }
+        &mut self.0[i]
+    }
+
+    /// The primary of `shard` was at `lsn` after the client's write.
+    pub fn raise(&mut self, shard: ShardId, lsn: u64) {
+        let f = self.slot(shard);
+        *f = if *f == Self::UNKNOWN {
+            lsn
+        } else {
+            (*f).max(lsn)
+        };
+    }
+
+    /// The client wrote on `shard` and no position is known.
+    pub fn unknown(&mut self, shard: ShardId) {
+        *self.slot(shard) = Self::UNKNOWN;
+    }
 }
 
 impl Routing {

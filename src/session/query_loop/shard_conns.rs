@@ -26,6 +26,10 @@ impl Loop<'_> {
         want: Want,
     ) -> Result<(Vec<Checkout>, bool), PgError> {
         self.state.events.fan_out(shards.len());
+        if want == Want::Primary {
+            // A write or schema change on every one of them (its positions are not read).
+            self.wrote_on(shards);
+        }
         let in_txn = self.txn.in_block() || !self.routing.parked.is_empty();
         if in_txn {
             // A transaction pinned to its shard by a savepoint fails here (twophase.rs).

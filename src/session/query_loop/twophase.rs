@@ -54,6 +54,9 @@ impl Loop<'_> {
     pub(super) async fn switch_shard(&mut self, want: Want, shard: ShardId) -> Result<(), PgError> {
         self.may_join(shard).await?;
         if let Some(conn) = self.server.take() {
+            if self.routing.wrote {
+                self.wrote_on(&[self.routing.shard]);
+            }
             self.routing.parked.push((self.routing.shard, conn));
         }
         lock(&self.login.cancel.slot).clear();

@@ -88,6 +88,7 @@ impl Loop<'_> {
         want: Want,
         shard: ShardId,
     ) -> Result<(Checkout, bool), PgError> {
+        let shard_id = shard;
         let Some(shard) = self.login.shards.get(shard.index()) else {
             return Err(PgError::error(sqlstate::INTERNAL_ERROR, "no such shard"));
         };
@@ -110,7 +111,7 @@ impl Loop<'_> {
                     include_primary: r.include_primary,
                     max_lag_ms: r.max_replica_lag_ms,
                     min_lsn: if ryw && r.read_your_writes == ReadYourWrites::Lsn {
-                        self.routing.min_lsn
+                        self.routing.floors.get(shard_id)
                     } else {
                         0
                     },
@@ -176,6 +177,23 @@ impl Loop<'_> {
         }
     }
 
+    /// The client wrote on `shards` through a path that learns no WAL position (a statement
+    /// on several shards, a shard left by a transaction that wrote): its reads there must
+    /// still see those writes.
+    pub(in crate::session::query_loop) fn wrote_on(&mut self, shards: &[ShardId]) {
+        if !self.login.split {
+            return;
+        }
+        let r = &self.state.config.routing;
+        match r.read_your_writes {
+            ReadYourWrites::Off => {}
+            ReadYourWrites::PrimaryForMs => {
+                self.routing.primary_until = now_ms() + r.read_your_writes_ms;
+            }
+            ReadYourWrites::Lsn => shards.iter().for_each(|s| self.routing.floors.unknown(*s)),
+        }
+    }
+
     /// Whether a checkout now starts a transaction on the servers (a paused database holds
     /// it): the client holds no server connection and has no transaction open on one (a
     /// held-back BEGIN has not reached a server yet). A transaction in flight goes on, so
@@ -207,7 +225,7 @@ impl Loop<'_> {
                 let sql = "SELECT pg_current_wal_insert_lsn()::text";
                 match tokio::time::timeout(CLEANUP_TIMEOUT, conn.query_row(sql)).await {
                     Ok(Ok(v)) => match v.first().and_then(|s| parse_lsn(s)) {
-                        Some(lsn) => self.routing.min_lsn = self.routing.min_lsn.max(lsn),
+                        Some(lsn) => self.routing.floors.raise(self.routing.shard, lsn),
                         None => self.routing.primary_until = window,
                     },
                     _ => {
