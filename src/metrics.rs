@@ -92,6 +92,9 @@ pub fn not_ready(state: &ProxyState) -> Option<String> {
     }
     let user = state.config.users.first()?;
     for db in &state.config.databases {
+        if state.controls.paused(&db.name) {
+            return Some(format!("database {} is paused", db.name));
+        }
         let shards = state.registry.get(&user.name, &db.name)?;
         for s in shards.iter() {
             let up = s

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::{ServerPool, ShardPools};
-use crate::config::{Config, Role};
+use crate::config::Config;
 use crate::health::{spawn_checker, ServerHealth};
 
 /// All pools, keyed by (user, logical database).
@@ -19,8 +19,8 @@ pub struct Registry {
 
 impl Registry {
     /// Builds a pool for every (user, database, server) in the config.
-    /// Starts a health checker for each distinct shard with more than one server or a server
-    /// of role `auto`; call inside a tokio runtime.
+    /// Starts a health checker for each distinct shard (a lone primary too, so that
+    /// `/readyz` knows when it is down); call inside a tokio runtime.
     pub fn build(config: &Config) -> Registry {
         Registry::rebuild(config, None)
     }
@@ -64,8 +64,8 @@ impl Registry {
                     .collect();
                 let mut key: Vec<String> = servers.iter().map(|(a, _)| a.clone()).collect();
                 key.sort();
-                let needs = servers.len() > 1 || servers.iter().any(|(_, r)| *r == Role::Auto);
-                if needs && checked.insert(key) {
+                // Every shard is checked, a lone primary too: `/readyz` says when it is down.
+                if checked.insert(key) {
                     spawn_checker(config, db, shard, hs, Arc::downgrade(&alive));
                 }
             }
