@@ -116,6 +116,17 @@ impl ServerHealth {
         }
     }
 
+    /// `primary`, `replica` or `unknown` (for display).
+    pub fn role_name(&self) -> &'static str {
+        if self.is_primary() {
+            "primary"
+        } else if self.is_replica() {
+            "replica"
+        } else {
+            "unknown"
+        }
+    }
+
     /// Whether reads that need WAL position `min_lsn` (0: none) may go here now: reachable,
     /// not banned, and (a replica) within `max_lag_ms` at the last check (a lag not measured
     /// yet is no reason to avoid it).

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use shardgate::config::{Config, ConfigError};
+use shardgate::config::Config;
 
 #[derive(Parser)]
 #[command(name = "shardgate", version, about = "SQL-aware PostgreSQL proxy")]
@@ -98,14 +98,7 @@ fn load(path: Option<PathBuf>) -> Result<Config, String> {
 }
 
 fn load_file(path: &std::path::Path) -> Result<Config, String> {
-    Config::load(path).map_err(|e| match e {
-        ConfigError::Invalid(problems) => problems
-            .iter()
-            .map(|p| format!("{}: {p}", path.display()))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        other => other.to_string(),
-    })
+    Config::load(path).map_err(|e| e.lines(path).join("\n"))
 }
 
 fn shard(config: Option<PathBuf>, command: ShardCommand) -> Result<(), String> {

@@ -208,24 +208,15 @@ fn pools(state: &ProxyState, reg: &mut Registry) {
 
 /// Calls `f` with each pool (database, user, shard, server) and its labels.
 fn each_pool(state: &ProxyState, mut f: impl FnMut(PoolLabels, &crate::pool::ServerPool)) {
-    for db in &state.config.databases {
-        for user in &state.config.users {
-            let Some(shards) = state.registry.get(&user.name, &db.name) else {
-                continue;
-            };
-            for s in shards.iter() {
-                for p in &s.servers {
-                    let labels = [
-                        ("database", db.name.clone()),
-                        ("user", user.name.clone()),
-                        ("shard", s.name.clone()),
-                        ("server", p.addr().to_string()),
-                    ];
-                    f(labels, p);
-                }
-            }
-        }
-    }
+    state.each_pool(|database, user, shard, p| {
+        let labels = [
+            ("database", database.to_string()),
+            ("user", user.to_string()),
+            ("shard", shard.to_string()),
+            ("server", p.addr().to_string()),
+        ];
+        f(labels, p);
+    });
 }
 
 fn traffic(state: &ProxyState, reg: &mut Registry) {

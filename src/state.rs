@@ -309,6 +309,22 @@ impl Drop for Admitted {
 }
 
 impl ProxyState {
+    /// Calls `f` with every pool: its database, user and shard names, in config order.
+    pub fn each_pool(&self, mut f: impl FnMut(&str, &str, &str, &Arc<crate::pool::ServerPool>)) {
+        for db in &self.config.databases {
+            for user in &self.config.users {
+                let Some(shards) = self.registry.get(&user.name, &db.name) else {
+                    continue;
+                };
+                for s in shards.iter() {
+                    for p in &s.servers {
+                        f(&db.name, &user.name, &s.name, p);
+                    }
+                }
+            }
+        }
+    }
+
     /// Whether a reload has put another state in force (one relaxed load).
     pub fn superseded(&self) -> bool {
         self.controls.generation() != self.generation

@@ -371,17 +371,7 @@ pub fn pg_bin(name: &str) -> std::path::PathBuf {
 
 /// Runs pgbench with `args` against `url` (password in the URL), returning (success, output).
 pub fn pgbench(url: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(pg_bin("pgbench"))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run pgbench");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    pgbench_from(&pg_bin("pgbench"), url, args)
 }
 
 /// Extracts an integer that follows `label` in pgbench output.
@@ -392,6 +382,9 @@ pub fn pgbench_number(output: &str, label: &str) -> Option<u64> {
 }
 
 pub mod raw;
+
+mod helpers;
+pub use helpers::{fresh_primary, http_get, pgbench_from, primary_with_replica, serial};
 
 /// This process's resident set size in KiB (the proxy of a test runs in it).
 pub fn rss_kib() -> u64 {

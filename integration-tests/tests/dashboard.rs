@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{pgbench, pgbench_number, split_config, wait_psql, wait_until, Proxy};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -25,26 +23,13 @@ const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// GETs `path` from 127.0.0.1:`port`: (status code, content type, body).
 async fn get(port: u16, path: &str) -> Option<(u16, String, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    Some((status, content_type, body.to_string()))
+    let (status, head, body) = integration_tests::http_get(port, path).await?;
+    let content_type = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-type")
+            .then(|| v.trim().to_string())
+    })?;
+    Some((status, content_type, body))
 }
 
 /// What a headless Chromium run printed: the DOM after the virtual-time budget, and stderr.

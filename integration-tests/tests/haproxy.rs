@@ -14,20 +14,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration_tests::{pgbench_number, split_config, Daemon, Proxy};
-use testkit::{ClusterOptions, PasswordMethod, PgCluster};
+use integration_tests::{
+    fresh_primary, pgbench_from, pgbench_number, serial, split_config, Daemon, Proxy,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const HAPROXY: &str = "/usr/sbin/haproxy";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// One instance's config: the primary `pg`, metrics (and `/readyz`) on 127.0.0.1:`metrics`,
 /// the console on (password `admin`).
@@ -41,21 +35,6 @@ fn config(pg: &str, metrics: u16) -> String {
         ),
         1,
     )
-}
-
-/// Runs pgbench from `pg`'s bindir with `args` against `url`: (success, stdout and stderr).
-fn pgbench(pg: &Path, url: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(pg.join("pgbench"))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("run pgbench");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 /// A HAProxy in TCP mode on a loopback port in front of `servers` (name, client port,
@@ -240,13 +219,7 @@ async fn pgbench_through_haproxy_fails_no_transaction_while_an_instance_restarts
         Path::new(HAPROXY).exists(),
         "{HAPROXY} is missing: install HAProxy (apt-get install --no-install-recommends haproxy)"
     );
-    let opts = ClusterOptions {
-        hba_method: "md5".into(),
-        ..ClusterOptions::default()
-    };
-    let pg = PgCluster::start(opts).expect("start");
-    pg.create_role("app", "app", PasswordMethod::Scram).unwrap();
-    pg.create_database("app", "app").unwrap();
+    let pg = fresh_primary();
     let bin = pg.bindir().to_path_buf();
     let (port_a, port_b) = (testkit::free_port(), testkit::free_port());
     let (metrics_a, metrics_b) = (testkit::free_port(), testkit::free_port());
@@ -263,14 +236,14 @@ async fn pgbench_through_haproxy_fails_no_transaction_while_an_instance_restarts
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let url = lb.url();
-    let (ok, out) = pgbench(&bin, &url, &["-i", "-s", "1"]);
+    let (ok, out) = pgbench_from(&bin.join("pgbench"), &url, &["-i", "-s", "1"]);
     assert!(ok, "{out}");
 
     let bench = {
         let (bin, url) = (bin.clone(), url.clone());
         std::thread::spawn(move || {
             let args = ["-n", "-S", "-C", "-c", "4", "-j", "2", "-T", "10"];
-            pgbench(&bin, &url, &args)
+            pgbench_from(&bin.join("pgbench"), &url, &args)
         })
     };
     // Both instances serve the benchmark for a while before the drain.

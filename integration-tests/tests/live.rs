@@ -9,31 +9,14 @@
 #![allow(clippy::await_holding_lock)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::{pgbench, pgbench_number, split_config, sqlstate, Proxy};
-use testkit::{ClusterOptions, PasswordMethod, PgCluster};
+use integration_tests::{
+    fresh_primary, pgbench, pgbench_number, primary_with_replica, serial, split_config, sqlstate,
+    Proxy,
+};
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A primary with role `app` and database `app`, and a streaming replica of it.
-fn pair() -> (PgCluster, PgCluster) {
-    let opts = ClusterOptions {
-        hba_method: "md5".into(),
-        ..ClusterOptions::default()
-    };
-    let p = PgCluster::start(opts.clone()).expect("start primary");
-    p.create_role("app", "app", PasswordMethod::Scram).unwrap();
-    p.create_database("app", "app").unwrap();
-    let r = p.start_replica(opts).expect("start replica");
-    (p, r)
-}
 
 /// `split_config` with the admin console on (password `admin`) and `proxy` lines added.
 fn config(servers: &str, routing: &str, pool: &str, proxy: &str) -> String {
@@ -72,7 +55,7 @@ async fn port_of(c: &Client) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_reach_the_replica_from_the_first_second() {
     let _g = serial();
-    let (p, r) = pair();
+    let (p, r) = primary_with_replica();
     let interval = 100; // split_config's healthcheck_interval_ms
     let servers = format!("primary = \"{}\"\nreplicas = [\"{}\"]", p.addr(), r.addr());
     let started = Instant::now();
@@ -112,7 +95,7 @@ async fn reads_reach_the_replica_from_the_first_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promotion_under_writes_loses_no_write() {
     let _g = serial();
-    let (p, r) = pair();
+    let (p, r) = primary_with_replica();
     p.psql(
         "app",
         "CREATE TABLE w (id serial, port int); GRANT ALL ON w, w_id_seq TO app",
@@ -211,13 +194,7 @@ async fn a_promotion_under_writes_loses_no_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_transactions_until_resume_under_pgbench() {
     let _g = serial();
-    let opts = ClusterOptions {
-        hba_method: "md5".into(),
-        ..ClusterOptions::default()
-    };
-    let p = PgCluster::start(opts).expect("start");
-    p.create_role("app", "app", PasswordMethod::Scram).unwrap();
-    p.create_database("app", "app").unwrap();
+    let p = fresh_primary();
     p.psql(
         "app",
         "CREATE TABLE log (at timestamptz default clock_timestamp()); GRANT ALL ON log TO app",
@@ -356,13 +333,7 @@ async fn a_rolling_restart_of_one_of_two_instances_fails_no_transaction() {
     if std::fs::read_to_string(migrate).is_ok_and(|v| v.trim() == "0") {
         std::fs::write(migrate, "1").expect("set net.ipv4.tcp_migrate_req = 1 (run as root)");
     }
-    let opts = ClusterOptions {
-        hba_method: "md5".into(),
-        ..ClusterOptions::default()
-    };
-    let p = PgCluster::start(opts).expect("start");
-    p.create_role("app", "app", PasswordMethod::Scram).unwrap();
-    p.create_database("app", "app").unwrap();
+    let p = fresh_primary();
     let text = config(
         &format!("primary = \"{}\"", p.addr()),
         "",
@@ -410,7 +381,7 @@ async fn a_rolling_restart_of_one_of_two_instances_fails_no_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_under_load_drops_nobody_and_new_clients_follow_it() {
     let _g = serial();
-    let (p, r) = pair();
+    let (p, r) = primary_with_replica();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shardgate.toml");
     let primary_only = format!("primary = \"{}\"", p.addr());

@@ -6,8 +6,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::{config_text, wait_until, Daemon, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// A proxy serving metrics on a fresh loopback port.
 fn proxy() -> (Proxy, u16) {
@@ -21,17 +19,7 @@ fn proxy() -> (Proxy, u16) {
 
 /// GETs `path` from 127.0.0.1:`port`: (status code, body).
 async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    let (status, _, body) = integration_tests::http_get(port, path).await?;
     Some((status, body))
 }
 

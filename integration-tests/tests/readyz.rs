@@ -4,32 +4,13 @@
 
 use std::time::Duration;
 
-use integration_tests::{split_config, Proxy};
-use testkit::{ClusterOptions, PasswordMethod, PgCluster};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GET `path` on 127.0.0.1:`port`: (status, body).
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text.split_once("\r\n\r\n")?.1.to_string()))
-}
+use integration_tests::{fresh_primary, http_get, split_config, Proxy};
 
 /// Polls `/readyz` until its status is `want`: its body then.
 async fn ready_is(port: u16, want: u16) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some((status, body)) = get(port, "/readyz").await {
+        if let Some((status, _, body)) = http_get(port, "/readyz").await {
             if status == want {
                 return body;
             }
@@ -44,13 +25,7 @@ async fn ready_is(port: u16, want: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_pauses_and_a_lone_primary() {
-    let mut p = PgCluster::start(ClusterOptions {
-        hba_method: "md5".into(),
-        ..ClusterOptions::default()
-    })
-    .expect("start");
-    p.create_role("app", "app", PasswordMethod::Scram).unwrap();
-    p.create_database("app", "app").unwrap();
+    let mut p = fresh_primary();
     let metrics = testkit::free_port();
     let config = split_config(&format!("primary = \"{}\"", p.addr()), "", "").replacen(
         "listen = \"127.0.0.1:0\"",

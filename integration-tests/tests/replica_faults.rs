@@ -6,31 +6,13 @@
 // the other tests' threads, which is the point.
 #![allow(clippy::await_holding_lock)]
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration_tests::{pgbench, pgbench_number, split_config, sqlstate, wait_psql, Proxy};
-use testkit::{ClusterOptions, PasswordMethod, PgCluster};
+use integration_tests::{
+    pgbench, pgbench_number, primary_with_replica, serial, split_config, sqlstate, wait_psql, Proxy,
+};
+use testkit::PgCluster;
 use tokio_postgres::Client;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A primary with role `app` and database `app`, and a streaming replica of it.
-fn pair() -> (PgCluster, PgCluster) {
-    let opts = ClusterOptions {
-        hba_method: "md5".into(),
-        ..ClusterOptions::default()
-    };
-    let p = PgCluster::start(opts.clone()).expect("start primary");
-    p.create_role("app", "app", PasswordMethod::Scram).unwrap();
-    p.create_database("app", "app").unwrap();
-    let r = p.start_replica(opts).expect("start replica");
-    (p, r)
-}
 
 fn declared(p: &PgCluster, r: &PgCluster) -> String {
     format!("primary = \"{}\"\nreplicas = [\"{}\"]", p.addr(), r.addr())
@@ -54,7 +36,7 @@ async fn wait_port(c: &Client, want: i32, timeout: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_replica_stops_getting_reads_until_it_catches_up() {
     let _g = serial();
-    let (p, r) = pair();
+    let (p, r) = primary_with_replica();
     let proxy = Proxy::start(&split_config(
         &declared(&p, &r),
         "max_replica_lag_ms = 300\nban_time_ms = 500",
@@ -92,7 +74,7 @@ async fn lagging_replica_stops_getting_reads_until_it_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_while_replay_is_paused() {
     let _g = serial();
-    let (p, r) = pair();
+    let (p, r) = primary_with_replica();
     p.psql(
         "app",
         "CREATE TABLE ryw (id int PRIMARY KEY); GRANT ALL ON ryw TO app",
@@ -150,7 +132,7 @@ async fn read_your_writes_while_replay_is_paused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_killed_under_pgbench_loses_no_transaction() {
     let _g = serial();
-    let (p, mut r) = pair();
+    let (p, mut r) = primary_with_replica();
     let init = format!("postgres://app:app@127.0.0.1:{}/app", p.port());
     let (ok, out) = pgbench(&init, &["-i", "-s", "1", "-q"]);
     assert!(ok, "{out}");
@@ -195,7 +177,7 @@ async fn replica_killed_under_pgbench_loses_no_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_a_promoted_replica_and_never_reach_a_read_only_server() {
     let _g = serial();
-    let (mut p, r) = pair();
+    let (mut p, r) = primary_with_replica();
     p.psql(
         "app",
         "CREATE TABLE f (id serial, port int); GRANT ALL ON f, f_id_seq TO app",
@@ -270,7 +252,7 @@ async fn writes_follow_a_promoted_replica_and_never_reach_a_read_only_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_prepared_on_the_primary_not_a_lagging_replica() {
     let _g = serial();
-    let (p, r) = pair();
+    let (p, r) = primary_with_replica();
     let proxy = Proxy::start(&split_config(&declared(&p, &r), "", "size = 4"));
     let c = proxy.app("app").await;
     r.psql("app", "SELECT pg_wal_replay_pause()").unwrap();

@@ -202,45 +202,30 @@ fn checkouts(p: &crate::pool::ServerPool) -> u64 {
 
 fn pools(state: &ProxyState) -> Vec<Pool> {
     let mut out = Vec::new();
-    for db in &state.config.databases {
-        for user in &state.config.users {
-            let Some(shards) = state.registry.get(&user.name, &db.name) else {
-                continue;
-            };
-            for s in shards.iter() {
-                for p in &s.servers {
-                    let (open, idle) = p.state();
-                    let active = p.in_use() as u64;
-                    let (waiting, longest) = p.waiting();
-                    out.push(Pool {
-                        database: db.name.clone(),
-                        user: user.name.clone(),
-                        shard: s.name.clone(),
-                        server: p.addr().to_string(),
-                        active,
-                        idle: u64::from(idle),
-                        login: u64::from(open).saturating_sub(u64::from(idle) + active),
-                        waiting: waiting as u64,
-                        maxwait_us: longest.as_micros() as u64,
-                        checkouts: checkouts(p),
-                        waited_us: p.waited_us(),
-                    });
-                }
-            }
-        }
-    }
+    state.each_pool(|database, user, shard, p| {
+        let (open, idle) = p.state();
+        let active = p.in_use() as u64;
+        let (waiting, longest) = p.waiting();
+        out.push(Pool {
+            database: database.to_string(),
+            user: user.to_string(),
+            shard: shard.to_string(),
+            server: p.addr().to_string(),
+            active,
+            idle: u64::from(idle),
+            login: u64::from(open).saturating_sub(u64::from(idle) + active),
+            waiting: waiting as u64,
+            maxwait_us: longest.as_micros() as u64,
+            checkouts: checkouts(p),
+            waited_us: p.waited_us(),
+        });
+    });
     out
 }
 
 fn server(pool: &crate::pool::ServerPool, now: u64) -> Server {
     let h = &pool.health;
-    let role = if h.is_primary() {
-        "primary"
-    } else if h.is_replica() {
-        "replica"
-    } else {
-        "unknown"
-    };
+    let role = h.role_name();
     Server {
         server: pool.addr().to_string(),
         declared_role: format!("{:?}", h.declared).to_lowercase(),

@@ -534,13 +534,7 @@ fn shards(state: &ProxyState) -> Table {
         for s in shards.iter() {
             for pool in &s.servers {
                 let h = &pool.health;
-                let role = if h.is_primary() {
-                    "primary"
-                } else if h.is_replica() {
-                    "replica"
-                } else {
-                    "unknown"
-                };
+                let role = h.role_name();
                 t.row(vec![
                     v(&db.name),
                     v(&s.name),

@@ -428,6 +428,20 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
+impl ConfigError {
+    /// Every problem on its own line (prefixed with the file, for invalid values), for a
+    /// person: `shardgate check`, a refused reload.
+    pub fn lines(&self, path: &Path) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(problems) => problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
 impl Config {
     /// Parses TOML text without validating it.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {

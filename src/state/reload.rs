@@ -8,20 +8,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::ProxyState;
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 
 /// The reloaded state and what changed, or why the config file was refused.
 pub fn read(old: &ProxyState) -> Result<(Arc<ProxyState>, String), String> {
     let path = (old.controls.source())
         .ok_or("the proxy was not started from a config file; nothing to reload")?;
-    let config = Config::load(&path).map_err(|e| match e {
-        ConfigError::Invalid(problems) => problems
-            .iter()
-            .map(|p| format!("{}: {p}", path.display()))
-            .collect::<Vec<_>>()
-            .join("; "),
-        other => other.to_string(),
-    })?;
+    let config = Config::load(&path).map_err(|e| e.lines(&path).join("; "))?;
     let changes = changes(&old.config, &config);
     let new = old.reloaded(config);
     let pools = |s: &ProxyState| -> BTreeSet<usize> {

@@ -114,7 +114,7 @@ pub(super) async fn hibernate(l: Box<Loop<'_>>) -> (Box<Loop<'_>>, Option<End>) 
         // Polled by hand, not through `readable()` and `select!`: their futures would make
         // every hibernating client's task bigger.
         std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = dormant.client_reader.as_ref().poll_read_ready(cx) {
+            if let Poll::Ready(r) = dormant.parts.client_reader.as_ref().poll_read_ready(cx) {
                 return Poll::Ready(Woke::Client(r.is_ok()));
             }
             if rung.as_mut().poll(cx).is_ready() {
@@ -151,6 +151,14 @@ pub(super) async fn hibernate(l: Box<Loop<'_>>) -> (Box<Loop<'_>>, Option<End>) 
 /// makes afresh.
 struct Dormant<'a> {
     state: &'a ProxyState,
+    parts: Detached,
+    cancel: CancelKeyGuard<'a>,
+}
+
+/// A quiescent session between two states: what a [`Dormant`] keeps but the state and the
+/// cancel key's guard (the key stays registered: the registry outlives reloads). After a
+/// reload, a session moves to the new state through this at a transaction boundary.
+pub(in crate::session) struct Detached {
     login: Login,
     client_reader: OwnedReadHalf,
     client_writer: OwnedWriteHalf,
@@ -161,7 +169,6 @@ struct Dormant<'a> {
     skip: SkipToSync,
     last_activity: tokio::time::Instant,
     routing: Routing,
-    cancel: CancelKeyGuard<'a>,
 }
 
 impl<'a> Dormant<'a> {
@@ -197,8 +204,7 @@ impl<'a> Dormant<'a> {
         login.stats.add(&mut meter);
         routing.pending = Default::default();
         routing.parked = Vec::new();
-        Box::new(Dormant {
-            state,
+        let parts = Detached {
             login,
             client_reader,
             client_writer,
@@ -209,15 +215,23 @@ impl<'a> Dormant<'a> {
             skip,
             last_activity,
             routing,
+        };
+        Box::new(Dormant {
+            state,
+            parts,
             cancel,
         })
     }
 
     /// The loop again, with fresh buffers and relay.
     fn wake(self: Box<Self>) -> Box<Loop<'a>> {
-        let d = *self;
+        let Dormant {
+            state,
+            parts: d,
+            cancel,
+        } = *self;
         Box::new(Loop {
-            state: d.state,
+            state,
             login: d.login,
             client_reader: d.client_reader,
             client_writer: d.client_writer,
@@ -225,7 +239,7 @@ impl<'a> Dormant<'a> {
             to_client: BytesMut::new(),
             to_server: BytesMut::new(),
             server: None,
-            relay: Relay::counting(d.state.notes_queries()),
+            relay: Relay::counting(state.notes_queries()),
             events: Vec::new(),
             client: d.client,
             managed: d.managed,
@@ -238,46 +252,17 @@ impl<'a> Dormant<'a> {
             shutting_down: false,
             client_gone: false,
             routing: d.routing,
-            _cancel: d.cancel,
+            _cancel: cancel,
             meter: Meter::default(),
         })
     }
-}
 
-/// A quiescent session between two states: what a [`Dormant`] keeps but the state and the
-/// cancel key's guard (the key stays registered: the registry outlives reloads). After a
-/// reload, a session moves to the new state through this at a transaction boundary.
-pub(in crate::session) struct Detached {
-    login: Login,
-    client_reader: OwnedReadHalf,
-    client_writer: OwnedWriteHalf,
-    client: ClientState,
-    managed: bool,
-    unsynced: bool,
-    txn: Txn,
-    skip: SkipToSync,
-    last_activity: tokio::time::Instant,
-    routing: Routing,
-}
-
-impl<'a> Dormant<'a> {
     /// Lets go of the state (see [`Detached`]).
     fn detach(self: Box<Self>) -> Box<Detached> {
-        let d = *self;
+        let Dormant { parts, cancel, .. } = *self;
         // The key stays registered: the session goes on under the new state.
-        std::mem::forget(d.cancel);
-        Box::new(Detached {
-            login: d.login,
-            client_reader: d.client_reader,
-            client_writer: d.client_writer,
-            client: d.client,
-            managed: d.managed,
-            unsynced: d.unsynced,
-            txn: d.txn,
-            skip: d.skip,
-            last_activity: d.last_activity,
-            routing: d.routing,
-        })
+        std::mem::forget(cancel);
+        Box::new(parts)
     }
 }
 
@@ -286,38 +271,25 @@ impl Detached {
     /// state's (unless the reload removed its user or database, or changed its number of
     /// shards: then it keeps what it had until it disconnects).
     pub(in crate::session) fn attach(self: Box<Self>, state: &ProxyState) -> Box<Loop<'_>> {
-        let mut d = *self;
-        let (user, database) = (d.login.user().to_string(), d.login.database().to_string());
+        let mut parts = *self;
+        let l = &mut parts.login;
+        let (user, database) = (l.user().to_string(), l.database().to_string());
         if let Some(shards) =
-            (state.registry.get(&user, &database)).filter(|s| s.len() == d.login.shards.len())
+            (state.registry.get(&user, &database)).filter(|s| s.len() == l.shards.len())
         {
-            let l = &mut d.login;
             l.split = l.pool_mode != crate::config::PoolMode::Session
                 && state.config.routing.read_write_split
                 && shards.iter().any(|s| s.has_replicas());
             if l.shard_map.is_some() {
-                l.shard_map = state
-                    .shard_maps
-                    .get(&database)
-                    .cloned()
-                    .or(l.shard_map.take());
+                l.shard_map = (state.shard_maps.get(&database).cloned()).or(l.shard_map.take());
             }
             l.shards = shards;
             l.stats = state.db_stats(&database);
         }
-        let pid = d.login.cancel_pid;
+        let pid = l.cancel_pid;
         Box::new(Dormant {
             state,
-            login: d.login,
-            client_reader: d.client_reader,
-            client_writer: d.client_writer,
-            client: d.client,
-            managed: d.managed,
-            unsynced: d.unsynced,
-            txn: d.txn,
-            skip: d.skip,
-            last_activity: d.last_activity,
-            routing: d.routing,
+            parts,
             cancel: CancelKeyGuard { state, pid },
         })
         .wake()
