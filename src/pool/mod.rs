@@ -92,6 +92,10 @@ pub enum PoolError {
     /// A new connection could not be opened.
     #[error("{0}")]
     Connect(BackendError),
+    /// An idle connection had been closed or written to by the server (see
+    /// [`ServerPool::get_at`]).
+    #[error("the server closed an idle connection")]
+    Stale,
 }
 
 /// A checked-out server connection. Dropping it returns the connection to the pool if it is
@@ -291,14 +295,18 @@ impl ServerPool {
 
     /// Checks out a connection, waiting at most the checkout timeout.
     pub async fn get(&self) -> Result<Checkout, PoolError> {
-        self.get_at(u64::MAX).await
+        self.get_at(u64::MAX, false).await
     }
 
     /// [`ServerPool::get`] for a request that arrived at `request_ms` (`health::now_ms`): a
     /// connection idle since more than [`STALE_CHECK_MS`] before it is looked at for what
     /// the server may have sent meanwhile (see [`ServerConn::stale`]); one in steady use is
-    /// not (as PgBouncer's `server_check_delay`, but with no round trip).
-    pub async fn get_at(&self, request_ms: u64) -> Result<Checkout, PoolError> {
+    /// not (as PgBouncer's `server_check_delay`, but with no round trip). `stale_fails`: the
+    /// caller has other servers (a read): a stale connection marks the server down until its
+    /// next health check and fails the checkout ([`PoolError::Stale`]) rather than wait for a
+    /// new connection to a server that may be gone (bb8 reports a failed connect only when its
+    /// connection timeout ends).
+    pub async fn get_at(&self, request_ms: u64, stale_fails: bool) -> Result<Checkout, PoolError> {
         self.waiters.checkouts.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(self.checkout_timeout_ms);
         let mut waiting = None;
@@ -323,7 +331,7 @@ impl ServerPool {
                 None
             }
         };
-        let conn = self.fresh(request_ms).await;
+        let conn = self.fresh(request_ms, stale_fails).await;
         drop(waiting);
         let conn = conn?;
         let mut guard = self.params.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,6 +355,7 @@ impl ServerPool {
     async fn fresh(
         &self,
         request_ms: u64,
+        stale_fails: bool,
     ) -> Result<bb8::PooledConnection<'static, ServerManager>, PoolError> {
         for _ in 0..=self.size {
             let mut conn = self.pool.get_owned().await.map_err(|e| match e {
@@ -360,6 +369,10 @@ impl ServerPool {
             }
             tracing::debug!(server = %self.addr, pid = conn.pid, "an idle server connection went stale; closed");
             conn.broken = true;
+            if stale_fails && conn.epoch == self.epoch.load(Ordering::Relaxed) {
+                self.health.mark_down();
+                return Err(PoolError::Stale);
+            }
         }
         Err(PoolError::Timeout(self.checkout_timeout_ms))
     }

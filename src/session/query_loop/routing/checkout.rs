@@ -25,6 +25,7 @@ fn pool_error(e: PoolError) -> PgError {
             sqlstate::CANNOT_CONNECT,
             format!("could not connect to server: {e}"),
         ),
+        PoolError::Stale => PgError::error(sqlstate::CANNOT_CONNECT, e.to_string()),
     }
 }
 
@@ -120,11 +121,15 @@ impl Loop<'_> {
                 let Some(pool) = shard.reader(&policy) else {
                     break;
                 };
-                match pool.get_at(self.request_ms()).await {
+                match pool.get_at(self.request_ms(), true).await {
                     Ok(c) => return Ok((self.linked(c), pool.health.is_primary())),
                     Err(PoolError::Connect(e)) => {
                         pool.health.ban(r.ban_time_ms, "connect failed");
                         tracing::warn!(server = %pool.addr(), error = %e, "read goes elsewhere");
+                        avoid.push(pool.addr().to_string());
+                    }
+                    Err(PoolError::Stale) => {
+                        tracing::warn!(server = %pool.addr(), "an idle connection went stale; the read goes elsewhere");
                         avoid.push(pool.addr().to_string());
                     }
                     Err(e) => return Err(pool_error(e)),
@@ -142,7 +147,7 @@ impl Loop<'_> {
                     // is given up on: the loop looks for the new primary.
                     // Boxed: its timer would make every checkout's future bigger.
                     Role::Auto => Box::pin(get_unless_lost(pool, self.request_ms())).await,
-                    _ => Some(pool.get_at(self.request_ms()).await),
+                    _ => Some(pool.get_at(self.request_ms(), false).await),
                 };
                 let Some(got) = got else {
                     tracing::warn!(server = %pool.addr(), "the primary went away during a checkout");
@@ -245,7 +250,7 @@ async fn get_unless_lost(
     request_ms: u64,
 ) -> Option<Result<Checkout, PoolError>> {
     tokio::select! {
-        r = pool.get_at(request_ms) => Some(r),
+        r = pool.get_at(request_ms, false) => Some(r),
         () = lost_primary(&pool.health) => None,
     }
 }
