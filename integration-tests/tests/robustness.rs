@@ -305,3 +305,38 @@ async fn many_clients_vanishing_leak_no_server_connection() {
     );
     assert_eq!(done.load(Ordering::Relaxed), 20);
 }
+
+/// While the proxy shuts down, a client idle inside its transaction still gets its own idle
+/// timeout (FATAL 25P03, its transaction rolled back) when it strikes, not only the end of the
+/// shutdown grace. (Before, the timeout's wake-up was skipped during a shutdown, and it fired
+/// again at once: the session spun until `shutdown_timeout_ms` closed it without a word.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_times_out_during_a_shutdown() {
+    let mut proxy = Proxy::start(&config_text(
+        "shutdown_timeout_ms = 20000\nidle_transaction_timeout_ms = 300",
+        "size = 2",
+    ));
+    let mut s = login_trust(proxy.port, "trusty", "app").await;
+    let q = |sql: &str| {
+        let mut m = vec![b'Q'];
+        m.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+        m.extend_from_slice(sql.as_bytes());
+        m.push(0);
+        m
+    };
+    s.write_all(&q("BEGIN; SELECT 1")).await.unwrap();
+    let msgs = read_until(&mut s, b"Z").await;
+    assert_eq!(
+        msgs.last().map(|m| m.1.as_slice()),
+        Some(&b"T"[..]),
+        "{msgs:?}"
+    );
+    let started = Instant::now();
+    proxy.begin_shutdown();
+    let msgs = tokio::time::timeout(Duration::from_secs(10), read_until(&mut s, b"E"))
+        .await
+        .expect("the idle transaction's timeout strikes during the shutdown");
+    assert_eq!(error_code(&msgs).as_deref(), Some("25P03"), "{msgs:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    proxy.stop();
+}

@@ -293,8 +293,10 @@ impl Loop<'_> {
             }
             // Settled: it is the client's turn to speak.
             let settled = self.relay.idle() && !self.unsynced && self.to_server.is_empty();
-            let idle_limit = match self.shutting_down && settled && self.server.is_none() {
-                // Closed at the end of its grace (see `may_close`).
+            // While shutting down, an idle client is closed at the end of its grace (see
+            // `may_close`); a client in a transaction keeps its own idle timeout.
+            let grace = self.shutting_down && settled && self.server.is_none();
+            let idle_limit = match grace {
                 true => Some(lifecycle::SHUTDOWN_GRACE.as_millis() as u64),
                 false => idle_limit(&self.state.config.proxy, self.txn.status(), settled),
             };
@@ -320,7 +322,7 @@ impl Loop<'_> {
                     self.last_activity = tokio::time::Instant::now();
                 }
                 _ = sleep_opt(idle_limit.map(|ms| self.last_activity + Duration::from_millis(ms))) => {
-                    if self.shutting_down {
+                    if grace {
                         continue;
                     }
                     return self.fatal(idle_error(self.txn.status()));
