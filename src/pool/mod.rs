@@ -83,6 +83,29 @@ impl bb8::ManageConnection for ServerManager {
 /// See [`ServerPool::get_at`].
 pub const STALE_CHECK_MS: u64 = 10;
 
+/// What makes a pool the one it is: how its connections are opened, and its pool size and
+/// settings (compared at a reload).
+fn identity(
+    config: &Config,
+    user: &UserConfig,
+    db: &DatabaseConfig,
+    addr: &str,
+) -> (ConnectParams, String) {
+    let p = &config.pool;
+    let params = ConnectParams {
+        addr: addr.to_string(),
+        user: user.server_user().to_string(),
+        password: user.server_password().map(str::to_string),
+        database: db.server_database().to_string(),
+        connect_timeout: Duration::from_millis(p.connect_timeout_ms),
+        prepared_capacity: p.prepared_statements_cache,
+        allow_cleartext: p.allow_cleartext_server_password,
+    };
+    let size = user.pool_size.unwrap_or(p.size);
+    let settings = format!("{size} {}", serde_json::to_string(p).unwrap_or_default());
+    (params, settings)
+}
+
 /// Why no server connection could be handed out.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -217,15 +240,7 @@ impl ServerPool {
         let addr = health.addr.as_str();
         let size = user.pool_size.unwrap_or(config.pool.size);
         let p = &config.pool;
-        let params = ConnectParams {
-            addr: addr.to_string(),
-            user: user.server_user().to_string(),
-            password: user.server_password().map(str::to_string),
-            database: db.server_database().to_string(),
-            connect_timeout: Duration::from_millis(p.connect_timeout_ms),
-            prepared_capacity: p.prepared_statements_cache,
-            allow_cleartext: p.allow_cleartext_server_password,
-        };
+        let (params, settings) = identity(config, user, db, addr);
         let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
         let conns = Arc::<Mutex<Vec<std::sync::Weak<ConnInfo>>>>::default();
         let epoch = Arc::<std::sync::atomic::AtomicU64>::default();
@@ -265,14 +280,15 @@ impl ServerPool {
             size: size as usize,
             conns,
             epoch,
-            settings: format!("{size} {}", serde_json::to_string(p).unwrap_or_default()),
+            settings,
         }
     }
 
-    /// Whether `other` (made from a reloaded config) would be this very pool: same server,
-    /// user, database and settings.
-    pub fn same_as(&self, other: &ServerPool) -> bool {
-        self.connect == other.connect && self.settings == other.settings
+    /// Whether a reloaded config's pool of `user` on `db` for this server would be this very
+    /// pool: same server, user, database and settings (then it is kept, connections and all).
+    pub fn same_as(&self, config: &Config, user: &UserConfig, db: &DatabaseConfig) -> bool {
+        let (connect, settings) = identity(config, user, db, &self.addr);
+        self.connect == connect && self.settings == settings
     }
 
     /// The console's `RECONNECT`: every connection open now is closed before its next use

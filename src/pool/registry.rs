@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::{ServerPool, ShardPools};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::health::{spawn_checker, ServerHealth};
 
 /// All pools, keyed by (user, logical database).
@@ -31,24 +31,11 @@ impl Registry {
     pub fn rebuild(config: &Config, old: Option<&Registry>) -> Registry {
         let alive = Arc::new(());
         let mut health: HashMap<String, Arc<ServerHealth>> = HashMap::new();
-        if let Some(old) = old {
-            for p in old.pools_of(None) {
-                health.insert(p.addr().to_string(), p.health.clone());
-            }
-            let declared = |addr: &str| {
-                config
-                    .databases
-                    .iter()
-                    .flat_map(|d| &d.shards)
-                    .find_map(|s| {
-                        s.all_servers()
-                            .into_iter()
-                            .find(|(a, _)| a == addr)
-                            .map(|(_, r)| r)
-                    })
-            };
-            health.retain(|addr, h| declared(addr) == Some(h.declared));
-        }
+        let kept_health = |addr: &str, role: Role| {
+            (old?.pools_of(None))
+                .find(|p| p.addr() == addr && p.health.declared == role)
+                .map(|p| p.health.clone())
+        };
         let mut checked: std::collections::HashSet<Vec<String>> = Default::default();
         for db in &config.databases {
             for shard in &db.shards {
@@ -56,9 +43,11 @@ impl Registry {
                 let hs: Vec<Arc<ServerHealth>> = servers
                     .iter()
                     .map(|(addr, role)| {
-                        health
-                            .entry(addr.clone())
-                            .or_insert_with(|| Arc::new(ServerHealth::new(addr, *role)))
+                        (health.entry(addr.clone()))
+                            .or_insert_with(|| {
+                                kept_health(addr, *role)
+                                    .unwrap_or_else(|| Arc::new(ServerHealth::new(addr, *role)))
+                            })
                             .clone()
                     })
                     .collect();
@@ -82,11 +71,17 @@ impl Registry {
                             .all_servers()
                             .iter()
                             .map(|(addr, _)| {
-                                let new = ServerPool::new(config, user, db, health[addr].clone());
-                                let kept = old
-                                    .and_then(|o| o.pool(&user.name, &db.name, addr))
-                                    .filter(|p| p.same_as(&new));
-                                kept.unwrap_or_else(|| Arc::new(new))
+                                let kept = (old.and_then(|o| o.pool(&user.name, &db.name, addr)))
+                                    .filter(|p| Arc::ptr_eq(&p.health, &health[addr]))
+                                    .filter(|p| p.same_as(config, user, db));
+                                kept.unwrap_or_else(|| {
+                                    Arc::new(ServerPool::new(
+                                        config,
+                                        user,
+                                        db,
+                                        health[addr].clone(),
+                                    ))
+                                })
                             })
                             .collect(),
                         next: AtomicUsize::new(0),
