@@ -225,7 +225,7 @@ pub struct ProxyState {
     pub clients: Arc<std::sync::atomic::AtomicUsize>,
     /// Rung once when the proxy starts shutting down.
     pub shutdown: Arc<ShutdownBell>,
-    /// The console's switches: paused and disabled databases, kills, a requested shutdown.
+    /// The console's switches: paused and disabled databases, a requested shutdown, reloads.
     pub controls: Arc<crate::admin::control::Controls>,
     /// The configured user and database names, one copy each for every client.
     pub(crate) names: std::collections::HashSet<Arc<str>>,
